@@ -1,0 +1,42 @@
+//! Writes the CRD YAML under `crds/` from the types, or checks that it is current.
+
+use std::{fs, path::PathBuf, process::ExitCode};
+
+use aios_crds::generate;
+use clap::Parser;
+
+/// Generate `crds/<plural>.aios.dev.yaml` from the AIOS API types.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Directory to write to.
+    #[arg(default_value = concat!(env!("CARGO_MANIFEST_DIR")))]
+    dir: PathBuf,
+    /// Write nothing; exit 1 if any file differs from what the types generate.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    let args = Args::parse();
+    let mut stale = Vec::new();
+    for crd in generate::crds() {
+        let path = args.dir.join(generate::file_name(&crd));
+        let yaml = generate::to_yaml(&crd)?;
+        if args.check {
+            if fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
+                stale.push(path);
+            }
+        } else {
+            fs::write(&path, yaml)?;
+            println!("wrote {}", path.display());
+        }
+    }
+    if stale.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for path in &stale {
+        eprintln!("{} is out of date", path.display());
+    }
+    eprintln!("run `cargo run -p aios-crds --bin crdgen` and commit the result");
+    Ok(ExitCode::FAILURE)
+}

@@ -1,0 +1,39 @@
+//! Condition types and reasons, shared by the operator (which writes them) and the CLI
+//! and tests (which read them).
+
+/// Project: the plan exists and its Tasks were created.
+pub const PLANNED: &str = "Planned";
+/// Project and Task: Unknown while in flight, True or False with a reason when done.
+pub const SUCCEEDED: &str = "Succeeded";
+/// Project: the model budget is spent; no further dispatches.
+pub const BUDGET_EXCEEDED: &str = "BudgetExceeded";
+/// Project: the latest plan was refused; the message says why.
+pub const PLAN_INVALID: &str = "PlanInvalid";
+/// Agent and ModelProvider: ready to serve.
+pub const READY: &str = "Ready";
+
+/// Reasons, in CamelCase, carried by conditions and Task failures.
+pub mod reasons {
+    /// Every task succeeded.
+    pub const SUCCEEDED: &str = "Succeeded";
+    /// A task failed with no retries left.
+    pub const TASK_FAILED: &str = "TaskFailed";
+    /// An attempt ran past its timeout.
+    pub const TIMED_OUT: &str = "TimedOut";
+    /// An attempt's heartbeats stopped.
+    pub const HEARTBEAT_LOST: &str = "HeartbeatLost";
+    /// A dispatch was dead-lettered by the bus.
+    pub const POISON_MESSAGE: &str = "PoisonMessage";
+    /// A dependency failed, so the task was not run.
+    pub const DEPENDENCY_FAILED: &str = "DependencyFailed";
+    /// The project failed or was deleted while the task was in flight.
+    pub const CANCELLED: &str = "Cancelled";
+    /// The plan was refused too many times.
+    pub const PLAN_INVALID: &str = "PlanInvalid";
+    /// The model budget is spent.
+    pub const BUDGET_EXCEEDED: &str = "BudgetExceeded";
+    /// Work is in flight.
+    pub const RUNNING: &str = "Running";
+    /// Waiting to be dispatched.
+    pub const PENDING: &str = "Pending";
+}

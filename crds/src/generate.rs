@@ -1,0 +1,34 @@
+//! The CustomResourceDefinitions, generated from the types: the single source the Helm
+//! chart, the plain manifests and the tests install.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+use crate::{Agent, ModelProvider, Project, Task};
+
+/// First line of every generated file.
+pub const GENERATED_HEADER: &str =
+    "# Generated from crds/src by `cargo run -p aios-crds --bin crdgen`. Do not edit.\n";
+
+/// Every AIOS CustomResourceDefinition, in a stable order.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![
+        Project::crd(),
+        Task::crd(),
+        Agent::crd(),
+        ModelProvider::crd(),
+    ]
+}
+
+/// The file a CRD is written to: `<plural>.<group>.yaml`.
+pub fn file_name(crd: &CustomResourceDefinition) -> String {
+    format!("{}.{}.yaml", crd.spec.names.plural, crd.spec.group)
+}
+
+/// A CRD as the YAML document committed under `crds/`.
+pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_yaml_ng::Error> {
+    Ok(format!(
+        "{GENERATED_HEADER}{}",
+        serde_yaml_ng::to_string(crd)?
+    ))
+}

@@ -1,0 +1,115 @@
+//! Every name that crosses a process boundary, defined once.
+//!
+//! The operator, the agents, the CLI, the Helm chart and the dashboards all agree on these
+//! strings; changing one is a wire-protocol change.
+
+/// The API group of every AIOS resource.
+pub const GROUP: &str = "aios.dev";
+/// The served and stored API version.
+pub const VERSION: &str = "v1alpha1";
+/// The category every AIOS resource is listed under (`kubectl get aios`).
+pub const CATEGORY: &str = "aios";
+
+/// RabbitMQ names: exchanges, queues, routing keys and message headers.
+pub mod bus {
+    /// Durable direct exchange the operator publishes `TaskDispatch` messages to; the
+    /// routing key is the task's role.
+    pub const TASKS_EXCHANGE: &str = "aios.tasks";
+    /// Prefix of the per-role quorum queues bound to [`TASKS_EXCHANGE`]; see [`role_queue`].
+    pub const ROLE_QUEUE_PREFIX: &str = "aios.tasks.";
+    /// Durable topic exchange agents publish `TaskEvent`s to.
+    pub const EVENTS_EXCHANGE: &str = "aios.events";
+    /// The operator's queue of task events, bound to [`EVENTS_EXCHANGE`] with `task.#`.
+    pub const OPERATOR_EVENTS_QUEUE: &str = "aios.events.operator";
+    /// Fanout exchange for `TaskCancel` messages; every agent binds an exclusive queue.
+    pub const CONTROL_EXCHANGE: &str = "aios.control";
+    /// Exchange that role queues dead-letter into (rejected or over-delivered dispatches).
+    pub const DEAD_LETTER_EXCHANGE: &str = "aios.dlx";
+    /// The queue the operator drains dead-lettered dispatches from.
+    pub const DEAD_LETTER_QUEUE: &str = "aios.dead-letter";
+
+    /// Routing key of a `Started` task event.
+    pub const EVENT_STARTED: &str = "task.started";
+    /// Routing key of a `Heartbeat` task event.
+    pub const EVENT_HEARTBEAT: &str = "task.heartbeat";
+    /// Routing key of a `Succeeded` task event.
+    pub const EVENT_SUCCEEDED: &str = "task.succeeded";
+    /// Routing key of a `Failed` task event.
+    pub const EVENT_FAILED: &str = "task.failed";
+    /// Routing key for an event type this build does not know.
+    pub const EVENT_UNKNOWN: &str = "task.unknown";
+    /// Binding pattern that matches every task event.
+    pub const EVENT_BINDING_ALL: &str = "task.#";
+
+    /// Header carrying the message's schema version, so a consumer can refuse a
+    /// major version it does not understand before decoding the body.
+    pub const HEADER_SCHEMA_VERSION: &str = "x-aios-schema-version";
+    /// Header carrying the Task's uid.
+    pub const HEADER_TASK_UID: &str = "x-aios-task-uid";
+    /// Header carrying the attempt number.
+    pub const HEADER_ATTEMPT: &str = "x-aios-attempt";
+    /// Header carrying `<namespace>/<project>`.
+    pub const HEADER_PROJECT: &str = "x-aios-project";
+    /// Quorum-queue header RabbitMQ sets with the number of earlier delivery attempts.
+    pub const HEADER_DELIVERY_COUNT: &str = "x-delivery-count";
+    /// Content type of every AIOS message body.
+    pub const CONTENT_TYPE_JSON: &str = "application/json";
+
+    /// The queue that holds dispatches for `role`.
+    pub fn role_queue(role: &str) -> String {
+        format!("{ROLE_QUEUE_PREFIX}{role}")
+    }
+}
+
+/// Labels the operator puts on what it creates, and selects by.
+pub mod labels {
+    /// The Project a Task (or anything made for a Project) belongs to.
+    pub const PROJECT: &str = "aios.dev/project";
+    /// The role of a Task or an Agent's pods.
+    pub const ROLE: &str = "aios.dev/role";
+    /// The Agent an object was made for.
+    pub const AGENT: &str = "aios.dev/agent";
+    /// The ModelProvider an object was made for.
+    pub const MODEL_PROVIDER: &str = "aios.dev/model-provider";
+    /// The name a Task has in its Project's plan (`spec.tasks[].name`).
+    pub const PLAN_TASK: &str = "aios.dev/plan-task";
+    /// Marks the planning Task of a Project.
+    pub const PLANNING: &str = "aios.dev/planning";
+    /// Standard Kubernetes label naming the tool that manages an object.
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// Value of [`MANAGED_BY`] on everything the operator creates.
+    pub const MANAGED_BY_VALUE: &str = "aios-operator";
+    /// Standard Kubernetes label naming the application.
+    pub const NAME: &str = "app.kubernetes.io/name";
+    /// Standard Kubernetes label naming the component within the application.
+    pub const COMPONENT: &str = "app.kubernetes.io/component";
+}
+
+/// Annotations the operator reads or writes.
+pub mod annotations {
+    /// Hash of the configuration a pod template was rendered from, so a changed
+    /// ConfigMap rolls the Deployment.
+    pub const CONFIG_HASH: &str = "aios.dev/config-hash";
+    /// Set on a Task the operator created from a plan: which planning attempt produced it.
+    pub const PLAN_ATTEMPT: &str = "aios.dev/plan-attempt";
+}
+
+/// Finalizers: only for cleanup outside Kubernetes (the bus, the vector store).
+pub mod finalizers {
+    /// On a Task: cancel the in-flight attempt on the bus before the Task goes away.
+    pub const TASK_CANCEL: &str = "aios.dev/cancel-in-flight";
+}
+
+/// Server-side apply field managers, one per writer.
+pub mod field_managers {
+    /// Hera, the Project controller.
+    pub const PROJECT: &str = "aios-operator/project";
+    /// The Task controller (dispatch, retries, timeouts).
+    pub const TASK: &str = "aios-operator/task";
+    /// The consumer of agents' task events.
+    pub const EVENTS: &str = "aios-operator/events";
+    /// The Agent controller.
+    pub const AGENT: &str = "aios-operator/agent";
+    /// The ModelProvider controller.
+    pub const MODEL_PROVIDER: &str = "aios-operator/model-provider";
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the servers the local environment runs besides the control plane, from
+# Debian's packages, when they are missing: Redis, and RabbitMQ with Erlang's epmd.
+# The packages' own services are not started: the environment runs its own instances
+# on loopback with fresh state.
+set -euo pipefail
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && command -v epmd >/dev/null 2>&1 || missing+=(rabbitmq-server)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-services: ${missing[*]} missing; run as root, or: sudo apt-get install ${missing[*]}" >&2
+  exit 1
+fi
+command -v apt-get >/dev/null 2>&1 ||
+  { echo "install-services: ${missing[*]} missing and there is no apt-get to install them" >&2; exit 1; }
+
+echo "install-services: installing ${missing[*]}" >&2
+# Keep the packages' init scripts from starting system-wide services during the install.
+policy=/usr/sbin/policy-rc.d
+made_policy=false
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=true
+fi
+cleanup() { if $made_policy; then rm -f "$policy"; fi; }
+trap cleanup EXIT
+apt-get update -qq >&2
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2

@@ -1,0 +1,109 @@
+//! Where the environment's programs come from: the control plane built from the pinned
+//! Go modules (`e2e/controlplane/build.sh`, cached outside the clone), and RabbitMQ,
+//! Erlang's epmd and Redis from Debian's packages (installed when missing).
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+/// Environment variable that names a directory holding etcd, kube-apiserver,
+/// kube-controller-manager and kubectl, skipping the build.
+pub const ENV_CONTROLPLANE_BIN: &str = "AIOS_CONTROLPLANE_BIN";
+
+/// Why a program is not available.
+#[derive(Debug, thiserror::Error)]
+pub enum BinariesError {
+    /// The build script could not be run.
+    #[error("running {script}")]
+    Run {
+        /// The script.
+        script: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The build script failed; it printed why on stderr.
+    #[error("{script} failed (exit status {status}); its output above says why")]
+    Failed {
+        /// The script.
+        script: String,
+        /// Its exit status.
+        status: String,
+    },
+    /// A program is still missing after the install step.
+    #[error("{program} is not installed and could not be installed: {hint}")]
+    Missing {
+        /// The program.
+        program: String,
+        /// What to do about it.
+        hint: String,
+    },
+}
+
+/// The directory of this crate's control-plane scripts.
+pub fn controlplane_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("controlplane")
+}
+
+/// The directory holding the control-plane binaries, building them on first use.
+pub fn controlplane_bin_dir() -> Result<PathBuf, BinariesError> {
+    if let Some(dir) = env::var_os(ENV_CONTROLPLANE_BIN) {
+        return Ok(PathBuf::from(dir));
+    }
+    let script = controlplane_dir().join("build.sh");
+    let out = Command::new(&script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|source| BinariesError::Run {
+            script: script.display().to_string(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(BinariesError::Failed {
+            script: script.display().to_string(),
+            status: out.status.to_string(),
+        });
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// Where a Debian-packaged service program lives.
+fn service_path(program: &str) -> PathBuf {
+    match program {
+        // The packaged /usr/sbin wrapper switches to the rabbitmq user and its system
+        // paths; the script behind it honours our environment variables.
+        "rabbitmq-server" => PathBuf::from("/usr/lib/rabbitmq/bin/rabbitmq-server"),
+        "epmd" => PathBuf::from("/usr/bin/epmd"),
+        _ => PathBuf::from("/usr/bin").join(program),
+    }
+}
+
+/// The path of `program` (`redis-server`, `rabbitmq-server`, `epmd`), installing the
+/// Debian packages when it is missing.
+pub fn service_program(program: &str) -> Result<PathBuf, BinariesError> {
+    let path = service_path(program);
+    if path.exists() {
+        return Ok(path);
+    }
+    let script = controlplane_dir().join("install-services.sh");
+    let status = Command::new(&script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(|source| BinariesError::Run {
+            script: script.display().to_string(),
+            source,
+        })?;
+    if status.success() && path.exists() {
+        Ok(path)
+    } else {
+        Err(BinariesError::Missing {
+            program: program.to_owned(),
+            hint: format!("run {} as root", script.display()),
+        })
+    }
+}

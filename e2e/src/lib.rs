@@ -1,0 +1,48 @@
+//! End-to-end tooling for AIOS: the local environment its integration tests, end-to-end
+//! tests and local run use (a real kube-apiserver with etcd and kube-controller-manager,
+//! RabbitMQ and Redis, as plain processes on loopback), and the tests themselves.
+//!
+//! Tests share one environment per test binary through [`shared`], each working in a
+//! namespace of its own ([`Environment::create_namespace`]). When `AIOS_E2E_ENV` names
+//! the state directory of an environment started by `aios-env start` (as `.ci/run`
+//! does), every test binary uses that one instead of starting its own.
+
+pub mod binaries;
+pub mod env;
+pub mod pki;
+pub mod process;
+
+use std::{path::PathBuf, sync::OnceLock};
+
+pub use env::{EnvError, EnvOptions, Environment};
+
+/// The environment shared by the tests of this process: the one `AIOS_E2E_ENV` names,
+/// or one started on first use that stops when this process exits.
+///
+/// Panics with the reason when no environment can be had: a test that needs the
+/// control plane cannot run without it, and the message says what to fix.
+pub fn shared() -> &'static Environment {
+    static SHARED: OnceLock<Result<Environment, String>> = OnceLock::new();
+    let env = SHARED.get_or_init(|| {
+        let result = match std::env::var_os(env::ENV_STATE_DIR) {
+            Some(dir) => Environment::load(&PathBuf::from(dir)),
+            None => Environment::start(&EnvOptions {
+                owner_pid: Some(std::process::id()),
+                ..EnvOptions::default()
+            }),
+        };
+        result.map_err(|err| format!("{:#}", anyhow::Error::new(err)))
+    });
+    match env {
+        Ok(env) => env,
+        Err(err) => panic!("the local environment is not available: {err}"),
+    }
+}
+
+/// The repository's root directory, for tests that read manifests and CRDs.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}

@@ -1,0 +1,262 @@
+//! Starting servers as plain processes, probing them, and stopping only what we started.
+
+use std::{
+    fs::{self, File},
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde::{Deserialize, Serialize};
+
+/// A server process this tooling started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerProcess {
+    /// What it is (`etcd`, `kube-apiserver`, ...).
+    pub name: String,
+    /// Its pid.
+    pub pid: u32,
+    /// The executable it runs; checked before it is signalled so a recycled pid is
+    /// never killed.
+    pub program: PathBuf,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
+}
+
+/// Why a server could not be started or reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The program could not be executed.
+    #[error("starting {name} ({program}) failed")]
+    Spawn {
+        /// The server.
+        name: String,
+        /// The executable.
+        program: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server exited before it became ready.
+    #[error("{name} exited before it became ready; its log is {log}:\n{tail}")]
+    Exited {
+        /// The server.
+        name: String,
+        /// Its log file.
+        log: String,
+        /// The end of its log.
+        tail: String,
+    },
+    /// The server did not become ready in time.
+    #[error("{name} did not become ready within {seconds}s; its log is {log}:\n{tail}")]
+    NotReady {
+        /// The server.
+        name: String,
+        /// How long we waited.
+        seconds: u64,
+        /// Its log file.
+        log: String,
+        /// The end of its log.
+        tail: String,
+    },
+    /// A log file could not be created.
+    #[error("creating log file {path}")]
+    Log {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No free port could be found on loopback.
+    #[error("finding a free loopback port")]
+    NoPort(#[source] std::io::Error),
+}
+
+/// Starts `program` with its output appended to `log`, in a process group of its own so
+/// a terminal's Ctrl-C reaches only the process that owns the environment.
+pub fn spawn(
+    name: &str,
+    program: &Path,
+    args: &[String],
+    envs: &[(String, String)],
+    log: &Path,
+) -> Result<ServerProcess, ProcessError> {
+    let log_err = |source| ProcessError::Log {
+        path: log.display().to_string(),
+        source,
+    };
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(log_err)?;
+    let err = out.try_clone().map_err(log_err)?;
+    let child = Command::new(program)
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|source| ProcessError::Spawn {
+            name: name.to_owned(),
+            program: program.display().to_string(),
+            source,
+        })?;
+    Ok(ServerProcess {
+        name: name.to_owned(),
+        pid: child.id(),
+        program: program.to_owned(),
+        log: log.to_owned(),
+    })
+}
+
+impl ServerProcess {
+    /// Whether the process is alive (a zombie awaiting its parent counts as gone) and
+    /// still runs the program we started, so a recycled pid is not mistaken for it.
+    pub fn is_running(&self) -> bool {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+            return false;
+        };
+        // The state is the first field after the parenthesised command name.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        if matches!(state, Some('Z' | 'X') | None) {
+            return false;
+        }
+        let Ok(exe) = fs::read_link(format!("/proc/{}/exe", self.pid)) else {
+            return false;
+        };
+        let wanted = fs::canonicalize(&self.program).unwrap_or_else(|_| self.program.clone());
+        // Scripts (rabbitmq-server) exec an interpreter; compare by name then.
+        exe == wanted || cmdline_mentions(self.pid, &self.program)
+    }
+
+    /// Sends SIGTERM, waits up to `grace` for the process to go, then SIGKILL.
+    pub fn stop(&self, grace: Duration) {
+        if !self.is_running() {
+            return;
+        }
+        let pid = Pid::from_raw(i32::try_from(self.pid).unwrap_or(i32::MAX));
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        if self.is_running() {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
+
+    /// The last lines of the process's log, for error messages.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log, 20)
+    }
+
+    /// Polls `probe` until it answers true, the process exits, or `timeout` passes.
+    pub fn wait_ready(
+        &self,
+        timeout: Duration,
+        mut probe: impl FnMut() -> bool,
+    ) -> Result<(), ProcessError> {
+        let start = Instant::now();
+        loop {
+            if probe() {
+                return Ok(());
+            }
+            if !self.is_running() {
+                return Err(ProcessError::Exited {
+                    name: self.name.clone(),
+                    log: self.log.display().to_string(),
+                    tail: self.log_tail(),
+                });
+            }
+            if start.elapsed() > timeout {
+                return Err(ProcessError::NotReady {
+                    name: self.name.clone(),
+                    seconds: timeout.as_secs(),
+                    log: self.log.display().to_string(),
+                    tail: self.log_tail(),
+                });
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn cmdline_mentions(pid: u32, program: &Path) -> bool {
+    let Some(file_name) = program.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| String::from_utf8_lossy(&raw).contains(file_name))
+        .unwrap_or(false)
+}
+
+/// The last `lines` lines of a log file.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A port on 127.0.0.1 that nothing listens on right now.
+pub fn free_port() -> Result<u16, ProcessError> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(ProcessError::NoPort)?;
+    Ok(listener.local_addr().map_err(ProcessError::NoPort)?.port())
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Sends `request` to a loopback port and returns what comes back before the peer
+/// closes or goes quiet.
+fn exchange(port: u16, request: &[u8]) -> Option<Vec<u8>> {
+    let timeout = Duration::from_secs(2);
+    let mut stream = TcpStream::connect_timeout(&loopback(port), timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.write_all(request).ok()?;
+    let mut buf = vec![0; 4096];
+    let n = stream.read(&mut buf).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+/// An HTTP/1.0 GET on a loopback port; the body of a 200 answer.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    let raw = exchange(port, request.as_bytes())?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then_some(())?;
+    head.split_whitespace()
+        .nth(1)
+        .filter(|code| *code == "200")
+        .map(|_| body.to_owned())
+}
+
+/// Whether a Redis server answers PING on a loopback port.
+pub fn redis_ping(port: u16) -> bool {
+    exchange(port, b"PING\r\n").is_some_and(|reply| reply.starts_with(b"+PONG"))
+}
+
+/// Whether an AMQP 0-9-1 broker on a loopback port opens a connection: it answers the
+/// protocol header with a method frame (`Connection.Start`).
+pub fn amqp_handshake(port: u16) -> bool {
+    exchange(port, b"AMQP\x00\x00\x09\x01").is_some_and(|reply| reply.first() == Some(&1))
+}
