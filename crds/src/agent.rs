@@ -20,6 +20,7 @@ use crate::common::DnsLabel;
     kind = "Agent",
     doc = "A pool of agent pods serving one role, scaled with that role's queue.",
     namespaced,
+    derive = "PartialEq",
     status = "AgentStatus",
     shortname = "ag",
     category = "aios",

@@ -21,6 +21,7 @@ use crate::common::{Complexity, SecretKeyRef, Tier};
     kind = "ModelProvider",
     doc = "A language-model provider the agents may call: an external service (endpoint) or an Ollama server the operator deploys in the cluster (serve).",
     namespaced,
+    derive = "PartialEq",
     status = "ModelProviderStatus",
     shortname = "mp",
     category = "aios",

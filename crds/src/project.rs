@@ -21,6 +21,7 @@ pub const MAX_SPEC_DEPENDENCIES: usize = 20;
     kind = "Project",
     doc = "A software project for the AIOS agents to plan, build, test and deliver into a git repository.",
     namespaced,
+    derive = "PartialEq",
     status = "ProjectStatus",
     shortname = "proj",
     category = "aios",

@@ -18,6 +18,7 @@ use crate::{
     kind = "Task",
     doc = "One unit of work for one role, dispatched to that role's agents when its dependencies have succeeded.",
     namespaced,
+    derive = "PartialEq",
     status = "TaskStatus",
     shortname = "tk",
     category = "aios",
@@ -29,7 +30,7 @@ use crate::{
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     selectable = ".spec.project",
     selectable = ".spec.role",
-    validation = Rule::new("!has(self.spec.dependsOn) || !self.spec.dependsOn.exists(d, d == self.metadata.name)").message("a task cannot depend on itself")
+    validation = Rule::new("!has(self.spec.dependsOn) || !self.spec.dependsOn.exists(d, d == self.metadata.name)").message("a task cannot depend on itself").field_path(".spec.dependsOn")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TaskSpec {
