@@ -122,34 +122,31 @@ pub fn spawn(
 }
 
 impl ServerProcess {
-    /// Whether the process is alive (a zombie awaiting its parent counts as gone) and
-    /// still runs the program we started, so a recycled pid is not mistaken for it.
+    /// Whether the process (or, for a launcher script such as `rabbitmq-server`, a
+    /// process it started in its group) is still alive.
     pub fn is_running(&self) -> bool {
-        let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
-            return false;
-        };
-        // The state is the first field after the parenthesised command name.
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next());
-        if matches!(state, Some('Z' | 'X') | None) {
-            return false;
-        }
+        group_members(self.pid) > 0
+    }
+
+    /// Whether the group's leader, if it still exists, runs the program we started: a
+    /// recycled pid belonging to someone else is never signalled. (A group whose leader
+    /// has exited keeps its id reserved while any member lives, so it cannot be recycled.)
+    fn leader_is_ours(&self) -> bool {
         let Ok(exe) = fs::read_link(format!("/proc/{}/exe", self.pid)) else {
-            return false;
+            return true;
         };
         let wanted = fs::canonicalize(&self.program).unwrap_or_else(|_| self.program.clone());
-        // Scripts (rabbitmq-server) exec an interpreter; compare by name then.
+        // Scripts (rabbitmq-server) run an interpreter; compare by name then.
         exe == wanted || cmdline_mentions(self.pid, &self.program)
     }
 
-    /// Sends SIGTERM, waits up to `grace` for the process to go, then SIGKILL.
+    /// Sends SIGTERM to the process group, waits up to `grace` for it to go, then SIGKILL.
     pub fn stop(&self, grace: Duration) {
-        if !self.is_running() {
+        if !self.is_running() || !self.leader_is_ours() {
             return;
         }
-        let pid = Pid::from_raw(i32::try_from(self.pid).unwrap_or(i32::MAX));
-        let _ = kill(pid, Signal::SIGTERM);
+        let group = Pid::from_raw(-i32::try_from(self.pid).unwrap_or(i32::MAX));
+        let _ = kill(group, Signal::SIGTERM);
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if !self.is_running() {
@@ -157,8 +154,9 @@ impl ServerProcess {
             }
             thread::sleep(Duration::from_millis(100));
         }
-        if self.is_running() {
-            let _ = kill(pid, Signal::SIGKILL);
+        let _ = kill(group, Signal::SIGKILL);
+        while self.is_running() && Instant::now() < deadline + Duration::from_secs(5) {
+            thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -196,6 +194,28 @@ impl ServerProcess {
             thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// How many live (not zombie) processes are in process group `pgid`.
+fn group_members(pgid: u32) -> usize {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            // Fields after the parenthesised command: state, ppid, pgrp, ...
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let mut fields = rest.split_whitespace();
+            let state = fields.next().unwrap_or("Z");
+            let pgrp = fields.nth(1).and_then(|f| f.parse::<u32>().ok());
+            !matches!(state, "Z" | "X") && pgrp == Some(pgid)
+        })
+        .count()
 }
 
 fn cmdline_mentions(pid: u32, program: &Path) -> bool {
