@@ -1,6 +1,8 @@
 //! Every manifest in manifests/examples parses into the types, and every manifest in
 //! manifests/examples/invalid says which rule it breaks and what the refusal says.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::{fs, path::PathBuf};
 
 use aios_crds::{Agent, ModelProvider, Project, Task};

@@ -1,5 +1,7 @@
 //! The committed CRD YAML is exactly what the types generate.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::{fs, path::Path};
 
 use aios_crds::generate;

@@ -1,6 +1,8 @@
 //! The generated schemas are structural, documented, and every printer column points at
 //! a field that exists.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use aios_crds::generate;
 use serde_json::Value;
 

@@ -203,7 +203,11 @@ fn group_members(pgid: u32) -> usize {
     };
     entries
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
         .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
         .filter(|stat| {
             // Fields after the parenthesised command: state, ppid, pgrp, ...
@@ -223,8 +227,7 @@ fn cmdline_mentions(pid: u32, program: &Path) -> bool {
         return false;
     };
     fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| String::from_utf8_lossy(&raw).contains(file_name))
-        .unwrap_or(false)
+        .is_ok_and(|raw| String::from_utf8_lossy(&raw).contains(file_name))
 }
 
 /// The last `lines` lines of a log file.

@@ -5,6 +5,8 @@
 //!
 //! The tests share one environment (`aios_e2e::shared`), each in its own namespace.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::{fs, path::PathBuf, sync::OnceLock};
 
 use aios_e2e::{Environment, repo_root};
@@ -20,11 +22,31 @@ fn env() -> &'static Environment {
 fn install_crds(env: &Environment) {
     let crds = repo_root().join("crds");
     let out = env
-        .kubectl(&["apply", "--server-side", "--field-manager=aios-e2e", "-f", crds.to_str().unwrap()])
+        .kubectl(&[
+            "apply",
+            "--server-side",
+            "--field-manager=aios-e2e",
+            "-f",
+            crds.to_str().unwrap(),
+        ])
         .unwrap();
-    assert_eq!(out.lines().filter(|l| l.contains("serverside-applied")).count(), 4, "{out}");
-    env.kubectl(&["wait", "--for=condition=Established", "--timeout=60s", "crd/projects.aios.dev", "crd/tasks.aios.dev", "crd/agents.aios.dev", "crd/modelproviders.aios.dev"])
-        .unwrap();
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("serverside-applied"))
+            .count(),
+        4,
+        "{out}"
+    );
+    env.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/projects.aios.dev",
+        "crd/tasks.aios.dev",
+        "crd/agents.aios.dev",
+        "crd/modelproviders.aios.dev",
+    ])
+    .unwrap();
 }
 
 fn yaml_files(dir: PathBuf) -> Vec<PathBuf> {
@@ -40,18 +62,46 @@ fn yaml_files(dir: PathBuf) -> Vec<PathBuf> {
 #[test]
 fn crds_apply_server_side_and_become_established() {
     let env = env();
-    for crd in ["projects.aios.dev", "tasks.aios.dev", "agents.aios.dev", "modelproviders.aios.dev"] {
+    for crd in [
+        "projects.aios.dev",
+        "tasks.aios.dev",
+        "agents.aios.dev",
+        "modelproviders.aios.dev",
+    ] {
         let established = env
-            .kubectl(&["get", "crd", crd, "-o", "jsonpath={.status.conditions[?(@.type==\"Established\")].status}"])
+            .kubectl(&[
+                "get",
+                "crd",
+                crd,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+            ])
             .unwrap();
         assert_eq!(established, "True", "{crd} is not Established");
-        let managers = env.kubectl(&["get", "crd", crd, "--show-managed-fields", "-o", "jsonpath={.metadata.managedFields[*].operation}"]).unwrap();
-        assert!(managers.contains("Apply"), "{crd} was not server-side applied: {managers}");
+        let managers = env
+            .kubectl(&[
+                "get",
+                "crd",
+                crd,
+                "--show-managed-fields",
+                "-o",
+                "jsonpath={.metadata.managedFields[*].operation}",
+            ])
+            .unwrap();
+        assert!(
+            managers.contains("Apply"),
+            "{crd} was not server-side applied: {managers}"
+        );
     }
     // The API answers for the new resources, under the aios category too.
     let ns = env.create_namespace("crds").unwrap();
-    let out = env.kubectl(&["get", "aios", "-n", &ns]).unwrap_or_else(|e| panic!("{e}"));
-    assert!(out.trim().is_empty(), "a fresh namespace has no AIOS objects: {out}");
+    let out = env
+        .kubectl(&["get", "aios", "-n", &ns])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.trim().is_empty(),
+        "a fresh namespace has no AIOS objects: {out}"
+    );
 }
 
 #[test]
@@ -60,9 +110,20 @@ fn every_example_passes_server_side_dry_run() {
     let ns = env.create_namespace("examples").unwrap();
     for file in yaml_files(repo_root().join("manifests/examples")) {
         let out = env
-            .kubectl(&["apply", "--dry-run=server", "-n", &ns, "-f", file.to_str().unwrap()])
+            .kubectl(&[
+                "apply",
+                "--dry-run=server",
+                "-n",
+                &ns,
+                "-f",
+                file.to_str().unwrap(),
+            ])
             .unwrap_or_else(|e| panic!("{} was refused: {e}", file.display()));
-        assert!(out.contains("(server dry run)"), "{}: {out}", file.display());
+        assert!(
+            out.contains("(server dry run)"),
+            "{}: {out}",
+            file.display()
+        );
     }
 }
 
@@ -74,7 +135,10 @@ fn every_invalid_example_is_refused_with_its_rules_message() {
     assert!(!files.is_empty());
     for file in files {
         let text = fs::read_to_string(&file).unwrap();
-        let message = text.lines().find_map(|l| l.strip_prefix("# message: ")).unwrap();
+        let message = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# message: "))
+            .unwrap();
         let documents: Vec<&str> = text.split("\n---\n").collect();
         // Every document but the last sets the scene (e.g. creates the object an update
         // then breaks); it must be accepted.
@@ -83,10 +147,21 @@ fn every_invalid_example_is_refused_with_its_rules_message() {
                 .unwrap_or_else(|e| panic!("{}: setup document refused: {e}", file.display()));
         }
         let last = documents[documents.len() - 1];
-        let out = env.kubectl_output(&["apply", "-n", &ns, "-f", "-"], Some(last)).unwrap();
+        let out = env
+            .kubectl_output(&["apply", "-n", &ns, "-f", "-"], Some(last))
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{} was accepted: {}", file.display(), String::from_utf8_lossy(&out.stdout));
-        assert!(stderr.contains(message), "{}: refusal does not carry {message:?}:\n{stderr}", file.display());
+        assert!(
+            !out.status.success(),
+            "{} was accepted: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            stderr.contains(message),
+            "{}: refusal does not carry {message:?}:\n{stderr}",
+            file.display()
+        );
     }
 }
 
@@ -95,33 +170,59 @@ fn kubectl_get_prints_the_printer_columns() {
     let env = env();
     let ns = env.create_namespace("columns").unwrap();
     let diamond = repo_root().join("manifests/examples/project-diamond.yaml");
-    env.kubectl(&["apply", "-n", &ns, "-f", diamond.to_str().unwrap()]).unwrap();
+    env.kubectl(&["apply", "-n", &ns, "-f", diamond.to_str().unwrap()])
+        .unwrap();
     let task = "apiVersion: aios.dev/v1alpha1\nkind: Task\nmetadata:\n  name: todo-app-design-api\nspec:\n  project: todo-app\n  title: Design the API\n  role: backend\n";
-    env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(task)).unwrap();
+    env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(task))
+        .unwrap();
 
     let projects = env.kubectl(&["get", "projects", "-n", &ns]).unwrap();
-    let header: Vec<&str> = projects.lines().next().unwrap().split_whitespace().collect();
+    let header: Vec<&str> = projects
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
     assert_eq!(header, ["NAME", "PHASE", "PROGRESS", "AGE"], "{projects}");
     assert!(projects.contains("todo-app"), "{projects}");
 
     let tasks = env.kubectl(&["get", "tasks", "-n", &ns]).unwrap();
     let header: Vec<&str> = tasks.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "PROJECT", "ROLE", "PHASE", "AGENT", "ATTEMPT", "AGE"], "{tasks}");
+    assert_eq!(
+        header,
+        [
+            "NAME", "PROJECT", "ROLE", "PHASE", "AGENT", "ATTEMPT", "AGE"
+        ],
+        "{tasks}"
+    );
     let row: Vec<&str> = tasks.lines().nth(1).unwrap().split_whitespace().collect();
-    assert_eq!(&row[..3], ["todo-app-design-api", "todo-app", "backend"], "{tasks}");
+    assert_eq!(
+        &row[..3],
+        ["todo-app-design-api", "todo-app", "backend"],
+        "{tasks}"
+    );
 
-    let wide = env.kubectl(&["get", "proj", "-n", &ns, "-o", "wide"]).unwrap();
+    let wide = env
+        .kubectl(&["get", "proj", "-n", &ns, "-o", "wide"])
+        .unwrap();
     assert!(wide.lines().next().unwrap().contains("COST"), "{wide}");
 }
 
 #[test]
 fn kubectl_explain_prints_the_field_docs() {
     let env = env();
-    let out = env.kubectl(&["explain", "project.spec.description"]).unwrap();
-    assert!(out.contains("The brief: what to build, in plain language."), "{out}");
+    let out = env
+        .kubectl(&["explain", "project.spec.description"])
+        .unwrap();
+    assert!(
+        out.contains("The brief: what to build, in plain language."),
+        "{out}"
+    );
     let out = env.kubectl(&["explain", "task.spec.dependsOn"]).unwrap();
     assert!(out.contains("must succeed"), "{out}");
-    let out = env.kubectl(&["explain", "modelprovider.spec.serve"]).unwrap();
+    let out = env
+        .kubectl(&["explain", "modelprovider.spec.serve"])
+        .unwrap();
     assert!(out.contains("Ollama"), "{out}");
 }
 
@@ -130,22 +231,73 @@ fn task_status_is_written_only_through_the_status_subresource() {
     let env = env();
     let ns = env.create_namespace("status").unwrap();
     let task = "apiVersion: aios.dev/v1alpha1\nkind: Task\nmetadata:\n  name: shop-api\nspec:\n  project: shop\n  title: Build the API\n  role: backend\n";
-    env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(task)).unwrap();
-    let phase = || env.kubectl(&["get", "task", "shop-api", "-n", &ns, "-o", "jsonpath={.status.phase}"]).unwrap();
+    env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(task))
+        .unwrap();
+    let phase = || {
+        env.kubectl(&[
+            "get",
+            "task",
+            "shop-api",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.status.phase}",
+        ])
+        .unwrap()
+    };
 
     // A patch of the main resource may carry a status, but the server drops it.
-    env.kubectl(&["patch", "task", "shop-api", "-n", &ns, "--type=merge", "-p", r#"{"status":{"phase":"Succeeded"}}"#])
-        .unwrap();
+    env.kubectl(&[
+        "patch",
+        "task",
+        "shop-api",
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Succeeded"}}"#,
+    ])
+    .unwrap();
     assert_eq!(phase(), "", "status changed through the main resource");
 
-    env.kubectl(&["patch", "task", "shop-api", "-n", &ns, "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Running","attempt":1}}"#])
-        .unwrap();
+    env.kubectl(&[
+        "patch",
+        "task",
+        "shop-api",
+        "-n",
+        &ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Running","attempt":1}}"#,
+    ])
+    .unwrap();
     assert_eq!(phase(), "Running");
 
     // And the status subresource does not write the spec.
-    env.kubectl(&["patch", "task", "shop-api", "-n", &ns, "--subresource=status", "--type=merge", "-p", r#"{"spec":{"title":"Changed"}}"#])
+    env.kubectl(&[
+        "patch",
+        "task",
+        "shop-api",
+        "-n",
+        &ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"title":"Changed"}}"#,
+    ])
+    .unwrap();
+    let title = env
+        .kubectl(&[
+            "get",
+            "task",
+            "shop-api",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.title}",
+        ])
         .unwrap();
-    let title = env.kubectl(&["get", "task", "shop-api", "-n", &ns, "-o", "jsonpath={.spec.title}"]).unwrap();
     assert_eq!(title, "Build the API");
 }
 
@@ -155,13 +307,33 @@ fn garbage_collection_removes_tasks_owned_by_a_deleted_project() {
     let env = env();
     let ns = env.create_namespace("gc").unwrap();
     let project = "apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: shop\nspec:\n  description: A shop\n  repository:\n    url: file:///tmp/shop.git\n";
-    env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(project)).unwrap();
-    let uid = env.kubectl(&["get", "project", "shop", "-n", &ns, "-o", "jsonpath={.metadata.uid}"]).unwrap();
+    env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(project))
+        .unwrap();
+    let uid = env
+        .kubectl(&[
+            "get",
+            "project",
+            "shop",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .unwrap();
     let task = format!(
         "apiVersion: aios.dev/v1alpha1\nkind: Task\nmetadata:\n  name: shop-api\n  ownerReferences:\n  - apiVersion: aios.dev/v1alpha1\n    kind: Project\n    name: shop\n    uid: {uid}\nspec:\n  project: shop\n  title: Build the API\n  role: backend\n"
     );
-    env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&task)).unwrap();
-    env.kubectl(&["delete", "project", "shop", "-n", &ns, "--wait=true"]).unwrap();
-    env.kubectl(&["wait", "--for=delete", "task/shop-api", "-n", &ns, "--timeout=60s"])
-        .unwrap_or_else(|e| panic!("the owned Task was not garbage collected: {e}"));
+    env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&task))
+        .unwrap();
+    env.kubectl(&["delete", "project", "shop", "-n", &ns, "--wait=true"])
+        .unwrap();
+    env.kubectl(&[
+        "wait",
+        "--for=delete",
+        "task/shop-api",
+        "-n",
+        &ns,
+        "--timeout=60s",
+    ])
+    .unwrap_or_else(|e| panic!("the owned Task was not garbage collected: {e}"));
 }

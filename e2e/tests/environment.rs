@@ -1,6 +1,8 @@
 //! The environment tooling: servers on loopback, stop ends only what it started, and
 //! failures are clear errors, never hangs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::{
     fs,
     os::unix::fs::PermissionsExt,
@@ -22,7 +24,12 @@ fn aios_env(args: &[&str], bin_dir: &Path) -> Output {
 /// A directory of fake control-plane binaries, each running `script`.
 fn fake_binaries(dir: &Path, script: &str) {
     fs::create_dir_all(dir).unwrap();
-    for name in ["etcd", "kube-apiserver", "kube-controller-manager", "kubectl"] {
+    for name in [
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kubectl",
+    ] {
         let path = dir.join(name);
         fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
@@ -32,14 +39,33 @@ fn fake_binaries(dir: &Path, script: &str) {
 #[test]
 fn rabbitmq_and_redis_answer_on_loopback() {
     let env = aios_e2e::shared();
-    let port = |url: &str| -> u16 { url.rsplit(':').next().unwrap().split('/').next().unwrap().parse().unwrap() };
+    let port = |url: &str| -> u16 {
+        url.rsplit(':')
+            .next()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
     let amqp = env.amqp_url.as_deref().unwrap();
     let redis = env.redis_url.as_deref().unwrap();
     assert!(amqp.starts_with("amqp://guest:guest@127.0.0.1:"), "{amqp}");
     assert!(redis.starts_with("redis://127.0.0.1:"), "{redis}");
-    assert!(process::amqp_handshake(port(amqp)), "RabbitMQ does not answer at {amqp}");
-    assert!(process::redis_ping(port(redis)), "Redis does not answer at {redis}");
-    assert!(env.apiserver_url.starts_with("https://127.0.0.1:"), "{}", env.apiserver_url);
+    assert!(
+        process::amqp_handshake(port(amqp)),
+        "RabbitMQ does not answer at {amqp}"
+    );
+    assert!(
+        process::redis_ping(port(redis)),
+        "Redis does not answer at {redis}"
+    );
+    assert!(
+        env.apiserver_url.starts_with("https://127.0.0.1:"),
+        "{}",
+        env.apiserver_url
+    );
 }
 
 #[test]
@@ -58,44 +84,78 @@ fn stop_ends_only_its_own_processes_and_removes_its_state() {
     assert_eq!(loaded.processes, second.processes);
     let names: Vec<_> = second.processes.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["etcd", "kube-apiserver", "redis"]);
-    assert!(second.processes.iter().all(process::ServerProcess::is_running));
+    assert!(
+        second
+            .processes
+            .iter()
+            .all(process::ServerProcess::is_running)
+    );
     second.kubectl(&["get", "--raw", "/readyz"]).unwrap();
 
     loaded.stop().unwrap();
     for p in &second.processes {
-        assert!(!p.is_running(), "{} (pid {}) still runs after stop", p.name, p.pid);
+        assert!(
+            !p.is_running(),
+            "{} (pid {}) still runs after stop",
+            p.name,
+            p.pid
+        );
     }
     assert!(!dir.exists(), "stop left {} behind", dir.display());
     // The other environment is untouched.
-    assert!(shared.processes.iter().all(process::ServerProcess::is_running));
+    assert!(
+        shared
+            .processes
+            .iter()
+            .all(process::ServerProcess::is_running)
+    );
     shared.kubectl(&["get", "--raw", "/readyz"]).unwrap();
 }
 
 #[test]
 fn an_existing_state_directory_is_refused() {
     let dir = tempfile_dir("exists");
-    let err = Environment::start(&EnvOptions { dir: Some(dir.clone()), ..EnvOptions::default() }).unwrap_err();
+    let err = Environment::start(&EnvOptions {
+        dir: Some(dir.clone()),
+        ..EnvOptions::default()
+    })
+    .unwrap_err();
     assert!(err.to_string().contains("already exists"), "{err}");
     fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn a_missing_binary_is_a_clear_error() {
-    let out = aios_env(&["start", "--no-rabbitmq", "--no-redis"], Path::new("/nonexistent/aios-bin"));
+    let out = aios_env(
+        &["start", "--no-rabbitmq", "--no-redis"],
+        Path::new("/nonexistent/aios-bin"),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("starting etcd (/nonexistent/aios-bin/etcd) failed"), "{stderr}");
+    assert!(
+        stderr.contains("starting etcd (/nonexistent/aios-bin/etcd) failed"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn a_server_that_exits_at_once_is_reported_with_its_log() {
     let bin = tempfile_dir("exits");
-    fake_binaries(&bin, "echo 'listen tcp 127.0.0.1:2379: bind: address already in use' >&2; exit 1");
+    fake_binaries(
+        &bin,
+        "echo 'listen tcp 127.0.0.1:2379: bind: address already in use' >&2; exit 1",
+    );
     let out = aios_env(&["start", "--no-rabbitmq", "--no-redis"], &bin);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("etcd exited before it became ready; its log is"), "{stderr}");
-    assert!(stderr.contains("address already in use"), "the log's tail is shown: {stderr}");
+    assert!(
+        stderr.contains("etcd exited before it became ready; its log is"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("address already in use"),
+        "the log's tail is shown: {stderr}"
+    );
     fs::remove_dir_all(bin).unwrap();
 }
 
@@ -105,15 +165,29 @@ fn a_server_that_never_becomes_ready_times_out_and_is_stopped() {
     fake_binaries(&bin, "echo 'waiting for peers'; sleep 300");
     let state = bin.join("state");
     let out = aios_env(
-        &["start", "--no-rabbitmq", "--no-redis", "--ready-timeout", "2", "--dir", state.to_str().unwrap()],
+        &[
+            "start",
+            "--no-rabbitmq",
+            "--no-redis",
+            "--ready-timeout",
+            "2",
+            "--dir",
+            state.to_str().unwrap(),
+        ],
         &bin,
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("etcd did not become ready within 2s"), "{stderr}");
+    assert!(
+        stderr.contains("etcd did not become ready within 2s"),
+        "{stderr}"
+    );
     assert!(stderr.contains("waiting for peers"), "{stderr}");
     // The hung server was stopped, not left behind.
-    let leftover = Command::new("pgrep").args(["-f", &format!("{}/etcd", bin.display())]).output().unwrap();
+    let leftover = Command::new("pgrep")
+        .args(["-f", &format!("{}/etcd", bin.display())])
+        .output()
+        .unwrap();
     assert!(leftover.stdout.is_empty(), "the hung etcd was left running");
     fs::remove_dir_all(bin).unwrap();
 }
