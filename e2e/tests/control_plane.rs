@@ -59,6 +59,14 @@ fn yaml_files(dir: PathBuf) -> Vec<PathBuf> {
     files
 }
 
+/// A backend Task of `project`, with `extra_metadata` (indented YAML) under metadata.
+fn task_manifest(name: &str, project: &str, extra_metadata: &str) -> String {
+    format!(
+        "apiVersion: aios.dev/v1alpha1\nkind: Task\nmetadata:\n  name: {name}\n{extra_metadata}\
+         spec:\n  project: {project}\n  title: Build the API\n  role: backend\n"
+    )
+}
+
 #[test]
 fn crds_apply_server_side_and_become_established() {
     let env = env();
@@ -172,8 +180,8 @@ fn kubectl_get_prints_the_printer_columns() {
     let diamond = repo_root().join("manifests/examples/project-diamond.yaml");
     env.kubectl(&["apply", "-n", &ns, "-f", diamond.to_str().unwrap()])
         .unwrap();
-    let task = "apiVersion: aios.dev/v1alpha1\nkind: Task\nmetadata:\n  name: todo-app-design-api\nspec:\n  project: todo-app\n  title: Design the API\n  role: backend\n";
-    env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(task))
+    let task = task_manifest("todo-app-design-api", "todo-app", "");
+    env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&task))
         .unwrap();
 
     let projects = env.kubectl(&["get", "projects", "-n", &ns]).unwrap();
@@ -230,8 +238,8 @@ fn kubectl_explain_prints_the_field_docs() {
 fn task_status_is_written_only_through_the_status_subresource() {
     let env = env();
     let ns = env.create_namespace("status").unwrap();
-    let task = "apiVersion: aios.dev/v1alpha1\nkind: Task\nmetadata:\n  name: shop-api\nspec:\n  project: shop\n  title: Build the API\n  role: backend\n";
-    env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(task))
+    let task = task_manifest("shop-api", "shop", "");
+    env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&task))
         .unwrap();
     let phase = || {
         env.kubectl(&[
@@ -320,9 +328,10 @@ fn garbage_collection_removes_tasks_owned_by_a_deleted_project() {
             "jsonpath={.metadata.uid}",
         ])
         .unwrap();
-    let task = format!(
-        "apiVersion: aios.dev/v1alpha1\nkind: Task\nmetadata:\n  name: shop-api\n  ownerReferences:\n  - apiVersion: aios.dev/v1alpha1\n    kind: Project\n    name: shop\n    uid: {uid}\nspec:\n  project: shop\n  title: Build the API\n  role: backend\n"
+    let owner = format!(
+        "  ownerReferences:\n  - apiVersion: aios.dev/v1alpha1\n    kind: Project\n    name: shop\n    uid: {uid}\n"
     );
+    let task = task_manifest("shop-api", "shop", &owner);
     env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&task))
         .unwrap();
     env.kubectl(&["delete", "project", "shop", "-n", &ns, "--wait=true"])
