@@ -53,7 +53,7 @@ mkdir -p "$bin"
 stage=$(mktemp -d "$bin/../stage.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 
-export GOTOOLCHAIN=local GOFLAGS=-trimpath CGO_ENABLED=0
+export GOTOOLCHAIN=local GOFLAGS="-trimpath -buildvcs=false" CGO_ENABLED=0
 start=$(date +%s)
 
 minor=${kube_version#v1.}

@@ -366,10 +366,12 @@ impl Environment {
         fs::create_dir_all(base.join("log")).map_err(io_err("creating", &base))?;
         let plugins = base.join("enabled_plugins");
         fs::write(&plugins, "[].\n").map_err(io_err("writing", &plugins))?;
+        // A config file of our own keeps the system's /etc/rabbitmq out of the run; the
+        // listener is set through RABBITMQ_NODE_IP_ADDRESS and RABBITMQ_NODE_PORT below.
         let config = base.join("rabbitmq.conf");
         fs::write(
             &config,
-            "listeners.tcp.default = 127.0.0.1:".to_owned() + &amqp.to_string() + "\n",
+            "# AIOS local environment: settings come from the environment\n",
         )
         .map_err(io_err("writing", &config))?;
 
