@@ -197,3 +197,42 @@ fn tempfile_dir(name: &str) -> std::path::PathBuf {
     fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn building_without_a_go_toolchain_says_so() {
+    let cache = tempfile_dir("no-go");
+    // A PATH with the shell tools the script uses, and no go.
+    let tools = cache.join("bin");
+    fs::create_dir_all(&tools).unwrap();
+    for tool in [
+        "dirname",
+        "awk",
+        "cat",
+        "sha256sum",
+        "cut",
+        "head",
+        "mkdir",
+        "date",
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .unwrap();
+        let path = String::from_utf8(found.stdout).unwrap();
+        std::os::unix::fs::symlink(path.trim(), tools.join(tool)).unwrap();
+    }
+    let script = aios_e2e::binaries::controlplane_dir().join("build.sh");
+    let out = Command::new("/bin/bash")
+        .arg(&script)
+        .env("PATH", &tools)
+        .env("AIOS_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no Go toolchain on PATH; install Go 1.26 or newer"),
+        "{stderr}"
+    );
+    fs::remove_dir_all(cache).unwrap();
+}
