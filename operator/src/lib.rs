@@ -6,6 +6,13 @@
 //! Only the configuration surface exists so far; the controllers are not built yet and
 //! `run` says so rather than pretending to reconcile.
 
+pub mod lifecycle;
+pub mod plan;
+pub mod rollup;
+pub mod schedule;
+#[cfg(test)]
+mod testing;
+
 use clap::Parser;
 
 /// The operator's configuration, from flags and the environment.

@@ -1,0 +1,531 @@
+//! A Task's status transitions, as pure functions: dispatch, agents' events, failed
+//! attempts with retries and backoff (Argo Workflows' meaning), skips and cancellation.
+//! The `Succeeded` condition follows Tekton: Unknown while in flight, True or False with
+//! a reason when done.
+
+use std::time::Duration;
+
+use aios_crds::{
+    Task, TaskPhase, TaskStatus,
+    bus::{TaskEvent, TaskEventKind},
+    conditions::{self, reasons},
+    project::{Backoff, TaskDefaults},
+};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// The retry and timeout rules that apply to one task: its own settings, else the
+/// Project's task defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: i32,
+    /// Wait between attempts.
+    pub backoff: Backoff,
+    /// How long one attempt may run; `None` for no limit.
+    pub timeout: Option<Duration>,
+    /// How long a running attempt may go without a heartbeat.
+    pub heartbeat_timeout: Duration,
+}
+
+fn seconds(s: i32) -> Duration {
+    Duration::from_secs(u64::try_from(s.max(0)).unwrap_or(0))
+}
+
+/// The policy for `task` under `defaults`.
+pub fn task_policy(task: &Task, defaults: &TaskDefaults) -> TaskPolicy {
+    let timeout = task
+        .spec
+        .timeout_seconds
+        .unwrap_or(defaults.timeout_seconds);
+    TaskPolicy {
+        max_retries: task.spec.max_retries.unwrap_or(defaults.max_retries),
+        backoff: defaults.backoff.clone(),
+        timeout: (timeout > 0).then(|| seconds(timeout)),
+        heartbeat_timeout: seconds(defaults.heartbeat_timeout_seconds),
+    }
+}
+
+/// The wait before retrying after failed attempt `attempt` (from 1):
+/// `duration * factor^(attempt-1)`, capped at `maxDuration`.
+pub fn retry_delay(backoff: &Backoff, attempt: i32) -> Duration {
+    let base = u64::try_from(backoff.duration_seconds.max(0)).unwrap_or(0);
+    let factor = u64::try_from(backoff.factor.max(1)).unwrap_or(1);
+    let cap = u64::try_from(backoff.max_duration_seconds.max(0)).unwrap_or(0);
+    let exponent = u32::try_from((attempt - 1).max(0)).unwrap_or(0);
+    let delay = factor
+        .checked_pow(exponent)
+        .and_then(|f| f.checked_mul(base))
+        .unwrap_or(u64::MAX);
+    Duration::from_secs(delay.min(cap))
+}
+
+/// Adds `d` to `t`, saturating at the end of time.
+pub fn after(t: Timestamp, d: Duration) -> Timestamp {
+    jiff::SignedDuration::try_from(d)
+        .ok()
+        .and_then(|d| t.checked_add(d).ok())
+        .unwrap_or(Timestamp::MAX)
+}
+
+/// Sets condition `type_`, keeping its transition time when the status is unchanged.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) {
+    let fresh = Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        last_transition_time: Time(now),
+        observed_generation: None,
+    };
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(existing) => {
+            let transition = if existing.status == status {
+                existing.last_transition_time.clone()
+            } else {
+                Time(now)
+            };
+            *existing = Condition {
+                last_transition_time: transition,
+                ..fresh
+            };
+        }
+        None => conditions.push(fresh),
+    }
+}
+
+/// The status condition of `type_`, if set.
+pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn succeeded(status: &mut TaskStatus, value: &str, reason: &str, message: &str, now: Timestamp) {
+    set_condition(
+        &mut status.conditions,
+        conditions::SUCCEEDED,
+        value,
+        reason,
+        message,
+        now,
+    );
+}
+
+/// The phase of a task, `Pending` when it has no status yet.
+pub fn phase(task: &Task) -> TaskPhase {
+    task.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .unwrap_or_default()
+}
+
+/// The task's status after attempt `attempt` was published to the bus.
+pub fn queued(task: &Task, attempt: i32, now: Timestamp) -> TaskStatus {
+    let mut status = task.status.clone().unwrap_or_default();
+    status.phase = Some(TaskPhase::Queued);
+    status.attempt = attempt;
+    status.queued_time = Some(Time(now));
+    status.start_time = None;
+    status.last_heartbeat_time = None;
+    status.next_attempt_time = None;
+    status.agent = None;
+    status.message = Some(format!("attempt {attempt} is waiting for an agent"));
+    succeeded(
+        &mut status,
+        "Unknown",
+        reasons::PENDING,
+        "queued for an agent",
+        now,
+    );
+    status
+}
+
+/// Ends an attempt that failed: back to Pending with a backoff when it is retryable and
+/// retries remain, else Failed for good.
+pub fn fail_attempt(
+    task: &Task,
+    policy: &TaskPolicy,
+    reason: &str,
+    message: &str,
+    retryable: bool,
+    now: Timestamp,
+) -> TaskStatus {
+    let mut status = task.status.clone().unwrap_or_default();
+    let attempt = status.attempt.max(1);
+    if retryable && attempt <= policy.max_retries {
+        let delay = retry_delay(&policy.backoff, attempt);
+        let at = after(now, delay);
+        status.phase = Some(TaskPhase::Pending);
+        status.next_attempt_time = Some(Time(at));
+        status.message = Some(format!(
+            "attempt {attempt} failed ({reason}): {message}; retrying in {}s",
+            delay.as_secs()
+        ));
+        succeeded(&mut status, "Unknown", reason, message, now);
+    } else {
+        status.phase = Some(TaskPhase::Failed);
+        status.next_attempt_time = None;
+        status.completion_time = Some(Time(now));
+        let why = if retryable {
+            format!("attempt {attempt} failed ({reason}) and no retries are left: {message}")
+        } else {
+            format!("attempt {attempt} failed ({reason}): {message}")
+        };
+        status.message = Some(why.clone());
+        succeeded(&mut status, "False", reason, &why, now);
+    }
+    status
+}
+
+/// The status of a task that will not run because `dependency` failed or was skipped.
+pub fn skipped(task: &Task, dependency: &str, now: Timestamp) -> TaskStatus {
+    let mut status = task.status.clone().unwrap_or_default();
+    status.phase = Some(TaskPhase::Skipped);
+    status.completion_time = Some(Time(now));
+    let message = format!("not run: dependency {dependency} did not succeed");
+    status.message = Some(message.clone());
+    succeeded(
+        &mut status,
+        "False",
+        reasons::DEPENDENCY_FAILED,
+        &message,
+        now,
+    );
+    status
+}
+
+/// The status of a task stopped because its Project failed.
+pub fn cancelled(task: &Task, why: &str, now: Timestamp) -> TaskStatus {
+    let mut status = task.status.clone().unwrap_or_default();
+    status.phase = Some(TaskPhase::Cancelled);
+    status.completion_time = Some(Time(now));
+    status.message = Some(why.to_owned());
+    succeeded(&mut status, "False", reasons::CANCELLED, why, now);
+    status
+}
+
+/// The task's status after an agent's event, or `None` when the event changes nothing:
+/// it is for another Task object (uid), an older attempt, a duplicate, or the task has
+/// already finished. Delivery is at least once, so this must be idempotent.
+pub fn apply_event(
+    task: &Task,
+    policy: &TaskPolicy,
+    event: &TaskEvent,
+    now: Timestamp,
+) -> Option<TaskStatus> {
+    if task.metadata.uid.as_deref() != Some(event.task.uid.as_str()) {
+        return None;
+    }
+    let current = task.status.clone().unwrap_or_default();
+    let phase = current.phase.unwrap_or_default();
+    let attempt = i32::try_from(event.attempt).ok()?;
+    // The status may not yet record the dispatch of `attempt` (the operator publishes,
+    // then writes Queued), so the attempt right after the recorded one is accepted too.
+    let is_current = attempt == current.attempt && phase.is_in_flight();
+    let is_next = attempt == current.attempt + 1 && phase == TaskPhase::Pending;
+    if phase.is_terminal() || !(is_current || is_next) {
+        return None;
+    }
+    let mut status = current.clone();
+    status.attempt = attempt;
+    status.agent = Some(event.agent.clone());
+    let at = Time(event.at);
+    match &event.kind {
+        TaskEventKind::Started | TaskEventKind::Heartbeat => {
+            if phase == TaskPhase::Running && current.agent.as_deref() == Some(event.agent.as_str())
+            {
+                // Only the heartbeat time moves; never backwards (events can reorder).
+                if current
+                    .last_heartbeat_time
+                    .as_ref()
+                    .is_some_and(|t| t.0 >= event.at)
+                {
+                    return None;
+                }
+                status.last_heartbeat_time = Some(at);
+                return Some(status);
+            }
+            status.phase = Some(TaskPhase::Running);
+            status.start_time = Some(at.clone());
+            status.last_heartbeat_time = Some(at);
+            status.next_attempt_time = None;
+            status.message = Some(format!("attempt {attempt} is running on {}", event.agent));
+            succeeded(
+                &mut status,
+                "Unknown",
+                reasons::RUNNING,
+                "an agent is working on it",
+                now,
+            );
+        }
+        TaskEventKind::Succeeded { result, usage } => {
+            status.phase = Some(TaskPhase::Succeeded);
+            status.result = Some(result.clone());
+            status
+                .usage
+                .get_or_insert_with(Default::default)
+                .accumulate(usage);
+            status.completion_time = Some(Time(now));
+            status.next_attempt_time = None;
+            status.message = Some(format!("attempt {attempt} succeeded on {}", event.agent));
+            succeeded(
+                &mut status,
+                "True",
+                reasons::SUCCEEDED,
+                &result.summary,
+                now,
+            );
+        }
+        TaskEventKind::Failed {
+            reason,
+            message,
+            retryable,
+            usage,
+        } => {
+            let mut with_usage = task.clone();
+            let mut base = status.clone();
+            base.usage
+                .get_or_insert_with(Default::default)
+                .accumulate(usage);
+            with_usage.status = Some(base);
+            return Some(fail_attempt(
+                &with_usage,
+                policy,
+                reason,
+                message,
+                *retryable,
+                now,
+            ));
+        }
+        TaskEventKind::Unknown => return None,
+    }
+    Some(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use aios_crds::{
+        TaskResult, Usage,
+        bus::{ObjectRef, SCHEMA_VERSION},
+    };
+
+    use super::*;
+    use crate::testing::{task, ts};
+
+    fn policy(max_retries: i32) -> TaskPolicy {
+        TaskPolicy {
+            max_retries,
+            backoff: Backoff {
+                duration_seconds: 10,
+                factor: 2,
+                max_duration_seconds: 60,
+            },
+            timeout: Some(Duration::from_secs(600)),
+            heartbeat_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn event(t: &Task, attempt: u32, kind: TaskEventKind, at: i64) -> TaskEvent {
+        let obj = ObjectRef {
+            namespace: "ns".into(),
+            name: t.metadata.name.clone().unwrap(),
+            uid: t.metadata.uid.clone().unwrap(),
+        };
+        TaskEvent {
+            schema_version: SCHEMA_VERSION,
+            project: obj.clone(),
+            task: obj,
+            attempt,
+            agent: "apollo-1".into(),
+            at: ts(at),
+            kind,
+        }
+    }
+
+    #[test]
+    fn backoff_grows_by_the_factor_and_stops_at_the_cap() {
+        let b = Backoff {
+            duration_seconds: 10,
+            factor: 2,
+            max_duration_seconds: 60,
+        };
+        let delays: Vec<u64> = (1..=6).map(|n| retry_delay(&b, n).as_secs()).collect();
+        assert_eq!(delays, [10, 20, 40, 60, 60, 60]);
+        let huge = Backoff {
+            duration_seconds: i32::MAX,
+            factor: 10,
+            max_duration_seconds: 300,
+        };
+        assert_eq!(
+            retry_delay(&huge, 40).as_secs(),
+            300,
+            "overflow saturates at the cap"
+        );
+    }
+
+    #[test]
+    fn task_settings_override_project_defaults() {
+        let mut t = task("shop-api", &[]);
+        let defaults = TaskDefaults::default();
+        assert_eq!(task_policy(&t, &defaults).max_retries, 2);
+        assert_eq!(
+            task_policy(&t, &defaults).timeout,
+            Some(Duration::from_secs(1800))
+        );
+        t.spec.max_retries = Some(0);
+        t.spec.timeout_seconds = Some(0);
+        let p = task_policy(&t, &defaults);
+        assert_eq!((p.max_retries, p.timeout), (0, None));
+    }
+
+    #[test]
+    fn a_failed_attempt_is_retried_with_backoff_until_retries_run_out() {
+        let mut t = task("shop-api", &[]);
+        t.status = Some(queued(&t, 1, ts(0)));
+        let s = fail_attempt(&t, &policy(1), "InvalidOutput", "not JSON", true, ts(100));
+        assert_eq!(s.phase, Some(TaskPhase::Pending));
+        assert_eq!(s.next_attempt_time, Some(Time(ts(110))));
+        assert_eq!(
+            condition(&s.conditions, "Succeeded").unwrap().status,
+            "Unknown"
+        );
+
+        t.status = Some(queued(&t, 2, ts(110)));
+        let s = fail_attempt(&t, &policy(1), "InvalidOutput", "not JSON", true, ts(200));
+        assert_eq!(s.phase, Some(TaskPhase::Failed));
+        let c = condition(&s.conditions, "Succeeded").unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "InvalidOutput")
+        );
+        assert!(s.message.unwrap().contains("no retries are left"));
+    }
+
+    #[test]
+    fn a_non_retryable_failure_fails_at_once() {
+        let mut t = task("shop-api", &[]);
+        t.status = Some(queued(&t, 1, ts(0)));
+        let s = fail_attempt(
+            &t,
+            &policy(5),
+            "BudgetExceeded",
+            "budget spent",
+            false,
+            ts(5),
+        );
+        assert_eq!(s.phase, Some(TaskPhase::Failed));
+    }
+
+    #[test]
+    fn events_move_the_task_and_duplicates_or_stale_ones_change_nothing() {
+        let mut t = task("shop-api", &[]);
+        t.status = Some(queued(&t, 2, ts(0)));
+        let p = policy(2);
+
+        let started = apply_event(&t, &p, &event(&t, 2, TaskEventKind::Started, 5), ts(5)).unwrap();
+        assert_eq!(started.phase, Some(TaskPhase::Running));
+        assert_eq!(started.agent.as_deref(), Some("apollo-1"));
+        t.status = Some(started);
+        assert_eq!(
+            apply_event(&t, &p, &event(&t, 2, TaskEventKind::Started, 5), ts(6)),
+            None,
+            "duplicate"
+        );
+        assert_eq!(
+            apply_event(&t, &p, &event(&t, 1, TaskEventKind::Heartbeat, 7), ts(7)),
+            None,
+            "older attempt"
+        );
+
+        let beat =
+            apply_event(&t, &p, &event(&t, 2, TaskEventKind::Heartbeat, 20), ts(20)).unwrap();
+        assert_eq!(beat.last_heartbeat_time, Some(Time(ts(20))));
+        t.status = Some(beat);
+        assert_eq!(
+            apply_event(&t, &p, &event(&t, 2, TaskEventKind::Heartbeat, 15), ts(21)),
+            None,
+            "reordered heartbeat"
+        );
+
+        let done = TaskEventKind::Succeeded {
+            result: TaskResult {
+                summary: "built".into(),
+                ..TaskResult::default()
+            },
+            usage: Usage {
+                input_tokens: 10,
+                local_requests: 1,
+                ..Usage::default()
+            },
+        };
+        let ok = apply_event(&t, &p, &event(&t, 2, done.clone(), 30), ts(30)).unwrap();
+        assert_eq!(ok.phase, Some(TaskPhase::Succeeded));
+        assert_eq!(
+            condition(&ok.conditions, "Succeeded").unwrap().status,
+            "True"
+        );
+        assert_eq!(ok.usage.as_ref().unwrap().input_tokens, 10);
+        t.status = Some(ok);
+        assert_eq!(
+            apply_event(&t, &p, &event(&t, 2, done, 31), ts(31)),
+            None,
+            "duplicate success"
+        );
+        let late_failure = TaskEventKind::Failed {
+            reason: "X".into(),
+            message: "x".into(),
+            retryable: true,
+            usage: Usage::default(),
+        };
+        assert_eq!(
+            apply_event(&t, &p, &event(&t, 2, late_failure, 32), ts(32)),
+            None,
+            "finished tasks stay finished"
+        );
+    }
+
+    #[test]
+    fn an_event_for_a_recreated_task_is_ignored() {
+        let t = task("shop-api", &[]);
+        let mut e = event(&t, 1, TaskEventKind::Started, 1);
+        e.task.uid = "another-uid".into();
+        assert_eq!(apply_event(&t, &policy(1), &e, ts(1)), None);
+    }
+
+    #[test]
+    fn an_event_may_arrive_before_the_queued_status_is_written() {
+        let t = task("shop-api", &[]);
+        let s = apply_event(
+            &t,
+            &policy(1),
+            &event(&t, 1, TaskEventKind::Started, 1),
+            ts(1),
+        )
+        .unwrap();
+        assert_eq!((s.phase, s.attempt), (Some(TaskPhase::Running), 1));
+    }
+
+    #[test]
+    fn a_failed_event_accumulates_usage_and_retries() {
+        let mut t = task("shop-api", &[]);
+        t.status = Some(queued(&t, 1, ts(0)));
+        let failed = TaskEventKind::Failed {
+            reason: "InvalidOutput".into(),
+            message: "bad".into(),
+            retryable: true,
+            usage: Usage {
+                output_tokens: 7,
+                ..Usage::default()
+            },
+        };
+        let s = apply_event(&t, &policy(2), &event(&t, 1, failed, 3), ts(3)).unwrap();
+        assert_eq!(s.phase, Some(TaskPhase::Pending));
+        assert_eq!(s.usage.unwrap().output_tokens, 7);
+    }
+}

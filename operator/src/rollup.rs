@@ -1,0 +1,480 @@
+//! A Project's status, rolled up from its Tasks: phase, progress, counts, usage and
+//! conditions. Pure: the reconciler writes the result only when it differs.
+
+use aios_crds::{
+    Project, ProjectPhase, ProjectStatus, Task, TaskPhase, Usage,
+    conditions::{self, reasons},
+    project::TaskCounts,
+};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+
+use crate::lifecycle::{phase, set_condition};
+
+/// Where the Project's plan stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanState {
+    /// `spec.tasks` is the plan.
+    Explicit,
+    /// The planning task has not produced a valid plan yet.
+    Planning,
+    /// The latest plan was refused and a new one was asked for.
+    Replanning {
+        /// What was wrong.
+        message: String,
+    },
+    /// Plans were refused until no retries were left.
+    Invalid {
+        /// What was wrong with the last one.
+        message: String,
+    },
+    /// The planning task's plan was valid and its Tasks exist.
+    Planned,
+}
+
+/// Whether the Project's model budget is spent.
+pub fn budget_exceeded(project: &Project, usage: &Usage) -> bool {
+    let Some(budget) = &project.spec.models.budget else {
+        return false;
+    };
+    budget
+        .tokens
+        .is_some_and(|limit| usage.total_tokens() >= limit)
+        || budget.usd.is_some_and(|limit| usage.cost_usd >= limit)
+}
+
+/// The summed usage of `tasks` (every task of the Project, the planning task included).
+pub fn total_usage<'a>(tasks: impl IntoIterator<Item = &'a Task>) -> Usage {
+    let mut total = Usage::default();
+    for task in tasks {
+        if let Some(usage) = task.status.as_ref().and_then(|s| s.usage.as_ref()) {
+            total.accumulate(usage);
+        }
+    }
+    total.provider = None;
+    total.model = None;
+    total.tier = None;
+    total
+}
+
+fn count(tasks: &[&Task]) -> TaskCounts {
+    let mut counts = TaskCounts {
+        total: i32::try_from(tasks.len()).unwrap_or(i32::MAX),
+        ..TaskCounts::default()
+    };
+    for task in tasks {
+        let slot = match phase(task) {
+            TaskPhase::Pending => &mut counts.pending,
+            TaskPhase::Queued => &mut counts.queued,
+            TaskPhase::Running => &mut counts.running,
+            TaskPhase::Succeeded => &mut counts.succeeded,
+            TaskPhase::Failed => &mut counts.failed,
+            TaskPhase::Skipped => &mut counts.skipped,
+            TaskPhase::Cancelled => &mut counts.cancelled,
+        };
+        *slot += 1;
+    }
+    counts
+}
+
+/// The Project's status. `work` are its tasks without the planning task (or just the
+/// planning task while planning); `all` are every task, for usage.
+pub fn project_status(
+    project: &Project,
+    work: &[&Task],
+    all: &[&Task],
+    plan: &PlanState,
+    now: Timestamp,
+) -> ProjectStatus {
+    let previous = project.status.clone().unwrap_or_default();
+    let planning = matches!(plan, PlanState::Planning | PlanState::Replanning { .. });
+    let counts = if planning {
+        TaskCounts::default()
+    } else {
+        count(work)
+    };
+    let usage = total_usage(all.iter().copied());
+    let (phase, reason, message) = decide_phase(project, work, &counts, plan);
+
+    let mut conditions = previous.conditions.clone();
+    let succeeded = match phase {
+        ProjectPhase::Succeeded => "True",
+        ProjectPhase::Failed => "False",
+        _ => "Unknown",
+    };
+    set_condition(
+        &mut conditions,
+        conditions::SUCCEEDED,
+        succeeded,
+        reason,
+        &message,
+        now,
+    );
+    set_plan_conditions(&mut conditions, plan, now);
+    if budget_exceeded(project, &usage) {
+        set_condition(
+            &mut conditions,
+            conditions::BUDGET_EXCEEDED,
+            "True",
+            reasons::BUDGET_EXCEEDED,
+            "the model budget is spent: no new dispatches",
+            now,
+        );
+    } else if conditions
+        .iter()
+        .any(|c| c.type_ == conditions::BUDGET_EXCEEDED)
+    {
+        set_condition(
+            &mut conditions,
+            conditions::BUDGET_EXCEEDED,
+            "False",
+            "WithinBudget",
+            "usage is within the budget",
+            now,
+        );
+    }
+
+    let started = phase != ProjectPhase::Pending;
+    ProjectStatus {
+        phase: Some(phase),
+        progress: Some(format!("{}/{}", counts.succeeded, counts.total)),
+        local_ratio: usage.local_ratio(),
+        tasks: counts,
+        usage,
+        plan_attempts: previous.plan_attempts,
+        conditions,
+        observed_generation: project.metadata.generation,
+        start_time: previous.start_time.or_else(|| started.then_some(Time(now))),
+        completion_time: if phase.is_terminal() {
+            previous.completion_time.or(Some(Time(now)))
+        } else {
+            None
+        },
+    }
+}
+
+/// The phase, with the `Succeeded` condition's reason and message.
+fn decide_phase(
+    project: &Project,
+    work: &[&Task],
+    counts: &TaskCounts,
+    plan: &PlanState,
+) -> (ProjectPhase, &'static str, String) {
+    let planning = matches!(plan, PlanState::Planning | PlanState::Replanning { .. });
+    let in_flight = work.iter().filter(|t| phase(t).is_in_flight()).count();
+    let all_done = work.iter().all(|t| phase(t).is_terminal());
+    let fail_fast = project.spec.policy.fail_fast;
+    let first_failed = work.iter().find(|t| phase(t) == TaskPhase::Failed);
+    if let PlanState::Invalid { message } = plan {
+        (ProjectPhase::Failed, reasons::PLAN_INVALID, message.clone())
+    } else if let Some(failed) =
+        first_failed.filter(|_| if fail_fast { in_flight == 0 } else { all_done })
+    {
+        let detail = failed
+            .status
+            .as_ref()
+            .and_then(|s| s.message.clone())
+            .unwrap_or_default();
+        (
+            ProjectPhase::Failed,
+            reasons::TASK_FAILED,
+            format!("task {} failed: {detail}", failed.name_any()),
+        )
+    } else if !planning && counts.total > 0 && counts.succeeded == counts.total {
+        (
+            ProjectPhase::Succeeded,
+            reasons::SUCCEEDED,
+            format!("all {} tasks succeeded", counts.total),
+        )
+    } else if project.spec.suspend {
+        (
+            ProjectPhase::Suspended,
+            "Suspended",
+            "spec.suspend is true: no new dispatches".to_owned(),
+        )
+    } else if planning {
+        (
+            ProjectPhase::Planning,
+            "Planning",
+            "Hera is planning the project".to_owned(),
+        )
+    } else if work
+        .iter()
+        .any(|t| t.status.as_ref().is_some_and(|s| s.attempt > 0))
+    {
+        (
+            ProjectPhase::Running,
+            reasons::RUNNING,
+            format!("{} of {} tasks succeeded", counts.succeeded, counts.total),
+        )
+    } else {
+        (
+            ProjectPhase::Pending,
+            reasons::PENDING,
+            "waiting to dispatch the first task".to_owned(),
+        )
+    }
+}
+
+fn set_plan_conditions(
+    conditions: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    plan: &PlanState,
+    now: Timestamp,
+) {
+    match plan {
+        PlanState::Explicit | PlanState::Planned => {
+            let how = if *plan == PlanState::Explicit {
+                "spec.tasks is the plan"
+            } else {
+                "Hera's plan was accepted"
+            };
+            set_condition(conditions, conditions::PLANNED, "True", "Planned", how, now);
+            if conditions
+                .iter()
+                .any(|c| c.type_ == conditions::PLAN_INVALID)
+            {
+                set_condition(
+                    conditions,
+                    conditions::PLAN_INVALID,
+                    "False",
+                    "PlanValid",
+                    "the latest plan is valid",
+                    now,
+                );
+            }
+        }
+        PlanState::Planning => {
+            set_condition(
+                conditions,
+                conditions::PLANNED,
+                "False",
+                "Planning",
+                "the planning task has not finished",
+                now,
+            );
+        }
+        PlanState::Replanning { message } | PlanState::Invalid { message } => {
+            set_condition(
+                conditions,
+                conditions::PLANNED,
+                "False",
+                reasons::PLAN_INVALID,
+                message,
+                now,
+            );
+            set_condition(
+                conditions,
+                conditions::PLAN_INVALID,
+                "True",
+                reasons::PLAN_INVALID,
+                message,
+                now,
+            );
+        }
+    }
+}
+
+/// Whether two statuses differ in more than timestamps (so a write can be skipped).
+pub fn differs(a: &ProjectStatus, b: &ProjectStatus) -> bool {
+    let strip = |s: &ProjectStatus| {
+        let mut s = s.clone();
+        for c in &mut s.conditions {
+            c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
+        }
+        s
+    };
+    strip(a) != strip(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use aios_crds::{
+        TaskPhase::{Failed, Pending, Running, Skipped, Succeeded},
+        project::Budget,
+    };
+
+    use super::*;
+    use crate::{
+        lifecycle::condition,
+        testing::{project, task, ts, with_phase},
+    };
+
+    fn status_of(p: &Project, tasks: &[Task], plan: &PlanState) -> ProjectStatus {
+        let refs: Vec<&Task> = tasks.iter().collect();
+        project_status(p, &refs, &refs, plan, ts(100))
+    }
+
+    #[test]
+    fn all_succeeded_is_succeeded_with_progress() {
+        let p = project("shop");
+        let tasks = [
+            with_phase(task("a", &[]), Succeeded),
+            with_phase(task("b", &["a"]), Succeeded),
+        ];
+        let s = status_of(&p, &tasks, &PlanState::Explicit);
+        assert_eq!(s.phase, Some(ProjectPhase::Succeeded));
+        assert_eq!(s.progress.as_deref(), Some("2/2"));
+        let c = condition(&s.conditions, "Succeeded").unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "Succeeded")
+        );
+        assert!(s.completion_time.is_some());
+        assert_eq!(s.observed_generation, Some(1));
+    }
+
+    #[test]
+    fn running_counts_and_progress() {
+        let p = project("shop");
+        let tasks = [
+            with_phase(task("a", &[]), Succeeded),
+            with_phase(task("b", &["a"]), Running),
+            with_phase(task("c", &["b"]), Pending),
+        ];
+        let s = status_of(&p, &tasks, &PlanState::Explicit);
+        assert_eq!(s.phase, Some(ProjectPhase::Running));
+        assert_eq!(s.progress.as_deref(), Some("1/3"));
+        assert_eq!(
+            (
+                s.tasks.succeeded,
+                s.tasks.running,
+                s.tasks.pending,
+                s.tasks.total
+            ),
+            (1, 1, 1, 3)
+        );
+        assert_eq!(
+            condition(&s.conditions, "Succeeded").unwrap().status,
+            "Unknown"
+        );
+        assert!(s.completion_time.is_none());
+    }
+
+    #[test]
+    fn fail_fast_fails_only_when_nothing_is_in_flight() {
+        let p = project("shop");
+        let tasks = [
+            with_phase(task("a", &[]), Failed),
+            with_phase(task("b", &[]), Running),
+        ];
+        assert_eq!(
+            status_of(&p, &tasks, &PlanState::Explicit).phase,
+            Some(ProjectPhase::Running)
+        );
+        let tasks = [
+            with_phase(task("a", &[]), Failed),
+            with_phase(task("b", &[]), Succeeded),
+        ];
+        let s = status_of(&p, &tasks, &PlanState::Explicit);
+        assert_eq!(s.phase, Some(ProjectPhase::Failed));
+        assert_eq!(
+            condition(&s.conditions, "Succeeded").unwrap().reason,
+            "TaskFailed"
+        );
+    }
+
+    #[test]
+    fn without_fail_fast_the_project_fails_when_everything_is_done() {
+        let mut p = project("shop");
+        p.spec.policy.fail_fast = false;
+        let tasks = [
+            with_phase(task("a", &[]), Failed),
+            with_phase(task("b", &[]), Pending),
+        ];
+        assert_eq!(
+            status_of(&p, &tasks, &PlanState::Explicit).phase,
+            Some(ProjectPhase::Running)
+        );
+        let tasks = [
+            with_phase(task("a", &[]), Failed),
+            with_phase(task("b", &["a"]), Skipped),
+            with_phase(task("c", &[]), Succeeded),
+        ];
+        assert_eq!(
+            status_of(&p, &tasks, &PlanState::Explicit).phase,
+            Some(ProjectPhase::Failed)
+        );
+    }
+
+    #[test]
+    fn planning_states_set_the_plan_conditions() {
+        let p = project("shop");
+        let planner = [with_phase(task("shop-plan", &[]), Running)];
+        let s = status_of(&p, &planner, &PlanState::Planning);
+        assert_eq!(s.phase, Some(ProjectPhase::Planning));
+        assert_eq!(condition(&s.conditions, "Planned").unwrap().status, "False");
+        let s = status_of(
+            &p,
+            &planner,
+            &PlanState::Replanning {
+                message: "cycle".into(),
+            },
+        );
+        assert_eq!(
+            condition(&s.conditions, "PlanInvalid").unwrap().message,
+            "cycle"
+        );
+        let s = status_of(
+            &p,
+            &planner,
+            &PlanState::Invalid {
+                message: "cycle".into(),
+            },
+        );
+        assert_eq!(s.phase, Some(ProjectPhase::Failed));
+        assert_eq!(
+            condition(&s.conditions, "Succeeded").unwrap().reason,
+            "PlanInvalid"
+        );
+    }
+
+    #[test]
+    fn usage_is_summed_and_the_budget_checked() {
+        let mut p = project("shop");
+        p.spec.models.budget = Some(Budget {
+            tokens: Some(100),
+            usd: None,
+        });
+        let mut a = with_phase(task("a", &[]), Succeeded);
+        a.status.as_mut().unwrap().usage = Some(Usage {
+            input_tokens: 60,
+            output_tokens: 10,
+            local_requests: 3,
+            ..Usage::default()
+        });
+        let mut b = with_phase(task("b", &[]), Succeeded);
+        b.status.as_mut().unwrap().usage = Some(Usage {
+            input_tokens: 30,
+            output_tokens: 5,
+            cloud_requests: 1,
+            cost_usd: 0.5,
+            ..Usage::default()
+        });
+        let s = status_of(&p, &[a, b], &PlanState::Explicit);
+        assert_eq!(s.usage.total_tokens(), 105);
+        assert_eq!(s.local_ratio, Some(0.75));
+        assert!(budget_exceeded(&p, &s.usage));
+        assert_eq!(
+            condition(&s.conditions, "BudgetExceeded").unwrap().status,
+            "True"
+        );
+    }
+
+    #[test]
+    fn only_timestamps_changing_is_not_a_difference() {
+        let p = project("shop");
+        let tasks = [with_phase(task("a", &[]), Running)];
+        let refs: Vec<&Task> = tasks.iter().collect();
+        let a = project_status(&p, &refs, &refs, &PlanState::Explicit, ts(1));
+        let b = project_status(&p, &refs, &refs, &PlanState::Explicit, ts(2));
+        assert!(
+            differs(&a, &b),
+            "start time is set from now on the first pass"
+        );
+        let mut with_prev = p.clone();
+        with_prev.status = Some(a.clone());
+        let c = project_status(&with_prev, &refs, &refs, &PlanState::Explicit, ts(3));
+        assert!(!differs(&a, &c));
+    }
+}

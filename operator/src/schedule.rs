@@ -1,0 +1,439 @@
+//! What to do next for a Project's tasks, as a pure function of the Project, its Tasks
+//! and the time: which attempts have timed out, which tasks to skip or cancel, which to
+//! dispatch (dependencies succeeded, concurrency free, not suspended, budget left;
+//! higher priority first, then creation order), and when to look again.
+
+use std::collections::BTreeMap;
+
+use aios_crds::{Project, Task, TaskPhase, conditions::reasons};
+use jiff::Timestamp;
+use kube::ResourceExt;
+
+use crate::lifecycle::{after, phase, task_policy};
+
+/// One thing the reconciler must do to a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// The running attempt ran out of time or heartbeats: it counts as failed.
+    Expire {
+        /// The task.
+        task: String,
+        /// `TimedOut` or `HeartbeatLost`.
+        reason: &'static str,
+        /// Why, in a sentence.
+        message: String,
+    },
+    /// A dependency failed or was skipped, and the Project does not fail fast.
+    Skip {
+        /// The task.
+        task: String,
+        /// The dependency that did not succeed.
+        dependency: String,
+    },
+    /// The Project failed; the task will never run.
+    Cancel {
+        /// The task.
+        task: String,
+        /// Why.
+        message: String,
+    },
+    /// Publish attempt `attempt` of the task.
+    Dispatch {
+        /// The task.
+        task: String,
+        /// The attempt number, from 1.
+        attempt: i32,
+    },
+}
+
+/// The reconciler's orders for one pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunPlan {
+    /// What to do, in order.
+    pub actions: Vec<Action>,
+    /// When to look again even if nothing changes (a backoff ends, a deadline passes).
+    pub wake_at: Option<Timestamp>,
+}
+
+/// Why no task may be dispatched right now, if any reason holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// `spec.suspend` is true.
+    Suspended,
+    /// The model budget is spent.
+    BudgetExceeded,
+}
+
+/// Plans one pass over `tasks` (the Project's tasks, without the planning task once
+/// the plan exists).
+pub fn plan_run(project: &Project, tasks: &[&Task], hold: Option<Hold>, now: Timestamp) -> RunPlan {
+    let mut plan = RunPlan::default();
+    // 1. Running attempts past their deadline or silent for too long. These are handled
+    // alone: their new status changes everything below, and the write triggers a pass.
+    expirations(project, tasks, now, &mut plan);
+    if !plan.actions.is_empty() {
+        return plan;
+    }
+
+    // 2. Failure handling, with Argo Workflows' meaning of failFast.
+    let in_flight = tasks.iter().filter(|t| phase(t).is_in_flight()).count();
+    if project.spec.policy.fail_fast {
+        if let Some(first) = tasks.iter().find(|t| phase(t) == TaskPhase::Failed) {
+            if in_flight == 0 {
+                let message = format!(
+                    "not run: the project failed because task {} failed",
+                    first.name_any()
+                );
+                for task in tasks.iter().filter(|t| phase(t) == TaskPhase::Pending) {
+                    plan.actions.push(Action::Cancel {
+                        task: task.name_any(),
+                        message: message.clone(),
+                    });
+                }
+            }
+            return plan;
+        }
+    } else {
+        plan.actions.extend(skips(tasks));
+        if !plan.actions.is_empty() {
+            return plan;
+        }
+    }
+
+    // 3. Dispatch.
+    if hold.is_none() {
+        let max = usize::try_from(project.spec.policy.max_parallel_tasks.max(1)).unwrap_or(1);
+        dispatches(tasks, max.saturating_sub(in_flight), now, &mut plan);
+    }
+    plan
+}
+
+impl RunPlan {
+    fn wake(&mut self, at: Timestamp) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+}
+
+fn expirations(project: &Project, tasks: &[&Task], now: Timestamp, plan: &mut RunPlan) {
+    let defaults = &project.spec.policy.task_defaults;
+    for task in tasks.iter().filter(|t| phase(t) == TaskPhase::Running) {
+        let policy = task_policy(task, defaults);
+        let status = task.status.as_ref();
+        let started = status.and_then(|s| s.start_time.as_ref()).map(|t| t.0);
+        let beat = status
+            .and_then(|s| s.last_heartbeat_time.as_ref())
+            .map(|t| t.0)
+            .or(started);
+        if let (Some(start), Some(timeout)) = (started, policy.timeout) {
+            let deadline = after(start, timeout);
+            if now >= deadline {
+                plan.actions.push(Action::Expire {
+                    task: task.name_any(),
+                    reason: reasons::TIMED_OUT,
+                    message: format!("the attempt ran longer than {}s", timeout.as_secs()),
+                });
+                continue;
+            }
+            plan.wake(deadline);
+        }
+        if let Some(beat) = beat {
+            let deadline = after(beat, policy.heartbeat_timeout);
+            if now >= deadline {
+                plan.actions.push(Action::Expire {
+                    task: task.name_any(),
+                    reason: reasons::HEARTBEAT_LOST,
+                    message: format!(
+                        "no heartbeat for {}s: the agent is presumed gone",
+                        policy.heartbeat_timeout.as_secs()
+                    ),
+                });
+                continue;
+            }
+            plan.wake(deadline);
+        }
+    }
+}
+
+fn dispatches(tasks: &[&Task], capacity: usize, now: Timestamp, plan: &mut RunPlan) {
+    let by_name: BTreeMap<String, &Task> = tasks.iter().map(|t| (t.name_any(), *t)).collect();
+    let mut ready: Vec<&Task> = Vec::new();
+    for task in tasks.iter().filter(|t| phase(t) == TaskPhase::Pending) {
+        let deps_done = task.spec.depends_on.iter().all(|d| {
+            by_name
+                .get(d)
+                .is_some_and(|dep| phase(dep) == TaskPhase::Succeeded)
+        });
+        if !deps_done {
+            continue;
+        }
+        if let Some(at) = task
+            .status
+            .as_ref()
+            .and_then(|s| s.next_attempt_time.as_ref())
+            .map(|t| t.0)
+            && at > now
+        {
+            plan.wake(at);
+            continue;
+        }
+        ready.push(task);
+    }
+    ready.sort_by(|a, b| {
+        b.spec
+            .priority
+            .cmp(&a.spec.priority)
+            .then_with(|| {
+                a.metadata
+                    .creation_timestamp
+                    .cmp(&b.metadata.creation_timestamp)
+            })
+            .then_with(|| a.name_any().cmp(&b.name_any()))
+    });
+    for task in ready.into_iter().take(capacity) {
+        let attempt = task.status.as_ref().map_or(0, |s| s.attempt) + 1;
+        plan.actions.push(Action::Dispatch {
+            task: task.name_any(),
+            attempt,
+        });
+    }
+}
+
+/// Pending tasks with a dependency that failed, was skipped or was cancelled, including
+/// everything downstream of them, found in one pass.
+fn skips(tasks: &[&Task]) -> Vec<Action> {
+    let mut dead: BTreeMap<String, String> = tasks
+        .iter()
+        .filter(|t| {
+            matches!(
+                phase(t),
+                TaskPhase::Failed | TaskPhase::Skipped | TaskPhase::Cancelled
+            )
+        })
+        .map(|t| (t.name_any(), t.name_any()))
+        .collect();
+    let mut actions = Vec::new();
+    loop {
+        let mut changed = false;
+        for task in tasks.iter().filter(|t| phase(t) == TaskPhase::Pending) {
+            let name = task.name_any();
+            if dead.contains_key(&name) {
+                continue;
+            }
+            if let Some(dep) = task.spec.depends_on.iter().find(|d| dead.contains_key(*d)) {
+                actions.push(Action::Skip {
+                    task: name.clone(),
+                    dependency: dep.clone(),
+                });
+                dead.insert(name, dep.clone());
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    actions
+}
+
+#[cfg(test)]
+mod tests {
+    use aios_crds::TaskPhase::{Failed, Pending, Queued, Running, Succeeded};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+    use crate::testing::{project, task, ts, with_phase};
+
+    fn dispatched(plan: &RunPlan) -> Vec<String> {
+        plan.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Dispatch { task, .. } => Some(task.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn diamond(phases: [TaskPhase; 4]) -> Vec<Task> {
+        vec![
+            with_phase(task("design", &[]), phases[0]),
+            with_phase(task("api", &["design"]), phases[1]),
+            with_phase(task("ui", &["design"]), phases[2]),
+            with_phase(task("qa", &["api", "ui"]), phases[3]),
+        ]
+    }
+
+    #[test]
+    fn only_tasks_whose_dependencies_succeeded_are_ready() {
+        let p = project("shop");
+        let tasks = diamond([Pending, Pending, Pending, Pending]);
+        let refs: Vec<&Task> = tasks.iter().collect();
+        assert_eq!(dispatched(&plan_run(&p, &refs, None, ts(0))), ["design"]);
+
+        let tasks = diamond([Succeeded, Pending, Pending, Pending]);
+        let refs: Vec<&Task> = tasks.iter().collect();
+        assert_eq!(dispatched(&plan_run(&p, &refs, None, ts(0))), ["api", "ui"]);
+
+        let tasks = diamond([Succeeded, Succeeded, Running, Pending]);
+        let refs: Vec<&Task> = tasks.iter().collect();
+        assert!(
+            dispatched(&plan_run(&p, &refs, None, ts(0))).is_empty(),
+            "qa waits for ui"
+        );
+    }
+
+    #[test]
+    fn concurrency_priority_and_creation_order_decide_among_ready_tasks() {
+        let mut p = project("shop");
+        p.spec.policy.max_parallel_tasks = 2;
+        let mut a = task("a", &[]);
+        let mut b = task("b", &[]);
+        let mut c = task("c", &[]);
+        a.metadata.creation_timestamp = Some(Time(ts(3)));
+        b.metadata.creation_timestamp = Some(Time(ts(1)));
+        c.metadata.creation_timestamp = Some(Time(ts(2)));
+        c.spec.priority = 5;
+        let running = with_phase(task("busy", &[]), Queued);
+        let refs = [&a, &b, &c];
+        assert_eq!(dispatched(&plan_run(&p, &refs, None, ts(10))), ["c", "b"]);
+        let refs = [&a, &b, &c, &running];
+        assert_eq!(
+            dispatched(&plan_run(&p, &refs, None, ts(10))),
+            ["c"],
+            "one slot left"
+        );
+        let attempt = plan_run(&p, &[&a], None, ts(10)).actions;
+        assert_eq!(
+            attempt,
+            [Action::Dispatch {
+                task: "a".into(),
+                attempt: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn suspension_and_budget_hold_dispatches() {
+        let p = project("shop");
+        let t = task("a", &[]);
+        assert!(
+            plan_run(&p, &[&t], Some(Hold::Suspended), ts(0))
+                .actions
+                .is_empty()
+        );
+        assert!(
+            plan_run(&p, &[&t], Some(Hold::BudgetExceeded), ts(0))
+                .actions
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_backoff_delays_the_retry_and_sets_the_wake_up() {
+        let p = project("shop");
+        let mut t = task("a", &[]);
+        let status = t.status.get_or_insert_with(Default::default);
+        status.attempt = 1;
+        status.next_attempt_time = Some(Time(ts(50)));
+        let early = plan_run(&p, &[&t], None, ts(10));
+        assert!(early.actions.is_empty());
+        assert_eq!(early.wake_at, Some(ts(50)));
+        let late = plan_run(&p, &[&t], None, ts(50));
+        assert_eq!(
+            late.actions,
+            [Action::Dispatch {
+                task: "a".into(),
+                attempt: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn fail_fast_stops_dispatch_and_cancels_once_nothing_runs() {
+        let p = project("shop");
+        let tasks = [
+            with_phase(task("a", &[]), Failed),
+            with_phase(task("b", &[]), Running),
+            with_phase(task("c", &[]), Pending),
+        ];
+        let refs: Vec<&Task> = tasks.iter().collect();
+        let plan = plan_run(&p, &refs, None, ts(0));
+        assert!(
+            plan.actions
+                .iter()
+                .all(|a| !matches!(a, Action::Dispatch { .. } | Action::Cancel { .. })),
+            "{plan:?}"
+        );
+
+        let tasks = [
+            with_phase(task("a", &[]), Failed),
+            with_phase(task("b", &[]), Succeeded),
+            with_phase(task("c", &[]), Pending),
+        ];
+        let refs: Vec<&Task> = tasks.iter().collect();
+        let plan = plan_run(&p, &refs, None, ts(0));
+        assert!(
+            matches!(plan.actions.as_slice(), [Action::Cancel { task, .. }] if task == "c"),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn without_fail_fast_dependents_are_skipped_and_independent_branches_go_on() {
+        let mut p = project("shop");
+        p.spec.policy.fail_fast = false;
+        let tasks = [
+            with_phase(task("a", &[]), Failed),
+            with_phase(task("b", &["a"]), Pending),
+            with_phase(task("c", &["b"]), Pending),
+            with_phase(task("d", &[]), Pending),
+        ];
+        let refs: Vec<&Task> = tasks.iter().collect();
+        let plan = plan_run(&p, &refs, None, ts(0));
+        assert_eq!(
+            plan.actions,
+            [
+                Action::Skip {
+                    task: "b".into(),
+                    dependency: "a".into()
+                },
+                Action::Skip {
+                    task: "c".into(),
+                    dependency: "b".into()
+                },
+            ]
+        );
+        let tasks = [
+            with_phase(task("a", &[]), Failed),
+            with_phase(task("b", &["a"]), TaskPhase::Skipped),
+            with_phase(task("d", &[]), Pending),
+        ];
+        let refs: Vec<&Task> = tasks.iter().collect();
+        assert_eq!(dispatched(&plan_run(&p, &refs, None, ts(0))), ["d"]);
+    }
+
+    #[test]
+    fn a_running_attempt_times_out_or_loses_its_heartbeat() {
+        let p = project("shop"); // timeout 1800s, heartbeat 120s
+        let mut t = with_phase(task("a", &[]), Running);
+        let s = t.status.get_or_insert_with(Default::default);
+        s.attempt = 1;
+        s.start_time = Some(Time(ts(0)));
+        s.last_heartbeat_time = Some(Time(ts(100)));
+        let fine = plan_run(&p, &[&t], None, ts(150));
+        assert!(fine.actions.is_empty());
+        assert_eq!(
+            fine.wake_at,
+            Some(ts(220)),
+            "wakes when the heartbeat deadline passes"
+        );
+        let silent = plan_run(&p, &[&t], None, ts(221));
+        assert!(
+            matches!(&silent.actions[..], [Action::Expire { reason, .. }] if *reason == "HeartbeatLost")
+        );
+        t.status.as_mut().unwrap().last_heartbeat_time = Some(Time(ts(1799)));
+        let late = plan_run(&p, &[&t], None, ts(1800));
+        assert!(
+            matches!(&late.actions[..], [Action::Expire { reason, .. }] if *reason == "TimedOut")
+        );
+    }
+}

@@ -1,0 +1,45 @@
+//! Builders for unit-test fixtures, with non-default names.
+
+use aios_crds::{Project, Task, TaskPhase, TaskStatus};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+/// `secs` seconds after a fixed instant.
+pub fn ts(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + secs).expect("in range")
+}
+
+/// A Project named `name` in namespace `team-a`, with default policy and no plan.
+pub fn project(name: &str) -> Project {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "aios.dev/v1alpha1", "kind": "Project",
+        "metadata": {"name": name, "namespace": "team-a", "uid": format!("uid-{name}"), "generation": 1},
+        "spec": {"description": format!("the {name} project"), "repository": {"url": "file:///srv/git/shop.git"}}
+    }))
+    .expect("valid project")
+}
+
+/// A backend Task of project `shop` named `name`, depending on `deps`.
+pub fn task(name: &str, deps: &[&str]) -> Task {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "aios.dev/v1alpha1", "kind": "Task",
+        "metadata": {"name": name, "namespace": "team-a", "uid": format!("uid-{name}"),
+                     "creationTimestamp": "2027-01-15T08:00:00Z"},
+        "spec": {"project": "shop", "title": format!("do {name}"), "role": "backend", "dependsOn": deps}
+    }))
+    .expect("valid task")
+}
+
+/// `task` with its status in `phase` (attempt 1 once dispatched).
+pub fn with_phase(mut task: Task, phase: TaskPhase) -> Task {
+    let status = task.status.get_or_insert_with(TaskStatus::default);
+    status.phase = Some(phase);
+    if phase != TaskPhase::Pending {
+        status.attempt = 1;
+    }
+    if phase == TaskPhase::Running {
+        status.start_time = Some(Time(ts(0)));
+        status.last_heartbeat_time = Some(Time(ts(0)));
+    }
+    task
+}
