@@ -104,10 +104,11 @@ pub mod finalizers {
 pub mod field_managers {
     /// Hera, the Project controller.
     pub const PROJECT: &str = "aios-operator/project";
-    /// The Task controller (dispatch, retries, timeouts).
+    /// Every Task status write (dispatch, retries, timeouts, agents' events): one
+    /// manager, so a field a write leaves out is removed.
     pub const TASK: &str = "aios-operator/task";
-    /// The consumer of agents' task events.
-    pub const EVENTS: &str = "aios-operator/events";
+    /// The cancel finalizer on Tasks.
+    pub const FINALIZER: &str = "aios-operator/finalizer";
     /// The Agent controller.
     pub const AGENT: &str = "aios-operator/agent";
     /// The ModelProvider controller.

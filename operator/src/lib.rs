@@ -1,19 +1,54 @@
 //! `aios-operator`: the controllers that turn AIOS resources into work. Hera (the
-//! Project controller) plans Projects into Tasks; the Task controller dispatches ready
-//! Tasks over RabbitMQ and turns agents' events into status; the Agent and
-//! ModelProvider controllers run agent pools and model servers.
+//! Project controller) plans Projects into Tasks and dispatches ready Tasks over
+//! RabbitMQ; the Task controller owns the cancel finalizer; the event consumers turn
+//! agents' reports into Task status. Only the leader of several replicas runs them.
 //!
-//! Only the configuration surface exists so far; the controllers are not built yet and
-//! `run` says so rather than pretending to reconcile.
+//! Not built yet: the Agent and ModelProvider controllers (agent pools, model servers).
 
+pub mod bus;
+pub mod context;
+pub mod dispatch;
+pub mod events;
+pub mod hera;
+pub mod http;
+pub mod leader;
 pub mod lifecycle;
+pub mod metrics;
 pub mod plan;
 pub mod rollup;
 pub mod schedule;
+pub mod tasks;
 #[cfg(test)]
 mod testing;
 
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::Duration,
+};
+
+use aios_crds::{Agent, Project, Task};
 use clap::Parser;
+use futures::{StreamExt, channel::mpsc};
+use kube::{
+    Api, Client,
+    runtime::{
+        Controller, WatchStreamExt,
+        events::{Recorder, Reporter},
+        reflector, watcher,
+    },
+};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    bus::Bus,
+    context::Context,
+    http::Health,
+    leader::{ElectionConfig, Elector},
+    metrics::Metrics,
+};
 
 /// The operator's configuration, from flags and the environment.
 #[derive(Debug, Clone, Parser)]
@@ -30,19 +65,292 @@ pub struct Config {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,
+
+    /// Watch only this namespace; all namespaces when unset.
+    #[arg(long, env = "AIOS_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
+    /// Namespace of the leader-election Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "AIOS_LEASE_NAME", default_value = "aios-operator")]
+    pub lease_name: String,
+
+    /// This replica's identity in the election; the pod name in a cluster.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Seconds a Lease stays valid without renewal.
+    #[arg(long, env = "AIOS_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+
+    /// Seconds between Lease renewals (and standby retries).
+    #[arg(long, env = "AIOS_LEASE_RETRY_SECONDS", default_value_t = 2)]
+    pub lease_retry_seconds: u64,
+
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "AIOS_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Log format: `json` (structured, the default) or `text`.
+    #[arg(long, env = "AIOS_LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
 }
 
 /// Why the operator stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The controllers are not part of this build yet.
-    #[error(
-        "the AIOS controllers are not supported yet: this build has the API types and CRDs only"
-    )]
-    NotSupportedYet,
+    /// No Kubernetes client configuration was found.
+    #[error("connecting to Kubernetes")]
+    Kube(#[from] kube::Error),
+    /// The HTTP endpoint could not be served.
+    #[error("serving http on the configured address")]
+    Http(#[from] std::io::Error),
+    /// Leadership was lost or could not be kept.
+    #[error(transparent)]
+    Leader(#[from] leader::LeaderError),
+    /// The bus failed.
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
+    /// A critical task ended unexpectedly.
+    #[error("{0} stopped unexpectedly")]
+    TaskEnded(&'static str),
 }
 
-/// Runs the operator until it is told to stop.
-pub fn run(_config: &Config) -> Result<(), RunError> {
-    Err(RunError::NotSupportedYet)
+/// Sets up logging: JSON by default, `RUST_LOG` filters (default `info`).
+pub fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "text" {
+        builder.init();
+    } else {
+        builder.json().init();
+    }
+}
+
+/// Cancels `token` on SIGTERM or Ctrl-C.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the operator until `shutdown` is cancelled or something critical fails.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let client = Client::try_default().await?;
+    let identity = config
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("aios-operator-{}", std::process::id()));
+    let health = Health {
+        metrics: Metrics::new(),
+        ..Health::default()
+    };
+    let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
+    {
+        let (health, shutdown, addr) = (health.clone(), shutdown.clone(), config.http_addr);
+        tasks.spawn(async move { Ok(http::serve(addr, health, shutdown).await?) });
+    }
+
+    let elector = Elector::new(
+        client.clone(),
+        ElectionConfig {
+            namespace: config.lease_namespace.clone(),
+            name: config.lease_name.clone(),
+            identity: identity.clone(),
+            lease_duration: Duration::from_secs(config.lease_duration_seconds),
+            retry_period: Duration::from_secs(config.lease_retry_seconds),
+        },
+    );
+    elector.acquire(&shutdown).await?;
+    {
+        let (elector, shutdown) = (elector.clone(), shutdown.clone());
+        tasks.spawn(async move { Ok(elector.keep(&shutdown).await?) });
+    }
+
+    let bus = Arc::new(Bus::connect(&config.amqp_url, &shutdown).await?);
+    let _ = health.bus.set(bus.clone());
+
+    let (task_store, agent_store, agent_rx) =
+        start_caches(&client, &config, &bus, &shutdown, &mut tasks).await?;
+    let _ = health.tasks.set(task_store.clone());
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        bus,
+        tasks: task_store,
+        agents: agent_store,
+        metrics: health.metrics.clone(),
+        leadership: elector.leadership(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "aios-operator".into(),
+                instance: Some(identity),
+            },
+        ),
+        expectations: Arc::new(Mutex::new(HashMap::new())),
+    });
+    spawn_controllers(&client, &config, ctx, agent_rx, &shutdown, &mut tasks);
+    health.synced.store(true, Ordering::Relaxed);
+    tracing::info!("operator running");
+
+    // Supervise: the first task to end ends the process. On shutdown every task ends
+    // in turn; anything else that ends is a failure.
+    let mut outcome = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.unwrap_or(Err(RunError::TaskEnded("a task (panicked)")));
+        if shutdown.is_cancelled() {
+            continue;
+        }
+        outcome = match result {
+            Ok(()) => Err(RunError::TaskEnded("a supervised task")),
+            Err(err) => Err(err),
+        };
+        shutdown.cancel();
+    }
+    outcome
+}
+
+type Supervised = JoinSet<Result<(), RunError>>;
+
+/// Starts the caches of Tasks and Agents and waits for them to sync. Agents also
+/// declare their role's queue as they appear, and wake every Project (a plan may wait
+/// on a role): the returned receiver carries those wake-ups.
+async fn start_caches(
+    client: &Client,
+    config: &Config,
+    bus: &Arc<Bus>,
+    shutdown: &CancellationToken,
+    tasks: &mut Supervised,
+) -> Result<
+    (
+        reflector::Store<Task>,
+        reflector::Store<Agent>,
+        mpsc::UnboundedReceiver<()>,
+    ),
+    RunError,
+> {
+    let ns = config.watch_namespace.as_deref();
+    let (task_store, task_writer) = reflector::store();
+    let task_stream = reflector(
+        task_writer,
+        watcher(api::<Task>(client, ns), watcher::Config::default()).default_backoff(),
+    )
+    .take_until(shutdown.clone().cancelled_owned());
+    tasks.spawn(async move {
+        task_stream.for_each(|_| async {}).await;
+        Err(RunError::TaskEnded("the Task watch"))
+    });
+    let (agent_store, agent_writer) = reflector::store();
+    let (agent_tx, agent_rx) = mpsc::unbounded::<()>();
+    {
+        let bus = bus.clone();
+        let agents = reflector(
+            agent_writer,
+            watcher(api::<Agent>(client, ns), watcher::Config::default()).default_backoff(),
+        )
+        .applied_objects()
+        .take_until(shutdown.clone().cancelled_owned());
+        tasks.spawn(async move {
+            agents
+                .for_each(|agent| {
+                    let (bus, agent_tx) = (bus.clone(), agent_tx.clone());
+                    async move {
+                        if let Ok(agent) = agent {
+                            if let Err(err) = bus.ensure_role_queue(agent.spec.role.as_str()).await {
+                                tracing::warn!(error = %err, role = %agent.spec.role, "declaring the role queue failed");
+                            }
+                            let _ = agent_tx.unbounded_send(());
+                        }
+                    }
+                })
+                .await;
+            Err(RunError::TaskEnded("the Agent watch"))
+        });
+    }
+    task_store
+        .wait_until_ready()
+        .await
+        .map_err(|_| RunError::TaskEnded("the Task cache"))?;
+    agent_store
+        .wait_until_ready()
+        .await
+        .map_err(|_| RunError::TaskEnded("the Agent cache"))?;
+    Ok((task_store, agent_store, agent_rx))
+}
+
+/// Starts Hera, the Task controller and the two bus consumers under supervision.
+fn spawn_controllers(
+    client: &Client,
+    config: &Config,
+    ctx: Arc<Context>,
+    agent_rx: mpsc::UnboundedReceiver<()>,
+    shutdown: &CancellationToken,
+    tasks: &mut Supervised,
+) {
+    let ns = config.watch_namespace.as_deref();
+    let projects = Controller::new(
+        api::<Project>(client, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .watches(
+        api::<Task>(client, ns),
+        watcher::Config::default(),
+        hera::project_of,
+    )
+    .reconcile_all_on(agent_rx)
+    .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+    .run(hera::reconcile, hera::error_policy, ctx.clone())
+    .for_each(|_| async {});
+    tasks.spawn(async move {
+        projects.await;
+        Err(RunError::TaskEnded("the Project controller"))
+    });
+    let task_controller = Controller::new(api::<Task>(client, ns), watcher::Config::default())
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(tasks::reconcile, tasks::error_policy, ctx.clone())
+        .for_each(|_| async {});
+    tasks.spawn(async move {
+        task_controller.await;
+        Err(RunError::TaskEnded("the Task controller"))
+    });
+    {
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            events::consume_events(ctx, shutdown).await?;
+            Err(RunError::TaskEnded("the event consumer"))
+        });
+    }
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        events::consume_dead_letters(ctx, shutdown).await?;
+        Err(RunError::TaskEnded("the dead-letter consumer"))
+    });
 }

@@ -1,7 +1,12 @@
 use clap::Parser;
+use tokio_util::sync::CancellationToken;
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let config = aios_operator::Config::parse();
-    aios_operator::run(&config)?;
+    aios_operator::init_tracing(&config.log_format);
+    let shutdown = CancellationToken::new();
+    aios_operator::cancel_on_signal(shutdown.clone());
+    aios_operator::run(config, shutdown).await?;
     Ok(())
 }

@@ -1,0 +1,168 @@
+//! What every controller shares: the API client, the bus, the caches, the metrics, and
+//! the leadership handle; plus the writes they all make.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+};
+
+use aios_crds::{
+    Agent, Project, Task, TaskStatus,
+    names::{GROUP, VERSION, field_managers, finalizers},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{events::Recorder, reflector::Store},
+};
+use serde_json::json;
+
+use crate::{bus::Bus, leader::Leadership, metrics::Metrics};
+
+/// Shared state of the controllers.
+#[derive(Clone)]
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// The bus.
+    pub bus: Arc<Bus>,
+    /// Cache of every Task.
+    pub tasks: Store<Task>,
+    /// Cache of every Agent.
+    pub agents: Store<Agent>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Whether this replica leads.
+    pub leadership: Leadership,
+    /// Kubernetes Events for transitions people care about.
+    pub recorder: Recorder,
+    /// Dispatches published whose status the cache may not show yet: task uid →
+    /// attempt. The cache lags behind our own writes; without this a quick second pass
+    /// could publish the same attempt again or overfill `maxParallelTasks`.
+    pub expectations: Arc<Mutex<HashMap<String, i32>>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// The Tasks of Project `project` in `namespace`, from the cache.
+    pub fn project_tasks(&self, namespace: &str, project: &str) -> Vec<Arc<Task>> {
+        self.tasks
+            .state()
+            .into_iter()
+            .filter(|t| t.namespace().as_deref() == Some(namespace) && t.spec.project == project)
+            .collect()
+    }
+
+    /// The roles the Agents of `namespace` serve.
+    pub fn served_roles(&self, namespace: &str) -> BTreeSet<String> {
+        self.agents
+            .state()
+            .iter()
+            .filter(|a| a.namespace().as_deref() == Some(namespace))
+            .map(|a| a.spec.role.to_string())
+            .collect()
+    }
+
+    /// The preferred providers of the Agent serving `role` in `namespace`.
+    pub fn preferred_providers(&self, namespace: &str, role: &str) -> Vec<String> {
+        self.agents
+            .state()
+            .iter()
+            .find(|a| a.namespace().as_deref() == Some(namespace) && a.spec.role == role)
+            .and_then(|a| a.spec.models.as_ref().map(|m| m.providers.clone()))
+            .unwrap_or_default()
+    }
+
+    /// The Task API of `namespace`.
+    pub fn task_api(&self, namespace: &str) -> Api<Task> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// The Project API of `namespace`.
+    pub fn project_api(&self, namespace: &str) -> Api<Project> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// Records that attempt `attempt` of the task with `uid` was published.
+    pub fn expect_dispatch(&self, uid: &str, attempt: i32) {
+        self.lock_expectations().insert(uid.to_owned(), attempt);
+    }
+
+    /// `task` as the cache should soon show it: Queued with the attempt we published,
+    /// if the cache has not caught up with a dispatch yet.
+    pub fn with_expectations(&self, task: &Task) -> Task {
+        let uid = task.metadata.uid.clone().unwrap_or_default();
+        let mut expectations = self.lock_expectations();
+        let Some(&attempt) = expectations.get(&uid) else {
+            return task.clone();
+        };
+        let seen = task.status.as_ref().map_or(0, |s| s.attempt);
+        if seen >= attempt {
+            expectations.remove(&uid);
+            return task.clone();
+        }
+        let mut expected = task.clone();
+        let status = expected.status.get_or_insert_with(TaskStatus::default);
+        status.attempt = attempt;
+        status.phase = Some(aios_crds::TaskPhase::Queued);
+        status.next_attempt_time = None;
+        expected
+    }
+
+    fn lock_expectations(&self) -> std::sync::MutexGuard<'_, HashMap<String, i32>> {
+        self.expectations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Writes a Task's status with server-side apply, failing with 409 Conflict if the Task
+/// changed since `task` was read (its resourceVersion is a precondition). Every Task
+/// status write uses the one field manager, so fields left out are removed.
+pub async fn write_task_status(
+    api: &Api<Task>,
+    task: &Task,
+    status: &TaskStatus,
+) -> Result<Task, kube::Error> {
+    let patch = json!({
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "kind": "Task",
+        "metadata": {"name": task.name_any(), "resourceVersion": task.resource_version()},
+        "status": status,
+    });
+    api.patch_status(
+        &task.name_any(),
+        &PatchParams::apply(field_managers::TASK).force(),
+        &Patch::Apply(patch),
+    )
+    .await
+}
+
+/// Adds or removes the operator's cancel finalizer on a Task.
+pub async fn set_task_finalizer(
+    api: &Api<Task>,
+    task: &str,
+    present: bool,
+) -> Result<Task, kube::Error> {
+    let finalizers: Vec<&str> = if present {
+        vec![finalizers::TASK_CANCEL]
+    } else {
+        Vec::new()
+    };
+    let patch = json!({
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "kind": "Task",
+        "metadata": {"name": task, "finalizers": finalizers},
+    });
+    api.patch(
+        task,
+        &PatchParams::apply(field_managers::FINALIZER).force(),
+        &Patch::Apply(patch),
+    )
+    .await
+}

@@ -1,0 +1,530 @@
+//! Hera, the Project controller: has a Project planned (or takes its explicit plan),
+//! creates its Tasks, dispatches the ready ones, handles timeouts, retries, skips and
+//! failFast, and rolls the Tasks up into the Project's status.
+//!
+//! fetch (caches) → plan (pure validation) → run plan (pure scheduling) → apply (bus and
+//! Task writes) → Project status (pure roll-up, one server-side apply when it changed).
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use aios_crds::{
+    Project, ProjectPhase, Task, TaskPhase,
+    bus::{ObjectRef, SCHEMA_VERSION, TaskCancel},
+    conditions::reasons,
+    names::{GROUP, VERSION, field_managers, finalizers},
+};
+use jiff::Timestamp;
+use kube::{
+    Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::Action as ControllerAction,
+        events::{Event, EventType},
+    },
+};
+use serde_json::json;
+
+use crate::{
+    bus::BusError,
+    context::{Context, set_task_finalizer, write_task_status},
+    dispatch::{
+        FEEDBACK_SEPARATOR, dispatch_message, is_planning_task, planning_task, planning_task_name,
+    },
+    lifecycle::{self, phase, task_policy},
+    plan::{plan_tasks, validate_plan},
+    rollup::{PlanState, budget_exceeded, differs, project_status, total_usage},
+    schedule::{Action, Hold, plan_run},
+};
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("kubernetes api: {0}")]
+    Kube(#[source] kube::Error),
+    /// Publishing to the bus failed.
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
+    /// This replica does not lead.
+    #[error("not the leader")]
+    NotLeader,
+}
+
+impl From<kube::Error> for Error {
+    fn from(e: kube::Error) -> Self {
+        Self::Kube(e)
+    }
+}
+
+impl Error {
+    /// A bounded label for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Self::Kube(_) => "kube",
+            Self::Bus(e) => e.category(),
+            Self::NotLeader => "not_leader",
+        }
+    }
+}
+
+/// Which Project a Task belongs to, for triggering Hera on Task changes (owned or not).
+#[allow(clippy::needless_pass_by_value)] // the signature kube's `watches` mapper takes
+pub fn project_of(task: Task) -> Option<kube::runtime::reflector::ObjectRef<Project>> {
+    Some(kube::runtime::reflector::ObjectRef::new(&task.spec.project).within(&task.namespace()?))
+}
+
+/// How long to wait before looking again at a Project nothing is happening to.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// Reconciles one Project.
+#[tracing::instrument(skip_all, fields(project = %project.name_any(), namespace = project.namespace().unwrap_or_default()))]
+pub async fn reconcile(
+    project: Arc<Project>,
+    ctx: Arc<Context>,
+) -> Result<ControllerAction, Error> {
+    let timer = ctx
+        .metrics
+        .reconcile_duration
+        .with_label_values(&["project"])
+        .start_timer();
+    ctx.metrics.reconciles.with_label_values(&["project"]).inc();
+    let result = reconcile_inner(&project, &ctx).await;
+    timer.observe_duration();
+    result
+}
+
+async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerAction, Error> {
+    if !ctx.leadership.is_current() {
+        return Err(Error::NotLeader);
+    }
+    if project.meta().deletion_timestamp.is_some() {
+        // Tasks are owned: the garbage collector deletes them, and the Task
+        // controller cancels what they have in flight.
+        return Ok(ControllerAction::await_change());
+    }
+    let namespace = project.namespace().unwrap_or_default();
+    let name = project.name_any();
+    let now = Timestamp::now();
+    let all: Vec<Task> = ctx
+        .project_tasks(&namespace, &name)
+        .iter()
+        .map(|t| ctx.with_expectations(t))
+        .collect();
+
+    // Plan.
+    let (plan_state, work_names) = match &project.spec.tasks {
+        Some(explicit) => match validate_plan(&name, explicit, None) {
+            Ok(plan) => {
+                ensure_tasks(ctx, &all, plan_tasks(project, &plan, None)).await?;
+                (PlanState::Explicit, work_of(&all, false))
+            }
+            Err(errors) => (
+                PlanState::Invalid {
+                    message: join(&errors),
+                },
+                Vec::new(),
+            ),
+        },
+        None => plan_with_hera(project, ctx, &all, now).await?,
+    };
+    let work: Vec<&Task> = all
+        .iter()
+        .filter(|t| work_names.contains(&t.name_any()))
+        .collect();
+
+    // Run.
+    let all_refs: Vec<&Task> = all.iter().collect();
+    let usage = total_usage(all_refs.iter().copied());
+    let hold = if project.spec.suspend {
+        Some(Hold::Suspended)
+    } else if budget_exceeded(project, &usage) {
+        Some(Hold::BudgetExceeded)
+    } else {
+        None
+    };
+    let run = if matches!(plan_state, PlanState::Invalid { .. }) {
+        crate::schedule::RunPlan::default()
+    } else {
+        plan_run(project, &work, hold, now)
+    };
+    let by_name: BTreeMap<String, &Task> = all.iter().map(|t| (t.name_any(), t)).collect();
+    let mut first_error = None;
+    for action in &run.actions {
+        if let Err(err) = execute(project, ctx, action, &by_name, now).await {
+            tracing::warn!(error = %err, ?action, "action failed");
+            first_error.get_or_insert(err);
+        }
+    }
+
+    // Status.
+    let mut status = project_status(project, &work, &all_refs, &plan_state, now);
+    if let Some(planner) = all.iter().find(|t| is_planning_task(t)) {
+        status.plan_attempts = planner.status.as_ref().map_or(0, |s| s.attempt);
+    }
+    let previous = project.status.clone().unwrap_or_default();
+    if differs(&previous, &status) {
+        let patch = json!({
+            "apiVersion": format!("{GROUP}/{VERSION}"),
+            "kind": "Project",
+            "status": status,
+        });
+        ctx.project_api(&namespace)
+            .patch_status(
+                &name,
+                &PatchParams::apply(field_managers::PROJECT).force(),
+                &Patch::Apply(patch),
+            )
+            .await?;
+        if previous.phase != status.phase {
+            publish_phase_event(ctx, project, &status).await;
+        }
+    }
+    if let Some(err) = first_error {
+        return Err(err);
+    }
+    Ok(match run.wake_at {
+        Some(at) => ControllerAction::requeue(
+            Duration::try_from(at.duration_since(now))
+                .unwrap_or_default()
+                .max(Duration::from_millis(100)),
+        ),
+        None => ControllerAction::requeue(RESYNC),
+    })
+}
+
+fn join(errors: &[impl ToString]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(FEEDBACK_SEPARATOR)
+}
+
+/// Names of the tasks that make up the work: every task but the planning one, or only
+/// the planning one.
+fn work_of(all: &[Task], planning: bool) -> Vec<String> {
+    all.iter()
+        .filter(|t| is_planning_task(t) == planning)
+        .map(ResourceExt::name_any)
+        .collect()
+}
+
+/// Creates the Tasks of `desired` that do not exist yet.
+async fn ensure_tasks(ctx: &Context, existing: &[Task], desired: Vec<Task>) -> Result<(), Error> {
+    for task in desired {
+        let name = task.name_any();
+        if existing.iter().any(|t| t.name_any() == name) {
+            continue;
+        }
+        let api = ctx.task_api(&task.namespace().unwrap_or_default());
+        let mut body =
+            serde_json::to_value(&task).map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
+        body["apiVersion"] = json!(format!("{GROUP}/{VERSION}"));
+        body["kind"] = json!("Task");
+        api.patch(
+            &name,
+            &PatchParams::apply(field_managers::PROJECT).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The plan of a Project without `spec.tasks`: its planning task's, once valid.
+async fn plan_with_hera(
+    project: &Project,
+    ctx: &Context,
+    all: &[Task],
+    now: Timestamp,
+) -> Result<(PlanState, Vec<String>), Error> {
+    let name = project.name_any();
+    let namespace = project.namespace().unwrap_or_default();
+    let planner_name = planning_task_name(&name);
+    let Some(planner) = all.iter().find(|t| t.name_any() == planner_name) else {
+        ensure_tasks(ctx, all, vec![planning_task(project)]).await?;
+        return Ok((PlanState::Planning, Vec::new()));
+    };
+    let accepted = work_of(all, false);
+    if !accepted.is_empty() {
+        // Tasks from an accepted plan exist: finish creating them if a crash left some
+        // out, and never re-plan (Agents may have changed since).
+        if let Some(plan) = planner
+            .status
+            .as_ref()
+            .and_then(|s| s.result.as_ref())
+            .and_then(|r| r.plan.as_ref())
+            && let Ok(valid) = validate_plan(&name, plan, None)
+        {
+            let attempt = planner.status.as_ref().map(|s| s.attempt);
+            ensure_tasks(ctx, all, plan_tasks(project, &valid, attempt)).await?;
+        }
+        return Ok((PlanState::Planned, accepted));
+    }
+    let planner_status = planner.status.clone().unwrap_or_default();
+    let refused =
+        lifecycle::condition(&planner_status.conditions, aios_crds::conditions::SUCCEEDED)
+            .filter(|c| c.reason == reasons::PLAN_INVALID)
+            .map(|c| c.message.clone());
+    match phase(planner) {
+        TaskPhase::Succeeded => {
+            let served = ctx.served_roles(&namespace);
+            let checked = match planner_status.result.as_ref().and_then(|r| r.plan.as_ref()) {
+                Some(plan) => validate_plan(&name, plan, Some(&served)).map_err(|e| join(&e)),
+                None => Err("the planning task succeeded without a plan".to_owned()),
+            };
+            match checked {
+                Ok(valid) => {
+                    ensure_tasks(
+                        ctx,
+                        all,
+                        plan_tasks(project, &valid, Some(planner_status.attempt)),
+                    )
+                    .await?;
+                    // The new Tasks show up in the cache and trigger the next pass.
+                    Ok((PlanState::Planning, vec![planner_name]))
+                }
+                Err(message) => {
+                    // Ask for a new plan (a new attempt of the planning task, carrying the
+                    // problems) while retries remain; then the Project fails.
+                    let policy = task_policy(planner, &project.spec.policy.task_defaults);
+                    let status = lifecycle::fail_attempt(
+                        planner,
+                        &policy,
+                        reasons::PLAN_INVALID,
+                        &message,
+                        true,
+                        now,
+                    );
+                    let final_ = status.phase == Some(TaskPhase::Failed);
+                    let mut status = status;
+                    status.result = None;
+                    write_task_status(&ctx.task_api(&namespace), planner, &status).await?;
+                    publish_event(
+                        ctx,
+                        project,
+                        EventType::Warning,
+                        reasons::PLAN_INVALID,
+                        &message,
+                    )
+                    .await;
+                    let state = if final_ {
+                        PlanState::Invalid { message }
+                    } else {
+                        PlanState::Replanning { message }
+                    };
+                    Ok((state, vec![planner_name]))
+                }
+            }
+        }
+        TaskPhase::Failed if refused.is_some() => Ok((
+            PlanState::Invalid {
+                message: refused.unwrap_or_default(),
+            },
+            vec![planner_name],
+        )),
+        _ => match refused {
+            Some(message) => Ok((PlanState::Replanning { message }, vec![planner_name])),
+            None => Ok((PlanState::Planning, vec![planner_name])),
+        },
+    }
+}
+
+async fn execute(
+    project: &Project,
+    ctx: &Context,
+    action: &Action,
+    by_name: &BTreeMap<String, &Task>,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let namespace = project.namespace().unwrap_or_default();
+    let api = ctx.task_api(&namespace);
+    let defaults = &project.spec.policy.task_defaults;
+    match action {
+        Action::Expire {
+            task,
+            reason,
+            message,
+        } => {
+            let Some(task) = by_name.get(task) else {
+                return Ok(());
+            };
+            let policy = task_policy(task, defaults);
+            let status = lifecycle::fail_attempt(task, &policy, reason, message, true, now);
+            write_task_status(&api, task, &status).await?;
+            // The attempt may still be running somewhere: tell the agents to drop it.
+            cancel(ctx, task, message).await;
+        }
+        Action::Skip { task, dependency } => {
+            let Some(task) = by_name.get(task) else {
+                return Ok(());
+            };
+            write_task_status(&api, task, &lifecycle::skipped(task, dependency, now)).await?;
+        }
+        Action::Cancel { task, message } => {
+            let Some(task) = by_name.get(task) else {
+                return Ok(());
+            };
+            write_task_status(&api, task, &lifecycle::cancelled(task, message, now)).await?;
+        }
+        Action::Dispatch { task, attempt } => {
+            let Some(task) = by_name.get(task) else {
+                return Ok(());
+            };
+            dispatch(project, ctx, task, *attempt, by_name, now).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Publishes attempt `attempt` of `task`, then records it Queued. If the process dies
+/// between the two, the next pass publishes the same attempt again, with the same
+/// message id, which consumers recognise.
+async fn dispatch(
+    project: &Project,
+    ctx: &Context,
+    task: &Task,
+    attempt: i32,
+    by_name: &BTreeMap<String, &Task>,
+    now: Timestamp,
+) -> Result<(), Error> {
+    if !ctx.leadership.is_current() {
+        return Err(Error::NotLeader);
+    }
+    let namespace = project.namespace().unwrap_or_default();
+    let api = ctx.task_api(&namespace);
+    let mut current = task.clone();
+    if !task
+        .finalizers()
+        .iter()
+        .any(|f| f == finalizers::TASK_CANCEL)
+    {
+        current = set_task_finalizer(&api, &task.name_any(), true).await?;
+        // Keep the status we decided on; only the metadata moved on.
+        current.status.clone_from(&task.status);
+    }
+    let policy = task_policy(task, &project.spec.policy.task_defaults);
+    let role = task.spec.role.to_string();
+    let message = dispatch_message(
+        project,
+        task,
+        attempt,
+        &policy,
+        by_name,
+        &ctx.served_roles(&namespace),
+        ctx.preferred_providers(&namespace, &role),
+        now,
+    );
+    if let Err(err) = ctx.bus.publish_dispatch(&message).await {
+        ctx.metrics
+            .publish_failures
+            .with_label_values(&["TaskDispatch", err.category()])
+            .inc();
+        return Err(err.into());
+    }
+    ctx.expect_dispatch(&task.metadata.uid.clone().unwrap_or_default(), attempt);
+    ctx.metrics.dispatches.with_label_values(&[&role]).inc();
+    let ready_since = task
+        .spec
+        .depends_on
+        .iter()
+        .filter_map(|d| by_name.get(d))
+        .filter_map(|d| {
+            d.status
+                .as_ref()
+                .and_then(|s| s.completion_time.as_ref())
+                .map(|t| t.0)
+        })
+        .max()
+        .or_else(|| {
+            task.status
+                .as_ref()
+                .and_then(|s| s.next_attempt_time.as_ref())
+                .map(|t| t.0)
+        })
+        .or_else(|| task.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    if let Some(since) = ready_since {
+        let seconds = Timestamp::now()
+            .duration_since(since)
+            .as_secs_f64()
+            .max(0.0);
+        ctx.metrics
+            .dispatch_latency
+            .with_label_values(&[&role])
+            .observe(seconds);
+    }
+    write_task_status(&api, &current, &lifecycle::queued(task, attempt, now)).await?;
+    Ok(())
+}
+
+/// Publishes a cancel for the in-flight attempt of `task`; a failure is logged (the
+/// agent's own deadline still stops the work).
+pub async fn cancel(ctx: &Context, task: &Task, reason: &str) {
+    let attempt = task.status.as_ref().map_or(0, |s| s.attempt);
+    let message = TaskCancel {
+        schema_version: SCHEMA_VERSION,
+        task: ObjectRef {
+            namespace: task.namespace().unwrap_or_default(),
+            name: task.name_any(),
+            uid: task.metadata.uid.clone().unwrap_or_default(),
+        },
+        attempt: u32::try_from(attempt).unwrap_or(0),
+        reason: reason.to_owned(),
+    };
+    if let Err(err) = ctx.bus.publish_cancel(&message).await {
+        ctx.metrics
+            .publish_failures
+            .with_label_values(&["TaskCancel", err.category()])
+            .inc();
+        tracing::warn!(error = %err, task = %task.name_any(), "publishing a cancel failed");
+    }
+}
+
+async fn publish_phase_event(ctx: &Context, project: &Project, status: &aios_crds::ProjectStatus) {
+    let Some(phase) = status.phase else { return };
+    let message = lifecycle::condition(&status.conditions, aios_crds::conditions::SUCCEEDED)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    let kind = if phase == ProjectPhase::Failed {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    publish_event(ctx, project, kind, &format!("{phase:?}"), &message).await;
+}
+
+async fn publish_event(
+    ctx: &Context,
+    project: &Project,
+    kind: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_: kind,
+        reason: reason.to_owned(),
+        note: Some(note.chars().take(1024).collect()),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &project.object_ref(&())).await {
+        tracing::debug!(error = %err, "publishing a Kubernetes event failed");
+    }
+}
+
+/// What to do after a failed reconcile: a conflict is retried at once (the cache will
+/// have caught up); anything else is retried with a short backoff.
+#[allow(clippy::needless_pass_by_value)] // the signature kube's controller takes
+pub fn error_policy(_project: Arc<Project>, error: &Error, ctx: Arc<Context>) -> ControllerAction {
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&["project", error.category()])
+        .inc();
+    match error {
+        Error::Kube(kube::Error::Api(s)) if s.code == 409 => {
+            ControllerAction::requeue(Duration::from_millis(200))
+        }
+        _ => ControllerAction::requeue(Duration::from_secs(5)),
+    }
+}

@@ -1,0 +1,247 @@
+//! Leader election on a `coordination.k8s.io` Lease, so that of several operator
+//! replicas exactly one dispatches. A replica leads while it renews the Lease; one that
+//! cannot renew within the lease duration stops leading (and the process exits), and a
+//! standby takes over once the Lease has expired.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use jiff::Timestamp;
+use k8s_openapi::{
+    api::coordination::v1::{Lease, LeaseSpec},
+    apimachinery::pkg::apis::meta::v1::MicroTime,
+};
+use kube::{
+    Api,
+    api::{ObjectMeta, PostParams},
+};
+use tokio_util::sync::CancellationToken;
+
+/// Leader election settings.
+#[derive(Debug, Clone)]
+pub struct ElectionConfig {
+    /// Namespace of the Lease.
+    pub namespace: String,
+    /// Name of the Lease.
+    pub name: String,
+    /// This replica's identity (its pod name).
+    pub identity: String,
+    /// How long a Lease is valid without renewal.
+    pub lease_duration: Duration,
+    /// How often the leader renews, and standbys retry.
+    pub retry_period: Duration,
+}
+
+/// Whether this replica currently leads: it renewed the Lease recently enough.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    renewed: Arc<Mutex<Option<Instant>>>,
+    valid_for: Duration,
+}
+
+impl Leadership {
+    /// A leadership that is never current, for tests of code that checks it.
+    pub fn none(valid_for: Duration) -> Self {
+        Self {
+            renewed: Arc::new(Mutex::new(None)),
+            valid_for,
+        }
+    }
+
+    /// True while the last renewal is younger than two thirds of the lease duration,
+    /// leaving a margin before another replica may take over.
+    pub fn is_current(&self) -> bool {
+        let renewed = *self
+            .renewed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        renewed.is_some_and(|at| at.elapsed() < self.valid_for * 2 / 3)
+    }
+
+    fn mark(&self) {
+        *self
+            .renewed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+    }
+}
+
+/// Why leading ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    /// Another replica holds the Lease now.
+    #[error("lost the lease {0} to another replica")]
+    Lost(String),
+    /// The Lease could not be renewed in time.
+    #[error("could not renew the lease {name} in time")]
+    RenewFailed {
+        /// The Lease.
+        name: String,
+        /// The last API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Shutdown began before leadership was acquired.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+/// Runs an election.
+#[derive(Debug, Clone)]
+pub struct Elector {
+    api: Api<Lease>,
+    config: ElectionConfig,
+    leadership: Leadership,
+}
+
+impl Elector {
+    /// An elector for `config`.
+    pub fn new(client: kube::Client, config: ElectionConfig) -> Self {
+        let api = Api::namespaced(client, &config.namespace);
+        let leadership = Leadership {
+            renewed: Arc::new(Mutex::new(None)),
+            valid_for: config.lease_duration,
+        };
+        Self {
+            api,
+            config,
+            leadership,
+        }
+    }
+
+    /// The leadership handle, shared with the code that must only act while leading.
+    pub fn leadership(&self) -> Leadership {
+        self.leadership.clone()
+    }
+
+    /// Waits until this replica holds the Lease.
+    pub async fn acquire(&self, shutdown: &CancellationToken) -> Result<(), LeaderError> {
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(true) => {
+                    self.leadership.mark();
+                    tracing::info!(lease = %self.config.name, identity = %self.config.identity, "leading");
+                    return Ok(());
+                }
+                Ok(false) => {}
+                Err(err) => tracing::warn!(error = %err, "lease acquisition failed"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Err(LeaderError::ShuttingDown),
+                () = tokio::time::sleep(self.config.retry_period) => {}
+            }
+        }
+    }
+
+    /// Renews the Lease until shutdown (then releases it) or until leadership is lost.
+    pub async fn keep(&self, shutdown: &CancellationToken) -> Result<(), LeaderError> {
+        let mut last_ok = Instant::now();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    self.release().await;
+                    return Ok(());
+                }
+                () = tokio::time::sleep(self.config.retry_period) => {}
+            }
+            match self.try_acquire_or_renew().await {
+                Ok(true) => {
+                    self.leadership.mark();
+                    last_ok = Instant::now();
+                }
+                Ok(false) => return Err(LeaderError::Lost(self.config.name.clone())),
+                Err(source) if last_ok.elapsed() >= self.config.lease_duration * 2 / 3 => {
+                    return Err(LeaderError::RenewFailed {
+                        name: self.config.name.clone(),
+                        source,
+                    });
+                }
+                Err(err) => tracing::warn!(error = %err, "lease renewal failed; retrying"),
+            }
+        }
+    }
+
+    /// Takes or renews the Lease if it is free, expired or ours. Writes carry the
+    /// resourceVersion read, so two replicas cannot both win.
+    async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
+        let now = Timestamp::now();
+        let me = &self.config.identity;
+        let seconds = i32::try_from(self.config.lease_duration.as_secs()).unwrap_or(i32::MAX);
+        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.config.name.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(me.clone()),
+                    lease_duration_seconds: Some(seconds),
+                    acquire_time: Some(MicroTime(now)),
+                    renew_time: Some(MicroTime(now)),
+                    lease_transitions: Some(0),
+                    ..LeaseSpec::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+                Err(err) => Err(err),
+            };
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+        let duration = Duration::from_secs(
+            u64::try_from(spec.lease_duration_seconds.unwrap_or(seconds).max(1)).unwrap_or(1),
+        );
+        let expired = spec.renew_time.as_ref().is_none_or(|t| {
+            jiff::SignedDuration::try_from(duration)
+                .ok()
+                .and_then(|d| t.0.checked_add(d).ok())
+                .is_none_or(|end| end < now)
+        });
+        let mine = holder.as_deref() == Some(me.as_str());
+        if !(mine || holder.is_none() || expired) {
+            return Ok(false);
+        }
+        if !mine {
+            spec.holder_identity = Some(me.clone());
+            spec.acquire_time = Some(MicroTime(now));
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        }
+        spec.lease_duration_seconds = Some(seconds);
+        spec.renew_time = Some(MicroTime(now));
+        match self
+            .api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Gives the Lease up so a standby takes over without waiting for it to expire.
+    async fn release(&self) {
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.config.name).await else {
+            return;
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return;
+        };
+        if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        if let Err(err) = self
+            .api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await
+        {
+            tracing::warn!(error = %err, "releasing the lease failed; it will expire instead");
+        }
+    }
+}

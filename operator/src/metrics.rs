@@ -1,0 +1,141 @@
+//! The operator's Prometheus metrics, all prefixed `aios_`. Label values are bounded:
+//! controller names, error categories, phases and roles.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The operator's metrics and the registry that serves them.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Reconciles by controller.
+    pub reconciles: IntCounterVec,
+    /// Reconcile errors by controller and error category.
+    pub reconcile_errors: IntCounterVec,
+    /// Reconcile duration by controller.
+    pub reconcile_duration: HistogramVec,
+    /// Tasks by phase and role (set on each scrape from the operator's cache).
+    pub tasks: IntGaugeVec,
+    /// Seconds from a task becoming ready (its last dependency's success, or its
+    /// creation) to its dispatch being confirmed by the broker.
+    pub dispatch_latency: HistogramVec,
+    /// Dispatches published, by role.
+    pub dispatches: IntCounterVec,
+    /// Bus publish failures by message kind and error category.
+    pub publish_failures: IntCounterVec,
+    /// Agent events consumed, by event type and outcome (applied, ignored, malformed).
+    pub events: IntCounterVec,
+}
+
+fn must<T>(result: prometheus::Result<T>) -> T {
+    // Metric names and labels are static and valid; registration fails only on a
+    // duplicate name, which is a programming error caught by the tests.
+    result.unwrap_or_else(|e| panic!("metric definition: {e}"))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = must(IntCounterVec::new(Opts::new(name, help), labels));
+            must(registry.register(Box::new(c.clone())));
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let h = must(HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets),
+                labels,
+            ));
+            must(registry.register(Box::new(h.clone())));
+            h
+        };
+        let latency_buckets = vec![
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let tasks = must(IntGaugeVec::new(
+            Opts::new("aios_tasks", "Tasks by phase and role"),
+            &["phase", "role"],
+        ));
+        must(registry.register(Box::new(tasks.clone())));
+        Self {
+            reconciles: counter(
+                "aios_reconciles_total",
+                "Reconciles by controller",
+                &["controller"],
+            ),
+            reconcile_errors: counter(
+                "aios_reconcile_errors_total",
+                "Reconcile errors by controller and error category",
+                &["controller", "category"],
+            ),
+            reconcile_duration: histogram(
+                "aios_reconcile_duration_seconds",
+                "Reconcile duration by controller",
+                &["controller"],
+                latency_buckets.clone(),
+            ),
+            tasks,
+            dispatch_latency: histogram(
+                "aios_dispatch_latency_seconds",
+                "From a task becoming ready to its dispatch being confirmed",
+                &["role"],
+                latency_buckets,
+            ),
+            dispatches: counter(
+                "aios_dispatches_total",
+                "Dispatches published, by role",
+                &["role"],
+            ),
+            publish_failures: counter(
+                "aios_bus_publish_failures_total",
+                "Bus publish failures by message kind and error category",
+                &["kind", "category"],
+            ),
+            events: counter(
+                "aios_task_events_total",
+                "Agent events consumed, by type and outcome",
+                &["type", "outcome"],
+            ),
+            registry,
+        }
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_with_the_aios_prefix() {
+        let m = Metrics::new();
+        m.reconciles.with_label_values(&["project"]).inc();
+        m.tasks.with_label_values(&["Running", "backend"]).set(2);
+        let text = m.render();
+        assert!(
+            text.contains("aios_reconciles_total{controller=\"project\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("aios_tasks{phase=\"Running\",role=\"backend\"} 2"),
+            "{text}"
+        );
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("aios_"), "{line}");
+        }
+    }
+}
