@@ -94,12 +94,12 @@ pub enum EnvError {
         #[source]
         source: serde_json::Error,
     },
-    /// A kubectl command failed.
-    #[error("kubectl {args} failed: {stderr}")]
-    Kubectl {
-        /// The arguments.
-        args: String,
-        /// What kubectl printed on stderr.
+    /// A command (kubectl, rabbitmqctl) failed.
+    #[error("{command} failed: {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// What it printed on stderr.
         stderr: String,
     },
 }
@@ -113,6 +113,20 @@ fn io_err<'a>(
         path: path.display().to_string(),
         source,
     }
+}
+
+/// The RabbitMQ node of an environment, for its command-line tools.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RabbitNode {
+    /// The Erlang node name.
+    pub node: String,
+    /// The node's HOME (its Erlang cookie lives there).
+    pub home: PathBuf,
+    /// The private epmd's port.
+    pub epmd_port: u16,
+    /// The AMQP port.
+    pub amqp_port: u16,
 }
 
 /// A running environment.
@@ -131,6 +145,9 @@ pub struct Environment {
     pub amqp_url: Option<String>,
     /// Redis's URL, when it was started.
     pub redis_url: Option<String>,
+    /// How to reach the RabbitMQ node with its CLI, when it was started.
+    #[serde(default)]
+    pub rabbitmq: Option<RabbitNode>,
     /// The processes started, in start order.
     pub processes: Vec<ServerProcess>,
 }
@@ -153,6 +170,7 @@ impl Environment {
             kubectl: bin.join("kubectl"),
             amqp_url: None,
             redis_url: None,
+            rabbitmq: None,
             processes: Vec::new(),
             dir,
         };
@@ -428,6 +446,12 @@ impl Environment {
         self.processes.push(rabbit.clone());
         rabbit.wait_ready(options.ready_timeout, || process::amqp_handshake(amqp))?;
         self.amqp_url = Some(format!("amqp://guest:guest@127.0.0.1:{amqp}/%2f"));
+        self.rabbitmq = Some(RabbitNode {
+            node: format!("aios-{amqp}@localhost"),
+            home: base,
+            epmd_port,
+            amqp_port: amqp,
+        });
         Ok(())
     }
 
@@ -519,8 +543,8 @@ impl Environment {
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
-            Err(EnvError::Kubectl {
-                args: args.join(" "),
+            Err(EnvError::Command {
+                command: format!("kubectl {}", args.join(" ")),
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             })
         }
@@ -553,6 +577,39 @@ impl Environment {
         child
             .wait_with_output()
             .map_err(io_err("running", &self.kubectl))
+    }
+
+    /// Creates a RabbitMQ virtual host that guest may use, so a test has queues and
+    /// exchanges of its own; returns its AMQP URL.
+    pub fn create_vhost(&self, name: &str) -> Result<String, EnvError> {
+        let node = self.rabbitmq.as_ref().ok_or_else(|| EnvError::Command {
+            command: format!("rabbitmqctl add_vhost {name}"),
+            stderr: "this environment runs no RabbitMQ".to_owned(),
+        })?;
+        let ctl = PathBuf::from("/usr/lib/rabbitmq/bin/rabbitmqctl");
+        for args in [
+            vec!["add_vhost", name],
+            vec!["set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+        ] {
+            let out = Command::new(&ctl)
+                .args(["-n", &node.node, "-q"])
+                .args(&args)
+                .env("HOME", &node.home)
+                .env("ERL_EPMD_PORT", node.epmd_port.to_string())
+                .stdin(Stdio::null())
+                .output()
+                .map_err(io_err("running", &ctl))?;
+            if !out.status.success() {
+                return Err(EnvError::Command {
+                    command: format!("rabbitmqctl {}", args.join(" ")),
+                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                });
+            }
+        }
+        Ok(format!(
+            "amqp://guest:guest@127.0.0.1:{}/{name}",
+            node.amqp_port
+        ))
     }
 
     /// Creates a namespace no other test uses: `<prefix>-<unique suffix>`.

@@ -4,7 +4,7 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use aios_crds::{
-    bus::{Message, TaskCancel, TaskDispatch},
+    bus::{Message, TaskCancel, TaskDispatch, TaskEvent},
     names::bus as names,
 };
 use lapin::{
@@ -229,6 +229,60 @@ impl Bus {
             &what,
         )
         .await
+    }
+
+    /// Publishes an agent's event about a task (agents use this; so do tests that play
+    /// the agents).
+    pub async fn publish_event(&self, event: &TaskEvent) -> Result<(), BusError> {
+        let id = format!(
+            "{}-{}-{}",
+            event.attempt_id().message_id(),
+            event.routing_key(),
+            event.at
+        );
+        let what = format!("event {id}");
+        self.publish(
+            names::EVENTS_EXCHANGE,
+            event.routing_key(),
+            event,
+            &id,
+            FieldTable::default(),
+            &what,
+        )
+        .await
+    }
+
+    /// A consumer of cancel messages: a private queue, deleted with the connection,
+    /// bound to the control exchange.
+    pub async fn consume_control(&self, tag: &str) -> Result<Consumer, BusError> {
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(amqp("opening a channel"))?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp("declaring a control queue"))?;
+        let name = queue.name().as_str().to_owned();
+        bind(&channel, &name, names::CONTROL_EXCHANGE, "").await?;
+        channel
+            .basic_consume(
+                name.as_str().into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp("consuming the control queue"))
     }
 
     async fn publish<M: Message>(

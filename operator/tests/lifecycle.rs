@@ -1,0 +1,215 @@
+//! The operator against a real API server and RabbitMQ, with a test playing the agents.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod support;
+
+use std::time::Duration;
+
+use aios_crds::{TaskPhase, TaskResult, bus::TaskDispatch};
+use support::{FakeAgents, Harness, Reply, done};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn diamond(name: &str, extra_policy: &str) -> String {
+    format!(
+        r"apiVersion: aios.dev/v1alpha1
+kind: Project
+metadata:
+  name: {name}
+spec:
+  description: A diamond
+  repository:
+    url: file:///tmp/{name}.git
+  policy:
+    maxParallelTasks: 4
+{extra_policy}
+  tasks:
+    - name: design
+      title: Design
+      role: backend
+    - name: api
+      title: API
+      role: backend
+      dependsOn: [design]
+    - name: ui
+      title: UI
+      role: frontend
+      dependsOn: [design]
+    - name: qa
+      title: QA
+      role: qa
+      dependsOn: [api, ui]
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_diamond_plan_runs_in_dependency_order_to_succeeded() {
+    let mut h = Harness::new("diamond");
+    h.apply_agents(&["backend", "frontend", "qa"]);
+    h.start_operator("op-1");
+    let agents = FakeAgents::start(
+        &h.amqp_url,
+        &["backend", "frontend", "qa"],
+        Duration::from_millis(300),
+        |d| Reply::Succeed(done(d)),
+    )
+    .await;
+    h.apply(&diamond("shop", ""));
+    h.wait_for_phase("shop", "Succeeded", TIMEOUT).await;
+
+    let order = agents.order();
+    assert_eq!(order.len(), 4, "each task dispatched once: {order:?}");
+    assert_eq!(order[0], "shop-design");
+    assert_eq!(order[3], "shop-qa");
+    // api and ui ran side by side: both were dispatched before either finished.
+    let received = agents.received();
+    let gap = received[2].at.duration_since(received[1].at);
+    assert!(
+        gap < Duration::from_millis(300),
+        "api and ui were not dispatched together: {gap:?}"
+    );
+    // qa received its dependencies' results.
+    let qa = &received[3].dispatch;
+    let deps: Vec<_> = qa.dependencies.iter().map(|d| d.summary.clone()).collect();
+    assert_eq!(deps, ["shop-api done", "shop-ui done"]);
+    assert_eq!(qa.brief, "A diamond");
+
+    let api = h.task("shop-api");
+    let status = api.status.unwrap();
+    assert_eq!(status.phase, Some(TaskPhase::Succeeded));
+    assert_eq!(status.attempt, 1);
+    assert_eq!(status.agent.as_deref(), Some("fake-backend"));
+    assert_eq!(status.result.unwrap().commit.as_deref(), Some("c-shop-api"));
+    let succeeded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Succeeded")
+        .unwrap();
+    assert_eq!(
+        (succeeded.status.as_str(), succeeded.reason.as_str()),
+        ("True", "Succeeded")
+    );
+    assert!(
+        api.metadata.finalizers.unwrap_or_default().is_empty(),
+        "the cancel finalizer is removed once done"
+    );
+
+    assert_eq!(h.jsonpath("project/shop", "{.status.progress}"), "4/4");
+    assert_eq!(
+        h.jsonpath("project/shop", "{.status.usage.inputTokens}"),
+        "400"
+    );
+    let listing = h.kubectl(&["get", "tasks"]);
+    assert_eq!(
+        listing
+            .lines()
+            .filter(|l| l.contains("Succeeded") && l.contains("fake-"))
+            .count(),
+        4,
+        "{listing}"
+    );
+    let events = h.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=shop",
+    ]);
+    assert!(
+        events.contains("Succeeded"),
+        "a Kubernetes Event records the success: {events}"
+    );
+}
+
+fn plan_reply(d: &TaskDispatch, plan: &serde_json::Value) -> Reply {
+    if d.spec.planning {
+        Reply::Succeed(TaskResult {
+            summary: "planned".into(),
+            plan: Some(serde_json::from_value(plan.clone()).unwrap()),
+            ..TaskResult::default()
+        })
+    } else {
+        Reply::Succeed(done(d))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_without_tasks_is_planned_by_hera_into_tasks() {
+    let mut h = Harness::new("planned");
+    h.apply_agents(&["cto", "backend", "qa"]);
+    h.start_operator("op-1");
+    let plan = serde_json::json!([
+        {"name": "build", "title": "Build it", "role": "backend", "complexity": "High"},
+        {"name": "test", "title": "Test it", "role": "qa", "dependsOn": ["build"], "acceptanceCriteria": ["tests pass"]}
+    ]);
+    let agents = FakeAgents::start(
+        &h.amqp_url,
+        &["cto", "backend", "qa"],
+        Duration::from_millis(50),
+        move |d| plan_reply(d, &plan),
+    )
+    .await;
+    h.apply("apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: todo\nspec:\n  description: A todo app\n  repository:\n    url: file:///tmp/todo.git\n");
+    h.wait_for_phase("todo", "Succeeded", TIMEOUT).await;
+
+    assert_eq!(agents.order(), ["todo-plan", "todo-build", "todo-test"]);
+    let planning = &agents.received()[0].dispatch;
+    assert!(planning.spec.planning);
+    assert_eq!(planning.available_roles, ["backend", "cto", "qa"]);
+    let test = h.task("todo-test");
+    assert_eq!(test.spec.depends_on, ["todo-build"]);
+    assert_eq!(test.spec.acceptance_criteria, ["tests pass"]);
+    let owner = &test.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Project", "todo")
+    );
+    assert_eq!(
+        test.metadata.labels.as_ref().unwrap()["aios.dev/project"],
+        "todo"
+    );
+    assert_eq!(h.jsonpath("project/todo", "{.status.progress}"), "2/2");
+    assert_eq!(
+        h.jsonpath(
+            "project/todo",
+            "{.status.conditions[?(@.type==\"Planned\")].status}"
+        ),
+        "True"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_plan_is_replanned_and_finally_fails_with_plan_invalid() {
+    let mut h = Harness::new("replan");
+    h.apply_agents(&["cto", "backend"]);
+    h.start_operator("op-1");
+    // Every plan uses a role no Agent serves.
+    let plan = serde_json::json!([{"name": "hack", "title": "Hack", "role": "security"}]);
+    let agents = FakeAgents::start(&h.amqp_url, &["cto"], Duration::from_millis(20), move |d| {
+        plan_reply(d, &plan)
+    })
+    .await;
+    h.apply("apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: vault\nspec:\n  description: A vault\n  repository:\n    url: file:///tmp/vault.git\n  policy:\n    taskDefaults:\n      maxRetries: 1\n      backoff:\n        durationSeconds: 1\n");
+    h.wait_for_phase("vault", "Failed", TIMEOUT).await;
+
+    let received = agents.received();
+    assert_eq!(received.len(), 2, "one plan and one re-plan");
+    assert!(received[0].dispatch.plan_feedback.is_empty());
+    let feedback = received[1].dispatch.plan_feedback.join(" ");
+    assert!(
+        feedback.contains("security") && feedback.contains("no Agent"),
+        "{feedback}"
+    );
+    let reason = h.jsonpath(
+        "project/vault",
+        "{.status.conditions[?(@.type==\"Succeeded\")].reason}",
+    );
+    assert_eq!(reason, "PlanInvalid");
+    let invalid = h.jsonpath(
+        "project/vault",
+        "{.status.conditions[?(@.type==\"PlanInvalid\")].message}",
+    );
+    assert!(invalid.contains("security"), "{invalid}");
+    assert_eq!(h.tasks().len(), 1, "no Tasks from a refused plan");
+}

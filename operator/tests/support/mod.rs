@@ -1,0 +1,387 @@
+//! Test support: an operator process per test, in a namespace and a RabbitMQ virtual
+//! host of the test's own, and fake agents that take dispatches and report events the
+//! way real agents do (deduplicating redeliveries by message id).
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    collections::HashSet,
+    fs::File,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use aios_crds::{
+    Task, TaskResult, Usage,
+    bus::{Message, SCHEMA_VERSION, TaskCancel, TaskDispatch, TaskEvent, TaskEventKind},
+    names::bus::role_queue,
+};
+use aios_e2e::{Environment, process, repo_root};
+use aios_operator::bus::Bus;
+use futures::StreamExt;
+use lapin::options::BasicAckOptions;
+use tokio_util::sync::CancellationToken;
+
+/// The shared environment with the CRDs installed.
+pub fn env() -> &'static Environment {
+    static CRDS: OnceLock<()> = OnceLock::new();
+    let env = aios_e2e::shared();
+    CRDS.get_or_init(|| {
+        let crds = repo_root().join("crds");
+        env.kubectl(&[
+            "apply",
+            "--server-side",
+            "--field-manager=aios-e2e",
+            "-f",
+            crds.to_str().unwrap(),
+        ])
+        .unwrap();
+        env.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd",
+            "--all",
+        ])
+        .unwrap();
+    });
+    env
+}
+
+/// An operator process.
+pub struct Operator {
+    child: Child,
+    /// Port of its /metrics endpoint.
+    pub http_port: u16,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+/// One test's world: a namespace, a vhost, operators.
+pub struct Harness {
+    pub env: &'static Environment,
+    pub ns: String,
+    pub amqp_url: String,
+    pub operators: Vec<Operator>,
+}
+
+impl Harness {
+    pub fn new(prefix: &str) -> Self {
+        let env = env();
+        let ns = env.create_namespace(prefix).unwrap();
+        let amqp_url = env.create_vhost(&ns).unwrap();
+        Self {
+            env,
+            ns,
+            amqp_url,
+            operators: Vec::new(),
+        }
+    }
+
+    /// Starts an operator replica named `identity`; returns its index.
+    pub fn start_operator(&mut self, identity: &str) -> usize {
+        let http_port = process::free_port().unwrap();
+        let log = self
+            .env
+            .dir
+            .join("logs")
+            .join(format!("operator-{}-{identity}.log", self.ns));
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_aios-operator"))
+            .env("KUBECONFIG", &self.env.kubeconfig)
+            .env("AIOS_AMQP_URL", &self.amqp_url)
+            .env("AIOS_WATCH_NAMESPACE", &self.ns)
+            .env("POD_NAMESPACE", &self.ns)
+            .env("POD_NAME", identity)
+            .env("AIOS_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .env("AIOS_LOG_FORMAT", "text")
+            .env("AIOS_LEASE_DURATION_SECONDS", "6")
+            .env("AIOS_LEASE_RETRY_SECONDS", "1")
+            .env("RUST_LOG", "info,aios_operator=debug")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        self.operators.push(Operator {
+            child,
+            http_port,
+            log,
+        });
+        self.operators.len() - 1
+    }
+
+    /// Kills operator `i` at once (SIGKILL): no graceful shutdown.
+    pub fn kill_operator(&mut self, i: usize) {
+        let op = &mut self.operators[i];
+        let _ = op.child.kill();
+        let _ = op.child.wait();
+    }
+
+    /// The value of metric `name` (summed over its label sets) on operator `i`.
+    pub fn metric(&self, i: usize, name: &str) -> f64 {
+        let Some(text) = process::http_get(self.operators[i].http_port, "/metrics") else {
+            return 0.0;
+        };
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", &self.ns];
+        all.extend_from_slice(args);
+        self.env.kubectl(&all).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn apply(&self, yaml: &str) {
+        self.env
+            .kubectl_with_input(&["apply", "-n", &self.ns, "-f", "-"], Some(yaml))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Agents for `roles`, so plans may use them and their queues exist.
+    pub fn apply_agents(&self, roles: &[&str]) {
+        for role in roles {
+            self.apply(&format!(
+                "apiVersion: aios.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: {role}\nspec:\n  role: {role}\n  persona:\n    name: {role}\n"
+            ));
+        }
+    }
+
+    pub fn task(&self, name: &str) -> Task {
+        serde_json::from_str(&self.kubectl(&["get", "task", name, "-o", "json"])).unwrap()
+    }
+
+    pub fn tasks(&self) -> Vec<Task> {
+        let list: serde_json::Value =
+            serde_json::from_str(&self.kubectl(&["get", "tasks", "-o", "json"])).unwrap();
+        serde_json::from_value(list["items"].clone()).unwrap()
+    }
+
+    pub fn jsonpath(&self, kind_name: &str, path: &str) -> String {
+        self.kubectl(&["get", kind_name, "-o", &format!("jsonpath={path}")])
+    }
+
+    /// Waits until the Project's phase is `phase`, failing with the Project and the
+    /// operator's log tail when it is not within `timeout`.
+    pub async fn wait_for_phase(&self, project: &str, phase: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let now = self.jsonpath(&format!("project/{project}"), "{.status.phase}");
+            if now == phase {
+                return;
+            }
+            if start.elapsed() > timeout {
+                let dump = self.kubectl(&["get", "projects,tasks", "-o", "yaml"]);
+                let logs: Vec<String> = self
+                    .operators
+                    .iter()
+                    .map(|o| process::log_tail(&o.log, 40))
+                    .collect();
+                panic!(
+                    "project {project} is {now:?}, not {phase}, after {timeout:?}\n{dump}\noperator logs:\n{}",
+                    logs.join("\n---\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        for op in &mut self.operators {
+            let _ = op.child.kill();
+            let _ = op.child.wait();
+        }
+        let _ = self
+            .env
+            .kubectl(&["delete", "namespace", &self.ns, "--wait=false"]);
+    }
+}
+
+/// What a fake agent does with a dispatch.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Report success with this result.
+    Succeed(TaskResult),
+    /// Report failure.
+    Fail { reason: String, retryable: bool },
+    /// Report Started, then nothing: a stuck or dead agent.
+    Hang,
+}
+
+/// A dispatch a fake agent took.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub dispatch: TaskDispatch,
+    pub at: Instant,
+}
+
+/// Fake agents for some roles.
+pub struct FakeAgents {
+    pub received: Arc<Mutex<Vec<Received>>>,
+    pub cancels: Arc<Mutex<Vec<TaskCancel>>>,
+    stop: CancellationToken,
+}
+
+impl FakeAgents {
+    /// Starts consuming the queues of `roles` on `amqp_url`; `reply` decides each answer,
+    /// given after `delay`.
+    pub async fn start(
+        amqp_url: &str,
+        roles: &[&str],
+        delay: Duration,
+        reply: impl Fn(&TaskDispatch) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        let stop = CancellationToken::new();
+        let bus = Arc::new(Bus::connect(amqp_url, &stop).await.unwrap());
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let cancels = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::new(Mutex::new(HashSet::new()));
+        let reply = Arc::new(reply);
+        for role in roles {
+            bus.ensure_role_queue(role).await.unwrap();
+            let consumer = bus
+                .consume(&role_queue(role), &format!("fake-{role}"), 16)
+                .await
+                .unwrap();
+            let (bus, received, seen, reply, stop) = (
+                bus.clone(),
+                received.clone(),
+                seen.clone(),
+                reply.clone(),
+                stop.clone(),
+            );
+            let agent = format!("fake-{role}");
+            tokio::spawn(async move {
+                consumer
+                    .take_until(stop.cancelled_owned())
+                    .for_each_concurrent(8, |delivery| {
+                        let (bus, received, seen, reply, agent) = (
+                            bus.clone(),
+                            received.clone(),
+                            seen.clone(),
+                            reply.clone(),
+                            agent.clone(),
+                        );
+                        async move {
+                            let Ok(delivery) = delivery else { return };
+                            let dispatch = TaskDispatch::decode(&delivery.data).unwrap();
+                            let first = seen
+                                .lock()
+                                .unwrap()
+                                .insert(dispatch.attempt_id().message_id());
+                            if first {
+                                received.lock().unwrap().push(Received {
+                                    dispatch: dispatch.clone(),
+                                    at: Instant::now(),
+                                });
+                                respond(&bus, &agent, &dispatch, reply(&dispatch), delay).await;
+                            }
+                            delivery.ack(BasicAckOptions::default()).await.unwrap();
+                        }
+                    })
+                    .await;
+            });
+        }
+        let control = bus.consume_control("fake-control").await.unwrap();
+        let (cancels2, stop2) = (cancels.clone(), stop.clone());
+        tokio::spawn(async move {
+            control
+                .take_until(stop2.cancelled_owned())
+                .for_each(|d| {
+                    let cancels = cancels2.clone();
+                    async move {
+                        let Ok(d) = d else { return };
+                        cancels
+                            .lock()
+                            .unwrap()
+                            .push(TaskCancel::decode(&d.data).unwrap());
+                        d.ack(BasicAckOptions::default()).await.unwrap();
+                    }
+                })
+                .await;
+        });
+        Self {
+            received,
+            cancels,
+            stop,
+        }
+    }
+
+    /// The dispatches taken so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Task names in the order their dispatches arrived.
+    pub fn order(&self) -> Vec<String> {
+        self.received()
+            .iter()
+            .map(|r| r.dispatch.task.name.clone())
+            .collect()
+    }
+}
+
+impl Drop for FakeAgents {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub fn event(dispatch: &TaskDispatch, agent: &str, kind: TaskEventKind) -> TaskEvent {
+    TaskEvent {
+        schema_version: SCHEMA_VERSION,
+        project: dispatch.project.clone(),
+        task: dispatch.task.clone(),
+        attempt: dispatch.attempt,
+        agent: agent.to_owned(),
+        at: jiff::Timestamp::now(),
+        kind,
+    }
+}
+
+async fn respond(bus: &Bus, agent: &str, dispatch: &TaskDispatch, reply: Reply, delay: Duration) {
+    bus.publish_event(&event(dispatch, agent, TaskEventKind::Started))
+        .await
+        .unwrap();
+    tokio::time::sleep(delay).await;
+    let usage = Usage {
+        input_tokens: 100,
+        output_tokens: 20,
+        local_requests: 1,
+        ..Usage::default()
+    };
+    let kind = match reply {
+        Reply::Succeed(result) => TaskEventKind::Succeeded { result, usage },
+        Reply::Fail { reason, retryable } => TaskEventKind::Failed {
+            message: format!("the fake agent was told to fail with {reason}"),
+            reason,
+            retryable,
+            usage,
+        },
+        Reply::Hang => return,
+    };
+    bus.publish_event(&event(dispatch, agent, kind))
+        .await
+        .unwrap();
+}
+
+/// A result that names the task.
+pub fn done(dispatch: &TaskDispatch) -> TaskResult {
+    TaskResult {
+        summary: format!("{} done", dispatch.task.name),
+        files: vec![format!("{}.txt", dispatch.task.name)],
+        commit: Some(format!("c-{}", dispatch.task.name)),
+        ..TaskResult::default()
+    }
+}
