@@ -68,6 +68,15 @@ pub fn after(t: Timestamp, d: Duration) -> Timestamp {
         .unwrap_or(Timestamp::MAX)
 }
 
+/// `t` rounded up to a whole second. Kubernetes `Time` is stored with second
+/// precision, so a retry time rounded down could come before the backoff ends.
+pub fn ceil_to_second(t: Timestamp) -> Timestamp {
+    if t.subsec_nanosecond() == 0 {
+        return t;
+    }
+    Timestamp::from_second(t.as_second().saturating_add(1)).unwrap_or(Timestamp::MAX)
+}
+
 /// Sets condition `type_`, keeping its transition time when the status is unchanged.
 pub fn set_condition(
     conditions: &mut Vec<Condition>,
@@ -160,7 +169,7 @@ pub fn fail_attempt(
     let attempt = status.attempt.max(1);
     if retryable && attempt <= policy.max_retries {
         let delay = retry_delay(&policy.backoff, attempt);
-        let at = after(now, delay);
+        let at = ceil_to_second(after(now, delay));
         status.phase = Some(TaskPhase::Pending);
         status.next_attempt_time = Some(Time(at));
         status.message = Some(format!(
@@ -367,6 +376,15 @@ mod tests {
             300,
             "overflow saturates at the cap"
         );
+    }
+
+    #[test]
+    fn retry_times_are_never_rounded_below_the_backoff() {
+        let t = ts(10)
+            .checked_add(jiff::SignedDuration::from_millis(300))
+            .unwrap();
+        assert_eq!(ceil_to_second(t), ts(11));
+        assert_eq!(ceil_to_second(ts(10)), ts(10));
     }
 
     #[test]

@@ -213,3 +213,146 @@ async fn an_invalid_plan_is_replanned_and_finally_fails_with_plan_invalid() {
     assert!(invalid.contains("security"), "{invalid}");
     assert_eq!(h.tasks().len(), 1, "no Tasks from a refused plan");
 }
+
+fn failing(name: &str, task_a: &str, fail_fast: bool) -> String {
+    format!(
+        r"apiVersion: aios.dev/v1alpha1
+kind: Project
+metadata:
+  name: {name}
+spec:
+  description: One task fails
+  repository:
+    url: file:///tmp/{name}.git
+  policy:
+    failFast: {fail_fast}
+    maxParallelTasks: 1
+    taskDefaults:
+      maxRetries: 2
+      backoff:
+        durationSeconds: 1
+        factor: 2
+        maxDurationSeconds: 10
+  tasks:
+    - name: {task_a}
+      title: Flaky
+      role: backend
+      priority: 10
+    - name: after
+      title: After the flaky one
+      role: backend
+      dependsOn: [{task_a}]
+    - name: aside
+      title: Independent
+      role: backend
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_task_is_retried_with_backoff_and_fails_the_project_under_fail_fast() {
+    let mut h = Harness::new("failfast");
+    h.apply_agents(&["backend"]);
+    h.start_operator("op-1");
+    let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |d| {
+        if d.task.name.ends_with("-flaky") {
+            Reply::Fail {
+                reason: "InvalidOutput".into(),
+                retryable: true,
+            }
+        } else {
+            Reply::Succeed(done(d))
+        }
+    })
+    .await;
+    h.apply(&failing("ff", "flaky", true));
+    h.wait_for_phase("ff", "Failed", TIMEOUT).await;
+
+    let flaky: Vec<_> = agents
+        .received()
+        .into_iter()
+        .filter(|r| r.dispatch.task.name == "ff-flaky")
+        .collect();
+    let attempts: Vec<u32> = flaky.iter().map(|r| r.dispatch.attempt).collect();
+    assert_eq!(attempts, [1, 2, 3], "maxRetries 2: three attempts");
+    // Backoff: 1s after the first failure, 2s after the second.
+    let first_gap = flaky[1].at.duration_since(flaky[0].at);
+    let second_gap = flaky[2].at.duration_since(flaky[1].at);
+    assert!(first_gap >= Duration::from_millis(950), "{first_gap:?}");
+    assert!(second_gap >= Duration::from_millis(1950), "{second_gap:?}");
+    assert_eq!(h.jsonpath("task/ff-flaky", "{.status.phase}"), "Failed");
+    assert_eq!(
+        h.jsonpath(
+            "task/ff-flaky",
+            "{.status.conditions[?(@.type==\"Succeeded\")].reason}"
+        ),
+        "InvalidOutput"
+    );
+    // failFast: nothing else started after the failure; what had not run is Cancelled.
+    assert_eq!(h.jsonpath("task/ff-after", "{.status.phase}"), "Cancelled");
+    let reason = h.jsonpath(
+        "project/ff",
+        "{.status.conditions[?(@.type==\"Succeeded\")].reason}",
+    );
+    assert_eq!(reason, "TaskFailed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_fail_fast_dependents_are_skipped_and_other_branches_finish() {
+    let mut h = Harness::new("continue");
+    h.apply_agents(&["backend"]);
+    h.start_operator("op-1");
+    let _agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |d| {
+        if d.task.name.ends_with("-broken") {
+            Reply::Fail {
+                reason: "BudgetExceeded".into(),
+                retryable: false,
+            }
+        } else {
+            Reply::Succeed(done(d))
+        }
+    })
+    .await;
+    h.apply(&failing("nf", "broken", false));
+    h.wait_for_phase("nf", "Failed", TIMEOUT).await;
+    assert_eq!(
+        h.jsonpath("task/nf-broken", "{.status.attempt}"),
+        "1",
+        "not retryable: one attempt"
+    );
+    assert_eq!(h.jsonpath("task/nf-after", "{.status.phase}"), "Skipped");
+    assert_eq!(h.jsonpath("task/nf-aside", "{.status.phase}"), "Succeeded");
+    assert_eq!(h.jsonpath("project/nf", "{.status.progress}"), "1/3");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timed_out_attempt_is_cancelled_and_retried() {
+    let mut h = Harness::new("timeout");
+    h.apply_agents(&["backend"]);
+    h.start_operator("op-1");
+    let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |d| {
+        if d.attempt == 1 {
+            Reply::Hang
+        } else {
+            Reply::Succeed(done(d))
+        }
+    })
+    .await;
+    h.apply("apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: slow\nspec:\n  description: Slow\n  repository:\n    url: file:///tmp/slow.git\n  policy:\n    taskDefaults:\n      backoff:\n        durationSeconds: 0\n  tasks:\n    - name: crawl\n      title: Crawl\n      role: backend\n      timeoutSeconds: 2\n");
+    h.wait_for_phase("slow", "Succeeded", TIMEOUT).await;
+    let attempts: Vec<u32> = agents
+        .received()
+        .iter()
+        .map(|r| r.dispatch.attempt)
+        .collect();
+    assert_eq!(attempts, [1, 2]);
+    let message = h.jsonpath("task/slow-crawl", "{.status.message}");
+    assert!(message.contains("attempt 2 succeeded"), "{message}");
+    let cancels = agents.cancels.lock().unwrap().clone();
+    assert!(
+        cancels
+            .iter()
+            .any(|c| c.task.name == "slow-crawl" && c.attempt == 1),
+        "the timed-out attempt was cancelled: {cancels:?}"
+    );
+}
