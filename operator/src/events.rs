@@ -6,9 +6,8 @@
 use std::{sync::Arc, time::Duration};
 
 use aios_crds::{
-    Task, TaskPhase,
+    Task,
     bus::{DecodeError, Message, TaskDispatch, TaskEvent, TaskEventKind},
-    conditions::reasons,
     names::bus as names,
     project::TaskDefaults,
 };
@@ -24,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     bus::BusError,
     context::{Context, write_task_status},
-    lifecycle::{self, apply_event, phase, task_policy},
+    lifecycle::{self, apply_event, task_policy},
 };
 
 /// How many messages are handled at once.
@@ -218,25 +217,17 @@ async fn handle_dead_letter(ctx: &Context, body: &[u8]) -> Result<Outcome, Handl
         let Some(task) = api.get_opt(&dispatch.task.name).await? else {
             return Ok(Outcome::Ignored);
         };
-        let status = task.status.clone().unwrap_or_default();
-        let same_attempt = task.metadata.uid.as_deref() == Some(dispatch.task.uid.as_str())
-            && i64::from(status.attempt) == i64::from(dispatch.attempt);
-        if !same_attempt || !matches!(phase(&task), TaskPhase::Queued | TaskPhase::Running) {
-            return Ok(Outcome::Ignored);
-        }
         let policy = policy_for(ctx, &task).await?;
-        let message = format!(
-            "the dispatch of attempt {} was dead-lettered by the bus: no agent could take it",
-            dispatch.attempt
-        );
-        let new = lifecycle::fail_attempt(
+        let attempt = i32::try_from(dispatch.attempt).unwrap_or(i32::MAX);
+        let Some(new) = lifecycle::apply_poison(
             &task,
             &policy,
-            reasons::POISON_MESSAGE,
-            &message,
-            false,
+            &dispatch.task.uid,
+            attempt,
             Timestamp::now(),
-        );
+        ) else {
+            return Ok(Outcome::Ignored);
+        };
         match write_task_status(&api, &task, &new).await {
             Ok(_) => return Ok(Outcome::Applied),
             Err(kube::Error::Api(s)) if s.code == 409 => {}

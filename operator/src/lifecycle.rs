@@ -219,6 +219,50 @@ pub fn cancelled(task: &Task, why: &str, now: Timestamp) -> TaskStatus {
     status
 }
 
+/// Whether `attempt` of the Task with `uid` is the one in flight: the current attempt
+/// while Queued or Running, or the next one while Pending (the operator publishes, then
+/// records Queued, so a quick answer can arrive before the record).
+fn is_live_attempt(task: &Task, uid: &str, attempt: i32) -> bool {
+    if task.metadata.uid.as_deref() != Some(uid) {
+        return false;
+    }
+    let status = task.status.clone().unwrap_or_default();
+    let phase = status.phase.unwrap_or_default();
+    (attempt == status.attempt && phase.is_in_flight())
+        || (attempt == status.attempt + 1 && phase == TaskPhase::Pending)
+}
+
+/// The task's status after the bus dead-lettered the dispatch of `attempt`: that
+/// attempt fails for good with reason `PoisonMessage` (no agent could take it, and
+/// another copy would fare no better). `None` when the attempt is not the live one.
+pub fn apply_poison(
+    task: &Task,
+    policy: &TaskPolicy,
+    uid: &str,
+    attempt: i32,
+    now: Timestamp,
+) -> Option<TaskStatus> {
+    if !is_live_attempt(task, uid, attempt) {
+        return None;
+    }
+    let mut at_attempt = task.clone();
+    at_attempt
+        .status
+        .get_or_insert_with(TaskStatus::default)
+        .attempt = attempt;
+    let message = format!(
+        "the dispatch of attempt {attempt} was dead-lettered by the bus: no agent could take it"
+    );
+    Some(fail_attempt(
+        &at_attempt,
+        policy,
+        reasons::POISON_MESSAGE,
+        &message,
+        false,
+        now,
+    ))
+}
+
 /// The task's status after an agent's event, or `None` when the event changes nothing:
 /// it is for another Task object (uid), an older attempt, a duplicate, or the task has
 /// already finished. Delivery is at least once, so this must be idempotent.
@@ -228,19 +272,12 @@ pub fn apply_event(
     event: &TaskEvent,
     now: Timestamp,
 ) -> Option<TaskStatus> {
-    if task.metadata.uid.as_deref() != Some(event.task.uid.as_str()) {
+    let attempt = i32::try_from(event.attempt).ok()?;
+    if !is_live_attempt(task, &event.task.uid, attempt) {
         return None;
     }
     let current = task.status.clone().unwrap_or_default();
     let phase = current.phase.unwrap_or_default();
-    let attempt = i32::try_from(event.attempt).ok()?;
-    // The status may not yet record the dispatch of `attempt` (the operator publishes,
-    // then writes Queued), so the attempt right after the recorded one is accepted too.
-    let is_current = attempt == current.attempt && phase.is_in_flight();
-    let is_next = attempt == current.attempt + 1 && phase == TaskPhase::Pending;
-    if phase.is_terminal() || !(is_current || is_next) {
-        return None;
-    }
     let mut status = current.clone();
     status.attempt = attempt;
     status.agent = Some(event.agent.clone());
@@ -505,6 +542,34 @@ mod tests {
             apply_event(&t, &p, &event(&t, 2, late_failure, 32), ts(32)),
             None,
             "finished tasks stay finished"
+        );
+    }
+
+    #[test]
+    fn a_poisoned_dispatch_fails_the_live_attempt_for_good() {
+        let mut t = task("shop-api", &[]);
+        let s = apply_poison(&t, &policy(3), "uid-shop-api", 1, ts(1)).unwrap();
+        assert_eq!(
+            (s.phase, s.attempt),
+            (Some(TaskPhase::Failed), 1),
+            "before Queued was recorded"
+        );
+        assert_eq!(
+            condition(&s.conditions, "Succeeded").unwrap().reason,
+            "PoisonMessage"
+        );
+        t.status = Some(queued(&t, 1, ts(0)));
+        assert!(apply_poison(&t, &policy(3), "uid-shop-api", 1, ts(1)).is_some());
+        assert!(
+            apply_poison(&t, &policy(3), "uid-shop-api", 2, ts(1)).is_none(),
+            "not dispatched yet"
+        );
+        assert!(apply_poison(&t, &policy(3), "other-uid", 1, ts(1)).is_none());
+        t.status = Some(fail_attempt(&t, &policy(3), "X", "x", true, ts(2)));
+        t.status = Some(queued(&t, 2, ts(3)));
+        assert!(
+            apply_poison(&t, &policy(3), "uid-shop-api", 1, ts(4)).is_none(),
+            "an older attempt"
         );
     }
 

@@ -356,3 +356,140 @@ async fn a_timed_out_attempt_is_cancelled_and_retried() {
         "the timed-out attempt was cancelled: {cancels:?}"
     );
 }
+
+fn single(name: &str) -> String {
+    format!(
+        "apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: {name}\nspec:\n  description: One task\n  repository:\n    url: file:///tmp/{name}.git\n  tasks:\n    - name: only\n      title: The only task\n      role: backend\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicate_and_stale_events_change_nothing() {
+    use aios_crds::{Usage, bus::TaskEventKind};
+    let mut h = Harness::new("dupes");
+    h.apply_agents(&["backend"]);
+    h.start_operator("op-1");
+    let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |d| {
+        Reply::Succeed(done(d))
+    })
+    .await;
+    h.apply(&single("dup"));
+    h.wait_for_phase("dup", "Succeeded", TIMEOUT).await;
+    let before = h.task("dup-only");
+
+    let dispatch = agents.received()[0].dispatch.clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let bus = aios_operator::bus::Bus::connect(&h.amqp_url, &stop)
+        .await
+        .unwrap();
+    let again = TaskEventKind::Succeeded {
+        result: TaskResult {
+            summary: "a second time".into(),
+            ..TaskResult::default()
+        },
+        usage: Usage {
+            input_tokens: 5,
+            ..Usage::default()
+        },
+    };
+    bus.publish_event(&support::event(&dispatch, "fake-backend", again))
+        .await
+        .unwrap();
+    let late_failure = TaskEventKind::Failed {
+        reason: "Late".into(),
+        message: "late".into(),
+        retryable: true,
+        usage: Usage::default(),
+    };
+    bus.publish_event(&support::event(&dispatch, "fake-backend", late_failure))
+        .await
+        .unwrap();
+    let mut stale = dispatch.clone();
+    stale.attempt = 0;
+    bus.publish_event(&support::event(
+        &stale,
+        "fake-backend",
+        TaskEventKind::Started,
+    ))
+    .await
+    .unwrap();
+    let mut other_uid = dispatch.clone();
+    other_uid.task.uid = "a-deleted-task".into();
+    bus.publish_event(&support::event(
+        &other_uid,
+        "fake-backend",
+        TaskEventKind::Started,
+    ))
+    .await
+    .unwrap();
+
+    // Wait until the operator has consumed all four, then compare.
+    let start = std::time::Instant::now();
+    while h.metric(0, "aios_task_events_total{outcome=\"ignored\"") < 4.0 {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "the operator did not consume the events"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = h.task("dup-only");
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "the Task was not written"
+    );
+    assert_eq!(
+        h.jsonpath("project/dup", "{.status.usage.inputTokens}"),
+        "100"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_lettered_dispatch_fails_its_attempt_as_a_poison_message() {
+    let mut h = Harness::new("poison");
+    h.apply_agents(&["backend"]);
+    h.start_operator("op-1");
+    let _agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |_| {
+        Reply::Reject
+    })
+    .await;
+    h.apply(&single("poison"));
+    h.wait_for_phase("poison", "Failed", TIMEOUT).await;
+    assert_eq!(
+        h.jsonpath(
+            "task/poison-only",
+            "{.status.conditions[?(@.type==\"Succeeded\")].reason}"
+        ),
+        "PoisonMessage"
+    );
+    assert!(
+        h.jsonpath("task/poison-only", "{.status.message}")
+            .contains("dead-lettered")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_project_cancels_what_is_in_flight() {
+    let mut h = Harness::new("delete");
+    h.apply_agents(&["backend"]);
+    h.start_operator("op-1");
+    let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |_| {
+        Reply::Hang
+    })
+    .await;
+    h.apply(&single("gone"));
+    h.wait_for_value("task/gone-only", "{.status.phase}", "Running", TIMEOUT)
+        .await;
+    assert_eq!(
+        h.jsonpath("task/gone-only", "{.metadata.finalizers[0]}"),
+        "aios.dev/cancel-in-flight"
+    );
+    h.kubectl(&["delete", "project", "gone", "--wait=false"]);
+    h.kubectl(&["wait", "--for=delete", "task/gone-only", "--timeout=60s"]);
+    let cancels = agents.cancels.lock().unwrap().clone();
+    assert!(
+        cancels
+            .iter()
+            .any(|c| c.task.name == "gone-only" && c.attempt == 1),
+        "{cancels:?}"
+    );
+}

@@ -21,7 +21,7 @@ use aios_crds::{
 use aios_e2e::{Environment, process, repo_root};
 use aios_operator::bus::Bus;
 use futures::StreamExt;
-use lapin::options::BasicAckOptions;
+use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use tokio_util::sync::CancellationToken;
 
 /// The shared environment with the CRDs installed.
@@ -166,6 +166,38 @@ impl Harness {
         serde_json::from_value(list["items"].clone()).unwrap()
     }
 
+    /// Waits until `path` of `kind_name` reads `value` (the object may not exist yet).
+    pub async fn wait_for_value(
+        &self,
+        kind_name: &str,
+        path: &str,
+        value: &str,
+        timeout: Duration,
+    ) {
+        let start = Instant::now();
+        loop {
+            let now = self
+                .env
+                .kubectl(&[
+                    "-n",
+                    &self.ns,
+                    "get",
+                    kind_name,
+                    "-o",
+                    &format!("jsonpath={path}"),
+                ])
+                .unwrap_or_default();
+            if now == value {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{kind_name} {path} is {now:?}, not {value:?}, after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn jsonpath(&self, kind_name: &str, path: &str) -> String {
         self.kubectl(&["get", kind_name, "-o", &format!("jsonpath={path}")])
     }
@@ -217,6 +249,8 @@ pub enum Reply {
     Fail { reason: String, retryable: bool },
     /// Report Started, then nothing: a stuck or dead agent.
     Hang,
+    /// Reject the message without requeueing: the bus dead-letters it.
+    Reject,
 }
 
 /// A dispatch a fake agent took.
@@ -285,7 +319,13 @@ impl FakeAgents {
                                     dispatch: dispatch.clone(),
                                     at: Instant::now(),
                                 });
-                                respond(&bus, &agent, &dispatch, reply(&dispatch), delay).await;
+                                let answer = reply(&dispatch);
+                                if matches!(answer, Reply::Reject) {
+                                    let options = BasicRejectOptions { requeue: false };
+                                    delivery.reject(options).await.unwrap();
+                                    return;
+                                }
+                                respond(&bus, &agent, &dispatch, answer, delay).await;
                             }
                             delivery.ack(BasicAckOptions::default()).await.unwrap();
                         }
@@ -369,7 +409,7 @@ async fn respond(bus: &Bus, agent: &str, dispatch: &TaskDispatch, reply: Reply, 
             retryable,
             usage,
         },
-        Reply::Hang => return,
+        Reply::Hang | Reply::Reject => return,
     };
     bus.publish_event(&event(dispatch, agent, kind))
         .await

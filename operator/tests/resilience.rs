@@ -1,0 +1,114 @@
+//! The operator survives being killed, and of two replicas only the leader dispatches.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod support;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use support::{FakeAgents, Harness, Reply, done};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+fn chain(name: &str, length: usize) -> String {
+    let mut yaml = format!(
+        "apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: {name}\nspec:\n  description: A chain\n  repository:\n    url: file:///tmp/{name}.git\n  tasks:\n"
+    );
+    for i in 0..length {
+        yaml.push_str(&format!(
+            "    - name: step-{i}\n      title: Step {i}\n      role: backend\n"
+        ));
+        if i > 0 {
+            yaml.push_str(&format!("      dependsOn: [step-{}]\n", i - 1));
+        }
+    }
+    yaml
+}
+
+fn wide(name: &str, width: usize) -> String {
+    let mut yaml = format!(
+        "apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: {name}\nspec:\n  description: Side by side\n  repository:\n    url: file:///tmp/{name}.git\n  policy:\n    maxParallelTasks: 3\n  tasks:\n"
+    );
+    for i in 0..width {
+        yaml.push_str(&format!(
+            "    - name: part-{i}\n      title: Part {i}\n      role: backend\n"
+        ));
+    }
+    yaml
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_operator_mid_run_finishes_the_project_without_running_a_task_twice() {
+    let mut h = Harness::new("kill");
+    h.apply_agents(&["backend"]);
+    let first = h.start_operator("op-1");
+    let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(700), |d| {
+        Reply::Succeed(done(d))
+    })
+    .await;
+    h.apply(&chain("chain", 5));
+    h.wait_for_value("task/chain-step-1", "{.status.phase}", "Succeeded", TIMEOUT)
+        .await;
+    h.kill_operator(first);
+    // A new replica, under another name: it takes over once the dead one's Lease expires.
+    h.start_operator("op-2");
+    h.wait_for_phase("chain", "Succeeded", TIMEOUT).await;
+
+    let mut runs: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for r in agents.received() {
+        runs.entry(r.dispatch.task.name.clone())
+            .or_default()
+            .push(r.dispatch.attempt);
+    }
+    assert_eq!(runs.len(), 5, "{runs:?}");
+    for (task, attempts) in &runs {
+        assert_eq!(attempts, &[1], "{task} was run more than once: {runs:?}");
+        assert_eq!(
+            h.jsonpath(&format!("task/{task}"), "{.status.attempt}"),
+            "1"
+        );
+    }
+    assert!(
+        h.metric(1, "aios_dispatches_total") >= 1.0,
+        "the new replica dispatched the rest"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn of_two_replicas_only_the_leader_dispatches_and_the_other_takes_over() {
+    let mut h = Harness::new("replicas");
+    h.apply_agents(&["backend"]);
+    let a = h.start_operator("op-a");
+    let b = h.start_operator("op-b");
+    let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(50), |d| {
+        Reply::Succeed(done(d))
+    })
+    .await;
+    h.apply(&wide("first", 6));
+    h.wait_for_phase("first", "Succeeded", TIMEOUT).await;
+
+    let (da, db) = (
+        h.metric(a, "aios_dispatches_total"),
+        h.metric(b, "aios_dispatches_total"),
+    );
+    assert!(
+        (da == 0.0) != (db == 0.0),
+        "exactly one replica dispatched: op-a {da}, op-b {db}"
+    );
+    let leader = h.jsonpath("lease/aios-operator", "{.spec.holderIdentity}");
+    let (leader_index, standby_index) = if da > 0.0 { (a, b) } else { (b, a) };
+    assert_eq!(leader, if da > 0.0 { "op-a" } else { "op-b" });
+    assert_eq!(agents.received().len(), 6);
+    let standby_ready =
+        aios_e2e::process::http_get(h.operators[standby_index].http_port, "/readyz");
+    assert!(standby_ready.is_none(), "a standby is not ready");
+
+    h.kill_operator(leader_index);
+    h.apply(&wide("second", 3));
+    h.wait_for_phase("second", "Succeeded", TIMEOUT).await;
+    assert!(
+        h.metric(standby_index, "aios_dispatches_total") >= 3.0,
+        "the standby took over"
+    );
+    assert_eq!(agents.received().len(), 9, "nothing was dispatched twice");
+}
