@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, fmt::Write, time::Duration};
 
 use support::{FakeAgents, Harness, Reply, done};
 
@@ -15,11 +15,13 @@ fn chain(name: &str, length: usize) -> String {
         "apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: {name}\nspec:\n  description: A chain\n  repository:\n    url: file:///tmp/{name}.git\n  tasks:\n"
     );
     for i in 0..length {
-        yaml.push_str(&format!(
+        write!(
+            yaml,
             "    - name: step-{i}\n      title: Step {i}\n      role: backend\n"
-        ));
+        )
+        .unwrap();
         if i > 0 {
-            yaml.push_str(&format!("      dependsOn: [step-{}]\n", i - 1));
+            write!(yaml, "      dependsOn: [step-{}]\n", i - 1).unwrap();
         }
     }
     yaml
@@ -30,9 +32,11 @@ fn wide(name: &str, width: usize) -> String {
         "apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: {name}\nspec:\n  description: Side by side\n  repository:\n    url: file:///tmp/{name}.git\n  policy:\n    maxParallelTasks: 3\n  tasks:\n"
     );
     for i in 0..width {
-        yaml.push_str(&format!(
+        write!(
+            yaml,
             "    - name: part-{i}\n      title: Part {i}\n      role: backend\n"
-        ));
+        )
+        .unwrap();
     }
     yaml
 }
