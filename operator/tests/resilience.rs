@@ -21,7 +21,7 @@ fn chain(name: &str, length: usize) -> String {
         )
         .unwrap();
         if i > 0 {
-            write!(yaml, "      dependsOn: [step-{}]\n", i - 1).unwrap();
+            writeln!(yaml, "      dependsOn: [step-{}]", i - 1).unwrap();
         }
     }
     yaml
