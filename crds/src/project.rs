@@ -43,7 +43,9 @@ pub struct ProjectSpec {
     pub repository: Repository,
 
     /// An explicit plan. When present, no planning happens and these tasks are run as
-    /// written; when absent, Hera has the project planned by the `cto` role.
+    /// written; when absent, Hera has the project planned by the `cto` role. An empty
+    /// list means the Tasks are created separately (by a tool or through GitOps), each
+    /// naming this Project in its spec.project.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_SPEC_TASKS))]
     #[x_kube(

@@ -95,7 +95,7 @@ impl Context {
 
     /// `task` as the cache should soon show it: Queued with the attempt we published,
     /// if the cache has not caught up with a dispatch yet.
-    pub fn with_expectations(&self, task: &Task) -> Task {
+    pub fn with_expectations(&self, task: &Arc<Task>) -> Arc<Task> {
         let uid = task.metadata.uid.clone().unwrap_or_default();
         let mut expectations = self.lock_expectations();
         let Some(&attempt) = expectations.get(&uid) else {
@@ -106,12 +106,12 @@ impl Context {
             expectations.remove(&uid);
             return task.clone();
         }
-        let mut expected = task.clone();
+        let mut expected = Task::clone(task);
         let status = expected.status.get_or_insert_with(TaskStatus::default);
         status.attempt = attempt;
         status.phase = Some(aios_crds::TaskPhase::Queued);
         status.next_attempt_time = None;
-        expected
+        Arc::new(expected)
     }
 
     fn lock_expectations(&self) -> std::sync::MutexGuard<'_, HashMap<String, i32>> {

@@ -106,7 +106,7 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
     let namespace = project.namespace().unwrap_or_default();
     let name = project.name_any();
     let now = Timestamp::now();
-    let all: Vec<Task> = ctx
+    let all: Vec<Arc<Task>> = ctx
         .project_tasks(&namespace, &name)
         .iter()
         .map(|t| ctx.with_expectations(t))
@@ -114,6 +114,9 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
 
     // Plan.
     let (plan_state, work_names) = match &project.spec.tasks {
+        // An empty list: no planning, and the Tasks that name this Project (created by
+        // a tool or through GitOps) are the work.
+        Some(explicit) if explicit.is_empty() => (PlanState::Explicit, work_of(&all, false)),
         Some(explicit) => match validate_plan(&name, explicit, None) {
             Ok(plan) => {
                 ensure_tasks(ctx, &all, plan_tasks(project, &plan, None)).await?;
@@ -123,18 +126,19 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
                 PlanState::Invalid {
                     message: join(&errors),
                 },
-                Vec::new(),
+                WorkNames::new(),
             ),
         },
         None => plan_with_hera(project, ctx, &all, now).await?,
     };
     let work: Vec<&Task> = all
         .iter()
+        .map(AsRef::as_ref)
         .filter(|t| work_names.contains(&t.name_any()))
         .collect();
 
     // Run.
-    let all_refs: Vec<&Task> = all.iter().collect();
+    let all_refs: Vec<&Task> = all.iter().map(AsRef::as_ref).collect();
     let usage = total_usage(all_refs.iter().copied());
     let hold = if project.spec.suspend {
         Some(Hold::Suspended)
@@ -148,7 +152,7 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
     } else {
         plan_run(project, &work, hold, now)
     };
-    let by_name: BTreeMap<String, &Task> = all.iter().map(|t| (t.name_any(), t)).collect();
+    let by_name: BTreeMap<String, &Task> = all.iter().map(|t| (t.name_any(), t.as_ref())).collect();
     let mut first_error = None;
     for action in &run.actions {
         if let Err(err) = execute(project, ctx, action, &by_name, now).await {
@@ -201,17 +205,24 @@ fn join(errors: &[impl ToString]) -> String {
         .join(FEEDBACK_SEPARATOR)
 }
 
+/// Names of the Tasks a pass works on.
+type WorkNames = std::collections::HashSet<String>;
+
 /// Names of the tasks that make up the work: every task but the planning one, or only
 /// the planning one.
-fn work_of(all: &[Task], planning: bool) -> Vec<String> {
+fn work_of(all: &[Arc<Task>], planning: bool) -> WorkNames {
     all.iter()
         .filter(|t| is_planning_task(t) == planning)
-        .map(ResourceExt::name_any)
+        .map(|t| t.name_any())
         .collect()
 }
 
 /// Creates the Tasks of `desired` that do not exist yet.
-async fn ensure_tasks(ctx: &Context, existing: &[Task], desired: Vec<Task>) -> Result<(), Error> {
+async fn ensure_tasks(
+    ctx: &Context,
+    existing: &[Arc<Task>],
+    desired: Vec<Task>,
+) -> Result<(), Error> {
     for task in desired {
         let name = task.name_any();
         if existing.iter().any(|t| t.name_any() == name) {
@@ -236,15 +247,15 @@ async fn ensure_tasks(ctx: &Context, existing: &[Task], desired: Vec<Task>) -> R
 async fn plan_with_hera(
     project: &Project,
     ctx: &Context,
-    all: &[Task],
+    all: &[Arc<Task>],
     now: Timestamp,
-) -> Result<(PlanState, Vec<String>), Error> {
+) -> Result<(PlanState, WorkNames), Error> {
     let name = project.name_any();
     let namespace = project.namespace().unwrap_or_default();
     let planner_name = planning_task_name(&name);
     let Some(planner) = all.iter().find(|t| t.name_any() == planner_name) else {
         ensure_tasks(ctx, all, vec![planning_task(project)]).await?;
-        return Ok((PlanState::Planning, Vec::new()));
+        return Ok((PlanState::Planning, WorkNames::new()));
     };
     let accepted = work_of(all, false);
     if !accepted.is_empty() {
@@ -283,7 +294,7 @@ async fn plan_with_hera(
                     )
                     .await?;
                     // The new Tasks show up in the cache and trigger the next pass.
-                    Ok((PlanState::Planning, vec![planner_name]))
+                    Ok((PlanState::Planning, WorkNames::from([planner_name])))
                 }
                 Err(message) => {
                     // Ask for a new plan (a new attempt of the planning task, carrying the
@@ -314,7 +325,7 @@ async fn plan_with_hera(
                     } else {
                         PlanState::Replanning { message }
                     };
-                    Ok((state, vec![planner_name]))
+                    Ok((state, WorkNames::from([planner_name])))
                 }
             }
         }
@@ -322,11 +333,14 @@ async fn plan_with_hera(
             PlanState::Invalid {
                 message: refused.unwrap_or_default(),
             },
-            vec![planner_name],
+            WorkNames::from([planner_name]),
         )),
         _ => match refused {
-            Some(message) => Ok((PlanState::Replanning { message }, vec![planner_name])),
-            None => Ok((PlanState::Planning, vec![planner_name])),
+            Some(message) => Ok((
+                PlanState::Replanning { message },
+                WorkNames::from([planner_name]),
+            )),
+            None => Ok((PlanState::Planning, WorkNames::from([planner_name]))),
         },
     }
 }

@@ -493,3 +493,28 @@ async fn deleting_a_project_cancels_what_is_in_flight() {
         "{cancels:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_created_apart_from_an_empty_plan_are_the_projects_work() {
+    let mut h = Harness::new("gitops");
+    h.apply_agents(&["backend"]);
+    h.start_operator("op-1");
+    let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |d| {
+        Reply::Succeed(done(d))
+    })
+    .await;
+    h.apply("apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: ops\nspec:\n  description: Tasks come from Git\n  repository:\n    url: file:///tmp/ops.git\n  tasks: []\n");
+    for (name, deps) in [("ops-a", "[]"), ("ops-b", "[ops-a]")] {
+        h.apply(&format!(
+            "apiVersion: aios.dev/v1alpha1\nkind: Task\nmetadata:\n  name: {name}\nspec:\n  project: ops\n  title: {name}\n  role: backend\n  dependsOn: {deps}\n"
+        ));
+    }
+    h.wait_for_phase("ops", "Succeeded", TIMEOUT).await;
+    assert_eq!(agents.order(), ["ops-a", "ops-b"]);
+    assert!(
+        h.tasks()
+            .iter()
+            .all(|t| t.metadata.name.as_deref() != Some("ops-plan")),
+        "no planning task"
+    );
+}
