@@ -13,6 +13,7 @@ use aios_crds::{
     conditions::reasons,
     names::{GROUP, VERSION, field_managers, finalizers},
 };
+use futures::{StreamExt, stream};
 use jiff::Timestamp;
 use kube::{
     Resource, ResourceExt,
@@ -73,6 +74,9 @@ impl Error {
 pub fn project_of(task: Task) -> Option<kube::runtime::reflector::ObjectRef<Project>> {
     Some(kube::runtime::reflector::ObjectRef::new(&task.spec.project).within(&task.namespace()?))
 }
+
+/// How many Task actions (dispatches, status writes) one pass runs at once.
+const ACTION_CONCURRENCY: usize = 16;
 
 /// How long to wait before looking again at a Project nothing is happening to.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -153,13 +157,20 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
         plan_run(project, &work, hold, now)
     };
     let by_name: BTreeMap<String, &Task> = all.iter().map(|t| (t.name_any(), t.as_ref())).collect();
-    let mut first_error = None;
-    for action in &run.actions {
-        if let Err(err) = execute(project, ctx, action, &by_name, now).await {
-            tracing::warn!(error = %err, ?action, "action failed");
-            first_error.get_or_insert(err);
-        }
+    // Each action touches a different Task, so they run side by side.
+    let pending: Vec<_> = run
+        .actions
+        .iter()
+        .map(|action| execute(project, ctx, action, &by_name, now))
+        .collect();
+    let results: Vec<Result<(), Error>> = stream::iter(pending)
+        .buffer_unordered(ACTION_CONCURRENCY)
+        .collect()
+        .await;
+    for err in results.iter().filter_map(|r| r.as_ref().err()) {
+        tracing::warn!(error = %err, "a task action failed");
     }
+    let first_error = results.into_iter().find_map(Result::err);
 
     // Status.
     let mut status = project_status(project, &work, &all_refs, &plan_state, now);

@@ -503,12 +503,14 @@ async fn tasks_created_apart_from_an_empty_plan_are_the_projects_work() {
         Reply::Succeed(done(d))
     })
     .await;
-    h.apply("apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: ops\nspec:\n  description: Tasks come from Git\n  repository:\n    url: file:///tmp/ops.git\n  tasks: []\n");
+    // The Tasks first, as a GitOps sync might order them: a Project whose only Tasks
+    // have all succeeded is Succeeded, so the Project comes last here.
     for (name, deps) in [("ops-a", "[]"), ("ops-b", "[ops-a]")] {
         h.apply(&format!(
             "apiVersion: aios.dev/v1alpha1\nkind: Task\nmetadata:\n  name: {name}\nspec:\n  project: ops\n  title: {name}\n  role: backend\n  dependsOn: {deps}\n"
         ));
     }
+    h.apply("apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: ops\nspec:\n  description: Tasks come from Git\n  repository:\n    url: file:///tmp/ops.git\n  tasks: []\n");
     h.wait_for_phase("ops", "Succeeded", TIMEOUT).await;
     assert_eq!(agents.order(), ["ops-a", "ops-b"]);
     assert!(

@@ -82,6 +82,11 @@ impl Harness {
 
     /// Starts an operator replica named `identity`; returns its index.
     pub fn start_operator(&mut self, identity: &str) -> usize {
+        self.start_operator_logging(identity, "info,aios_operator=debug")
+    }
+
+    /// Starts an operator replica with `RUST_LOG` set to `filter`.
+    pub fn start_operator_logging(&mut self, identity: &str, filter: &str) -> usize {
         let http_port = process::free_port().unwrap();
         let log = self
             .env
@@ -103,7 +108,7 @@ impl Harness {
             .env("AIOS_LOG_FORMAT", "text")
             .env("AIOS_LEASE_DURATION_SECONDS", "6")
             .env("AIOS_LEASE_RETRY_SECONDS", "1")
-            .env("RUST_LOG", "info,aios_operator=debug")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -115,6 +120,11 @@ impl Harness {
             log,
         });
         self.operators.len() - 1
+    }
+
+    /// The pid of operator `i`.
+    pub fn operator_pid(&self, i: usize) -> u32 {
+        self.operators[i].child.id()
     }
 
     /// Kills operator `i` at once (SIGKILL): no graceful shutdown.
@@ -263,6 +273,8 @@ pub struct Received {
 /// Fake agents for some roles.
 pub struct FakeAgents {
     pub received: Arc<Mutex<Vec<Received>>>,
+    /// When each task's final event was published, by task name.
+    pub finished: Arc<Mutex<std::collections::HashMap<String, Instant>>>,
     pub cancels: Arc<Mutex<Vec<TaskCancel>>>,
     stop: CancellationToken,
 }
@@ -280,12 +292,13 @@ impl FakeAgents {
         let bus = Arc::new(Bus::connect(amqp_url, &stop).await.unwrap());
         let received = Arc::new(Mutex::new(Vec::new()));
         let cancels = Arc::new(Mutex::new(Vec::new()));
+        let finished = Arc::new(Mutex::new(std::collections::HashMap::new()));
         let seen = Arc::new(Mutex::new(HashSet::new()));
         let reply = Arc::new(reply);
         for role in roles {
             bus.ensure_role_queue(role).await.unwrap();
             let consumer = bus
-                .consume(&role_queue(role), &format!("fake-{role}"), 16)
+                .consume(&role_queue(role), &format!("fake-{role}"), 128)
                 .await
                 .unwrap();
             let (bus, received, seen, reply, stop) = (
@@ -296,10 +309,11 @@ impl FakeAgents {
                 stop.clone(),
             );
             let agent = format!("fake-{role}");
+            let finished = finished.clone();
             tokio::spawn(async move {
                 consumer
                     .take_until(stop.cancelled_owned())
-                    .for_each_concurrent(8, |delivery| {
+                    .for_each_concurrent(64, |delivery| {
                         let (bus, received, seen, reply, agent) = (
                             bus.clone(),
                             received.clone(),
@@ -307,6 +321,7 @@ impl FakeAgents {
                             reply.clone(),
                             agent.clone(),
                         );
+                        let finished = finished.clone();
                         async move {
                             let Ok(delivery) = delivery else { return };
                             let dispatch = TaskDispatch::decode(&delivery.data).unwrap();
@@ -326,6 +341,10 @@ impl FakeAgents {
                                     return;
                                 }
                                 respond(&bus, &agent, &dispatch, answer, delay).await;
+                                finished
+                                    .lock()
+                                    .unwrap()
+                                    .insert(dispatch.task.name.clone(), Instant::now());
                             }
                             delivery.ack(BasicAckOptions::default()).await.unwrap();
                         }
@@ -353,6 +372,7 @@ impl FakeAgents {
         });
         Self {
             received,
+            finished,
             cancels,
             stop,
         }
