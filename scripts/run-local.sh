@@ -3,10 +3,10 @@
 #
 # What it does today: installs what is missing (Redis and RabbitMQ from Debian's
 # packages; kube-apiserver, kube-controller-manager, kubectl and etcd built from their
-# pinned Go modules and cached), builds AIOS, starts the local environment, installs the
-# CRDs, the pantheon's Agents, a ModelProvider and a sample Project, and shows them with
-# kubectl. The operator and the agents are not built yet, so the Project is accepted and
-# validated by the API server but is not planned or run: it stays without a phase.
+# pinned Go modules and cached), builds AIOS, starts the local environment and the
+# operator, installs the CRDs, the pantheon's Agents, a ModelProvider and a sample
+# Project, and shows them with kubectl. The agent runtime is not built yet, so the first
+# Task is dispatched but stays Queued: no agent takes it.
 #
 #   scripts/run-local.sh          # run, show, stop everything
 #   scripts/run-local.sh --keep   # leave the environment running and print how to use it
@@ -26,29 +26,39 @@ cargo build --workspace --locked --bins >&2
 
 state=$(mktemp -d -u "${TMPDIR:-/tmp}/aios-local.XXXXXX")
 eval "$("$CARGO_TARGET_DIR/debug/aios-env" start --dir "$state")"
-if ! $keep; then
-  trap '"$CARGO_TARGET_DIR/debug/aios-env" stop --dir "$state"' EXIT
-fi
+operator=""
+cleanup() {
+  $keep && return
+  if [ -n "$operator" ]; then kill "$operator" 2>/dev/null; wait "$operator" 2>/dev/null; fi
+  "$CARGO_TARGET_DIR/debug/aios-env" stop --dir "$state"
+}
+trap cleanup EXIT
 kubectl=$AIOS_CONTROLPLANE_BIN/kubectl
 
 echo "==> installing the AIOS CRDs"
 "$CARGO_TARGET_DIR/debug/aios" crds | "$kubectl" apply --server-side --field-manager=aios -f -
 "$kubectl" wait --for=condition=Established --timeout=60s \
   crd/projects.aios.dev crd/tasks.aios.dev crd/agents.aios.dev crd/modelproviders.aios.dev
+echo "==> starting the operator"
+AIOS_HTTP_ADDR=127.0.0.1:0 AIOS_LOG_FORMAT=text POD_NAME=aios-local \
+  "$CARGO_TARGET_DIR/debug/aios-operator" >"$state/logs/operator.log" 2>&1 &
+operator=$!
 echo "==> applying the pantheon, a local model provider and a sample Project"
 "$kubectl" apply -f manifests/examples/agents.yaml \
   -f manifests/examples/modelprovider-ollama.yaml \
   -f manifests/examples/project-diamond.yaml
+sleep 5
 echo
-"$kubectl" get projects,agents,modelproviders
+"$kubectl" get projects,tasks,agents,modelproviders
 echo
-echo "The API server accepted and validated these objects. The operator and the agents"
-echo "are not built yet, so nothing plans or runs the Project."
+echo "Hera took the Project's plan, created its Tasks and dispatched the first one over"
+echo "RabbitMQ. The agent runtime is not built yet, so no agent takes it: the Task stays"
+echo "Queued. The operator's log is $state/logs/operator.log."
 if $keep; then
   echo
   echo "The environment is still running. To use it:"
   echo "  export KUBECONFIG=$KUBECONFIG"
   echo "  $kubectl get aios"
   echo "To stop it:"
-  echo "  $CARGO_TARGET_DIR/debug/aios-env stop --dir $state"
+  echo "  kill $operator; $CARGO_TARGET_DIR/debug/aios-env stop --dir $state"
 fi

@@ -116,3 +116,25 @@ async fn of_two_replicas_only_the_leader_dispatches_and_the_other_takes_over() {
     );
     assert_eq!(agents.received().len(), 9, "nothing was dispatched twice");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_the_operator_cleanly_and_releases_the_lease() {
+    let mut h = Harness::new("sigterm");
+    let op = h.start_operator("op-1");
+    h.wait_for_value(
+        "lease/aios-operator",
+        "{.spec.holderIdentity}",
+        "op-1",
+        TIMEOUT,
+    )
+    .await;
+    let status = h
+        .terminate_operator(op, Duration::from_secs(20))
+        .expect("the operator did not stop");
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(
+        h.jsonpath("lease/aios-operator", "{.spec.holderIdentity}"),
+        "",
+        "the Lease was released"
+    );
+}

@@ -127,6 +127,28 @@ impl Harness {
         self.operators[i].child.id()
     }
 
+    /// Sends SIGTERM to operator `i` and waits up to `timeout` for it to exit; its exit
+    /// status, or `None` if it is still running.
+    pub fn terminate_operator(
+        &mut self,
+        i: usize,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let op = &mut self.operators[i];
+        Command::new("kill")
+            .args(["-TERM", &op.child.id().to_string()])
+            .status()
+            .unwrap();
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(status) = op.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
     /// Kills operator `i` at once (SIGKILL): no graceful shutdown.
     pub fn kill_operator(&mut self, i: usize) {
         let op = &mut self.operators[i];
