@@ -74,7 +74,9 @@ fn amqp(action: impl Into<String>) -> impl FnOnce(lapin::Error) -> BusError {
 #[derive(Debug)]
 pub struct Bus {
     connection: Connection,
-    publisher: Channel,
+    /// The confirming channel publishes and declarations go through; replaced when the
+    /// broker closes it (a channel error closes the channel, not the connection).
+    publisher: Mutex<Channel>,
     declared_roles: Mutex<BTreeSet<String>>,
 }
 
@@ -103,21 +105,24 @@ impl Bus {
             Connection::connect(url, ConnectionProperties::default().enable_auto_recover())
                 .await
                 .map_err(amqp("connecting to RabbitMQ"))?;
-        let publisher = connection
-            .create_channel()
-            .await
-            .map_err(amqp("opening a channel"))?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(amqp("enabling publisher confirms"))?;
+        let publisher = open_publisher(&connection).await?;
         let bus = Self {
             connection,
-            publisher,
+            publisher: Mutex::new(publisher),
             declared_roles: Mutex::new(BTreeSet::new()),
         };
         bus.declare_topology().await?;
         Ok(bus)
+    }
+
+    /// The publishing channel, reopened if the broker closed it.
+    async fn channel(&self) -> Result<Channel, BusError> {
+        let mut channel = self.publisher.lock().await;
+        if !channel.status().connected() && self.connection.status().connected() {
+            tracing::warn!("the publishing channel was closed; opening a new one");
+            *channel = open_publisher(&self.connection).await?;
+        }
+        Ok(channel.clone())
     }
 
     /// Whether the connection is up.
@@ -127,7 +132,7 @@ impl Bus {
 
     /// Declares, idempotently, the exchanges and the operator's queues.
     async fn declare_topology(&self) -> Result<(), BusError> {
-        let ch = &self.publisher;
+        let ch = &self.channel().await?;
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
@@ -178,8 +183,9 @@ impl Bus {
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(DELIVERY_LIMIT),
         );
-        declare_quorum_queue(&self.publisher, &queue, args).await?;
-        bind(&self.publisher, &queue, names::TASKS_EXCHANGE, role).await?;
+        let channel = self.channel().await?;
+        declare_quorum_queue(&channel, &queue, args).await?;
+        bind(&channel, &queue, names::TASKS_EXCHANGE, role).await?;
         declared.insert(role.to_owned());
         Ok(())
     }
@@ -313,7 +319,8 @@ impl Bus {
             ..BasicPublishOptions::default()
         };
         let confirmation = self
-            .publisher
+            .channel()
+            .await?
             .basic_publish(
                 exchange.into(),
                 routing_key.into(),
@@ -361,6 +368,18 @@ impl Bus {
             .await
             .map_err(amqp(format!("consuming {queue}")))
     }
+}
+
+async fn open_publisher(connection: &Connection) -> Result<Channel, BusError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(amqp("opening a channel"))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(amqp("enabling publisher confirms"))?;
+    Ok(channel)
 }
 
 async fn declare_quorum_queue(
