@@ -161,8 +161,43 @@ where
     }
 }
 
-/// Runs the operator until `shutdown` is cancelled or something critical fails.
+/// Runs the operator until `shutdown` is cancelled or something critical fails. A
+/// shutdown that comes while the operator is still starting (waiting for leadership,
+/// the bus or the caches) is a clean stop too.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let mut tasks = Supervised::new();
+    if let Err(err) = start(&config, &shutdown, &mut tasks).await {
+        let requested = shutdown.is_cancelled();
+        shutdown.cancel();
+        while tasks.join_next().await.is_some() {}
+        return if requested { Ok(()) } else { Err(err) };
+    }
+    tracing::info!("operator running");
+
+    // Supervise: the first task to end ends the process. On shutdown every task ends
+    // in turn; anything else that ends is a failure.
+    let mut outcome = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.unwrap_or(Err(RunError::TaskEnded("a task (panicked)")));
+        if shutdown.is_cancelled() {
+            continue;
+        }
+        outcome = match result {
+            Ok(()) => Err(RunError::TaskEnded("a supervised task")),
+            Err(err) => Err(err),
+        };
+        shutdown.cancel();
+    }
+    outcome
+}
+
+/// Starts everything under supervision in `tasks`: the probes, the election (this
+/// waits until this replica leads), the bus, the caches and the controllers.
+async fn start(
+    config: &Config,
+    shutdown: &CancellationToken,
+    tasks: &mut Supervised,
+) -> Result<(), RunError> {
     let client = Client::try_default().await?;
     let identity = config
         .identity
@@ -172,7 +207,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         metrics: Metrics::new(),
         ..Health::default()
     };
-    let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
     {
         let (health, shutdown, addr) = (health.clone(), shutdown.clone(), config.http_addr);
         tasks.spawn(async move { Ok(http::serve(addr, health, shutdown).await?) });
@@ -188,17 +222,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             retry_period: Duration::from_secs(config.lease_retry_seconds),
         },
     );
-    elector.acquire(&shutdown).await?;
+    elector.acquire(shutdown).await?;
     {
         let (elector, shutdown) = (elector.clone(), shutdown.clone());
         tasks.spawn(async move { Ok(elector.keep(&shutdown).await?) });
     }
 
-    let bus = Arc::new(Bus::connect(&config.amqp_url, &shutdown).await?);
+    let bus = Arc::new(Bus::connect(&config.amqp_url, shutdown).await?);
     let _ = health.bus.set(bus.clone());
 
     let (task_store, agent_store, agent_rx) =
-        start_caches(&client, &config, &bus, &shutdown, &mut tasks).await?;
+        start_caches(&client, config, &bus, shutdown, tasks).await?;
     let _ = health.tasks.set(task_store.clone());
 
     let ctx = Arc::new(Context {
@@ -217,25 +251,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         ),
         expectations: Arc::new(Mutex::new(HashMap::new())),
     });
-    spawn_controllers(&client, &config, ctx, agent_rx, &shutdown, &mut tasks);
+    spawn_controllers(&client, config, ctx, agent_rx, shutdown, tasks);
     health.synced.store(true, Ordering::Relaxed);
-    tracing::info!("operator running");
-
-    // Supervise: the first task to end ends the process. On shutdown every task ends
-    // in turn; anything else that ends is a failure.
-    let mut outcome = Ok(());
-    while let Some(joined) = tasks.join_next().await {
-        let result = joined.unwrap_or(Err(RunError::TaskEnded("a task (panicked)")));
-        if shutdown.is_cancelled() {
-            continue;
-        }
-        outcome = match result {
-            Ok(()) => Err(RunError::TaskEnded("a supervised task")),
-            Err(err) => Err(err),
-        };
-        shutdown.cancel();
-    }
-    outcome
+    Ok(())
 }
 
 type Supervised = JoinSet<Result<(), RunError>>;
