@@ -5,6 +5,7 @@
 //!
 //! Not built yet: the Agent and ModelProvider controllers (agent pools, model servers).
 
+pub mod agents;
 pub mod bus;
 pub mod context;
 pub mod dispatch;
