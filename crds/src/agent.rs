@@ -189,10 +189,14 @@ pub struct AgentStatus {
     #[serde(default)]
     pub running_tasks: i32,
 
-    /// When demand last rose to the current desired count or above; scale-down waits
-    /// `scaleDownDelaySeconds` from here.
+    /// When the desired replica count last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
+
+    /// Since when demand has been below the desired replicas; the pool scales down
+    /// `scaleDownDelaySeconds` after it, unless demand rises again first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_demand_since: Option<Time>,
 
     /// `Ready`: whether the pool has the replicas it wants.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

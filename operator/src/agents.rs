@@ -346,8 +346,8 @@ fn agent_volumes(name: &str, runtime: &AgentRuntime) -> Vec<Volume> {
 pub struct Scale {
     /// Replicas to run.
     pub replicas: i32,
-    /// When demand was last at or above `replicas`: the start of a scale-down delay.
-    pub since: Timestamp,
+    /// Since when demand has been below `replicas`, if it is.
+    pub low_since: Option<Timestamp>,
     /// When to look again for a pending scale-down.
     pub wake_at: Option<Timestamp>,
 }
@@ -355,42 +355,41 @@ pub struct Scale {
 /// Replicas for `demand` (queued + running tasks of the role), like KEDA's queue-length
 /// scaler: `ceil(demand / tasksPerReplica)` clamped to `[minReplicas, maxReplicas]`, up
 /// at once, down only once demand has stayed lower for `scaleDownDelaySeconds`.
-/// `previous` is the last decision (replicas and since when), if any.
+/// `previous` is the last decision: its replicas, and since when demand was lower.
 pub fn scale(
     agent: &Agent,
     demand: i32,
-    previous: Option<(i32, Timestamp)>,
+    previous: Option<(i32, Option<Timestamp>)>,
     now: Timestamp,
 ) -> Scale {
     let s = &agent.spec.scaling;
     let per = s.tasks_per_replica.max(1);
     let wanted = (demand.max(0) + per - 1) / per;
-    let target = wanted.clamp(
-        s.min_replicas.max(0),
-        s.max_replicas.max(s.min_replicas.max(0)),
-    );
+    let min = s.min_replicas.max(0);
+    let target = wanted.clamp(min, s.max_replicas.max(min));
     match previous {
-        Some((current, since)) if target < current => {
+        Some((current, low_since)) if target < current => {
+            let low = low_since.unwrap_or(now);
             let delay =
                 jiff::SignedDuration::from_secs(i64::from(s.scale_down_delay_seconds.max(0)));
-            let due = since.checked_add(delay).unwrap_or(Timestamp::MAX);
+            let due = low.checked_add(delay).unwrap_or(Timestamp::MAX);
             if now >= due {
                 Scale {
                     replicas: target,
-                    since: now,
+                    low_since: None,
                     wake_at: None,
                 }
             } else {
                 Scale {
                     replicas: current,
-                    since,
+                    low_since: Some(low),
                     wake_at: Some(due),
                 }
             }
         }
         _ => Scale {
             replicas: target,
-            since: now,
+            low_since: None,
             wake_at: None,
         },
     }
@@ -538,33 +537,37 @@ mod tests {
             "idle pools scale to zero"
         );
         assert_eq!(
-            scale(&a, 1, Some((0, ts(0))), ts(1)).replicas,
+            scale(&a, 1, Some((0, None)), ts(1)).replicas,
             1,
             "a queued task wakes it"
         );
         assert_eq!(
-            scale(&a, 5, Some((1, ts(1))), ts(2)).replicas,
+            scale(&a, 5, Some((1, None)), ts(2)).replicas,
             3,
             "ceil(5 / 2)"
         );
         assert_eq!(
-            scale(&a, 50, Some((3, ts(2))), ts(3)).replicas,
+            scale(&a, 50, Some((3, None)), ts(3)).replicas,
             4,
             "clamped to max"
         );
-        let up = scale(&a, 8, Some((3, ts(2))), ts(3));
-        let waiting = scale(&a, 1, Some((up.replicas, up.since)), ts(30));
+        // Demand falls at 30: held for the delay, counted from when it fell.
+        let held = scale(&a, 1, Some((4, None)), ts(30));
         assert_eq!(
-            (waiting.replicas, waiting.wake_at),
-            (4, Some(ts(63))),
-            "held during the delay"
+            (held.replicas, held.low_since, held.wake_at),
+            (4, Some(ts(30)), Some(ts(90)))
         );
-        let down = scale(&a, 1, Some((waiting.replicas, waiting.since)), ts(63));
-        assert_eq!(down.replicas, 1);
+        let still = scale(&a, 1, Some((4, held.low_since)), ts(89));
+        assert_eq!(still.replicas, 4);
+        // Demand rising again in between resets the delay.
+        let back = scale(&a, 8, Some((4, still.low_since)), ts(89));
+        assert_eq!((back.replicas, back.low_since), (4, None));
+        let down = scale(&a, 1, Some((4, held.low_since)), ts(90));
+        assert_eq!((down.replicas, down.low_since), (1, None));
         let mut floor = agent();
         floor.spec.scaling.min_replicas = 2;
         assert_eq!(
-            scale(&floor, 0, Some((2, ts(0))), ts(500)).replicas,
+            scale(&floor, 0, Some((2, None)), ts(500)).replicas,
             2,
             "never below min"
         );

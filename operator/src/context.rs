@@ -40,6 +40,8 @@ pub struct Context {
     /// attempt. The cache lags behind our own writes; without this a quick second pass
     /// could publish the same attempt again or overfill `maxParallelTasks`.
     pub expectations: Arc<Mutex<HashMap<String, i32>>>,
+    /// How agent pods are configured.
+    pub agent_runtime: crate::agents::AgentRuntime,
 }
 
 impl std::fmt::Debug for Context {

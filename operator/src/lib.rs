@@ -16,6 +16,7 @@ pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
 pub mod plan;
+pub mod pools;
 pub mod rollup;
 pub mod schedule;
 pub mod tasks;
@@ -32,6 +33,7 @@ use std::{
 use aios_crds::{Agent, Project, Task};
 use clap::Parser;
 use futures::{StreamExt, channel::mpsc};
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::{
     Api, Client,
     runtime::{
@@ -94,6 +96,15 @@ pub struct Config {
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "AIOS_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
+
+    /// The agent image for Agents that do not name one.
+    #[arg(long, env = "AIOS_AGENT_IMAGE", default_value_t = agents::AgentRuntime::default().image)]
+    pub agent_image: String,
+
+    /// The Secret, in each Agent's namespace, with the agents' connection settings
+    /// (keys `amqpUrl`, `redisUrl`, optional `qdrantUrl` and `qdrantApiKey`).
+    #[arg(long, env = "AIOS_AGENT_CONNECTION_SECRET", default_value_t = agents::AgentRuntime::default().connection_secret)]
+    pub agent_connection_secret: String,
 
     /// Log format: `json` (structured, the default) or `text`.
     #[arg(long, env = "AIOS_LOG_FORMAT", default_value = "json")]
@@ -251,6 +262,11 @@ async fn start(
             },
         ),
         expectations: Arc::new(Mutex::new(HashMap::new())),
+        agent_runtime: agents::AgentRuntime {
+            image: config.agent_image.clone(),
+            connection_secret: config.agent_connection_secret.clone(),
+            ..agents::AgentRuntime::default()
+        },
     });
     spawn_controllers(&client, config, ctx, agent_rx, shutdown, tasks);
     health.synced.store(true, Ordering::Relaxed);
@@ -359,6 +375,34 @@ fn spawn_controllers(
     tasks.spawn(async move {
         task_controller.await;
         Err(RunError::TaskEnded("the Task controller"))
+    });
+    let agents = ctx.agents.clone();
+    let managed = format!(
+        "{}={}",
+        aios_crds::names::labels::MANAGED_BY,
+        aios_crds::names::labels::MANAGED_BY_VALUE
+    );
+    let pools = Controller::new(
+        api::<Agent>(client, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(
+        api::<Deployment>(client, ns),
+        watcher::Config::default().labels(&managed),
+    )
+    .watches(
+        api::<Task>(client, ns),
+        watcher::Config::default(),
+        move |task| pools::agents_for_task(&agents, &task),
+    )
+    // Task events come in bursts; one pass a second per pool is enough.
+    .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))
+    .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+    .run(pools::reconcile, pools::error_policy, ctx.clone())
+    .for_each(|_| async {});
+    tasks.spawn(async move {
+        pools.await;
+        Err(RunError::TaskEnded("the Agent controller"))
     });
     {
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());

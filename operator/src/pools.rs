@@ -1,0 +1,225 @@
+//! The Agent controller: keeps each Agent's ServiceAccount, persona ConfigMap and
+//! Deployment applied, scales the Deployment with the role's queued and running Tasks,
+//! and reports the pool in the Agent's status.
+//!
+//! fetch (caches) → desired state (pure, `agents`) → apply (server-side, in order) →
+//! status (pure, one patch when it changed).
+
+use std::{sync::Arc, time::Duration};
+
+use aios_crds::{
+    Agent, AgentStatus, TaskPhase, conditions,
+    names::{GROUP, VERSION, field_managers},
+};
+use jiff::Timestamp;
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{ConfigMap, ServiceAccount},
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{controller::Action, reflector::ObjectRef},
+};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::{
+    agents::{AgentChildren, agent_children, scale},
+    context::Context,
+    hera::Error,
+    lifecycle::{phase, set_condition},
+};
+
+/// How long to wait before looking again at a pool nothing is happening to.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// The Agents serving the role of `task` in its namespace: a Task's phase changes the
+/// demand on them.
+pub fn agents_for_task(
+    agents: &kube::runtime::reflector::Store<Agent>,
+    task: &aios_crds::Task,
+) -> Vec<ObjectRef<Agent>> {
+    let namespace = task.namespace();
+    agents
+        .state()
+        .iter()
+        .filter(|a| a.namespace() == namespace && a.spec.role == task.spec.role.as_str())
+        .map(|a| ObjectRef::from_obj(a.as_ref()))
+        .collect()
+}
+
+async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, kube::Error>
+where
+    K: Resource + Serialize + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    let mut body = serde_json::to_value(object).map_err(kube::Error::SerdeError)?;
+    body["apiVersion"] = json!(K::api_version(&K::DynamicType::default()));
+    body["kind"] = json!(K::kind(&K::DynamicType::default()));
+    api.patch(
+        &name,
+        &PatchParams::apply(field_managers::AGENT).force(),
+        &Patch::Apply(body),
+    )
+    .await
+}
+
+/// Reconciles one Agent.
+#[tracing::instrument(skip_all, fields(agent = %agent.name_any(), namespace = agent.namespace().unwrap_or_default()))]
+pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let timer = ctx
+        .metrics
+        .reconcile_duration
+        .with_label_values(&["agent"])
+        .start_timer();
+    ctx.metrics.reconciles.with_label_values(&["agent"]).inc();
+    let result = reconcile_inner(&agent, &ctx).await;
+    timer.observe_duration();
+    result
+}
+
+async fn reconcile_inner(agent: &Agent, ctx: &Context) -> Result<Action, Error> {
+    if !ctx.leadership.is_current() {
+        return Err(Error::NotLeader);
+    }
+    if agent.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let namespace = agent.namespace().unwrap_or_default();
+    let now = Timestamp::now();
+
+    let (queued, running) = role_demand(ctx, &namespace, agent.spec.role.as_str());
+    let previous = agent.status.clone().unwrap_or_default();
+    // A pool without status has never been scaled: the first decision is the target.
+    let last = agent
+        .status
+        .as_ref()
+        .map(|s| (s.desired_replicas, s.low_demand_since.as_ref().map(|t| t.0)));
+    let decision = scale(agent, queued + running, last, now);
+
+    // Apply, in dependency order: the identity and the persona the pods mount exist
+    // before the pods. Destructured without `..`, so a new child cannot be forgotten.
+    let AgentChildren {
+        service_account,
+        persona,
+        deployment,
+    } = agent_children(agent, &ctx.agent_runtime, decision.replicas);
+    apply(
+        &Api::<ServiceAccount>::namespaced(ctx.client.clone(), &namespace),
+        &service_account,
+    )
+    .await?;
+    apply(
+        &Api::<ConfigMap>::namespaced(ctx.client.clone(), &namespace),
+        &persona,
+    )
+    .await?;
+    let applied = apply(
+        &Api::<Deployment>::namespaced(ctx.client.clone(), &namespace),
+        &deployment,
+    )
+    .await?;
+
+    let ready = applied
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    let mut status = AgentStatus {
+        desired_replicas: decision.replicas,
+        ready_replicas: ready,
+        queued_tasks: queued,
+        running_tasks: running,
+        last_scale_time: if last.map(|(r, _)| r) == Some(decision.replicas) {
+            previous.last_scale_time.clone()
+        } else {
+            Some(Time(now))
+        },
+        low_demand_since: decision.low_since.map(Time),
+        conditions: previous.conditions.clone(),
+        observed_generation: agent.metadata.generation,
+    };
+    let (value, reason, message) = if ready >= decision.replicas {
+        (
+            "True",
+            "ReplicasReady",
+            format!("{ready} of {} replicas ready", decision.replicas),
+        )
+    } else {
+        (
+            "False",
+            "ReplicasPending",
+            format!("{ready} of {} replicas ready", decision.replicas),
+        )
+    };
+    set_condition(
+        &mut status.conditions,
+        conditions::READY,
+        value,
+        reason,
+        &message,
+        now,
+    );
+    if status_differs(&previous, &status) {
+        let patch =
+            json!({"apiVersion": format!("{GROUP}/{VERSION}"), "kind": "Agent", "status": status});
+        Api::<Agent>::namespaced(ctx.client.clone(), &namespace)
+            .patch_status(
+                &agent.name_any(),
+                &PatchParams::apply(field_managers::AGENT).force(),
+                &Patch::Apply(patch),
+            )
+            .await?;
+    }
+    Ok(match decision.wake_at {
+        Some(at) => Action::requeue(
+            Duration::try_from(at.duration_since(now))
+                .unwrap_or_default()
+                .max(Duration::from_millis(100)),
+        ),
+        None => Action::requeue(RESYNC),
+    })
+}
+
+/// Tasks of `role` in `namespace` on the bus (queued) and with an agent (running).
+fn role_demand(ctx: &Context, namespace: &str, role: &str) -> (i32, i32) {
+    let (mut queued, mut running) = (0, 0);
+    for task in ctx.tasks.state() {
+        if task.namespace().as_deref() != Some(namespace) || task.spec.role != role {
+            continue;
+        }
+        match phase(&task) {
+            TaskPhase::Queued => queued += 1,
+            TaskPhase::Running => running += 1,
+            _ => {}
+        }
+    }
+    (queued, running)
+}
+
+/// Whether two statuses differ in more than condition transition times.
+fn status_differs(a: &AgentStatus, b: &AgentStatus) -> bool {
+    let strip = |s: &AgentStatus| {
+        let mut s = s.clone();
+        for c in &mut s.conditions {
+            c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
+        }
+        s
+    };
+    strip(a) != strip(b)
+}
+
+/// Retries a failed reconcile after a short wait.
+#[allow(clippy::needless_pass_by_value)] // the signature kube's controller takes
+pub fn error_policy(_agent: Arc<Agent>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&["agent", error.category()])
+        .inc();
+    Action::requeue(Duration::from_secs(2))
+}
