@@ -579,6 +579,29 @@ impl Environment {
             .map_err(io_err("running", &self.kubectl))
     }
 
+    /// Installs the CRDs under `crds/` with server-side apply and waits until the API
+    /// server has established them; kubectl's output of the apply.
+    pub fn install_crds(&self) -> Result<String, EnvError> {
+        let crds = crate::repo_root().join("crds");
+        let out = self.kubectl(&[
+            "apply",
+            "--server-side",
+            "--field-manager=aios-e2e",
+            "-f",
+            &crds.display().to_string(),
+        ])?;
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/projects.aios.dev",
+            "crd/tasks.aios.dev",
+            "crd/agents.aios.dev",
+            "crd/modelproviders.aios.dev",
+        ])?;
+        Ok(out)
+    }
+
     /// Creates a RabbitMQ virtual host that guest may use, so a test has queues and
     /// exchanges of its own; returns its AMQP URL.
     pub fn create_vhost(&self, name: &str) -> Result<String, EnvError> {

@@ -39,6 +39,17 @@ pub fn shared() -> &'static Environment {
     }
 }
 
+/// [`shared`], with the AIOS CRDs installed (once per process).
+pub fn shared_with_crds() -> &'static Environment {
+    static CRDS: OnceLock<Result<(), String>> = OnceLock::new();
+    let env = shared();
+    let installed = CRDS.get_or_init(|| env.install_crds().map(drop).map_err(|e| e.to_string()));
+    if let Err(err) = installed {
+        panic!("installing the CRDs failed: {err}");
+    }
+    env
+}
+
 /// The repository's root directory, for tests that read manifests and CRDs.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

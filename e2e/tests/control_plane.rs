@@ -7,46 +7,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-use std::{fs, path::PathBuf, sync::OnceLock};
+use std::{fs, path::PathBuf};
 
 use aios_e2e::{Environment, repo_root};
 
 /// The shared environment with the CRDs installed (once per test binary).
 fn env() -> &'static Environment {
-    static CRDS: OnceLock<()> = OnceLock::new();
-    let env = aios_e2e::shared();
-    CRDS.get_or_init(|| install_crds(env));
-    env
-}
-
-fn install_crds(env: &Environment) {
-    let crds = repo_root().join("crds");
-    let out = env
-        .kubectl(&[
-            "apply",
-            "--server-side",
-            "--field-manager=aios-e2e",
-            "-f",
-            crds.to_str().unwrap(),
-        ])
-        .unwrap();
-    assert_eq!(
-        out.lines()
-            .filter(|l| l.contains("serverside-applied"))
-            .count(),
-        4,
-        "{out}"
-    );
-    env.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/projects.aios.dev",
-        "crd/tasks.aios.dev",
-        "crd/agents.aios.dev",
-        "crd/modelproviders.aios.dev",
-    ])
-    .unwrap();
+    aios_e2e::shared_with_crds()
 }
 
 fn yaml_files(dir: PathBuf) -> Vec<PathBuf> {
@@ -70,6 +37,15 @@ fn task_manifest(name: &str, project: &str, extra_metadata: &str) -> String {
 #[test]
 fn crds_apply_server_side_and_become_established() {
     let env = env();
+    // Applying again is idempotent, and server-side.
+    let out = env.install_crds().unwrap();
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("serverside-applied"))
+            .count(),
+        4,
+        "{out}"
+    );
     for crd in [
         "projects.aios.dev",
         "tasks.aios.dev",

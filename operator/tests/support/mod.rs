@@ -9,7 +9,7 @@ use std::{
     fs::File,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -18,7 +18,7 @@ use aios_crds::{
     bus::{Message, SCHEMA_VERSION, TaskCancel, TaskDispatch, TaskEvent, TaskEventKind},
     names::bus::role_queue,
 };
-use aios_e2e::{Environment, process, repo_root};
+use aios_e2e::{Environment, process};
 use aios_operator::bus::Bus;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
@@ -26,28 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 /// The shared environment with the CRDs installed.
 pub fn env() -> &'static Environment {
-    static CRDS: OnceLock<()> = OnceLock::new();
-    let env = aios_e2e::shared();
-    CRDS.get_or_init(|| {
-        let crds = repo_root().join("crds");
-        env.kubectl(&[
-            "apply",
-            "--server-side",
-            "--field-manager=aios-e2e",
-            "-f",
-            crds.to_str().unwrap(),
-        ])
-        .unwrap();
-        env.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd",
-            "--all",
-        ])
-        .unwrap();
-    });
-    env
+    aios_e2e::shared_with_crds()
 }
 
 /// An operator process.
