@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod plan;
 pub mod pools;
+pub mod providers;
 pub mod rollup;
 pub mod schedule;
 pub mod tasks;
