@@ -42,6 +42,12 @@ pub struct Context {
     pub expectations: Arc<Mutex<HashMap<String, i32>>>,
     /// How agent pods are configured.
     pub agent_runtime: crate::agents::AgentRuntime,
+    /// Cache of every ModelProvider.
+    pub providers: Store<aios_crds::ModelProvider>,
+    /// The HTTP client that probes model providers.
+    pub http: reqwest::Client,
+    /// How often a ready model provider is probed again.
+    pub provider_probe_interval: std::time::Duration,
 }
 
 impl std::fmt::Debug for Context {

@@ -20,6 +20,7 @@ pub mod pools;
 pub mod providers;
 pub mod rollup;
 pub mod schedule;
+pub mod serving;
 pub mod tasks;
 #[cfg(test)]
 mod testing;
@@ -31,7 +32,7 @@ use std::{
     time::Duration,
 };
 
-use aios_crds::{Agent, Project, Task};
+use aios_crds::{Agent, ModelProvider, Project, Task};
 use clap::Parser;
 use futures::{StreamExt, channel::mpsc};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -106,6 +107,11 @@ pub struct Config {
     /// (keys `amqpUrl`, `redisUrl`, optional `qdrantUrl` and `qdrantApiKey`).
     #[arg(long, env = "AIOS_AGENT_CONNECTION_SECRET", default_value_t = agents::AgentRuntime::default().connection_secret)]
     pub agent_connection_secret: String,
+
+    /// Seconds between probes of a ready model provider (an unready one is probed with
+    /// backoff, from 2 seconds to 5 minutes).
+    #[arg(long, env = "AIOS_PROVIDER_PROBE_SECONDS", default_value_t = 60)]
+    pub provider_probe_seconds: u64,
 
     /// Log format: `json` (structured, the default) or `text`.
     #[arg(long, env = "AIOS_LOG_FORMAT", default_value = "json")]
@@ -244,8 +250,12 @@ async fn start(
     let bus = Arc::new(Bus::connect(&config.amqp_url, shutdown).await?);
     let _ = health.bus.set(bus.clone());
 
-    let (task_store, agent_store, agent_rx) =
-        start_caches(&client, config, &bus, shutdown, tasks).await?;
+    let Caches {
+        tasks: task_store,
+        agents: agent_store,
+        providers: provider_store,
+        agent_wakeups: agent_rx,
+    } = start_caches(&client, config, &bus, shutdown, tasks).await?;
     let _ = health.tasks.set(task_store.clone());
 
     let ctx = Arc::new(Context {
@@ -263,6 +273,9 @@ async fn start(
             },
         ),
         expectations: Arc::new(Mutex::new(HashMap::new())),
+        providers: provider_store,
+        http: serving::probe_client(),
+        provider_probe_interval: Duration::from_secs(config.provider_probe_seconds.max(1)),
         agent_runtime: agents::AgentRuntime {
             image: config.agent_image.clone(),
             connection_secret: config.agent_connection_secret.clone(),
@@ -276,6 +289,15 @@ async fn start(
 
 type Supervised = JoinSet<Result<(), RunError>>;
 
+/// The operator's caches, synced.
+struct Caches {
+    tasks: reflector::Store<Task>,
+    agents: reflector::Store<Agent>,
+    providers: reflector::Store<ModelProvider>,
+    /// A message each time an Agent appears or changes.
+    agent_wakeups: mpsc::UnboundedReceiver<()>,
+}
+
 /// Starts the caches of Tasks and Agents and waits for them to sync. Agents also
 /// declare their role's queue as they appear, and wake every Project (a plan may wait
 /// on a role): the returned receiver carries those wake-ups.
@@ -285,14 +307,7 @@ async fn start_caches(
     bus: &Arc<Bus>,
     shutdown: &CancellationToken,
     tasks: &mut Supervised,
-) -> Result<
-    (
-        reflector::Store<Task>,
-        reflector::Store<Agent>,
-        mpsc::UnboundedReceiver<()>,
-    ),
-    RunError,
-> {
+) -> Result<Caches, RunError> {
     let ns = config.watch_namespace.as_deref();
     let (task_store, task_writer) = reflector::store();
     let task_stream = reflector(
@@ -339,7 +354,27 @@ async fn start_caches(
         .wait_until_ready()
         .await
         .map_err(|_| RunError::TaskEnded("the Agent cache"))?;
-    Ok((task_store, agent_store, agent_rx))
+    // ModelProviders: their reconciles read each other's status for the agents' list.
+    let (provider_store, provider_writer) = reflector::store();
+    let provider_stream = reflector(
+        provider_writer,
+        watcher(api::<ModelProvider>(client, ns), watcher::Config::default()).default_backoff(),
+    )
+    .take_until(shutdown.clone().cancelled_owned());
+    tasks.spawn(async move {
+        provider_stream.for_each(|_| async {}).await;
+        Err(RunError::TaskEnded("the ModelProvider watch"))
+    });
+    provider_store
+        .wait_until_ready()
+        .await
+        .map_err(|_| RunError::TaskEnded("the ModelProvider cache"))?;
+    Ok(Caches {
+        tasks: task_store,
+        agents: agent_store,
+        providers: provider_store,
+        agent_wakeups: agent_rx,
+    })
 }
 
 /// Starts Hera, the Task controller and the two bus consumers under supervision.
@@ -404,6 +439,21 @@ fn spawn_controllers(
     tasks.spawn(async move {
         pools.await;
         Err(RunError::TaskEnded("the Agent controller"))
+    });
+    let serving = Controller::new(
+        api::<ModelProvider>(client, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(
+        api::<Deployment>(client, ns),
+        watcher::Config::default().labels(&managed),
+    )
+    .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+    .run(serving::reconcile, serving::error_policy, ctx.clone())
+    .for_each(|_| async {});
+    tasks.spawn(async move {
+        serving.await;
+        Err(RunError::TaskEnded("the ModelProvider controller"))
     });
     {
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());

@@ -87,6 +87,7 @@ impl Harness {
             .env("AIOS_LOG_FORMAT", "text")
             .env("AIOS_LEASE_DURATION_SECONDS", "6")
             .env("AIOS_LEASE_RETRY_SECONDS", "1")
+            .env("AIOS_PROVIDER_PROBE_SECONDS", "1")
             .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())

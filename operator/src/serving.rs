@@ -1,0 +1,307 @@
+//! The ModelProvider controller: keeps a `serve` provider's model server applied,
+//! probes every provider's model list, reports it in the status, and publishes the
+//! namespace's ready providers into the ConfigMap agent pods mount.
+//!
+//! fetch → desired state (pure, `providers`) → apply → probe (I/O, bounded by a timeout)
+//! → status (pure, one patch when it changed) → the namespace's provider list.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use aios_crds::{
+    ModelProvider, ModelProviderStatus, ProviderType, conditions,
+    names::{GROUP, VERSION, field_managers, labels},
+};
+use jiff::Timestamp;
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service},
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{ObjectMeta, Patch, PatchParams},
+    runtime::controller::Action,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::json;
+
+use crate::{
+    context::Context,
+    hera::Error,
+    lifecycle::{condition, set_condition},
+    providers::{
+        ServeChildren, models_path, parse_models, provider_endpoint, provider_list, serve_children,
+    },
+};
+
+/// How long a probe may take.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest wait between probes of a provider that is not ready.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// The HTTP client probes use.
+pub fn probe_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(PROBE_TIMEOUT)
+        .connect_timeout(PROBE_TIMEOUT)
+        .build()
+        .unwrap_or_default()
+}
+
+async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, kube::Error>
+where
+    K: Resource + Serialize + Clone + std::fmt::Debug + DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    let mut body = serde_json::to_value(object).map_err(kube::Error::SerdeError)?;
+    body["apiVersion"] = json!(K::api_version(&K::DynamicType::default()));
+    body["kind"] = json!(K::kind(&K::DynamicType::default()));
+    api.patch(
+        &name,
+        &PatchParams::apply(field_managers::MODEL_PROVIDER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+}
+
+/// Asks a provider for its models; the error says what went wrong, for the status.
+pub async fn probe(
+    http: &reqwest::Client,
+    kind: ProviderType,
+    endpoint: &str,
+    api_key: Option<&str>,
+) -> Result<Vec<String>, String> {
+    let url = format!("{endpoint}{}", models_path(kind));
+    let mut request = http.get(&url);
+    if let Some(key) = api_key {
+        request = match kind {
+            ProviderType::Anthropic => request
+                .header("x-api-key", key)
+                .header("anthropic-version", "2023-06-01"),
+            _ => request.bearer_auth(key),
+        };
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("GET {url}: HTTP {status}"));
+    }
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|e| format!("GET {url}: not JSON: {e}"))?;
+    parse_models(kind, &body).ok_or_else(|| format!("GET {url}: no model list in the answer"))
+}
+
+async fn api_key(ctx: &Context, provider: &ModelProvider) -> Result<Option<String>, String> {
+    let Some(reference) = provider
+        .spec
+        .endpoint
+        .as_ref()
+        .and_then(|e| e.credentials_ref.as_ref())
+    else {
+        return Ok(None);
+    };
+    let namespace = provider.namespace().unwrap_or_default();
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
+        .get(&reference.name)
+        .await
+        .map_err(|e| format!("reading Secret {}: {e}", reference.name))?;
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&reference.key))
+        .ok_or_else(|| format!("Secret {} has no key {}", reference.name, reference.key))?;
+    Ok(Some(String::from_utf8_lossy(&value.0).trim().to_owned()))
+}
+
+/// Reconciles one ModelProvider.
+#[tracing::instrument(skip_all, fields(provider = %provider.name_any(), namespace = provider.namespace().unwrap_or_default()))]
+pub async fn reconcile(provider: Arc<ModelProvider>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let timer = ctx
+        .metrics
+        .reconcile_duration
+        .with_label_values(&["model_provider"])
+        .start_timer();
+    ctx.metrics
+        .reconciles
+        .with_label_values(&["model_provider"])
+        .inc();
+    let result = reconcile_inner(&provider, &ctx).await;
+    timer.observe_duration();
+    result
+}
+
+async fn reconcile_inner(provider: &ModelProvider, ctx: &Context) -> Result<Action, Error> {
+    if !ctx.leadership.is_current() {
+        return Err(Error::NotLeader);
+    }
+    if provider.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let namespace = provider.namespace().unwrap_or_default();
+    let now = Timestamp::now();
+
+    // Apply the model server, cache first: the Deployment mounts it.
+    if let Some(ServeChildren {
+        cache,
+        deployment,
+        service,
+    }) = serve_children(provider)
+    {
+        apply(
+            &Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &namespace),
+            &cache,
+        )
+        .await?;
+        apply(
+            &Api::<Deployment>::namespaced(ctx.client.clone(), &namespace),
+            &deployment,
+        )
+        .await?;
+        apply(
+            &Api::<Service>::namespaced(ctx.client.clone(), &namespace),
+            &service,
+        )
+        .await?;
+    }
+
+    let endpoint = provider_endpoint(provider);
+    let probed = match (&endpoint, api_key(ctx, provider).await) {
+        (None, _) => Err("no endpoint: set spec.endpoint or spec.serve".to_owned()),
+        (_, Err(e)) => Err(e),
+        (Some(url), Ok(key)) => {
+            probe(&ctx.http, provider.spec.provider_type, url, key.as_deref()).await
+        }
+    };
+    tracing::debug!(?probed, "probed the provider");
+    let previous = provider.status.clone().unwrap_or_default();
+    let mut status = ModelProviderStatus {
+        endpoint: endpoint.clone(),
+        last_probe_time: Some(Time(now)),
+        conditions: previous.conditions.clone(),
+        observed_generation: provider.metadata.generation,
+        ..ModelProviderStatus::default()
+    };
+    match &probed {
+        Ok(models) => {
+            status.ready = true;
+            status.reason = Some("ModelsListed".to_owned());
+            status.available_models.clone_from(models);
+            let message = format!("{} models available", models.len());
+            set_condition(
+                &mut status.conditions,
+                conditions::READY,
+                "True",
+                "ModelsListed",
+                &message,
+                now,
+            );
+        }
+        Err(error) => {
+            status.ready = false;
+            status.reason = Some("Unreachable".to_owned());
+            set_condition(
+                &mut status.conditions,
+                conditions::READY,
+                "False",
+                "Unreachable",
+                error,
+                now,
+            );
+        }
+    }
+    if differs(&previous, &status) {
+        let patch = json!({"apiVersion": format!("{GROUP}/{VERSION}"), "kind": "ModelProvider", "status": status});
+        Api::<ModelProvider>::namespaced(ctx.client.clone(), &namespace)
+            .patch_status(
+                &provider.name_any(),
+                &PatchParams::apply(field_managers::MODEL_PROVIDER).force(),
+                &Patch::Apply(patch),
+            )
+            .await?;
+    }
+    publish_provider_list(ctx, &namespace, provider, &status).await?;
+
+    if status.ready {
+        return Ok(Action::requeue(ctx.provider_probe_interval));
+    }
+    // Backoff: wait about as long again as the provider has been down, 2s to 5 minutes.
+    let down_since =
+        condition(&status.conditions, conditions::READY).map_or(now, |c| c.last_transition_time.0);
+    let down_for = Duration::try_from(now.duration_since(down_since)).unwrap_or_default();
+    Ok(Action::requeue(
+        down_for.clamp(Duration::from_secs(2), MAX_BACKOFF),
+    ))
+}
+
+/// Whether two statuses differ in more than the probe and transition times.
+fn differs(a: &ModelProviderStatus, b: &ModelProviderStatus) -> bool {
+    let strip = |s: &ModelProviderStatus| {
+        let mut s = s.clone();
+        s.last_probe_time = None;
+        for c in &mut s.conditions {
+            c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
+        }
+        s
+    };
+    strip(a) != strip(b)
+}
+
+/// Writes the namespace's ready providers (this one with its new status) into the
+/// ConfigMap agent pods mount.
+async fn publish_provider_list(
+    ctx: &Context,
+    namespace: &str,
+    provider: &ModelProvider,
+    status: &ModelProviderStatus,
+) -> Result<(), Error> {
+    let mut current = provider.clone();
+    current.status = Some(status.clone());
+    let others: Vec<Arc<ModelProvider>> = ctx
+        .providers
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(namespace) && p.name_any() != provider.name_any()
+        })
+        .collect();
+    let list = provider_list(others.iter().map(AsRef::as_ref).chain([&current]));
+    let json =
+        serde_json::to_string_pretty(&list).map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
+    let config_map = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(ctx.agent_runtime.providers_config_map.clone()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([(
+                labels::MANAGED_BY.to_owned(),
+                labels::MANAGED_BY_VALUE.to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([("providers.json".to_owned(), json)])),
+        ..ConfigMap::default()
+    };
+    apply(
+        &Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace),
+        &config_map,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Retries a failed reconcile after a short wait.
+#[allow(clippy::needless_pass_by_value)] // the signature kube's controller takes
+pub fn error_policy(_provider: Arc<ModelProvider>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&["model_provider", error.category()])
+        .inc();
+    Action::requeue(Duration::from_secs(5))
+}

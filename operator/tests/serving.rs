@@ -1,0 +1,131 @@
+//! Model providers on the real API server: a served provider's model server objects,
+//! and probes of a provider's model list against a local server speaking Ollama's API.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod support;
+
+use std::time::Duration;
+
+use aios_e2e::repo_root;
+use support::Harness;
+use wiremock::{Mock, MockServer, ResponseTemplate, matchers};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_that_lists_its_models_is_ready_and_unready_once_it_stops() {
+    let mut h = Harness::new("probe");
+    h.start_operator("op-1");
+    // A server of its own (not from wiremock's pool), so dropping it stops it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ollama = MockServer::builder().listener(listener).start().await;
+    Mock::given(matchers::method("GET"))
+        .and(matchers::path("/api/tags"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "models": [{"name": "smollm2:135m", "size": 1}, {"name": "all-minilm:l6-v2", "size": 2}]
+        })))
+        .mount(&ollama)
+        .await;
+    h.apply(&format!(
+        "apiVersion: aios.dev/v1alpha1\nkind: ModelProvider\nmetadata:\n  name: local\nspec:\n  type: Ollama\n  tier: Local\n  models:\n    - name: smollm2:135m\n      maxComplexity: Low\n  endpoint:\n    url: {}\n",
+        ollama.uri()
+    ));
+    h.wait_for_value("modelprovider/local", "{.status.ready}", "true", TIMEOUT)
+        .await;
+    assert_eq!(
+        h.jsonpath("modelprovider/local", "{.status.availableModels}"),
+        r#"["smollm2:135m","all-minilm:l6-v2"]"#
+    );
+    assert_eq!(
+        h.jsonpath("modelprovider/local", "{.status.endpoint}"),
+        ollama.uri()
+    );
+    let list = h.jsonpath("configmap/aios-providers", "{.data.providers\\.json}");
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list[0]["name"], "local");
+    assert_eq!(list[0]["models"][0]["maxComplexity"], "Low");
+
+    drop(ollama);
+    h.wait_for_value("modelprovider/local", "{.status.ready}", "false", TIMEOUT)
+        .await;
+    let message = h.jsonpath(
+        "modelprovider/local",
+        "{.status.conditions[?(@.type==\"Ready\")].message}",
+    );
+    assert!(
+        message.contains("/api/tags"),
+        "the error says what failed: {message}"
+    );
+    h.wait_for_value(
+        "configmap/aios-providers",
+        "{.data.providers\\.json}",
+        "[]",
+        TIMEOUT,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_served_provider_becomes_a_model_cache_a_server_and_a_service() {
+    let mut h = Harness::new("serve");
+    h.start_operator("op-1");
+    let example = repo_root().join("manifests/examples/modelprovider-ollama.yaml");
+    h.kubectl(&["apply", "-f", example.to_str().unwrap()]);
+    h.wait_for_value(
+        "deployment/aios-model-ollama",
+        "{.spec.replicas}",
+        "1",
+        TIMEOUT,
+    )
+    .await;
+    assert_eq!(
+        h.jsonpath(
+            "pvc/aios-model-ollama-cache",
+            "{.spec.resources.requests.storage}"
+        ),
+        "30Gi"
+    );
+    assert_eq!(
+        h.jsonpath("service/aios-model-ollama", "{.spec.ports[0].port}"),
+        "11434"
+    );
+    assert_eq!(
+        h.jsonpath(
+            "deployment/aios-model-ollama",
+            "{.spec.template.spec.initContainers[0].name}"
+        ),
+        "pull-models"
+    );
+    assert_eq!(
+        h.jsonpath(
+            "deployment/aios-model-ollama",
+            "{.spec.template.spec.containers[0].resources.limits.nvidia\\.com/gpu}"
+        ),
+        "1"
+    );
+    for child in [
+        "deployment/aios-model-ollama",
+        "pvc/aios-model-ollama-cache",
+        "service/aios-model-ollama",
+    ] {
+        assert_eq!(
+            h.jsonpath(child, "{.metadata.ownerReferences[0].kind}"),
+            "ModelProvider",
+            "{child}"
+        );
+    }
+    // No kubelet runs here, so the server never answers: the provider is not ready,
+    // and says why.
+    h.wait_for_value(
+        "modelprovider/ollama",
+        "{.status.reason}",
+        "Unreachable",
+        TIMEOUT,
+    )
+    .await;
+    assert_eq!(
+        h.jsonpath("modelprovider/ollama", "{.status.endpoint}"),
+        format!("http://aios-model-ollama.{}.svc:11434", h.ns)
+    );
+}
