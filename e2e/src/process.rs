@@ -262,8 +262,14 @@ fn exchange(port: u16, request: &[u8]) -> Option<Vec<u8>> {
 
 /// An HTTP/1.0 GET on a loopback port; the body of a 200 answer.
 pub fn http_get(port: u16, path: &str) -> Option<String> {
+    let timeout = Duration::from_secs(5);
+    let mut stream = TcpStream::connect_timeout(&loopback(port), timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
     let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    let raw = exchange(port, request.as_bytes())?;
+    stream.write_all(request.as_bytes()).ok()?;
+    // HTTP/1.0: the server closes the connection after the whole answer.
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.").then_some(())?;

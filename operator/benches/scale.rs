@@ -89,6 +89,7 @@ async fn run(total: usize) {
     let total = layers * width;
     let mut h = Harness::new(&format!("bench-{total}"));
     h.apply_agents(&["backend"]);
+    h.serve_models().await;
     let client = client(&h).await;
     let tasks: Api<Task> = Api::namespaced(client.clone(), &h.ns);
     let projects: Api<Project> = Api::namespaced(client.clone(), &h.ns);

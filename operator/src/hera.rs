@@ -34,7 +34,7 @@ use crate::{
     lifecycle::{self, phase, task_policy},
     plan::{plan_tasks, validate_plan},
     rollup::{PlanState, budget_exceeded, differs, project_status, total_usage},
-    schedule::{Action, Hold, plan_run},
+    schedule::{Action, Hold, RunPlan, plan_run_gated},
 };
 
 /// Why a reconcile failed.
@@ -143,18 +143,10 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
 
     // Run.
     let all_refs: Vec<&Task> = all.iter().map(AsRef::as_ref).collect();
-    let usage = total_usage(all_refs.iter().copied());
-    let hold = if project.spec.suspend {
-        Some(Hold::Suspended)
-    } else if budget_exceeded(project, &usage) {
-        Some(Hold::BudgetExceeded)
-    } else {
-        None
-    };
     let run = if matches!(plan_state, PlanState::Invalid { .. }) {
-        crate::schedule::RunPlan::default()
+        RunPlan::default()
     } else {
-        plan_run(project, &work, hold, now)
+        run_plan(project, ctx, &work, &all_refs, now)
     };
     let by_name: BTreeMap<String, &Task> = all.iter().map(|t| (t.name_any(), t.as_ref())).collect();
     // Each action touches a different Task, so they run side by side.
@@ -214,6 +206,34 @@ fn join(errors: &[impl ToString]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(FEEDBACK_SEPARATOR)
+}
+
+/// What to do with `work` now: held while suspended or over budget, and only for Tasks
+/// a ready model provider of the namespace can take.
+fn run_plan(
+    project: &Project,
+    ctx: &Context,
+    work: &[&Task],
+    all: &[&Task],
+    now: Timestamp,
+) -> RunPlan {
+    let namespace = project.namespace().unwrap_or_default();
+    let usage = total_usage(all.iter().copied());
+    let hold = if project.spec.suspend {
+        Some(Hold::Suspended)
+    } else if budget_exceeded(project, &usage) {
+        Some(Hold::BudgetExceeded)
+    } else {
+        None
+    };
+    let providers: Vec<Arc<aios_crds::ModelProvider>> = ctx
+        .providers
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
+        .collect();
+    let can_take = |c| crate::providers::can_take(providers.iter().map(AsRef::as_ref), c);
+    plan_run_gated(project, work, hold, &can_take, now)
 }
 
 /// Names of the Tasks a pass works on.
@@ -386,6 +406,14 @@ async fn execute(
                 return Ok(());
             };
             write_task_status(&api, task, &lifecycle::skipped(task, dependency, now)).await?;
+        }
+        Action::Wait { task, message } => {
+            let Some(task) = by_name.get(task) else {
+                return Ok(());
+            };
+            let mut status = task.status.clone().unwrap_or_default();
+            status.message = Some(message.clone());
+            write_task_status(&api, task, &status).await?;
         }
         Action::Cancel { task, message } => {
             let Some(task) = by_name.get(task) else {

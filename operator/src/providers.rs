@@ -283,6 +283,21 @@ pub fn parse_models(kind: ProviderType, body: &serde_json::Value) -> Option<Vec<
     )
 }
 
+/// Whether a ready provider among `providers` has a chat model that may take a task of
+/// `complexity`.
+pub fn can_take<'a>(
+    providers: impl IntoIterator<Item = &'a ModelProvider>,
+    complexity: aios_crds::Complexity,
+) -> bool {
+    providers.into_iter().any(|p| {
+        p.status.as_ref().is_some_and(|s| s.ready)
+            && p.spec
+                .models
+                .iter()
+                .any(|m| !m.embeddings && m.max_complexity >= complexity)
+    })
+}
+
 /// One entry of the agents' provider list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -469,6 +484,14 @@ mod tests {
         });
         let not_ready = served();
         let list = provider_list([&ready, &not_ready]);
+        assert!(
+            can_take([&ready, &not_ready], aios_crds::Complexity::Medium),
+            "gpt-4o takes Medium"
+        );
+        assert!(
+            !can_take([&ready, &not_ready], aios_crds::Complexity::High),
+            "nothing ready takes High"
+        );
         assert_eq!(list.len(), 1);
         let json = serde_json::to_value(&list).unwrap();
         assert_eq!(json[0]["type"], "OpenAI");

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use aios_crds::{Project, Task, TaskPhase, conditions::reasons};
+use aios_crds::{Complexity, Project, Task, TaskPhase, conditions::reasons};
 use jiff::Timestamp;
 use kube::ResourceExt;
 
@@ -35,6 +35,13 @@ pub enum Action {
         /// The task.
         task: String,
         /// Why.
+        message: String,
+    },
+    /// The task is ready but cannot be dispatched yet; say why in its status.
+    Wait {
+        /// The task.
+        task: String,
+        /// Why, in a sentence.
         message: String,
     },
     /// Publish attempt `attempt` of the task.
@@ -67,6 +74,18 @@ pub enum Hold {
 /// Plans one pass over `tasks` (the Project's tasks, without the planning task once
 /// the plan exists).
 pub fn plan_run(project: &Project, tasks: &[&Task], hold: Option<Hold>, now: Timestamp) -> RunPlan {
+    plan_run_gated(project, tasks, hold, &|_| true, now)
+}
+
+/// [`plan_run`], dispatching only tasks whose complexity `can_take` accepts (a ready
+/// model provider can take it); the others wait, saying so.
+pub fn plan_run_gated(
+    project: &Project,
+    tasks: &[&Task],
+    hold: Option<Hold>,
+    can_take: &dyn Fn(Complexity) -> bool,
+    now: Timestamp,
+) -> RunPlan {
     let mut plan = RunPlan::default();
     // 1. Running attempts past their deadline or silent for too long. These are handled
     // alone: their new status changes everything below, and the write triggers a pass.
@@ -103,7 +122,13 @@ pub fn plan_run(project: &Project, tasks: &[&Task], hold: Option<Hold>, now: Tim
     // 3. Dispatch.
     if hold.is_none() {
         let max = usize::try_from(project.spec.policy.max_parallel_tasks.max(1)).unwrap_or(1);
-        dispatches(tasks, max.saturating_sub(in_flight), now, &mut plan);
+        dispatches(
+            tasks,
+            max.saturating_sub(in_flight),
+            can_take,
+            now,
+            &mut plan,
+        );
     }
     plan
 }
@@ -154,7 +179,13 @@ fn expirations(project: &Project, tasks: &[&Task], now: Timestamp, plan: &mut Ru
     }
 }
 
-fn dispatches(tasks: &[&Task], capacity: usize, now: Timestamp, plan: &mut RunPlan) {
+fn dispatches(
+    tasks: &[&Task],
+    capacity: usize,
+    can_take: &dyn Fn(Complexity) -> bool,
+    now: Timestamp,
+    plan: &mut RunPlan,
+) {
     let by_name: BTreeMap<String, &Task> = tasks.iter().map(|t| (t.name_any(), *t)).collect();
     let mut ready: Vec<&Task> = Vec::new();
     for task in tasks.iter().filter(|t| phase(t) == TaskPhase::Pending) {
@@ -174,6 +205,19 @@ fn dispatches(tasks: &[&Task], capacity: usize, now: Timestamp, plan: &mut RunPl
             && at > now
         {
             plan.wake(at);
+            continue;
+        }
+        if !can_take(task.spec.complexity) {
+            let message = format!(
+                "waiting for a ready model provider that can take a {:?} task",
+                task.spec.complexity
+            );
+            if task.status.as_ref().and_then(|s| s.message.as_deref()) != Some(message.as_str()) {
+                plan.actions.push(Action::Wait {
+                    task: task.name_any(),
+                    message,
+                });
+            }
             continue;
         }
         ready.push(task);
@@ -308,6 +352,32 @@ mod tests {
                 task: "a".into(),
                 attempt: 1
             }]
+        );
+    }
+
+    #[test]
+    fn tasks_no_ready_provider_can_take_wait_and_say_so_once() {
+        let p = project("shop");
+        let mut hard = task("hard", &[]);
+        hard.spec.complexity = Complexity::High;
+        let easy = task("easy", &[]);
+        let only_medium = |c: Complexity| c <= Complexity::Medium;
+        let plan = plan_run_gated(&p, &[&hard, &easy], None, &only_medium, ts(0));
+        assert_eq!(dispatched(&plan), ["easy"]);
+        let Some(Action::Wait { task, message }) = plan
+            .actions
+            .iter()
+            .find(|a| matches!(a, Action::Wait { .. }))
+        else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(task, "hard");
+        assert!(message.contains("High"), "{message}");
+        hard.status.get_or_insert_with(Default::default).message = Some(message.clone());
+        let again = plan_run_gated(&p, &[&hard], None, &only_medium, ts(1));
+        assert!(
+            again.actions.is_empty(),
+            "the message is written once: {again:?}"
         );
     }
 

@@ -44,6 +44,7 @@ fn wide(name: &str, width: usize) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_operator_mid_run_finishes_the_project_without_running_a_task_twice() {
     let mut h = Harness::new("kill");
+    h.serve_models().await;
     h.apply_agents(&["backend"]);
     let first = h.start_operator("op-1");
     let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(700), |d| {
@@ -81,6 +82,7 @@ async fn killing_the_operator_mid_run_finishes_the_project_without_running_a_tas
 #[tokio::test(flavor = "multi_thread")]
 async fn of_two_replicas_only_the_leader_dispatches_and_the_other_takes_over() {
     let mut h = Harness::new("replicas");
+    h.serve_models().await;
     h.apply_agents(&["backend"]);
     let a = h.start_operator("op-a");
     let b = h.start_operator("op-b");

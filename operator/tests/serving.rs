@@ -129,3 +129,32 @@ async fn a_served_provider_becomes_a_model_cache_a_server_and_a_service() {
         format!("http://aios-model-ollama.{}.svc:11434", h.ns)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_wait_until_a_ready_provider_can_take_them() {
+    use support::{FakeAgents, Reply, done};
+    let mut h = Harness::new("gated");
+    h.apply_agents(&["backend"]);
+    h.start_operator("op-1");
+    let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |d| {
+        Reply::Succeed(done(d))
+    })
+    .await;
+    h.apply("apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: hard\nspec:\n  description: Hard work\n  repository:\n    url: file:///tmp/hard.git\n  tasks:\n    - name: design\n      title: Design it all\n      role: backend\n      complexity: High\n");
+    h.wait_for_value(
+        "task/hard-design",
+        "{.status.message}",
+        "waiting for a ready model provider that can take a High task",
+        TIMEOUT,
+    )
+    .await;
+    assert!(
+        agents.received().is_empty(),
+        "nothing is dispatched without a provider"
+    );
+
+    // A provider whose model takes High tasks arrives: the task runs.
+    h.serve_models().await;
+    h.wait_for_phase("hard", "Succeeded", TIMEOUT).await;
+    assert_eq!(agents.order(), ["hard-design"]);
+}

@@ -44,6 +44,8 @@ pub struct Harness {
     pub ns: String,
     pub amqp_url: String,
     pub operators: Vec<Operator>,
+    /// A local server answering as an Ollama, behind the test's ModelProvider.
+    model_server: Option<wiremock::MockServer>,
 }
 
 impl Harness {
@@ -56,6 +58,7 @@ impl Harness {
             ns,
             amqp_url,
             operators: Vec::new(),
+            model_server: None,
         }
     }
 
@@ -157,6 +160,27 @@ impl Harness {
         self.env
             .kubectl_with_input(&["apply", "-n", &self.ns, "-f", "-"], Some(yaml))
             .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// A ready ModelProvider whose model takes any task (a local server answering as an
+    /// Ollama), so the operator dispatches: it holds Tasks no ready provider can take.
+    pub async fn serve_models(&mut self) {
+        use wiremock::{Mock, MockServer, ResponseTemplate, matchers};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = MockServer::builder().listener(listener).start().await;
+        Mock::given(matchers::method("GET"))
+            .and(matchers::path("/api/tags"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(serde_json::json!({"models": [{"name": "test-model"}]})),
+            )
+            .mount(&server)
+            .await;
+        self.apply(&format!(
+            "apiVersion: aios.dev/v1alpha1\nkind: ModelProvider\nmetadata:\n  name: test-models\nspec:\n  type: Ollama\n  tier: Local\n  models:\n    - name: test-model\n      maxComplexity: High\n  endpoint:\n    url: {}\n",
+            server.uri()
+        ));
+        self.model_server = Some(server);
     }
 
     /// Agents for `roles`, so plans may use them and their queues exist.
