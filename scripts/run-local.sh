@@ -5,8 +5,8 @@
 # packages; kube-apiserver, kube-controller-manager, kubectl and etcd built from their
 # pinned Go modules and cached), builds AIOS, starts the local environment and the
 # operator, installs the CRDs, the pantheon's Agents, a ModelProvider and a sample
-# Project, and shows them with kubectl. The agent runtime is not built yet, so the first
-# Task is dispatched but stays Queued: no agent takes it.
+# Project, and shows them with kubectl. The agent runtime and a local model server are
+# not built yet, so the first Task waits for a ready model provider.
 #
 #   scripts/run-local.sh          # run, show, stop everything
 #   scripts/run-local.sh --keep   # leave the environment running and print how to use it
@@ -51,9 +51,10 @@ sleep 5
 echo
 "$kubectl" get projects,tasks,agents,modelproviders
 echo
-echo "Hera took the Project's plan, created its Tasks and dispatched the first one over"
-echo "RabbitMQ. The agent runtime is not built yet, so no agent takes it: the Task stays"
-echo "Queued. The operator's log is $state/logs/operator.log."
+echo "Hera took the Project's plan and created its Tasks. The first one waits for a ready"
+echo "model provider: the sample ModelProvider serves Ollama in the cluster, and no pod runs"
+echo "on this control plane (no kubelet). The agent runtime and the local model server are"
+echo "not built yet. The operator's log is $state/logs/operator.log."
 if $keep; then
   echo
   echo "The environment is still running. To use it:"

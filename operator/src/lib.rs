@@ -255,6 +255,7 @@ async fn start(
         agents: agent_store,
         providers: provider_store,
         agent_wakeups: agent_rx,
+        provider_deletions,
     } = start_caches(&client, config, &bus, shutdown, tasks).await?;
     let _ = health.tasks.set(task_store.clone());
 
@@ -282,6 +283,23 @@ async fn start(
             ..agents::AgentRuntime::default()
         },
     });
+    {
+        let ctx = ctx.clone();
+        let deletions = provider_deletions.take_until(shutdown.clone().cancelled_owned());
+        tasks.spawn(async move {
+            deletions
+                .for_each(|namespace| {
+                    let ctx = ctx.clone();
+                    async move {
+                        if let Err(err) = serving::publish_provider_list(&ctx, &namespace, None).await {
+                            tracing::warn!(error = %err, %namespace, "rewriting the provider list failed");
+                        }
+                    }
+                })
+                .await;
+            Ok(())
+        });
+    }
     spawn_controllers(&client, config, ctx, agent_rx, shutdown, tasks);
     health.synced.store(true, Ordering::Relaxed);
     Ok(())
@@ -296,6 +314,8 @@ struct Caches {
     providers: reflector::Store<ModelProvider>,
     /// A message each time an Agent appears or changes.
     agent_wakeups: mpsc::UnboundedReceiver<()>,
+    /// The namespace of each deleted ModelProvider.
+    provider_deletions: mpsc::UnboundedReceiver<String>,
 }
 
 /// Starts the caches of Tasks and Agents and waits for them to sync. Agents also
@@ -361,8 +381,19 @@ async fn start_caches(
         watcher(api::<ModelProvider>(client, ns), watcher::Config::default()).default_backoff(),
     )
     .take_until(shutdown.clone().cancelled_owned());
+    // A deleted provider has no reconcile; its namespace's list is rewritten instead.
+    let (deleted_tx, deleted_rx) = mpsc::unbounded::<String>();
     tasks.spawn(async move {
-        provider_stream.for_each(|_| async {}).await;
+        provider_stream
+            .for_each(|event| {
+                if let Ok(watcher::Event::Delete(provider)) = event
+                    && let Some(namespace) = provider.metadata.namespace
+                {
+                    let _ = deleted_tx.unbounded_send(namespace);
+                }
+                async {}
+            })
+            .await;
         Err(RunError::TaskEnded("the ModelProvider watch"))
     });
     provider_store
@@ -374,6 +405,7 @@ async fn start_caches(
         agents: agent_store,
         providers: provider_store,
         agent_wakeups: agent_rx,
+        provider_deletions: deleted_rx,
     })
 }
 

@@ -227,7 +227,9 @@ async fn reconcile_inner(provider: &ModelProvider, ctx: &Context) -> Result<Acti
             )
             .await?;
     }
-    publish_provider_list(ctx, &namespace, provider, &status).await?;
+    let mut current = provider.clone();
+    current.status = Some(status.clone());
+    publish_provider_list(ctx, &namespace, Some(&current)).await?;
 
     if status.ready {
         return Ok(Action::requeue(ctx.provider_probe_interval));
@@ -254,25 +256,24 @@ fn differs(a: &ModelProviderStatus, b: &ModelProviderStatus) -> bool {
     strip(a) != strip(b)
 }
 
-/// Writes the namespace's ready providers (this one with its new status) into the
-/// ConfigMap agent pods mount.
-async fn publish_provider_list(
+/// Writes the namespace's ready providers into the ConfigMap agent pods mount, with
+/// `updated` (a provider with the status just computed) in place of its cached copy.
+/// Called after each provider's reconcile, and when a provider is deleted.
+pub async fn publish_provider_list(
     ctx: &Context,
     namespace: &str,
-    provider: &ModelProvider,
-    status: &ModelProviderStatus,
+    updated: Option<&ModelProvider>,
 ) -> Result<(), Error> {
-    let mut current = provider.clone();
-    current.status = Some(status.clone());
+    let updated_name = updated.map(ResourceExt::name_any);
     let others: Vec<Arc<ModelProvider>> = ctx
         .providers
         .state()
         .into_iter()
         .filter(|p| {
-            p.namespace().as_deref() == Some(namespace) && p.name_any() != provider.name_any()
+            p.namespace().as_deref() == Some(namespace) && Some(p.name_any()) != updated_name
         })
         .collect();
-    let list = provider_list(others.iter().map(AsRef::as_ref).chain([&current]));
+    let list = provider_list(others.iter().map(AsRef::as_ref).chain(updated));
     let json =
         serde_json::to_string_pretty(&list).map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
     let config_map = ConfigMap {

@@ -46,6 +46,37 @@ async fn a_provider_that_lists_its_models_is_ready_and_unready_once_it_stops() {
     assert_eq!(list[0]["name"], "local");
     assert_eq!(list[0]["models"][0]["maxComplexity"], "Low");
 
+    // A second provider joins the list, and leaves it when deleted.
+    h.apply(&format!(
+        "apiVersion: aios.dev/v1alpha1\nkind: ModelProvider\nmetadata:\n  name: spare\nspec:\n  type: Ollama\n  tier: Local\n  models:\n    - name: smollm2:135m\n  endpoint:\n    url: {}\n",
+        ollama.uri()
+    ));
+    let names = |h: &Harness| -> Vec<String> {
+        let list = h.jsonpath("configmap/aios-providers", "{.data.providers\\.json}");
+        let list: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap_or_default();
+        list.iter()
+            .map(|p| p["name"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let start = std::time::Instant::now();
+    while names(&h) != ["local", "spare"] {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "spare never joined: {:?}",
+            names(&h)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    h.kubectl(&["delete", "modelprovider", "spare"]);
+    while names(&h) != ["local"] {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "spare never left: {:?}",
+            names(&h)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     drop(ollama);
     h.wait_for_value("modelprovider/local", "{.status.ready}", "false", TIMEOUT)
         .await;
