@@ -174,3 +174,22 @@ pub async fn set_task_finalizer(
     )
     .await
 }
+
+/// Applies `object` with server-side apply as `manager`, forcing ownership of the
+/// fields it sets; fields it leaves out that others set are left alone.
+pub async fn server_side_apply<K>(api: &Api<K>, object: &K, manager: &str) -> Result<K, kube::Error>
+where
+    K: kube::Resource + serde::Serialize + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    let mut body = serde_json::to_value(object).map_err(kube::Error::SerdeError)?;
+    body["apiVersion"] = json!(K::api_version(&K::DynamicType::default()));
+    body["kind"] = json!(K::kind(&K::DynamicType::default()));
+    api.patch(
+        &name,
+        &PatchParams::apply(manager).force(),
+        &Patch::Apply(body),
+    )
+    .await
+}

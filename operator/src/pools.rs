@@ -24,12 +24,11 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::{controller::Action, reflector::ObjectRef},
 };
-use serde::Serialize;
 use serde_json::json;
 
 use crate::{
     agents::{AgentChildren, agent_children, scale},
-    context::Context,
+    context::{Context, server_side_apply},
     hera::Error,
     lifecycle::{phase, set_condition},
 };
@@ -50,23 +49,6 @@ pub fn agents_for_task(
         .filter(|a| a.namespace() == namespace && a.spec.role == task.spec.role.as_str())
         .map(|a| ObjectRef::from_obj(a.as_ref()))
         .collect()
-}
-
-async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, kube::Error>
-where
-    K: Resource + Serialize + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
-    K::DynamicType: Default,
-{
-    let name = object.meta().name.clone().unwrap_or_default();
-    let mut body = serde_json::to_value(object).map_err(kube::Error::SerdeError)?;
-    body["apiVersion"] = json!(K::api_version(&K::DynamicType::default()));
-    body["kind"] = json!(K::kind(&K::DynamicType::default()));
-    api.patch(
-        &name,
-        &PatchParams::apply(field_managers::AGENT).force(),
-        &Patch::Apply(body),
-    )
-    .await
 }
 
 /// Reconciles one Agent.
@@ -109,19 +91,22 @@ async fn reconcile_inner(agent: &Agent, ctx: &Context) -> Result<Action, Error> 
         persona,
         deployment,
     } = agent_children(agent, &ctx.agent_runtime, decision.replicas);
-    apply(
+    server_side_apply(
         &Api::<ServiceAccount>::namespaced(ctx.client.clone(), &namespace),
         &service_account,
+        field_managers::AGENT,
     )
     .await?;
-    apply(
+    server_side_apply(
         &Api::<ConfigMap>::namespaced(ctx.client.clone(), &namespace),
         &persona,
+        field_managers::AGENT,
     )
     .await?;
-    let applied = apply(
+    let applied = server_side_apply(
         &Api::<Deployment>::namespaced(ctx.client.clone(), &namespace),
         &deployment,
+        field_managers::AGENT,
     )
     .await?;
 

@@ -24,11 +24,10 @@ use kube::{
     api::{ObjectMeta, Patch, PatchParams},
     runtime::controller::Action,
 };
-use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 
 use crate::{
-    context::Context,
+    context::{Context, server_side_apply},
     hera::Error,
     lifecycle::{condition, set_condition},
     providers::{
@@ -48,23 +47,6 @@ pub fn probe_client() -> reqwest::Client {
         .connect_timeout(PROBE_TIMEOUT)
         .build()
         .unwrap_or_default()
-}
-
-async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, kube::Error>
-where
-    K: Resource + Serialize + Clone + std::fmt::Debug + DeserializeOwned,
-    K::DynamicType: Default,
-{
-    let name = object.meta().name.clone().unwrap_or_default();
-    let mut body = serde_json::to_value(object).map_err(kube::Error::SerdeError)?;
-    body["apiVersion"] = json!(K::api_version(&K::DynamicType::default()));
-    body["kind"] = json!(K::kind(&K::DynamicType::default()));
-    api.patch(
-        &name,
-        &PatchParams::apply(field_managers::MODEL_PROVIDER).force(),
-        &Patch::Apply(body),
-    )
-    .await
 }
 
 /// Asks a provider for its models; the error says what went wrong, for the status.
@@ -148,29 +130,7 @@ async fn reconcile_inner(provider: &ModelProvider, ctx: &Context) -> Result<Acti
     let namespace = provider.namespace().unwrap_or_default();
     let now = Timestamp::now();
 
-    // Apply the model server, cache first: the Deployment mounts it.
-    if let Some(ServeChildren {
-        cache,
-        deployment,
-        service,
-    }) = serve_children(provider)
-    {
-        apply(
-            &Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &namespace),
-            &cache,
-        )
-        .await?;
-        apply(
-            &Api::<Deployment>::namespaced(ctx.client.clone(), &namespace),
-            &deployment,
-        )
-        .await?;
-        apply(
-            &Api::<Service>::namespaced(ctx.client.clone(), &namespace),
-            &service,
-        )
-        .await?;
-    }
+    apply_model_server(ctx, &namespace, provider).await?;
 
     let endpoint = provider_endpoint(provider);
     let probed = match (&endpoint, api_key(ctx, provider).await) {
@@ -243,6 +203,41 @@ async fn reconcile_inner(provider: &ModelProvider, ctx: &Context) -> Result<Acti
     ))
 }
 
+/// Applies a `serve` provider's model server, cache first: the Deployment mounts it.
+/// Destructured without `..`, so a new child cannot be forgotten.
+async fn apply_model_server(
+    ctx: &Context,
+    namespace: &str,
+    provider: &ModelProvider,
+) -> Result<(), Error> {
+    if let Some(ServeChildren {
+        cache,
+        deployment,
+        service,
+    }) = serve_children(provider)
+    {
+        server_side_apply(
+            &Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), namespace),
+            &cache,
+            field_managers::MODEL_PROVIDER,
+        )
+        .await?;
+        server_side_apply(
+            &Api::<Deployment>::namespaced(ctx.client.clone(), namespace),
+            &deployment,
+            field_managers::MODEL_PROVIDER,
+        )
+        .await?;
+        server_side_apply(
+            &Api::<Service>::namespaced(ctx.client.clone(), namespace),
+            &service,
+            field_managers::MODEL_PROVIDER,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Whether two statuses differ in more than the probe and transition times.
 fn differs(a: &ModelProviderStatus, b: &ModelProviderStatus) -> bool {
     let strip = |s: &ModelProviderStatus| {
@@ -289,9 +284,10 @@ pub async fn publish_provider_list(
         data: Some(BTreeMap::from([("providers.json".to_owned(), json)])),
         ..ConfigMap::default()
     };
-    apply(
+    server_side_apply(
         &Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace),
         &config_map,
+        field_managers::MODEL_PROVIDER,
     )
     .await?;
     Ok(())
