@@ -101,6 +101,11 @@ impl Context {
         self.lock_expectations().insert(uid.to_owned(), attempt);
     }
 
+    /// Drops the record of a dispatch whose Queued status could not be written.
+    pub fn forget_dispatch(&self, uid: &str) {
+        self.lock_expectations().remove(uid);
+    }
+
     /// `task` as the cache should soon show it: Queued with the attempt we published,
     /// if the cache has not caught up with a dispatch yet.
     pub fn with_expectations(&self, task: &Arc<Task>) -> Arc<Task> {

@@ -234,5 +234,11 @@ async fn handle_dead_letter(ctx: &Context, body: &[u8]) -> Result<Outcome, Handl
             Err(err) => return Err(err.into()),
         }
     }
-    Ok(Outcome::Ignored)
+    Err(HandleError::Kube(kube::Error::Service(
+        format!(
+            "task {} kept changing under {WRITE_ATTEMPTS} writes",
+            dispatch.task.name
+        )
+        .into(),
+    )))
 }

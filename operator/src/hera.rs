@@ -232,8 +232,20 @@ fn run_plan(
         .into_iter()
         .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
         .collect();
-    let can_take = |c| crate::providers::can_take(providers.iter().map(AsRef::as_ref), c);
-    plan_run_gated(project, work, hold, &can_take, now)
+    let roles = ctx.served_roles(&namespace);
+    let gate = |task: &Task| {
+        if !roles.contains(task.spec.role.as_str()) {
+            return Some(format!(
+                "waiting for an Agent that serves role {}",
+                task.spec.role
+            ));
+        }
+        let complexity = task.spec.complexity;
+        (!crate::providers::can_take(providers.iter().map(AsRef::as_ref), complexity)).then(|| {
+            format!("waiting for a ready model provider that can take a {complexity:?} task")
+        })
+    };
+    plan_run_gated(project, work, hold, &gate, now)
 }
 
 /// Names of the Tasks a pass works on.
@@ -507,7 +519,14 @@ async fn dispatch(
             .with_label_values(&[&role])
             .observe(seconds);
     }
-    write_task_status(&api, &current, &lifecycle::queued(task, attempt, now)).await?;
+    if let Err(err) =
+        write_task_status(&api, &current, &lifecycle::queued(task, attempt, now)).await
+    {
+        // Without the record the next pass publishes the same attempt again (same
+        // message id, which consumers deduplicate) rather than wait on a phantom.
+        ctx.forget_dispatch(&task.metadata.uid.clone().unwrap_or_default());
+        return Err(err.into());
+    }
     Ok(())
 }
 

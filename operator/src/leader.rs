@@ -60,11 +60,20 @@ impl Leadership {
         renewed.is_some_and(|at| at.elapsed() < self.valid_for * 2 / 3)
     }
 
-    fn mark(&self) {
+    /// Records a renewal; `at` is taken before the request, so validity is never
+    /// counted from later than the Lease's own renew time.
+    fn mark(&self, at: Instant) {
         *self
             .renewed
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(at);
+    }
+
+    fn clear(&self) {
+        *self
+            .renewed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 }
 
@@ -119,9 +128,10 @@ impl Elector {
     /// Waits until this replica holds the Lease.
     pub async fn acquire(&self, shutdown: &CancellationToken) -> Result<(), LeaderError> {
         loop {
+            let asked = Instant::now();
             match self.try_acquire_or_renew().await {
                 Ok(true) => {
-                    self.leadership.mark();
+                    self.leadership.mark(asked);
                     tracing::info!(lease = %self.config.name, identity = %self.config.identity, "leading");
                     return Ok(());
                 }
@@ -141,15 +151,18 @@ impl Elector {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => {
+                    // Stop acting as leader before a standby can take the Lease.
+                    self.leadership.clear();
                     self.release().await;
                     return Ok(());
                 }
                 () = tokio::time::sleep(self.config.retry_period) => {}
             }
+            let asked = Instant::now();
             match self.try_acquire_or_renew().await {
                 Ok(true) => {
-                    self.leadership.mark();
-                    last_ok = Instant::now();
+                    self.leadership.mark(asked);
+                    last_ok = asked;
                 }
                 Ok(false) => return Err(LeaderError::Lost(self.config.name.clone())),
                 Err(source) if last_ok.elapsed() >= self.config.lease_duration * 2 / 3 => {

@@ -221,7 +221,18 @@ async fn start(
     let identity = config
         .identity
         .clone()
-        .unwrap_or_else(|| format!("aios-operator-{}", std::process::id()));
+        // A pod's hostname is its name; the pid tells two processes on one host apart.
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .map_or_else(
+            || format!("aios-operator-{}", std::process::id()),
+            |name| {
+                if config.identity.is_some() {
+                    name
+                } else {
+                    format!("{name}-{}", std::process::id())
+                }
+            },
+        );
     let health = Health {
         metrics: Metrics::new(),
         ..Health::default()
@@ -312,7 +323,7 @@ struct Caches {
     tasks: reflector::Store<Task>,
     agents: reflector::Store<Agent>,
     providers: reflector::Store<ModelProvider>,
-    /// A message each time an Agent appears or changes.
+    /// A message each time an Agent or a ModelProvider appears or changes.
     agent_wakeups: mpsc::UnboundedReceiver<()>,
     /// The namespace of each deleted ModelProvider.
     provider_deletions: mpsc::UnboundedReceiver<String>,
@@ -341,6 +352,7 @@ async fn start_caches(
     });
     let (agent_store, agent_writer) = reflector::store();
     let (agent_tx, agent_rx) = mpsc::unbounded::<()>();
+    let provider_wakeups = agent_tx.clone();
     {
         let bus = bus.clone();
         let agents = reflector(
@@ -382,10 +394,12 @@ async fn start_caches(
     )
     .take_until(shutdown.clone().cancelled_owned());
     // A deleted provider has no reconcile; its namespace's list is rewritten instead.
+    // Every provider change also wakes the Projects: Tasks may wait for a provider.
     let (deleted_tx, deleted_rx) = mpsc::unbounded::<String>();
     tasks.spawn(async move {
         provider_stream
             .for_each(|event| {
+                let _ = provider_wakeups.unbounded_send(());
                 if let Ok(watcher::Event::Delete(provider)) = event
                     && let Some(namespace) = provider.metadata.namespace
                 {

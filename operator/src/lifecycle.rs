@@ -242,7 +242,9 @@ pub fn apply_poison(
     attempt: i32,
     now: Timestamp,
 ) -> Option<TaskStatus> {
-    if !is_live_attempt(task, uid, attempt) {
+    // A dead-lettered copy of an attempt an agent is already running says nothing
+    // about that run.
+    if !is_live_attempt(task, uid, attempt) || phase(task) == TaskPhase::Running {
         return None;
     }
     let mut at_attempt = task.clone();
@@ -284,9 +286,10 @@ pub fn apply_event(
     let at = Time(event.at);
     match &event.kind {
         TaskEventKind::Started | TaskEventKind::Heartbeat => {
-            if phase == TaskPhase::Running && current.agent.as_deref() == Some(event.agent.as_str())
-            {
-                // Only the heartbeat time moves; never backwards (events can reorder).
+            if phase == TaskPhase::Running {
+                // Only the heartbeat time moves, never backwards (events can reorder), and
+                // the start time stays whoever reports: a redelivered copy on a second
+                // agent must not push the attempt's deadline out.
                 if current
                     .last_heartbeat_time
                     .as_ref()
@@ -294,8 +297,9 @@ pub fn apply_event(
                 {
                     return None;
                 }
-                status.last_heartbeat_time = Some(at);
-                return Some(status);
+                let mut beat = current.clone();
+                beat.last_heartbeat_time = Some(at);
+                return Some(beat);
             }
             status.phase = Some(TaskPhase::Running);
             status.start_time = Some(at.clone());
@@ -570,6 +574,30 @@ mod tests {
         assert!(
             apply_poison(&t, &policy(3), "uid-shop-api", 1, ts(4)).is_none(),
             "an older attempt"
+        );
+    }
+
+    #[test]
+    fn a_second_agent_reporting_the_same_attempt_does_not_restart_it() {
+        let mut t = task("shop-api", &[]);
+        t.status = Some(queued(&t, 1, ts(0)));
+        let p = policy(1);
+        t.status =
+            Some(apply_event(&t, &p, &event(&t, 1, TaskEventKind::Started, 5), ts(5)).unwrap());
+        let mut other = event(&t, 1, TaskEventKind::Started, 50);
+        other.agent = "apollo-2".into();
+        let s = apply_event(&t, &p, &other, ts(50)).unwrap();
+        assert_eq!(
+            s.start_time,
+            Some(Time(ts(5))),
+            "the deadline still counts from the first start"
+        );
+        assert_eq!(s.agent.as_deref(), Some("apollo-1"));
+        assert_eq!(s.last_heartbeat_time, Some(Time(ts(50))));
+        t.status = Some(s);
+        assert!(
+            apply_poison(&t, &p, "uid-shop-api", 1, ts(60)).is_none(),
+            "a running attempt is not poisoned"
         );
     }
 

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use aios_crds::{Complexity, Project, Task, TaskPhase, conditions::reasons};
+use aios_crds::{Project, Task, TaskPhase, conditions::reasons};
 use jiff::Timestamp;
 use kube::ResourceExt;
 
@@ -74,16 +74,19 @@ pub enum Hold {
 /// Plans one pass over `tasks` (the Project's tasks, without the planning task once
 /// the plan exists).
 pub fn plan_run(project: &Project, tasks: &[&Task], hold: Option<Hold>, now: Timestamp) -> RunPlan {
-    plan_run_gated(project, tasks, hold, &|_| true, now)
+    plan_run_gated(project, tasks, hold, &|_| None, now)
 }
 
-/// [`plan_run`], dispatching only tasks whose complexity `can_take` accepts (a ready
-/// model provider can take it); the others wait, saying so.
+/// Why a ready task may not be dispatched yet, if it may not.
+pub type Gate<'a> = &'a dyn Fn(&Task) -> Option<String>;
+
+/// [`plan_run`], dispatching only ready tasks `gate` lets through (an Agent serves the
+/// role, a ready model provider can take the complexity); the others wait, saying why.
 pub fn plan_run_gated(
     project: &Project,
     tasks: &[&Task],
     hold: Option<Hold>,
-    can_take: &dyn Fn(Complexity) -> bool,
+    gate: Gate<'_>,
     now: Timestamp,
 ) -> RunPlan {
     let mut plan = RunPlan::default();
@@ -122,13 +125,7 @@ pub fn plan_run_gated(
     // 3. Dispatch.
     if hold.is_none() {
         let max = usize::try_from(project.spec.policy.max_parallel_tasks.max(1)).unwrap_or(1);
-        dispatches(
-            tasks,
-            max.saturating_sub(in_flight),
-            can_take,
-            now,
-            &mut plan,
-        );
+        dispatches(tasks, max.saturating_sub(in_flight), gate, now, &mut plan);
     }
     plan
 }
@@ -182,7 +179,7 @@ fn expirations(project: &Project, tasks: &[&Task], now: Timestamp, plan: &mut Ru
 fn dispatches(
     tasks: &[&Task],
     capacity: usize,
-    can_take: &dyn Fn(Complexity) -> bool,
+    gate: Gate<'_>,
     now: Timestamp,
     plan: &mut RunPlan,
 ) {
@@ -207,11 +204,10 @@ fn dispatches(
             plan.wake(at);
             continue;
         }
-        if !can_take(task.spec.complexity) {
-            let message = format!(
-                "waiting for a ready model provider that can take a {:?} task",
-                task.spec.complexity
-            );
+        if task.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        if let Some(message) = gate(task) {
             if task.status.as_ref().and_then(|s| s.message.as_deref()) != Some(message.as_str()) {
                 plan.actions.push(Action::Wait {
                     task: task.name_any(),
@@ -283,6 +279,8 @@ fn skips(tasks: &[&Task]) -> Vec<Action> {
 mod tests {
     use aios_crds::TaskPhase::{Failed, Pending, Queued, Running, Succeeded};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use aios_crds::Complexity;
 
     use super::*;
     use crate::testing::{project, task, ts, with_phase};
@@ -361,7 +359,10 @@ mod tests {
         let mut hard = task("hard", &[]);
         hard.spec.complexity = Complexity::High;
         let easy = task("easy", &[]);
-        let only_medium = |c: Complexity| c <= Complexity::Medium;
+        let only_medium = |t: &Task| {
+            (t.spec.complexity > Complexity::Medium)
+                .then(|| format!("no provider takes {:?}", t.spec.complexity))
+        };
         let plan = plan_run_gated(&p, &[&hard, &easy], None, &only_medium, ts(0));
         assert_eq!(dispatched(&plan), ["easy"]);
         let Some(Action::Wait { task, message }) = plan
