@@ -46,10 +46,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_diamond_plan_runs_in_dependency_order_to_succeeded() {
-    let mut h = Harness::new("diamond");
-    h.serve_models().await;
-    h.apply_agents(&["backend", "frontend", "qa"]);
-    h.start_operator("op-1");
+    let h = Harness::running("diamond", &["backend", "frontend", "qa"]).await;
     let agents = FakeAgents::start(
         &h.amqp_url,
         &["backend", "frontend", "qa"],
@@ -137,10 +134,7 @@ fn plan_reply(d: &TaskDispatch, plan: &serde_json::Value) -> Reply {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_project_without_tasks_is_planned_by_hera_into_tasks() {
-    let mut h = Harness::new("planned");
-    h.serve_models().await;
-    h.apply_agents(&["cto", "backend", "qa"]);
-    h.start_operator("op-1");
+    let h = Harness::running("planned", &["cto", "backend", "qa"]).await;
     let plan = serde_json::json!([
         {"name": "build", "title": "Build it", "role": "backend", "complexity": "High"},
         {"name": "test", "title": "Test it", "role": "qa", "dependsOn": ["build"], "acceptanceCriteria": ["tests pass"]}
@@ -183,10 +177,7 @@ async fn a_project_without_tasks_is_planned_by_hera_into_tasks() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_invalid_plan_is_replanned_and_finally_fails_with_plan_invalid() {
-    let mut h = Harness::new("replan");
-    h.serve_models().await;
-    h.apply_agents(&["cto", "backend"]);
-    h.start_operator("op-1");
+    let h = Harness::running("replan", &["cto", "backend"]).await;
     // Every plan uses a role no Agent serves.
     let plan = serde_json::json!([{"name": "hack", "title": "Hack", "role": "security"}]);
     let agents = FakeAgents::start(&h.amqp_url, &["cto"], Duration::from_millis(20), move |d| {
@@ -254,10 +245,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_task_is_retried_with_backoff_and_fails_the_project_under_fail_fast() {
-    let mut h = Harness::new("failfast");
-    h.serve_models().await;
-    h.apply_agents(&["backend"]);
-    h.start_operator("op-1");
+    let h = Harness::running("failfast", &["backend"]).await;
     let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |d| {
         if d.task.name.ends_with("-flaky") {
             Reply::Fail {
@@ -303,10 +291,7 @@ async fn a_failing_task_is_retried_with_backoff_and_fails_the_project_under_fail
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_fail_fast_dependents_are_skipped_and_other_branches_finish() {
-    let mut h = Harness::new("continue");
-    h.serve_models().await;
-    h.apply_agents(&["backend"]);
-    h.start_operator("op-1");
+    let h = Harness::running("continue", &["backend"]).await;
     let _agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |d| {
         if d.task.name.ends_with("-broken") {
             Reply::Fail {
@@ -332,10 +317,7 @@ async fn without_fail_fast_dependents_are_skipped_and_other_branches_finish() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_timed_out_attempt_is_cancelled_and_retried() {
-    let mut h = Harness::new("timeout");
-    h.serve_models().await;
-    h.apply_agents(&["backend"]);
-    h.start_operator("op-1");
+    let h = Harness::running("timeout", &["backend"]).await;
     let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |d| {
         if d.attempt == 1 {
             Reply::Hang
@@ -372,10 +354,7 @@ fn single(name: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn duplicate_and_stale_events_change_nothing() {
     use aios_crds::{Usage, bus::TaskEventKind};
-    let mut h = Harness::new("dupes");
-    h.serve_models().await;
-    h.apply_agents(&["backend"]);
-    h.start_operator("op-1");
+    let h = Harness::running("dupes", &["backend"]).await;
     let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |d| {
         Reply::Succeed(done(d))
     })
@@ -452,10 +431,7 @@ async fn duplicate_and_stale_events_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_lettered_dispatch_fails_its_attempt_as_a_poison_message() {
-    let mut h = Harness::new("poison");
-    h.serve_models().await;
-    h.apply_agents(&["backend"]);
-    h.start_operator("op-1");
+    let h = Harness::running("poison", &["backend"]).await;
     let _agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |_| {
         Reply::Reject
     })
@@ -477,10 +453,7 @@ async fn a_dead_lettered_dispatch_fails_its_attempt_as_a_poison_message() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_a_project_cancels_what_is_in_flight() {
-    let mut h = Harness::new("delete");
-    h.serve_models().await;
-    h.apply_agents(&["backend"]);
-    h.start_operator("op-1");
+    let h = Harness::running("delete", &["backend"]).await;
     let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |_| {
         Reply::Hang
     })
@@ -505,10 +478,7 @@ async fn deleting_a_project_cancels_what_is_in_flight() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tasks_created_apart_from_an_empty_plan_are_the_projects_work() {
-    let mut h = Harness::new("gitops");
-    h.serve_models().await;
-    h.apply_agents(&["backend"]);
-    h.start_operator("op-1");
+    let h = Harness::running("gitops", &["backend"]).await;
     let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |d| {
         Reply::Succeed(done(d))
     })

@@ -62,6 +62,16 @@ impl Harness {
         }
     }
 
+    /// A test's usual world: a namespace with a ready model provider and Agents for
+    /// `roles`, and one operator (`op-1`) watching it.
+    pub async fn running(prefix: &str, roles: &[&str]) -> Self {
+        let mut h = Self::new(prefix);
+        h.serve_models().await;
+        h.apply_agents(roles);
+        h.start_operator("op-1");
+        h
+    }
+
     /// Starts an operator replica named `identity`; returns its index.
     pub fn start_operator(&mut self, identity: &str) -> usize {
         self.start_operator_logging(identity, "info,aios_operator=debug")
