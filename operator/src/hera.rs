@@ -87,15 +87,9 @@ pub async fn reconcile(
     project: Arc<Project>,
     ctx: Arc<Context>,
 ) -> Result<ControllerAction, Error> {
-    let timer = ctx
-        .metrics
-        .reconcile_duration
-        .with_label_values(&["project"])
-        .start_timer();
-    ctx.metrics.reconciles.with_label_values(&["project"]).inc();
-    let result = reconcile_inner(&project, &ctx).await;
-    timer.observe_duration();
-    result
+    ctx.metrics
+        .time_reconcile("project", reconcile_inner(&project, &ctx))
+        .await
 }
 
 async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerAction, Error> {

@@ -108,6 +108,18 @@ impl Metrics {
         }
     }
 
+    /// Counts and times one reconcile of `controller`.
+    pub async fn time_reconcile<T>(&self, controller: &str, work: impl Future<Output = T>) -> T {
+        self.reconciles.with_label_values(&[controller]).inc();
+        let timer = self
+            .reconcile_duration
+            .with_label_values(&[controller])
+            .start_timer();
+        let out = work.await;
+        timer.observe_duration();
+        out
+    }
+
     /// The metrics in Prometheus' text format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

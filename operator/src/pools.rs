@@ -54,15 +54,9 @@ pub fn agents_for_task(
 /// Reconciles one Agent.
 #[tracing::instrument(skip_all, fields(agent = %agent.name_any(), namespace = agent.namespace().unwrap_or_default()))]
 pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let timer = ctx
-        .metrics
-        .reconcile_duration
-        .with_label_values(&["agent"])
-        .start_timer();
-    ctx.metrics.reconciles.with_label_values(&["agent"]).inc();
-    let result = reconcile_inner(&agent, &ctx).await;
-    timer.observe_duration();
-    result
+    ctx.metrics
+        .time_reconcile("agent", reconcile_inner(&agent, &ctx))
+        .await
 }
 
 async fn reconcile_inner(agent: &Agent, ctx: &Context) -> Result<Action, Error> {

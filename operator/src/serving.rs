@@ -106,18 +106,9 @@ async fn api_key(ctx: &Context, provider: &ModelProvider) -> Result<Option<Strin
 /// Reconciles one ModelProvider.
 #[tracing::instrument(skip_all, fields(provider = %provider.name_any(), namespace = provider.namespace().unwrap_or_default()))]
 pub async fn reconcile(provider: Arc<ModelProvider>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let timer = ctx
-        .metrics
-        .reconcile_duration
-        .with_label_values(&["model_provider"])
-        .start_timer();
     ctx.metrics
-        .reconciles
-        .with_label_values(&["model_provider"])
-        .inc();
-    let result = reconcile_inner(&provider, &ctx).await;
-    timer.observe_duration();
-    result
+        .time_reconcile("model_provider", Box::pin(reconcile_inner(&provider, &ctx)))
+        .await
 }
 
 async fn reconcile_inner(provider: &ModelProvider, ctx: &Context) -> Result<Action, Error> {
