@@ -10,7 +10,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 fn examples_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples")
+    // At run time: the build cache may be shared with another clone.
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../manifests/examples")
 }
 
 fn yaml_files(dir: &PathBuf) -> Vec<PathBuf> {

@@ -4,7 +4,7 @@
 
 use std::{
     env,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
 };
 
@@ -44,7 +44,7 @@ pub enum BinariesError {
 
 /// The directory of this crate's control-plane scripts.
 pub fn controlplane_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("controlplane")
+    crate::repo_root().join("e2e").join("controlplane")
 }
 
 /// The directory holding the control-plane binaries, building them on first use.

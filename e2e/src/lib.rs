@@ -51,9 +51,20 @@ pub fn shared_with_crds() -> &'static Environment {
 }
 
 /// The repository's root directory, for tests that read manifests and CRDs.
+///
+/// Found at run time — from the `CARGO_MANIFEST_DIR` cargo sets for tests (every crate
+/// sits one level below the root), else the working directory — because build caches
+/// are shared between clones: a binary built in one clone may run in another.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default()
+    let is_root = |dir: &std::path::Path| dir.join("e2e/controlplane/build.sh").exists();
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .and_then(|dir| PathBuf::from(dir).parent().map(PathBuf::from))
+        .filter(|dir| is_root(dir))
+        .or_else(|| std::env::current_dir().ok().filter(|dir| is_root(dir)))
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_default()
+        })
 }

@@ -8,8 +8,9 @@ use clap::Parser;
 /// Generate `crds/<plural>.aios.dev.yaml` from the AIOS API types.
 #[derive(Debug, Parser)]
 struct Args {
-    /// Directory to write to.
-    #[arg(default_value = concat!(env!("CARGO_MANIFEST_DIR")))]
+    /// Directory to write to; the crate's directory (`cargo run` sets
+    /// `CARGO_MANIFEST_DIR`) when unset.
+    #[arg(env = "CARGO_MANIFEST_DIR")]
     dir: PathBuf,
     /// Write nothing; exit 1 if any file differs from what the types generate.
     #[arg(long)]
