@@ -11,6 +11,7 @@ pub mod conditions;
 pub mod generate;
 pub mod model_provider;
 pub mod names;
+pub mod plan;
 pub mod project;
 pub mod task;
 

@@ -230,3 +230,25 @@ pub struct ModelProviderStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
+
+/// One entry of the agents' provider list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderEntry {
+    /// The ModelProvider's name.
+    pub name: String,
+    /// Its wire protocol.
+    #[serde(rename = "type")]
+    pub provider_type: ProviderType,
+    /// Local or Cloud.
+    pub tier: crate::Tier,
+    /// Higher first within a tier.
+    pub priority: i32,
+    /// Where to reach it.
+    pub endpoint: String,
+    /// Its models, as the spec describes them.
+    pub models: Vec<crate::model_provider::ModelSpec>,
+    /// The Secret key holding its API key; agents get it as an environment variable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_ref: Option<crate::common::SecretKeyRef>,
+}

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+pub use aios_crds::model_provider::ProviderEntry;
 use aios_crds::{ModelProvider, ProviderType, names::labels};
 use k8s_openapi::{
     api::{
@@ -23,7 +24,6 @@ use k8s_openapi::{
     },
 };
 use kube::{Resource, ResourceExt};
-use serde::{Deserialize, Serialize};
 
 /// The port Ollama serves on.
 pub const OLLAMA_PORT: i32 = 11434;
@@ -296,28 +296,6 @@ pub fn can_take<'a>(
                 .iter()
                 .any(|m| !m.embeddings && m.max_complexity >= complexity)
     })
-}
-
-/// One entry of the agents' provider list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProviderEntry {
-    /// The ModelProvider's name.
-    pub name: String,
-    /// Its wire protocol.
-    #[serde(rename = "type")]
-    pub provider_type: ProviderType,
-    /// Local or Cloud.
-    pub tier: aios_crds::Tier,
-    /// Higher first within a tier.
-    pub priority: i32,
-    /// Where to reach it.
-    pub endpoint: String,
-    /// Its models, as the spec describes them.
-    pub models: Vec<aios_crds::model_provider::ModelSpec>,
-    /// The Secret key holding its API key; agents get it as an environment variable.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credentials_ref: Option<aios_crds::common::SecretKeyRef>,
 }
 
 /// The ready providers of a namespace, in a stable order, for the agents' ConfigMap.

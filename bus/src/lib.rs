@@ -1,0 +1,418 @@
+//! AIOS's RabbitMQ client, shared by the operator and the agents: the topology (declared
+//! idempotently by whoever connects first), publishing with confirms (dispatches, cancels,
+//! events), and consumers with manual acks.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use aios_crds::{
+    bus::{Message, TaskCancel, TaskDispatch, TaskEvent},
+    names::bus as names,
+};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind,
+    options::{
+        BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+        ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+/// How many times RabbitMQ delivers a dispatch before dead-lettering it.
+pub const DELIVERY_LIMIT: i64 = 5;
+
+/// What went wrong on the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// A connection, channel or declaration failed.
+    #[error("{action} failed")]
+    Amqp {
+        /// What was being done.
+        action: String,
+        /// The client's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The broker did not confirm a publish.
+    #[error("the broker refused {what}")]
+    NotConfirmed {
+        /// What was published.
+        what: String,
+    },
+    /// A message could not be encoded.
+    #[error("encoding {kind}")]
+    Encode {
+        /// The message kind.
+        kind: &'static str,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Shutdown began while connecting.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+impl BusError {
+    /// A bounded label for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Amqp { .. } => "amqp",
+            Self::NotConfirmed { .. } => "not_confirmed",
+            Self::Encode { .. } => "encode",
+            Self::ShuttingDown => "shutdown",
+        }
+    }
+}
+
+fn amqp(action: impl Into<String>) -> impl FnOnce(lapin::Error) -> BusError {
+    let action = action.into();
+    move |source| BusError::Amqp { action, source }
+}
+
+/// A connection to RabbitMQ with a confirming publisher channel.
+#[derive(Debug)]
+pub struct Bus {
+    connection: Connection,
+    /// The confirming channel publishes and declarations go through; replaced when the
+    /// broker closes it (a channel error closes the channel, not the connection).
+    publisher: Mutex<Channel>,
+    declared_roles: Mutex<BTreeSet<String>>,
+}
+
+impl Bus {
+    /// Connects, retrying with exponential backoff (1 s doubling to 30 s) until it
+    /// succeeds or `shutdown` is cancelled, and declares the base topology.
+    pub async fn connect(url: &str, shutdown: &CancellationToken) -> Result<Self, BusError> {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match Self::try_connect(url).await {
+                Ok(bus) => return Ok(bus),
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in = ?delay, "cannot reach RabbitMQ");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Err(BusError::ShuttingDown),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    async fn try_connect(url: &str) -> Result<Self, BusError> {
+        let connection =
+            Connection::connect(url, ConnectionProperties::default().enable_auto_recover())
+                .await
+                .map_err(amqp("connecting to RabbitMQ"))?;
+        let publisher = open_publisher(&connection).await?;
+        let bus = Self {
+            connection,
+            publisher: Mutex::new(publisher),
+            declared_roles: Mutex::new(BTreeSet::new()),
+        };
+        bus.declare_topology().await?;
+        Ok(bus)
+    }
+
+    /// The publishing channel, reopened if the broker closed it.
+    async fn channel(&self) -> Result<Channel, BusError> {
+        let mut channel = self.publisher.lock().await;
+        if !channel.status().connected() && self.connection.status().connected() {
+            tracing::warn!("the publishing channel was closed; opening a new one");
+            *channel = open_publisher(&self.connection).await?;
+        }
+        Ok(channel.clone())
+    }
+
+    /// Whether the connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    /// Declares, idempotently, the exchanges and the operator's queues.
+    async fn declare_topology(&self) -> Result<(), BusError> {
+        let ch = &self.channel().await?;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        for (name, kind) in [
+            (names::TASKS_EXCHANGE, ExchangeKind::Direct),
+            (names::EVENTS_EXCHANGE, ExchangeKind::Topic),
+            (names::CONTROL_EXCHANGE, ExchangeKind::Fanout),
+            (names::DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout),
+        ] {
+            ch.exchange_declare(name.into(), kind, durable, FieldTable::default())
+                .await
+                .map_err(amqp(format!("declaring exchange {name}")))?;
+        }
+        declare_quorum_queue(ch, names::DEAD_LETTER_QUEUE, FieldTable::default()).await?;
+        bind(
+            ch,
+            names::DEAD_LETTER_QUEUE,
+            names::DEAD_LETTER_EXCHANGE,
+            "",
+        )
+        .await?;
+        declare_quorum_queue(ch, names::OPERATOR_EVENTS_QUEUE, FieldTable::default()).await?;
+        bind(
+            ch,
+            names::OPERATOR_EVENTS_QUEUE,
+            names::EVENTS_EXCHANGE,
+            names::EVENT_BINDING_ALL,
+        )
+        .await
+    }
+
+    /// Declares the queue of `role` (once per process; declaring is idempotent anyway):
+    /// a quorum queue bound to the dispatch exchange, dead-lettering after
+    /// [`DELIVERY_LIMIT`] deliveries.
+    pub async fn ensure_role_queue(&self, role: &str) -> Result<(), BusError> {
+        let mut declared = self.declared_roles.lock().await;
+        if declared.contains(role) {
+            return Ok(());
+        }
+        let queue = names::role_queue(role);
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(LongString::from(names::DEAD_LETTER_EXCHANGE)),
+        );
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
+        let channel = self.channel().await?;
+        declare_quorum_queue(&channel, &queue, args).await?;
+        bind(&channel, &queue, names::TASKS_EXCHANGE, role).await?;
+        declared.insert(role.to_owned());
+        Ok(())
+    }
+
+    /// Publishes a dispatch to its role's queue and waits for the broker's confirm. The
+    /// message id is `<task uid>-<attempt>`, so a republish is recognised downstream.
+    pub async fn publish_dispatch(&self, dispatch: &TaskDispatch) -> Result<(), BusError> {
+        self.ensure_role_queue(&dispatch.spec.role).await?;
+        let id = dispatch.attempt_id();
+        let mut headers = FieldTable::default();
+        headers.insert(
+            names::HEADER_TASK_UID.into(),
+            AMQPValue::LongString(id.task_uid.as_str().into()),
+        );
+        headers.insert(
+            names::HEADER_ATTEMPT.into(),
+            AMQPValue::LongLongInt(i64::from(id.attempt)),
+        );
+        headers.insert(
+            names::HEADER_PROJECT.into(),
+            AMQPValue::LongString(
+                format!("{}/{}", dispatch.project.namespace, dispatch.project.name).into(),
+            ),
+        );
+        let what = format!("dispatch {}", id.message_id());
+        self.publish(
+            names::TASKS_EXCHANGE,
+            &dispatch.spec.role,
+            dispatch,
+            &id.message_id(),
+            headers,
+            &what,
+        )
+        .await
+    }
+
+    /// Tells every agent to stop an attempt.
+    pub async fn publish_cancel(&self, cancel: &TaskCancel) -> Result<(), BusError> {
+        let id = cancel.attempt_id().message_id();
+        let what = format!("cancel {id}");
+        self.publish(
+            names::CONTROL_EXCHANGE,
+            "",
+            cancel,
+            &format!("cancel-{id}"),
+            FieldTable::default(),
+            &what,
+        )
+        .await
+    }
+
+    /// Publishes an agent's event about a task (agents use this; so do tests that play
+    /// the agents).
+    pub async fn publish_event(&self, event: &TaskEvent) -> Result<(), BusError> {
+        let id = format!(
+            "{}-{}-{}",
+            event.attempt_id().message_id(),
+            event.routing_key(),
+            event.at
+        );
+        let what = format!("event {id}");
+        self.publish(
+            names::EVENTS_EXCHANGE,
+            event.routing_key(),
+            event,
+            &id,
+            FieldTable::default(),
+            &what,
+        )
+        .await
+    }
+
+    /// A consumer of cancel messages: a private queue, deleted with the connection,
+    /// bound to the control exchange.
+    pub async fn consume_control(&self, tag: &str) -> Result<Consumer, BusError> {
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(amqp("opening a channel"))?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp("declaring a control queue"))?;
+        let name = queue.name().as_str().to_owned();
+        bind(&channel, &name, names::CONTROL_EXCHANGE, "").await?;
+        channel
+            .basic_consume(
+                name.as_str().into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp("consuming the control queue"))
+    }
+
+    async fn publish<M: Message>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &M,
+        message_id: &str,
+        mut headers: FieldTable,
+        what: &str,
+    ) -> Result<(), BusError> {
+        let body = message.encode().map_err(|source| BusError::Encode {
+            kind: M::KIND,
+            source,
+        })?;
+        headers.insert(
+            names::HEADER_SCHEMA_VERSION.into(),
+            AMQPValue::LongLongInt(i64::from(message.schema_version())),
+        );
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(ShortString::from(names::CONTENT_TYPE_JSON))
+            .with_message_id(ShortString::from(message_id))
+            .with_headers(headers);
+        // Mandatory: a message no queue takes comes back instead of vanishing.
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let confirmation = self
+            .channel()
+            .await?
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                &body,
+                properties,
+            )
+            .await
+            .map_err(amqp(format!("publishing {what}")))?
+            .await
+            .map_err(amqp(format!("waiting for the confirm of {what}")))?;
+        if confirmation.is_ack() && confirmation.take_message().is_none() {
+            Ok(())
+        } else {
+            Err(BusError::NotConfirmed {
+                what: what.to_owned(),
+            })
+        }
+    }
+
+    /// A consumer of `queue` on a channel of its own, with manual acks and `prefetch`
+    /// unacknowledged messages at most.
+    pub async fn consume(
+        &self,
+        queue: &str,
+        tag: &str,
+        prefetch: u16,
+    ) -> Result<Consumer, BusError> {
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(amqp("opening a channel"))?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(amqp("setting the prefetch"))?;
+        channel
+            .basic_consume(
+                queue.into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp(format!("consuming {queue}")))
+    }
+}
+
+async fn open_publisher(connection: &Connection) -> Result<Channel, BusError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(amqp("opening a channel"))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(amqp("enabling publisher confirms"))?;
+    Ok(channel)
+}
+
+async fn declare_quorum_queue(
+    ch: &Channel,
+    name: &str,
+    mut args: FieldTable,
+) -> Result<(), BusError> {
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        args,
+    )
+    .await
+    .map_err(amqp(format!("declaring queue {name}")))?;
+    Ok(())
+}
+
+async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> Result<(), BusError> {
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .map_err(amqp(format!("binding {queue} to {exchange}")))
+}
