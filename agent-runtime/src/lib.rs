@@ -1,32 +1,196 @@
-//! `aios-agent`: the worker that runs in every agent pod. It serves one role, takes
-//! `TaskDispatch` messages from that role's queue, does the work through the LLM router,
-//! commits it to the Project's repository and reports `TaskEvent`s.
-//!
-//! Only the configuration surface exists so far; the worker is not built yet and `run`
-//! says so rather than pretending to consume.
+//! `aios-agent`: the worker that runs in every agent pod. It serves one role: takes
+//! `TaskDispatch` messages from that role's queue, claims each attempt in Redis, asks a
+//! model (through the [`llm::router`]) for a structured result, commits it to the
+//! Project's repository ([`git`]) and reports `TaskEvent`s. Agents hold no Kubernetes
+//! credentials; they speak to RabbitMQ, Redis, the vector store, model endpoints and
+//! the git remote only.
 
-use clap::Parser;
+pub mod budget;
+pub mod claims;
+pub mod config;
+pub mod git;
+pub mod http;
+pub mod llm;
+pub mod memory;
+pub mod metrics;
+pub mod output;
+pub mod persona;
+pub mod prompt;
+pub mod runtime;
+pub mod work;
 
-/// The agent's configuration, from flags and the environment.
-#[derive(Debug, Clone, Parser)]
-#[command(name = "aios-agent", version, about = "The AIOS agent worker")]
-pub struct Config {
-    /// The role this agent serves; it consumes that role's queue.
-    #[arg(long, env = "AIOS_ROLE")]
-    pub role: String,
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+pub use config::Config;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    budget::BudgetCounter,
+    claims::Claims,
+    llm::router::{Providers, RetryPolicy, Router},
+    metrics::Metrics,
+    runtime::{Health, Runtime},
+    work::Worker,
+};
+
+/// Connects to Redis, retrying with backoff until it answers or `shutdown`.
+async fn connect_redis(
+    url: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<ConnectionManager> {
+    let client = redis::Client::open(url).context("parsing the Redis URL")?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(5)));
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+            Ok(manager) => return Ok(manager),
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in = ?delay, "cannot reach Redis");
+                tokio::select! {
+                    () = shutdown.cancelled() => anyhow::bail!("shutting down before Redis answered"),
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
 }
 
-/// Why the agent stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// The worker is not part of this build yet.
-    #[error(
-        "the AIOS agent worker is not supported yet (role {0}): this build has the API types and CRDs only"
-    )]
-    NotSupportedYet(String),
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+async fn wait_for_signal(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        () = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
 }
 
-/// Runs the worker until it is told to stop.
-pub fn run(config: &Config) -> Result<(), RunError> {
-    Err(RunError::NotSupportedYet(config.role.clone()))
+/// Runs the agent until SIGTERM: probes and metrics, Redis, the bus, the worker.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let metrics = Metrics::new();
+    let health = Arc::new(Health::default());
+    let mut services = JoinSet::new();
+    services.spawn(wait_for_signal(shutdown.clone()));
+    let listener = http::serve(
+        config.http_addr,
+        health.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let http_shutdown = shutdown.clone();
+    services.spawn(async move {
+        if let Err(err) = listener.await {
+            tracing::error!(error = %err, "the health endpoint failed; stopping");
+            http_shutdown.cancel();
+        }
+    });
+
+    let redis = connect_redis(&config.redis_url, &shutdown).await?;
+    let agent = config.agent_name();
+    // Unique per process: a restarted agent with the same pod name is another worker.
+    let worker_id = format!("{agent}/{}", std::process::id());
+    let claims = Claims::new(redis.clone(), worker_id, config.claim_lease());
+    health
+        .redis
+        .store(claims.ping().await, std::sync::atomic::Ordering::Relaxed);
+    services.spawn(watch_redis(
+        claims.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
+
+    let policy = RetryPolicy {
+        attempts: config.llm_attempts.max(1),
+        timeout: Duration::from_secs(config.llm_timeout_seconds),
+        ..RetryPolicy::default()
+    };
+    let router = Router::new(
+        Providers::file(config.providers_file.clone()),
+        policy,
+        Some(BudgetCounter::new(redis)),
+        metrics.clone(),
+    )
+    .context("building the HTTP client")?;
+    let persona = persona::load(
+        &config.role,
+        config.persona.as_deref(),
+        config.persona_dir.as_deref(),
+    )
+    .context("reading the persona")?;
+    if config.qdrant_url.is_some() {
+        tracing::warn!("long-term memory is not supported yet: AIOS_QDRANT_URL is ignored");
+    }
+    let worker = Arc::new(Worker {
+        role: config.role.clone(),
+        persona,
+        llm: Arc::new(router),
+        memory: Arc::new(memory::NoMemory),
+        git: git::Git::new(
+            config.work_dir.clone(),
+            config.max_file_bytes,
+            config.push_attempts,
+        ),
+        env: Arc::new(|name| std::env::var(name).ok().filter(|v| !v.is_empty())),
+    });
+    let runtime = Arc::new(Runtime::new(
+        worker,
+        claims,
+        metrics,
+        health,
+        agent,
+        config.concurrency,
+        config.shutdown_grace(),
+        config.claim_lease(),
+    ));
+    tracing::info!(role = %config.role, concurrency = config.concurrency, "agent starting");
+    runtime.run(&config.amqp_url, shutdown.clone()).await;
+    shutdown.cancel();
+    while services.join_next().await.is_some() {}
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+/// Keeps the Redis half of readiness current.
+async fn watch_redis(claims: Claims, health: Arc<Health>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        health
+            .redis
+            .store(claims.ping().await, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Logs to stderr as JSON (the current span's `project` and `task` on every line) or
+/// text; the level comes from `RUST_LOG` (default `info`).
+pub fn init_logging(format: config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+        config::LogFormat::Text => builder.init(),
+    }
 }

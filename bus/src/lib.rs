@@ -126,6 +126,13 @@ impl Bus {
         Ok(channel.clone())
     }
 
+    /// Closes the connection; unacknowledged deliveries go back to their queues.
+    pub async fn close(&self) {
+        if let Err(err) = self.connection.close(200, "shutting down".into()).await {
+            tracing::debug!(error = %err, "closing the RabbitMQ connection");
+        }
+    }
+
     /// Whether the connection is up.
     pub fn is_connected(&self) -> bool {
         self.connection.status().connected()

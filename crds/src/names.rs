@@ -114,3 +114,24 @@ pub mod field_managers {
     /// The ModelProvider controller.
     pub const MODEL_PROVIDER: &str = "aios-operator/model-provider";
 }
+
+/// Environment variables that the operator sets on agent pods and agents read.
+pub mod env {
+    /// The variable an agent reads the Secret key `key` of Secret `secret` from
+    /// (a provider's API key, a repository's token): `AIOS_SECRET_<SECRET>_<KEY>`, upper
+    /// case, with every character that is not a letter or digit turned into `_`.
+    pub fn secret_variable(secret: &str, key: &str) -> String {
+        let clean = |s: &str| -> String {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
+        };
+        format!("AIOS_SECRET_{}_{}", clean(secret), clean(key))
+    }
+}

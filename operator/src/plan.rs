@@ -66,7 +66,9 @@ pub fn plan_tasks(project: &Project, plan: &ValidatedPlan, plan_attempt: Option<
 
 #[cfg(test)]
 mod tests {
-    use aios_crds::DnsLabel;
+    use std::collections::BTreeSet;
+
+    use aios_crds::{DnsLabel, PlannedTask};
 
     use super::*;
 

@@ -1,0 +1,109 @@
+//! The agent's configuration, from flags and the environment (the operator sets the
+//! environment of agent pods; see the README for the table).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// The agent's configuration.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "aios-agent",
+    version,
+    about = "The AIOS agent worker: serves one role's task queue"
+)]
+pub struct Config {
+    /// The role this agent serves; it consumes that role's queue.
+    #[arg(long, env = "AIOS_ROLE")]
+    pub role: String,
+    /// The persona's name (overrides the built-in one for the role).
+    #[arg(long, env = "AIOS_PERSONA")]
+    pub persona: Option<String>,
+    /// Directory of the persona ConfigMap (`name`, `specialties`, `system-prompt`).
+    #[arg(long, env = "AIOS_PERSONA_DIR")]
+    pub persona_dir: Option<PathBuf>,
+    /// Tasks worked on at once; also the prefetch.
+    #[arg(long, env = "AIOS_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+    /// RabbitMQ URL.
+    #[arg(long, env = "AIOS_AMQP_URL")]
+    pub amqp_url: String,
+    /// Redis URL (claims, budget counters).
+    #[arg(long, env = "AIOS_REDIS_URL")]
+    pub redis_url: String,
+    /// Qdrant URL for long-term memory; without it memory is the embedded store in the
+    /// work directory.
+    #[arg(long, env = "AIOS_QDRANT_URL")]
+    pub qdrant_url: Option<String>,
+    /// Qdrant API key.
+    #[arg(long, env = "AIOS_QDRANT_API_KEY", hide_env_values = true)]
+    pub qdrant_api_key: Option<String>,
+    /// The provider list the operator writes (`providers.json`).
+    #[arg(long, env = "AIOS_PROVIDERS_FILE")]
+    pub providers_file: PathBuf,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    #[arg(long, env = "AIOS_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// The agent's name in events (the pod name); defaults to the host name and pid.
+    #[arg(long, env = "POD_NAME")]
+    pub agent_name: Option<String>,
+    /// Writable directory for repository mirrors, work trees and embedded memory. One
+    /// agent process owns it.
+    #[arg(long, env = "AIOS_WORK_DIR", default_value = "/var/lib/aios")]
+    pub work_dir: PathBuf,
+    /// Lease of a claim in Redis, renewed with each heartbeat; a dead worker's attempt
+    /// is taken over after it lapses.
+    #[arg(long, env = "AIOS_CLAIM_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..))]
+    pub claim_lease_seconds: u64,
+    /// After SIGTERM, how long tasks in flight may run before they are requeued.
+    #[arg(long, env = "AIOS_SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
+    pub shutdown_grace_seconds: u64,
+    /// The largest file the agent writes.
+    #[arg(long, env = "AIOS_MAX_FILE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_file_bytes: u64,
+    /// Pushes tried (rebasing between them) before delivery fails.
+    #[arg(long, env = "AIOS_PUSH_ATTEMPTS", default_value_t = 5)]
+    pub push_attempts: u32,
+    /// The bound on one model call.
+    #[arg(long, env = "AIOS_LLM_TIMEOUT_SECONDS", default_value_t = 300)]
+    pub llm_timeout_seconds: u64,
+    /// Calls per provider before falling back to the next.
+    #[arg(long, env = "AIOS_LLM_ATTEMPTS", default_value_t = 2)]
+    pub llm_attempts: u32,
+    /// Log format.
+    #[arg(long, env = "AIOS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The claim lease.
+    pub fn claim_lease(&self) -> Duration {
+        Duration::from_secs(self.claim_lease_seconds)
+    }
+
+    /// The shutdown grace period.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
+    }
+
+    /// The agent's name: the pod name, else host name and pid.
+    pub fn agent_name(&self) -> String {
+        self.agent_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map_or_else(|_| "agent".to_owned(), |h| h.trim().to_owned());
+                format!("{host}-{}", std::process::id())
+            })
+    }
+}

@@ -1,0 +1,169 @@
+//! Language models as the agent sees them: one [`Llm`] interface, implemented by the
+//! [`router::Router`] that picks a provider per call, speaks its wire format
+//! ([`wire`]), falls back down the chain and accounts for every call.
+
+pub mod breaker;
+pub mod router;
+pub mod wire;
+
+use std::time::Duration;
+
+use aios_crds::{Complexity, Tier, Usage, bus::ModelHints};
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+/// Who said a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Instructions that frame the conversation.
+    System,
+    /// The agent's request.
+    User,
+    /// The model's earlier answer (in a repair request).
+    Assistant,
+}
+
+impl Role {
+    /// The name every wire format uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::System => "system",
+            Self::User => "user",
+            Self::Assistant => "assistant",
+        }
+    }
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// Who said it.
+    pub role: Role,
+    /// What was said.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message from `role`.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+/// A structured-output request: the answer must be JSON matching `schema`.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    /// The conversation, system message first.
+    pub messages: Vec<ChatMessage>,
+    /// The JSON schema the answer must match.
+    pub schema: Value,
+    /// A short name for the schema (OpenAI's `json_schema.name`, Anthropic's tool name).
+    pub schema_name: String,
+    /// How hard the task is: only models that may take it are chosen.
+    pub complexity: Complexity,
+    /// The Project's routing hints (mode, pin, preferred providers, budget).
+    pub hints: ModelHints,
+    /// `<namespace>/<project>`: the budget counter the call counts against.
+    pub project: String,
+}
+
+/// One model call that was answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    /// The ModelProvider's name.
+    pub provider: String,
+    /// The model.
+    pub model: String,
+    /// The provider's tier.
+    pub tier: Tier,
+    /// Tokens sent.
+    pub input_tokens: u64,
+    /// Tokens produced.
+    pub output_tokens: u64,
+    /// What the call cost, from the provider's prices.
+    pub cost_usd: f64,
+    /// How long the provider took.
+    pub latency: Duration,
+}
+
+impl Call {
+    /// Adds this call to a task's usage: tokens, cost and latency add up; the last call
+    /// names the provider and model.
+    pub fn add_to(&self, usage: &mut Usage) {
+        let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        usage.provider = Some(self.provider.clone());
+        usage.model = Some(self.model.clone());
+        usage.tier = Some(self.tier);
+        usage.input_tokens = usage.input_tokens.saturating_add(tokens(self.input_tokens));
+        usage.output_tokens = usage
+            .output_tokens
+            .saturating_add(tokens(self.output_tokens));
+        usage.cost_usd += self.cost_usd;
+        match self.tier {
+            Tier::Local => usage.local_requests += 1,
+            Tier::Cloud => usage.cloud_requests += 1,
+        }
+        let ms = i64::try_from(self.latency.as_millis()).unwrap_or(i64::MAX);
+        usage.latency_ms = usage.latency_ms.saturating_add(ms);
+    }
+}
+
+/// A model's answer.
+#[derive(Debug, Clone)]
+pub struct ChatResponse {
+    /// The answer's text (JSON, for a structured request).
+    pub content: String,
+    /// The call that produced it.
+    pub call: Call,
+}
+
+/// Why no model answered.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LlmError {
+    /// The Project's token or cost budget is spent.
+    #[error("the project's budget is exhausted: {0}")]
+    BudgetExceeded(String),
+    /// No configured provider has a model that may take the request.
+    #[error("no model provider can take a {complexity:?} task{pinned}")]
+    NoProvider {
+        /// The request's complexity.
+        complexity: Complexity,
+        /// Describes the pin, when the task has one.
+        pinned: String,
+    },
+    /// Every provider that could take the request failed.
+    #[error("every model provider failed: {}", .0.join("; "))]
+    AllFailed(Vec<String>),
+    /// Reading or updating the shared budget counter failed.
+    #[error("the budget counter is unavailable: {0}")]
+    Budget(String),
+}
+
+impl LlmError {
+    /// The Task's failure reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::BudgetExceeded(_) => "BudgetExceeded",
+            Self::NoProvider { .. } => "NoModelProvider",
+            Self::AllFailed(_) => "ModelUnavailable",
+            Self::Budget(_) => "BudgetUnavailable",
+        }
+    }
+
+    /// Whether another attempt may succeed.
+    pub fn retryable(&self) -> bool {
+        !matches!(self, Self::BudgetExceeded(_))
+    }
+}
+
+/// Something that answers chat requests. The router is the real one; tests may play it.
+pub trait Llm: Send + Sync {
+    /// Sends a structured-output request.
+    fn chat<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, LlmError>>;
+}

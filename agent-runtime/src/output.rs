@@ -1,0 +1,202 @@
+//! What a model must answer, as JSON schemas sent with the request, and the checks an
+//! answer passes before anything acts on it.
+
+use std::collections::BTreeSet;
+
+use aios_crds::{PlannedTask, plan::validate_plan};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// A work task's answer: files to deliver and what was done.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkOutput {
+    /// What was done, in a few sentences.
+    pub summary: String,
+    /// The files to write, relative to the repository root.
+    pub files: Vec<FileOutput>,
+    /// Anything people or later tasks should know.
+    #[serde(default)]
+    pub notes: Option<String>,
+}
+
+/// One file of a work task's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct FileOutput {
+    /// Where, relative to the repository root. Untrusted: checked before writing.
+    pub path: String,
+    /// The whole content.
+    pub content: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct PlanOutput {
+    tasks: Vec<PlannedTask>,
+}
+
+/// The JSON schema of a work task's answer.
+pub fn work_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "summary": {"type": "string"},
+            "files": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "path": {"type": "string"},
+                        "content": {"type": "string"}
+                    },
+                    "required": ["path", "content"]
+                }
+            },
+            "notes": {"type": "string"}
+        },
+        "required": ["summary", "files"]
+    })
+}
+
+/// The JSON schema of a plan: roles limited to those the dispatch lists (when it lists
+/// any), so a schema-constrained model cannot name another.
+pub fn plan_schema(roles: &[String]) -> Value {
+    let role = if roles.is_empty() {
+        json!({"type": "string"})
+    } else {
+        json!({"type": "string", "enum": roles})
+    };
+    json!({
+        "type": "object",
+        "properties": {
+            "tasks": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+                        "title": {"type": "string"},
+                        "role": role,
+                        "description": {"type": "string"},
+                        "dependsOn": {"type": "array", "items": {"type": "string"}},
+                        "complexity": {"type": "string", "enum": ["Low", "Medium", "High"]},
+                        "acceptanceCriteria": {"type": "array", "items": {"type": "string"}}
+                    },
+                    "required": ["name", "title", "role", "description", "dependsOn"]
+                }
+            }
+        },
+        "required": ["tasks"]
+    })
+}
+
+/// Models sometimes wrap JSON in a Markdown fence despite the schema; take what is
+/// inside.
+fn strip_fence(text: &str) -> &str {
+    let trimmed = text.trim();
+    let Some(rest) = trimmed.strip_prefix("```") else {
+        return trimmed;
+    };
+    let rest = rest.strip_prefix("json").unwrap_or(rest);
+    rest.strip_suffix("```").unwrap_or(rest).trim()
+}
+
+/// Parses and checks a work task's answer; the error is a sentence for the repair
+/// request.
+pub fn parse_work(text: &str) -> Result<WorkOutput, String> {
+    let output: WorkOutput = serde_json::from_str(strip_fence(text))
+        .map_err(|err| format!("the answer is not the JSON object asked for: {err}"))?;
+    if output.summary.trim().is_empty() {
+        return Err("the summary is empty".to_owned());
+    }
+    if output.files.is_empty() {
+        return Err("the answer has no files; a work task must deliver at least one".to_owned());
+    }
+    let mut seen = BTreeSet::new();
+    for file in &output.files {
+        if file.path.trim().is_empty() {
+            return Err("a file has an empty path".to_owned());
+        }
+        if !seen.insert(file.path.as_str()) {
+            return Err(format!("the file {:?} appears more than once", file.path));
+        }
+    }
+    Ok(output)
+}
+
+/// Parses a plan and checks it with the operator's rules: names, dependencies, no
+/// cycles, and roles among `roles` (when the dispatch lists any).
+pub fn parse_plan(project: &str, roles: &[String], text: &str) -> Result<Vec<PlannedTask>, String> {
+    let output: PlanOutput = serde_json::from_str(strip_fence(text))
+        .map_err(|err| format!("the answer is not the plan object asked for: {err}"))?;
+    let served: BTreeSet<String> = roles.iter().cloned().collect();
+    let served = (!served.is_empty()).then_some(&served);
+    match validate_plan(project, &output.tasks, served) {
+        Ok(plan) => Ok(plan.tasks),
+        Err(errors) => Err(format!(
+            "the plan is invalid: {}",
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_work_answer_parses_even_inside_a_fence_and_is_checked() {
+        let text = "```json\n{\"summary\":\"added\",\"files\":[{\"path\":\"a.py\",\"content\":\"x\"}]}\n```";
+        let output = parse_work(text).unwrap();
+        assert_eq!(output.files[0].path, "a.py");
+        assert!(
+            parse_work("not json")
+                .unwrap_err()
+                .contains("not the JSON object")
+        );
+        assert!(
+            parse_work(r#"{"summary":"","files":[{"path":"a","content":""}]}"#)
+                .unwrap_err()
+                .contains("summary is empty")
+        );
+        assert!(
+            parse_work(r#"{"summary":"s","files":[]}"#)
+                .unwrap_err()
+                .contains("no files")
+        );
+        assert!(
+            parse_work(
+                r#"{"summary":"s","files":[{"path":"a","content":""},{"path":"a","content":""}]}"#
+            )
+            .unwrap_err()
+            .contains("more than once")
+        );
+    }
+
+    #[test]
+    fn a_plan_is_held_to_the_operators_rules_and_the_listed_roles() {
+        let roles = vec!["backend".to_owned(), "qa".to_owned()];
+        let good = r#"{"tasks":[
+            {"name":"api","title":"API","role":"backend","description":"d","dependsOn":[]},
+            {"name":"tests","title":"Tests","role":"qa","description":"d","dependsOn":["api"]}]}"#;
+        let plan = parse_plan("shop", &roles, good).unwrap();
+        assert_eq!(plan.len(), 2);
+        let unknown_role = good.replace("\"qa\"", "\"security\"");
+        let err = parse_plan("shop", &roles, &unknown_role).unwrap_err();
+        assert!(err.contains("\"security\""), "{err}");
+        let bad_name = good.replace("\"api\"", "\"The API\"");
+        assert!(
+            parse_plan("shop", &roles, &bad_name)
+                .unwrap_err()
+                .contains("not the plan")
+        );
+        let schema = plan_schema(&roles);
+        assert_eq!(
+            schema["properties"]["tasks"]["items"]["properties"]["role"]["enum"][1],
+            "qa"
+        );
+    }
+}

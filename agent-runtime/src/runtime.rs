@@ -1,0 +1,582 @@
+//! The consuming side: one role queue, manual acks, prefetch equal to the concurrency,
+//! a semaphore whose permit moves into each task, cancels from the control exchange,
+//! heartbeats that renew the claim, and a shutdown that stops taking messages, lets
+//! tasks in flight finish within the grace period and requeues the rest.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use aios_bus::Bus;
+use aios_crds::{
+    bus::{Message, SCHEMA_VERSION, TaskCancel, TaskDispatch, TaskEvent, TaskEventKind},
+    names::bus as names,
+};
+use futures::StreamExt;
+use lapin::{
+    message::Delivery,
+    options::{BasicAckOptions, BasicNackOptions},
+};
+use tokio::{
+    sync::{OwnedSemaphorePermit, RwLock, Semaphore},
+    task::JoinSet,
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{
+    claims::{Claim, Claims},
+    metrics::Metrics,
+    work::{Failure, Success, Worker},
+};
+
+/// The longest wait between tries of a Redis or bus operation that must succeed.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The bus connection in use, replaced when it is lost.
+#[derive(Debug, Default)]
+pub struct BusSlot(RwLock<Option<Arc<Bus>>>);
+
+impl BusSlot {
+    /// The connection, if there is one.
+    pub async fn get(&self) -> Option<Arc<Bus>> {
+        self.0.read().await.clone()
+    }
+
+    async fn set(&self, bus: Option<Arc<Bus>>) {
+        *self.0.write().await = bus;
+    }
+}
+
+/// What the probes read.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The bus connection.
+    pub bus: BusSlot,
+    /// Whether Redis answered the last check.
+    pub redis: AtomicBool,
+}
+
+impl Health {
+    /// Ready: connected to the bus and Redis.
+    pub async fn is_ready(&self) -> bool {
+        self.redis.load(Ordering::Relaxed) && self.bus.get().await.is_some_and(|b| b.is_connected())
+    }
+}
+
+/// The shared state of the consuming side.
+pub struct Runtime {
+    /// Does attempts.
+    pub worker: Arc<Worker>,
+    /// Claims in Redis.
+    pub claims: Claims,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Probes' view; holds the bus connection.
+    pub health: Arc<Health>,
+    /// The agent's name in events.
+    pub agent: String,
+    /// Tasks at once.
+    pub concurrency: u16,
+    /// How long tasks in flight may run after shutdown begins.
+    pub grace: Duration,
+    /// The claim lease (heartbeats come at least three times per lease).
+    pub lease: Duration,
+    /// Attempts in flight here, by `<task uid>-<attempt>`, with the token that stops them.
+    inflight: Mutex<HashMap<String, CancellationToken>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("agent", &self.agent)
+            .field("worker", &self.worker)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How an attempt ended, for the metrics.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Succeeded,
+    Failed,
+    Cancelled,
+    Requeued,
+    Duplicate,
+    Malformed,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Requeued => "requeued",
+            Self::Duplicate => "duplicate",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+/// How the work on a claimed attempt ended.
+enum Ending {
+    Done(Box<Result<Success, Failure>>),
+    Cancelled,
+    ClaimLost,
+    HardStop,
+}
+
+/// Waits with exponential backoff: 100 ms doubling up to [`MAX_BACKOFF`].
+fn backoff(try_number: u32) -> Duration {
+    Duration::from_millis(100)
+        .saturating_mul(2_u32.saturating_pow(try_number.min(10)))
+        .min(MAX_BACKOFF)
+}
+
+impl Runtime {
+    /// A runtime over a worker and claims.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        worker: Arc<Worker>,
+        claims: Claims,
+        metrics: Metrics,
+        health: Arc<Health>,
+        agent: String,
+        concurrency: u16,
+        grace: Duration,
+        lease: Duration,
+    ) -> Self {
+        Self {
+            worker,
+            claims,
+            metrics,
+            health,
+            agent,
+            concurrency: concurrency.max(1),
+            grace,
+            lease,
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        self.inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Consumes until `shutdown`, reconnecting to the bus when the connection is lost;
+    /// returns when every task has finished or been requeued.
+    pub async fn run(self: Arc<Self>, amqp_url: &str, shutdown: CancellationToken) {
+        let hard_stop = CancellationToken::new();
+        let semaphore = Arc::new(Semaphore::new(usize::from(self.concurrency)));
+        let mut tasks = JoinSet::new();
+        while !shutdown.is_cancelled() {
+            let Ok(bus) = Bus::connect(amqp_url, &shutdown).await else {
+                break;
+            };
+            let bus = Arc::new(bus);
+            self.health.bus.set(Some(bus.clone())).await;
+            tracing::info!(role = %self.worker.role, "connected to RabbitMQ");
+            if let Err(err) = self
+                .consume(&bus, &semaphore, &mut tasks, &shutdown, &hard_stop)
+                .await
+            {
+                tracing::warn!(error = %err, "consuming stopped; reconnecting");
+            }
+            if !shutdown.is_cancelled() {
+                self.health.bus.set(None).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        tracing::info!(in_flight = tasks.len(), grace = ?self.grace, "shutting down: no new messages; waiting for tasks in flight");
+        let grace = tokio::time::sleep(self.grace);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                joined = tasks.join_next() => if joined.is_none() { break },
+                () = &mut grace, if !hard_stop.is_cancelled() => {
+                    tracing::warn!(in_flight = tasks.len(), "the grace period is over: requeueing what is left");
+                    hard_stop.cancel();
+                }
+            }
+        }
+        if let Some(bus) = self.health.bus.get().await {
+            bus.close().await;
+        }
+    }
+
+    /// One connection's consuming loop.
+    async fn consume(
+        self: &Arc<Self>,
+        bus: &Arc<Bus>,
+        semaphore: &Arc<Semaphore>,
+        tasks: &mut JoinSet<()>,
+        shutdown: &CancellationToken,
+        hard_stop: &CancellationToken,
+    ) -> Result<(), String> {
+        let role = &self.worker.role;
+        bus.ensure_role_queue(role)
+            .await
+            .map_err(|e| e.to_string())?;
+        let queue = names::role_queue(role);
+        let mut dispatches = bus
+            .consume(&queue, &format!("{}-{role}", self.agent), self.concurrency)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut control = bus
+            .consume_control(&format!("{}-control", self.agent))
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            // The permit is taken before the message, so a message is only taken when
+            // there is room to work on it.
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                permit = semaphore.clone().acquire_owned() => permit.map_err(|_| "the semaphore closed".to_owned())?,
+                Some(message) = control.next() => {
+                    self.on_control(message).await;
+                    continue;
+                }
+                Some(finished) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(err) = finished {
+                        tracing::error!(error = %err, "a task panicked");
+                    }
+                    continue;
+                }
+            };
+            let delivery = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                Some(message) = control.next() => {
+                    drop(permit);
+                    self.on_control(message).await;
+                    continue;
+                }
+                delivery = dispatches.next() => delivery,
+            };
+            match delivery {
+                Some(Ok(delivery)) => {
+                    let runtime = self.clone();
+                    let hard_stop = hard_stop.clone();
+                    tasks.spawn(async move { runtime.handle(delivery, permit, hard_stop).await });
+                }
+                Some(Err(err)) => return Err(format!("consuming dispatches: {err}")),
+                None => return Err("the dispatch consumer was closed".to_owned()),
+            }
+        }
+    }
+
+    async fn on_control(&self, message: Result<Delivery, lapin::Error>) {
+        let Ok(delivery) = message else { return };
+        match TaskCancel::decode(&delivery.data) {
+            Ok(cancel) => {
+                let id = cancel.attempt_id().message_id();
+                tracing::info!(attempt = %id, reason = %cancel.reason, "attempt cancelled");
+                if let Err(err) = self.claims.cancel(&id).await {
+                    tracing::warn!(error = %err, "recording a cancel in Redis failed");
+                }
+                if let Some(token) = self.inflight().get(&id) {
+                    token.cancel();
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "ignoring a malformed control message"),
+        }
+        let _ = delivery.ack(BasicAckOptions::default()).await;
+    }
+
+    /// One delivery, start to acknowledgement.
+    async fn handle(
+        self: Arc<Self>,
+        delivery: Delivery,
+        permit: OwnedSemaphorePermit,
+        hard_stop: CancellationToken,
+    ) {
+        let started = Instant::now();
+        let dispatch = match TaskDispatch::decode(&delivery.data) {
+            Ok(dispatch) => dispatch,
+            Err(err) => {
+                // Dead-lettered: the operator fails the Task with the reason.
+                tracing::error!(error = %err, "a dispatch could not be decoded; dead-lettering it");
+                let _ = delivery
+                    .nack(BasicNackOptions {
+                        requeue: false,
+                        ..BasicNackOptions::default()
+                    })
+                    .await;
+                self.count(Outcome::Malformed, started);
+                return;
+            }
+        };
+        let span = tracing::info_span!(
+            "task",
+            project = %format!("{}/{}", dispatch.project.namespace, dispatch.project.name),
+            task = %dispatch.task.name,
+            attempt = dispatch.attempt,
+        );
+        let outcome = self
+            .attempt(&dispatch, &delivery, &hard_stop)
+            .instrument(span)
+            .await;
+        self.count(outcome, started);
+        drop(permit);
+    }
+
+    fn count(&self, outcome: Outcome, started: Instant) {
+        let labels = [self.worker.role.as_str(), outcome.label()];
+        self.metrics.tasks.with_label_values(&labels).inc();
+        self.metrics
+            .task_duration
+            .with_label_values(&labels)
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Waits for the claim: claimed here, or done/cancelled elsewhere (`None`).
+    /// `Err` when the hard stop came first.
+    async fn wait_for_claim(
+        &self,
+        id: &str,
+        hard_stop: &CancellationToken,
+    ) -> Result<Option<Claim>, ()> {
+        let mut tries = 0;
+        loop {
+            let wait = match self.claims.claim(id).await {
+                Ok(Claim::Claimed) => return Ok(None),
+                Ok(found @ (Claim::Done | Claim::Cancelled)) => return Ok(Some(found)),
+                Ok(Claim::Held { by, ttl }) => {
+                    // A live holder renews its lease and finishes (then the attempt is
+                    // done); a dead one's lease lapses and this worker takes over.
+                    tracing::info!(holder = %by, lease_left = ?ttl, "another worker holds the attempt; waiting");
+                    ttl.clamp(Duration::from_millis(100), Duration::from_secs(1))
+                }
+                Err(err) => {
+                    self.health.redis.store(false, Ordering::Relaxed);
+                    tries += 1;
+                    tracing::warn!(error = %err, "claiming in Redis failed; retrying");
+                    backoff(tries)
+                }
+            };
+            tokio::select! {
+                () = hard_stop.cancelled() => return Err(()),
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        dispatch: &TaskDispatch,
+        delivery: &Delivery,
+        hard_stop: &CancellationToken,
+    ) -> Outcome {
+        let id = dispatch.attempt_id().message_id();
+        match self.wait_for_claim(&id, hard_stop).await {
+            Err(()) => {
+                requeue(delivery).await;
+                return Outcome::Requeued;
+            }
+            Ok(Some(found)) => {
+                tracing::info!(
+                    ?found,
+                    "the attempt was handled already; acknowledging without work"
+                );
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+                return Outcome::Duplicate;
+            }
+            Ok(None) => {}
+        }
+        let stop = CancellationToken::new();
+        self.inflight().insert(id.clone(), stop.clone());
+        let outcome = self
+            .claimed(dispatch, delivery, hard_stop, &stop, &id)
+            .await;
+        self.inflight().remove(&id);
+        outcome
+    }
+
+    async fn claimed(
+        &self,
+        dispatch: &TaskDispatch,
+        delivery: &Delivery,
+        hard_stop: &CancellationToken,
+        stop: &CancellationToken,
+        id: &str,
+    ) -> Outcome {
+        if !self
+            .publish(dispatch, TaskEventKind::Started, hard_stop)
+            .await
+        {
+            let _ = self.claims.release(id).await;
+            requeue(delivery).await;
+            return Outcome::Requeued;
+        }
+        let heartbeat = self.heartbeat(dispatch, stop.clone());
+        let deadline = deadline_sleep(dispatch);
+        tokio::pin!(heartbeat, deadline);
+        let result = tokio::select! {
+            biased;
+            () = hard_stop.cancelled() => Ending::HardStop,
+            result = self.worker.perform(dispatch) => Ending::Done(Box::new(result)),
+            () = stop.cancelled() => Ending::Cancelled,
+            () = &mut heartbeat => Ending::ClaimLost,
+            () = &mut deadline => Ending::Done(Box::new(Err(Failure {
+                reason: "DeadlineExceeded".to_owned(),
+                message: "the attempt ran past its deadline".to_owned(),
+                retryable: true,
+                usage: aios_crds::Usage::default(),
+            }))),
+        };
+        let done = match result {
+            Ending::Done(done) => *done,
+            Ending::HardStop => {
+                tracing::warn!("the grace period ended mid-task: requeueing it");
+                let _ = self.claims.release(id).await;
+                requeue(delivery).await;
+                return Outcome::Requeued;
+            }
+            Ending::Cancelled => {
+                // Cancelled by the operator: nothing more is delivered or reported.
+                let _ = self.claims.finish(id).await;
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+                return Outcome::Cancelled;
+            }
+            Ending::ClaimLost => {
+                tracing::warn!(
+                    "the claim was taken over by another worker; leaving the attempt to it"
+                );
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+                return Outcome::Duplicate;
+            }
+        };
+        let (kind, outcome) = match done {
+            Ok(Success { result, usage }) => {
+                tracing::info!(commit = ?result.commit, files = result.files.len(), "attempt succeeded");
+                (
+                    TaskEventKind::Succeeded { result, usage },
+                    Outcome::Succeeded,
+                )
+            }
+            Err(failure) => {
+                tracing::warn!(reason = %failure.reason, message = %failure.message, retryable = failure.retryable, "attempt failed");
+                (
+                    TaskEventKind::Failed {
+                        reason: failure.reason,
+                        message: failure.message,
+                        retryable: failure.retryable,
+                        usage: failure.usage,
+                    },
+                    Outcome::Failed,
+                )
+            }
+        };
+        // The ack comes only after the broker confirmed the event, and the done mark
+        // before the ack, so a redelivery after any crash finds one or the other.
+        if !self.publish(dispatch, kind, hard_stop).await {
+            let _ = self.claims.release(id).await;
+            requeue(delivery).await;
+            return Outcome::Requeued;
+        }
+        if let Err(err) = self.claims.finish(id).await {
+            tracing::warn!(error = %err, "marking the attempt done failed; a redelivery would report it again");
+        }
+        if let Err(err) = delivery.ack(BasicAckOptions::default()).await {
+            tracing::warn!(error = %err, "acknowledging failed; the redelivery will find the attempt done");
+        }
+        outcome
+    }
+
+    /// Renews the claim and reports a heartbeat at least three times per lease (and at
+    /// the dispatch's interval); returns if the claim is lost or `stop` is cancelled.
+    async fn heartbeat(&self, dispatch: &TaskDispatch, stop: CancellationToken) {
+        let id = dispatch.attempt_id().message_id();
+        let asked = Duration::from_secs(u64::from(dispatch.heartbeat_interval_seconds.max(1)));
+        let every = asked.min(self.lease / 3);
+        let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            match self.claims.renew(&id).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(err) => tracing::warn!(error = %err, "renewing the claim failed"),
+            }
+            if let Some(bus) = self.health.bus.get().await
+                && let Err(err) = bus
+                    .publish_event(&self.event(dispatch, TaskEventKind::Heartbeat))
+                    .await
+            {
+                tracing::warn!(error = %err, "publishing a heartbeat failed");
+            }
+        }
+    }
+
+    fn event(&self, dispatch: &TaskDispatch, kind: TaskEventKind) -> TaskEvent {
+        TaskEvent {
+            schema_version: SCHEMA_VERSION,
+            project: dispatch.project.clone(),
+            task: dispatch.task.clone(),
+            attempt: dispatch.attempt,
+            agent: self.agent.clone(),
+            at: jiff::Timestamp::now(),
+            kind,
+        }
+    }
+
+    /// Publishes an event until the broker confirms it; false if the hard stop came first.
+    async fn publish(
+        &self,
+        dispatch: &TaskDispatch,
+        kind: TaskEventKind,
+        hard_stop: &CancellationToken,
+    ) -> bool {
+        let event = self.event(dispatch, kind);
+        let mut tries = 0;
+        loop {
+            let result = match self.health.bus.get().await {
+                Some(bus) => bus.publish_event(&event).await.map_err(|e| e.to_string()),
+                None => Err("not connected to RabbitMQ".to_owned()),
+            };
+            match result {
+                Ok(()) => return true,
+                Err(err) => {
+                    tries += 1;
+                    tracing::warn!(error = %err, event = event.routing_key(), "publishing an event failed; retrying");
+                }
+            }
+            tokio::select! {
+                () = hard_stop.cancelled() => return false,
+                () = tokio::time::sleep(backoff(tries)) => {}
+            }
+        }
+    }
+}
+
+/// Sleeps until the dispatch's deadline, or forever without one.
+async fn deadline_sleep(dispatch: &TaskDispatch) {
+    match dispatch.deadline {
+        Some(at) => {
+            let left = Duration::try_from(at.duration_since(jiff::Timestamp::now()))
+                .unwrap_or(Duration::ZERO);
+            tokio::time::sleep(left).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn requeue(delivery: &Delivery) {
+    let options = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    if let Err(err) = delivery.nack(options).await {
+        tracing::warn!(error = %err, "requeueing failed; the broker requeues it when the channel closes");
+    }
+}

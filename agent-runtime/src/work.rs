@@ -1,0 +1,332 @@
+//! Doing one attempt: gather the context, ask the model for a structured answer
+//! (repairing it once), check it, deliver it, remember it. No I/O with the bus here;
+//! the worker reports what this returns.
+
+use std::sync::Arc;
+
+use aios_crds::{TaskResult, Usage, bus::TaskDispatch, names::env::secret_variable};
+
+use crate::{
+    git::{Delivered, DeliveryError, Git, TOKEN_VARIABLE},
+    llm::{ChatMessage, ChatRequest, Llm, LlmError, router::EnvLookup},
+    memory::{Filter, Hit, Kind, Memory, Record},
+    output::{self, WorkOutput},
+    persona::Persona,
+    prompt::{self, ContextFile},
+};
+
+/// How many memories go into a prompt, from this project and from others.
+const MEMORIES_PER_SCOPE: usize = 3;
+/// The most bytes of one dependency file shown to the model.
+const CONTEXT_FILE_BYTES: u64 = 16 * 1024;
+/// The most dependency files shown to the model.
+const CONTEXT_FILES: usize = 8;
+
+/// What an attempt produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Success {
+    /// The result for the Task's status.
+    pub result: TaskResult,
+    /// What the model calls used.
+    pub usage: Usage,
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// CamelCase reason.
+    pub reason: String,
+    /// A sentence a person can act on.
+    pub message: String,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+    /// What the model calls used before the failure.
+    pub usage: Usage,
+}
+
+impl Failure {
+    fn new(reason: &str, message: impl Into<String>, retryable: bool, usage: &Usage) -> Self {
+        Self {
+            reason: reason.to_owned(),
+            message: message.into(),
+            retryable,
+            usage: usage.clone(),
+        }
+    }
+
+    fn llm(err: &LlmError, usage: &Usage) -> Self {
+        Self::new(err.reason(), err.to_string(), err.retryable(), usage)
+    }
+
+    fn delivery(err: &DeliveryError, usage: &Usage) -> Self {
+        Self::new(err.reason(), err.to_string(), err.retryable(), usage)
+    }
+}
+
+/// Everything an attempt needs, shared by the worker's tasks.
+pub struct Worker {
+    /// The role served.
+    pub role: String,
+    /// Who the agent is.
+    pub persona: Persona,
+    /// The models.
+    pub llm: Arc<dyn Llm>,
+    /// Long-term memory.
+    pub memory: Arc<dyn Memory>,
+    /// Delivery.
+    pub git: Git,
+    /// Reads repository tokens.
+    pub env: EnvLookup,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("role", &self.role)
+            .field("persona", &self.persona.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn project_key(dispatch: &TaskDispatch) -> String {
+    format!("{}/{}", dispatch.project.namespace, dispatch.project.name)
+}
+
+impl Worker {
+    /// Does one attempt.
+    pub async fn perform(&self, dispatch: &TaskDispatch) -> Result<Success, Failure> {
+        if dispatch.spec.planning {
+            self.plan(dispatch).await
+        } else {
+            self.build(dispatch).await
+        }
+    }
+
+    /// The repository token: from the Project's Secret (as the pod's environment
+    /// carries it), else the agent's default token.
+    fn token(&self, dispatch: &TaskDispatch) -> Option<String> {
+        if let Some(secret) = &dispatch.repository.secret_ref
+            && let Some(token) = (self.env)(&secret_variable(&secret.name, &secret.key))
+        {
+            return Some(token);
+        }
+        (self.env)(TOKEN_VARIABLE)
+    }
+
+    async fn recall(&self, dispatch: &TaskDispatch) -> Vec<Hit> {
+        let project = project_key(dispatch);
+        let query = format!("{}\n{}", dispatch.spec.title, dispatch.spec.description);
+        let mut hits = Vec::new();
+        for filter in [
+            Filter {
+                project: Some(project.clone()),
+                ..Filter::default()
+            },
+            Filter {
+                not_project: Some(project.clone()),
+                ..Filter::default()
+            },
+        ] {
+            match self
+                .memory
+                .search(&query, &filter, MEMORIES_PER_SCOPE)
+                .await
+            {
+                Ok(found) => hits.extend(found),
+                Err(err) => {
+                    tracing::warn!(error = %err, "memory search failed; working without it");
+                }
+            }
+        }
+        hits
+    }
+
+    async fn remember(&self, dispatch: &TaskDispatch, kind: Kind, text: String) {
+        let record = Record {
+            text,
+            project: project_key(dispatch),
+            task: Some(dispatch.task.name.clone()),
+            role: self.role.clone(),
+            kind,
+        };
+        if let Err(err) = self.memory.store(&record).await {
+            tracing::warn!(error = %err, "storing a memory failed");
+        }
+    }
+
+    /// Asks for a structured answer and checks it with `parse`; an answer that fails
+    /// gets one repair request carrying the problem.
+    async fn ask<T>(
+        &self,
+        dispatch: &TaskDispatch,
+        mut request: ChatRequest,
+        usage: &mut Usage,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, Failure> {
+        let mut problem = String::new();
+        for round in 0..2 {
+            if round == 1 {
+                request.messages.push(prompt::repair_message(&problem));
+                tracing::info!(problem = %problem, "asking the model to repair its answer");
+            }
+            let response = self
+                .llm
+                .chat(&request)
+                .await
+                .map_err(|err| Failure::llm(&err, usage))?;
+            response.call.add_to(usage);
+            match parse(&response.content) {
+                Ok(value) => return Ok(value),
+                Err(err) => {
+                    problem = err;
+                    request.messages.push(ChatMessage::new(
+                        crate::llm::Role::Assistant,
+                        response.content,
+                    ));
+                }
+            }
+        }
+        let what = if dispatch.spec.planning {
+            "InvalidPlan"
+        } else {
+            "InvalidOutput"
+        };
+        Err(Failure::new(
+            what,
+            format!("the model's answer was unusable after one repair: {problem}"),
+            true,
+            usage,
+        ))
+    }
+
+    fn request(
+        &self,
+        dispatch: &TaskDispatch,
+        schema: serde_json::Value,
+        name: &str,
+        files: &[ContextFile],
+        memories: &[Hit],
+    ) -> ChatRequest {
+        ChatRequest {
+            messages: vec![
+                prompt::system_message(&self.persona),
+                prompt::task_message(dispatch, files, memories),
+            ],
+            schema,
+            schema_name: name.to_owned(),
+            complexity: dispatch.spec.complexity,
+            hints: dispatch.models.clone(),
+            project: project_key(dispatch),
+        }
+    }
+
+    async fn plan(&self, dispatch: &TaskDispatch) -> Result<Success, Failure> {
+        let mut usage = Usage::default();
+        self.remember(dispatch, Kind::Brief, dispatch.brief.clone())
+            .await;
+        let memories = self.recall(dispatch).await;
+        let request = self.request(
+            dispatch,
+            output::plan_schema(&dispatch.available_roles),
+            "plan",
+            &[],
+            &memories,
+        );
+        let project = dispatch.project.name.clone();
+        let roles = dispatch.available_roles.clone();
+        let plan = self
+            .ask(dispatch, request, &mut usage, |text| {
+                output::parse_plan(&project, &roles, text)
+            })
+            .await?;
+        let summary = format!(
+            "Planned {} tasks: {}.",
+            plan.len(),
+            plan.iter()
+                .map(|t| format!("{} ({})", t.name, t.role))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        self.remember(dispatch, Kind::Decision, summary.clone())
+            .await;
+        Ok(Success {
+            result: TaskResult {
+                summary,
+                plan: Some(plan),
+                ..TaskResult::default()
+            },
+            usage,
+        })
+    }
+
+    async fn build(&self, dispatch: &TaskDispatch) -> Result<Success, Failure> {
+        let mut usage = Usage::default();
+        let attempt = dispatch.attempt_id().message_id();
+        let workspace = self
+            .git
+            .open(&dispatch.repository, self.token(dispatch))
+            .await
+            .map_err(|err| Failure::delivery(&err, &usage))?;
+        // A commit for this attempt on the branch means an earlier delivery of this
+        // message got that far before its worker died: report it, do not redo it.
+        if let Some(delivered) = workspace
+            .find_delivered(&attempt)
+            .await
+            .map_err(|err| Failure::delivery(&err, &usage))?
+        {
+            tracing::info!(commit = %delivered.commit, "the attempt was delivered before; reporting that commit");
+            return Ok(success(delivered, None, usage));
+        }
+        let files: Vec<ContextFile> = dispatch
+            .dependencies
+            .iter()
+            .flat_map(|dep| dep.files.iter())
+            .take(CONTEXT_FILES)
+            .filter_map(|path| {
+                workspace
+                    .read_file(path, CONTEXT_FILE_BYTES)
+                    .map(|content| ContextFile {
+                        path: path.clone(),
+                        content,
+                    })
+            })
+            .collect();
+        let memories = self.recall(dispatch).await;
+        let request = self.request(dispatch, output::work_schema(), "result", &files, &memories);
+        let work: WorkOutput = self
+            .ask(dispatch, request, &mut usage, output::parse_work)
+            .await?;
+        let task = format!("{}/{}", dispatch.task.namespace, dispatch.task.name);
+        let delivered = workspace
+            .deliver(
+                &work.files,
+                &self.persona,
+                &dispatch.spec.title,
+                &work.summary,
+                &task,
+                &attempt,
+            )
+            .await
+            .map_err(|err| Failure::delivery(&err, &usage))?;
+        self.remember(
+            dispatch,
+            Kind::Result,
+            format!("{}: {}", dispatch.spec.title, work.summary),
+        )
+        .await;
+        Ok(success(delivered, work.notes, usage))
+    }
+}
+
+fn success(delivered: Delivered, notes: Option<String>, usage: Usage) -> Success {
+    Success {
+        result: TaskResult {
+            summary: delivered.summary,
+            files: delivered.files,
+            commit: Some(delivered.commit),
+            notes: notes.filter(|n| !n.trim().is_empty()),
+            plan: None,
+        },
+        usage,
+    }
+}
