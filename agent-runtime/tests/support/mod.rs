@@ -1,0 +1,424 @@
+//! Test support for the agent: a RabbitMQ virtual host of the test's own, the shared
+//! Redis, a bare git repository to deliver into, a local HTTP fixture speaking Ollama's
+//! chat API, and agent processes (the real binary) to start, kill and stop.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use aios_bus::Bus;
+use aios_crds::{
+    Complexity,
+    bus::{
+        DependencyResult, DispatchedTask, Message, ModelHints, ObjectRef, SCHEMA_VERSION,
+        TaskDispatch, TaskEvent, TaskEventKind,
+    },
+    names::bus as names,
+    project::Repository,
+};
+use futures::StreamExt;
+use lapin::{Consumer, options::BasicAckOptions};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use wiremock::{Mock, MockServer, ResponseTemplate, matchers};
+
+/// A name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs git and returns its stdout; panics with stderr on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The model's chat answer in Ollama's wire format, with token counts.
+pub fn ollama_answer(content: &Value) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "model": "test-model",
+        "created_at": "2026-11-24T00:00:00Z",
+        "message": {"role": "assistant", "content": content.to_string()},
+        "done": true,
+        "done_reason": "stop",
+        "prompt_eval_count": 120,
+        "eval_count": 45
+    }))
+}
+
+/// A work answer writing `files` (path, content).
+pub fn work_answer(summary: &str, files: &[(&str, &str)]) -> Value {
+    json!({
+        "summary": summary,
+        "files": files.iter().map(|(path, content)| json!({"path": path, "content": content})).collect::<Vec<_>>()
+    })
+}
+
+/// One test's world.
+pub struct World {
+    pub amqp_url: String,
+    pub redis_url: String,
+    pub bus: Bus,
+    pub llm: MockServer,
+    pub dir: tempfile::TempDir,
+    pub repo: PathBuf,
+    pub providers: PathBuf,
+    events: Consumer,
+    pub seen: Vec<TaskEvent>,
+    agents: u32,
+}
+
+impl World {
+    /// A fresh vhost, a bare repository with one commit on `main`, and the fixture.
+    pub async fn new(prefix: &str) -> Self {
+        let env = aios_e2e::shared();
+        let amqp_url = env.create_vhost(&unique(prefix)).unwrap();
+        let redis_url = env.redis_url.clone().expect("the environment runs Redis");
+        let bus = Bus::connect(&amqp_url, &CancellationToken::new())
+            .await
+            .unwrap();
+        let events = bus
+            .consume(names::OPERATOR_EVENTS_QUEUE, "test-events", 100)
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("delivery.git");
+        git(
+            dir.path(),
+            &[
+                "init",
+                "--quiet",
+                "--bare",
+                "-b",
+                "main",
+                repo.to_str().unwrap(),
+            ],
+        );
+        let seed = dir.path().join("seed");
+        git(
+            dir.path(),
+            &[
+                "clone",
+                "--quiet",
+                repo.to_str().unwrap(),
+                seed.to_str().unwrap(),
+            ],
+        );
+        std::fs::write(seed.join("README.md"), "# delivery\n").unwrap();
+        std::os::unix::fs::symlink("/tmp", seed.join("outside")).unwrap();
+        git(&seed, &["add", "."]);
+        git(&seed, &["commit", "--quiet", "-m", "seed"]);
+        git(&seed, &["push", "--quiet", "origin", "HEAD:main"]);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let llm = MockServer::builder().listener(listener).start().await;
+        let providers = dir.path().join("providers.json");
+        std::fs::write(
+            &providers,
+            json!([{
+                "name": "local-ollama", "type": "Ollama", "tier": "Local", "priority": 1,
+                "endpoint": llm.uri(),
+                "models": [{"name": "test-model", "maxComplexity": "High", "inputPricePer1k": 0.001, "outputPricePer1k": 0.002}]
+            }])
+            .to_string(),
+        )
+        .unwrap();
+        Self {
+            amqp_url,
+            redis_url,
+            bus,
+            llm,
+            dir,
+            repo,
+            providers,
+            events,
+            seen: Vec::new(),
+            agents: 0,
+        }
+    }
+
+    /// Answers chat requests whose body contains `marker` with `answer`, `times` times
+    /// at most (all of them when `None`), after `delay`.
+    pub async fn answer(&self, marker: &str, answer: &Value, times: Option<u64>, delay: Duration) {
+        let mut mock = Mock::given(matchers::method("POST"))
+            .and(matchers::path("/api/chat"))
+            .and(matchers::body_string_contains(marker))
+            .respond_with(ollama_answer(answer).set_delay(delay));
+        if let Some(times) = times {
+            mock = mock.up_to_n_times(times).with_priority(1);
+        }
+        mock.mount(&self.llm).await;
+    }
+
+    /// A dispatch of a work task for `role`, titled `title`, delivering into the repository.
+    pub fn dispatch(&self, task: &str, role: &str, title: &str) -> TaskDispatch {
+        TaskDispatch {
+            schema_version: SCHEMA_VERSION,
+            project: ObjectRef {
+                namespace: "tests".to_owned(),
+                name: "shop".to_owned(),
+                uid: "project-uid".to_owned(),
+            },
+            task: ObjectRef {
+                namespace: "tests".to_owned(),
+                name: task.to_owned(),
+                uid: unique(task),
+            },
+            attempt: 1,
+            brief: "A tiny shop.".to_owned(),
+            repository: Repository {
+                url: format!("file://{}", self.repo.display()),
+                branch: "main".to_owned(),
+                secret_ref: None,
+            },
+            spec: DispatchedTask {
+                role: role.to_owned(),
+                title: title.to_owned(),
+                description: format!("Do {title}."),
+                complexity: Complexity::Low,
+                acceptance_criteria: vec!["it works".to_owned()],
+                planning: false,
+            },
+            dependencies: Vec::<DependencyResult>::new(),
+            models: ModelHints::default(),
+            available_roles: Vec::new(),
+            plan_feedback: Vec::new(),
+            deadline: None,
+            heartbeat_interval_seconds: 1,
+        }
+    }
+
+    pub async fn publish(&self, dispatch: &TaskDispatch) {
+        self.bus.publish_dispatch(dispatch).await.unwrap();
+    }
+
+    /// Starts an agent process for `role`.
+    pub fn agent(&mut self, role: &str, extra: &[(&str, &str)]) -> Agent {
+        self.agents += 1;
+        let name = format!("agent-{}", self.agents);
+        let work = self.dir.path().join(&name);
+        let log = self.dir.path().join(format!("{name}.log"));
+        let port = aios_e2e::process::free_port().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_aios-agent"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("AIOS_ROLE", role)
+            .env("AIOS_AMQP_URL", &self.amqp_url)
+            .env("AIOS_REDIS_URL", &self.redis_url)
+            .env("AIOS_PROVIDERS_FILE", &self.providers)
+            .env("AIOS_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("AIOS_WORK_DIR", &work)
+            .env("POD_NAME", &name)
+            .env("AIOS_CLAIM_LEASE_SECONDS", "3")
+            .env("AIOS_LOG_FORMAT", "text")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap());
+        command.stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap());
+        for (key, value) in extra {
+            command.env(key, value);
+        }
+        let child = command.spawn().unwrap();
+        Agent {
+            child,
+            log,
+            port,
+            name,
+        }
+    }
+
+    /// The next event, acknowledged.
+    pub async fn next_event(&mut self, timeout: Duration) -> Option<TaskEvent> {
+        let delivery = tokio::time::timeout(timeout, self.events.next())
+            .await
+            .ok()??
+            .unwrap();
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        let event = TaskEvent::decode(&delivery.data).unwrap();
+        self.seen.push(event.clone());
+        Some(event)
+    }
+
+    /// Waits for an event matching `wanted`; panics after `timeout` with what was seen.
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        wanted: impl Fn(&TaskEvent) -> bool,
+    ) -> TaskEvent {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_event(left).await {
+                Some(event) if wanted(&event) => return event,
+                Some(_) => {}
+                None => panic!(
+                    "no matching event in {timeout:?}; seen: {:#?}",
+                    self.seen
+                        .iter()
+                        .map(|e| (&e.task.name, e.routing_key()))
+                        .collect::<Vec<_>>()
+                ),
+            }
+        }
+    }
+
+    /// Collects every event arriving within `quiet` of the previous one.
+    pub async fn drain(&mut self, quiet: Duration) {
+        while self.next_event(quiet).await.is_some() {}
+    }
+
+    /// Events of a kind seen for a task.
+    pub fn count(&self, task_uid: &str, routing_key: &str) -> usize {
+        self.seen
+            .iter()
+            .filter(|e| e.task.uid == task_uid && e.routing_key() == routing_key)
+            .count()
+    }
+
+    /// `(author, subject, body)` of every commit on `main`, newest first.
+    pub fn commits(&self) -> Vec<(String, String, String)> {
+        let log = git(
+            &self.repo,
+            &["log", "main", "--format=%an <%ae>%x1f%s%x1f%b%x1e"],
+        );
+        log.split('\u{1e}')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(|c| {
+                let mut parts = c.split('\u{1f}');
+                let mut next = || parts.next().unwrap_or_default().to_owned();
+                (next(), next(), next())
+            })
+            .collect()
+    }
+
+    /// Commits on `main` carrying the attempt trailer of `dispatch`.
+    pub fn commits_of(&self, dispatch: &TaskDispatch) -> usize {
+        let trailer = format!("AIOS-Attempt: {}", dispatch.attempt_id().message_id());
+        self.commits()
+            .iter()
+            .filter(|(_, _, body)| body.contains(&trailer))
+            .count()
+    }
+
+    /// A file on `main`.
+    pub fn file(&self, path: &str) -> Option<String> {
+        let out = Command::new("git")
+            .args(["show", &format!("main:{path}")])
+            .current_dir(&self.repo)
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// A running agent process; killed when dropped.
+pub struct Agent {
+    child: Child,
+    pub log: PathBuf,
+    pub port: u16,
+    pub name: String,
+}
+
+impl Agent {
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap()
+    }
+
+    /// SIGKILL: the process dies at once, as in a node failure.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, as Kubernetes sends when a pod is deleted.
+    pub fn terminate(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Its `/metrics` text, once it serves it.
+    pub fn metrics(&self) -> String {
+        aios_e2e::process::http_get(self.port, "/metrics").unwrap_or_default()
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if aios_e2e::process::http_get(self.port, "/readyz").is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "{} not ready in {timeout:?}:\n{}",
+            self.name,
+            self.log_tail()
+        );
+    }
+
+    pub fn log_tail(&self) -> String {
+        aios_e2e::process::log_tail(&self.log, 40)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether an event is a terminal one (succeeded or failed).
+pub fn is_terminal(event: &TaskEvent) -> bool {
+    matches!(
+        event.kind,
+        TaskEventKind::Succeeded { .. } | TaskEventKind::Failed { .. }
+    )
+}

@@ -1,0 +1,447 @@
+//! The agent against real RabbitMQ, Redis and git repositories, with the model played
+//! by a local HTTP fixture speaking Ollama's chat API.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use aios_crds::bus::TaskEventKind;
+use serde_json::json;
+use support::{World, is_terminal, work_answer};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatched_task_is_committed_and_reported_with_its_usage() {
+    let mut world = World::new("agent-basic").await;
+    world
+        .answer(
+            "Write the API",
+            &work_answer(
+                "Wrote the API.",
+                &[("src/api.py", "def hello():\n    return 'hi'\n")],
+            ),
+            None,
+            Duration::ZERO,
+        )
+        .await;
+    let agent = world.agent("backend", &[]);
+    agent.wait_ready(WAIT).await;
+    let dispatch = world.dispatch("shop-api", "backend", "Write the API");
+    world.publish(&dispatch).await;
+
+    let started = world
+        .wait_for(WAIT, |e| e.task.uid == dispatch.task.uid)
+        .await;
+    assert!(
+        matches!(started.kind, TaskEventKind::Started),
+        "started first: {started:?}"
+    );
+    assert_eq!(started.agent, agent.name);
+    let done = world.wait_for(WAIT, is_terminal).await;
+    let TaskEventKind::Succeeded { result, usage } = done.kind else {
+        panic!("expected success: {done:?}\n{}", agent.log_tail());
+    };
+    assert_eq!(result.files, ["src/api.py"]);
+    assert_eq!(result.summary, "Wrote the API.");
+    assert_eq!(usage.provider.as_deref(), Some("local-ollama"));
+    assert_eq!(usage.model.as_deref(), Some("test-model"));
+    assert_eq!(
+        (
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.local_requests
+        ),
+        (120, 45, 1)
+    );
+    assert!(
+        (usage.cost_usd - (0.12 * 0.001 + 0.045 * 0.002)).abs() < 1e-9,
+        "{}",
+        usage.cost_usd
+    );
+
+    let commits = world.commits();
+    assert_eq!(commits.len(), 2, "the seed and the delivery: {commits:?}");
+    let (author, subject, body) = &commits[0];
+    assert_eq!(author, "Apollo <apollo@aios.dev>");
+    assert_eq!(subject, "Write the API");
+    assert!(
+        body.contains(&format!(
+            "AIOS-Attempt: {}",
+            dispatch.attempt_id().message_id()
+        )),
+        "{body}"
+    );
+    assert_eq!(
+        result.commit.as_deref(),
+        Some(support::git(&world.repo, &["rev-parse", "main"]).trim())
+    );
+    assert_eq!(
+        world.file("src/api.py").unwrap(),
+        "def hello():\n    return 'hi'\n"
+    );
+
+    let metrics = agent.metrics();
+    assert!(
+        metrics.contains(r#"aios_agent_tasks_total{outcome="succeeded",role="backend"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"aios_agent_llm_requests_total{model="test-model",outcome="ok",provider="local-ollama",tier="local"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains("aios_agent_llm_local_ratio 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_message_twice_makes_one_commit_and_one_success() {
+    let mut world = World::new("agent-twice").await;
+    world
+        .answer(
+            "Write twice",
+            &work_answer("Once.", &[("once.txt", "1\n")]),
+            None,
+            Duration::ZERO,
+        )
+        .await;
+    let agent = world.agent("backend", &[]);
+    agent.wait_ready(WAIT).await;
+    let dispatch = world.dispatch("shop-twice", "backend", "Write twice");
+    world.publish(&dispatch).await;
+    world.publish(&dispatch).await;
+    world.wait_for(WAIT, is_terminal).await;
+    // The second copy is acknowledged without work; give it time to be seen.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !agent
+        .metrics()
+        .contains(r#"aios_agent_tasks_total{outcome="duplicate",role="backend"} 1"#)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the duplicate was never acknowledged:\n{}",
+            agent.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    world.drain(Duration::from_secs(1)).await;
+    assert_eq!(world.count(&dispatch.task.uid, "task.succeeded"), 1);
+    assert_eq!(world.commits_of(&dispatch), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_task_leaves_it_to_another_with_exactly_one_commit() {
+    let mut world = World::new("agent-kill").await;
+    // Slow enough that the kill lands while the model is thinking.
+    world
+        .answer(
+            "Survive a crash",
+            &work_answer("Survived.", &[("crash.txt", "ok\n")]),
+            None,
+            Duration::from_secs(3),
+        )
+        .await;
+    let mut first = world.agent("backend", &[]);
+    first.wait_ready(WAIT).await;
+    let dispatch = world.dispatch("shop-crash", "backend", "Survive a crash");
+    world.publish(&dispatch).await;
+    let started = world
+        .wait_for(WAIT, |e| matches!(e.kind, TaskEventKind::Started))
+        .await;
+    assert_eq!(started.agent, first.name);
+    first.kill();
+
+    let second = world.agent("backend", &[]);
+    let done = world.wait_for(WAIT, is_terminal).await;
+    assert!(
+        matches!(done.kind, TaskEventKind::Succeeded { .. }),
+        "{done:?}\n{}",
+        second.log_tail()
+    );
+    assert_eq!(done.agent, second.name, "the survivor finished it");
+    world.drain(Duration::from_secs(2)).await;
+    assert_eq!(world.commits_of(&dispatch), 1);
+    assert_eq!(world.count(&dispatch.task.uid, "task.succeeded"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_task_finishes_it_then_exits() {
+    let mut world = World::new("agent-term").await;
+    world
+        .answer(
+            "Finish before leaving",
+            &work_answer("Finished.", &[("term.txt", "done\n")]),
+            None,
+            Duration::from_secs(2),
+        )
+        .await;
+    let mut agent = world.agent("backend", &[("AIOS_SHUTDOWN_GRACE_SECONDS", "30")]);
+    agent.wait_ready(WAIT).await;
+    let dispatch = world.dispatch("shop-term", "backend", "Finish before leaving");
+    world.publish(&dispatch).await;
+    world
+        .wait_for(WAIT, |e| matches!(e.kind, TaskEventKind::Started))
+        .await;
+    agent.terminate();
+    let done = world.wait_for(WAIT, is_terminal).await;
+    assert!(
+        matches!(done.kind, TaskEventKind::Succeeded { .. }),
+        "{done:?}"
+    );
+    let status = agent
+        .wait_exit(WAIT)
+        .expect("the agent exits after the task");
+    assert!(
+        status.success(),
+        "clean exit: {status:?}\n{}",
+        agent.log_tail()
+    );
+    assert_eq!(world.commits_of(&dispatch), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_output_is_repaired_once_and_then_fails_with_a_reason() {
+    let mut world = World::new("agent-repair").await;
+    // First task: one bad answer, then a good one.
+    world
+        .answer(
+            "Fix yourself",
+            &json!({"summary": "no files"}),
+            Some(1),
+            Duration::ZERO,
+        )
+        .await;
+    world
+        .answer(
+            "Fix yourself",
+            &work_answer("Fixed.", &[("fixed.txt", "ok\n")]),
+            None,
+            Duration::ZERO,
+        )
+        .await;
+    // Second task: always bad.
+    world
+        .answer(
+            "Never right",
+            &json!({"files": "nope"}),
+            None,
+            Duration::ZERO,
+        )
+        .await;
+    let agent = world.agent("backend", &[]);
+    agent.wait_ready(WAIT).await;
+
+    let repaired = world.dispatch("shop-repaired", "backend", "Fix yourself");
+    world.publish(&repaired).await;
+    let done = world.wait_for(WAIT, is_terminal).await;
+    let TaskEventKind::Succeeded { usage, .. } = done.kind else {
+        panic!("repaired: {done:?}\n{}", agent.log_tail());
+    };
+    assert_eq!(usage.local_requests, 2, "the answer and its repair");
+    let requests = world.llm.received_requests().await.unwrap();
+    let repair = requests
+        .iter()
+        .filter(|r| String::from_utf8_lossy(&r.body).contains("Fix yourself"))
+        .nth(1)
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&repair.body).unwrap();
+    let last = body["messages"].as_array().unwrap().last().unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        last.contains("could not be used") && last.contains("missing field"),
+        "{last}"
+    );
+    assert_eq!(
+        body["format"]["required"],
+        json!(["summary", "files"]),
+        "the schema goes in Ollama's format"
+    );
+
+    let broken = world.dispatch("shop-broken", "backend", "Never right");
+    world.publish(&broken).await;
+    let failed = world
+        .wait_for(WAIT, |e| e.task.uid == broken.task.uid && is_terminal(e))
+        .await;
+    let TaskEventKind::Failed {
+        reason,
+        message,
+        retryable,
+        usage,
+    } = failed.kind
+    else {
+        panic!("{failed:?}");
+    };
+    assert_eq!(reason, "InvalidOutput");
+    assert!(message.contains("after one repair"), "{message}");
+    assert!(retryable);
+    assert_eq!(usage.local_requests, 2);
+    assert_eq!(world.commits_of(&broken), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_naming_a_role_nobody_serves_fails() {
+    let mut world = World::new("agent-plan").await;
+    let plan = |role: &str| {
+        json!({"tasks": [
+            {"name": "api", "title": "API", "role": "backend", "description": "d", "dependsOn": []},
+            {"name": "audit", "title": "Audit", "role": role, "description": "d", "dependsOn": ["api"]}
+        ]})
+    };
+    world
+        .answer("Plan it well", &plan("qa"), None, Duration::ZERO)
+        .await;
+    world
+        .answer("Plan it badly", &plan("security"), None, Duration::ZERO)
+        .await;
+    let agent = world.agent("cto", &[]);
+    agent.wait_ready(WAIT).await;
+    let planning = |world: &World, task: &str, title: &str| {
+        let mut dispatch = world.dispatch(task, "cto", title);
+        dispatch.spec.planning = true;
+        dispatch.available_roles = vec!["backend".to_owned(), "qa".to_owned()];
+        dispatch
+    };
+
+    let good = planning(&world, "shop-plan", "Plan it well");
+    world.publish(&good).await;
+    let done = world.wait_for(WAIT, is_terminal).await;
+    let TaskEventKind::Succeeded { result, .. } = done.kind else {
+        panic!("{done:?}\n{}", agent.log_tail());
+    };
+    let plan_names: Vec<String> = result
+        .plan
+        .unwrap()
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert_eq!(plan_names, ["api", "audit"]);
+    assert_eq!(world.commits().len(), 1, "planning commits nothing");
+
+    let bad = planning(&world, "shop-badplan", "Plan it badly");
+    world.publish(&bad).await;
+    let failed = world
+        .wait_for(WAIT, |e| e.task.uid == bad.task.uid && is_terminal(e))
+        .await;
+    let TaskEventKind::Failed {
+        reason, message, ..
+    } = failed.kind
+    else {
+        panic!("{failed:?}");
+    };
+    assert_eq!(reason, "InvalidPlan");
+    assert!(message.contains("\"security\""), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_unsafe_path_is_refused_and_nothing_is_committed() {
+    let mut world = World::new("agent-paths").await;
+    let big = "x".repeat(2048);
+    let cases = [
+        ("absolute", "/etc/passwd", "is absolute"),
+        ("parent", "../escape.txt", "'..'"),
+        ("gitdir", ".git/hooks/post-commit", "inside .git"),
+        ("symlink", "outside/evil.txt", "symbolic link"),
+        ("oversize", "big.txt", "size limit"),
+    ];
+    for (marker, path, _) in &cases {
+        let content = if *marker == "oversize" {
+            big.as_str()
+        } else {
+            "bad\n"
+        };
+        let title = format!("Unsafe {marker}");
+        world
+            .answer(
+                &title,
+                &work_answer("Tried.", &[("fine.txt", "ok\n"), (path, content)]),
+                None,
+                Duration::ZERO,
+            )
+            .await;
+    }
+    let agent = world.agent("backend", &[("AIOS_MAX_FILE_BYTES", "1024")]);
+    agent.wait_ready(WAIT).await;
+    for (marker, path, why) in &cases {
+        let dispatch = world.dispatch(
+            &format!("shop-{marker}"),
+            "backend",
+            &format!("Unsafe {marker}"),
+        );
+        world.publish(&dispatch).await;
+        let failed = world
+            .wait_for(WAIT, |e| e.task.uid == dispatch.task.uid && is_terminal(e))
+            .await;
+        let TaskEventKind::Failed {
+            reason,
+            message,
+            retryable,
+            ..
+        } = failed.kind
+        else {
+            panic!("{marker} was not refused: {failed:?}");
+        };
+        assert_eq!(reason, "UnsafePath", "{marker}");
+        assert!(
+            message.contains(path) && message.contains(why),
+            "{marker}: {message}"
+        );
+        assert!(!retryable);
+    }
+    assert_eq!(world.commits().len(), 1, "only the seed");
+    assert!(!std::path::Path::new("/tmp/evil.txt").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_pushing_to_one_branch_both_land() {
+    let mut world = World::new("agent-race").await;
+    // Both fetch before either pushes: the second push is rejected, rebased and retried.
+    world
+        .answer(
+            "Race one",
+            &work_answer("One.", &[("one.txt", "1\n")]),
+            None,
+            Duration::from_secs(1),
+        )
+        .await;
+    world
+        .answer(
+            "Race two",
+            &work_answer("Two.", &[("two.txt", "2\n")]),
+            None,
+            Duration::from_secs(1),
+        )
+        .await;
+    let first = world.agent("backend", &[]);
+    let second = world.agent("backend", &[]);
+    first.wait_ready(WAIT).await;
+    second.wait_ready(WAIT).await;
+    let one = world.dispatch("shop-one", "backend", "Race one");
+    let two = world.dispatch("shop-two", "backend", "Race two");
+    world.publish(&one).await;
+    world.publish(&two).await;
+    for _ in 0..2 {
+        let done = world.wait_for(WAIT, is_terminal).await;
+        assert!(
+            matches!(done.kind, TaskEventKind::Succeeded { .. }),
+            "{done:?}\n{}\n{}",
+            first.log_tail(),
+            second.log_tail()
+        );
+    }
+    assert_eq!(world.commits_of(&one), 1);
+    assert_eq!(world.commits_of(&two), 1);
+    assert_eq!(world.file("one.txt").as_deref(), Some("1\n"));
+    assert_eq!(world.file("two.txt").as_deref(), Some("2\n"));
+    let agents: std::collections::BTreeSet<_> = world
+        .seen
+        .iter()
+        .filter(|e| is_terminal(e))
+        .map(|e| e.agent.clone())
+        .collect();
+    assert_eq!(agents.len(), 2, "each worker took one: {agents:?}");
+    let logs = std::fs::read_to_string(&first.log).unwrap() + &std::fs::read_to_string(&second.log).unwrap();
+    assert!(logs.contains("the branch moved; rebasing"), "one push was rejected and rebased:\n{logs}");
+}
