@@ -183,6 +183,9 @@ pub struct Git {
     max_file_bytes: u64,
     push_attempts: u32,
     mirrors: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// One push at a time per remote branch from this process: tasks in one agent
+    /// never race each other; other agents are handled by rebase and retry.
+    pushes: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 /// The mirror directory name of a remote: readable and unique.
@@ -215,6 +218,7 @@ impl Git {
             max_file_bytes,
             push_attempts: push_attempts.max(1),
             mirrors: Mutex::new(HashMap::new()),
+            pushes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -351,6 +355,13 @@ impl Git {
             auth,
             max_file_bytes: self.max_file_bytes,
             push_attempts: self.push_attempts,
+            push_lock: self
+                .pushes
+                .lock()
+                .await
+                .entry(format!("{} {}", repository.url, repository.branch))
+                .or_default()
+                .clone(),
         })
     }
 }
@@ -363,6 +374,7 @@ pub struct Workspace {
     auth: Vec<(String, String)>,
     max_file_bytes: u64,
     push_attempts: u32,
+    push_lock: Arc<Mutex<()>>,
 }
 
 impl Workspace {
@@ -513,6 +525,7 @@ impl Workspace {
     }
 
     async fn push(&self, identity: &[(String, String)]) -> Result<(), DeliveryError> {
+        let _one_at_a_time = self.push_lock.lock().await;
         let target = format!("HEAD:refs/heads/{}", self.branch);
         let remote_branch = format!("+refs/heads/{0}:refs/remotes/origin/{0}", self.branch);
         for attempt in 1..=self.push_attempts {
@@ -568,8 +581,9 @@ impl Workspace {
                         }
                         return Err(DeliveryError::Conflict { paths });
                     }
-                    let jitter = Duration::from_millis(50)
-                        .mul_f64(rand::random::<f64>() * f64::from(attempt));
+                    // Jittered and growing, so agents racing on one branch spread out.
+                    let ceiling = Duration::from_millis(100).saturating_mul(1 << attempt.min(6));
+                    let jitter = ceiling.mul_f64(rand::random::<f64>());
                     tokio::time::sleep(jitter).await;
                 }
                 Err(err) => return Err(err),

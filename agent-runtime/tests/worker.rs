@@ -442,6 +442,10 @@ async fn two_workers_pushing_to_one_branch_both_land() {
         .map(|e| e.agent.clone())
         .collect();
     assert_eq!(agents.len(), 2, "each worker took one: {agents:?}");
-    let logs = std::fs::read_to_string(&first.log).unwrap() + &std::fs::read_to_string(&second.log).unwrap();
-    assert!(logs.contains("the branch moved; rebasing"), "one push was rejected and rebased:\n{logs}");
+    let logs = std::fs::read_to_string(&first.log).unwrap()
+        + &std::fs::read_to_string(&second.log).unwrap();
+    assert!(
+        logs.contains("the branch moved; rebasing"),
+        "one push was rejected and rebased:\n{logs}"
+    );
 }
