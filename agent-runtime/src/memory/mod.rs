@@ -83,6 +83,16 @@ pub enum MemoryError {
     Store(String),
 }
 
+/// Turns texts into vectors (one per text, in order, all of one dimension). The router
+/// implements it with a provider's embeddings endpoint.
+pub trait Embedder: Send + Sync {
+    /// The vectors of `texts`.
+    fn embed<'a>(
+        &'a self,
+        texts: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Vec<f32>>, MemoryError>>;
+}
+
 /// A long-term memory.
 pub trait Memory: Send + Sync {
     /// Stores a record.
