@@ -137,6 +137,9 @@ pub enum LlmError {
     /// Every provider that could take the request failed.
     #[error("every model provider failed: {}", .0.join("; "))]
     AllFailed(Vec<String>),
+    /// No provider offers an embeddings model.
+    #[error("no model provider offers an embeddings model")]
+    NoEmbeddings,
     /// Reading or updating the shared budget counter failed.
     #[error("the budget counter is unavailable: {0}")]
     Budget(String),
@@ -149,6 +152,7 @@ impl LlmError {
             Self::BudgetExceeded(_) => "BudgetExceeded",
             Self::NoProvider { .. } => "NoModelProvider",
             Self::AllFailed(_) => "ModelUnavailable",
+            Self::NoEmbeddings => "NoEmbeddingModel",
             Self::Budget(_) => "BudgetUnavailable",
         }
     }

@@ -406,65 +406,88 @@ impl Router {
     }
 
     /// Tries one provider with bounded retries; the error describes the last failure.
-    async fn try_provider(
+    async fn try_provider<T>(
         &self,
         choice: &Choice,
-        request: &ChatRequest,
-    ) -> Result<ChatResponse, Failure> {
-        let (path, body) =
-            wire::chat_request(choice.provider.provider_type, &choice.model.name, request);
+        path: &str,
+        body: &Value,
+        parse: &(dyn Fn(&Value) -> Result<T, String> + Sync),
+    ) -> Result<(T, Duration), Failure> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let started = Instant::now();
-            let result = self.send(choice, path, &body).await.and_then(|body| {
-                wire::parse_chat(choice.provider.provider_type, &body).map_err(Failure::Invalid)
-            });
+            let result = self
+                .send(choice, path, body)
+                .await
+                .and_then(|body| parse(&body).map_err(Failure::Invalid));
             let latency = started.elapsed();
-            match result {
-                Ok(ChatAnswer {
-                    content,
-                    input_tokens,
-                    output_tokens,
-                }) => {
-                    let call = Call {
-                        provider: choice.provider.name.clone(),
-                        model: choice.model.name.clone(),
-                        tier: choice.provider.tier,
-                        input_tokens,
-                        output_tokens,
-                        cost_usd: choice.cost(input_tokens, output_tokens),
-                        latency,
-                    };
-                    return Ok(ChatResponse { content, call });
+            let failure = match result {
+                Ok(answer) => return Ok((answer, latency)),
+                Err(failure) => failure,
+            };
+            self.metrics.record_failed_call(
+                &choice.provider.name,
+                &choice.model.name,
+                choice.provider.tier,
+                failure.category(),
+                latency.as_secs_f64(),
+            );
+            tracing::warn!(provider = %choice.provider.name, model = %choice.model.name, attempt, error = %failure.describe(), "model call failed");
+            if !failure.transient() || attempt >= self.policy.attempts {
+                return Err(failure);
+            }
+            let wait = match &failure {
+                Failure::Status {
+                    retry_after: Some(wait),
+                    ..
+                } if *wait > self.policy.max_retry_after => return Err(failure),
+                Failure::Status {
+                    retry_after: Some(wait),
+                    ..
+                } => *wait,
+                _ => self.backoff(attempt),
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Walks `choices` in order, skipping open breakers, until one answers; otherwise
+    /// what each one answered.
+    async fn first_answer<T>(
+        &self,
+        choices: &[Choice],
+        request: &(dyn Fn(&Choice) -> (&'static str, Value) + Sync),
+        parse: &(dyn Fn(ProviderType, &Value) -> Result<T, String> + Sync),
+    ) -> Result<(usize, T, Duration), Vec<String>> {
+        let mut answers = Vec::new();
+        for (index, choice) in choices.iter().enumerate() {
+            let name = &choice.provider.name;
+            if !self.breaker_allows(name) {
+                answers.push(format!("{name}: skipped, its circuit breaker is open"));
+                continue;
+            }
+            let (path, body) = request(choice);
+            let kind = choice.provider.provider_type;
+            match self
+                .try_provider(choice, path, &body, &|body| parse(kind, body))
+                .await
+            {
+                Ok((answer, latency)) => {
+                    self.breaker_report(name, true);
+                    return Ok((index, answer, latency));
                 }
                 Err(failure) => {
-                    self.metrics.record_failed_call(
-                        &choice.provider.name,
-                        &choice.model.name,
-                        choice.provider.tier,
-                        failure.category(),
-                        latency.as_secs_f64(),
-                    );
-                    tracing::warn!(provider = %choice.provider.name, model = %choice.model.name, attempt, error = %failure.describe(), "model call failed");
-                    if !failure.transient() || attempt >= self.policy.attempts {
-                        return Err(failure);
-                    }
-                    let wait = match &failure {
-                        Failure::Status {
-                            retry_after: Some(wait),
-                            ..
-                        } if *wait > self.policy.max_retry_after => return Err(failure),
-                        Failure::Status {
-                            retry_after: Some(wait),
-                            ..
-                        } => *wait,
-                        _ => self.backoff(attempt),
-                    };
-                    tokio::time::sleep(wait).await;
+                    self.breaker_report(name, !failure.transient());
+                    answers.push(format!(
+                        "{name} ({}): {}",
+                        choice.model.name,
+                        failure.describe()
+                    ));
                 }
             }
         }
+        Err(answers)
     }
 
     /// Full jitter: a random wait up to the doubled base delay.
@@ -503,33 +526,100 @@ impl Router {
                 pinned,
             });
         }
-        let mut answers = Vec::new();
-        for choice in &choices {
-            let name = &choice.provider.name;
-            if !self.breaker_allows(name) {
-                answers.push(format!("{name}: skipped, its circuit breaker is open"));
-                continue;
-            }
-            match self.try_provider(choice, request).await {
-                Ok(response) => {
-                    self.breaker_report(name, true);
-                    self.metrics.record_call(&response.call);
-                    if let Some(budget) = &self.budget {
-                        budget.charge(&request.project, &response.call).await?;
-                    }
-                    return Ok(response);
-                }
-                Err(failure) => {
-                    self.breaker_report(name, !failure.transient());
-                    answers.push(format!(
-                        "{name} ({}): {}",
-                        choice.model.name,
-                        failure.describe()
-                    ));
-                }
-            }
+        let (index, answer, latency) = self
+            .first_answer(
+                &choices,
+                &|choice| {
+                    wire::chat_request(choice.provider.provider_type, &choice.model.name, request)
+                },
+                &wire::parse_chat,
+            )
+            .await
+            .map_err(LlmError::AllFailed)?;
+        let choice = &choices[index];
+        let ChatAnswer {
+            content,
+            input_tokens,
+            output_tokens,
+        } = answer;
+        let call = Call {
+            provider: choice.provider.name.clone(),
+            model: choice.model.name.clone(),
+            tier: choice.provider.tier,
+            input_tokens,
+            output_tokens,
+            cost_usd: choice.cost(input_tokens, output_tokens),
+            latency,
+        };
+        self.metrics.record_call(&call);
+        if let Some(budget) = &self.budget {
+            budget.charge(&request.project, &call).await?;
         }
-        Err(LlmError::AllFailed(answers))
+        Ok(ChatResponse { content, call })
+    }
+
+    /// Embeds `texts` with the first healthy provider offering an embeddings model,
+    /// local first, then by priority.
+    pub async fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, LlmError> {
+        let providers = self
+            .providers
+            .list()
+            .map_err(|err| LlmError::AllFailed(vec![err]))?;
+        let mut choices: Vec<Choice> = providers
+            .iter()
+            .filter(|p| p.provider_type != ProviderType::Anthropic)
+            .filter_map(|p| {
+                let model = p.models.iter().find(|m| m.embeddings)?;
+                Some(Choice {
+                    provider: p.clone(),
+                    model: model.clone(),
+                })
+            })
+            .collect();
+        choices.sort_by_key(|c| (c.provider.tier != Tier::Local, -c.provider.priority));
+        if choices.is_empty() {
+            return Err(LlmError::NoEmbeddings);
+        }
+        let request = |choice: &Choice| {
+            wire::embed_request(choice.provider.provider_type, &choice.model.name, texts)
+                .unwrap_or(("/", Value::Null))
+        };
+        let (index, (vectors, input_tokens), latency) = self
+            .first_answer(&choices, &request, &wire::parse_embed)
+            .await
+            .map_err(LlmError::AllFailed)?;
+        let choice = &choices[index];
+        if vectors.len() != texts.len() {
+            return Err(LlmError::AllFailed(vec![format!(
+                "{}: {} embeddings for {} texts",
+                choice.provider.name,
+                vectors.len(),
+                texts.len()
+            )]));
+        }
+        self.metrics.record_call(&Call {
+            provider: choice.provider.name.clone(),
+            model: choice.model.name.clone(),
+            tier: choice.provider.tier,
+            input_tokens,
+            output_tokens: 0,
+            cost_usd: choice.cost(input_tokens, 0),
+            latency,
+        });
+        Ok(vectors)
+    }
+}
+
+impl crate::memory::Embedder for Router {
+    fn embed<'a>(
+        &'a self,
+        texts: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Vec<f32>>, crate::memory::MemoryError>> {
+        Box::pin(async move {
+            self.embed_texts(texts)
+                .await
+                .map_err(|err| crate::memory::MemoryError::Embed(err.to_string()))
+        })
     }
 }
 
