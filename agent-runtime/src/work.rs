@@ -7,10 +7,10 @@ use std::sync::Arc;
 use aios_crds::{TaskResult, Usage, bus::TaskDispatch, names::env::secret_variable};
 
 use crate::{
-    git::{Delivered, DeliveryError, Git, TOKEN_VARIABLE},
+    git::{Delivered, DeliveryError, Git, TOKEN_VARIABLE, Workspace},
     llm::{ChatMessage, ChatRequest, Llm, LlmError, router::EnvLookup},
     memory::{Filter, Hit, Kind, Memory, Record},
-    output::{self, WorkOutput},
+    output::{self, FileOutput, WorkOutput},
     persona::Persona,
     prompt::{self, ContextFile},
 };
@@ -21,6 +21,9 @@ const MEMORIES_PER_SCOPE: usize = 3;
 const CONTEXT_FILE_BYTES: u64 = 16 * 1024;
 /// The most dependency files shown to the model.
 const CONTEXT_FILES: usize = 8;
+
+/// Where Hera's plan is committed.
+pub const PLAN_FILE: &str = ".aios/plan.json";
 
 /// What an attempt produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -220,8 +223,67 @@ impl Worker {
         }
     }
 
+    /// Opens the repository and finds an earlier delivery of this attempt: a commit
+    /// for it on the branch means an earlier delivery of this message got that far
+    /// before its worker died, so it is reported, not redone.
+    async fn open(
+        &self,
+        dispatch: &TaskDispatch,
+    ) -> Result<(Workspace, Option<Delivered>), Failure> {
+        let usage = Usage::default();
+        let workspace = self
+            .git
+            .open(&dispatch.repository, self.token(dispatch))
+            .await
+            .map_err(|err| Failure::delivery(&err, &usage))?;
+        let delivered = workspace
+            .find_delivered(&dispatch.attempt_id().message_id())
+            .await
+            .map_err(|err| Failure::delivery(&err, &usage))?;
+        if let Some(delivered) = &delivered {
+            tracing::info!(commit = %delivered.commit, "the attempt was delivered before; reporting that commit");
+        }
+        Ok((workspace, delivered))
+    }
+
+    async fn deliver(
+        &self,
+        dispatch: &TaskDispatch,
+        workspace: &Workspace,
+        files: &[FileOutput],
+        summary: &str,
+        usage: &Usage,
+    ) -> Result<Delivered, Failure> {
+        let task = format!("{}/{}", dispatch.task.namespace, dispatch.task.name);
+        workspace
+            .deliver(
+                files,
+                &self.persona,
+                &dispatch.spec.title,
+                summary,
+                &task,
+                &dispatch.attempt_id().message_id(),
+            )
+            .await
+            .map_err(|err| Failure::delivery(&err, usage))
+    }
+
+    /// Plans, and commits the plan as [`PLAN_FILE`] so the decision is in the
+    /// repository's history too.
     async fn plan(&self, dispatch: &TaskDispatch) -> Result<Success, Failure> {
         let mut usage = Usage::default();
+        let project = dispatch.project.name.clone();
+        let roles = dispatch.available_roles.clone();
+        let (workspace, delivered) = self.open(dispatch).await?;
+        if let Some(delivered) = delivered
+            && let Some(plan) = workspace
+                .read_file(PLAN_FILE, CONTEXT_FILE_BYTES * 64)
+                .and_then(|text| output::parse_plan(&project, &roles, &text).ok())
+        {
+            let mut done = success(delivered, None, usage);
+            done.result.plan = Some(plan);
+            return Ok(done);
+        }
         self.remember(dispatch, Kind::Brief, dispatch.brief.clone())
             .await;
         let memories = self.recall(dispatch).await;
@@ -232,8 +294,6 @@ impl Worker {
             &[],
             &memories,
         );
-        let project = dispatch.project.name.clone();
-        let roles = dispatch.available_roles.clone();
         let plan = self
             .ask(dispatch, request, &mut usage, |text| {
                 output::parse_plan(&project, &roles, text)
@@ -247,34 +307,25 @@ impl Worker {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        self.remember(dispatch, Kind::Decision, summary.clone())
-            .await;
-        Ok(Success {
-            result: TaskResult {
-                summary,
-                plan: Some(plan),
-                ..TaskResult::default()
-            },
-            usage,
-        })
+        let file = FileOutput {
+            path: PLAN_FILE.to_owned(),
+            content: serde_json::to_string_pretty(&serde_json::json!({ "tasks": plan }))
+                .unwrap_or_default()
+                + "\n",
+        };
+        let delivered = self
+            .deliver(dispatch, &workspace, &[file], &summary, &usage)
+            .await?;
+        self.remember(dispatch, Kind::Decision, summary).await;
+        let mut done = success(delivered, None, usage);
+        done.result.plan = Some(plan);
+        Ok(done)
     }
 
     async fn build(&self, dispatch: &TaskDispatch) -> Result<Success, Failure> {
         let mut usage = Usage::default();
-        let attempt = dispatch.attempt_id().message_id();
-        let workspace = self
-            .git
-            .open(&dispatch.repository, self.token(dispatch))
-            .await
-            .map_err(|err| Failure::delivery(&err, &usage))?;
-        // A commit for this attempt on the branch means an earlier delivery of this
-        // message got that far before its worker died: report it, do not redo it.
-        if let Some(delivered) = workspace
-            .find_delivered(&attempt)
-            .await
-            .map_err(|err| Failure::delivery(&err, &usage))?
-        {
-            tracing::info!(commit = %delivered.commit, "the attempt was delivered before; reporting that commit");
+        let (workspace, delivered) = self.open(dispatch).await?;
+        if let Some(delivered) = delivered {
             return Ok(success(delivered, None, usage));
         }
         let files: Vec<ContextFile> = dispatch
@@ -296,18 +347,9 @@ impl Worker {
         let work: WorkOutput = self
             .ask(dispatch, request, &mut usage, output::parse_work)
             .await?;
-        let task = format!("{}/{}", dispatch.task.namespace, dispatch.task.name);
-        let delivered = workspace
-            .deliver(
-                &work.files,
-                &self.persona,
-                &dispatch.spec.title,
-                &work.summary,
-                &task,
-                &attempt,
-            )
-            .await
-            .map_err(|err| Failure::delivery(&err, &usage))?;
+        let delivered = self
+            .deliver(dispatch, &workspace, &work.files, &work.summary, &usage)
+            .await?;
         self.remember(
             dispatch,
             Kind::Result,

@@ -318,7 +318,11 @@ async fn a_plan_naming_a_role_nobody_serves_fails() {
         .map(|t| t.name.to_string())
         .collect();
     assert_eq!(plan_names, ["api", "audit"]);
-    assert_eq!(world.commits().len(), 1, "planning commits nothing");
+    let plan_file = world
+        .file(".aios/plan.json")
+        .expect("the plan is committed");
+    assert!(plan_file.contains("\"audit\""), "{plan_file}");
+    assert_eq!(world.commits_of(&good), 1);
 
     let bad = planning(&world, "shop-badplan", "Plan it badly");
     world.publish(&bad).await;
