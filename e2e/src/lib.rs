@@ -9,6 +9,7 @@
 
 pub mod binaries;
 pub mod env;
+pub mod local;
 pub mod pki;
 pub mod process;
 

@@ -1,0 +1,505 @@
+//! AIOS's main job on the local environment: the operator and one agent process per
+//! role (standing in for the agent pods the operator scales: there is no kubelet here),
+//! a local ModelProvider, and a Project applied with kubectl, followed until it ends.
+//! `scripts/run-local.sh` runs it with a real local model; the end-to-end test runs the
+//! same path with a model fixture.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use aios_crds::{Project, ProjectPhase, Task};
+
+use crate::{Environment, process};
+
+/// The repository URL sample Projects carry; a run replaces it with its delivery
+/// repository.
+pub const REPOSITORY_PLACEHOLDER: &str = "file:///REPOSITORY";
+
+/// The roles of the pantheon's Agents (`manifests/examples/agents.yaml`).
+pub const ROLES: &[&str] = &["cto", "backend", "frontend", "qa", "devops"];
+
+/// A model server the run uses.
+#[derive(Debug, Clone)]
+pub struct ModelServer {
+    /// The ModelProvider's name.
+    pub name: String,
+    /// `Ollama`, `OpenAI`, `Anthropic` or `OpenAICompatible`.
+    pub provider_type: String,
+    /// `Local` or `Cloud`.
+    pub tier: String,
+    /// Higher is tried first within a tier.
+    pub priority: i32,
+    /// Its base URL.
+    pub url: String,
+    /// The chat model.
+    pub chat_model: String,
+    /// The embeddings model, if it has one.
+    pub embed_model: Option<String>,
+}
+
+impl ModelServer {
+    fn manifest(&self) -> String {
+        let mut models = format!(
+            "    - name: {}\n      maxComplexity: High\n",
+            self.chat_model
+        );
+        if let Some(embed) = &self.embed_model {
+            let _ = write!(models, "    - name: {embed}\n      embeddings: true\n");
+        }
+        format!(
+            "apiVersion: aios.dev/v1alpha1\nkind: ModelProvider\nmetadata:\n  name: {}\nspec:\n  type: {}\n  tier: {}\n  priority: {}\n  models:\n{models}  endpoint:\n    url: {}\n",
+            self.name, self.provider_type, self.tier, self.priority, self.url
+        )
+    }
+}
+
+/// What a run needs.
+#[derive(Debug, Clone)]
+pub struct LocalRun {
+    /// The namespace everything goes into (created if missing).
+    pub namespace: String,
+    /// The AMQP URL (a vhost of the run's own).
+    pub amqp_url: String,
+    /// Where `aios-operator` and `aios-agent` are.
+    pub bin_dir: PathBuf,
+    /// Logs, agents' work directories, the delivery repository.
+    pub work_dir: PathBuf,
+    /// The model servers, in no particular order (the router orders them).
+    pub models: Vec<ModelServer>,
+    /// The Project's YAML; [`REPOSITORY_PLACEHOLDER`] in it is replaced by the delivery repository.
+    pub project: String,
+    /// How long the Project may take.
+    pub timeout: Duration,
+    /// Prints progress on stderr.
+    pub verbose: bool,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The Project at the end.
+    pub project: Project,
+    /// Its Tasks at the end.
+    pub tasks: Vec<Task>,
+    /// The delivery repository (bare).
+    pub repository: PathBuf,
+    /// `kubectl get projects,tasks,agents`.
+    pub summary: String,
+    /// The delivery repository's log.
+    pub git_log: String,
+    /// Where the logs are.
+    pub logs: PathBuf,
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// A step failed.
+    #[error("{step}: {detail}")]
+    Step {
+        /// What was being done.
+        step: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The Project failed or did not finish.
+    #[error("the Project ended {phase}: {message}")]
+    Project {
+        /// The phase (or "unfinished").
+        phase: String,
+        /// Its message, the failed Tasks' reasons.
+        message: String,
+        /// What was seen at the end.
+        outcome: Box<Outcome>,
+    },
+}
+
+fn step(step: &str) -> impl FnOnce(String) -> LocalError + '_ {
+    move |detail| LocalError::Step {
+        step: step.to_owned(),
+        detail,
+    }
+}
+
+/// Processes the run started; stopped when dropped.
+struct Processes(Vec<(String, Child)>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (_, child) in &mut self.0 {
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+impl LocalRun {
+    fn say(&self, line: &str) {
+        if self.verbose {
+            eprintln!("{line}");
+        }
+    }
+
+    fn spawn(
+        &self,
+        env: &Environment,
+        name: &str,
+        program: &Path,
+        vars: &[(&str, String)],
+    ) -> Result<Child, LocalError> {
+        let log_path = self.work_dir.join("logs").join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).map_err(|e| LocalError::Step {
+            step: format!("creating {}", log_path.display()),
+            detail: e.to_string(),
+        })?;
+        let err = log
+            .try_clone()
+            .map_err(|e| step("opening a log")(e.to_string()))?;
+        Command::new(program)
+            .env("KUBECONFIG", &env.kubeconfig)
+            .env("AIOS_LOG_FORMAT", "text")
+            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| LocalError::Step {
+                step: format!("starting {}", program.display()),
+                detail: e.to_string(),
+            })
+    }
+
+    /// Runs the Project to its end.
+    pub fn run(&self, env: &Environment) -> Result<Outcome, LocalError> {
+        let ns = self.namespace.as_str();
+        for dir in ["logs", "agents"] {
+            std::fs::create_dir_all(self.work_dir.join(dir))
+                .map_err(|e| step("creating the work directory")(e.to_string()))?;
+        }
+        let repository = self.work_dir.join("delivery.git");
+        if !repository.join("HEAD").exists() {
+            git(
+                &self.work_dir,
+                &["init", "--quiet", "--bare", "-b", "main", "delivery.git"],
+            )
+            .map_err(step("creating the delivery repository"))?;
+        }
+        let _ = env.kubectl(&["create", "namespace", ns]);
+        self.say(&format!(
+            "==> applying the pantheon's Agents and the model providers in namespace {ns}"
+        ));
+        let agents =
+            std::fs::read_to_string(crate::repo_root().join("manifests/examples/agents.yaml"))
+                .map_err(|e| step("reading the Agents")(e.to_string()))?;
+        let providers = self.models.iter().fold(String::new(), |mut all, m| {
+            let _ = write!(all, "---\n{}", m.manifest());
+            all
+        });
+        env.kubectl_with_input(
+            &["-n", ns, "apply", "-f", "-"],
+            Some(&format!("{agents}\n{providers}")),
+        )
+        .map_err(|e| step("applying Agents and ModelProviders")(e.to_string()))?;
+
+        let mut processes = Processes(Vec::new());
+        let operator = self.spawn(
+            env,
+            "operator",
+            &self.bin_dir.join("aios-operator"),
+            &[
+                ("AIOS_AMQP_URL", self.amqp_url.clone()),
+                ("AIOS_WATCH_NAMESPACE", ns.to_owned()),
+                ("POD_NAMESPACE", ns.to_owned()),
+                ("POD_NAME", "aios-operator-local".to_owned()),
+                ("AIOS_HTTP_ADDR", free_address()?),
+                ("AIOS_PROVIDER_PROBE_SECONDS", "5".to_owned()),
+            ],
+        )?;
+        processes.0.push(("operator".to_owned(), operator));
+        self.say("==> the operator is running; waiting for it to find a ready model provider");
+        let providers_file = self.work_dir.join("providers.json");
+        self.write_providers(env, &providers_file)?;
+
+        self.start_agents(env, &mut processes, &providers_file)?;
+        self.say(&format!(
+            "==> one agent process per role: {}",
+            ROLES.join(", ")
+        ));
+
+        let project = self.project.replace(
+            REPOSITORY_PLACEHOLDER,
+            &format!("file://{}", repository.display()),
+        );
+        let applied = env
+            .kubectl_with_input(
+                &["-n", ns, "apply", "-f", "-", "-o", "name"],
+                Some(&project),
+            )
+            .map_err(|e| step("applying the Project")(e.to_string()))?;
+        let name = applied
+            .trim()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        self.say(&format!(
+            "==> applied Project {name}; following it (up to {:?})",
+            self.timeout
+        ));
+        let outcome = self.follow(env, &name, &repository, &mut processes)?;
+        drop(processes);
+        let phase = outcome.project.status.as_ref().and_then(|s| s.phase);
+        if phase == Some(ProjectPhase::Succeeded) {
+            return Ok(outcome);
+        }
+        let message = failure_message(&outcome);
+        Err(LocalError::Project {
+            phase: phase.map_or_else(|| "unfinished".to_owned(), |p| format!("{p:?}")),
+            message,
+            outcome: Box::new(outcome),
+        })
+    }
+
+    /// One agent process per role, reading the provider list from `providers_file`.
+    fn start_agents(
+        &self,
+        env: &Environment,
+        processes: &mut Processes,
+        providers_file: &Path,
+    ) -> Result<(), LocalError> {
+        let redis_url = env
+            .redis_url
+            .clone()
+            .ok_or_else(|| step("finding Redis")("the environment runs no Redis".to_owned()))?;
+        for role in ROLES {
+            let agent = self.spawn(
+                env,
+                &format!("agent-{role}"),
+                &self.bin_dir.join("aios-agent"),
+                &[
+                    ("AIOS_ROLE", (*role).to_owned()),
+                    ("AIOS_AMQP_URL", self.amqp_url.clone()),
+                    ("AIOS_REDIS_URL", redis_url.clone()),
+                    ("AIOS_PROVIDERS_FILE", providers_file.display().to_string()),
+                    ("AIOS_HTTP_ADDR", free_address()?),
+                    (
+                        "AIOS_WORK_DIR",
+                        self.work_dir
+                            .join("agents")
+                            .join(role)
+                            .display()
+                            .to_string(),
+                    ),
+                    ("POD_NAME", format!("{role}-local")),
+                    ("AIOS_CLAIM_LEASE_SECONDS", "15".to_owned()),
+                ],
+            )?;
+            processes.0.push((format!("agent-{role}"), agent));
+        }
+        Ok(())
+    }
+
+    /// Waits until the operator publishes the ready providers, and writes them where the
+    /// agents read them (in a cluster the ConfigMap is mounted there).
+    fn write_providers(&self, env: &Environment, file: &Path) -> Result<(), LocalError> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let json = env
+                .kubectl(&[
+                    "-n",
+                    &self.namespace,
+                    "get",
+                    "configmap",
+                    "aios-providers",
+                    "-o",
+                    "jsonpath={.data.providers\\.json}",
+                ])
+                .unwrap_or_default();
+            if json.trim().starts_with('[') && json.trim() != "[]" {
+                std::fs::write(file, json)
+                    .map_err(|e| step("writing the provider list")(e.to_string()))?;
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let status = env
+                    .kubectl(&["-n", &self.namespace, "get", "modelproviders", "-o", "wide"])
+                    .unwrap_or_default();
+                return Err(step("waiting for a ready model provider")(format!(
+                    "none became ready in 120 s:\n{status}"
+                )));
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    fn follow(
+        &self,
+        env: &Environment,
+        name: &str,
+        repository: &Path,
+        processes: &mut Processes,
+    ) -> Result<Outcome, LocalError> {
+        let ns = self.namespace.as_str();
+        let deadline = Instant::now() + self.timeout;
+        let mut last = String::new();
+        loop {
+            let project: Option<Project> = env
+                .kubectl(&["-n", ns, "get", "project", name, "-o", "json"])
+                .ok()
+                .and_then(|j| serde_json::from_str(&j).ok());
+            let tasks: Vec<Task> = env
+                .kubectl(&[
+                    "-n",
+                    ns,
+                    "get",
+                    "tasks",
+                    "-l",
+                    &format!("aios.dev/project={name}"),
+                    "-o",
+                    "json",
+                ])
+                .ok()
+                .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
+                .and_then(|v| serde_json::from_value(v["items"].clone()).ok())
+                .unwrap_or_default();
+            let line = progress(project.as_ref(), &tasks);
+            if line != last {
+                self.say(&line);
+                last = line;
+            }
+            let phase = project
+                .as_ref()
+                .and_then(|p| p.status.as_ref())
+                .and_then(|s| s.phase);
+            let finished = matches!(phase, Some(ProjectPhase::Succeeded | ProjectPhase::Failed));
+            for (process, child) in &mut processes.0 {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = self.work_dir.join("logs").join(format!("{process}.log"));
+                    return Err(step("running")(format!(
+                        "{process} exited ({status}); its log: {}\n{}",
+                        log.display(),
+                        process::log_tail(&log, 20)
+                    )));
+                }
+            }
+            if finished || Instant::now() > deadline {
+                let project = project
+                    .ok_or_else(|| step("reading the Project")(format!("{name} is gone")))?;
+                let summary = env
+                    .kubectl(&["-n", ns, "get", "projects,tasks,agents"])
+                    .unwrap_or_default();
+                let git_log = git(repository, &["log", "--format=%h %an: %s", "main"])
+                    .unwrap_or_else(|e| format!("(no commits: {e})"));
+                return Ok(Outcome {
+                    project,
+                    tasks,
+                    repository: repository.to_path_buf(),
+                    summary,
+                    git_log,
+                    logs: self.work_dir.join("logs"),
+                });
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+/// A loopback address with a free port, for a process's health endpoint.
+fn free_address() -> Result<String, LocalError> {
+    process::free_port()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .map_err(|e| step("finding a free port")(e.to_string()))
+}
+
+/// One line: the Project's phase, Tasks by phase, and who works on what.
+fn progress(project: Option<&Project>, tasks: &[Task]) -> String {
+    let phase = project
+        .and_then(|p| p.status.as_ref())
+        .and_then(|s| s.phase)
+        .map_or_else(|| "Pending".to_owned(), |p| format!("{p:?}"));
+    let mut by_phase: BTreeMap<String, usize> = BTreeMap::new();
+    let mut working = Vec::new();
+    for task in tasks {
+        let status = task.status.as_ref();
+        let task_phase = status
+            .and_then(|s| s.phase)
+            .map_or_else(|| "Pending".to_owned(), |p| format!("{p:?}"));
+        if task_phase == "Running"
+            && let Some(agent) = status.and_then(|s| s.agent.as_deref())
+        {
+            working.push(format!("{agent} on {}", task.spec.title));
+        }
+        *by_phase.entry(task_phase).or_default() += 1;
+    }
+    let counts: Vec<String> = by_phase.iter().map(|(p, n)| format!("{n} {p}")).collect();
+    let mut line = format!(
+        "project {phase} | tasks: {}",
+        if counts.is_empty() {
+            "none yet".to_owned()
+        } else {
+            counts.join(", ")
+        }
+    );
+    if !working.is_empty() {
+        let _ = write!(line, " | {}", working.join("; "));
+    }
+    line
+}
+
+/// The Project's message and every failed Task's reason.
+fn failure_message(outcome: &Outcome) -> String {
+    let mut parts: Vec<String> = outcome
+        .project
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Succeeded"))
+        .map(|c| c.message.clone())
+        .into_iter()
+        .collect();
+    for task in &outcome.tasks {
+        if let Some(status) = &task.status
+            && let Some(message) = &status.message
+            && status.phase == Some(aios_crds::TaskPhase::Failed)
+        {
+            parts.push(format!(
+                "{}: {message}",
+                task.metadata.name.clone().unwrap_or_default()
+            ));
+        }
+    }
+    if parts.is_empty() {
+        "the run timed out".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}

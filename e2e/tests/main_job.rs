@@ -1,0 +1,215 @@
+//! AIOS's main job end to end: the operator and one agent process per role on the
+//! local control plane, a Project applied with kubectl, planned by Hera, built by the
+//! agents and committed to a git repository. The model is a local fixture speaking
+//! Ollama's API (deterministic); a second test uses the real local model when its
+//! server is built.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use aios_crds::{ProjectPhase, TaskPhase};
+use aios_e2e::local::{LocalRun, ModelServer};
+use serde_json::json;
+use wiremock::{Mock, MockServer, ResponseTemplate, matchers};
+
+/// `target/<profile>`, where the workspace's binaries are built next to this test.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .to_path_buf()
+}
+
+fn project() -> String {
+    std::fs::read_to_string(aios_e2e::repo_root().join("manifests/examples/project-hello.yaml"))
+        .unwrap()
+}
+
+fn answer(content: &serde_json::Value) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "model": "fixture", "message": {"role": "assistant", "content": content.to_string()},
+        "done": true, "prompt_eval_count": 200, "eval_count": 80
+    }))
+}
+
+async fn model_fixture() -> MockServer {
+    let server = MockServer::builder()
+        .listener(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .start()
+        .await;
+    Mock::given(matchers::method("GET"))
+        .and(matchers::path("/api/tags"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"models": [{"name": "fixture"}]})),
+        )
+        .mount(&server)
+        .await;
+    let chat = |persona: &str| {
+        Mock::given(matchers::method("POST"))
+            .and(matchers::path("/api/chat"))
+            .and(matchers::body_string_contains(format!("You are {persona}")))
+    };
+    chat("Hera")
+        .respond_with(answer(&json!({"tasks": [
+            {"name": "program", "title": "Write hello.py", "role": "backend", "description": "greet(name)", "dependsOn": [], "complexity": "Low"},
+            {"name": "test", "title": "Test hello.py", "role": "qa", "description": "pytest", "dependsOn": ["program"], "complexity": "Low"}
+        ]})))
+        .mount(&server)
+        .await;
+    chat("Apollo")
+        .respond_with(answer(&json!({"summary": "Wrote greet.", "files": [{"path": "hello.py", "content": "def greet(name):\n    return 'Hello, ' + name + '!'\n"}]})))
+        .mount(&server)
+        .await;
+    chat("Athena")
+        .respond_with(answer(&json!({"summary": "Tested greet.", "files": [{"path": "test_hello.py", "content": "from hello import greet\n\ndef test_greet():\n    assert greet('Ada') == 'Hello, Ada!'\n"}]})))
+        .mount(&server)
+        .await;
+    server
+}
+
+fn run(model: ModelServer, prefix: &str, timeout: Duration) -> (LocalRun, tempfile::TempDir) {
+    let env = aios_e2e::shared_with_crds();
+    let namespace = env.create_namespace(prefix).unwrap();
+    let amqp_url = env.create_vhost(&namespace).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let run = LocalRun {
+        namespace,
+        amqp_url,
+        bin_dir: bin_dir(),
+        work_dir: work.path().to_path_buf(),
+        models: vec![model],
+        project: project(),
+        timeout,
+        verbose: true,
+    };
+    (run, work)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_is_planned_built_committed_and_succeeds() {
+    let fixture = model_fixture().await;
+    let model = ModelServer {
+        name: "local".to_owned(),
+        provider_type: "Ollama".to_owned(),
+        tier: "Local".to_owned(),
+        priority: 1,
+        url: fixture.uri(),
+        chat_model: "fixture".to_owned(),
+        embed_model: None,
+    };
+    let (run, _work) = run(model, "mainjob", Duration::from_secs(180));
+    let env = aios_e2e::shared_with_crds();
+    let outcome = tokio::task::spawn_blocking(move || run.run(env))
+        .await
+        .unwrap()
+        .unwrap_or_else(|err| panic!("{err}"));
+
+    let status = outcome.project.status.as_ref().unwrap();
+    assert_eq!(status.phase, Some(ProjectPhase::Succeeded));
+    assert_eq!(
+        outcome.tasks.len(),
+        3,
+        "the planning task and the two planned"
+    );
+    for task in &outcome.tasks {
+        let name = task.metadata.name.clone().unwrap();
+        let status = task.status.as_ref().unwrap();
+        assert_eq!(status.phase, Some(TaskPhase::Succeeded), "{name}");
+        assert!(
+            status
+                .agent
+                .as_deref()
+                .is_some_and(|a| a.ends_with("-local")),
+            "{name} names its agent: {:?}",
+            status.agent
+        );
+        assert!(status.attempt >= 1, "{name}");
+        let commit = status
+            .result
+            .as_ref()
+            .and_then(|r| r.commit.clone())
+            .unwrap_or_else(|| panic!("{name} names its commit"));
+        let kind = Command::new("git")
+            .args(["cat-file", "-t", &commit])
+            .current_dir(&outcome.repository)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&kind.stdout).trim(),
+            "commit",
+            "{name}'s commit is in the repository"
+        );
+    }
+    let show = |path: &str| {
+        let out = Command::new("git")
+            .args(["show", &format!("main:{path}")])
+            .current_dir(&outcome.repository)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(show("hello.py").contains("def greet(name)"));
+    assert!(show("test_hello.py").contains("from hello import greet"));
+    assert!(show(".aios/plan.json").contains("\"program\""));
+    assert!(
+        outcome.git_log.contains("Apollo: Write hello.py")
+            && outcome.git_log.contains("Athena: Test hello.py"),
+        "{}",
+        outcome.git_log
+    );
+    assert_eq!(status.usage.local_requests, 3);
+    assert!(outcome.summary.contains("Succeeded"), "{}", outcome.summary);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_local_model_runs_the_smallest_plan() {
+    let serve = aios_e2e::repo_root().join("e2e/model/serve.sh");
+    let port = aios_e2e::process::free_port().unwrap();
+    // Only when the model server's build is cached: building it takes many minutes.
+    let built = Command::new(aios_e2e::repo_root().join("e2e/model/build.sh"))
+        .arg("--check")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !built {
+        eprintln!("skipped: the local model server is not built (e2e/model/build.sh builds it)");
+        return;
+    }
+    let started = Command::new(&serve)
+        .args(["start", &port.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let vars: std::collections::BTreeMap<String, String> = String::from_utf8_lossy(&started.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    let model = ModelServer {
+        name: "local".to_owned(),
+        provider_type: "Ollama".to_owned(),
+        tier: "Local".to_owned(),
+        priority: 1,
+        url: vars["AIOS_MODEL_BASE_URL"].clone(),
+        chat_model: vars["AIOS_MODEL_CHAT"].clone(),
+        embed_model: vars.get("AIOS_MODEL_EMBED").cloned(),
+    };
+    let (run, _work) = run(model, "mainjob-real", Duration::from_secs(1500));
+    let env = aios_e2e::shared_with_crds();
+    let result = tokio::task::spawn_blocking(move || run.run(env))
+        .await
+        .unwrap();
+    let _ = Command::new(&serve)
+        .args(["stop", &port.to_string()])
+        .status();
+    let outcome = result.unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(
+        outcome.project.status.as_ref().unwrap().phase,
+        Some(ProjectPhase::Succeeded)
+    );
+    assert!(outcome.git_log.lines().count() >= 3, "{}", outcome.git_log);
+}
