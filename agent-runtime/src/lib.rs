@@ -118,27 +118,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         timeout: Duration::from_secs(config.llm_timeout_seconds),
         ..RetryPolicy::default()
     };
-    let router = Router::new(
-        Providers::file(config.providers_file.clone()),
-        policy,
-        Some(BudgetCounter::new(redis)),
-        metrics.clone(),
-    )
-    .context("building the HTTP client")?;
+    let router = Arc::new(
+        Router::new(
+            Providers::file(config.providers_file.clone()),
+            policy,
+            Some(BudgetCounter::new(redis)),
+            metrics.clone(),
+        )
+        .context("building the HTTP client")?,
+    );
     let persona = persona::load(
         &config.role,
         config.persona.as_deref(),
         config.persona_dir.as_deref(),
     )
     .context("reading the persona")?;
-    if config.qdrant_url.is_some() {
-        tracing::warn!("long-term memory is not supported yet: AIOS_QDRANT_URL is ignored");
-    }
+    let memory = open_memory(&config, router.clone()).await;
     let worker = Arc::new(Worker {
         role: config.role.clone(),
         persona,
-        llm: Arc::new(router),
-        memory: Arc::new(memory::NoMemory),
+        llm: router,
+        memory,
         git: git::Git::new(
             config.work_dir.clone(),
             config.max_file_bytes,
@@ -163,6 +163,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("agent stopped");
     Ok(())
 }
+
+/// Long-term memory: Qdrant when a URL is configured, else the embedded store in the
+/// work directory; embeddings come from the router. Memory is context, not state: if it
+/// cannot be opened the agent works without it, saying so.
+async fn open_memory(config: &Config, router: Arc<Router>) -> Arc<dyn memory::Memory> {
+    let embedder: Arc<dyn memory::Embedder> = router;
+    let opened: Result<Arc<dyn memory::Memory>, memory::MemoryError> = match &config.qdrant_url {
+        Some(url) => memory::qdrant::QdrantMemory::new(
+            url,
+            config.qdrant_api_key.clone(),
+            MEMORY_COLLECTION,
+            embedder,
+        )
+        .await
+        .map(|m| Arc::new(m) as Arc<dyn memory::Memory>),
+        None => memory::edge::EdgeMemory::open(&config.work_dir.join("memory"), embedder)
+            .map(|m| Arc::new(m) as Arc<dyn memory::Memory>),
+    };
+    match opened {
+        Ok(memory) => memory,
+        Err(err) => {
+            tracing::error!(error = %err, "long-term memory is unavailable; working without it");
+            Arc::new(memory::NoMemory)
+        }
+    }
+}
+
+/// The Qdrant collection agents share.
+pub const MEMORY_COLLECTION: &str = "aios-memory";
 
 /// Keeps the Redis half of readiness current.
 async fn watch_redis(claims: Claims, health: Arc<Health>, shutdown: CancellationToken) {

@@ -123,15 +123,44 @@ pub fn parse_work(text: &str) -> Result<WorkOutput, String> {
     Ok(output)
 }
 
+/// A checked plan, and what was dropped from the model's answer to make it one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedPlan {
+    /// The tasks, each after its dependencies.
+    pub tasks: Vec<PlannedTask>,
+    /// Dependencies dropped because they named no task of the plan (small models name
+    /// roles or made-up tasks there), one sentence each.
+    pub dropped: Vec<String>,
+}
+
 /// Parses a plan and checks it with the operator's rules: names, dependencies, no
-/// cycles, and roles among `roles` (when the dispatch lists any).
-pub fn parse_plan(project: &str, roles: &[String], text: &str) -> Result<Vec<PlannedTask>, String> {
-    let output: PlanOutput = serde_json::from_str(strip_fence(text))
+/// cycles, and roles among `roles` (when the dispatch lists any). A dependency on a
+/// task the plan does not have, or on the task itself, is dropped and reported in
+/// [`CheckedPlan::dropped`]; everything else that is wrong fails the plan.
+pub fn parse_plan(project: &str, roles: &[String], text: &str) -> Result<CheckedPlan, String> {
+    let mut output: PlanOutput = serde_json::from_str(strip_fence(text))
         .map_err(|err| format!("the answer is not the plan object asked for: {err}"))?;
+    let names: BTreeSet<String> = output.tasks.iter().map(|t| t.name.to_string()).collect();
+    let mut dropped = Vec::new();
+    for task in &mut output.tasks {
+        let name = task.name.to_string();
+        task.depends_on.retain(|dep| {
+            let keep = dep.as_str() != name && names.contains(dep.as_str());
+            if !keep {
+                dropped.push(format!(
+                    "{name} depended on {dep}, which is not another task of the plan"
+                ));
+            }
+            keep
+        });
+    }
     let served: BTreeSet<String> = roles.iter().cloned().collect();
     let served = (!served.is_empty()).then_some(&served);
     match validate_plan(project, &output.tasks, served) {
-        Ok(plan) => Ok(plan.tasks),
+        Ok(plan) => Ok(CheckedPlan {
+            tasks: plan.tasks,
+            dropped,
+        }),
         Err(errors) => Err(format!(
             "the plan is invalid: {}",
             errors
@@ -183,7 +212,25 @@ mod tests {
             {"name":"api","title":"API","role":"backend","description":"d","dependsOn":[]},
             {"name":"tests","title":"Tests","role":"qa","description":"d","dependsOn":["api"]}]}"#;
         let plan = parse_plan("shop", &roles, good).unwrap();
-        assert_eq!(plan.len(), 2);
+        assert_eq!(plan.tasks.len(), 2);
+        assert!(plan.dropped.is_empty());
+        let dangling = good.replace(
+            r#""dependsOn":["api"]"#,
+            r#""dependsOn":["api","backend","tests"]"#,
+        );
+        let plan = parse_plan("shop", &roles, &dangling).unwrap();
+        assert_eq!(
+            plan.tasks[1].depends_on.len(),
+            1,
+            "only the real dependency is kept"
+        );
+        assert_eq!(plan.dropped.len(), 2, "{:?}", plan.dropped);
+        let duplicate = good.replace(r#""name":"tests""#, r#""name":"api""#);
+        assert!(
+            parse_plan("shop", &roles, &duplicate)
+                .unwrap_err()
+                .contains("more than once")
+        );
         let unknown_role = good.replace("\"qa\"", "\"security\"");
         let err = parse_plan("shop", &roles, &unknown_role).unwrap_err();
         assert!(err.contains("\"security\""), "{err}");

@@ -115,7 +115,13 @@ fn planning_instructions(dispatch: &TaskDispatch) -> String {
         "Plan the project as a JSON object with \"tasks\": a list of tasks, each with \"name\" (a short \
          lower-case identifier such as \"api\"), \"title\", \"role\", \"description\" (enough detail to do \
          it without asking), \"dependsOn\" (names of tasks in this plan that must finish first), \
-         \"complexity\" (Low, Medium or High) and \"acceptanceCriteria\". Use as few tasks as the brief allows.",
+         \"complexity\" (Low, Medium or High) and \"acceptanceCriteria\". Use as few tasks as the brief allows. \
+         Each name appears once; \"dependsOn\" names only other tasks of this plan, never a role. \
+         For example, a service and its tests: {\"tasks\": [{\"name\": \"service\", \"title\": \"Write the service\", \
+         \"role\": \"backend\", \"description\": \"...\", \"dependsOn\": [], \"complexity\": \"Low\", \
+         \"acceptanceCriteria\": [\"...\"]}, {\"name\": \"service-tests\", \"title\": \"Test the service\", \
+         \"role\": \"qa\", \"description\": \"...\", \"dependsOn\": [\"service\"], \"complexity\": \"Low\", \
+         \"acceptanceCriteria\": [\"...\"]}]}.",
     );
     if !dispatch.available_roles.is_empty() {
         let _ = write!(

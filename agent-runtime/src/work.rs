@@ -279,6 +279,7 @@ impl Worker {
             && let Some(plan) = workspace
                 .read_file(PLAN_FILE, CONTEXT_FILE_BYTES * 64)
                 .and_then(|text| output::parse_plan(&project, &roles, &text).ok())
+                .map(|checked| checked.tasks)
         {
             let mut done = success(delivered, None, usage);
             done.result.plan = Some(plan);
@@ -294,11 +295,14 @@ impl Worker {
             &[],
             &memories,
         );
-        let plan = self
+        let checked = self
             .ask(dispatch, request, &mut usage, |text| {
                 output::parse_plan(&project, &roles, text)
             })
             .await?;
+        let plan = checked.tasks;
+        let notes = (!checked.dropped.is_empty())
+            .then(|| format!("Dropped dependencies: {}.", checked.dropped.join("; ")));
         let summary = format!(
             "Planned {} tasks: {}.",
             plan.len(),
@@ -317,7 +321,7 @@ impl Worker {
             .deliver(dispatch, &workspace, &[file], &summary, &usage)
             .await?;
         self.remember(dispatch, Kind::Decision, summary).await;
-        let mut done = success(delivered, None, usage);
+        let mut done = success(delivered, notes, usage);
         done.result.plan = Some(plan);
         Ok(done)
     }
