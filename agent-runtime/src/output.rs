@@ -34,6 +34,11 @@ struct PlanOutput {
     tasks: Vec<PlannedTask>,
 }
 
+/// Paths the schema allows: relative, each part starting with a letter, digit or `_`
+/// (so no `/` at the start, no `..`, no `.git`). Schema-constrained decoding then keeps
+/// even a small model inside the work tree; delivery checks every path again.
+pub const SAFE_PATH_PATTERN: &str = "^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$";
+
 /// The JSON schema of a work task's answer.
 pub fn work_schema() -> Value {
     json!({
@@ -45,7 +50,7 @@ pub fn work_schema() -> Value {
                 "items": {
                     "type": "object",
                     "properties": {
-                        "path": {"type": "string"},
+                        "path": {"type": "string", "pattern": SAFE_PATH_PATTERN},
                         "content": {"type": "string"}
                     },
                     "required": ["path", "content"]
