@@ -436,6 +436,20 @@ impl Workspace {
         std::fs::read_to_string(full).ok()
     }
 
+    /// Where `file` goes in the work tree, if its path and size are safe.
+    fn check(&self, file: &FileOutput) -> Result<PathBuf, DeliveryError> {
+        checked_path(
+            self.path(),
+            &file.path,
+            file.content.len(),
+            self.max_file_bytes,
+        )
+        .map_err(|why| DeliveryError::UnsafePath {
+            path: file.path.clone(),
+            why,
+        })
+    }
+
     /// Writes `files`, commits them as `author` with `title` and `summary` and the
     /// attempt's trailers, and pushes; a rejected push is rebased and retried.
     pub async fn deliver(
@@ -450,16 +464,7 @@ impl Workspace {
         let mut paths = Vec::with_capacity(files.len());
         // Check every path before writing any, so a refusal leaves nothing behind.
         for file in files {
-            let full = checked_path(
-                self.path(),
-                &file.path,
-                file.content.len(),
-                self.max_file_bytes,
-            )
-            .map_err(|why| DeliveryError::UnsafePath {
-                path: file.path.clone(),
-                why,
-            })?;
+            let full = self.check(file)?;
             paths.push(full);
         }
         let mut written = Vec::with_capacity(files.len());
@@ -470,16 +475,7 @@ impl Workspace {
                     .map_err(io(format!("creating the directory of {}", file.path)))?;
             }
             // Checked again after the directories exist: none of them may be a link.
-            checked_path(
-                self.path(),
-                &file.path,
-                file.content.len(),
-                self.max_file_bytes,
-            )
-            .map_err(|why| DeliveryError::UnsafePath {
-                path: file.path.clone(),
-                why,
-            })?;
+            self.check(file)?;
             tokio::fs::write(full, &file.content)
                 .await
                 .map_err(io(format!("writing {}", file.path)))?;
