@@ -25,10 +25,26 @@ pub fn file_name(crd: &CustomResourceDefinition) -> String {
     format!("{}.{}.yaml", crd.spec.names.plural, crd.spec.group)
 }
 
-/// A CRD as the YAML document committed under `crds/`.
+/// A CRD as the YAML document committed under `crds/`. Object keys are sorted: whether
+/// `serde_json` keeps insertion order is a feature another crate of the build may turn
+/// on, and the file must not depend on what else is built.
 pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_yaml_ng::Error> {
+    let mut value =
+        serde_json::to_value(crd).map_err(<serde_yaml_ng::Error as serde::ser::Error>::custom)?;
+    sort_keys(&mut value);
     Ok(format!(
         "{GENERATED_HEADER}{}",
-        serde_yaml_ng::to_string(crd)?
+        serde_yaml_ng::to_string(&value)?
     ))
+}
+
+fn sort_keys(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.sort_keys();
+            map.values_mut().for_each(sort_keys);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(sort_keys),
+        _ => {}
+    }
 }
