@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use aios_crds::{
     Agent,
+    common::SecretKeyRef,
     names::{annotations, labels},
 };
 use jiff::Timestamp;
@@ -155,8 +156,15 @@ fn probe(path: &str, port: i32, period: i32) -> Probe {
     }
 }
 
-/// The objects Agent `agent` becomes, with `replicas` agent pods.
-pub fn agent_children(agent: &Agent, runtime: &AgentRuntime, replicas: i32) -> AgentChildren {
+/// The objects Agent `agent` becomes, with `replicas` agent pods. `credentials` are the
+/// Secret keys of the namespace's model providers: each reaches the pods as the
+/// environment variable agents read it from (`AIOS_SECRET_<SECRET>_<KEY>`).
+pub fn agent_children(
+    agent: &Agent,
+    runtime: &AgentRuntime,
+    replicas: i32,
+    credentials: &[SecretKeyRef],
+) -> AgentChildren {
     let name = child_name(&agent.name_any());
     let spec = &agent.spec;
     let persona_data = BTreeMap::from([
@@ -181,7 +189,7 @@ pub fn agent_children(agent: &Agent, runtime: &AgentRuntime, replicas: i32) -> A
         ..ServiceAccount::default()
     };
 
-    let container = agent_container(agent, runtime);
+    let container = agent_container(agent, runtime, credentials);
     let selector = BTreeMap::from([
         (labels::NAME.to_owned(), "aios-agent".to_owned()),
         (labels::AGENT.to_owned(), agent.name_any()),
@@ -247,7 +255,11 @@ pub fn agent_children(agent: &Agent, runtime: &AgentRuntime, replicas: i32) -> A
 
 /// The agent container: role, persona and concurrency in its environment, connection
 /// settings from the Secret, locked down, with probes on the health port.
-fn agent_container(agent: &Agent, runtime: &AgentRuntime) -> Container {
+fn agent_container(
+    agent: &Agent,
+    runtime: &AgentRuntime,
+    credentials: &[SecretKeyRef],
+) -> Container {
     let spec = &agent.spec;
     let secret = &runtime.connection_secret;
     let mut container_env = vec![
@@ -276,6 +288,15 @@ fn agent_container(agent: &Agent, runtime: &AgentRuntime) -> Container {
         secret_env("AIOS_QDRANT_URL", secret, "qdrantUrl", true),
         secret_env("AIOS_QDRANT_API_KEY", secret, "qdrantApiKey", true),
     ];
+    // Optional: a provider whose Secret is missing fails its calls, not the pod.
+    container_env.extend(credentials.iter().map(|c| {
+        secret_env(
+            &aios_crds::names::env::secret_variable(&c.name, &c.key),
+            &c.name,
+            &c.key,
+            true,
+        )
+    }));
     container_env.extend(spec.env.iter().cloned());
 
     let mount = |volume: &str, path: &str, read_only: bool| VolumeMount {
@@ -418,7 +439,7 @@ mod tests {
 
     #[test]
     fn the_pods_run_locked_down_with_probes_and_the_grace_period() {
-        let children = agent_children(&agent(), &AgentRuntime::default(), 2);
+        let children = agent_children(&agent(), &AgentRuntime::default(), 2, &[]);
         let deployment = children.deployment;
         let spec = deployment.spec;
         assert_eq!(spec.replicas, Some(2));
@@ -466,8 +487,29 @@ mod tests {
     }
 
     #[test]
+    fn provider_credentials_reach_the_pods_under_the_names_agents_read() {
+        let openai = SecretKeyRef {
+            name: "openai-creds".to_owned(),
+            key: "api-key".to_owned(),
+        };
+        let children = agent_children(&agent(), &AgentRuntime::default(), 1, &[openai]);
+        let pod = children.deployment.spec.template.spec.unwrap();
+        let env = pod.containers[0].env.clone().unwrap();
+        let var = env
+            .iter()
+            .find(|e| e.name == "AIOS_SECRET_OPENAI_CREDS_API_KEY")
+            .expect("the credential's variable");
+        assert!(var.value.is_none(), "never inlined");
+        let key = var.value_from.clone().unwrap().secret_key_ref.unwrap();
+        assert_eq!(
+            (key.name.as_str(), key.key.as_str(), key.optional),
+            ("openai-creds", "api-key", Some(true))
+        );
+    }
+
+    #[test]
     fn connection_settings_come_from_a_secret_and_the_role_from_the_agent() {
-        let children = agent_children(&agent(), &AgentRuntime::default(), 1);
+        let children = agent_children(&agent(), &AgentRuntime::default(), 1, &[]);
         let pod = children.deployment.spec.template.spec.unwrap();
         let env = pod.containers[0].env.clone().unwrap();
         let get = |n: &str| env.iter().find(|e| e.name == n).unwrap().clone();
@@ -491,7 +533,7 @@ mod tests {
 
     #[test]
     fn children_are_owned_labelled_and_carry_the_persona() {
-        let children = agent_children(&agent(), &AgentRuntime::default(), 1);
+        let children = agent_children(&agent(), &AgentRuntime::default(), 1, &[]);
         for meta in [
             &children.service_account.metadata,
             &children.persona.metadata,
@@ -515,7 +557,7 @@ mod tests {
         let mut other = agent();
         other.spec.persona.system_prompt = Some("You build better APIs.".into());
         let hash = |a: &Agent| {
-            agent_children(a, &AgentRuntime::default(), 1)
+            agent_children(a, &AgentRuntime::default(), 1, &[])
                 .deployment
                 .spec
                 .template

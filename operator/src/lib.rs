@@ -459,6 +459,7 @@ fn spawn_controllers(
         Err(RunError::TaskEnded("the Task controller"))
     });
     let agents = ctx.agents.clone();
+    let agents_of_namespace = ctx.agents.clone();
     let managed = format!(
         "{}={}",
         aios_crds::names::labels::MANAGED_BY,
@@ -476,6 +477,11 @@ fn spawn_controllers(
         api::<Task>(client, ns),
         watcher::Config::default(),
         move |task| pools::agents_for_task(&agents, &task),
+    )
+    .watches(
+        api::<ModelProvider>(client, ns),
+        watcher::Config::default(),
+        move |provider| pools::agents_for_provider(&agents_of_namespace, &provider),
     )
     // Task events come in bursts; one pass a second per pool is enough.
     .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))
