@@ -453,3 +453,62 @@ async fn two_workers_pushing_to_one_branch_both_land() {
         "one push was rejected and rebased:\n{logs}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_conflict_fails_the_later_attempt_naming_the_paths() {
+    let mut world = World::new("agent-conflict").await;
+    // Both write the same new file with different content, from the same starting point.
+    world
+        .answer(
+            "Claim it first",
+            &work_answer("Mine.", &[("shared.txt", "first\n")]),
+            None,
+            Duration::from_secs(1),
+        )
+        .await;
+    world
+        .answer(
+            "Claim it second",
+            &work_answer("Also mine.", &[("shared.txt", "second\n")]),
+            None,
+            Duration::from_secs(1),
+        )
+        .await;
+    let first = world.agent("backend", &[]);
+    let second = world.agent("backend", &[]);
+    first.wait_ready(WAIT).await;
+    second.wait_ready(WAIT).await;
+    world
+        .publish(&world.dispatch("shop-first", "backend", "Claim it first"))
+        .await;
+    world
+        .publish(&world.dispatch("shop-second", "backend", "Claim it second"))
+        .await;
+    let (mut succeeded, mut conflicts) = (0, Vec::new());
+    for _ in 0..2 {
+        let done = world.wait_for(WAIT, is_terminal).await;
+        match done.kind {
+            TaskEventKind::Succeeded { .. } => succeeded += 1,
+            TaskEventKind::Failed {
+                reason,
+                message,
+                retryable,
+                ..
+            } => {
+                assert_eq!(reason, "DeliveryConflict", "{message}");
+                assert!(retryable, "a new attempt starts from the new branch head");
+                conflicts.push(message);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(succeeded, 1);
+    assert_eq!(conflicts.len(), 1);
+    assert!(conflicts[0].contains("shared.txt"), "{}", conflicts[0]);
+    let content = world.file("shared.txt").unwrap();
+    assert!(
+        content == "first\n" || content == "second\n",
+        "one side landed whole: {content:?}"
+    );
+    assert_eq!(world.commits().len(), 2, "the seed and the one that landed");
+}
