@@ -102,6 +102,23 @@ fn ollama_ok(content: &str) -> ResponseTemplate {
     }))
 }
 
+/// Answers every POST to `path` with `response`.
+async fn answer_posts(server: &MockServer, path: &str, response: ResponseTemplate) {
+    Mock::given(matchers::method("POST"))
+        .and(matchers::path(path))
+        .respond_with(response)
+        .mount(server)
+        .await;
+}
+
+/// Answers every POST, whatever its path, with `response`.
+async fn answer_all_posts(server: &MockServer, response: ResponseTemplate) {
+    Mock::given(matchers::method("POST"))
+        .respond_with(response)
+        .mount(server)
+        .await;
+}
+
 async fn server() -> MockServer {
     MockServer::builder()
         .listener(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
@@ -118,11 +135,7 @@ async fn body_of(server: &MockServer, index: usize) -> (Value, wiremock::Request
 #[tokio::test]
 async fn ollama_gets_the_schema_in_format_and_its_counts_are_read() {
     let fixture = server().await;
-    Mock::given(matchers::method("POST"))
-        .and(matchers::path("/api/chat"))
-        .respond_with(ollama_ok(r#"{"summary":"ok"}"#))
-        .mount(&fixture)
-        .await;
+    answer_posts(&fixture, "/api/chat", ollama_ok(r#"{"summary":"ok"}"#)).await;
     let router = router(
         vec![entry(
             "ollama",
@@ -277,23 +290,20 @@ async fn anthropic_gets_its_headers_and_a_forced_tool_whose_input_is_the_answer(
 #[tokio::test]
 async fn embeddings_come_from_the_local_provider_with_an_embeddings_model() {
     let ollama = server().await;
-    Mock::given(matchers::method("POST"))
-        .and(matchers::path("/api/embed"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(
+    answer_posts(
+        &ollama,
+        "/api/embed",
+        ResponseTemplate::new(200).set_body_json(
             json!({"model": "m", "embeddings": [[0.1, 0.2], [0.3, 0.4]], "prompt_eval_count": 9}),
-        ))
-        .mount(&ollama)
-        .await;
+        ),
+    )
+    .await;
     let openai = server().await;
-    Mock::given(matchers::method("POST"))
-        .and(matchers::path("/v1/embeddings"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+    answer_posts(&openai, "/v1/embeddings", ResponseTemplate::new(200).set_body_json(json!({
             "object": "list",
             "data": [{"object": "embedding", "index": 1, "embedding": [0.0, 1.0]}, {"object": "embedding", "index": 0, "embedding": [1.0, 0.0]}],
             "usage": {"prompt_tokens": 4, "total_tokens": 4}
-        })))
-        .mount(&openai)
-        .await;
+        }))).await;
     let texts = vec!["a".to_owned(), "b".to_owned()];
     let both = router(
         vec![
@@ -364,10 +374,7 @@ async fn a_429_is_retried_after_its_retry_after_and_a_long_one_falls_back() {
         .with_priority(1)
         .mount(&fixture)
         .await;
-    Mock::given(matchers::method("POST"))
-        .respond_with(ollama_ok("{}"))
-        .mount(&fixture)
-        .await;
+    answer_all_posts(&fixture, ollama_ok("{}")).await;
     let router1 = router(
         vec![entry(
             "ollama",
@@ -387,15 +394,13 @@ async fn a_429_is_retried_after_its_retry_after_and_a_long_one_falls_back() {
     );
 
     let busy = server().await;
-    Mock::given(matchers::method("POST"))
-        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "3600"))
-        .mount(&busy)
-        .await;
+    answer_all_posts(
+        &busy,
+        ResponseTemplate::new(429).insert_header("retry-after", "3600"),
+    )
+    .await;
     let backup = server().await;
-    Mock::given(matchers::method("POST"))
-        .respond_with(ollama_ok("{}"))
-        .mount(&backup)
-        .await;
+    answer_all_posts(&backup, ollama_ok("{}")).await;
     let router2 = router(
         vec![
             entry("busy", ProviderType::Ollama, Tier::Local, 2, &busy.uri()),
@@ -422,24 +427,19 @@ async fn a_429_is_retried_after_its_retry_after_and_a_long_one_falls_back() {
 #[tokio::test]
 async fn server_errors_timeouts_and_refused_connections_fall_back_down_the_chain() {
     let broken = server().await;
-    Mock::given(matchers::method("POST"))
-        .respond_with(ResponseTemplate::new(503).set_body_string("overloaded"))
-        .mount(&broken)
-        .await;
+    answer_all_posts(
+        &broken,
+        ResponseTemplate::new(503).set_body_string("overloaded"),
+    )
+    .await;
     let slow = server().await;
-    Mock::given(matchers::method("POST"))
-        .respond_with(ollama_ok("{}").set_delay(Duration::from_secs(3)))
-        .mount(&slow)
-        .await;
+    answer_all_posts(&slow, ollama_ok("{}").set_delay(Duration::from_secs(3))).await;
     let refused = format!(
         "http://127.0.0.1:{}",
         aios_e2e::process::free_port().unwrap()
     );
     let good = server().await;
-    Mock::given(matchers::method("POST"))
-        .respond_with(ollama_ok(r#"{"summary":"fell back"}"#))
-        .mount(&good)
-        .await;
+    answer_all_posts(&good, ollama_ok(r#"{"summary":"fell back"}"#)).await;
     let router = router(
         vec![
             entry(
@@ -467,15 +467,13 @@ async fn server_errors_timeouts_and_refused_connections_fall_back_down_the_chain
 #[tokio::test]
 async fn when_every_provider_fails_the_error_says_what_each_answered() {
     let broken = server().await;
-    Mock::given(matchers::method("POST"))
-        .respond_with(ResponseTemplate::new(500).set_body_string("kaput"))
-        .mount(&broken)
-        .await;
+    answer_all_posts(&broken, ResponseTemplate::new(500).set_body_string("kaput")).await;
     let picky = server().await;
-    Mock::given(matchers::method("POST"))
-        .respond_with(ResponseTemplate::new(400).set_body_string("bad schema"))
-        .mount(&picky)
-        .await;
+    answer_all_posts(
+        &picky,
+        ResponseTemplate::new(400).set_body_string("bad schema"),
+    )
+    .await;
     let router = router(
         vec![
             entry(
@@ -512,10 +510,7 @@ async fn when_every_provider_fails_the_error_says_what_each_answered() {
 async fn the_breaker_skips_a_dead_provider_and_lets_it_back_after_the_cool_down() {
     let flaky = server().await;
     let good = server().await;
-    Mock::given(matchers::method("POST"))
-        .respond_with(ollama_ok("{}"))
-        .mount(&good)
-        .await;
+    answer_all_posts(&good, ollama_ok("{}")).await;
     let dead = Mock::given(matchers::method("POST"))
         .respond_with(ResponseTemplate::new(500))
         .mount_as_scoped(&flaky)
@@ -542,10 +537,7 @@ async fn the_breaker_skips_a_dead_provider_and_lets_it_back_after_the_cool_down(
         "open: the dead provider is skipped"
     );
     drop(dead);
-    Mock::given(matchers::method("POST"))
-        .respond_with(ollama_ok("{}"))
-        .mount(&flaky)
-        .await;
+    answer_all_posts(&flaky, ollama_ok("{}")).await;
     tokio::time::sleep(Duration::from_millis(450)).await;
     assert_eq!(
         router.chat(&request()).await.unwrap().call.provider,
@@ -564,10 +556,11 @@ async fn two_clients_sharing_one_redis_stop_at_the_budget() {
     let client = redis::Client::open(env.redis_url.clone().unwrap()).unwrap();
     let fixture = server().await;
     // Slow enough that the two clients' calls overlap.
-    Mock::given(matchers::method("POST"))
-        .respond_with(ollama_ok("{}").set_delay(Duration::from_millis(50)))
-        .mount(&fixture)
-        .await;
+    answer_all_posts(
+        &fixture,
+        ollama_ok("{}").set_delay(Duration::from_millis(50)),
+    )
+    .await;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -402,30 +402,12 @@ async fn every_kind_of_unsafe_path_is_refused_and_nothing_is_committed() {
 async fn two_workers_pushing_to_one_branch_both_land() {
     let mut world = World::new("agent-race").await;
     // Both fetch before either pushes: the second push is rejected, rebased and retried.
-    world
-        .answer(
-            "Race one",
-            &work_answer("One.", &[("one.txt", "1\n")]),
-            None,
-            Duration::from_secs(1),
+    let (first, second, one, two) = world
+        .race(
+            ("Race one", work_answer("One.", &[("one.txt", "1\n")])),
+            ("Race two", work_answer("Two.", &[("two.txt", "2\n")])),
         )
         .await;
-    world
-        .answer(
-            "Race two",
-            &work_answer("Two.", &[("two.txt", "2\n")]),
-            None,
-            Duration::from_secs(1),
-        )
-        .await;
-    let first = world.agent("backend", &[]);
-    let second = world.agent("backend", &[]);
-    first.wait_ready(WAIT).await;
-    second.wait_ready(WAIT).await;
-    let one = world.dispatch("shop-one", "backend", "Race one");
-    let two = world.dispatch("shop-two", "backend", "Race two");
-    world.publish(&one).await;
-    world.publish(&two).await;
     for _ in 0..2 {
         let done = world.wait_for(WAIT, is_terminal).await;
         assert!(
@@ -458,31 +440,17 @@ async fn two_workers_pushing_to_one_branch_both_land() {
 async fn a_real_conflict_fails_the_later_attempt_naming_the_paths() {
     let mut world = World::new("agent-conflict").await;
     // Both write the same new file with different content, from the same starting point.
-    world
-        .answer(
-            "Claim it first",
-            &work_answer("Mine.", &[("shared.txt", "first\n")]),
-            None,
-            Duration::from_secs(1),
+    let _agents = world
+        .race(
+            (
+                "Claim it first",
+                work_answer("Mine.", &[("shared.txt", "first\n")]),
+            ),
+            (
+                "Claim it second",
+                work_answer("Also mine.", &[("shared.txt", "second\n")]),
+            ),
         )
-        .await;
-    world
-        .answer(
-            "Claim it second",
-            &work_answer("Also mine.", &[("shared.txt", "second\n")]),
-            None,
-            Duration::from_secs(1),
-        )
-        .await;
-    let first = world.agent("backend", &[]);
-    let second = world.agent("backend", &[]);
-    first.wait_ready(WAIT).await;
-    second.wait_ready(WAIT).await;
-    world
-        .publish(&world.dispatch("shop-first", "backend", "Claim it first"))
-        .await;
-    world
-        .publish(&world.dispatch("shop-second", "backend", "Claim it second"))
         .await;
     let (mut succeeded, mut conflicts) = (0, Vec::new());
     for _ in 0..2 {

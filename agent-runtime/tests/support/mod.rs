@@ -176,6 +176,28 @@ impl World {
         mock.mount(&self.llm).await;
     }
 
+    /// Two backend agents given one task each, from the same branch head: each model
+    /// answer (by title) takes a second, so both fetch before either pushes.
+    pub async fn race(
+        &mut self,
+        one: (&str, Value),
+        two: (&str, Value),
+    ) -> (Agent, Agent, TaskDispatch, TaskDispatch) {
+        for (title, answer) in [&one, &two] {
+            self.answer(title, answer, None, Duration::from_secs(1))
+                .await;
+        }
+        let first = self.agent("backend", &[]);
+        let second = self.agent("backend", &[]);
+        first.wait_ready(Duration::from_secs(60)).await;
+        second.wait_ready(Duration::from_secs(60)).await;
+        let a = self.dispatch(&format!("race-{}", self.agents), "backend", one.0);
+        let b = self.dispatch(&format!("race-{}-b", self.agents), "backend", two.0);
+        self.publish(&a).await;
+        self.publish(&b).await;
+        (first, second, a, b)
+    }
+
     /// A dispatch of a work task for `role`, titled `title`, delivering into the repository.
     pub fn dispatch(&self, task: &str, role: &str, title: &str) -> TaskDispatch {
         TaskDispatch {
