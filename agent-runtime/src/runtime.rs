@@ -376,10 +376,30 @@ impl Runtime {
         hard_stop: &CancellationToken,
     ) -> Outcome {
         let id = dispatch.attempt_id().message_id();
-        match self.wait_for_claim(&id, hard_stop).await {
+        // One run of an attempt per process: a second delivery of it (a republish, or a
+        // redelivery after a lost connection) would find the claim this process's own,
+        // so it waits here for the first run to end, then finds the attempt done.
+        let stop = CancellationToken::new();
+        loop {
+            {
+                let mut inflight = self.inflight();
+                if !inflight.contains_key(&id) {
+                    inflight.insert(id.clone(), stop.clone());
+                    break;
+                }
+            }
+            tokio::select! {
+                () = hard_stop.cancelled() => {
+                    requeue(delivery).await;
+                    return Outcome::Requeued;
+                }
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+        let outcome = match self.wait_for_claim(&id, hard_stop).await {
             Err(()) => {
                 requeue(delivery).await;
-                return Outcome::Requeued;
+                Outcome::Requeued
             }
             Ok(Some(found)) => {
                 tracing::info!(
@@ -387,15 +407,13 @@ impl Runtime {
                     "the attempt was handled already; acknowledging without work"
                 );
                 let _ = delivery.ack(BasicAckOptions::default()).await;
-                return Outcome::Duplicate;
+                Outcome::Duplicate
             }
-            Ok(None) => {}
-        }
-        let stop = CancellationToken::new();
-        self.inflight().insert(id.clone(), stop.clone());
-        let outcome = self
-            .claimed(dispatch, delivery, hard_stop, &stop, &id)
-            .await;
+            Ok(None) => {
+                self.claimed(dispatch, delivery, hard_stop, &stop, &id)
+                    .await
+            }
+        };
         self.inflight().remove(&id);
         outcome
     }

@@ -106,7 +106,8 @@ async fn the_same_message_twice_makes_one_commit_and_one_success() {
             Duration::ZERO,
         )
         .await;
-    let agent = world.agent("backend", &[]);
+    // Two at once: both copies are in this one process together.
+    let agent = world.agent("backend", &[("AIOS_CONCURRENCY", "2")]);
     agent.wait_ready(WAIT).await;
     let dispatch = world.dispatch("shop-twice", "backend", "Write twice");
     world.publish(&dispatch).await;
