@@ -81,6 +81,11 @@ fn router(providers: Vec<ProviderEntry>, policy: RetryPolicy) -> Router {
         }))
 }
 
+/// A router over one provider, with the fast test policy.
+fn single(name: &str, kind: ProviderType, tier: Tier, endpoint: &str) -> Router {
+    router(vec![entry(name, kind, tier, 1, endpoint)], fast_policy())
+}
+
 fn request() -> ChatRequest {
     ChatRequest {
         messages: vec![
@@ -136,16 +141,7 @@ async fn body_of(server: &MockServer, index: usize) -> (Value, wiremock::Request
 async fn ollama_gets_the_schema_in_format_and_its_counts_are_read() {
     let fixture = server().await;
     answer_posts(&fixture, "/api/chat", ollama_ok(r#"{"summary":"ok"}"#)).await;
-    let router = router(
-        vec![entry(
-            "ollama",
-            ProviderType::Ollama,
-            Tier::Local,
-            1,
-            &fixture.uri(),
-        )],
-        fast_policy(),
-    );
+    let router = single("ollama", ProviderType::Ollama, Tier::Local, &fixture.uri());
     let answer = router.chat(&request()).await.unwrap();
     assert_eq!(answer.content, r#"{"summary":"ok"}"#);
     assert_eq!(
@@ -180,16 +176,7 @@ async fn openai_gets_a_bearer_key_and_a_json_schema_response_format() {
         })))
         .mount(&fixture)
         .await;
-    let router = router(
-        vec![entry(
-            "openai",
-            ProviderType::OpenAI,
-            Tier::Cloud,
-            1,
-            &fixture.uri(),
-        )],
-        fast_policy(),
-    );
+    let router = single("openai", ProviderType::OpenAI, Tier::Cloud, &fixture.uri());
     let answer = router.chat(&request()).await.unwrap();
     assert_eq!(answer.content, r#"{"summary":"hi"}"#);
     assert!(
@@ -253,15 +240,11 @@ async fn anthropic_gets_its_headers_and_a_forced_tool_whose_input_is_the_answer(
         })))
         .mount(&fixture)
         .await;
-    let router = router(
-        vec![entry(
-            "claude",
-            ProviderType::Anthropic,
-            Tier::Cloud,
-            1,
-            &fixture.uri(),
-        )],
-        fast_policy(),
+    let router = single(
+        "claude",
+        ProviderType::Anthropic,
+        Tier::Cloud,
+        &fixture.uri(),
     );
     let answer = router.chat(&request()).await.unwrap();
     assert_eq!(
@@ -330,30 +313,17 @@ async fn embeddings_come_from_the_local_provider_with_an_embeddings_model() {
     );
     let (body, _) = body_of(&ollama, 0).await;
     assert_eq!(body, json!({"model": "ollama-embed", "input": ["a", "b"]}));
-    let cloud = router(
-        vec![entry(
-            "openai",
-            ProviderType::OpenAI,
-            Tier::Cloud,
-            9,
-            &openai.uri(),
-        )],
-        fast_policy(),
-    );
+    let cloud = single("openai", ProviderType::OpenAI, Tier::Cloud, &openai.uri());
     assert_eq!(
         cloud.embed_texts(&texts).await.unwrap(),
         vec![vec![1.0, 0.0], vec![0.0, 1.0]],
         "in input order"
     );
-    let none = router(
-        vec![entry(
-            "claude",
-            ProviderType::Anthropic,
-            Tier::Cloud,
-            1,
-            &openai.uri(),
-        )],
-        fast_policy(),
+    let none = single(
+        "claude",
+        ProviderType::Anthropic,
+        Tier::Cloud,
+        &openai.uri(),
     );
     assert!(matches!(
         none.embed_texts(&texts).await,
@@ -375,16 +345,7 @@ async fn a_429_is_retried_after_its_retry_after_and_a_long_one_falls_back() {
         .mount(&fixture)
         .await;
     answer_all_posts(&fixture, ollama_ok("{}")).await;
-    let router1 = router(
-        vec![entry(
-            "ollama",
-            ProviderType::Ollama,
-            Tier::Local,
-            1,
-            &fixture.uri(),
-        )],
-        fast_policy(),
-    );
+    let router1 = single("ollama", ProviderType::Ollama, Tier::Local, &fixture.uri());
     let started = std::time::Instant::now();
     router1.chat(&request()).await.unwrap();
     assert!(
