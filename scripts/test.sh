@@ -3,6 +3,8 @@
 #   - Redis and RabbitMQ from Debian's packages (when missing),
 #   - kube-apiserver, kube-controller-manager, kubectl and etcd built from their pinned Go
 #     modules (cached under ~/.cache/aios, keyed by version),
+#   - helm built from its pinned Go module (cached the same way),
+#   - debootstrap, umoci and runc from Debian's packages, for the offline image build,
 #   - the crates, with the Rust target directory cached under ~/.cache/aios as well.
 # Then: formatting, clippy, and `cargo test --workspace` with one local environment
 # (etcd, kube-apiserver, kube-controller-manager, RabbitMQ, Redis on loopback) that every
@@ -25,13 +27,21 @@ e2e/controlplane/install-services.sh
 step "building or reusing the control plane"
 AIOS_CONTROLPLANE_BIN=$(e2e/controlplane/build.sh)
 export AIOS_CONTROLPLANE_BIN
+step "building or reusing helm"
+AIOS_TOOLS_BIN=$(e2e/tools/build.sh)
+export AIOS_TOOLS_BIN
+step "installing the image build's tools when missing"
+images/install-tools.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-step "building the tests"
+step "building the tests and the binaries"
 cargo test --workspace --locked --no-run
+cargo build --workspace --bins --locked
+step "building or reusing the images (offline, from the Dockerfiles)"
+images/build.py >/dev/null
 
 step "running the tests in a shared local environment"
 "$CARGO_TARGET_DIR/debug/aios-env" run -- cargo test --workspace --locked

@@ -64,9 +64,14 @@ pub struct Config {
     /// is taken over after it lapses.
     #[arg(long, env = "AIOS_CLAIM_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..))]
     pub claim_lease_seconds: u64,
-    /// After SIGTERM, how long tasks in flight may run before they are requeued.
-    #[arg(long, env = "AIOS_SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
-    pub shutdown_grace_seconds: u64,
+    /// After SIGTERM, how long tasks in flight may run before they are requeued; when
+    /// unset, derived from `--termination-grace-seconds`.
+    #[arg(long, env = "AIOS_SHUTDOWN_GRACE_SECONDS")]
+    pub shutdown_grace_seconds: Option<u64>,
+    /// The pod's `terminationGracePeriodSeconds` (the operator sets it): the kubelet kills
+    /// the agent that long after SIGTERM, so the shutdown grace ends a little before.
+    #[arg(long, env = "AIOS_TERMINATION_GRACE_SECONDS")]
+    pub termination_grace_seconds: Option<u64>,
     /// The largest file the agent writes.
     #[arg(long, env = "AIOS_MAX_FILE_BYTES", default_value_t = 1024 * 1024)]
     pub max_file_bytes: u64,
@@ -92,7 +97,7 @@ impl Config {
 
     /// The shutdown grace period.
     pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs(self.shutdown_grace_seconds)
+        shutdown_grace(self.shutdown_grace_seconds, self.termination_grace_seconds)
     }
 
     /// The agent's name: the pod name, else host name and pid.
@@ -105,5 +110,52 @@ impl Config {
                     .map_or_else(|_| "agent".to_owned(), |h| h.trim().to_owned());
                 format!("{host}-{}", std::process::id())
             })
+    }
+}
+
+/// Kubernetes' default `terminationGracePeriodSeconds`, assumed when nothing says more.
+const DEFAULT_TERMINATION_GRACE_SECONDS: u64 = 30;
+
+/// How long tasks in flight may run after SIGTERM: `explicit` when set, else the pod's
+/// termination grace less a margin for requeueing what is left and exiting (a tenth of
+/// it, between 1 and 10 seconds), so the kubelet's SIGKILL never lands mid-requeue.
+pub fn shutdown_grace(explicit: Option<u64>, termination: Option<u64>) -> Duration {
+    if let Some(seconds) = explicit {
+        return Duration::from_secs(seconds);
+    }
+    let termination = termination.unwrap_or(DEFAULT_TERMINATION_GRACE_SECONDS);
+    let margin = (termination / 10).clamp(1, 10);
+    Duration::from_secs(termination.saturating_sub(margin))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shutdown_grace_follows_the_pods_termination_grace() {
+        // The operator's default pod grace of 600 s leaves the agent 590 s, not 25.
+        assert_eq!(shutdown_grace(None, Some(600)), Duration::from_secs(590));
+        assert_eq!(shutdown_grace(None, Some(30)), Duration::from_secs(27));
+        assert_eq!(shutdown_grace(None, Some(5)), Duration::from_secs(4));
+        assert_eq!(shutdown_grace(None, Some(0)), Duration::ZERO);
+        // Outside a pod, Kubernetes' default is assumed.
+        assert_eq!(shutdown_grace(None, None), Duration::from_secs(27));
+        // An explicit setting wins.
+        assert_eq!(shutdown_grace(Some(3), Some(600)), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn the_grace_is_read_from_the_environment_variables_the_operator_sets() {
+        let config = Config::try_parse_from([
+            "aios-agent",
+            "--role=backend",
+            "--amqp-url=amqp://127.0.0.1",
+            "--redis-url=redis://127.0.0.1",
+            "--providers-file=/dev/null",
+            "--termination-grace-seconds=120",
+        ])
+        .expect("parses");
+        assert_eq!(config.shutdown_grace(), Duration::from_secs(110));
     }
 }

@@ -44,6 +44,12 @@ pub struct AgentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
 
+    /// When the kubelet pulls the agent image: `Always`, `IfNotPresent` (the default, so
+    /// a versioned image loaded onto the nodes runs without a registry) or `Never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(Always|IfNotPresent|Never)$"))]
+    pub image_pull_policy: Option<String>,
+
     /// Compute resources of the agent container; the operator's defaults when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,

@@ -11,6 +11,9 @@ pub const BUDGET_EXCEEDED: &str = "BudgetExceeded";
 pub const PLAN_INVALID: &str = "PlanInvalid";
 /// Agent and ModelProvider: ready to serve.
 pub const READY: &str = "Ready";
+/// ModelProvider with `serve`: the model cache volume is as the spec says; False when
+/// the API server refused a change to it (immutable fields).
+pub const CACHE_VOLUME: &str = "CacheVolume";
 
 /// Reasons, in CamelCase, carried by conditions and Task failures.
 pub mod reasons {

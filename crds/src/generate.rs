@@ -10,6 +10,10 @@ use crate::{Agent, ModelProvider, Project, Task};
 pub const GENERATED_HEADER: &str =
     "# Generated from crds/src by `cargo run -p aios-crds --bin crdgen`. Do not edit.\n";
 
+/// Where the Helm chart keeps its copy of the CRDs, relative to the `crds/` folder: a
+/// chart reads only files inside itself, so the copy is generated with the original.
+pub const CHART_CRDS_DIR: &str = "../charts/aios/files/crds";
+
 /// Every AIOS CustomResourceDefinition, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![

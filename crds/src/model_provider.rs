@@ -34,7 +34,9 @@ use crate::common::{Complexity, SecretKeyRef, Tier};
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("has(self.endpoint) != has(self.serve)").message("a ModelProvider needs exactly one of endpoint (an external service) and serve (an in-cluster Ollama)"),
-    validation = Rule::new("!has(self.serve) || self.type == 'Ollama'").message("serve deploys Ollama: only a provider of type Ollama can use serve")
+    validation = Rule::new("!has(self.serve) || self.type == 'Ollama'").message("serve deploys Ollama: only a provider of type Ollama can use serve"),
+    validation = Rule::new("!has(self.serve) || !has(self.serve.replicas) || self.serve.replicas <= 1").message("serve.replicas above 1 is not supported yet: the model cache is one ReadWriteOnce volume, which two replicas cannot share; use one replica per ModelProvider"),
+    validation = Rule::new("!has(self.serve) || !has(self.serve.cache) || !(has(self.serve.cache.existingClaim) && has(self.serve.cache.fromImage) && self.serve.cache.fromImage)").message("serve.cache: existingClaim and fromImage exclude each other")
 )]
 pub struct ModelProviderSpec {
     /// The wire protocol the provider speaks.
@@ -129,7 +131,7 @@ pub struct Serve {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
 
-    /// Replicas of the model server.
+    /// Replicas of the model server: 0 or 1 (each replica would need a cache of its own).
     #[serde(default = "default_serve_replicas")]
     #[schemars(range(min = 0, max = 64))]
     pub replicas: i32,
@@ -149,6 +151,23 @@ pub struct Serve {
     /// Models pulled before the server counts as ready; every model in `models` when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pull: Vec<String>,
+
+    /// `IfNotPresent` (the default): a model already in the cache is not pulled again,
+    /// so a restart needs no model registry. `Never`: the models must already be in the
+    /// cache or the image (clusters that reach no registry); a missing one fails the
+    /// server's start, naming it.
+    #[serde(default)]
+    pub pull_policy: ModelPullPolicy,
+}
+
+/// When a model server fetches its models from the model registry.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ModelPullPolicy {
+    /// Pull the models the cache lacks.
+    #[default]
+    IfNotPresent,
+    /// Never pull: every model must already be in the cache or the image.
+    Never,
 }
 
 fn default_serve_replicas() -> i32 {
@@ -183,6 +202,17 @@ pub struct ModelCache {
     /// Storage class of the volume; the cluster's default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+
+    /// An existing claim (pre-filled with models, for example) to use instead of one
+    /// the operator creates; `size` and `storageClassName` are then ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub existing_claim: Option<String>,
+
+    /// The models are in the image (at its own `OLLAMA_MODELS`): no volume is made or
+    /// mounted.
+    #[serde(default)]
+    pub from_image: bool,
 }
 
 impl Default for ModelCache {
@@ -190,6 +220,8 @@ impl Default for ModelCache {
         Self {
             size: default_cache_size(),
             storage_class_name: None,
+            existing_claim: None,
+            from_image: false,
         }
     }
 }

@@ -10,7 +10,12 @@ use aios_crds::generate;
 fn committed_crd_yaml_matches_the_types() {
     // At run time: the build cache may be shared with another clone.
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    for crd in generate::crds() {
+    // The Helm chart's copy too: one source, no second copy drifting.
+    let chart = dir.join(generate::CHART_CRDS_DIR);
+    for (crd, dir) in generate::crds()
+        .into_iter()
+        .flat_map(|crd| [(crd.clone(), dir.clone()), (crd, chart.clone())])
+    {
         let path = dir.join(generate::file_name(&crd));
         let committed = fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("{} is missing ({e}); run crdgen", path.display()));

@@ -49,11 +49,32 @@ pub fn controlplane_dir() -> PathBuf {
 
 /// The directory holding the control-plane binaries, building them on first use.
 pub fn controlplane_bin_dir() -> Result<PathBuf, BinariesError> {
-    if let Some(dir) = env::var_os(ENV_CONTROLPLANE_BIN) {
+    built_dir(ENV_CONTROLPLANE_BIN, &controlplane_dir().join("build.sh"))
+}
+
+/// Environment variable that names a directory holding the client tools (helm),
+/// skipping the build.
+pub const ENV_TOOLS_BIN: &str = "AIOS_TOOLS_BIN";
+
+/// The directory holding the client tools the tests run as users do (helm), building
+/// them from their pinned Go modules on first use.
+pub fn tools_bin_dir() -> Result<PathBuf, BinariesError> {
+    built_dir(
+        ENV_TOOLS_BIN,
+        &crate::repo_root()
+            .join("e2e")
+            .join("tools")
+            .join("build.sh"),
+    )
+}
+
+/// The directory `variable` names, else the one `script` builds (or finds cached) and
+/// prints on stdout.
+fn built_dir(variable: &str, script: &std::path::Path) -> Result<PathBuf, BinariesError> {
+    if let Some(dir) = env::var_os(variable) {
         return Ok(PathBuf::from(dir));
     }
-    let script = controlplane_dir().join("build.sh");
-    let out = Command::new(&script)
+    let out = Command::new(script)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()

@@ -14,11 +14,9 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy},
         core::v1::{
-            Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
-            EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
-            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-            SeccompProfile, SecretKeySelector, SecurityContext, ServiceAccount, Volume,
-            VolumeMount,
+            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+            HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
+            ResourceRequirements, SecretKeySelector, ServiceAccount, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -28,6 +26,8 @@ use k8s_openapi::{
     },
 };
 use kube::{Resource, ResourceExt};
+
+use crate::pods::{env, restricted_container, restricted_pod, scratch_volume};
 
 /// Where agent pods get what they need to reach the bus, Redis and the vector store,
 /// from the operator's configuration. Credentials live in a Secret of the Agent's
@@ -108,14 +108,6 @@ fn persona_hash(data: &BTreeMap<String, String>) -> String {
     format!("{hash:016x}")
 }
 
-fn env(name: &str, value: &str) -> EnvVar {
-    EnvVar {
-        name: name.to_owned(),
-        value: Some(value.to_owned()),
-        value_from: None,
-    }
-}
-
 fn secret_env(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
@@ -141,6 +133,18 @@ fn default_resources() -> ResourceRequirements {
         limits: Some(BTreeMap::from([("memory".to_owned(), q("1Gi"))])),
         ..ResourceRequirements::default()
     }
+}
+
+/// The Agent's resources (or the defaults), with an ephemeral-storage request added
+/// when they name none.
+fn agent_resources(spec: Option<&ResourceRequirements>) -> ResourceRequirements {
+    let mut resources = spec.cloned().unwrap_or_else(default_resources);
+    resources
+        .requests
+        .get_or_insert_with(BTreeMap::new)
+        .entry("ephemeral-storage".to_owned())
+        .or_insert_with(|| Quantity(EPHEMERAL_STORAGE_REQUEST.to_owned()));
+    resources
 }
 
 fn probe(path: &str, port: i32, period: i32) -> Probe {
@@ -223,17 +227,7 @@ pub fn agent_children(
                     service_account_name: Some(name.clone()),
                     automount_service_account_token: Some(false),
                     termination_grace_period_seconds: Some(spec.termination_grace_period_seconds),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
-                        run_as_group: Some(65532),
-                        fs_group: Some(65532),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".to_owned(),
-                            localhost_profile: None,
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(restricted_pod()),
                     containers: vec![container],
                     volumes: Some(agent_volumes(&name, runtime)),
                     node_selector: (!spec.node_selector.is_empty())
@@ -271,6 +265,12 @@ fn agent_container(
         env(
             "AIOS_HTTP_ADDR",
             &format!("0.0.0.0:{}", runtime.health_port),
+        ),
+        // The kubelet kills the agent this long after SIGTERM; the agent ends its own
+        // shutdown grace a little before, so tasks in flight finish or are requeued.
+        env(
+            "AIOS_TERMINATION_GRACE_SECONDS",
+            &spec.termination_grace_period_seconds.to_string(),
         ),
         EnvVar {
             name: "POD_NAME".to_owned(),
@@ -314,19 +314,15 @@ fn agent_container(
             container_port: runtime.health_port,
             ..ContainerPort::default()
         }]),
-        resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
+        image_pull_policy: Some(
+            spec.image_pull_policy
+                .clone()
+                .unwrap_or_else(|| "IfNotPresent".to_owned()),
+        ),
+        resources: Some(agent_resources(spec.resources.as_ref())),
         readiness_probe: Some(probe("/readyz", runtime.health_port, 5)),
         liveness_probe: Some(probe("/healthz", runtime.health_port, 10)),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                add: None,
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted_container()),
         volume_mounts: Some(vec![
             mount("persona", "/etc/aios/persona", true),
             mount("providers", "/etc/aios/providers", true),
@@ -337,8 +333,16 @@ fn agent_container(
     }
 }
 
+/// Size limit of an agent pod's work directory (mirrors, work trees, embedded memory).
+pub const WORK_VOLUME_LIMIT: &str = "4Gi";
+/// Size limit of an agent pod's `/tmp`.
+pub const TMP_VOLUME_LIMIT: &str = "512Mi";
+/// The ephemeral storage an agent pod requests when its resources name none, so the
+/// scheduler counts its scratch space.
+pub const EPHEMERAL_STORAGE_REQUEST: &str = "1Gi";
+
 /// The persona and provider ConfigMaps, and writable scratch space (the root
-/// filesystem is read-only).
+/// filesystem is read-only), each with a size limit.
 fn agent_volumes(name: &str, runtime: &AgentRuntime) -> Vec<Volume> {
     let config_map_volume = |volume: &str, config_map: &str, optional: bool| Volume {
         name: volume.to_owned(),
@@ -349,17 +353,34 @@ fn agent_volumes(name: &str, runtime: &AgentRuntime) -> Vec<Volume> {
         }),
         ..Volume::default()
     };
-    let empty_dir = |volume: &str| Volume {
-        name: volume.to_owned(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Volume::default()
-    };
     vec![
         config_map_volume("persona", &format!("{name}-persona"), false),
         config_map_volume("providers", &runtime.providers_config_map, true),
-        empty_dir("work"),
-        empty_dir("tmp"),
+        scratch_volume("work", WORK_VOLUME_LIMIT),
+        scratch_volume("tmp", TMP_VOLUME_LIMIT),
     ]
+}
+
+/// The label selector of Agent `agent`'s pods.
+pub fn pod_selector(agent: &str) -> String {
+    format!("{}=aios-agent,{}={agent}", labels::NAME, labels::AGENT)
+}
+
+/// The deletion cost each of a pool's pods should carry before a scale-down: the number
+/// of tasks it is running (from the agents' events), so the ReplicaSet removes idle pods
+/// first and busy ones last. `pods` are the pods' names with their current annotation;
+/// only the pods whose annotation must change are returned.
+pub fn deletion_cost_changes(
+    pods: &[(String, Option<String>)],
+    running_by_agent: &BTreeMap<String, i32>,
+) -> Vec<(String, String)> {
+    pods.iter()
+        .filter_map(|(pod, current)| {
+            let cost = running_by_agent.get(pod).copied().unwrap_or(0).to_string();
+            // No annotation counts as cost 0.
+            (current.as_deref().unwrap_or("0") != cost).then(|| (pod.clone(), cost))
+        })
+        .collect()
 }
 
 /// The replica count a pool should have now.
@@ -612,6 +633,89 @@ mod tests {
             scale(&floor, 0, Some((2, None)), ts(500)).replicas,
             2,
             "never below min"
+        );
+    }
+
+    #[test]
+    fn the_agents_shutdown_grace_follows_the_pods_and_scratch_space_is_bounded() {
+        let children = agent_children(&agent(), &AgentRuntime::default(), 1, &[]);
+        let pod = children.deployment.spec.template.spec.unwrap();
+        let c = &pod.containers[0];
+        let grace = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "AIOS_TERMINATION_GRACE_SECONDS")
+            .and_then(|e| e.value.clone());
+        assert_eq!(grace.as_deref(), Some("900"), "the pod's own grace period");
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        let requests = c.resources.as_ref().unwrap().requests.clone().unwrap();
+        assert_eq!(
+            requests["ephemeral-storage"],
+            Quantity(EPHEMERAL_STORAGE_REQUEST.to_owned())
+        );
+        let limits: BTreeMap<_, _> = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .filter_map(|v| Some((v.name, v.empty_dir?.size_limit?)))
+            .collect();
+        assert_eq!(
+            limits,
+            BTreeMap::from([
+                ("work".to_owned(), Quantity(WORK_VOLUME_LIMIT.to_owned())),
+                ("tmp".to_owned(), Quantity(TMP_VOLUME_LIMIT.to_owned())),
+            ])
+        );
+
+        // An Agent's own resources keep their ephemeral-storage request, and its own
+        // pull policy wins.
+        let mut own = agent();
+        own.spec.image_pull_policy = Some("Always".to_owned());
+        own.spec.resources = Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([(
+                "ephemeral-storage".to_owned(),
+                Quantity("5Gi".to_owned()),
+            )])),
+            ..ResourceRequirements::default()
+        });
+        let pod = agent_children(&own, &AgentRuntime::default(), 1, &[])
+            .deployment
+            .spec
+            .template
+            .spec
+            .unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+        assert_eq!(
+            c.resources.as_ref().unwrap().requests.as_ref().unwrap()["ephemeral-storage"],
+            Quantity("5Gi".to_owned())
+        );
+    }
+
+    #[test]
+    fn idle_pods_are_marked_cheapest_to_delete_and_only_changes_are_written() {
+        let pods = vec![
+            ("apollo-a".to_owned(), None),
+            ("apollo-b".to_owned(), Some("2".to_owned())),
+            ("apollo-c".to_owned(), Some("1".to_owned())),
+            ("apollo-d".to_owned(), Some("0".to_owned())),
+        ];
+        let running = BTreeMap::from([("apollo-b".to_owned(), 2), ("apollo-d".to_owned(), 1)]);
+        assert_eq!(
+            deletion_cost_changes(&pods, &running),
+            vec![
+                // c finished its task: it goes back to the cheapest.
+                ("apollo-c".to_owned(), "0".to_owned()),
+                // d took one: it is kept over the idle ones.
+                ("apollo-d".to_owned(), "1".to_owned()),
+            ],
+            "a (idle, no annotation) and b (unchanged) are not written"
+        );
+        assert_eq!(
+            pod_selector("apollo"),
+            "app.kubernetes.io/name=aios-agent,aios.dev/agent=apollo"
         );
     }
 }

@@ -42,6 +42,8 @@ pub struct Context {
     pub expectations: Arc<Mutex<HashMap<String, i32>>>,
     /// How agent pods are configured.
     pub agent_runtime: crate::agents::AgentRuntime,
+    /// The Ollama image for `serve` providers that name none.
+    pub model_server_image: String,
     /// Cache of every ModelProvider.
     pub providers: Store<aios_crds::ModelProvider>,
     /// The HTTP client that probes model providers.

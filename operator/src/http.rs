@@ -19,6 +19,8 @@ use crate::{bus::Bus, lifecycle::phase, metrics::Metrics};
 /// What the probes and the metrics endpoint read.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
+    /// Set once this replica leads; until then it is a standby.
+    pub leading: Arc<AtomicBool>,
     /// Set once the caches have synced.
     pub synced: Arc<AtomicBool>,
     /// The bus, once connected.
@@ -30,10 +32,22 @@ pub struct Health {
 }
 
 impl Health {
-    /// Ready: leading, caches synced and the bus connected.
+    /// Whether this replica is ready; see [`ready`].
     pub fn is_ready(&self) -> bool {
-        self.synced.load(Ordering::Relaxed) && self.bus.get().is_some_and(|b| b.is_connected())
+        ready(
+            self.leading.load(Ordering::Relaxed),
+            self.synced.load(Ordering::Relaxed),
+            self.bus.get().is_some_and(|b| b.is_connected()),
+        )
     }
+}
+
+/// Readiness: a standby is ready (it is up and waiting for the Lease), so a rolling
+/// update can proceed; if readiness waited for the Lease, the new pod of a rollout would
+/// never become ready while the old one leads, and the old one would never be removed.
+/// A leader is ready once its caches have synced and the bus is connected.
+pub fn ready(leading: bool, synced: bool, bus_connected: bool) -> bool {
+    !leading || (synced && bus_connected)
 }
 
 async fn metrics(State(health): State<Health>) -> String {
@@ -61,7 +75,7 @@ async fn readyz(State(health): State<Health>) -> (StatusCode, &'static str) {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: waiting for leadership, the caches or the bus",
+            "not ready: leading, but the caches or the bus are not ready",
         )
     }
 }
@@ -82,4 +96,26 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ready;
+
+    #[test]
+    fn a_standby_is_ready_and_a_leader_only_with_its_caches_and_the_bus() {
+        assert!(
+            ready(false, false, false),
+            "a standby must not block a rollout"
+        );
+        assert!(
+            !ready(true, false, true),
+            "a leader still syncing is not ready"
+        );
+        assert!(
+            !ready(true, true, false),
+            "a leader without the bus is not ready"
+        );
+        assert!(ready(true, true, true));
+    }
 }

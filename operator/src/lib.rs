@@ -16,6 +16,7 @@ pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
 pub mod plan;
+pub mod pods;
 pub mod pools;
 pub mod providers;
 pub mod rollup;
@@ -102,6 +103,10 @@ pub struct Config {
     /// The agent image for Agents that do not name one.
     #[arg(long, env = "AIOS_AGENT_IMAGE", default_value_t = agents::AgentRuntime::default().image)]
     pub agent_image: String,
+
+    /// The Ollama image for `serve` ModelProviders that do not name one.
+    #[arg(long, env = "AIOS_MODEL_SERVER_IMAGE", default_value = providers::DEFAULT_OLLAMA_IMAGE)]
+    pub model_server_image: String,
 
     /// The Secret, in each Agent's namespace, with the agents' connection settings
     /// (keys `amqpUrl`, `redisUrl`, optional `qdrantUrl` and `qdrantApiKey`).
@@ -253,6 +258,7 @@ async fn start(
         },
     );
     elector.acquire(shutdown).await?;
+    health.leading.store(true, Ordering::Relaxed);
     {
         let (elector, shutdown) = (elector.clone(), shutdown.clone());
         tasks.spawn(async move { Ok(elector.keep(&shutdown).await?) });
@@ -293,6 +299,7 @@ async fn start(
             connection_secret: config.agent_connection_secret.clone(),
             ..agents::AgentRuntime::default()
         },
+        model_server_image: config.model_server_image.clone(),
     });
     {
         let ctx = ctx.clone();

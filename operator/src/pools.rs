@@ -5,29 +5,29 @@
 //! fetch (caches) → desired state (pure, `agents`) → apply (server-side, in order) →
 //! status (pure, one patch when it changed).
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use aios_crds::{
     Agent, AgentStatus, TaskPhase, conditions,
-    names::{GROUP, VERSION, field_managers},
+    names::{GROUP, VERSION, annotations, field_managers},
 };
 use jiff::Timestamp;
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        core::v1::{ConfigMap, ServiceAccount},
+        core::v1::{ConfigMap, Pod, ServiceAccount},
     },
     apimachinery::pkg::apis::meta::v1::Time,
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams},
     runtime::{controller::Action, reflector::ObjectRef},
 };
 use serde_json::json;
 
 use crate::{
-    agents::{AgentChildren, agent_children, scale},
+    agents::{AgentChildren, agent_children, deletion_cost_changes, pod_selector, scale},
     context::{Context, server_side_apply},
     hera::Error,
     lifecycle::{phase, set_condition},
@@ -97,7 +97,8 @@ async fn reconcile_inner(agent: &Agent, ctx: &Context) -> Result<Action, Error> 
     let namespace = agent.namespace().unwrap_or_default();
     let now = Timestamp::now();
 
-    let (queued, running) = role_demand(ctx, &namespace, agent.spec.role.as_str());
+    let demand = role_demand(ctx, &namespace, agent.spec.role.as_str());
+    let (queued, running) = (demand.queued, demand.running);
     let previous = agent.status.clone().unwrap_or_default();
     // A pool without status has never been scaled: the first decision is the target.
     let last = agent
@@ -105,6 +106,10 @@ async fn reconcile_inner(agent: &Agent, ctx: &Context) -> Result<Action, Error> 
         .as_ref()
         .map(|s| (s.desired_replicas, s.low_demand_since.as_ref().map(|t| t.0)));
     let decision = scale(agent, queued + running, last, now);
+
+    if last.is_some_and(|(current, _)| decision.replicas < current) {
+        mark_deletion_costs(ctx, &namespace, agent, &demand.running_by_agent).await?;
+    }
 
     let credentials = provider_credentials(ctx, &namespace);
     // Apply, in dependency order: the identity and the persona the pods mount exist
@@ -194,20 +199,75 @@ async fn reconcile_inner(agent: &Agent, ctx: &Context) -> Result<Action, Error> 
     })
 }
 
+/// A role's demand on its pool.
+#[derive(Debug, Default)]
+struct Demand {
+    /// Tasks on the bus.
+    queued: i32,
+    /// Tasks an agent works on.
+    running: i32,
+    /// Running tasks by the agent (pod) that reported them.
+    running_by_agent: BTreeMap<String, i32>,
+}
+
 /// Tasks of `role` in `namespace` on the bus (queued) and with an agent (running).
-fn role_demand(ctx: &Context, namespace: &str, role: &str) -> (i32, i32) {
-    let (mut queued, mut running) = (0, 0);
+fn role_demand(ctx: &Context, namespace: &str, role: &str) -> Demand {
+    let mut demand = Demand::default();
     for task in ctx.tasks.state() {
         if task.namespace().as_deref() != Some(namespace) || task.spec.role != role {
             continue;
         }
         match phase(&task) {
-            TaskPhase::Queued => queued += 1,
-            TaskPhase::Running => running += 1,
+            TaskPhase::Queued => demand.queued += 1,
+            TaskPhase::Running => {
+                demand.running += 1;
+                if let Some(agent) = task.status.as_ref().and_then(|s| s.agent.clone()) {
+                    *demand.running_by_agent.entry(agent).or_default() += 1;
+                }
+            }
             _ => {}
         }
     }
-    (queued, running)
+    demand
+}
+
+/// Before a scale-down: marks each of the pool's pods with the tasks it runs as its
+/// deletion cost, so the ReplicaSet stops idle pods and leaves busy ones working.
+async fn mark_deletion_costs(
+    ctx: &Context,
+    namespace: &str,
+    agent: &Agent,
+    running_by_agent: &BTreeMap<String, i32>,
+) -> Result<(), Error> {
+    let pods_api = Api::<Pod>::namespaced(ctx.client.clone(), namespace);
+    let pods = pods_api
+        .list(&ListParams::default().labels(&pod_selector(&agent.name_any())))
+        .await?;
+    let current: Vec<(String, Option<String>)> = pods
+        .items
+        .iter()
+        .map(|pod| {
+            (
+                pod.name_any(),
+                pod.annotations()
+                    .get(annotations::POD_DELETION_COST)
+                    .cloned(),
+            )
+        })
+        .collect();
+    for (pod, cost) in deletion_cost_changes(&current, running_by_agent) {
+        let patch = json!({"metadata": {"annotations": {annotations::POD_DELETION_COST: cost}}});
+        match pods_api
+            .patch(&pod, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            // A pod that went away in the meantime needs no cost.
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Whether two statuses differ in more than condition transition times.

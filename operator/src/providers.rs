@@ -11,7 +11,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy},
         core::v1::{
-            Container, ContainerPort, EnvVar, HTTPGetAction, PersistentVolumeClaim,
+            Container, ContainerPort, HTTPGetAction, PersistentVolumeClaim,
             PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec,
             Probe, ResourceRequirements, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
             VolumeResourceRequirements,
@@ -25,16 +25,20 @@ use k8s_openapi::{
 };
 use kube::{Resource, ResourceExt};
 
+use crate::pods::{env, quantities, restricted_container, restricted_pod, scratch_volume};
+
 /// The port Ollama serves on.
 pub const OLLAMA_PORT: i32 = 11434;
-/// The Ollama image for `serve` providers that do not name one.
-pub const DEFAULT_OLLAMA_IMAGE: &str = "ollama/ollama:0.12.6";
+/// The Ollama image for `serve` providers that do not name one, unless the operator is
+/// configured with another (`--model-server-image`).
+pub const DEFAULT_OLLAMA_IMAGE: &str = "ollama/ollama:0.17.4";
 
 /// What a `serve` provider becomes, in apply order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServeChildren {
-    /// The model cache.
-    pub cache: PersistentVolumeClaim,
+    /// The model cache the operator owns; none when the provider names an existing
+    /// claim or keeps its models in the image.
+    pub cache: Option<PersistentVolumeClaim>,
     /// The model server.
     pub deployment: Deployment,
     /// Where agents reach it.
@@ -71,8 +75,9 @@ fn serve_labels(provider: &ModelProvider) -> BTreeMap<String, String> {
     ])
 }
 
-/// The objects a `serve` provider becomes; `None` for an external one.
-pub fn serve_children(provider: &ModelProvider) -> Option<ServeChildren> {
+/// The objects a `serve` provider becomes; `None` for an external one. `default_image`
+/// serves providers that name no image.
+pub fn serve_children(provider: &ModelProvider, default_image: &str) -> Option<ServeChildren> {
     let serve = provider.spec.serve.as_ref()?;
     let name = serve_name(&provider.name_any());
     let meta = |name: String| ObjectMeta {
@@ -82,24 +87,45 @@ pub fn serve_children(provider: &ModelProvider) -> Option<ServeChildren> {
         owner_references: provider.controller_owner_ref(&()).map(|o| vec![o]),
         ..ObjectMeta::default()
     };
-    let cache_name = format!("{name}-cache");
-    let cache = PersistentVolumeClaim {
-        metadata: meta(cache_name.clone()),
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
-            storage_class_name: serve.cache.storage_class_name.clone(),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_owned(),
-                    serve.cache.size.clone(),
-                )])),
-                ..VolumeResourceRequirements::default()
+    let owned_cache = format!("{name}-cache");
+    let cache = (!serve.cache.from_image && serve.cache.existing_claim.is_none()).then(|| {
+        PersistentVolumeClaim {
+            metadata: meta(owned_cache.clone()),
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+                storage_class_name: serve.cache.storage_class_name.clone(),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_owned(),
+                        serve.cache.size.clone(),
+                    )])),
+                    ..VolumeResourceRequirements::default()
+                }),
+                ..PersistentVolumeClaimSpec::default()
             }),
-            ..PersistentVolumeClaimSpec::default()
-        }),
-        status: None,
+            status: None,
+        }
+    });
+    let claim = if serve.cache.from_image {
+        None
+    } else {
+        Some(serve.cache.existing_claim.clone().unwrap_or(owned_cache))
     };
-    let (puller, server) = ollama_containers(provider, serve);
+    let (puller, server) = ollama_containers(provider, serve, default_image, claim.is_some());
+    let mut volumes = vec![
+        scratch_volume("tmp", "1Gi"),
+        scratch_volume("home", "256Mi"),
+    ];
+    if let Some(claim_name) = claim {
+        volumes.push(Volume {
+            name: "models".to_owned(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name,
+                read_only: Some(false),
+            }),
+            ..Volume::default()
+        });
+    }
     let selector = BTreeMap::from([
         (labels::NAME.to_owned(), "ollama".to_owned()),
         (labels::MODEL_PROVIDER.to_owned(), provider.name_any()),
@@ -123,16 +149,13 @@ pub fn serve_children(provider: &ModelProvider) -> Option<ServeChildren> {
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
+                    // The server needs no Kubernetes API.
+                    automount_service_account_token: Some(false),
+                    // fsGroup makes the cache volume writable by the server.
+                    security_context: Some(restricted_pod()),
                     init_containers: Some(vec![puller]),
                     containers: vec![server],
-                    volumes: Some(vec![Volume {
-                        name: "models".to_owned(),
-                        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                            claim_name: cache_name,
-                            read_only: Some(false),
-                        }),
-                        ..Volume::default()
-                    }]),
+                    volumes: Some(volumes),
                     ..PodSpec::default()
                 }),
             },
@@ -161,10 +184,24 @@ pub fn serve_children(provider: &ModelProvider) -> Option<ServeChildren> {
     })
 }
 
-/// The init container that pulls the models into the cache, and the server.
+/// The script of the init container: starts a private server, then for each model
+/// checks the cache (and the image) first and pulls only what is missing, unless the
+/// policy is `Never`, where a missing model fails the start naming it.
+const PULL_SCRIPT: &str = "ollama serve & server=$!; \
+     until ollama list >/dev/null 2>&1; do sleep 1; done; \
+     for model in $AIOS_PULL_MODELS; do \
+       if ollama show \"$model\" >/dev/null 2>&1; then echo \"model $model: already present\"; \
+       elif [ \"$AIOS_PULL_POLICY\" = Never ]; then echo \"model $model is not in the cache or the image and pullPolicy is Never\" >&2; kill $server; exit 1; \
+       else ollama pull \"$model\" || { kill $server; exit 1; }; fi; \
+     done; \
+     kill $server";
+
+/// The init container that fills the cache, and the server.
 fn ollama_containers(
     provider: &ModelProvider,
     serve: &aios_crds::model_provider::Serve,
+    default_image: &str,
+    has_cache_volume: bool,
 ) -> (Container, Container) {
     let pull: Vec<String> = if serve.pull.is_empty() {
         provider
@@ -179,25 +216,44 @@ fn ollama_containers(
     let image = serve
         .image
         .clone()
-        .unwrap_or_else(|| DEFAULT_OLLAMA_IMAGE.to_owned());
-    let models_mount = VolumeMount {
-        name: "models".to_owned(),
-        mount_path: "/models".to_owned(),
-        ..VolumeMount::default()
-    };
-    let ollama_env = vec![
-        EnvVar {
-            name: "OLLAMA_MODELS".to_owned(),
-            value: Some("/models".to_owned()),
-            value_from: None,
+        .unwrap_or_else(|| default_image.to_owned());
+    let mut mounts = vec![
+        VolumeMount {
+            name: "tmp".to_owned(),
+            mount_path: "/tmp".to_owned(),
+            ..VolumeMount::default()
         },
-        EnvVar {
-            name: "OLLAMA_HOST".to_owned(),
-            value: Some(format!("0.0.0.0:{OLLAMA_PORT}")),
-            value_from: None,
+        VolumeMount {
+            name: "home".to_owned(),
+            mount_path: "/home/ollama".to_owned(),
+            ..VolumeMount::default()
         },
     ];
-    let mut resources = serve.resources.clone().unwrap_or_default();
+    let mut ollama_env = vec![
+        env("OLLAMA_HOST", &format!("0.0.0.0:{OLLAMA_PORT}")),
+        // Ollama keeps its key under $HOME; the root file system is read-only.
+        env("HOME", "/home/ollama"),
+    ];
+    if has_cache_volume {
+        mounts.push(VolumeMount {
+            name: "models".to_owned(),
+            mount_path: "/models".to_owned(),
+            ..VolumeMount::default()
+        });
+        ollama_env.push(env("OLLAMA_MODELS", "/models"));
+    }
+    let mut resources = serve
+        .resources
+        .clone()
+        .unwrap_or_else(|| ResourceRequirements {
+            requests: Some(quantities(&[
+                ("cpu", "500m"),
+                ("memory", "1Gi"),
+                ("ephemeral-storage", "1Gi"),
+            ])),
+            limits: Some(quantities(&[("memory", "8Gi")])),
+            ..ResourceRequirements::default()
+        });
     if let Some(gpu) = &serve.gpu {
         let count = Quantity(gpu.count.to_string());
         resources
@@ -205,40 +261,43 @@ fn ollama_containers(
             .get_or_insert_with(BTreeMap::new)
             .insert(gpu.resource_name.clone(), count);
     }
-    // The init container pulls every listed model into the cache before the server
-    // starts, so the pod is not ready (and no task waits on it) until they are there.
-    let pull_script = "ollama serve & server=$!; \
-         until ollama list >/dev/null 2>&1; do sleep 1; done; \
-         for model in $AIOS_PULL_MODELS; do ollama pull \"$model\" || exit 1; done; \
-         kill $server";
     let mut pull_env = ollama_env.clone();
-    pull_env.push(EnvVar {
-        name: "AIOS_PULL_MODELS".to_owned(),
-        value: Some(pull.join(" ")),
-        value_from: None,
-    });
+    pull_env.push(env("AIOS_PULL_MODELS", &pull.join(" ")));
+    let policy = match serve.pull_policy {
+        aios_crds::model_provider::ModelPullPolicy::IfNotPresent => "IfNotPresent",
+        aios_crds::model_provider::ModelPullPolicy::Never => "Never",
+    };
+    pull_env.push(env("AIOS_PULL_POLICY", policy));
     let puller = Container {
         name: "pull-models".to_owned(),
         image: Some(image.clone()),
+        image_pull_policy: Some("IfNotPresent".to_owned()),
         command: Some(vec![
             "/bin/sh".to_owned(),
             "-c".to_owned(),
-            pull_script.to_owned(),
+            PULL_SCRIPT.to_owned(),
         ]),
         env: Some(pull_env),
-        volume_mounts: Some(vec![models_mount.clone()]),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities(&[("cpu", "100m"), ("memory", "256Mi")])),
+            limits: Some(quantities(&[("memory", "1Gi")])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(restricted_container()),
+        volume_mounts: Some(mounts.clone()),
         ..Container::default()
     };
     let server = Container {
         name: "ollama".to_owned(),
         image: Some(image),
+        image_pull_policy: Some("IfNotPresent".to_owned()),
         env: Some(ollama_env),
         ports: Some(vec![ContainerPort {
             name: Some("http".to_owned()),
             container_port: OLLAMA_PORT,
             ..ContainerPort::default()
         }]),
-        resources: Some(ResourceRequirements { ..resources }),
+        resources: Some(resources),
         readiness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {
                 path: Some("/api/tags".to_owned()),
@@ -248,7 +307,8 @@ fn ollama_containers(
             period_seconds: Some(10),
             ..Probe::default()
         }),
-        volume_mounts: Some(vec![models_mount]),
+        security_context: Some(restricted_container()),
+        volume_mounts: Some(mounts),
         ..Container::default()
     };
     (puller, server)
@@ -352,8 +412,9 @@ mod tests {
 
     #[test]
     fn a_served_provider_becomes_a_cache_a_server_that_pulls_first_and_a_service() {
-        let c = serve_children(&served()).unwrap();
-        let pvc = c.cache.spec.unwrap();
+        let c = serve_children(&served(), DEFAULT_OLLAMA_IMAGE).unwrap();
+        let cache = c.cache.unwrap();
+        let pvc = cache.spec.clone().unwrap();
         assert_eq!(
             pvc.resources.unwrap().requests.unwrap()["storage"],
             Quantity("30Gi".into())
@@ -387,25 +448,14 @@ mod tests {
                 .as_deref(),
             Some("/api/tags")
         );
-        assert_eq!(
-            pod.volumes.as_ref().unwrap()[0]
-                .persistent_volume_claim
-                .as_ref()
-                .unwrap()
-                .claim_name,
-            "aios-model-ollama-cache"
-        );
+        assert_eq!(claim_of(&pod).as_deref(), Some("aios-model-ollama-cache"));
         assert_eq!(
             c.deployment.spec.strategy.unwrap().type_.as_deref(),
             Some("Recreate")
         );
         let svc = c.service.spec.unwrap();
         assert_eq!(svc.ports.unwrap()[0].port, OLLAMA_PORT);
-        for meta in [
-            &c.cache.metadata,
-            &c.deployment.metadata,
-            &c.service.metadata,
-        ] {
+        for meta in [&cache.metadata, &c.deployment.metadata, &c.service.metadata] {
             let owner = &meta.owner_references.as_ref().unwrap()[0];
             assert_eq!(
                 (owner.kind.as_str(), owner.name.as_str()),
@@ -418,13 +468,139 @@ mod tests {
         );
     }
 
+    fn claim_of(pod: &PodSpec) -> Option<String> {
+        pod.volumes
+            .as_ref()?
+            .iter()
+            .find_map(|v| Some(v.persistent_volume_claim.as_ref()?.claim_name.clone()))
+    }
+
+    fn env_of(container: &Container, name: &str) -> Option<String> {
+        container
+            .env
+            .as_ref()?
+            .iter()
+            .find(|e| e.name == name)?
+            .value
+            .clone()
+    }
+
+    #[test]
+    fn model_server_pods_pass_pod_security_restricted_and_have_resources() {
+        let c = serve_children(&served(), "registry.local/ollama:1.0").unwrap();
+        let pod = c.deployment.spec.template.spec.unwrap();
+        let sc = pod.security_context.as_ref().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.run_as_user, Some(65532));
+        assert_eq!(
+            sc.fs_group,
+            Some(65532),
+            "the cache is writable by the server"
+        );
+        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let init = &pod.init_containers.as_ref().unwrap()[0];
+        for container in [init, &pod.containers[0]] {
+            let csc = container.security_context.as_ref().unwrap();
+            assert_eq!(
+                csc.allow_privilege_escalation,
+                Some(false),
+                "{}",
+                container.name
+            );
+            assert_eq!(
+                csc.read_only_root_filesystem,
+                Some(true),
+                "{}",
+                container.name
+            );
+            assert_eq!(
+                csc.capabilities.as_ref().unwrap().drop.as_deref(),
+                Some(&["ALL".to_owned()][..])
+            );
+            let resources = container.resources.as_ref().unwrap();
+            assert!(resources.requests.as_ref().unwrap().contains_key("memory"));
+            assert!(resources.limits.as_ref().unwrap().contains_key("memory"));
+            assert_eq!(
+                container.image.as_deref(),
+                Some("registry.local/ollama:1.0")
+            );
+            assert_eq!(container.image_pull_policy.as_deref(), Some("IfNotPresent"));
+            assert_eq!(env_of(container, "HOME").as_deref(), Some("/home/ollama"));
+        }
+        // Scratch space is bounded.
+        for volume in pod.volumes.as_ref().unwrap() {
+            if let Some(empty) = &volume.empty_dir {
+                assert!(
+                    empty.size_limit.is_some(),
+                    "{} has a size limit",
+                    volume.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_model_in_the_cache_is_not_pulled_again_and_never_means_never() {
+        let mut p = served();
+        let c = serve_children(&p, DEFAULT_OLLAMA_IMAGE).unwrap();
+        let pod = c.deployment.spec.template.spec.unwrap();
+        let init = &pod.init_containers.as_ref().unwrap()[0];
+        let script = &init.command.as_ref().unwrap()[2];
+        let show = script.find("ollama show").expect("the cache is checked");
+        let pull = script
+            .find("ollama pull")
+            .expect("missing models are pulled");
+        assert!(
+            show < pull,
+            "the cache is checked before any pull: {script}"
+        );
+        assert_eq!(
+            env_of(init, "AIOS_PULL_POLICY").as_deref(),
+            Some("IfNotPresent")
+        );
+
+        p.spec.serve.as_mut().unwrap().pull_policy =
+            aios_crds::model_provider::ModelPullPolicy::Never;
+        let c = serve_children(&p, DEFAULT_OLLAMA_IMAGE).unwrap();
+        let pod = c.deployment.spec.template.spec.unwrap();
+        let init = &pod.init_containers.as_ref().unwrap()[0];
+        assert_eq!(env_of(init, "AIOS_PULL_POLICY").as_deref(), Some("Never"));
+    }
+
+    #[test]
+    fn models_can_come_from_an_existing_claim_or_from_the_image() {
+        let mut p = served();
+        p.spec.serve.as_mut().unwrap().cache.existing_claim = Some("prefilled".to_owned());
+        let c = serve_children(&p, DEFAULT_OLLAMA_IMAGE).unwrap();
+        assert!(c.cache.is_none(), "no claim is made when one is named");
+        let pod = c.deployment.spec.template.spec.unwrap();
+        assert_eq!(claim_of(&pod).as_deref(), Some("prefilled"));
+        assert_eq!(
+            env_of(&pod.containers[0], "OLLAMA_MODELS").as_deref(),
+            Some("/models")
+        );
+
+        let mut p = served();
+        p.spec.serve.as_mut().unwrap().cache.from_image = true;
+        let c = serve_children(&p, DEFAULT_OLLAMA_IMAGE).unwrap();
+        assert!(c.cache.is_none());
+        let pod = c.deployment.spec.template.spec.unwrap();
+        assert_eq!(claim_of(&pod), None, "no volume hides the image's models");
+        assert_eq!(
+            env_of(&pod.containers[0], "OLLAMA_MODELS"),
+            None,
+            "the image's own OLLAMA_MODELS stays"
+        );
+    }
+
     #[test]
     fn an_external_provider_has_no_children_and_keeps_its_endpoint() {
         let p = provider(serde_json::json!({
             "type": "Anthropic", "tier": "Cloud", "models": [{"name": "claude-sonnet-4-5"}],
             "endpoint": {"url": "https://api.anthropic.com/", "credentialsRef": {"name": "anthropic", "key": "api-key"}}
         }));
-        assert!(serve_children(&p).is_none());
+        assert!(serve_children(&p, DEFAULT_OLLAMA_IMAGE).is_none());
         assert_eq!(
             provider_endpoint(&p).as_deref(),
             Some("https://api.anthropic.com")

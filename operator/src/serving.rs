@@ -121,7 +121,7 @@ async fn reconcile_inner(provider: &ModelProvider, ctx: &Context) -> Result<Acti
     let namespace = provider.namespace().unwrap_or_default();
     let now = Timestamp::now();
 
-    apply_model_server(ctx, &namespace, provider).await?;
+    let cache_problem = apply_model_server(ctx, &namespace, provider).await?;
 
     let endpoint = provider_endpoint(provider);
     let probed = match (&endpoint, api_key(ctx, provider).await) {
@@ -140,6 +140,24 @@ async fn reconcile_inner(provider: &ModelProvider, ctx: &Context) -> Result<Acti
         observed_generation: provider.metadata.generation,
         ..ModelProviderStatus::default()
     };
+    if provider.spec.serve.is_some() {
+        let (value, reason, message) = match &cache_problem {
+            Some(message) => ("False", "CacheVolumeNotUpdated", message.as_str()),
+            None => (
+                "True",
+                "CacheVolumeApplied",
+                "the model cache is as the spec says",
+            ),
+        };
+        set_condition(
+            &mut status.conditions,
+            conditions::CACHE_VOLUME,
+            value,
+            reason,
+            message,
+            now,
+        );
+    }
     match &probed {
         Ok(models) => {
             status.ready = true;
@@ -195,38 +213,53 @@ async fn reconcile_inner(provider: &ModelProvider, ctx: &Context) -> Result<Acti
 }
 
 /// Applies a `serve` provider's model server, cache first: the Deployment mounts it.
-/// Destructured without `..`, so a new child cannot be forgotten.
+/// Destructured without `..`, so a new child cannot be forgotten. A cache the API server
+/// refuses to change (a claim's storage class, or a smaller size, cannot change) does
+/// not stop the rest: the refusal is returned for the status, and the server keeps the
+/// volume it has.
 async fn apply_model_server(
     ctx: &Context,
     namespace: &str,
     provider: &ModelProvider,
-) -> Result<(), Error> {
-    if let Some(ServeChildren {
+) -> Result<Option<String>, Error> {
+    let Some(ServeChildren {
         cache,
         deployment,
         service,
-    }) = serve_children(provider)
-    {
-        server_side_apply(
-            &Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), namespace),
-            &cache,
-            field_managers::MODEL_PROVIDER,
-        )
-        .await?;
-        server_side_apply(
-            &Api::<Deployment>::namespaced(ctx.client.clone(), namespace),
-            &deployment,
-            field_managers::MODEL_PROVIDER,
-        )
-        .await?;
-        server_side_apply(
-            &Api::<Service>::namespaced(ctx.client.clone(), namespace),
-            &service,
-            field_managers::MODEL_PROVIDER,
-        )
-        .await?;
+    }) = serve_children(provider, &ctx.model_server_image)
+    else {
+        return Ok(None);
+    };
+    let mut cache_problem = None;
+    if let Some(cache) = cache {
+        let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), namespace);
+        match server_side_apply(&api, &cache, field_managers::MODEL_PROVIDER).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 422 => {
+                let message = format!(
+                    "the cache volume {} cannot be changed as the spec asks (delete it to recreate it): {}",
+                    cache.name_any(),
+                    status.message
+                );
+                tracing::warn!(%message, "model cache not updated");
+                cache_problem = Some(message);
+            }
+            Err(err) => return Err(err.into()),
+        }
     }
-    Ok(())
+    server_side_apply(
+        &Api::<Deployment>::namespaced(ctx.client.clone(), namespace),
+        &deployment,
+        field_managers::MODEL_PROVIDER,
+    )
+    .await?;
+    server_side_apply(
+        &Api::<Service>::namespaced(ctx.client.clone(), namespace),
+        &service,
+        field_managers::MODEL_PROVIDER,
+    )
+    .await?;
+    Ok(cache_problem)
 }
 
 /// Whether two statuses differ in more than the probe and transition times.

@@ -107,7 +107,10 @@ async fn of_two_replicas_only_the_leader_dispatches_and_the_other_takes_over() {
     assert_eq!(agents.received().len(), 6);
     let standby_ready =
         aios_e2e::process::http_get(h.operators[standby_index].http_port, "/readyz");
-    assert!(standby_ready.is_none(), "a standby is not ready");
+    assert!(
+        standby_ready.is_some(),
+        "a standby is ready, so a rolling update of the operator is not blocked"
+    );
 
     h.kill_operator(leader_index);
     h.apply(&wide("second", 3));

@@ -1,4 +1,5 @@
-//! Writes the CRD YAML under `crds/` from the types, or checks that it is current.
+//! Writes the CRD YAML under `crds/` from the types, and the Helm chart's copy under
+//! `charts/aios/files/crds/`, or checks that both are current.
 
 use std::{fs, path::PathBuf, process::ExitCode};
 
@@ -20,16 +21,19 @@ struct Args {
 fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
     let mut stale = Vec::new();
+    let chart_dir = args.dir.join(generate::CHART_CRDS_DIR);
     for crd in generate::crds() {
-        let path = args.dir.join(generate::file_name(&crd));
         let yaml = generate::to_yaml(&crd)?;
-        if args.check {
-            if fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
-                stale.push(path);
+        for dir in [&args.dir, &chart_dir] {
+            let path = dir.join(generate::file_name(&crd));
+            if args.check {
+                if fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
+                    stale.push(path);
+                }
+            } else {
+                fs::write(&path, &yaml)?;
+                println!("wrote {}", path.display());
             }
-        } else {
-            fs::write(&path, yaml)?;
-            println!("wrote {}", path.display());
         }
     }
     if stale.is_empty() {

@@ -1,0 +1,707 @@
+//! The Helm chart, checked with helm itself (built from its Go module): strict lint with
+//! the default and a production-style values file, the templates' output (replicas,
+//! RBAC, security contexts, images), the schema refusing bad values, the CRDs and the
+//! plain install manifests matching their sources, a server-side dry run, and a real
+//! install, upgrade and uninstall on the local control plane into a namespace that
+//! enforces Pod Security `restricted`, with the operator running under the chart's
+//! ServiceAccount (impersonated) rendering agent and model-server pods there.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use aios_e2e::{Environment, repo_root};
+use serde_json::Value;
+
+fn helm_path() -> PathBuf {
+    aios_e2e::binaries::tools_bin_dir()
+        .expect("helm is built by e2e/tools/build.sh")
+        .join("helm")
+}
+
+fn chart() -> String {
+    repo_root().join("charts/aios").display().to_string()
+}
+
+/// Runs helm with `args`, against `env` when given (its kubeconfig).
+fn helm(env: Option<&Environment>, args: &[&str]) -> Output {
+    let mut command = Command::new(helm_path());
+    command.args(args);
+    // helm keeps caches and plugins under HOME-based paths; keep them out of the way.
+    let home = std::env::temp_dir().join(format!("aios-helm-home-{}", std::process::id()));
+    command
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"));
+    if let Some(env) = env {
+        command.envs(env.exports());
+    }
+    command.output().expect("running helm")
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `helm template` of the chart with `sets`, as JSON objects.
+fn template(sets: &[&str]) -> Vec<Value> {
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        "aios",
+        chart.as_str(),
+        "--namespace",
+        "aios-system",
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let out = ok(&helm(None, &args), "helm template");
+    documents(&out)
+}
+
+fn documents(yaml: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in the rendered chart"))
+}
+
+fn template_error(sets: &[&str]) -> String {
+    let chart = chart();
+    let mut args = vec!["template", "aios", chart.as_str()];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let out = helm(None, &args);
+    assert!(
+        !out.status.success(),
+        "helm template accepted {sets:?}, which must be refused"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn the_chart_lints_strictly_with_the_default_and_a_production_values_file() {
+    let chart = chart();
+    ok(
+        &helm(None, &["lint", "--strict", &chart]),
+        "helm lint --strict",
+    );
+    let production = repo_root().join("charts/aios/ci/production-values.yaml");
+    ok(
+        &helm(
+            None,
+            &[
+                "lint",
+                "--strict",
+                &chart,
+                "-f",
+                &production.display().to_string(),
+            ],
+        ),
+        "helm lint --strict with the production values",
+    );
+}
+
+#[test]
+fn the_operator_runs_replicated_locked_down_with_probes_and_a_disruption_budget() {
+    let objects = template(&[]);
+    let deployment = find(&objects, "Deployment", "aios-operator");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "aios-operator");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let container = &pod["containers"][0];
+    assert_eq!(container["image"], "ghcr.io/aios-dev/aios-operator:0.1.0");
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        container["securityContext"]["capabilities"]["drop"][0],
+        "ALL"
+    );
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert!(container["resources"]["requests"]["memory"].is_string());
+    let env: Vec<(String, Value)> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_owned(), e.clone()))
+        .collect();
+    let var = |name: &str| {
+        env.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    assert_eq!(
+        var("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    assert_eq!(
+        var("POD_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    assert_eq!(
+        var("AIOS_AGENT_IMAGE")["value"],
+        "ghcr.io/aios-dev/aios-agent:0.1.0",
+        "the agent image defaults to the chart's appVersion"
+    );
+    assert_eq!(
+        var("AIOS_AMQP_URL")["valueFrom"]["secretKeyRef"]["name"],
+        "aios-agent-connections"
+    );
+    let pdb = find(&objects, "PodDisruptionBudget", "aios-operator");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    find(&objects, "Service", "aios-operator-metrics");
+
+    // One replica: no budget (it would block every drain).
+    let single = template(&["operator.replicas=1"]);
+    assert_eq!(
+        find(&single, "Deployment", "aios-operator")["spec"]["replicas"],
+        1
+    );
+    assert!(
+        !single.iter().any(|o| o["kind"] == "PodDisruptionBudget"),
+        "no PodDisruptionBudget for a single replica"
+    );
+    let tagged = template(&["image.tag=1.2.3", "image.registry=registry.local/aios"]);
+    let pod = &find(&tagged, "Deployment", "aios-operator")["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["containers"][0]["image"],
+        "registry.local/aios/aios-operator:1.2.3"
+    );
+}
+
+/// The operator's permissions as (group, resource, verb) triples.
+fn rules(role: &Value) -> BTreeSet<(String, String, String)> {
+    let mut triples = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for group in rule["apiGroups"].as_array().unwrap() {
+            for resource in rule["resources"].as_array().unwrap() {
+                for verb in rule["verbs"].as_array().unwrap() {
+                    triples.insert((
+                        group.as_str().unwrap().to_owned(),
+                        resource.as_str().unwrap().to_owned(),
+                        verb.as_str().unwrap().to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+    triples
+}
+
+#[test]
+fn the_operators_permissions_are_exactly_what_it_uses() {
+    let objects = template(&[]);
+    let cluster = rules(find(&objects, "ClusterRole", "aios-operator"));
+    let expected: BTreeSet<(String, String, String)> = [
+        ("aios.dev", "projects", "get list watch"),
+        ("aios.dev", "agents", "get list watch"),
+        ("aios.dev", "modelproviders", "get list watch"),
+        ("aios.dev", "tasks", "get list watch create patch"),
+        ("aios.dev", "projects/status", "patch"),
+        ("aios.dev", "tasks/status", "patch"),
+        ("aios.dev", "agents/status", "patch"),
+        ("aios.dev", "modelproviders/status", "patch"),
+        ("apps", "deployments", "list watch create patch"),
+        ("", "serviceaccounts", "create patch"),
+        ("", "configmaps", "create patch"),
+        ("", "services", "create patch"),
+        ("", "persistentvolumeclaims", "create patch"),
+        ("", "secrets", "get"),
+        ("", "pods", "list patch"),
+        ("events.k8s.io", "events", "create patch"),
+    ]
+    .iter()
+    .flat_map(|(g, r, verbs)| {
+        verbs
+            .split(' ')
+            .map(|v| ((*g).to_owned(), (*r).to_owned(), v.to_owned()))
+    })
+    .collect();
+    assert_eq!(cluster, expected, "no verb more, no verb less");
+    assert!(
+        !cluster.iter().any(|(_, _, v)| v == "delete" || v == "*"),
+        "the operator deletes nothing: garbage collection removes children"
+    );
+    let leader = rules(find(&objects, "Role", "aios-operator-leader"));
+    assert_eq!(
+        leader,
+        ["get", "create", "update"]
+            .iter()
+            .map(|v| (
+                "coordination.k8s.io".to_owned(),
+                "leases".to_owned(),
+                (*v).to_owned()
+            ))
+            .collect()
+    );
+    let binding = find(&objects, "ClusterRoleBinding", "aios-operator");
+    assert_eq!(binding["subjects"][0]["name"], "aios-operator");
+    assert_eq!(binding["subjects"][0]["namespace"], "aios-system");
+
+    // Watching one namespace binds the same rules there only.
+    let scoped = template(&["operator.watchNamespace=team-a"]);
+    assert!(!scoped.iter().any(|o| o["kind"] == "ClusterRoleBinding"));
+    let binding = find(&scoped, "RoleBinding", "aios-operator");
+    assert_eq!(binding["metadata"]["namespace"], "team-a");
+}
+
+#[test]
+fn bad_values_are_refused_with_a_message_naming_them() {
+    let negative = template_error(&["operator.replicas=-1"]);
+    assert!(
+        negative.contains("replicas"),
+        "a negative replica count is refused: {negative}"
+    );
+    let unknown = template_error(&["operator.replica=2"]);
+    assert!(
+        unknown.contains("replica"),
+        "an unknown key is refused, naming it: {unknown}"
+    );
+    let policy = template_error(&["image.pullPolicy=Sometimes"]);
+    assert!(policy.contains("pullPolicy"), "{policy}");
+    let url = template_error(&["connection.amqpUrl=http://rabbit"]);
+    assert!(url.contains("amqpUrl"), "{url}");
+    let nothing = template_error(&["rabbitmq.enabled=false"]);
+    assert!(
+        nothing.contains("connection.amqpUrl"),
+        "without a broker the chart says what to set: {nothing}"
+    );
+}
+
+#[test]
+fn the_connection_secret_comes_from_values_an_existing_secret_or_the_bundled_services() {
+    let bundled = template(&["rabbitmq.password=s3cret"]);
+    let secret = find(&bundled, "Secret", "aios-agent-connections");
+    assert_eq!(
+        secret["stringData"]["amqpUrl"],
+        "amqp://aios:s3cret@aios-rabbitmq.aios-system.svc:5672/%2f"
+    );
+    assert_eq!(
+        secret["stringData"]["redisUrl"],
+        "redis://aios-redis.aios-system.svc:6379/"
+    );
+    for name in ["aios-rabbitmq", "aios-redis"] {
+        let set = find(&bundled, "StatefulSet", name);
+        assert_eq!(
+            set["spec"]["volumeClaimTemplates"][0]["metadata"]["name"], "data",
+            "{name} keeps its data"
+        );
+    }
+
+    let external = template(&[
+        "rabbitmq.enabled=false",
+        "redis.enabled=false",
+        "connection.amqpUrl=amqps://u:p@mq.internal:5671/aios",
+        "connection.redisUrl=rediss://cache.internal:6380/",
+    ]);
+    let secret = find(&external, "Secret", "aios-agent-connections");
+    assert_eq!(
+        secret["stringData"]["amqpUrl"],
+        "amqps://u:p@mq.internal:5671/aios"
+    );
+    assert!(!external.iter().any(|o| o["kind"] == "StatefulSet"));
+
+    let existing = template(&[
+        "rabbitmq.enabled=false",
+        "redis.enabled=false",
+        "connection.existingSecret=team-connections",
+    ]);
+    assert!(
+        !existing.iter().any(|o| o["kind"] == "Secret"),
+        "no Secret is made when one is named"
+    );
+    let pod = &find(&existing, "Deployment", "aios-operator")["spec"]["template"]["spec"];
+    let env = pod["containers"][0]["env"].as_array().unwrap();
+    let secret_of = env
+        .iter()
+        .find(|e| e["name"] == "AIOS_AGENT_CONNECTION_SECRET")
+        .unwrap();
+    assert_eq!(secret_of["value"], "team-connections");
+}
+
+#[test]
+fn the_chart_installs_the_crds_from_the_one_source_and_keeps_them() {
+    let objects = template(&[]);
+    let crds: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "CustomResourceDefinition")
+        .collect();
+    assert_eq!(crds.len(), 4);
+    for crd in &crds {
+        let name = crd["metadata"]["name"].as_str().unwrap();
+        let source =
+            std::fs::read_to_string(repo_root().join("crds").join(format!("{name}.yaml"))).unwrap();
+        let source: Value = serde_yaml_ng::from_str(&source).unwrap();
+        assert_eq!(
+            crd["spec"], source["spec"],
+            "{name}: the chart installs crds/{name}.yaml as it is"
+        );
+        assert_eq!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+            "{name} survives helm uninstall"
+        );
+    }
+    let off = template(&["crds.install=false"]);
+    assert!(!off.iter().any(|o| o["kind"] == "CustomResourceDefinition"));
+}
+
+#[test]
+fn the_plain_install_manifests_are_what_the_chart_renders() {
+    let script = repo_root().join("scripts/render-install.sh");
+    let out = Command::new(&script)
+        .arg("--check")
+        .env("HELM", helm_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn json(env: &Environment, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&env.kubectl(&all).unwrap()).unwrap()
+}
+
+fn pods_with(env: &Environment, namespace: &str, selector: &str) -> Vec<Value> {
+    json(env, &["get", "pods", "-n", namespace, "-l", selector])["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_rendered_chart_passes_a_server_side_dry_run() {
+    let env = aios_e2e::shared_with_crds();
+    let namespace = env.create_namespace("chart-dry-run").unwrap();
+    let chart = chart();
+    let rendered = ok(
+        &helm(
+            None,
+            &[
+                "template",
+                "dry",
+                &chart,
+                "--namespace",
+                &namespace,
+                "--set",
+                "crds.install=false",
+            ],
+        ),
+        "helm template",
+    );
+    let out = env
+        .kubectl_with_input(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered))
+        .unwrap();
+    assert!(
+        out.contains("deployment.apps/dry-aios-operator created (server dry run)"),
+        "{out}"
+    );
+}
+
+/// A kubeconfig that acts as `service_account` of `namespace` (impersonation), so a
+/// process using it has exactly that ServiceAccount's permissions.
+fn impersonating_kubeconfig(env: &Environment, namespace: &str, service_account: &str) -> PathBuf {
+    let admin = env
+        .exports()
+        .into_iter()
+        .find(|(k, _)| *k == "KUBECONFIG")
+        .unwrap()
+        .1;
+    let mut config: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&admin).unwrap()).unwrap();
+    for user in config["users"].as_array_mut().unwrap() {
+        user["user"]["as"] = Value::from(format!(
+            "system:serviceaccount:{namespace}:{service_account}"
+        ));
+        user["user"]["as-groups"] = serde_json::json!([
+            "system:serviceaccounts",
+            format!("system:serviceaccounts:{namespace}"),
+            "system:authenticated"
+        ]);
+    }
+    let path = std::env::temp_dir().join(format!("aios-kubeconfig-{namespace}"));
+    std::fs::write(&path, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+/// The operator binary, beside this test's own.
+fn operator_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("aios-operator")
+}
+
+#[test]
+fn helm_installs_upgrades_and_uninstalls_into_a_restricted_namespace() {
+    let env = aios_e2e::shared_with_crds();
+    let namespace = env.create_namespace("chart-install").unwrap();
+    env.kubectl(&[
+        "label",
+        "namespace",
+        &namespace,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+    ])
+    .unwrap();
+    let release = "rel";
+    let chart = chart();
+    // The shared environment installed the CRDs already: the release adopts them.
+    ok(
+        &helm(
+            Some(env),
+            &[
+                "install",
+                release,
+                &chart,
+                "--namespace",
+                &namespace,
+                "--take-ownership",
+                "--set",
+                "image.registry=registry.local/aios",
+            ],
+        ),
+        "helm install",
+    );
+
+    // Pod Security admission runs when a controller creates a pod: pods that exist
+    // passed `restricted` (without a kubelet they stay Pending).
+    let operator_selector = "app.kubernetes.io/name=aios-operator";
+    wait_for("the operator's two pods", Duration::from_secs(60), || {
+        (pods_with(env, &namespace, operator_selector).len() == 2).then_some(())
+    });
+    for name in ["rabbitmq", "redis"] {
+        wait_for(
+            &format!("the bundled {name} pod"),
+            Duration::from_secs(60),
+            || {
+                (!pods_with(env, &namespace, &format!("app.kubernetes.io/name={name}")).is_empty())
+                    .then_some(())
+            },
+        );
+    }
+
+    // The operator, with exactly the chart's permissions, renders agent and model-server
+    // pods that pass `restricted` too.
+    let kubeconfig = impersonating_kubeconfig(env, &namespace, &format!("{release}-aios-operator"));
+    let amqp_url = env.create_vhost(&namespace).unwrap();
+    let port = aios_e2e::process::free_port().unwrap();
+    let log = std::env::temp_dir().join(format!("aios-operator-{namespace}.log"));
+    let operator = aios_e2e::process::spawn(
+        "aios-operator",
+        &operator_binary(),
+        &[],
+        &[
+            ("KUBECONFIG".to_owned(), kubeconfig.display().to_string()),
+            ("AIOS_AMQP_URL".to_owned(), amqp_url),
+            ("AIOS_WATCH_NAMESPACE".to_owned(), namespace.clone()),
+            ("POD_NAMESPACE".to_owned(), namespace.clone()),
+            ("POD_NAME".to_owned(), "operator-under-test".to_owned()),
+            ("AIOS_HTTP_ADDR".to_owned(), format!("127.0.0.1:{port}")),
+            ("AIOS_LOG_FORMAT".to_owned(), "text".to_owned()),
+            ("AIOS_PROVIDER_PROBE_SECONDS".to_owned(), "2".to_owned()),
+        ],
+        &log,
+    )
+    .unwrap();
+    let manifests = "\
+apiVersion: aios.dev/v1alpha1
+kind: Agent
+metadata:
+  name: apollo
+spec:
+  role: backend
+  persona: {name: Apollo}
+  scaling: {minReplicas: 1, maxReplicas: 2}
+---
+apiVersion: aios.dev/v1alpha1
+kind: ModelProvider
+metadata:
+  name: local
+spec:
+  type: Ollama
+  tier: Local
+  models: [{name: smollm2:135m}]
+  serve: {replicas: 1}
+";
+    env.kubectl_with_input(&["apply", "-n", &namespace, "-f", "-"], Some(manifests))
+        .unwrap();
+    let rendered = wait_for_or_log(&operator, &log, || {
+        let agents = pods_with(env, &namespace, "aios.dev/agent=apollo");
+        let servers = pods_with(env, &namespace, "aios.dev/model-provider=local");
+        (!agents.is_empty() && !servers.is_empty()).then_some((agents, servers))
+    });
+    let (agents, servers) = rendered;
+    assert_eq!(
+        agents[0]["spec"]["containers"][0]["image"], "ghcr.io/aios-dev/aios-agent:0.1.0",
+        "this operator runs with its own default image"
+    );
+    assert!(servers[0]["spec"]["initContainers"].is_array());
+    // The status writes went through too: the Agent reports its pool.
+    wait_for_or_log(&operator, &log, || {
+        let agent = json(env, &["get", "agent", "apollo", "-n", &namespace]);
+        (agent["status"]["desiredReplicas"] == 1).then_some(())
+    });
+    operator.stop(Duration::from_secs(10));
+
+    // An upgrade with a changed value rolls the operator: a new ReplicaSet with its pods.
+    ok(
+        &helm(
+            Some(env),
+            &[
+                "upgrade",
+                release,
+                &chart,
+                "--namespace",
+                &namespace,
+                "--reuse-values",
+                "--set",
+                "operator.logFormat=text",
+            ],
+        ),
+        "helm upgrade",
+    );
+    wait_for(
+        "a second operator ReplicaSet",
+        Duration::from_secs(60),
+        || {
+            let sets = json(
+                env,
+                &[
+                    "get",
+                    "replicasets",
+                    "-n",
+                    &namespace,
+                    "-l",
+                    operator_selector,
+                ],
+            );
+            (sets["items"].as_array().unwrap().len() == 2).then_some(())
+        },
+    );
+    let deployment = json(
+        env,
+        &[
+            "get",
+            "deployment",
+            &format!("{release}-aios-operator"),
+            "-n",
+            &namespace,
+        ],
+    );
+    let env_vars = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        env_vars
+            .iter()
+            .any(|e| e["name"] == "AIOS_LOG_FORMAT" && e["value"] == "text")
+    );
+
+    // Uninstall: nothing of the release is left but the CRDs and the bundled services'
+    // volumes (their claims come from StatefulSet templates; the README says so).
+    ok(
+        &helm(
+            Some(env),
+            &["uninstall", release, "--namespace", &namespace, "--wait"],
+        ),
+        "helm uninstall",
+    );
+    let selector = format!("app.kubernetes.io/instance={release}");
+    let left = env
+        .kubectl(&[
+            "get",
+            "deployments,statefulsets,services,secrets,serviceaccounts,roles,rolebindings,poddisruptionbudgets",
+            "-n",
+            &namespace,
+            "-l",
+            &selector,
+            "-o",
+            "name",
+        ])
+        .unwrap();
+    assert_eq!(left.trim(), "", "left behind in the namespace");
+    let cluster_left = env
+        .kubectl(&[
+            "get",
+            "clusterroles,clusterrolebindings",
+            "-l",
+            &selector,
+            "-o",
+            "name",
+        ])
+        .unwrap();
+    assert_eq!(cluster_left.trim(), "", "left behind in the cluster");
+    env.kubectl(&["get", "crd", "projects.aios.dev"]).unwrap();
+}
+
+fn wait_for_or_log<T>(
+    operator: &aios_e2e::process::ServerProcess,
+    log: &Path,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if Instant::now() > deadline || !operator.is_running() {
+            operator.stop(Duration::from_secs(5));
+            panic!(
+                "the operator did not render the pods; its log:\n{}",
+                aios_e2e::process::log_tail(log, 40)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
