@@ -112,22 +112,24 @@ def key_values(text: str) -> dict[str, str]:
 
 
 def parse_dockerfile(path: Path) -> Stage:
-    """The last stage of a Dockerfile, with ARG defaults substituted in FROM."""
+    """The last (runtime) stage of a Dockerfile, with ARG defaults substituted in FROM."""
+    lines = logical_lines(path.read_text())
+    froms = [i for i, line in enumerate(lines) if line.upper().startswith("FROM ")]
+    if not froms:
+        die(f"{path}: no FROM")
     args: dict[str, str] = {}
-    stage: Stage | None = None
-    for line in logical_lines(path.read_text()):
+    for line in lines[: froms[0]]:
+        instruction, _, rest = line.partition(" ")
+        if instruction.upper() == "ARG":
+            name, _, default = rest.strip().partition("=")
+            args[name] = default
+    base = lines[froms[-1]].split()[1]
+    stage = Stage(base=re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), ""), base))
+    for line in lines[froms[-1] + 1 :]:
         instruction, _, rest = line.partition(" ")
         instruction = instruction.upper()
         rest = rest.strip()
-        if instruction == "ARG" and stage is None:
-            name, _, default = rest.partition("=")
-            args[name] = default
-        elif instruction == "FROM":
-            image = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), ""), rest.split()[0])
-            stage = Stage(base=image)
-        elif stage is None:
-            continue
-        elif instruction == "RUN":
+        if instruction == "RUN":
             for match in re.finditer(r"apt-get install ((?:-\S+\s+)*)([^&|;]+)", rest):
                 stage.packages += match.group(2).split()
         elif instruction == "COPY":
@@ -151,8 +153,6 @@ def parse_dockerfile(path: Path) -> Stage:
             stage.volumes += json.loads(rest) if rest.startswith("[") else rest.split()
         else:
             die(f"{path}: instruction {instruction} is not supported by the offline build")
-    if stage is None:
-        die(f"{path}: no FROM")
     return stage
 
 
@@ -301,7 +301,11 @@ def umoci_config_args(stage: Stage) -> list[str]:
     return args
 
 
-def build_image(name: str, profile: str, target_dir: Path, cache: Path, version: str) -> Path:
+def build_image(
+    name: str, profile: str, target_dir: Path, cache: Path, version: str, packages: list[str]
+) -> Path:
+    """One image's archive; `packages` are every image's Debian packages, so all of them
+    are made from one debootstrap."""
     dockerfile = IMAGES / name / "Dockerfile"
     stage = parse_dockerfile(dockerfile)
     if stage.labels.get("org.opencontainers.image.version") != version:
@@ -323,7 +327,7 @@ def build_image(name: str, profile: str, target_dir: Path, cache: Path, version:
     if archive.exists():
         log(f"reusing {archive}")
         return archive
-    debian = debian_rootfs(cache, stage.packages)
+    debian = debian_rootfs(cache, packages)
     log(f"assembling {name}:{version} on {stage.base}")
     with tempfile.TemporaryDirectory(dir=cache) as scratch:
         scratch = Path(scratch)
@@ -372,7 +376,13 @@ def main() -> None:
     for name in args.images:
         if not (IMAGES / name / "Dockerfile").exists():
             die(f"no image {name}: there is no images/{name}/Dockerfile")
-        print(build_image(name, args.profile, target_dir, cache, version), flush=True)
+    packages = sorted({
+        package
+        for dockerfile in IMAGES.glob("*/Dockerfile")
+        for package in parse_dockerfile(dockerfile).packages
+    })
+    for name in args.images:
+        print(build_image(name, args.profile, target_dir, cache, version, packages), flush=True)
 
 
 if __name__ == "__main__":

@@ -159,8 +159,7 @@ fn the_operator_runs_replicated_locked_down_with_probes_and_a_disruption_budget(
     let var = |name: &str| {
         env.iter()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| panic!("no {name}"))
+            .map_or_else(|| panic!("no {name}"), |(_, v)| v.clone())
     };
     assert_eq!(
         var("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
@@ -482,6 +481,7 @@ fn operator_binary() -> PathBuf {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one user's scenario, in order: install, use, upgrade, uninstall
 fn helm_installs_upgrades_and_uninstalls_into_a_restricted_namespace() {
     let env = aios_e2e::shared_with_crds();
     let namespace = env.create_namespace("chart-install").unwrap();
@@ -532,66 +532,7 @@ fn helm_installs_upgrades_and_uninstalls_into_a_restricted_namespace() {
 
     // The operator, with exactly the chart's permissions, renders agent and model-server
     // pods that pass `restricted` too.
-    let kubeconfig = impersonating_kubeconfig(env, &namespace, &format!("{release}-aios-operator"));
-    let amqp_url = env.create_vhost(&namespace).unwrap();
-    let port = aios_e2e::process::free_port().unwrap();
-    let log = std::env::temp_dir().join(format!("aios-operator-{namespace}.log"));
-    let operator = aios_e2e::process::spawn(
-        "aios-operator",
-        &operator_binary(),
-        &[],
-        &[
-            ("KUBECONFIG".to_owned(), kubeconfig.display().to_string()),
-            ("AIOS_AMQP_URL".to_owned(), amqp_url),
-            ("AIOS_WATCH_NAMESPACE".to_owned(), namespace.clone()),
-            ("POD_NAMESPACE".to_owned(), namespace.clone()),
-            ("POD_NAME".to_owned(), "operator-under-test".to_owned()),
-            ("AIOS_HTTP_ADDR".to_owned(), format!("127.0.0.1:{port}")),
-            ("AIOS_LOG_FORMAT".to_owned(), "text".to_owned()),
-            ("AIOS_PROVIDER_PROBE_SECONDS".to_owned(), "2".to_owned()),
-        ],
-        &log,
-    )
-    .unwrap();
-    let manifests = "\
-apiVersion: aios.dev/v1alpha1
-kind: Agent
-metadata:
-  name: apollo
-spec:
-  role: backend
-  persona: {name: Apollo}
-  scaling: {minReplicas: 1, maxReplicas: 2}
----
-apiVersion: aios.dev/v1alpha1
-kind: ModelProvider
-metadata:
-  name: local
-spec:
-  type: Ollama
-  tier: Local
-  models: [{name: smollm2:135m}]
-  serve: {replicas: 1}
-";
-    env.kubectl_with_input(&["apply", "-n", &namespace, "-f", "-"], Some(manifests))
-        .unwrap();
-    let rendered = wait_for_or_log(&operator, &log, || {
-        let agents = pods_with(env, &namespace, "aios.dev/agent=apollo");
-        let servers = pods_with(env, &namespace, "aios.dev/model-provider=local");
-        (!agents.is_empty() && !servers.is_empty()).then_some((agents, servers))
-    });
-    let (agents, servers) = rendered;
-    assert_eq!(
-        agents[0]["spec"]["containers"][0]["image"], "ghcr.io/aios-dev/aios-agent:0.1.0",
-        "this operator runs with its own default image"
-    );
-    assert!(servers[0]["spec"]["initContainers"].is_array());
-    // The status writes went through too: the Agent reports its pool.
-    wait_for_or_log(&operator, &log, || {
-        let agent = json(env, &["get", "agent", "apollo", "-n", &namespace]);
-        (agent["status"]["desiredReplicas"] == 1).then_some(())
-    });
-    operator.stop(Duration::from_secs(10));
+    operator_renders_restricted_pods(env, &namespace, &format!("{release}-aios-operator"));
 
     // An upgrade with a changed value rolls the operator: a new ReplicaSet with its pods.
     ok(
@@ -628,24 +569,27 @@ spec:
             (sets["items"].as_array().unwrap().len() == 2).then_some(())
         },
     );
-    let deployment = json(
+    // The new ReplicaSet carries the changed setting.
+    let sets = json(
         env,
         &[
             "get",
-            "deployment",
-            &format!("{release}-aios-operator"),
+            "replicasets",
             "-n",
             &namespace,
+            "-l",
+            operator_selector,
         ],
     );
-    let env_vars = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
-        .as_array()
-        .unwrap()
-        .clone();
     assert!(
-        env_vars
-            .iter()
-            .any(|e| e["name"] == "AIOS_LOG_FORMAT" && e["value"] == "text")
+        sets["items"].as_array().unwrap().iter().any(|set| {
+            set["spec"]["template"]["spec"]["containers"][0]["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "AIOS_LOG_FORMAT" && e["value"] == "text")
+        }),
+        "the upgrade's value reached a ReplicaSet"
     );
 
     // Uninstall: nothing of the release is left but the CRDs and the bundled services'
@@ -657,13 +601,18 @@ spec:
         ),
         "helm uninstall",
     );
+    nothing_of_the_release_is_left(env, &namespace, release);
+}
+
+/// Nothing labelled with `release` is left in `namespace` or the cluster; the CRDs are.
+fn nothing_of_the_release_is_left(env: &Environment, namespace: &str, release: &str) {
     let selector = format!("app.kubernetes.io/instance={release}");
     let left = env
         .kubectl(&[
             "get",
             "deployments,statefulsets,services,secrets,serviceaccounts,roles,rolebindings,poddisruptionbudgets",
             "-n",
-            &namespace,
+            namespace,
             "-l",
             &selector,
             "-o",
@@ -683,6 +632,72 @@ spec:
         .unwrap();
     assert_eq!(cluster_left.trim(), "", "left behind in the cluster");
     env.kubectl(&["get", "crd", "projects.aios.dev"]).unwrap();
+}
+
+/// Runs the operator binary as `service_account` of `namespace` (impersonated), applies
+/// an Agent and a served ModelProvider there, and waits until their pods exist (so they
+/// passed the namespace's Pod Security admission) and the Agent's status was written.
+fn operator_renders_restricted_pods(env: &Environment, namespace: &str, service_account: &str) {
+    let kubeconfig = impersonating_kubeconfig(env, namespace, service_account);
+    let amqp_url = env.create_vhost(namespace).unwrap();
+    let port = aios_e2e::process::free_port().unwrap();
+    let log = std::env::temp_dir().join(format!("aios-operator-{namespace}.log"));
+    let operator = aios_e2e::process::spawn(
+        "aios-operator",
+        &operator_binary(),
+        &[],
+        &[
+            ("KUBECONFIG".to_owned(), kubeconfig.display().to_string()),
+            ("AIOS_AMQP_URL".to_owned(), amqp_url),
+            ("AIOS_WATCH_NAMESPACE".to_owned(), namespace.to_owned()),
+            ("POD_NAMESPACE".to_owned(), namespace.to_owned()),
+            ("POD_NAME".to_owned(), "operator-under-test".to_owned()),
+            ("AIOS_HTTP_ADDR".to_owned(), format!("127.0.0.1:{port}")),
+            ("AIOS_LOG_FORMAT".to_owned(), "text".to_owned()),
+            ("AIOS_PROVIDER_PROBE_SECONDS".to_owned(), "2".to_owned()),
+        ],
+        &log,
+    )
+    .unwrap();
+    let manifests = "\
+apiVersion: aios.dev/v1alpha1
+kind: Agent
+metadata:
+  name: apollo
+spec:
+  role: backend
+  persona: {name: Apollo}
+  scaling: {minReplicas: 1, maxReplicas: 2}
+---
+apiVersion: aios.dev/v1alpha1
+kind: ModelProvider
+metadata:
+  name: local
+spec:
+  type: Ollama
+  tier: Local
+  models: [{name: smollm2:135m}]
+  serve: {replicas: 1}
+";
+    env.kubectl_with_input(&["apply", "-n", namespace, "-f", "-"], Some(manifests))
+        .unwrap();
+    let rendered = wait_for_or_log(&operator, &log, || {
+        let agents = pods_with(env, namespace, "aios.dev/agent=apollo");
+        let servers = pods_with(env, namespace, "aios.dev/model-provider=local");
+        (!agents.is_empty() && !servers.is_empty()).then_some((agents, servers))
+    });
+    let (agents, servers) = rendered;
+    assert_eq!(
+        agents[0]["spec"]["containers"][0]["image"], "ghcr.io/aios-dev/aios-agent:0.1.0",
+        "this operator runs with its own default image"
+    );
+    assert!(servers[0]["spec"]["initContainers"].is_array());
+    // The status writes went through too: the Agent reports its pool.
+    wait_for_or_log(&operator, &log, || {
+        let agent = json(env, &["get", "agent", "apollo", "-n", namespace]);
+        (agent["status"]["desiredReplicas"] == 1).then_some(())
+    });
+    operator.stop(Duration::from_secs(10));
 }
 
 fn wait_for_or_log<T>(

@@ -83,7 +83,7 @@ pub fn agents_for_provider(
 #[tracing::instrument(skip_all, fields(agent = %agent.name_any(), namespace = agent.namespace().unwrap_or_default()))]
 pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics
-        .time_reconcile("agent", reconcile_inner(&agent, &ctx))
+        .time_reconcile("agent", Box::pin(reconcile_inner(&agent, &ctx)))
         .await
 }
 
@@ -98,14 +98,13 @@ async fn reconcile_inner(agent: &Agent, ctx: &Context) -> Result<Action, Error> 
     let now = Timestamp::now();
 
     let demand = role_demand(ctx, &namespace, agent.spec.role.as_str());
-    let (queued, running) = (demand.queued, demand.running);
     let previous = agent.status.clone().unwrap_or_default();
     // A pool without status has never been scaled: the first decision is the target.
     let last = agent
         .status
         .as_ref()
         .map(|s| (s.desired_replicas, s.low_demand_since.as_ref().map(|t| t.0)));
-    let decision = scale(agent, queued + running, last, now);
+    let decision = scale(agent, demand.queued + demand.running, last, now);
 
     if last.is_some_and(|(current, _)| decision.replicas < current) {
         mark_deletion_costs(ctx, &namespace, agent, &demand.running_by_agent).await?;
@@ -143,41 +142,7 @@ async fn reconcile_inner(agent: &Agent, ctx: &Context) -> Result<Action, Error> 
         .as_ref()
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
-    let mut status = AgentStatus {
-        desired_replicas: decision.replicas,
-        ready_replicas: ready,
-        queued_tasks: queued,
-        running_tasks: running,
-        last_scale_time: if last.map(|(r, _)| r) == Some(decision.replicas) {
-            previous.last_scale_time.clone()
-        } else {
-            Some(Time(now))
-        },
-        low_demand_since: decision.low_since.map(Time),
-        conditions: previous.conditions.clone(),
-        observed_generation: agent.metadata.generation,
-    };
-    let (value, reason, message) = if ready >= decision.replicas {
-        (
-            "True",
-            "ReplicasReady",
-            format!("{ready} of {} replicas ready", decision.replicas),
-        )
-    } else {
-        (
-            "False",
-            "ReplicasPending",
-            format!("{ready} of {} replicas ready", decision.replicas),
-        )
-    };
-    set_condition(
-        &mut status.conditions,
-        conditions::READY,
-        value,
-        reason,
-        &message,
-        now,
-    );
+    let status = pool_status(agent, &previous, &decision, last, ready, &demand, now);
     if status_differs(&previous, &status) {
         let patch =
             json!({"apiVersion": format!("{GROUP}/{VERSION}"), "kind": "Agent", "status": status});
@@ -197,6 +162,46 @@ async fn reconcile_inner(agent: &Agent, ctx: &Context) -> Result<Action, Error> 
         ),
         None => Action::requeue(RESYNC),
     })
+}
+
+/// The Agent's status after a pass: the decision, the pool's readiness, the demand.
+fn pool_status(
+    agent: &Agent,
+    previous: &AgentStatus,
+    decision: &crate::agents::Scale,
+    last: Option<(i32, Option<Timestamp>)>,
+    ready: i32,
+    demand: &Demand,
+    now: Timestamp,
+) -> AgentStatus {
+    let mut status = AgentStatus {
+        desired_replicas: decision.replicas,
+        ready_replicas: ready,
+        queued_tasks: demand.queued,
+        running_tasks: demand.running,
+        last_scale_time: if last.map(|(r, _)| r) == Some(decision.replicas) {
+            previous.last_scale_time.clone()
+        } else {
+            Some(Time(now))
+        },
+        low_demand_since: decision.low_since.map(Time),
+        conditions: previous.conditions.clone(),
+        observed_generation: agent.metadata.generation,
+    };
+    let (value, reason) = if ready >= decision.replicas {
+        ("True", "ReplicasReady")
+    } else {
+        ("False", "ReplicasPending")
+    };
+    set_condition(
+        &mut status.conditions,
+        conditions::READY,
+        value,
+        reason,
+        &format!("{ready} of {} replicas ready", decision.replicas),
+        now,
+    );
+    status
 }
 
 /// A role's demand on its pool.

@@ -88,24 +88,8 @@ pub fn serve_children(provider: &ModelProvider, default_image: &str) -> Option<S
         ..ObjectMeta::default()
     };
     let owned_cache = format!("{name}-cache");
-    let cache = (!serve.cache.from_image && serve.cache.existing_claim.is_none()).then(|| {
-        PersistentVolumeClaim {
-            metadata: meta(owned_cache.clone()),
-            spec: Some(PersistentVolumeClaimSpec {
-                access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
-                storage_class_name: serve.cache.storage_class_name.clone(),
-                resources: Some(VolumeResourceRequirements {
-                    requests: Some(BTreeMap::from([(
-                        "storage".to_owned(),
-                        serve.cache.size.clone(),
-                    )])),
-                    ..VolumeResourceRequirements::default()
-                }),
-                ..PersistentVolumeClaimSpec::default()
-            }),
-            status: None,
-        }
-    });
+    let cache = (!serve.cache.from_image && serve.cache.existing_claim.is_none())
+        .then(|| cache_claim(serve, meta(owned_cache.clone())));
     let claim = if serve.cache.from_image {
         None
     } else {
@@ -184,6 +168,54 @@ pub fn serve_children(provider: &ModelProvider, default_image: &str) -> Option<S
     })
 }
 
+/// The ReadWriteOnce claim the operator makes for a provider's models.
+fn cache_claim(
+    serve: &aios_crds::model_provider::Serve,
+    metadata: ObjectMeta,
+) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata,
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+            storage_class_name: serve.cache.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    serve.cache.size.clone(),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The model server's resources: the provider's (or defaults sized for a small model),
+/// with its GPUs as a limit.
+fn server_resources(serve: &aios_crds::model_provider::Serve) -> ResourceRequirements {
+    let mut resources = serve
+        .resources
+        .clone()
+        .unwrap_or_else(|| ResourceRequirements {
+            requests: Some(quantities(&[
+                ("cpu", "500m"),
+                ("memory", "1Gi"),
+                ("ephemeral-storage", "1Gi"),
+            ])),
+            limits: Some(quantities(&[("memory", "8Gi")])),
+            ..ResourceRequirements::default()
+        });
+    if let Some(gpu) = &serve.gpu {
+        let count = Quantity(gpu.count.to_string());
+        resources
+            .limits
+            .get_or_insert_with(BTreeMap::new)
+            .insert(gpu.resource_name.clone(), count);
+    }
+    resources
+}
+
 /// The script of the init container: starts a private server, then for each model
 /// checks the cache (and the image) first and pulls only what is missing, unless the
 /// policy is `Never`, where a missing model fails the start naming it.
@@ -217,49 +249,20 @@ fn ollama_containers(
         .image
         .clone()
         .unwrap_or_else(|| default_image.to_owned());
-    let mut mounts = vec![
-        VolumeMount {
-            name: "tmp".to_owned(),
-            mount_path: "/tmp".to_owned(),
-            ..VolumeMount::default()
-        },
-        VolumeMount {
-            name: "home".to_owned(),
-            mount_path: "/home/ollama".to_owned(),
-            ..VolumeMount::default()
-        },
-    ];
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        ..VolumeMount::default()
+    };
+    let mut mounts = vec![mount("tmp", "/tmp"), mount("home", "/home/ollama")];
     let mut ollama_env = vec![
         env("OLLAMA_HOST", &format!("0.0.0.0:{OLLAMA_PORT}")),
         // Ollama keeps its key under $HOME; the root file system is read-only.
         env("HOME", "/home/ollama"),
     ];
     if has_cache_volume {
-        mounts.push(VolumeMount {
-            name: "models".to_owned(),
-            mount_path: "/models".to_owned(),
-            ..VolumeMount::default()
-        });
+        mounts.push(mount("models", "/models"));
         ollama_env.push(env("OLLAMA_MODELS", "/models"));
-    }
-    let mut resources = serve
-        .resources
-        .clone()
-        .unwrap_or_else(|| ResourceRequirements {
-            requests: Some(quantities(&[
-                ("cpu", "500m"),
-                ("memory", "1Gi"),
-                ("ephemeral-storage", "1Gi"),
-            ])),
-            limits: Some(quantities(&[("memory", "8Gi")])),
-            ..ResourceRequirements::default()
-        });
-    if let Some(gpu) = &serve.gpu {
-        let count = Quantity(gpu.count.to_string());
-        resources
-            .limits
-            .get_or_insert_with(BTreeMap::new)
-            .insert(gpu.resource_name.clone(), count);
     }
     let mut pull_env = ollama_env.clone();
     pull_env.push(env("AIOS_PULL_MODELS", &pull.join(" ")));
@@ -297,7 +300,7 @@ fn ollama_containers(
             container_port: OLLAMA_PORT,
             ..ContainerPort::default()
         }]),
-        resources: Some(resources),
+        resources: Some(server_resources(serve)),
         readiness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {
                 path: Some("/api/tags".to_owned()),
