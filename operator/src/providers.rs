@@ -490,7 +490,10 @@ mod tests {
 
     #[test]
     fn model_server_pods_pass_pod_security_restricted_and_have_resources() {
-        let c = serve_children(&served(), "registry.local/ollama:1.0").unwrap();
+        // A provider that names no resources gets the defaults.
+        let mut p = served();
+        p.spec.serve.as_mut().unwrap().resources = None;
+        let c = serve_children(&p, "registry.local/ollama:1.0").unwrap();
         let pod = c.deployment.spec.template.spec.unwrap();
         let sc = pod.security_context.as_ref().unwrap();
         assert_eq!(sc.run_as_non_root, Some(true));
