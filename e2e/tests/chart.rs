@@ -350,6 +350,19 @@ fn the_connection_secret_comes_from_values_an_existing_secret_or_the_bundled_ser
     assert_eq!(secret_of["value"], "team-connections");
 }
 
+/// `value` with every number as a float: helm's YAML round trip writes `0.0` as `0`.
+fn numbers_as_floats(value: &Value) -> Value {
+    match value {
+        Value::Number(n) => Value::from(n.as_f64().unwrap()),
+        Value::Array(items) => items.iter().map(numbers_as_floats).collect(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| (k.clone(), numbers_as_floats(v)))
+            .collect(),
+        other => other.clone(),
+    }
+}
+
 #[test]
 fn the_chart_installs_the_crds_from_the_one_source_and_keeps_them() {
     let objects = template(&[]);
@@ -363,8 +376,8 @@ fn the_chart_installs_the_crds_from_the_one_source_and_keeps_them() {
         let source =
             std::fs::read_to_string(repo_root().join("crds").join(format!("{name}.yaml"))).unwrap();
         let source: Value = serde_yaml_ng::from_str(&source).unwrap();
-        assert_eq!(
-            crd["spec"], source["spec"],
+        assert!(
+            numbers_as_floats(&crd["spec"]) == numbers_as_floats(&source["spec"]),
             "{name}: the chart installs crds/{name}.yaml as it is"
         );
         assert_eq!(
@@ -493,6 +506,17 @@ fn helm_installs_upgrades_and_uninstalls_into_a_restricted_namespace() {
         "pod-security.kubernetes.io/enforce-version=latest",
     ])
     .unwrap();
+    // The namespace does enforce it: a pod that runs as root is refused.
+    let refused = env
+        .kubectl(&[
+            "run",
+            "rooted",
+            "-n",
+            &namespace,
+            "--image=registry.local/busybox:1",
+        ])
+        .expect_err("a pod breaking `restricted` must be refused");
+    assert!(refused.to_string().contains("PodSecurity"), "{refused}");
     let release = "rel";
     let chart = chart();
     // The shared environment installed the CRDs already: the release adopts them.
@@ -634,10 +658,13 @@ fn nothing_of_the_release_is_left(env: &Environment, namespace: &str, release: &
     env.kubectl(&["get", "crd", "projects.aios.dev"]).unwrap();
 }
 
-/// Runs the operator binary as `service_account` of `namespace` (impersonated), applies
-/// an Agent and a served ModelProvider there, and waits until their pods exist (so they
-/// passed the namespace's Pod Security admission) and the Agent's status was written.
-fn operator_renders_restricted_pods(env: &Environment, namespace: &str, service_account: &str) {
+/// Starts the operator binary as `service_account` of `namespace` (impersonated),
+/// watching that namespace; returns it and its log.
+fn start_operator_as(
+    env: &Environment,
+    namespace: &str,
+    service_account: &str,
+) -> (aios_e2e::process::ServerProcess, PathBuf) {
     let kubeconfig = impersonating_kubeconfig(env, namespace, service_account);
     let amqp_url = env.create_vhost(namespace).unwrap();
     let port = aios_e2e::process::free_port().unwrap();
@@ -659,6 +686,144 @@ fn operator_renders_restricted_pods(env: &Environment, namespace: &str, service_
         &log,
     )
     .unwrap();
+    (operator, log)
+}
+
+/// The chart's RBAC objects for release `release` in `namespace`, as YAML, with the
+/// ClusterRole's rules filtered by `keep`.
+fn chart_rbac(namespace: &str, release: &str, keep: impl Fn(&Value) -> bool) -> String {
+    let chart = chart();
+    let out = ok(
+        &helm(
+            None,
+            &[
+                "template",
+                release,
+                &chart,
+                "--namespace",
+                namespace,
+                "--set",
+                "crds.install=false",
+            ],
+        ),
+        "helm template",
+    );
+    let mut rbac = String::new();
+    for mut object in documents(&out) {
+        let kind = object["kind"].as_str().unwrap_or_default().to_owned();
+        if ![
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+        ]
+        .contains(&kind.as_str())
+        {
+            continue;
+        }
+        if kind == "ClusterRole" {
+            let rules: Vec<Value> = object["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| keep(r))
+                .cloned()
+                .collect();
+            object["rules"] = Value::from(rules);
+        }
+        rbac.push_str("---\n");
+        rbac.push_str(&serde_yaml_ng::to_string(&object).unwrap());
+    }
+    rbac
+}
+
+/// The Agent the RBAC tests apply.
+const AGENT: &str = "\
+apiVersion: aios.dev/v1alpha1
+kind: Agent
+metadata:
+  name: apollo
+spec:
+  role: backend
+  persona: {name: Apollo}
+  scaling: {minReplicas: 1, maxReplicas: 2}
+";
+
+#[test]
+fn each_rule_of_the_operators_role_is_needed_for_what_it_is_there_for() {
+    let env = aios_e2e::shared_with_crds();
+    // Without Deployments, no agent pool; without agents/status, no pool status.
+    let cases: [(&str, &str, &str); 2] = [
+        ("deployments", "apps", "deployments"),
+        ("agents-status", "aios.dev", "agents/status"),
+    ];
+    for (case, group, resource) in cases {
+        let namespace = env.create_namespace(&format!("rbac-{case}")).unwrap();
+        let release = format!("r-{case}");
+        let rbac = chart_rbac(&namespace, &release, |rule| {
+            !(rule["apiGroups"][0] == group
+                && rule["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r == resource))
+        });
+        env.kubectl_with_input(&["apply", "-f", "-"], Some(&rbac))
+            .unwrap();
+        let (operator, log) =
+            start_operator_as(env, &namespace, &format!("{release}-aios-operator"));
+        env.kubectl_with_input(&["apply", "-n", &namespace, "-f", "-"], Some(AGENT))
+            .unwrap();
+        // The persona ConfigMap comes before the Deployment: once it is there, the
+        // operator has reached the Deployment.
+        wait_for_or_log(&operator, &log, || {
+            env.kubectl(&[
+                "get",
+                "configmap",
+                "aios-agent-apollo-persona",
+                "-n",
+                &namespace,
+            ])
+            .ok()
+        });
+        let refused = wait_for_or_log(&operator, &log, || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.lines()
+                .find(|l| {
+                    l.contains("forbidden") && l.contains(resource.split('/').next().unwrap())
+                })
+                .map(str::to_owned)
+        });
+        let deployment = env.kubectl(&["get", "deployment", "aios-agent-apollo", "-n", &namespace]);
+        let status = json(env, &["get", "agent", "apollo", "-n", &namespace]);
+        operator.stop(Duration::from_secs(10));
+        if case == "deployments" {
+            assert!(
+                deployment.is_err(),
+                "without the deployments rule no pool is made ({refused})"
+            );
+        } else {
+            assert!(deployment.is_ok(), "the pool is made");
+            assert!(
+                status["status"].is_null(),
+                "without agents/status no status is written ({refused})"
+            );
+        }
+        env.kubectl(&[
+            "delete",
+            "clusterrole,clusterrolebinding",
+            &format!("{release}-aios-operator"),
+        ])
+        .unwrap();
+    }
+}
+
+/// Runs the operator binary as `service_account` of `namespace` (impersonated), applies
+/// an Agent and a served ModelProvider there, and waits until their pods exist (so they
+/// passed the namespace's Pod Security admission) and the Agent's status was written.
+fn operator_renders_restricted_pods(env: &Environment, namespace: &str, service_account: &str) {
+    let (operator, log) = start_operator_as(env, namespace, service_account);
     let manifests = "\
 apiVersion: aios.dev/v1alpha1
 kind: Agent

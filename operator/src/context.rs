@@ -59,6 +59,22 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
+    /// Counts a failed reconcile of `object` by `controller` and logs why, so a refused
+    /// permission or an invalid object is visible in the log and not only as a metric.
+    /// Conflicts and standby passes are expected and logged at debug level.
+    pub fn reconcile_failed(&self, controller: &str, object: &str, error: &crate::hera::Error) {
+        let category = error.category();
+        self.metrics
+            .reconcile_errors
+            .with_label_values(&[controller, category])
+            .inc();
+        if matches!(category, "conflict" | "not_leader") {
+            tracing::debug!(controller, object, error = %error, "reconcile retried");
+        } else {
+            tracing::warn!(controller, object, error = %error, "reconcile failed; retrying");
+        }
+    }
+
     /// The Tasks of Project `project` in `namespace`, from the cache.
     pub fn project_tasks(&self, namespace: &str, project: &str) -> Vec<Arc<Task>> {
         self.tasks

@@ -582,11 +582,8 @@ async fn publish_event(
 /// What to do after a failed reconcile: a conflict is retried at once (the cache will
 /// have caught up); anything else is retried with a short backoff.
 #[allow(clippy::needless_pass_by_value)] // the signature kube's controller takes
-pub fn error_policy(_project: Arc<Project>, error: &Error, ctx: Arc<Context>) -> ControllerAction {
-    ctx.metrics
-        .reconcile_errors
-        .with_label_values(&["project", error.category()])
-        .inc();
+pub fn error_policy(project: Arc<Project>, error: &Error, ctx: Arc<Context>) -> ControllerAction {
+    ctx.reconcile_failed("project", &project.name_any(), error);
     match error {
         Error::Kube(kube::Error::Api(s)) if s.code == 409 => {
             ControllerAction::requeue(Duration::from_millis(200))

@@ -319,10 +319,7 @@ pub async fn publish_provider_list(
 
 /// Retries a failed reconcile after a short wait.
 #[allow(clippy::needless_pass_by_value)] // the signature kube's controller takes
-pub fn error_policy(_provider: Arc<ModelProvider>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_errors
-        .with_label_values(&["model_provider", error.category()])
-        .inc();
+pub fn error_policy(provider: Arc<ModelProvider>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.reconcile_failed("model_provider", &provider.name_any(), error);
     Action::requeue(Duration::from_secs(5))
 }
