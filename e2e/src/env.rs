@@ -528,6 +528,40 @@ impl Environment {
         vars
     }
 
+    /// A kubeconfig that acts as ServiceAccount `service_account` of `namespace`
+    /// (impersonation by the admin), so a process using it has exactly that account's
+    /// permissions. Written beside the admin kubeconfig; returns its path.
+    pub fn impersonating_kubeconfig(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<PathBuf, EnvError> {
+        let admin =
+            fs::read_to_string(&self.kubeconfig).map_err(io_err("reading", &self.kubeconfig))?;
+        let mut config: serde_json::Value =
+            serde_json::from_str(&admin).map_err(|e| EnvError::Command {
+                command: format!("reading {}", self.kubeconfig.display()),
+                stderr: e.to_string(),
+            })?;
+        if let Some(users) = config["users"].as_array_mut() {
+            for user in users {
+                user["user"]["as"] = serde_json::Value::from(format!(
+                    "system:serviceaccount:{namespace}:{service_account}"
+                ));
+                user["user"]["as-groups"] = serde_json::json!([
+                    "system:serviceaccounts",
+                    format!("system:serviceaccounts:{namespace}"),
+                    "system:authenticated"
+                ]);
+            }
+        }
+        let path = self
+            .dir
+            .join(format!("kubeconfig-{namespace}-{service_account}"));
+        fs::write(&path, config.to_string()).map_err(io_err("writing", &path))?;
+        Ok(path)
+    }
+
     /// Runs kubectl against the environment; stdout on success.
     pub fn kubectl(&self, args: &[&str]) -> Result<String, EnvError> {
         self.kubectl_with_input(args, None)

@@ -8,6 +8,7 @@
 //! does), every test binary uses that one instead of starting its own.
 
 pub mod binaries;
+pub mod chart;
 pub mod env;
 pub mod local;
 pub mod pki;

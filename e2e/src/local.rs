@@ -77,6 +77,9 @@ pub struct LocalRun {
     pub timeout: Duration,
     /// Prints progress on stderr.
     pub verbose: bool,
+    /// The kubeconfig the operator uses; the environment's admin one when unset (a test
+    /// gives it one that impersonates the chart's ServiceAccount).
+    pub operator_kubeconfig: Option<PathBuf>,
 }
 
 /// How a run ended.
@@ -232,18 +235,22 @@ impl LocalRun {
         .map_err(|e| step("applying Agents and ModelProviders")(e.to_string()))?;
 
         let mut processes = Processes(Vec::new());
+        let mut operator_vars = vec![
+            ("AIOS_AMQP_URL", self.amqp_url.clone()),
+            ("AIOS_WATCH_NAMESPACE", ns.to_owned()),
+            ("POD_NAMESPACE", ns.to_owned()),
+            ("POD_NAME", "aios-operator-local".to_owned()),
+            ("AIOS_HTTP_ADDR", free_address()?),
+            ("AIOS_PROVIDER_PROBE_SECONDS", "5".to_owned()),
+        ];
+        if let Some(kubeconfig) = &self.operator_kubeconfig {
+            operator_vars.push(("KUBECONFIG", kubeconfig.display().to_string()));
+        }
         let operator = self.spawn(
             env,
             "operator",
             &self.bin_dir.join("aios-operator"),
-            &[
-                ("AIOS_AMQP_URL", self.amqp_url.clone()),
-                ("AIOS_WATCH_NAMESPACE", ns.to_owned()),
-                ("POD_NAMESPACE", ns.to_owned()),
-                ("POD_NAME", "aios-operator-local".to_owned()),
-                ("AIOS_HTTP_ADDR", free_address()?),
-                ("AIOS_PROVIDER_PROBE_SECONDS", "5".to_owned()),
-            ],
+            &operator_vars,
         )?;
         processes.0.push(("operator".to_owned(), operator));
         self.say("==> the operator is running; waiting for it to find a ready model provider");

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aios_e2e::{Environment, repo_root};
+use aios_e2e::{Environment, chart, repo_root};
 use serde_json::Value;
 
 fn helm_path() -> PathBuf {
@@ -25,19 +25,13 @@ fn helm_path() -> PathBuf {
 }
 
 fn chart() -> String {
-    repo_root().join("charts/aios").display().to_string()
+    chart::chart_dir().display().to_string()
 }
 
 /// Runs helm with `args`, against `env` when given (its kubeconfig).
 fn helm(env: Option<&Environment>, args: &[&str]) -> Output {
-    let mut command = Command::new(helm_path());
+    let mut command = chart::helm().expect("helm");
     command.args(args);
-    // helm keeps caches and plugins under HOME-based paths; keep them out of the way.
-    let home = std::env::temp_dir().join(format!("aios-helm-home-{}", std::process::id()));
-    command
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"));
     if let Some(env) = env {
         command.envs(env.exports());
     }
@@ -56,27 +50,7 @@ fn ok(out: &Output, what: &str) -> String {
 
 /// `helm template` of the chart with `sets`, as JSON objects.
 fn template(sets: &[&str]) -> Vec<Value> {
-    let chart = chart();
-    let mut args = vec![
-        "template",
-        "aios",
-        chart.as_str(),
-        "--namespace",
-        "aios-system",
-    ];
-    for set in sets {
-        args.extend(["--set", set]);
-    }
-    let out = ok(&helm(None, &args), "helm template");
-    documents(&out)
-}
-
-fn documents(yaml: &str) -> Vec<Value> {
-    use serde::Deserialize;
-    serde_yaml_ng::Deserializer::from_str(yaml)
-        .map(|doc| Value::deserialize(doc).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
+    chart::render("aios", "aios-system", sets).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -458,32 +432,6 @@ fn the_rendered_chart_passes_a_server_side_dry_run() {
     );
 }
 
-/// A kubeconfig that acts as `service_account` of `namespace` (impersonation), so a
-/// process using it has exactly that ServiceAccount's permissions.
-fn impersonating_kubeconfig(env: &Environment, namespace: &str, service_account: &str) -> PathBuf {
-    let admin = env
-        .exports()
-        .into_iter()
-        .find(|(k, _)| *k == "KUBECONFIG")
-        .unwrap()
-        .1;
-    let mut config: Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(&admin).unwrap()).unwrap();
-    for user in config["users"].as_array_mut().unwrap() {
-        user["user"]["as"] = Value::from(format!(
-            "system:serviceaccount:{namespace}:{service_account}"
-        ));
-        user["user"]["as-groups"] = serde_json::json!([
-            "system:serviceaccounts",
-            format!("system:serviceaccounts:{namespace}"),
-            "system:authenticated"
-        ]);
-    }
-    let path = std::env::temp_dir().join(format!("aios-kubeconfig-{namespace}"));
-    std::fs::write(&path, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
-    path
-}
-
 /// The operator binary, beside this test's own.
 fn operator_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -556,7 +504,7 @@ fn helm_installs_upgrades_and_uninstalls_into_a_restricted_namespace() {
 
     // The operator, with exactly the chart's permissions, renders agent and model-server
     // pods that pass `restricted` too.
-    operator_renders_restricted_pods(env, &namespace, &format!("{release}-aios-operator"));
+    operator_renders_restricted_pods(env, &namespace, &chart::operator_account(release));
 
     // An upgrade with a changed value rolls the operator: a new ReplicaSet with its pods.
     ok(
@@ -665,7 +613,9 @@ fn start_operator_as(
     namespace: &str,
     service_account: &str,
 ) -> (aios_e2e::process::ServerProcess, PathBuf) {
-    let kubeconfig = impersonating_kubeconfig(env, namespace, service_account);
+    let kubeconfig = env
+        .impersonating_kubeconfig(namespace, service_account)
+        .unwrap();
     let amqp_url = env.create_vhost(namespace).unwrap();
     let port = aios_e2e::process::free_port().unwrap();
     let log = std::env::temp_dir().join(format!("aios-operator-{namespace}.log"));
@@ -687,55 +637,6 @@ fn start_operator_as(
     )
     .unwrap();
     (operator, log)
-}
-
-/// The chart's RBAC objects for release `release` in `namespace`, as YAML, with the
-/// ClusterRole's rules filtered by `keep`.
-fn chart_rbac(namespace: &str, release: &str, keep: impl Fn(&Value) -> bool) -> String {
-    let chart = chart();
-    let out = ok(
-        &helm(
-            None,
-            &[
-                "template",
-                release,
-                &chart,
-                "--namespace",
-                namespace,
-                "--set",
-                "crds.install=false",
-            ],
-        ),
-        "helm template",
-    );
-    let mut rbac = String::new();
-    for mut object in documents(&out) {
-        let kind = object["kind"].as_str().unwrap_or_default().to_owned();
-        if ![
-            "ServiceAccount",
-            "ClusterRole",
-            "ClusterRoleBinding",
-            "Role",
-            "RoleBinding",
-        ]
-        .contains(&kind.as_str())
-        {
-            continue;
-        }
-        if kind == "ClusterRole" {
-            let rules: Vec<Value> = object["rules"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|r| keep(r))
-                .cloned()
-                .collect();
-            object["rules"] = Value::from(rules);
-        }
-        rbac.push_str("---\n");
-        rbac.push_str(&serde_yaml_ng::to_string(&object).unwrap());
-    }
-    rbac
 }
 
 /// The Agent the RBAC tests apply.
@@ -761,18 +662,19 @@ fn each_rule_of_the_operators_role_is_needed_for_what_it_is_there_for() {
     for (case, group, resource) in cases {
         let namespace = env.create_namespace(&format!("rbac-{case}")).unwrap();
         let release = format!("r-{case}");
-        let rbac = chart_rbac(&namespace, &release, |rule| {
+        let rbac = chart::operator_rbac(&namespace, &release, |rule| {
             !(rule["apiGroups"][0] == group
                 && rule["resources"]
                     .as_array()
                     .unwrap()
                     .iter()
                     .any(|r| r == resource))
-        });
+        })
+        .unwrap();
         env.kubectl_with_input(&["apply", "-f", "-"], Some(&rbac))
             .unwrap();
         let (operator, log) =
-            start_operator_as(env, &namespace, &format!("{release}-aios-operator"));
+            start_operator_as(env, &namespace, &chart::operator_account(&release));
         env.kubectl_with_input(&["apply", "-n", &namespace, "-f", "-"], Some(AGENT))
             .unwrap();
         // The persona ConfigMap comes before the Deployment: once it is there, the
@@ -813,7 +715,7 @@ fn each_rule_of_the_operators_role_is_needed_for_what_it_is_there_for() {
         env.kubectl(&[
             "delete",
             "clusterrole,clusterrolebinding",
-            &format!("{release}-aios-operator"),
+            &chart::operator_account(&release),
         ])
         .unwrap();
     }

@@ -83,6 +83,7 @@ fn run(model: ModelServer, prefix: &str, timeout: Duration) -> (LocalRun, tempfi
         project: project(),
         timeout,
         verbose: true,
+        operator_kubeconfig: None,
     };
     (run, work)
 }
@@ -99,8 +100,19 @@ async fn a_project_is_planned_built_committed_and_succeeds() {
         chat_model: "fixture".to_owned(),
         embed_model: None,
     };
-    let (run, _work) = run(model, "mainjob", Duration::from_secs(180));
+    let (mut run, _work) = run(model, "mainjob", Duration::from_secs(180));
     let env = aios_e2e::shared_with_crds();
+    // The operator runs with exactly the Helm chart's permissions: its ServiceAccount,
+    // impersonated.
+    let release = format!("job-{}", std::process::id());
+    let rbac = aios_e2e::chart::operator_rbac(&run.namespace, &release, |_| true).unwrap();
+    env.kubectl_with_input(&["apply", "-f", "-"], Some(&rbac))
+        .unwrap();
+    let account = aios_e2e::chart::operator_account(&release);
+    run.operator_kubeconfig = Some(
+        env.impersonating_kubeconfig(&run.namespace, &account)
+            .unwrap(),
+    );
     let outcome = tokio::task::spawn_blocking(move || run.run(env))
         .await
         .unwrap()

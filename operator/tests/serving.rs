@@ -162,6 +162,61 @@ async fn a_served_provider_becomes_a_model_cache_a_server_and_a_service() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_cache_change_the_api_server_refuses_is_a_condition_and_the_rest_is_applied() {
+    let mut h = Harness::new("cache");
+    h.start_operator("op-1");
+    let example = repo_root().join("manifests/examples/modelprovider-ollama.yaml");
+    h.kubectl(&["apply", "-f", example.to_str().unwrap()]);
+    h.wait_for_value(
+        "modelprovider/ollama",
+        "{.status.conditions[?(@.type==\"CacheVolume\")].status}",
+        "True",
+        TIMEOUT,
+    )
+    .await;
+    // A change the API server refuses on the claim (it cannot shrink) is reported, and
+    // the rest of the change is still applied.
+    h.kubectl(&[
+        "patch",
+        "modelprovider",
+        "ollama",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"serve":{"image":"registry.local/ollama:0.17.4","cache":{"size":"10Gi"}}}}"#,
+    ]);
+    h.wait_for_value(
+        "deployment/aios-model-ollama",
+        "{.spec.template.spec.containers[0].image}",
+        "registry.local/ollama:0.17.4",
+        TIMEOUT,
+    )
+    .await;
+    h.wait_for_value(
+        "modelprovider/ollama",
+        "{.status.conditions[?(@.type==\"CacheVolume\")].reason}",
+        "CacheVolumeNotUpdated",
+        TIMEOUT,
+    )
+    .await;
+    let message = h.jsonpath(
+        "modelprovider/ollama",
+        "{.status.conditions[?(@.type==\"CacheVolume\")].message}",
+    );
+    assert!(
+        message.contains("aios-model-ollama-cache") && message.contains("cannot be changed"),
+        "{message}"
+    );
+    assert_eq!(
+        h.jsonpath(
+            "pvc/aios-model-ollama-cache",
+            "{.spec.resources.requests.storage}"
+        ),
+        "30Gi",
+        "the claim keeps its size"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn tasks_wait_until_a_ready_provider_can_take_them() {
     use support::{FakeAgents, Reply, done};
     let mut h = Harness::new("gated");

@@ -157,6 +157,7 @@ fn main() -> ExitCode {
         project,
         timeout: Duration::from_secs(args.timeout_seconds),
         verbose: true,
+        operator_kubeconfig: None,
     };
     match run.run(&env) {
         Ok(outcome) => {
