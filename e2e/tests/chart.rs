@@ -523,38 +523,30 @@ fn helm_installs_upgrades_and_uninstalls_into_a_restricted_namespace() {
         ),
         "helm upgrade",
     );
+    let replica_sets = || {
+        json(
+            env,
+            &[
+                "get",
+                "replicasets",
+                "-n",
+                &namespace,
+                "-l",
+                operator_selector,
+            ],
+        )["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
     wait_for(
         "a second operator ReplicaSet",
         Duration::from_secs(60),
-        || {
-            let sets = json(
-                env,
-                &[
-                    "get",
-                    "replicasets",
-                    "-n",
-                    &namespace,
-                    "-l",
-                    operator_selector,
-                ],
-            );
-            (sets["items"].as_array().unwrap().len() == 2).then_some(())
-        },
+        || (replica_sets().len() == 2).then_some(()),
     );
     // The new ReplicaSet carries the changed setting.
-    let sets = json(
-        env,
-        &[
-            "get",
-            "replicasets",
-            "-n",
-            &namespace,
-            "-l",
-            operator_selector,
-        ],
-    );
     assert!(
-        sets["items"].as_array().unwrap().iter().any(|set| {
+        replica_sets().iter().any(|set| {
             set["spec"]["template"]["spec"]["containers"][0]["env"]
                 .as_array()
                 .unwrap()
