@@ -718,15 +718,8 @@ fn each_rule_of_the_operators_role_is_needed_for_what_it_is_there_for() {
 /// passed the namespace's Pod Security admission) and the Agent's status was written.
 fn operator_renders_restricted_pods(env: &Environment, namespace: &str, service_account: &str) {
     let (operator, log) = start_operator_as(env, namespace, service_account);
-    let manifests = "\
-apiVersion: aios.dev/v1alpha1
-kind: Agent
-metadata:
-  name: apollo
-spec:
-  role: backend
-  persona: {name: Apollo}
-  scaling: {minReplicas: 1, maxReplicas: 2}
+    let manifests = AGENT.to_owned()
+        + "\
 ---
 apiVersion: aios.dev/v1alpha1
 kind: ModelProvider
@@ -738,7 +731,7 @@ spec:
   models: [{name: smollm2:135m}]
   serve: {replicas: 1}
 ";
-    env.kubectl_with_input(&["apply", "-n", namespace, "-f", "-"], Some(manifests))
+    env.kubectl_with_input(&["apply", "-n", namespace, "-f", "-"], Some(&manifests))
         .unwrap();
     let rendered = wait_for_or_log(&operator, &log, || {
         let agents = pods_with(env, namespace, "aios.dev/agent=apollo");
