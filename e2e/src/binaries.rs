@@ -68,6 +68,64 @@ pub fn tools_bin_dir() -> Result<PathBuf, BinariesError> {
     )
 }
 
+/// Environment variable that names a directory holding the node's programs, skipping
+/// the build.
+pub const ENV_NODE_BIN: &str = "AIOS_NODE_BIN";
+
+/// The directory holding the local node's programs (kubelet, kube-scheduler,
+/// kube-proxy, CoreDNS, pause and its image), installing the Debian packages the node
+/// runs (containerd, runc, CNI plugins, iptables) and building the rest on first use.
+pub fn node_bin_dir() -> Result<PathBuf, BinariesError> {
+    let node = crate::repo_root().join("e2e").join("node");
+    let install = node.join("install-packages.sh");
+    let status = Command::new(&install)
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(|source| BinariesError::Run {
+            script: install.display().to_string(),
+            source,
+        })?;
+    if !status.success() {
+        return Err(BinariesError::Failed {
+            script: install.display().to_string(),
+            status: status.to_string(),
+        });
+    }
+    built_dir(ENV_NODE_BIN, &node.join("build.sh"))
+}
+
+/// The AIOS images (`images/build.py`, cached), each with the name it is imported
+/// under: `ghcr.io/aios-dev/<image>:<version>`, what the chart and the operator name.
+pub fn images() -> Result<Vec<(PathBuf, String)>, BinariesError> {
+    let script = crate::repo_root().join("images").join("build.py");
+    let out = Command::new(&script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|source| BinariesError::Run {
+            script: script.display().to_string(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(BinariesError::Failed {
+            script: script.display().to_string(),
+            status: out.status.to_string(),
+        });
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let path = PathBuf::from(line.trim());
+            let file = path.file_name()?.to_str()?.to_owned();
+            let image = file.split(&format!("-{version}-")).next()?.to_owned();
+            Some((path, format!("ghcr.io/aios-dev/{image}:{version}")))
+        })
+        .collect())
+}
+
 /// The directory `variable` names, else the one `script` builds (or finds cached) and
 /// prints on stdout.
 fn built_dir(variable: &str, script: &std::path::Path) -> Result<PathBuf, BinariesError> {

@@ -31,6 +31,7 @@ pub const STATE_FILE: &str = "state.json";
 
 /// What to start.
 #[derive(Debug, Clone)]
+#[allow(clippy::struct_excessive_bools)] // each says whether one part starts
 pub struct EnvOptions {
     /// The state directory; a new temporary one when unset. It must not exist yet.
     pub dir: Option<PathBuf>,
@@ -44,6 +45,9 @@ pub struct EnvOptions {
     pub ready_timeout: Duration,
     /// Stop everything when this process exits (a watchdog polls for it).
     pub owner_pid: Option<u32>,
+    /// Start a node (containerd, kubelet, kube-scheduler, kube-proxy, CoreDNS) that runs
+    /// pods from the locally built images; needs root.
+    pub node: bool,
 }
 
 impl Default for EnvOptions {
@@ -55,6 +59,7 @@ impl Default for EnvOptions {
             controller_manager: true,
             ready_timeout: Duration::from_secs(90),
             owner_pid: None,
+            node: false,
         }
     }
 }
@@ -71,6 +76,9 @@ pub enum EnvError {
     /// The keys and certificates could not be made.
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// The local node could not be started.
+    #[error("starting the node")]
+    Node(#[from] crate::node::NodeError),
     /// The state directory already exists: another environment may live there.
     #[error("state directory {0} already exists; stop that environment or pick another directory")]
     DirExists(String),
@@ -150,6 +158,9 @@ pub struct Environment {
     pub rabbitmq: Option<RabbitNode>,
     /// The processes started, in start order.
     pub processes: Vec<ServerProcess>,
+    /// The node's programs, when a node was started (its clean-up needs kube-proxy).
+    #[serde(default)]
+    pub node_bin: Option<PathBuf>,
 }
 
 impl Environment {
@@ -172,6 +183,7 @@ impl Environment {
             redis_url: None,
             rabbitmq: None,
             processes: Vec::new(),
+            node_bin: None,
             dir,
         };
         match env.start_servers(&bin, options) {
@@ -197,6 +209,9 @@ impl Environment {
         if options.controller_manager {
             self.start_controller_manager(bin, &pki_dir)?;
         }
+        if options.node {
+            self.start_node(bin, &pki_dir, options)?;
+        }
         if options.redis {
             self.start_redis(options)?;
         }
@@ -207,6 +222,30 @@ impl Environment {
         if let Some(owner) = options.owner_pid {
             self.spawn_watchdog(owner)?;
         }
+        Ok(())
+    }
+
+    /// Starts the local node (see [`crate::node`]) with the AIOS images imported.
+    fn start_node(
+        &mut self,
+        bin: &Path,
+        pki_dir: &Path,
+        options: &EnvOptions,
+    ) -> Result<(), EnvError> {
+        let node_bin = binaries::node_bin_dir()?;
+        let images = binaries::images()?;
+        self.node_bin = Some(node_bin.clone());
+        let started = crate::node::start(&crate::node::NodeConfig {
+            bin: node_bin,
+            pki_dir: pki_dir.to_owned(),
+            admin_kubeconfig: self.kubeconfig.clone(),
+            apiserver_url: self.apiserver_url.clone(),
+            kubectl: bin.join("kubectl"),
+            log_dir: self.dir.join("logs"),
+            images,
+            ready_timeout: options.ready_timeout,
+        })?;
+        self.processes.extend(started);
         Ok(())
     }
 
@@ -267,7 +306,23 @@ impl Environment {
                 file(pki::files::SA_KEY)
             ),
             "--service-cluster-ip-range=10.96.0.0/16".to_owned(),
-            "--authorization-mode=RBAC".to_owned(),
+            // Node: the local node's kubelet acts for its own node and pods only.
+            "--authorization-mode=Node,RBAC".to_owned(),
+            // The local node's kubelet is reached by its IP (no DNS name resolves here),
+            // with a client certificate and its serving certificate checked.
+            "--kubelet-preferred-address-types=InternalIP".to_owned(),
+            format!(
+                "--kubelet-client-certificate={}",
+                file(pki::files::APISERVER_KUBELET_CLIENT_CERT)
+            ),
+            format!(
+                "--kubelet-client-key={}",
+                file(pki::files::APISERVER_KUBELET_CLIENT_KEY)
+            ),
+            format!(
+                "--kubelet-certificate-authority={}",
+                file(pki::files::CA_CERT)
+            ),
             "--allow-privileged=true".to_owned(),
             "--v=1".to_owned(),
         ];
@@ -510,6 +565,12 @@ impl Environment {
         // Reverse start order: clients before the servers they depend on.
         for server in self.processes.iter().rev() {
             server.stop(Duration::from_secs(15));
+        }
+        if let Some(node_bin) = &self.node_bin {
+            let left = crate::node::clean(Some(&node_bin.join("kube-proxy")));
+            if !left.is_empty() {
+                eprintln!("aios-env: the node left behind: {}", left.join(", "));
+            }
         }
     }
 

@@ -11,6 +11,7 @@ pub mod binaries;
 pub mod chart;
 pub mod env;
 pub mod local;
+pub mod node;
 pub mod pki;
 pub mod process;
 

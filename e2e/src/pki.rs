@@ -1,6 +1,7 @@
 //! The local control plane's keys and certificates: a throwaway CA, the API server's
-//! serving certificate, an admin client certificate (group `system:masters`) and the
-//! service-account signing key pair.
+//! serving certificate, an admin client certificate (group `system:masters`), the
+//! service-account signing key pair, and the local node's: the kubelet's serving and
+//! client certificates and the API server's client certificate towards it.
 
 use std::{fs, path::Path};
 
@@ -49,6 +50,18 @@ pub struct Pki {
     pub service_account_key: String,
     /// The public half of the service-account key, for token verification.
     pub service_account_pub: String,
+    /// The local node's kubelet serving certificate (for the node's IP and name).
+    pub kubelet_serving_cert: String,
+    /// Its key.
+    pub kubelet_serving_key: String,
+    /// The kubelet's client certificate (`system:node:<node>` in `system:nodes`).
+    pub kubelet_client_cert: String,
+    /// Its key.
+    pub kubelet_client_key: String,
+    /// The API server's client certificate towards kubelets (logs, exec).
+    pub apiserver_kubelet_client_cert: String,
+    /// Its key.
+    pub apiserver_kubelet_client_key: String,
 }
 
 /// File names the PKI is written under, inside the environment's directory.
@@ -63,6 +76,18 @@ pub mod files {
     pub const SA_KEY: &str = "sa.key";
     /// The service-account public key.
     pub const SA_PUB: &str = "sa.pub";
+    /// The kubelet's serving certificate.
+    pub const KUBELET_SERVING_CERT: &str = "kubelet.crt";
+    /// The kubelet's serving key.
+    pub const KUBELET_SERVING_KEY: &str = "kubelet.key";
+    /// The kubelet's client certificate.
+    pub const KUBELET_CLIENT_CERT: &str = "kubelet-client.crt";
+    /// The kubelet's client key.
+    pub const KUBELET_CLIENT_KEY: &str = "kubelet-client.key";
+    /// The API server's client certificate towards kubelets.
+    pub const APISERVER_KUBELET_CLIENT_CERT: &str = "apiserver-kubelet-client.crt";
+    /// Its key.
+    pub const APISERVER_KUBELET_CLIENT_KEY: &str = "apiserver-kubelet-client.key";
 }
 
 fn generate<T>(what: &'static str, result: Result<T, rcgen::Error>) -> Result<T, PkiError> {
@@ -112,6 +137,36 @@ impl Pki {
 
         let sa_key = generate("the service-account key", KeyPair::generate())?;
 
+        let client =
+            |common_name: &str, organization: &str| -> Result<(String, String), PkiError> {
+                let key = generate("a client key", KeyPair::generate())?;
+                let mut params = CertificateParams::default();
+                params.distinguished_name = name(common_name, Some(organization));
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+                let cert = generate("a client certificate", params.signed_by(&key, &issuer))?;
+                Ok((cert.pem(), key.serialize_pem()))
+            };
+        let (kubelet_client_cert, kubelet_client_key) = client(
+            &format!("system:node:{}", crate::node::NODE_NAME),
+            "system:nodes",
+        )?;
+        let (apiserver_kubelet_client_cert, apiserver_kubelet_client_key) =
+            client("kube-apiserver-kubelet-client", "system:masters")?;
+        let kubelet_key = generate("the kubelet serving key", KeyPair::generate())?;
+        let mut kubelet = generate(
+            "the kubelet serving certificate parameters",
+            CertificateParams::new(vec![
+                crate::node::NODE_IP.to_owned(),
+                crate::node::NODE_NAME.to_owned(),
+            ]),
+        )?;
+        kubelet.distinguished_name = name(crate::node::NODE_NAME, None);
+        kubelet.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let kubelet_cert = generate(
+            "the kubelet serving certificate",
+            kubelet.signed_by(&kubelet_key, &issuer),
+        )?;
+
         Ok(Self {
             ca_cert: ca_cert.pem(),
             serving_cert: serving_cert.pem(),
@@ -120,6 +175,12 @@ impl Pki {
             admin_key: admin_key.serialize_pem(),
             service_account_key: sa_key.serialize_pem(),
             service_account_pub: sa_key.public_key_pem(),
+            kubelet_serving_cert: kubelet_cert.pem(),
+            kubelet_serving_key: kubelet_key.serialize_pem(),
+            kubelet_client_cert,
+            kubelet_client_key,
+            apiserver_kubelet_client_cert,
+            apiserver_kubelet_client_key,
         })
     }
 
@@ -131,6 +192,18 @@ impl Pki {
             (files::SERVING_KEY, &self.serving_key),
             (files::SA_KEY, &self.service_account_key),
             (files::SA_PUB, &self.service_account_pub),
+            (files::KUBELET_SERVING_CERT, &self.kubelet_serving_cert),
+            (files::KUBELET_SERVING_KEY, &self.kubelet_serving_key),
+            (files::KUBELET_CLIENT_CERT, &self.kubelet_client_cert),
+            (files::KUBELET_CLIENT_KEY, &self.kubelet_client_key),
+            (
+                files::APISERVER_KUBELET_CLIENT_CERT,
+                &self.apiserver_kubelet_client_cert,
+            ),
+            (
+                files::APISERVER_KUBELET_CLIENT_KEY,
+                &self.apiserver_kubelet_client_key,
+            ),
         ] {
             let path = dir.join(file);
             fs::write(&path, pem).map_err(|source| PkiError::Write {

@@ -46,6 +46,7 @@ enum Cmd {
 }
 
 #[derive(Debug, Args)]
+#[allow(clippy::struct_excessive_bools)] // command-line switches
 struct StartArgs {
     /// State directory (must not exist); a temporary one when unset.
     #[arg(long)]
@@ -62,6 +63,10 @@ struct StartArgs {
     /// Seconds each server may take to become ready.
     #[arg(long, default_value_t = 90)]
     ready_timeout: u64,
+    /// Also start a node (containerd, kubelet, kube-scheduler, kube-proxy, CoreDNS) that
+    /// runs pods from the locally built images; needs root.
+    #[arg(long)]
+    node: bool,
 }
 
 impl StartArgs {
@@ -73,6 +78,7 @@ impl StartArgs {
             controller_manager: !self.no_controller_manager,
             ready_timeout: Duration::from_secs(self.ready_timeout),
             owner_pid,
+            node: self.node,
         }
     }
 }
