@@ -5,6 +5,8 @@
 #     modules (cached under ~/.cache/aios, keyed by version),
 #   - helm built from its pinned Go module (cached the same way),
 #   - debootstrap, umoci and runc from Debian's packages, for the offline image build,
+#   - the local node: containerd, the CNI plugins, iptables from Debian's packages;
+#     kubelet, kube-scheduler, kube-proxy and CoreDNS from their pinned Go modules,
 #   - the crates, with the Rust target directory cached under ~/.cache/aios as well.
 # Then: formatting, clippy, and `cargo test --workspace` with one local environment
 # (etcd, kube-apiserver, kube-controller-manager, RabbitMQ, Redis on loopback) that every
@@ -32,6 +34,10 @@ AIOS_TOOLS_BIN=$(e2e/tools/build.sh)
 export AIOS_TOOLS_BIN
 step "installing the image build's tools when missing"
 images/install-tools.sh
+step "installing the node's packages when missing, building or reusing its programs"
+e2e/node/install-packages.sh
+AIOS_NODE_BIN=$(e2e/node/build.sh)
+export AIOS_NODE_BIN
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,0 +1,193 @@
+//! The local node, end to end: `aios-env` with a node runs pods from the locally built
+//! images under Pod Security `restricted`, and pods reach each other through a Service
+//! by its DNS name (CoreDNS and kube-proxy); stopping the environment leaves nothing of
+//! the node behind, and a start after a crash (everything killed, nothing cleaned)
+//! works without manual cleanup.
+//!
+//! One test: a machine runs one node at a time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use aios_e2e::{EnvOptions, Environment, node};
+
+fn start() -> Environment {
+    Environment::start(&EnvOptions {
+        rabbitmq: false,
+        redis: false,
+        node: true,
+        ..EnvOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("{:#}", anyhow::Error::new(e)))
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A git server pod (the agent image's git) behind a Service, and a client pod that
+/// lists its branches by the Service's name; returns what the client printed.
+fn git_over_a_service(env: &Environment, namespace: &str) -> String {
+    let image = format!("ghcr.io/aios-dev/aios-agent:{VERSION}");
+    let locked = "securityContext: {readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}";
+    let pod_security = "securityContext: {runAsNonRoot: true, runAsUser: 65532, seccompProfile: {type: RuntimeDefault}}";
+    let server = format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: git-server, labels: {{app: git}}}}
+spec:
+  automountServiceAccountToken: false
+  {pod_security}
+  containers:
+  - name: git
+    image: {image}
+    command: [sh, -c, 'git init -q -b main /var/lib/aios/r && git -C /var/lib/aios/r -c user.name=t -c user.email=t@t commit -q --allow-empty -m hello && git daemon --export-all --base-path=/var/lib/aios --port=9418 --reuseaddr']
+    {locked}
+    readinessProbe: {{tcpSocket: {{port: 9418}}, periodSeconds: 1}}
+    resources: {{requests: {{cpu: 10m, memory: 32Mi}}, limits: {{memory: 128Mi}}}}
+    volumeMounts: [{{name: work, mountPath: /var/lib/aios}}]
+  volumes: [{{name: work, emptyDir: {{sizeLimit: 64Mi}}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: git}}
+spec:
+  selector: {{app: git}}
+  ports: [{{port: 9418, targetPort: 9418}}]
+"
+    );
+    env.kubectl_with_input(&["apply", "-n", namespace, "-f", "-"], Some(&server))
+        .unwrap();
+    env.kubectl(&[
+        "wait",
+        "-n",
+        namespace,
+        "--for=condition=Ready",
+        "pod/git-server",
+        "--timeout=90s",
+    ])
+    .unwrap();
+    let client = format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: git-client}}
+spec:
+  restartPolicy: Never
+  automountServiceAccountToken: false
+  {pod_security}
+  containers:
+  - name: git
+    image: {image}
+    imagePullPolicy: Never
+    command: [git, ls-remote, 'git://git.{namespace}.svc.cluster.local/r']
+    {locked}
+    resources: {{requests: {{cpu: 10m, memory: 32Mi}}, limits: {{memory: 128Mi}}}}
+"
+    );
+    env.kubectl_with_input(&["apply", "-n", namespace, "-f", "-"], Some(&client))
+        .unwrap();
+    wait_for("the client pod to finish", Duration::from_secs(90), || {
+        env.kubectl(&[
+            "get",
+            "pod",
+            "git-client",
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.status.phase}",
+        ])
+        .is_ok_and(|p| p == "Succeeded" || p == "Failed")
+    });
+    env.kubectl(&["logs", "git-client", "-n", namespace])
+        .unwrap()
+}
+
+/// What a node leaves on the machine: the bridge, mounts, processes, cgroups, state.
+fn leftovers() -> Vec<String> {
+    let mut left = Vec::new();
+    if Path::new(&format!("/sys/class/net/{}", node::BRIDGE)).exists() {
+        left.push(format!("the bridge {}", node::BRIDGE));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    left.extend(
+        mounts
+            .lines()
+            .filter(|l| l.contains(node::STATE_DIR) || l.contains(node::RUN_DIR))
+            .map(|l| format!("mount {l}")),
+    );
+    for dir in [node::STATE_DIR, node::RUN_DIR] {
+        if Path::new(dir).exists() {
+            left.push(dir.to_owned());
+        }
+    }
+    if Path::new("/sys/fs/cgroup/memory/kubepods").exists() {
+        left.push("the kubepods cgroup".to_owned());
+    }
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains(node::STATE_DIR) || cmdline.contains(node::RUN_DIR) {
+            left.push(format!("process {}", cmdline.replace('\0', " ")));
+        }
+    }
+    left
+}
+
+#[test]
+fn the_node_runs_restricted_pods_that_reach_services_by_name_and_cleans_up_even_after_a_crash() {
+    let env = start();
+    let nodes = env.kubectl(&["get", "nodes", "-o", "wide"]).unwrap();
+    assert!(
+        nodes.contains(node::NODE_NAME) && nodes.contains(" Ready"),
+        "{nodes}"
+    );
+    let namespace = env.create_namespace("node").unwrap();
+    env.kubectl(&[
+        "label",
+        "namespace",
+        &namespace,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ])
+    .unwrap();
+    let listed = git_over_a_service(&env, &namespace);
+    assert!(
+        listed.contains("refs/heads/main"),
+        "the client reached the server by its Service name: {listed:?}"
+    );
+
+    env.stop().unwrap();
+    assert_eq!(
+        leftovers(),
+        Vec::<String>::new(),
+        "a stopped node leaves nothing"
+    );
+
+    // A crash: every process of the environment killed, nothing cleaned.
+    let crashed = start();
+    for process in &crashed.processes {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(-i32::try_from(process.pid).unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(
+        !leftovers().is_empty(),
+        "a killed node leaves its state (or this test proves nothing)"
+    );
+    let again = start();
+    let nodes = again.kubectl(&["get", "nodes"]).unwrap();
+    assert!(nodes.contains(" Ready"), "{nodes}");
+    again.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&crashed.dir);
+    assert_eq!(leftovers(), Vec::<String>::new());
+}
