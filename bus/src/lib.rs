@@ -49,6 +49,14 @@ pub enum BusError {
         #[source]
         source: serde_json::Error,
     },
+    /// The broker did not answer a publish in time.
+    #[error("the broker did not confirm {what} within {seconds}s")]
+    TimedOut {
+        /// What was published.
+        what: String,
+        /// How long was waited.
+        seconds: u64,
+    },
     /// Shutdown began while connecting.
     #[error("shutting down")]
     ShuttingDown,
@@ -60,10 +68,30 @@ impl BusError {
         match self {
             Self::Amqp { .. } => "amqp",
             Self::NotConfirmed { .. } => "not_confirmed",
+            Self::TimedOut { .. } => "timed_out",
             Self::Encode { .. } => "encode",
             Self::ShuttingDown => "shutdown",
         }
     }
+}
+
+/// The longest a publish may take, confirm included: a broker that never answers fails
+/// the publish (its caller retries; message ids make a republish safe) rather than
+/// holding the caller — a reconcile, an agent's report — forever.
+pub const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn bounded<T>(
+    what: &str,
+    work: impl std::future::Future<Output = Result<T, BusError>>,
+) -> Result<T, BusError> {
+    tokio::time::timeout(PUBLISH_TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(BusError::TimedOut {
+                what: what.to_owned(),
+                seconds: PUBLISH_TIMEOUT.as_secs(),
+            })
+        })
 }
 
 fn amqp(action: impl Into<String>) -> impl FnOnce(lapin::Error) -> BusError {
@@ -201,7 +229,16 @@ impl Bus {
     /// Publishes a dispatch to its role's queue and waits for the broker's confirm. The
     /// message id is `<task uid>-<attempt>`, so a republish is recognised downstream.
     pub async fn publish_dispatch(&self, dispatch: &TaskDispatch) -> Result<(), BusError> {
-        self.ensure_role_queue(&dispatch.spec.role).await?;
+        let id = dispatch.attempt_id();
+        let what = format!("dispatch {}", id.message_id());
+        bounded(&what, async {
+            self.ensure_role_queue(&dispatch.spec.role).await?;
+            self.publish_dispatch_now(dispatch).await
+        })
+        .await
+    }
+
+    async fn publish_dispatch_now(&self, dispatch: &TaskDispatch) -> Result<(), BusError> {
         let id = dispatch.attempt_id();
         let mut headers = FieldTable::default();
         headers.insert(
@@ -234,13 +271,16 @@ impl Bus {
     pub async fn publish_cancel(&self, cancel: &TaskCancel) -> Result<(), BusError> {
         let id = cancel.attempt_id().message_id();
         let what = format!("cancel {id}");
-        self.publish(
-            names::CONTROL_EXCHANGE,
-            "",
-            cancel,
-            &format!("cancel-{id}"),
-            FieldTable::default(),
+        bounded(
             &what,
+            self.publish(
+                names::CONTROL_EXCHANGE,
+                "",
+                cancel,
+                &format!("cancel-{id}"),
+                FieldTable::default(),
+                &what,
+            ),
         )
         .await
     }
@@ -255,13 +295,16 @@ impl Bus {
             event.at
         );
         let what = format!("event {id}");
-        self.publish(
-            names::EVENTS_EXCHANGE,
-            event.routing_key(),
-            event,
-            &id,
-            FieldTable::default(),
+        bounded(
             &what,
+            self.publish(
+                names::EVENTS_EXCHANGE,
+                event.routing_key(),
+                event,
+                &id,
+                FieldTable::default(),
+                &what,
+            ),
         )
         .await
     }
