@@ -71,10 +71,10 @@ pub struct ProjectSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Repository {
-    /// Clone URL: `https://`, `http://`, `ssh://`, `git@host:path` or `file://` (a
-    /// repository on the agents' filesystem).
+    /// Clone URL: `https://`, `http://`, `ssh://`, `git://` (the git daemon's protocol,
+    /// anonymous), `git@host:path` or `file://` (a repository on the agents' filesystem).
     #[schemars(length(min = 1, max = 2048))]
-    #[x_kube(validation = Rule::new("self.matches('^(https://|http://|ssh://|file://|git@)')").message("repository url must start with https://, http://, ssh://, file:// or git@"))]
+    #[x_kube(validation = Rule::new("self.matches('^(https://|http://|ssh://|git://|file://|git@)')").message("repository url must start with https://, http://, ssh://, git://, file:// or git@"))]
     pub url: String,
 
     /// Branch the agents commit to; created from the default branch when missing.
