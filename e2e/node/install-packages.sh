@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the local node runs from Debian's packages, when missing: containerd
 # (with its CRI plugin), runc, the CNI plugins, iptables and conntrack (kube-proxy), and
-# gcc with a static libc (the pause program). Their own services are not started.
+# gcc with a static libc (the pause program), and socat (pods reach the environment's
+# RabbitMQ and Redis through relays on the node's address). Their own services are not started.
 set -euo pipefail
 
 missing=()
@@ -10,6 +11,7 @@ command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || missing+=(runc)
 [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
 command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing+=(iptables)
 command -v conntrack >/dev/null 2>&1 || [ -x /usr/sbin/conntrack ] || missing+=(conntrack)
+command -v socat >/dev/null 2>&1 || missing+=(socat)
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || missing+=(libc6-dev)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -156,6 +156,7 @@ fn service_path(program: &str) -> PathBuf {
         // paths; the script behind it honours our environment variables.
         "rabbitmq-server" => PathBuf::from("/usr/lib/rabbitmq/bin/rabbitmq-server"),
         "epmd" => PathBuf::from("/usr/bin/epmd"),
+        "socat" => PathBuf::from("/usr/bin/socat"),
         _ => PathBuf::from("/usr/bin").join(program),
     }
 }

@@ -218,6 +218,9 @@ impl Environment {
         if options.rabbitmq {
             self.start_rabbitmq(options)?;
         }
+        if options.node {
+            self.start_relays(options)?;
+        }
         self.save()?;
         if let Some(owner) = options.owner_pid {
             self.spawn_watchdog(owner)?;
@@ -247,6 +250,45 @@ impl Environment {
         })?;
         self.processes.extend(started);
         Ok(())
+    }
+
+    /// Pods reach RabbitMQ and Redis on the node's address: a relay per port there,
+    /// connecting to the server's loopback port (RabbitMQ then sees a loopback peer, so
+    /// its `guest` user works for pods too).
+    fn start_relays(&mut self, options: &EnvOptions) -> Result<(), EnvError> {
+        let ports: Vec<u16> = [&self.amqp_url, &self.redis_url]
+            .into_iter()
+            .flatten()
+            .filter_map(|url| loopback_port(url))
+            .collect();
+        let socat = binaries::service_program("socat")?;
+        for port in ports {
+            let relay = process::spawn(
+                &format!("relay-{port}"),
+                &socat,
+                &[
+                    format!(
+                        "TCP-LISTEN:{port},bind={},fork,reuseaddr",
+                        crate::node::NODE_IP
+                    ),
+                    format!("TCP:127.0.0.1:{port}"),
+                ],
+                &[],
+                &self.log(&format!("relay-{port}")),
+            )?;
+            self.processes.push(relay.clone());
+            relay.wait_ready(options.ready_timeout, || {
+                std::net::TcpStream::connect((crate::node::NODE_IP, port)).is_ok()
+            })?;
+        }
+        Ok(())
+    }
+
+    /// `url` (a server of this environment on loopback) as pods on the node reach it:
+    /// through its relay on the node's address. `None` without a node.
+    pub fn for_pods(&self, url: &str) -> Option<String> {
+        self.node_bin.as_ref()?;
+        Some(url.replacen("127.0.0.1:", &format!("{}:", crate::node::NODE_IP), 1))
     }
 
     fn log(&self, name: &str) -> PathBuf {
@@ -738,6 +780,15 @@ impl Environment {
         self.kubectl(&["create", "namespace", &name])?;
         Ok(name)
     }
+}
+
+/// The port of a `scheme://[user@]127.0.0.1:<port>/...` URL.
+fn loopback_port(url: &str) -> Option<u16> {
+    let rest = url.split("127.0.0.1:").nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn unique_temp_dir() -> PathBuf {

@@ -80,6 +80,10 @@ pub struct LocalRun {
     /// The kubeconfig the operator uses; the environment's admin one when unset (a test
     /// gives it one that impersonates the chart's ServiceAccount).
     pub operator_kubeconfig: Option<PathBuf>,
+    /// Run the agents as the pods the operator scales, on the environment's node, rather
+    /// than as local processes. The delivery repository is then served by a git daemon
+    /// on the node's address, and the model servers must be reachable from pods.
+    pub agents_in_pods: bool,
 }
 
 /// How a run ended.
@@ -235,6 +239,11 @@ impl LocalRun {
         .map_err(|e| step("applying Agents and ModelProviders")(e.to_string()))?;
 
         let mut processes = Processes(Vec::new());
+        let repository_url = if self.agents_in_pods {
+            self.prepare_pods(env, &mut processes)?
+        } else {
+            format!("file://{}", repository.display())
+        };
         let mut operator_vars = vec![
             ("AIOS_AMQP_URL", self.amqp_url.clone()),
             ("AIOS_WATCH_NAMESPACE", ns.to_owned()),
@@ -257,16 +266,19 @@ impl LocalRun {
         let providers_file = self.work_dir.join("providers.json");
         self.write_providers(env, &providers_file)?;
 
-        self.start_agents(env, &mut processes, &providers_file)?;
-        self.say(&format!(
-            "==> one agent process per role: {}",
-            ROLES.join(", ")
-        ));
+        if self.agents_in_pods {
+            self.say("==> the agents run as pods the operator scales with their queues");
+        } else {
+            self.start_agents(env, &mut processes, &providers_file)?;
+            self.say(&format!(
+                "==> one agent process per role: {}",
+                ROLES.join(", ")
+            ));
+        }
 
-        let project = self.project.replace(
-            REPOSITORY_PLACEHOLDER,
-            &format!("file://{}", repository.display()),
-        );
+        let project = self
+            .project
+            .replace(REPOSITORY_PLACEHOLDER, &repository_url);
         let applied = env
             .kubectl_with_input(
                 &["-n", ns, "apply", "-f", "-", "-o", "name"],
@@ -295,6 +307,70 @@ impl LocalRun {
             message,
             outcome: Box::new(outcome),
         })
+    }
+
+    /// For agents in pods: their connection Secret (RabbitMQ and Redis through the
+    /// node's relays) and a git daemon serving the delivery repository on the node's
+    /// address; returns the repository's URL for the Project.
+    fn prepare_pods(
+        &self,
+        env: &Environment,
+        processes: &mut Processes,
+    ) -> Result<String, LocalError> {
+        let missing = || {
+            step("running agents in pods")(
+                "the environment has no node (aios-env start --node)".to_owned(),
+            )
+        };
+        let amqp = env.for_pods(&self.amqp_url).ok_or_else(missing)?;
+        let redis = env
+            .redis_url
+            .as_deref()
+            .and_then(|url| env.for_pods(url))
+            .ok_or_else(missing)?;
+        let secret = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: aios-agent-connections\nstringData:\n  amqpUrl: \"{amqp}\"\n  redisUrl: \"{redis}\"\n"
+        );
+        env.kubectl_with_input(&["-n", &self.namespace, "apply", "-f", "-"], Some(&secret))
+            .map_err(|e| step("creating the agents' connection Secret")(e.to_string()))?;
+        let port = process::free_port().map_err(|e| step("finding a free port")(e.to_string()))?;
+        let base = self.work_dir.display().to_string();
+        let log_path = self.work_dir.join("logs").join("git-daemon.log");
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| step("creating the git daemon's log")(e.to_string()))?;
+        let err = log
+            .try_clone()
+            .map_err(|e| step("opening a log")(e.to_string()))?;
+        let daemon = Command::new("git")
+            .args([
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--enable=receive-pack",
+                &format!("--base-path={base}"),
+                &format!("--listen={}", crate::node::NODE_IP),
+                &format!("--port={port}"),
+                &base,
+            ])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| step("starting the git daemon")(e.to_string()))?;
+        processes.0.push(("git-daemon".to_owned(), daemon));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect((crate::node::NODE_IP, port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(step("starting the git daemon")(process::log_tail(
+                    &log_path, 10,
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(format!(
+            "git://{}:{port}/delivery.git",
+            crate::node::NODE_IP
+        ))
     }
 
     /// One agent process per role, reading the provider list from `providers_file`.
@@ -422,9 +498,12 @@ impl LocalRun {
             if finished || Instant::now() > deadline {
                 let project = project
                     .ok_or_else(|| step("reading the Project")(format!("{name} is gone")))?;
-                let summary = env
-                    .kubectl(&["-n", ns, "get", "projects,tasks,agents"])
-                    .unwrap_or_default();
+                let kinds = if self.agents_in_pods {
+                    "projects,tasks,agents,pods"
+                } else {
+                    "projects,tasks,agents"
+                };
+                let summary = env.kubectl(&["-n", ns, "get", kinds]).unwrap_or_default();
                 let git_log = git(repository, &["log", "--format=%h %an: %s", "main"])
                     .unwrap_or_else(|e| format!("(no commits: {e})"));
                 return Ok(Outcome {

@@ -10,8 +10,8 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use aios_crds::{ProjectPhase, TaskPhase};
 use aios_e2e::local::{LocalRun, ModelServer};
-use serde_json::json;
-use wiremock::{Mock, MockServer, ResponseTemplate, matchers};
+
+mod support;
 
 /// `target/<profile>`, where the workspace's binaries are built next to this test.
 fn bin_dir() -> PathBuf {
@@ -25,48 +25,6 @@ fn bin_dir() -> PathBuf {
 fn project() -> String {
     std::fs::read_to_string(aios_e2e::repo_root().join("manifests/examples/project-hello.yaml"))
         .unwrap()
-}
-
-fn answer(content: &serde_json::Value) -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_json(json!({
-        "model": "fixture", "message": {"role": "assistant", "content": content.to_string()},
-        "done": true, "prompt_eval_count": 200, "eval_count": 80
-    }))
-}
-
-async fn model_fixture() -> MockServer {
-    let server = MockServer::builder()
-        .listener(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .start()
-        .await;
-    Mock::given(matchers::method("GET"))
-        .and(matchers::path("/api/tags"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(json!({"models": [{"name": "fixture"}]})),
-        )
-        .mount(&server)
-        .await;
-    let chat = |persona: &str| {
-        Mock::given(matchers::method("POST"))
-            .and(matchers::path("/api/chat"))
-            .and(matchers::body_string_contains(format!("You are {persona}")))
-    };
-    chat("Hera")
-        .respond_with(answer(&json!({"tasks": [
-            {"name": "program", "title": "Write hello.py", "role": "backend", "description": "greet(name)", "dependsOn": [], "complexity": "Low"},
-            {"name": "test", "title": "Test hello.py", "role": "qa", "description": "pytest", "dependsOn": ["program"], "complexity": "Low"}
-        ]})))
-        .mount(&server)
-        .await;
-    chat("Apollo")
-        .respond_with(answer(&json!({"summary": "Wrote greet.", "files": [{"path": "hello.py", "content": "def greet(name):\n    return 'Hello, ' + name + '!'\n"}]})))
-        .mount(&server)
-        .await;
-    chat("Athena")
-        .respond_with(answer(&json!({"summary": "Tested greet.", "files": [{"path": "test_hello.py", "content": "from hello import greet\n\ndef test_greet():\n    assert greet('Ada') == 'Hello, Ada!'\n"}]})))
-        .mount(&server)
-        .await;
-    server
 }
 
 fn run(model: ModelServer, prefix: &str, timeout: Duration) -> (LocalRun, tempfile::TempDir) {
@@ -84,13 +42,14 @@ fn run(model: ModelServer, prefix: &str, timeout: Duration) -> (LocalRun, tempfi
         timeout,
         verbose: true,
         operator_kubeconfig: None,
+        agents_in_pods: false,
     };
     (run, work)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_project_is_planned_built_committed_and_succeeds() {
-    let fixture = model_fixture().await;
+    let fixture = support::model_fixture("127.0.0.1").await;
     let model = ModelServer {
         name: "local".to_owned(),
         provider_type: "Ollama".to_owned(),

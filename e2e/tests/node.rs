@@ -4,25 +4,128 @@
 //! the node behind, and a start after a crash (everything killed, nothing cleaned)
 //! works without manual cleanup.
 //!
-//! One test: a machine runs one node at a time.
+//! The main job runs on it: a Project is planned, built and delivered by agent pods the
+//! operator scales from zero with their queues, delivering to a git daemon on the
+//! node's address.
+//!
+//! A machine runs one node at a time: the tests take turns.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
+mod support;
+
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
-use aios_e2e::{EnvOptions, Environment, node};
+use aios_crds::{ProjectPhase, TaskPhase};
+use aios_e2e::{
+    EnvOptions, Environment,
+    local::{LocalRun, ModelServer},
+    node,
+};
 
-fn start() -> Environment {
+/// Held by each test for as long as it has a node.
+static ONE_NODE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn start_with(brokers: bool) -> Environment {
     Environment::start(&EnvOptions {
-        rabbitmq: false,
-        redis: false,
+        rabbitmq: brokers,
+        redis: brokers,
         node: true,
         ..EnvOptions::default()
     })
     .unwrap_or_else(|e| panic!("{:#}", anyhow::Error::new(e)))
+}
+
+fn start() -> Environment {
+    start_with(false)
+}
+
+/// `target/<profile>`, where the workspace's binaries are built next to this test.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // the node is this test's for its whole run
+async fn a_project_is_built_and_delivered_by_agent_pods() {
+    let _node = ONE_NODE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let env: &'static Environment = Box::leak(Box::new(start_with(true)));
+    let fixture = support::model_fixture(node::NODE_IP).await;
+    let namespace = env.create_namespace("pods").unwrap();
+    let amqp_url = env.create_vhost(&namespace).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let run = LocalRun {
+        namespace: namespace.clone(),
+        amqp_url,
+        bin_dir: bin_dir(),
+        work_dir: work.path().to_path_buf(),
+        models: vec![ModelServer {
+            name: "local".to_owned(),
+            provider_type: "Ollama".to_owned(),
+            tier: "Local".to_owned(),
+            priority: 1,
+            url: fixture.uri(),
+            chat_model: "fixture".to_owned(),
+            embed_model: None,
+        }],
+        project: std::fs::read_to_string(
+            aios_e2e::repo_root().join("manifests/examples/project-hello.yaml"),
+        )
+        .unwrap(),
+        timeout: Duration::from_secs(300),
+        verbose: true,
+        operator_kubeconfig: None,
+        agents_in_pods: true,
+    };
+    let outcome = tokio::task::spawn_blocking(move || run.run(env))
+        .await
+        .unwrap();
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            let pods = env
+                .kubectl(&["get", "pods", "-n", &namespace, "-o", "wide"])
+                .unwrap_or_default();
+            env.stop().unwrap();
+            panic!("{err}\n{pods}");
+        }
+    };
+    let status = outcome.project.status.as_ref().unwrap();
+    assert_eq!(status.phase, Some(ProjectPhase::Succeeded));
+    assert_eq!(
+        outcome.tasks.len(),
+        3,
+        "the planning task and the two planned"
+    );
+    for task in &outcome.tasks {
+        let name = task.metadata.name.clone().unwrap();
+        let status = task.status.as_ref().unwrap();
+        assert_eq!(status.phase, Some(TaskPhase::Succeeded), "{name}");
+        let agent = status.agent.clone().unwrap_or_default();
+        assert!(
+            agent.starts_with("aios-agent-"),
+            "{name} was done by an agent pod, not {agent:?}"
+        );
+    }
+    assert!(
+        outcome.git_log.contains("Apollo: Write hello.py")
+            && outcome.git_log.contains("Athena: Test hello.py"),
+        "{}",
+        outcome.git_log
+    );
+    assert!(
+        outcome.summary.contains("pod/aios-agent-"),
+        "the agent pods show in kubectl get pods:\n{}",
+        outcome.summary
+    );
+    env.stop().unwrap();
 }
 
 fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
@@ -145,6 +248,9 @@ fn leftovers() -> Vec<String> {
 
 #[test]
 fn the_node_runs_restricted_pods_that_reach_services_by_name_and_cleans_up_even_after_a_crash() {
+    let _node = ONE_NODE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let env = start();
     let nodes = env.kubectl(&["get", "nodes", "-o", "wide"]).unwrap();
     assert!(

@@ -158,6 +158,7 @@ fn main() -> ExitCode {
         timeout: Duration::from_secs(args.timeout_seconds),
         verbose: true,
         operator_kubeconfig: None,
+        agents_in_pods: false,
     };
     match run.run(&env) {
         Ok(outcome) => {

@@ -1,0 +1,51 @@
+//! What the end-to-end tests share: a model fixture speaking Ollama's API.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // shared by several test binaries
+
+use serde_json::json;
+use wiremock::{Mock, MockServer, ResponseTemplate, matchers};
+
+/// An Ollama chat answer carrying `content` as the model's message.
+pub fn answer(content: &serde_json::Value) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "model": "fixture", "message": {"role": "assistant", "content": content.to_string()},
+        "done": true, "prompt_eval_count": 200, "eval_count": 80
+    }))
+}
+
+/// A model server speaking Ollama's API on `ip`, answering as Hera (a two-task plan),
+/// Apollo (hello.py) and Athena (its test): deterministic, for the main job.
+pub async fn model_fixture(ip: &str) -> MockServer {
+    let server = MockServer::builder()
+        .listener(std::net::TcpListener::bind((ip, 0)).unwrap())
+        .start()
+        .await;
+    Mock::given(matchers::method("GET"))
+        .and(matchers::path("/api/tags"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"models": [{"name": "fixture"}]})),
+        )
+        .mount(&server)
+        .await;
+    let chat = |persona: &str| {
+        Mock::given(matchers::method("POST"))
+            .and(matchers::path("/api/chat"))
+            .and(matchers::body_string_contains(format!("You are {persona}")))
+    };
+    chat("Hera")
+        .respond_with(answer(&json!({"tasks": [
+            {"name": "program", "title": "Write hello.py", "role": "backend", "description": "greet(name)", "dependsOn": [], "complexity": "Low"},
+            {"name": "test", "title": "Test hello.py", "role": "qa", "description": "pytest", "dependsOn": ["program"], "complexity": "Low"}
+        ]})))
+        .mount(&server)
+        .await;
+    chat("Apollo")
+        .respond_with(answer(&json!({"summary": "Wrote greet.", "files": [{"path": "hello.py", "content": "def greet(name):\n    return 'Hello, ' + name + '!'\n"}]})))
+        .mount(&server)
+        .await;
+    chat("Athena")
+        .respond_with(answer(&json!({"summary": "Tested greet.", "files": [{"path": "test_hello.py", "content": "from hello import greet\n\ndef test_greet():\n    assert greet('Ada') == 'Hello, Ada!'\n"}]})))
+        .mount(&server)
+        .await;
+    server
+}
