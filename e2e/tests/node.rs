@@ -57,6 +57,7 @@ async fn a_project_is_built_and_delivered_by_agent_pods() {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let env: &'static Environment = Box::leak(Box::new(start_with(true)));
+    env.install_crds().unwrap();
     let fixture = support::model_fixture(node::NODE_IP).await;
     let namespace = env.create_namespace("pods").unwrap();
     let amqp_url = env.create_vhost(&namespace).unwrap();
