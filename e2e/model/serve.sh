@@ -9,6 +9,8 @@
 #
 # PORT: the argument, else $AIOS_MODEL_PORT, else 11434.
 # Other settings (environment):
+#   AIOS_MODEL_HOST     the address to listen on (default 127.0.0.1; the local node's
+#                       10.88.0.1 lets pods reach it)
 #   AIOS_MODEL_RUN_DIR  pid file, env file, log and the server's HOME
 #                       (default: ${TMPDIR:-/tmp}/aios-model-PORT)
 #   AIOS_MODEL_LOG      server log file (default: $AIOS_MODEL_RUN_DIR/ollama.log)
@@ -48,7 +50,7 @@ esac
 port=${1:-${AIOS_MODEL_PORT:-11434}}
 [[ "$port" =~ ^[0-9]+$ ]] && [ "$port" -gt 0 ] && [ "$port" -lt 65536 ] || die "bad port: $port"
 
-host=127.0.0.1
+host=${AIOS_MODEL_HOST:-127.0.0.1}
 base_url="http://$host:$port"
 run_dir=${AIOS_MODEL_RUN_DIR:-${TMPDIR:-/tmp}/aios-model-$port}
 pid_file="$run_dir/ollama.pid"

@@ -475,7 +475,31 @@ impl LocalRun {
                 .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
                 .and_then(|v| serde_json::from_value(v["items"].clone()).ok())
                 .unwrap_or_default();
-            let line = progress(project.as_ref(), &tasks);
+            let mut line = progress(project.as_ref(), &tasks);
+            if self.agents_in_pods {
+                let pods = env
+                    .kubectl(&[
+                        "-n",
+                        ns,
+                        "get",
+                        "pods",
+                        "-l",
+                        "app.kubernetes.io/name=aios-agent",
+                        "-o",
+                        "jsonpath={range .items[*]}{.metadata.name} {.status.phase}{\"\\n\"}{end}",
+                    ])
+                    .unwrap_or_default();
+                let pods: Vec<&str> = pods.lines().filter(|l| !l.is_empty()).collect();
+                let _ = write!(
+                    line,
+                    "\n    agent pods: {}",
+                    if pods.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        pods.join(", ")
+                    }
+                );
+            }
             if line != last {
                 self.say(&line);
                 last = line;

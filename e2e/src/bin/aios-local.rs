@@ -40,6 +40,10 @@ struct Args {
     /// How long the Project may take, in seconds.
     #[arg(long, default_value_t = 1800)]
     timeout_seconds: u64,
+    /// Run the agents as pods on the environment's node (`aios-env start --node`)
+    /// rather than as local processes.
+    #[arg(long)]
+    pods: bool,
 }
 
 /// Providers beyond the local one, when their keys or host are in the environment.
@@ -158,7 +162,7 @@ fn main() -> ExitCode {
         timeout: Duration::from_secs(args.timeout_seconds),
         verbose: true,
         operator_kubeconfig: None,
-        agents_in_pods: false,
+        agents_in_pods: args.pods,
     };
     match run.run(&env) {
         Ok(outcome) => {
