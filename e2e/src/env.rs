@@ -256,13 +256,18 @@ impl Environment {
     /// connecting to the server's loopback port (RabbitMQ then sees a loopback peer, so
     /// its `guest` user works for pods too).
     fn start_relays(&mut self, options: &EnvOptions) -> Result<(), EnvError> {
-        let ports: Vec<u16> = [&self.amqp_url, &self.redis_url]
+        let mut ports: Vec<(u16, u16)> = [&self.amqp_url, &self.redis_url]
             .into_iter()
             .flatten()
             .filter_map(|url| loopback_port(url))
+            .map(|port| (port, port))
             .collect();
+        // The API server, for pods (the operator's) that use the `kubernetes` Service.
+        if let Some(port) = loopback_port(&self.apiserver_url) {
+            ports.push((APISERVER_NODE_PORT, port));
+        }
         let socat = binaries::service_program("socat")?;
-        for port in ports {
+        for (port, target) in ports {
             let relay = process::spawn(
                 &format!("relay-{port}"),
                 &socat,
@@ -271,7 +276,7 @@ impl Environment {
                         "TCP-LISTEN:{port},bind={},fork,reuseaddr",
                         crate::node::NODE_IP
                     ),
-                    format!("TCP:127.0.0.1:{port}"),
+                    format!("TCP:127.0.0.1:{target}"),
                 ],
                 &[],
                 &self.log(&format!("relay-{port}")),
@@ -281,6 +286,24 @@ impl Environment {
                 std::net::TcpStream::connect((crate::node::NODE_IP, port)).is_ok()
             })?;
         }
+        // The `kubernetes` Service's endpoint: the relay (the API server's own endpoint
+        // reconciler is off, since it would publish a loopback address).
+        let slice = serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "kubernetes-aios-node",
+                "namespace": "default",
+                "labels": {
+                    "kubernetes.io/service-name": "kubernetes",
+                    "endpointslice.kubernetes.io/managed-by": "aios-env",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [crate::node::NODE_IP], "conditions": {"ready": true}}],
+            "ports": [{"name": "https", "port": APISERVER_NODE_PORT, "protocol": "TCP"}],
+        });
+        self.kubectl_with_input(&["apply", "-f", "-"], Some(&slice.to_string()))?;
         Ok(())
     }
 
@@ -781,6 +804,9 @@ impl Environment {
         Ok(name)
     }
 }
+
+/// Where pods on the local node reach the API server: a relay on the node's address.
+pub const APISERVER_NODE_PORT: u16 = 6443;
 
 /// The port of a `scheme://[user@]127.0.0.1:<port>/...` URL.
 fn loopback_port(url: &str) -> Option<u16> {

@@ -84,6 +84,9 @@ pub struct LocalRun {
     /// than as local processes. The delivery repository is then served by a git daemon
     /// on the node's address, and the model servers must be reachable from pods.
     pub agents_in_pods: bool,
+    /// The operator runs in the cluster (installed with the Helm chart, say): none is
+    /// started for the run.
+    pub operator_in_cluster: bool,
 }
 
 /// How a run ended.
@@ -244,25 +247,13 @@ impl LocalRun {
         } else {
             format!("file://{}", repository.display())
         };
-        let mut operator_vars = vec![
-            ("AIOS_AMQP_URL", self.amqp_url.clone()),
-            ("AIOS_WATCH_NAMESPACE", ns.to_owned()),
-            ("POD_NAMESPACE", ns.to_owned()),
-            ("POD_NAME", "aios-operator-local".to_owned()),
-            ("AIOS_HTTP_ADDR", free_address()?),
-            ("AIOS_PROVIDER_PROBE_SECONDS", "5".to_owned()),
-        ];
-        if let Some(kubeconfig) = &self.operator_kubeconfig {
-            operator_vars.push(("KUBECONFIG", kubeconfig.display().to_string()));
+        if self.operator_in_cluster {
+            self.say("==> the operator runs in the cluster (installed apart)");
+        } else {
+            let operator = self.start_operator(env)?;
+            processes.0.push(("operator".to_owned(), operator));
         }
-        let operator = self.spawn(
-            env,
-            "operator",
-            &self.bin_dir.join("aios-operator"),
-            &operator_vars,
-        )?;
-        processes.0.push(("operator".to_owned(), operator));
-        self.say("==> the operator is running; waiting for it to find a ready model provider");
+        self.say("==> waiting for the operator to find a ready model provider");
         let providers_file = self.work_dir.join("providers.json");
         self.write_providers(env, &providers_file)?;
 
@@ -307,6 +298,28 @@ impl LocalRun {
             message,
             outcome: Box::new(outcome),
         })
+    }
+
+    /// The operator as a local process watching the run's namespace.
+    fn start_operator(&self, env: &Environment) -> Result<Child, LocalError> {
+        let ns = self.namespace.as_str();
+        let mut operator_vars = vec![
+            ("AIOS_AMQP_URL", self.amqp_url.clone()),
+            ("AIOS_WATCH_NAMESPACE", ns.to_owned()),
+            ("POD_NAMESPACE", ns.to_owned()),
+            ("POD_NAME", "aios-operator-local".to_owned()),
+            ("AIOS_HTTP_ADDR", free_address()?),
+            ("AIOS_PROVIDER_PROBE_SECONDS", "5".to_owned()),
+        ];
+        if let Some(kubeconfig) = &self.operator_kubeconfig {
+            operator_vars.push(("KUBECONFIG", kubeconfig.display().to_string()));
+        }
+        self.spawn(
+            env,
+            "operator",
+            &self.bin_dir.join("aios-operator"),
+            &operator_vars,
+        )
     }
 
     /// For agents in pods: their connection Secret (RabbitMQ and Redis through the

@@ -33,6 +33,9 @@ pub enum PkiError {
     },
 }
 
+/// The `kubernetes` Service's ClusterIP: the first address of the Service range.
+pub const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
+
 /// PEM material for one run of the control plane.
 #[derive(Debug, Clone)]
 pub struct Pki {
@@ -117,6 +120,10 @@ impl Pki {
                 "localhost".to_owned(),
                 "kubernetes".to_owned(),
                 "kubernetes.default.svc".to_owned(),
+                // Pods on the local node reach the API server through the `kubernetes`
+                // Service's ClusterIP and a relay on the node's address.
+                KUBERNETES_SERVICE_IP.to_owned(),
+                crate::node::NODE_IP.to_owned(),
             ]),
         )?;
         serving.distinguished_name = name("kube-apiserver", None);

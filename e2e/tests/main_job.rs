@@ -43,6 +43,7 @@ fn run(model: ModelServer, prefix: &str, timeout: Duration) -> (LocalRun, tempfi
         verbose: true,
         operator_kubeconfig: None,
         agents_in_pods: false,
+        operator_in_cluster: false,
     };
     (run, work)
 }

@@ -50,20 +50,25 @@ fn bin_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).unwrap().to_path_buf()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::await_holding_lock)] // the node is this test's for its whole run
-async fn a_project_is_built_and_delivered_by_agent_pods() {
-    let _node = ONE_NODE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let env: &'static Environment = Box::leak(Box::new(start_with(true)));
-    env.install_crds().unwrap();
-    let fixture = support::model_fixture(node::NODE_IP).await;
-    let namespace = env.create_namespace("pods").unwrap();
-    let amqp_url = env.create_vhost(&namespace).unwrap();
+/// Runs `manifests/examples/project-hello.yaml` (renamed `project`) with agents in pods,
+/// the bus at `amqp_url` and a model fixture at `model_url`; panics with the pods' state
+/// if it fails.
+fn run_hello(
+    env: &'static Environment,
+    namespace: &str,
+    amqp_url: String,
+    model_url: &str,
+    project: &str,
+    operator_in_cluster: bool,
+) -> aios_e2e::local::Outcome {
     let work = tempfile::tempdir().unwrap();
+    let manifest = std::fs::read_to_string(
+        aios_e2e::repo_root().join("manifests/examples/project-hello.yaml"),
+    )
+    .unwrap()
+    .replace("name: hello", &format!("name: {project}"));
     let run = LocalRun {
-        namespace: namespace.clone(),
+        namespace: namespace.to_owned(),
         amqp_url,
         bin_dir: bin_dir(),
         work_dir: work.path().to_path_buf(),
@@ -72,32 +77,30 @@ async fn a_project_is_built_and_delivered_by_agent_pods() {
             provider_type: "Ollama".to_owned(),
             tier: "Local".to_owned(),
             priority: 1,
-            url: fixture.uri(),
+            url: model_url.to_owned(),
             chat_model: "fixture".to_owned(),
             embed_model: None,
         }],
-        project: std::fs::read_to_string(
-            aios_e2e::repo_root().join("manifests/examples/project-hello.yaml"),
-        )
-        .unwrap(),
+        project: manifest,
         timeout: Duration::from_secs(300),
         verbose: true,
         operator_kubeconfig: None,
         agents_in_pods: true,
+        operator_in_cluster,
     };
-    let outcome = tokio::task::spawn_blocking(move || run.run(env))
-        .await
-        .unwrap();
-    let outcome = match outcome {
+    match run.run(env) {
         Ok(outcome) => outcome,
         Err(err) => {
             let pods = env
-                .kubectl(&["get", "pods", "-n", &namespace, "-o", "wide"])
+                .kubectl(&["get", "pods", "-n", namespace, "-o", "wide"])
                 .unwrap_or_default();
-            env.stop().unwrap();
             panic!("{err}\n{pods}");
         }
-    };
+    }
+}
+
+/// Every Task of `outcome` succeeded, done by an agent pod, and the work is committed.
+fn assert_done_by_pods(outcome: &aios_e2e::local::Outcome) {
     let status = outcome.project.status.as_ref().unwrap();
     assert_eq!(status.phase, Some(ProjectPhase::Succeeded));
     assert_eq!(
@@ -126,6 +129,160 @@ async fn a_project_is_built_and_delivered_by_agent_pods() {
         "the agent pods show in kubectl get pods:\n{}",
         outcome.summary
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // the node is this test's for its whole run
+async fn a_project_is_built_and_delivered_by_agent_pods() {
+    let _node = ONE_NODE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let env: &'static Environment = Box::leak(Box::new(start_with(true)));
+    env.install_crds().unwrap();
+    let fixture = support::model_fixture(node::NODE_IP).await;
+    let namespace = env.create_namespace("pods").unwrap();
+    let amqp_url = env.create_vhost(&namespace).unwrap();
+    let url = fixture.uri();
+    let outcome = tokio::task::spawn_blocking(move || {
+        run_hello(env, &namespace, amqp_url, &url, "hello", false)
+    })
+    .await;
+    let stopped = env.stop();
+    assert_done_by_pods(&outcome.unwrap());
+    stopped.unwrap();
+}
+
+/// `helm` against `env`.
+fn helm(env: &Environment, args: &[&str]) -> String {
+    let out = aios_e2e::chart::helm()
+        .unwrap()
+        .args(args)
+        .envs(env.exports())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "helm {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock, clippy::too_many_lines)] // one scenario; the node is its own
+async fn the_chart_runs_the_operator_as_pods_and_a_rolling_update_does_not_wedge() {
+    let _node = ONE_NODE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let env: &'static Environment = Box::leak(Box::new(start_with(true)));
+    let fixture = support::model_fixture(node::NODE_IP).await;
+    let namespace = env.create_namespace("chart").unwrap();
+    // The connection Secret first: the operator's pods read RabbitMQ's URL from it.
+    let amqp_url = env.create_vhost(&namespace).unwrap();
+    let amqp = env.for_pods(&amqp_url).unwrap();
+    let redis = env.for_pods(env.redis_url.as_deref().unwrap()).unwrap();
+    env.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "aios-agent-connections",
+        "-n",
+        &namespace,
+        &format!("--from-literal=amqpUrl={amqp}"),
+        &format!("--from-literal=redisUrl={redis}"),
+    ])
+    .unwrap();
+    let chart = aios_e2e::chart::chart_dir().display().to_string();
+    let values = [
+        "--set",
+        "connection.existingSecret=aios-agent-connections",
+        "--set",
+        "rabbitmq.enabled=false",
+        "--set",
+        "redis.enabled=false",
+    ];
+    let watch = format!("operator.watchNamespace={namespace}");
+    let mut install = vec!["install", "aios", chart.as_str(), "-n", &namespace];
+    install.extend(values);
+    install.extend(["--set", &watch, "--set", "operator.logFormat=text"]);
+    helm(env, &install);
+    let deployment = "deployment/aios-operator";
+    env.kubectl(&[
+        "rollout",
+        "status",
+        deployment,
+        "-n",
+        &namespace,
+        "--timeout=180s",
+    ])
+    .unwrap_or_else(|e| panic!("the operator's pods never became ready: {e}"));
+    let operator_pods = |env: &Environment| -> Vec<String> {
+        env.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            &namespace,
+            "-l",
+            "app.kubernetes.io/name=aios-operator",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+    };
+    assert_eq!(operator_pods(env).len(), 2, "two replicas");
+
+    let (ns, bus, url) = (namespace.clone(), amqp_url.clone(), fixture.uri());
+    let first = tokio::task::spawn_blocking(move || run_hello(env, &ns, bus, &url, "first", true))
+        .await
+        .unwrap();
+    assert_done_by_pods(&first);
+    let leader = env
+        .kubectl(&[
+            "get",
+            "lease",
+            "aios-operator",
+            "-n",
+            &namespace,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .unwrap();
+    assert!(
+        operator_pods(env).contains(&leader),
+        "a pod of the chart leads: {leader}"
+    );
+
+    // A changed value rolls the operator; the rollout completes (a standby is ready, so
+    // nothing waits on the Lease) and the next Project runs under the new pods.
+    let mut upgrade = vec![
+        "upgrade",
+        "aios",
+        chart.as_str(),
+        "-n",
+        &namespace,
+        "--reuse-values",
+    ];
+    upgrade.extend(["--set", "operator.logFormat=json"]);
+    helm(env, &upgrade);
+    env.kubectl(&[
+        "rollout",
+        "status",
+        deployment,
+        "-n",
+        &namespace,
+        "--timeout=180s",
+    ])
+    .unwrap_or_else(|e| panic!("the rolling update wedged: {e}"));
+    let (ns, url) = (namespace.clone(), fixture.uri());
+    let second =
+        tokio::task::spawn_blocking(move || run_hello(env, &ns, amqp_url, &url, "second", true))
+            .await
+            .unwrap();
+    assert_done_by_pods(&second);
     env.stop().unwrap();
 }
 

@@ -163,6 +163,7 @@ fn main() -> ExitCode {
         verbose: true,
         operator_kubeconfig: None,
         agents_in_pods: args.pods,
+        operator_in_cluster: false,
     };
     match run.run(&env) {
         Ok(outcome) => {
