@@ -152,6 +152,85 @@ async fn a_project_is_built_and_delivered_by_agent_pods() {
     stopped.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // the node is this test's for its whole run
+async fn a_busy_agent_pod_deleted_mid_task_loses_nothing() {
+    let _node = ONE_NODE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let env: &'static Environment = Box::leak(Box::new(start_with(true)));
+    env.install_crds().unwrap();
+    // Apollo's answer takes long enough to delete the pod that waits for it.
+    let fixture = support::model_fixture_with(node::NODE_IP, Duration::from_secs(20)).await;
+    let namespace = env.create_namespace("busy").unwrap();
+    let amqp_url = env.create_vhost(&namespace).unwrap();
+    let (ns, url) = (namespace.clone(), fixture.uri());
+    let run =
+        tokio::task::spawn_blocking(move || run_hello(env, &ns, amqp_url, &url, "hello", false));
+    let busy = wait_for_value(
+        "the backend task running on a pod",
+        Duration::from_secs(240),
+        || {
+            let seen = env
+                .kubectl(&[
+                    "get",
+                    "task",
+                    "hello-program",
+                    "-n",
+                    &namespace,
+                    "-o",
+                    "jsonpath={.status.phase} {.status.agent}",
+                ])
+                .ok()?;
+            let (phase, agent) = seen.split_once(' ')?;
+            (phase == "Running" && agent.starts_with("aios-agent-apollo")).then(|| agent.to_owned())
+        },
+    );
+    env.kubectl(&[
+        "delete",
+        "pod",
+        &busy,
+        "-n",
+        &namespace,
+        "--grace-period=0",
+        "--force",
+    ])
+    .unwrap();
+    let outcome = run.await;
+    let stopped = env.stop();
+    let outcome = outcome.unwrap();
+    assert_done_by_pods(&outcome);
+    let program = outcome
+        .tasks
+        .iter()
+        .find(|t| t.metadata.name.as_deref() == Some("hello-program"))
+        .unwrap();
+    let agent = program.status.as_ref().and_then(|s| s.agent.clone());
+    assert_ne!(
+        agent.as_deref(),
+        Some(busy.as_str()),
+        "redone by another pod"
+    );
+    assert_eq!(
+        outcome.git_log.matches("Apollo: Write hello.py").count(),
+        1,
+        "one commit for the task:\n{}",
+        outcome.git_log
+    );
+    stopped.unwrap();
+}
+
+fn wait_for_value<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// `helm` against `env`.
 fn helm(env: &Environment, args: &[&str]) -> String {
     let out = aios_e2e::chart::helm()

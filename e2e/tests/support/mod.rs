@@ -16,6 +16,12 @@ pub fn answer(content: &serde_json::Value) -> ResponseTemplate {
 /// A model server speaking Ollama's API on `ip`, answering as Hera (a two-task plan),
 /// Apollo (hello.py) and Athena (its test): deterministic, for the main job.
 pub async fn model_fixture(ip: &str) -> MockServer {
+    model_fixture_with(ip, std::time::Duration::ZERO).await
+}
+
+/// [`model_fixture`], with Apollo taking `apollo_delay` to answer (time to do something
+/// to the agent that waits for it).
+pub async fn model_fixture_with(ip: &str, apollo_delay: std::time::Duration) -> MockServer {
     let server = MockServer::builder()
         .listener(std::net::TcpListener::bind((ip, 0)).unwrap())
         .start()
@@ -40,7 +46,7 @@ pub async fn model_fixture(ip: &str) -> MockServer {
         .mount(&server)
         .await;
     chat("Apollo")
-        .respond_with(answer(&json!({"summary": "Wrote greet.", "files": [{"path": "hello.py", "content": "def greet(name):\n    return 'Hello, ' + name + '!'\n"}]})))
+        .respond_with(answer(&json!({"summary": "Wrote greet.", "files": [{"path": "hello.py", "content": "def greet(name):\n    return 'Hello, ' + name + '!'\n"}]})).set_delay(apollo_delay))
         .mount(&server)
         .await;
     chat("Athena")
