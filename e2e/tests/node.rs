@@ -152,17 +152,18 @@ async fn a_project_is_built_and_delivered_by_agent_pods() {
     stopped.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::await_holding_lock)] // the node is this test's for its whole run
-async fn a_busy_agent_pod_deleted_mid_task_loses_nothing() {
-    let _node = ONE_NODE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+/// Runs the sample Project with Apollo's model answer taking `apollo_delay`, deletes the
+/// pod working on the backend task with `delete_flags`, and returns the outcome and the
+/// deleted pod's name.
+async fn delete_the_busy_pod(
+    prefix: &str,
+    apollo_delay: Duration,
+    delete_flags: &[&str],
+) -> (aios_e2e::local::Outcome, String) {
     let env: &'static Environment = Box::leak(Box::new(start_with(true)));
     env.install_crds().unwrap();
-    // Apollo's answer takes long enough to delete the pod that waits for it.
-    let fixture = support::model_fixture_with(node::NODE_IP, Duration::from_secs(20)).await;
-    let namespace = env.create_namespace("busy").unwrap();
+    let fixture = support::model_fixture_with(node::NODE_IP, apollo_delay).await;
+    let namespace = env.create_namespace(prefix).unwrap();
     let amqp_url = env.create_vhost(&namespace).unwrap();
     let (ns, url) = (namespace.clone(), fixture.uri());
     let run =
@@ -186,38 +187,65 @@ async fn a_busy_agent_pod_deleted_mid_task_loses_nothing() {
             (phase == "Running" && agent.starts_with("aios-agent-apollo")).then(|| agent.to_owned())
         },
     );
-    env.kubectl(&[
-        "delete",
-        "pod",
-        &busy,
-        "-n",
-        &namespace,
-        "--grace-period=0",
-        "--force",
-    ])
-    .unwrap();
+    let mut delete = vec!["delete", "pod", busy.as_str(), "-n", namespace.as_str()];
+    delete.extend_from_slice(delete_flags);
+    env.kubectl(&delete).unwrap();
     let outcome = run.await;
     let stopped = env.stop();
     let outcome = outcome.unwrap();
+    stopped.unwrap();
     assert_done_by_pods(&outcome);
-    let program = outcome
-        .tasks
-        .iter()
-        .find(|t| t.metadata.name.as_deref() == Some("hello-program"))
-        .unwrap();
-    let agent = program.status.as_ref().and_then(|s| s.agent.clone());
-    assert_ne!(
-        agent.as_deref(),
-        Some(busy.as_str()),
-        "redone by another pod"
-    );
     assert_eq!(
         outcome.git_log.matches("Apollo: Write hello.py").count(),
         1,
         "one commit for the task:\n{}",
         outcome.git_log
     );
-    stopped.unwrap();
+    (outcome, busy)
+}
+
+fn agent_of(outcome: &aios_e2e::local::Outcome, task: &str) -> Option<String> {
+    outcome
+        .tasks
+        .iter()
+        .find(|t| t.metadata.name.as_deref() == Some(task))
+        .and_then(|t| t.status.as_ref()?.agent.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // the node is this test's for its whole run
+async fn a_busy_agent_pod_deleted_mid_task_loses_nothing() {
+    let _node = ONE_NODE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (outcome, busy) = delete_the_busy_pod(
+        "busy",
+        Duration::from_secs(20),
+        &["--grace-period=0", "--force"],
+    )
+    .await;
+    assert_ne!(
+        agent_of(&outcome, "hello-program").as_deref(),
+        Some(busy.as_str()),
+        "redone by another pod"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // the node is this test's for its whole run
+async fn a_pod_stopped_as_a_scale_down_stops_it_finishes_its_task_within_its_grace() {
+    let _node = ONE_NODE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // 40 s of work: more than the agent's old fixed grace of 25 s, well within the pod's
+    // 600 s, which the agent now follows.
+    let (outcome, stopped) =
+        delete_the_busy_pod("grace", Duration::from_secs(40), &["--wait=false"]).await;
+    assert_eq!(
+        agent_of(&outcome, "hello-program").as_deref(),
+        Some(stopped.as_str()),
+        "the stopping pod finished its own task"
+    );
 }
 
 fn wait_for_value<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
