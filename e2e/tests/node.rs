@@ -6,7 +6,10 @@
 //!
 //! The main job runs on it: a Project is planned, built and delivered by agent pods the
 //! operator scales from zero with their queues, delivering to a git daemon on the
-//! node's address.
+//! node's address; the Helm chart's operator runs as two pods and survives a rolling
+//! update; a busy agent pod deleted by force loses nothing, one stopped gracefully (as a
+//! scale-down stops it) finishes its task; a changed persona rolls only its Agent's pods
+//! and a provider without credentials rolls none.
 //!
 //! A machine runs one node at a time: the tests take turns.
 
@@ -390,7 +393,71 @@ async fn the_chart_runs_the_operator_as_pods_and_a_rolling_update_does_not_wedge
             .await
             .unwrap();
     assert_done_by_pods(&second);
+    roll_only_what_changed(env, &namespace, &fixture.uri());
     env.stop().unwrap();
+}
+
+/// A provider without credentials changes no agent pod; a changed persona rolls only its
+/// Agent's pods.
+fn roll_only_what_changed(env: &Environment, namespace: &str, model_url: &str) {
+    let generation = |agent: &str| {
+        env.kubectl(&[
+            "get",
+            "deployment",
+            &format!("aios-agent-{agent}"),
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.metadata.generation}",
+        ])
+        .unwrap()
+    };
+    let (hera, apollo) = (generation("hera"), generation("apollo"));
+    let spare = format!(
+        "apiVersion: aios.dev/v1alpha1\nkind: ModelProvider\nmetadata:\n  name: spare\nspec:\n  type: Ollama\n  tier: Local\n  models: [{{name: fixture}}]\n  endpoint: {{url: \"{model_url}\"}}\n"
+    );
+    env.kubectl_with_input(&["apply", "-n", namespace, "-f", "-"], Some(&spare))
+        .unwrap();
+    wait_for(
+        "the operator to list the new provider",
+        Duration::from_secs(60),
+        || {
+            env.kubectl(&[
+                "get",
+                "configmap",
+                "aios-providers",
+                "-n",
+                namespace,
+                "-o",
+                "jsonpath={.data.providers\\.json}",
+            ])
+            .is_ok_and(|list| list.contains("\"spare\""))
+        },
+    );
+    assert_eq!(
+        (generation("hera"), generation("apollo")),
+        (hera.clone(), apollo.clone()),
+        "a provider without credentials rolls no agent"
+    );
+    env.kubectl(&[
+        "patch",
+        "agent",
+        "apollo",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"persona":{"systemPrompt":"You are Apollo. Write small, tested services."}}}"#,
+    ])
+    .unwrap();
+    wait_for("apollo's pods to roll", Duration::from_secs(60), || {
+        generation("apollo") != apollo
+    });
+    assert_eq!(
+        generation("hera"),
+        hera,
+        "another Agent's persona rolls not Hera's pods"
+    );
 }
 
 fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
