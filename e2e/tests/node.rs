@@ -8,8 +8,8 @@
 //! operator scales from zero with their queues, delivering to a git daemon on the
 //! node's address; the Helm chart's operator runs as two pods and survives a rolling
 //! update; a busy agent pod deleted by force loses nothing, one stopped gracefully (as a
-//! scale-down stops it) finishes its task; a changed persona rolls only its Agent's pods
-//! and a provider without credentials rolls none.
+//! scale-down stops it) finishes its task; a changed persona rolls only its Agent's pods,
+//! a provider without credentials rolls none, and an idle pool goes back to zero.
 //!
 //! A machine runs one node at a time: the tests take turns.
 
@@ -394,6 +394,36 @@ async fn the_chart_runs_the_operator_as_pods_and_a_rolling_update_does_not_wedge
             .unwrap();
     assert_done_by_pods(&second);
     roll_only_what_changed(env, &namespace, &fixture.uri());
+
+    // Idle, a pool goes back to zero once demand has stayed low for its delay.
+    env.kubectl(&[
+        "patch",
+        "agent",
+        "hera",
+        "-n",
+        &namespace,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"scaling":{"scaleDownDelaySeconds":5}}}"#,
+    ])
+    .unwrap();
+    wait_for(
+        "Hera's pods to go back to zero",
+        Duration::from_secs(120),
+        || {
+            env.kubectl(&[
+                "get",
+                "pods",
+                "-n",
+                &namespace,
+                "-l",
+                "aios.dev/agent=hera",
+                "-o",
+                "name",
+            ])
+            .is_ok_and(|pods| pods.trim().is_empty())
+        },
+    );
     env.stop().unwrap();
 }
 
