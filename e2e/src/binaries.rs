@@ -126,6 +126,38 @@ pub fn images() -> Result<Vec<(PathBuf, String)>, BinariesError> {
         .collect())
 }
 
+/// The model server's image (`e2e/model/image.sh`: Ollama with the local models in
+/// it) and the name it is imported under, when the model server is built (building it
+/// takes minutes and the model weights; `e2e/model/build.sh` does it); else `None`.
+pub fn model_server_image() -> Option<(PathBuf, String)> {
+    let model = crate::repo_root().join("e2e").join("model");
+    let built = Command::new(model.join("build.sh"))
+        .arg("--check")
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !built {
+        return None;
+    }
+    let out = Command::new(model.join("image.sh"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let file = path.file_name()?.to_str()?.to_owned();
+    let version = file
+        .strip_prefix("aios-model-server-")?
+        .split('-')
+        .next()?
+        .to_owned();
+    Some((path, format!("{MODEL_SERVER_IMAGE}:{version}")))
+}
+
+/// The name the model server's image is imported under (its tag is Ollama's version).
+pub const MODEL_SERVER_IMAGE: &str = "ghcr.io/aios-dev/aios-model-server";
+
 /// The directory `variable` names, else the one `script` builds (or finds cached) and
 /// prints on stdout.
 fn built_dir(variable: &str, script: &std::path::Path) -> Result<PathBuf, BinariesError> {

@@ -236,7 +236,8 @@ impl Environment {
         options: &EnvOptions,
     ) -> Result<(), EnvError> {
         let node_bin = binaries::node_bin_dir()?;
-        let images = binaries::images()?;
+        let mut images = binaries::images()?;
+        images.extend(binaries::model_server_image());
         self.node_bin = Some(node_bin.clone());
         let started = crate::node::start(&crate::node::NodeConfig {
             bin: node_bin,

@@ -394,6 +394,7 @@ async fn the_chart_runs_the_operator_as_pods_and_a_rolling_update_does_not_wedge
             .unwrap();
     assert_done_by_pods(&second);
     roll_only_what_changed(env, &namespace, &fixture.uri());
+    a_served_model_runs_as_a_pod_and_restarts_offline(env, &namespace);
 
     // Idle, a pool goes back to zero once demand has stayed low for its delay.
     env.kubectl(&[
@@ -425,6 +426,86 @@ async fn the_chart_runs_the_operator_as_pods_and_a_rolling_update_does_not_wedge
         },
     );
     env.stop().unwrap();
+}
+
+/// A `serve` ModelProvider runs Ollama as a pod from the local model-server image with
+/// the model in it: Ready once the model is there (the operator's probe, through the
+/// Service's DNS name, lists it), and Ready again after its pod is deleted, with
+/// `pullPolicy: Never` and no registry reachable. Skipped, saying so, when the model
+/// server is not built (e2e/model/build.sh).
+fn a_served_model_runs_as_a_pod_and_restarts_offline(env: &Environment, namespace: &str) {
+    let Some((_, image)) = aios_e2e::binaries::model_server_image() else {
+        eprintln!(
+            "skipped the model-server pod: the model server is not built (e2e/model/build.sh builds it)"
+        );
+        return;
+    };
+    let provider = format!(
+        "apiVersion: aios.dev/v1alpha1
+kind: ModelProvider
+metadata: {{name: served}}
+spec:
+  type: Ollama
+  tier: Local
+  models: [{{name: smollm2-135m-instruct, maxComplexity: Low}}]
+  serve:
+    image: {image}
+    pullPolicy: Never
+    cache: {{fromImage: true}}
+    resources: {{requests: {{cpu: 100m, memory: 256Mi}}, limits: {{memory: 2Gi}}}}
+"
+    );
+    env.kubectl_with_input(&["apply", "-n", namespace, "-f", "-"], Some(&provider))
+        .unwrap();
+    let ready = || {
+        env.kubectl(&[
+            "get",
+            "modelprovider",
+            "served",
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.status.ready} {.status.availableModels}",
+        ])
+        .is_ok_and(|s| s.starts_with("true") && s.contains("smollm2-135m-instruct"))
+    };
+    let pod = || {
+        env.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            namespace,
+            "-l",
+            "aios.dev/model-provider=served",
+            "-o",
+            "jsonpath={.items[?(@.status.phase==\"Running\")].metadata.name}",
+        ])
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+    };
+    wait_for(
+        "the model-server pod to be ready",
+        Duration::from_secs(180),
+        || ready() && !pod().is_empty(),
+    );
+    let first = pod();
+    env.kubectl(&["delete", "pod", &first, "-n", namespace])
+        .unwrap();
+    let second = wait_for_value("a new model-server pod", Duration::from_secs(180), || {
+        let now = pod();
+        (!now.is_empty() && now != first && !now.contains(' ')).then_some(now)
+    });
+    env.kubectl(&[
+        "wait",
+        "-n",
+        namespace,
+        "--for=condition=Ready",
+        &format!("pod/{second}"),
+        "--timeout=180s",
+    ])
+    .unwrap_or_else(|e| panic!("the restarted model server never became ready: {e}"));
+    wait_for("the provider ready again", Duration::from_secs(120), ready);
 }
 
 /// A provider without credentials changes no agent pod; a changed persona rolls only its
