@@ -99,23 +99,9 @@ pub fn node_bin_dir() -> Result<PathBuf, BinariesError> {
 /// The AIOS images (`images/build.py`, cached), each with the name it is imported
 /// under: `ghcr.io/aios-dev/<image>:<version>`, what the chart and the operator name.
 pub fn images() -> Result<Vec<(PathBuf, String)>, BinariesError> {
-    let script = crate::repo_root().join("images").join("build.py");
-    let out = Command::new(&script)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|source| BinariesError::Run {
-            script: script.display().to_string(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(BinariesError::Failed {
-            script: script.display().to_string(),
-            status: out.status.to_string(),
-        });
-    }
+    let out = script_output(&crate::repo_root().join("images").join("build.py"))?;
     let version = env!("CARGO_PKG_VERSION");
-    Ok(String::from_utf8_lossy(&out.stdout)
+    Ok(out
         .lines()
         .filter_map(|line| {
             let path = PathBuf::from(line.trim());
@@ -164,6 +150,11 @@ fn built_dir(variable: &str, script: &std::path::Path) -> Result<PathBuf, Binari
     if let Some(dir) = env::var_os(variable) {
         return Ok(PathBuf::from(dir));
     }
+    Ok(PathBuf::from(script_output(script)?.trim()))
+}
+
+/// Runs `script` (its progress on our stderr) and returns what it printed on stdout.
+fn script_output(script: &std::path::Path) -> Result<String, BinariesError> {
     let out = Command::new(script)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
@@ -178,7 +169,7 @@ fn built_dir(variable: &str, script: &std::path::Path) -> Result<PathBuf, Binari
             status: out.status.to_string(),
         });
     }
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Where a Debian-packaged service program lives.

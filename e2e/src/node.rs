@@ -40,6 +40,26 @@ const RULE_COMMENT: &str = "aios-node";
 /// The pod sandbox image the CRI plugin uses; built locally (`e2e/node/build.sh`).
 pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10";
 
+/// The iptables arguments that `action` (`-I` or `-D`) the node's rule: pods reach each
+/// other and the node, never beyond the machine.
+fn forward_rule(action: &str) -> [&str; 13] {
+    [
+        action,
+        "FORWARD",
+        "-i",
+        BRIDGE,
+        "!",
+        "-o",
+        BRIDGE,
+        "-m",
+        "comment",
+        "--comment",
+        RULE_COMMENT,
+        "-j",
+        "DROP",
+    ]
+}
+
 /// Why the node could not be started or cleaned.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -337,26 +357,7 @@ pub fn clean(kube_proxy: Option<&Path>) -> Vec<String> {
             .stderr(Stdio::null())
             .status();
     }
-    while run(
-        "iptables",
-        &[
-            "-D",
-            "FORWARD",
-            "-i",
-            BRIDGE,
-            "!",
-            "-o",
-            BRIDGE,
-            "-m",
-            "comment",
-            "--comment",
-            RULE_COMMENT,
-            "-j",
-            "DROP",
-        ],
-    )
-    .is_ok()
-    {}
+    while run("iptables", &forward_rule("-D")).is_ok() {}
     if Path::new(&format!("/sys/class/net/{BRIDGE}")).exists()
         && run("ip", &["link", "delete", BRIDGE]).is_err()
     {
@@ -419,24 +420,7 @@ fn start_parts(config: &NodeConfig, started: &mut Vec<ServerProcess>) -> Result<
     )?;
     run("ip", &["link", "set", BRIDGE, "up"])?;
     // Pods reach each other and the node, never beyond the machine.
-    run(
-        "iptables",
-        &[
-            "-I",
-            "FORWARD",
-            "-i",
-            BRIDGE,
-            "!",
-            "-o",
-            BRIDGE,
-            "-m",
-            "comment",
-            "--comment",
-            RULE_COMMENT,
-            "-j",
-            "DROP",
-        ],
-    )?;
+    run("iptables", &forward_rule("-I"))?;
     write(&state.join("cni/10-aios.conflist"), &cni_config())?;
     write(&state.join("containerd.toml"), &containerd_config())?;
     write(
