@@ -347,6 +347,10 @@ def build_image(
         partial = archive.with_suffix(".partial")
         run("tar", "-C", str(layout), "-cf", str(partial), ".")
         partial.rename(archive)
+    # Older builds of this image are never used again: keep the cache from growing.
+    for stale in cache.glob(f"{name}-{version}-*.oci.tar"):
+        if stale != archive:
+            stale.unlink(missing_ok=True)
     log(f"built {archive} ({archive.stat().st_size // (1 << 20)} MiB)")
     return archive
 

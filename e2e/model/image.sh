@@ -63,5 +63,7 @@ umoci config --image "$layout:$version" --os linux --architecture amd64 \
 umoci gc --layout "$layout"
 tar -C "$layout" -cf "$out.partial" .
 mv "$out.partial" "$out"
+# Older builds are never used again: keep the cache from growing.
+find "$cache/images" -maxdepth 1 -name "aios-model-server-$version-*.oci.tar" ! -path "$out" -delete
 log "built $out ($(du -m "$out" | cut -f1) MiB)"
 echo "$out"
