@@ -77,22 +77,7 @@ pub const ENV_NODE_BIN: &str = "AIOS_NODE_BIN";
 /// runs (containerd, runc, CNI plugins, iptables) and building the rest on first use.
 pub fn node_bin_dir() -> Result<PathBuf, BinariesError> {
     let node = crate::repo_root().join("e2e").join("node");
-    let install = node.join("install-packages.sh");
-    let status = Command::new(&install)
-        .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .status()
-        .map_err(|source| BinariesError::Run {
-            script: install.display().to_string(),
-            source,
-        })?;
-    if !status.success() {
-        return Err(BinariesError::Failed {
-            script: install.display().to_string(),
-            status: status.to_string(),
-        });
-    }
+    run_installer(&node.join("install-packages.sh"))?;
     built_dir(ENV_NODE_BIN, &node.join("build.sh"))
 }
 
@@ -153,6 +138,27 @@ fn built_dir(variable: &str, script: &std::path::Path) -> Result<PathBuf, Binari
     Ok(PathBuf::from(script_output(script)?.trim()))
 }
 
+/// Runs an install script (its output on ours); an error unless it succeeded.
+fn run_installer(script: &std::path::Path) -> Result<(), BinariesError> {
+    let status = Command::new(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(|source| BinariesError::Run {
+            script: script.display().to_string(),
+            source,
+        })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(BinariesError::Failed {
+            script: script.display().to_string(),
+            status: status.to_string(),
+        })
+    }
+}
+
 /// Runs `script` (its progress on our stderr) and returns what it printed on stdout.
 fn script_output(script: &std::path::Path) -> Result<String, BinariesError> {
     let out = Command::new(script)
@@ -192,16 +198,7 @@ pub fn service_program(program: &str) -> Result<PathBuf, BinariesError> {
         return Ok(path);
     }
     let script = controlplane_dir().join("install-services.sh");
-    let status = Command::new(&script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .status()
-        .map_err(|source| BinariesError::Run {
-            script: script.display().to_string(),
-            source,
-        })?;
-    if status.success() && path.exists() {
+    if run_installer(&script).is_ok() && path.exists() {
         Ok(path)
     } else {
         Err(BinariesError::Missing {
