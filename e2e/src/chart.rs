@@ -43,6 +43,58 @@ pub fn helm() -> Result<Command, ChartError> {
     Ok(command)
 }
 
+/// `helm <args>` against `env`'s cluster; its stdout.
+pub fn run(env: &crate::Environment, args: &[&str]) -> Result<String, ChartError> {
+    let out = helm()?
+        .args(args)
+        .envs(env.exports())
+        .output()
+        .map_err(ChartError::Run)?;
+    if !out.status.success() {
+        return Err(ChartError::Failed {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Installs the chart as release `aios` in `namespace` for a local environment: the
+/// operator watches that namespace, reads the connection Secret the run created
+/// (`connection.existingSecret`), and uses the environment's RabbitMQ and Redis rather
+/// than the chart's; `sets` add values. Waits until the operator's pods are ready.
+pub fn install_operator(
+    env: &crate::Environment,
+    namespace: &str,
+    connection_secret: &str,
+    sets: &[&str],
+) -> Result<(), ChartError> {
+    let chart = chart_dir().display().to_string();
+    let existing = format!("connection.existingSecret={connection_secret}");
+    let watch = format!("operator.watchNamespace={namespace}");
+    let mut args = vec![
+        "install",
+        "aios",
+        chart.as_str(),
+        "-n",
+        namespace,
+        "--wait",
+        "--timeout=5m",
+    ];
+    for set in [
+        existing.as_str(),
+        "rabbitmq.enabled=false",
+        "redis.enabled=false",
+        watch.as_str(),
+    ]
+    .iter()
+    .chain(sets)
+    {
+        args.extend(["--set", set]);
+    }
+    run(env, &args).map(drop)
+}
+
 /// The chart's directory.
 pub fn chart_dir() -> std::path::PathBuf {
     crate::repo_root().join("charts").join("aios")

@@ -40,6 +40,9 @@ pub struct ModelServer {
     pub chat_model: String,
     /// The embeddings model, if it has one.
     pub embed_model: Option<String>,
+    /// Served in the cluster from this image (a `serve` ModelProvider, its models in the
+    /// image, nothing pulled) rather than at `url`.
+    pub image: Option<String>,
 }
 
 impl ModelServer {
@@ -51,12 +54,25 @@ impl ModelServer {
         if let Some(embed) = &self.embed_model {
             let _ = write!(models, "    - name: {embed}\n      embeddings: true\n");
         }
+        let reached = match &self.image {
+            Some(image) => format!(
+                "  serve:\n    image: {image}\n    pullPolicy: Never\n    cache: {{fromImage: true}}\n    resources: {{requests: {{cpu: 100m, memory: 256Mi}}, limits: {{memory: 2Gi}}}}\n"
+            ),
+            None => format!("  endpoint:\n    url: {}\n", self.url),
+        };
         format!(
-            "apiVersion: aios.dev/v1alpha1\nkind: ModelProvider\nmetadata:\n  name: {}\nspec:\n  type: {}\n  tier: {}\n  priority: {}\n  models:\n{models}  endpoint:\n    url: {}\n",
-            self.name, self.provider_type, self.tier, self.priority, self.url
+            "apiVersion: aios.dev/v1alpha1\nkind: ModelProvider\nmetadata:\n  name: {}\nspec:\n  type: {}\n  tier: {}\n  priority: {}\n  models:\n{models}{reached}",
+            self.name, self.provider_type, self.tier, self.priority
         )
     }
 }
+
+/// The Secret with the agents' connection settings (the operator's default name).
+const CONNECTION_SECRET: &str = "aios-agent-connections";
+
+/// How long the model providers may take to become ready (a served model starts a pod
+/// and loads its model first).
+const PROVIDER_READY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What a run needs.
 #[derive(Debug, Clone)]
@@ -81,12 +97,23 @@ pub struct LocalRun {
     /// gives it one that impersonates the chart's ServiceAccount).
     pub operator_kubeconfig: Option<PathBuf>,
     /// Run the agents as the pods the operator scales, on the environment's node, rather
-    /// than as local processes. The delivery repository is then served by a git daemon
-    /// on the node's address, and the model servers must be reachable from pods.
+    /// than as local processes. The delivery repository is then served over git's smart
+    /// HTTP on the node's address, and the model servers must be reachable from pods.
     pub agents_in_pods: bool,
-    /// The operator runs in the cluster (installed with the Helm chart, say): none is
-    /// started for the run.
-    pub operator_in_cluster: bool,
+    /// Where the operator runs.
+    pub operator: Operator,
+}
+
+/// Where a run's operator runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operator {
+    /// A local process the run starts and stops.
+    Process,
+    /// In the cluster, installed apart (a test's Helm release, say): none is started.
+    InCluster,
+    /// Installed by the run with the Helm chart (its pods, on the node) once the agents'
+    /// connection Secret exists; needs `agents_in_pods`.
+    Chart,
 }
 
 /// How a run ended.
@@ -187,6 +214,28 @@ impl LocalRun {
         program: &Path,
         vars: &[(&str, String)],
     ) -> Result<Child, LocalError> {
+        self.start(env, name, program, &[], vars)
+    }
+
+    fn spawn_with_args(
+        &self,
+        env: &Environment,
+        name: &str,
+        program: &Path,
+        args: &[&str],
+    ) -> Result<Child, LocalError> {
+        self.start(env, name, program, args, &[])
+    }
+
+    /// Starts `program` with `args` and `vars`, its output in `logs/<name>.log`.
+    fn start(
+        &self,
+        env: &Environment,
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        vars: &[(&str, String)],
+    ) -> Result<Child, LocalError> {
         let log_path = self.work_dir.join("logs").join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path).map_err(|e| LocalError::Step {
             step: format!("creating {}", log_path.display()),
@@ -196,6 +245,7 @@ impl LocalRun {
             .try_clone()
             .map_err(|e| step("opening a log")(e.to_string()))?;
         Command::new(program)
+            .args(args)
             .env("KUBECONFIG", &env.kubeconfig)
             .env("AIOS_LOG_FORMAT", "text")
             .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
@@ -247,11 +297,25 @@ impl LocalRun {
         } else {
             format!("file://{}", repository.display())
         };
-        if self.operator_in_cluster {
-            self.say("==> the operator runs in the cluster (installed apart)");
-        } else {
-            let operator = self.start_operator(env)?;
-            processes.0.push(("operator".to_owned(), operator));
+        match self.operator {
+            Operator::Chart => {
+                self.say("==> installing the operator with the Helm chart (charts/aios)");
+                crate::chart::install_operator(
+                    env,
+                    ns,
+                    CONNECTION_SECRET,
+                    &["operator.logFormat=text"],
+                )
+                .map_err(|e| step("installing the chart")(e.to_string()))?;
+                self.say(&self.pods_table(env));
+            }
+            Operator::InCluster => {
+                self.say("==> the operator runs in the cluster (installed apart)");
+            }
+            Operator::Process => {
+                let operator = self.start_operator(env)?;
+                processes.0.push(("operator".to_owned(), operator));
+            }
         }
         self.say("==> waiting for the operator to find a ready model provider");
         let providers_file = self.work_dir.join("providers.json");
@@ -300,6 +364,20 @@ impl LocalRun {
         })
     }
 
+    /// `kubectl get pods` of the run's namespace, indented.
+    fn pods_table(&self, env: &Environment) -> String {
+        let table = env
+            .kubectl(&["-n", &self.namespace, "get", "pods"])
+            .unwrap_or_default();
+        table.lines().fold(String::new(), |mut all, line| {
+            if !all.is_empty() {
+                all.push('\n');
+            }
+            let _ = write!(all, "    {line}");
+            all
+        })
+    }
+
     /// The operator as a local process watching the run's namespace.
     fn start_operator(&self, env: &Environment) -> Result<Child, LocalError> {
         let ns = self.namespace.as_str();
@@ -323,8 +401,8 @@ impl LocalRun {
     }
 
     /// For agents in pods: their connection Secret (RabbitMQ and Redis through the
-    /// node's relays) and a git daemon serving the delivery repository on the node's
-    /// address; returns the repository's URL for the Project.
+    /// node's relays) and a git server (smart HTTP, `aios-git-http`) serving the delivery
+    /// repository on the node's address; returns the repository's URL for the Project.
     fn prepare_pods(
         &self,
         env: &Environment,
@@ -342,48 +420,31 @@ impl LocalRun {
             .and_then(|url| env.for_pods(url))
             .ok_or_else(missing)?;
         let secret = format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: aios-agent-connections\nstringData:\n  amqpUrl: \"{amqp}\"\n  redisUrl: \"{redis}\"\n"
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {CONNECTION_SECRET}\nstringData:\n  amqpUrl: \"{amqp}\"\n  redisUrl: \"{redis}\"\n"
         );
         env.kubectl_with_input(&["-n", &self.namespace, "apply", "-f", "-"], Some(&secret))
             .map_err(|e| step("creating the agents' connection Secret")(e.to_string()))?;
         let port = process::free_port().map_err(|e| step("finding a free port")(e.to_string()))?;
-        let base = self.work_dir.display().to_string();
-        let log_path = self.work_dir.join("logs").join("git-daemon.log");
-        let log = std::fs::File::create(&log_path)
-            .map_err(|e| step("creating the git daemon's log")(e.to_string()))?;
-        let err = log
-            .try_clone()
-            .map_err(|e| step("opening a log")(e.to_string()))?;
-        let daemon = Command::new("git")
-            .args([
-                "daemon",
-                "--reuseaddr",
-                "--export-all",
-                "--enable=receive-pack",
-                &format!("--base-path={base}"),
-                &format!("--listen={}", crate::node::NODE_IP),
-                &format!("--port={port}"),
-                &base,
-            ])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| step("starting the git daemon")(e.to_string()))?;
-        processes.0.push(("git-daemon".to_owned(), daemon));
+        let listen = format!("{}:{port}", crate::node::NODE_IP);
+        let root = self.work_dir.display().to_string();
+        let server = self.spawn_with_args(
+            env,
+            "git-http",
+            &self.bin_dir.join("aios-git-http"),
+            &["--root", &root, "--listen", &listen],
+        )?;
+        processes.0.push(("git-http".to_owned(), server));
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect((crate::node::NODE_IP, port)).is_err() {
             if Instant::now() > deadline {
-                return Err(step("starting the git daemon")(process::log_tail(
-                    &log_path, 10,
+                return Err(step("starting the git server")(process::log_tail(
+                    &self.work_dir.join("logs").join("git-http.log"),
+                    10,
                 )));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Ok(format!(
-            "git://{}:{port}/delivery.git",
-            crate::node::NODE_IP
-        ))
+        Ok(format!("http://{listen}/delivery.git"))
     }
 
     /// One agent process per role, reading the provider list from `providers_file`.
@@ -428,7 +489,7 @@ impl LocalRun {
     /// Waits until the operator publishes the ready providers, and writes them where the
     /// agents read them (in a cluster the ConfigMap is mounted there).
     fn write_providers(&self, env: &Environment, file: &Path) -> Result<(), LocalError> {
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + PROVIDER_READY_TIMEOUT;
         loop {
             let json = env
                 .kubectl(&[
@@ -451,7 +512,7 @@ impl LocalRun {
                     .kubectl(&["-n", &self.namespace, "get", "modelproviders", "-o", "wide"])
                     .unwrap_or_default();
                 return Err(step("waiting for a ready model provider")(format!(
-                    "none became ready in 120 s:\n{status}"
+                    "none became ready in {PROVIDER_READY_TIMEOUT:?}:\n{status}"
                 )));
             }
             std::thread::sleep(Duration::from_secs(1));
@@ -468,6 +529,7 @@ impl LocalRun {
         let ns = self.namespace.as_str();
         let deadline = Instant::now() + self.timeout;
         let mut last = String::new();
+        let mut last_pods = String::new();
         loop {
             let project: Option<Project> = env
                 .kubectl(&["-n", ns, "get", "project", name, "-o", "json"])
@@ -488,34 +550,28 @@ impl LocalRun {
                 .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
                 .and_then(|v| serde_json::from_value(v["items"].clone()).ok())
                 .unwrap_or_default();
-            let mut line = progress(project.as_ref(), &tasks);
-            if self.agents_in_pods {
-                let pods = env
-                    .kubectl(&[
-                        "-n",
-                        ns,
-                        "get",
-                        "pods",
-                        "-l",
-                        "app.kubernetes.io/name=aios-agent",
-                        "-o",
-                        "jsonpath={range .items[*]}{.metadata.name} {.status.phase}{\"\\n\"}{end}",
-                    ])
-                    .unwrap_or_default();
-                let pods: Vec<&str> = pods.lines().filter(|l| !l.is_empty()).collect();
-                let _ = write!(
-                    line,
-                    "\n    agent pods: {}",
-                    if pods.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        pods.join(", ")
-                    }
-                );
-            }
+            let line = progress(project.as_ref(), &tasks);
+            // On the node, `kubectl get pods` whenever a pod comes, goes or changes phase.
+            let pods = if self.agents_in_pods {
+                env.kubectl(&[
+                    "-n",
+                    ns,
+                    "get",
+                    "pods",
+                    "-o",
+                    "jsonpath={range .items[*]}{.metadata.name} {.status.phase}{\"\\n\"}{end}",
+                ])
+                .unwrap_or_default()
+            } else {
+                String::new()
+            };
             if line != last {
                 self.say(&line);
                 last = line;
+            }
+            if pods != last_pods {
+                self.say(&self.pods_table(env));
+                last_pods = pods;
             }
             let phase = project
                 .as_ref()

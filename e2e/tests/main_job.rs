@@ -9,7 +9,7 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use aios_crds::{ProjectPhase, TaskPhase};
-use aios_e2e::local::{LocalRun, ModelServer};
+use aios_e2e::local::{LocalRun, ModelServer, Operator};
 
 mod support;
 
@@ -43,7 +43,7 @@ fn run(model: ModelServer, prefix: &str, timeout: Duration) -> (LocalRun, tempfi
         verbose: true,
         operator_kubeconfig: None,
         agents_in_pods: false,
-        operator_in_cluster: false,
+        operator: Operator::Process,
     };
     (run, work)
 }
@@ -59,6 +59,7 @@ async fn a_project_is_planned_built_committed_and_succeeds() {
         url: fixture.uri(),
         chat_model: "fixture".to_owned(),
         embed_model: None,
+        image: None,
     };
     let (mut run, _work) = run(model, "mainjob", Duration::from_secs(180));
     let env = aios_e2e::shared_with_crds();
@@ -169,6 +170,7 @@ async fn the_real_local_model_runs_the_smallest_plan() {
         url: vars["AIOS_MODEL_BASE_URL"].clone(),
         chat_model: vars["AIOS_MODEL_CHAT"].clone(),
         embed_model: vars.get("AIOS_MODEL_EMBED").cloned(),
+        image: None,
     };
     let (run, _work) = run(model, "mainjob-real", Duration::from_secs(1500));
     let env = aios_e2e::shared_with_crds();

@@ -26,7 +26,7 @@ use std::{
 use aios_crds::{ProjectPhase, TaskPhase};
 use aios_e2e::{
     EnvOptions, Environment,
-    local::{LocalRun, ModelServer},
+    local::{LocalRun, ModelServer, Operator},
     node,
 };
 
@@ -83,13 +83,18 @@ fn run_hello(
             url: model_url.to_owned(),
             chat_model: "fixture".to_owned(),
             embed_model: None,
+            image: None,
         }],
         project: manifest,
         timeout: Duration::from_secs(300),
         verbose: true,
         operator_kubeconfig: None,
         agents_in_pods: true,
-        operator_in_cluster,
+        operator: if operator_in_cluster {
+            Operator::InCluster
+        } else {
+            Operator::Process
+        },
     };
     match run.run(env) {
         Ok(outcome) => outcome,
@@ -264,19 +269,7 @@ fn wait_for_value<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
 
 /// `helm` against `env`.
 fn helm(env: &Environment, args: &[&str]) -> String {
-    let out = aios_e2e::chart::helm()
-        .unwrap()
-        .args(args)
-        .envs(env.exports())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "helm {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    aios_e2e::chart::run(env, args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,20 +296,14 @@ async fn the_chart_runs_the_operator_as_pods_and_a_rolling_update_does_not_wedge
         &format!("--from-literal=redisUrl={redis}"),
     ])
     .unwrap();
+    aios_e2e::chart::install_operator(
+        env,
+        &namespace,
+        "aios-agent-connections",
+        &["operator.logFormat=text"],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let chart = aios_e2e::chart::chart_dir().display().to_string();
-    let values = [
-        "--set",
-        "connection.existingSecret=aios-agent-connections",
-        "--set",
-        "rabbitmq.enabled=false",
-        "--set",
-        "redis.enabled=false",
-    ];
-    let watch = format!("operator.watchNamespace={namespace}");
-    let mut install = vec!["install", "aios", chart.as_str(), "-n", &namespace];
-    install.extend(values);
-    install.extend(["--set", &watch, "--set", "operator.logFormat=text"]);
-    helm(env, &install);
     let deployment = "deployment/aios-operator";
     env.kubectl(&[
         "rollout",
@@ -429,7 +416,7 @@ async fn the_chart_runs_the_operator_as_pods_and_a_rolling_update_does_not_wedge
 }
 
 /// A `serve` ModelProvider runs Ollama as a pod from the local model-server image with
-/// the model in it: Ready once the model is there (the operator's probe, through the
+/// the model in it: Ready once the model is loaded (the operator's probe, through the
 /// Service's DNS name, lists it), and Ready again after its pod is deleted, with
 /// `pullPolicy: Never` and no registry reachable. Skipped, saying so, when the model
 /// server is not built (e2e/model/build.sh).
@@ -490,6 +477,7 @@ spec:
         || ready() && !pod().is_empty(),
     );
     let first = pod();
+    assert_loaded(env, namespace, &first);
     env.kubectl(&["delete", "pod", &first, "-n", namespace])
         .unwrap();
     let second = wait_for_value("a new model-server pod", Duration::from_secs(180), || {
@@ -505,7 +493,34 @@ spec:
         "--timeout=180s",
     ])
     .unwrap_or_else(|e| panic!("the restarted model server never became ready: {e}"));
+    assert_loaded(env, namespace, &second);
     wait_for("the provider ready again", Duration::from_secs(120), ready);
+}
+
+/// A Ready model-server pod has its model in memory, not only on disk: `ollama ps` in
+/// the pod names it.
+fn assert_loaded(env: &Environment, namespace: &str, pod: &str) {
+    let ready = env
+        .kubectl(&[
+            "get",
+            "pod",
+            pod,
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ])
+        .unwrap();
+    assert_eq!(ready.trim(), "True", "{pod} is Ready");
+    let loaded = env
+        .kubectl(&[
+            "exec", pod, "-n", namespace, "-c", "ollama", "--", "ollama", "ps",
+        ])
+        .unwrap();
+    assert!(
+        loaded.contains("smollm2-135m-instruct:latest"),
+        "a Ready server has its model loaded: {loaded}"
+    );
 }
 
 /// A provider without credentials changes no agent pod; a changed persona rolls only its

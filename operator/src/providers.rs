@@ -11,10 +11,10 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy},
         core::v1::{
-            Container, ContainerPort, HTTPGetAction, PersistentVolumeClaim,
-            PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec,
-            Probe, ResourceRequirements, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-            VolumeResourceRequirements,
+            Container, ContainerPort, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler,
+            PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+            PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Service, ServicePort,
+            ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
         },
     },
     apimachinery::pkg::{
@@ -228,6 +228,29 @@ const PULL_SCRIPT: &str = "ollama serve & server=$!; \
      done; \
      kill $server";
 
+/// The server container's start hook: once the server answers, loads every served
+/// model into memory (an empty prompt loads a generative model; an embeddings model
+/// needs an input), so the first agent call does not pay the load. A model that fails
+/// to load fails the hook, and the kubelet restarts the container.
+const LOAD_SCRIPT: &str = "until ollama list >/dev/null 2>&1; do sleep 1; done; \
+     for model in $AIOS_SERVE_MODELS; do \
+       ollama run \"$model\" </dev/null >/dev/null 2>&1 || ollama run \"$model\" load </dev/null >/dev/null || exit 1; \
+     done";
+
+/// The startup probe's script: the server has every served model loaded (`ollama ps`
+/// names it, with `:latest` when the name has no tag). Until it passes the pod is not
+/// Ready, so the Service sends no agent call to a server still loading.
+const LOADED_SCRIPT: &str = "loaded=$(ollama ps) || exit 1; \
+     for model in $AIOS_SERVE_MODELS; do \
+       case $model in *:*) name=$model ;; *) name=$model:latest ;; esac; \
+       printf '%s\\n' \"$loaded\" | grep -q \"^$name \" || { echo \"$model is not loaded\"; exit 1; }; \
+     done";
+
+/// How long a model server may take to load its models before the kubelet restarts it
+/// (the startup probe's period times its failure threshold): large models on slow disks
+/// take minutes.
+const LOAD_TIMEOUT_SECONDS: i32 = 1800;
+
 /// The init container that fills the cache, and the server.
 fn ollama_containers(
     provider: &ModelProvider,
@@ -266,6 +289,10 @@ fn ollama_containers(
     }
     let mut pull_env = ollama_env.clone();
     pull_env.push(env("AIOS_PULL_MODELS", &pull.join(" ")));
+    // A dedicated server keeps what it serves in memory rather than unloading it after
+    // five idle minutes (Ollama's default), and names the models it loads at start.
+    ollama_env.push(env("OLLAMA_KEEP_ALIVE", "-1"));
+    ollama_env.push(env("AIOS_SERVE_MODELS", &pull.join(" ")));
     let policy = match serve.pull_policy {
         aios_crds::model_provider::ModelPullPolicy::IfNotPresent => "IfNotPresent",
         aios_crds::model_provider::ModelPullPolicy::Never => "Never",
@@ -301,6 +328,20 @@ fn ollama_containers(
             ..ContainerPort::default()
         }]),
         resources: Some(server_resources(serve)),
+        lifecycle: Some(Lifecycle {
+            post_start: Some(LifecycleHandler {
+                exec: Some(shell(LOAD_SCRIPT)),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        startup_probe: Some(Probe {
+            exec: Some(shell(LOADED_SCRIPT)),
+            period_seconds: Some(5),
+            timeout_seconds: Some(5),
+            failure_threshold: Some(LOAD_TIMEOUT_SECONDS / 5),
+            ..Probe::default()
+        }),
         readiness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {
                 path: Some("/api/tags".to_owned()),
@@ -315,6 +356,17 @@ fn ollama_containers(
         ..Container::default()
     };
     (puller, server)
+}
+
+/// A command that runs `script` with the image's shell.
+fn shell(script: &str) -> ExecAction {
+    ExecAction {
+        command: Some(vec![
+            "/bin/sh".to_owned(),
+            "-c".to_owned(),
+            script.to_owned(),
+        ]),
+    }
 }
 
 /// The path that lists a provider's models.
@@ -468,6 +520,104 @@ mod tests {
         assert_eq!(
             provider_endpoint(&served()).as_deref(),
             Some("http://aios-model-ollama.team-a.svc:11434")
+        );
+    }
+
+    /// Runs one of the server's scripts with `sh`, against a scripted `ollama` on the
+    /// PATH: `ps` prints `loaded`; `run` with an empty prompt fails for `nomic-embed-text`
+    /// (an embeddings model) and records each load in `runs`.
+    fn run_script(script: &str, models: &str, loaded: &str) -> (bool, String, String) {
+        let dir = std::env::temp_dir().join(format!(
+            "aios-ollama-script-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let runs = dir.join("runs");
+        let fake = format!(
+            "#!/bin/sh\ncase $1 in\n list) exit 0 ;;\n ps) printf 'NAME ID SIZE\\n{loaded}' ;;\n run) prompt=$(cat); [ -n \"$3$prompt\" ] || [ \"$2\" != nomic-embed-text ] || exit 1; echo \"$2 $3\" >>{runs} ;;\nesac\n",
+            runs = runs.display()
+        );
+        let ollama = dir.join("ollama");
+        std::fs::write(&ollama, fake).unwrap();
+        std::process::Command::new("chmod")
+            .args(["+x", &ollama.display().to_string()])
+            .status()
+            .unwrap();
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-c", script])
+            .env("PATH", format!("{}:/usr/bin:/bin", dir.display()))
+            .env("AIOS_SERVE_MODELS", models)
+            .output()
+            .unwrap();
+        let recorded = std::fs::read_to_string(&runs).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            recorded,
+        )
+    }
+
+    fn rand_suffix() -> u64 {
+        use std::hash::{BuildHasher, RandomState};
+        RandomState::new().hash_one(std::time::SystemTime::now())
+    }
+
+    #[test]
+    fn the_server_is_started_only_once_every_served_model_is_loaded() {
+        let c = serve_children(&served(), DEFAULT_OLLAMA_IMAGE).unwrap();
+        let server = &c.deployment.spec.template.spec.unwrap().containers[0];
+        assert_eq!(
+            env_of(server, "AIOS_SERVE_MODELS").as_deref(),
+            Some("qwen2.5-coder:7b nomic-embed-text")
+        );
+        assert_eq!(env_of(server, "OLLAMA_KEEP_ALIVE").as_deref(), Some("-1"));
+        let startup = server.startup_probe.as_ref().unwrap();
+        let probe = startup.exec.as_ref().unwrap().command.as_ref().unwrap();
+        assert_eq!(probe[2], LOADED_SCRIPT);
+        assert!(
+            startup.period_seconds.unwrap() * startup.failure_threshold.unwrap() >= 1800,
+            "large models get time to load"
+        );
+        let hook = server
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .post_start
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            hook.exec.as_ref().unwrap().command.as_ref().unwrap()[2],
+            LOAD_SCRIPT
+        );
+
+        // The probe fails while a model is missing from `ollama ps`, naming it…
+        let models = "qwen2.5-coder:7b nomic-embed-text";
+        let (ok, said, _) = run_script(LOADED_SCRIPT, models, "qwen2.5-coder:7b abc 5 GB\\n");
+        assert!(!ok);
+        assert!(said.contains("nomic-embed-text is not loaded"), "{said}");
+        // …a name without a tag is the `:latest` one, and a prefix is not a match…
+        let (ok, _, _) = run_script(
+            LOADED_SCRIPT,
+            models,
+            "qwen2.5-coder:7b-q8 a 5 GB\\nnomic-embed-text:latest b 1 GB\\n",
+        );
+        assert!(!ok, "qwen2.5-coder:7b-q8 is another model");
+        // …and passes once every one is loaded.
+        let (ok, said, _) = run_script(
+            LOADED_SCRIPT,
+            models,
+            "qwen2.5-coder:7b a 5 GB\\nnomic-embed-text:latest b 1 GB\\n",
+        );
+        assert!(ok, "{said}");
+
+        // The hook loads each model: an empty prompt, or an input for embeddings.
+        let (ok, _, runs) = run_script(LOAD_SCRIPT, models, "");
+        assert!(ok);
+        assert_eq!(
+            runs.lines().collect::<Vec<_>>(),
+            ["qwen2.5-coder:7b ", "nomic-embed-text load"]
         );
     }
 

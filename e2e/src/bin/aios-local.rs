@@ -1,12 +1,16 @@
 //! Runs AIOS's main job on a running local environment (`aios-env start`): the
-//! operator, one agent process per role, a local ModelProvider and a Project, followed
-//! to its end. `scripts/run-local.sh` is the way in; this is the part in Rust.
+//! operator, the agents, a local ModelProvider and a Project, followed to its end. With
+//! `--pods` (an environment with a node) the operator is installed with the Helm chart,
+//! the model is served by a pod from the local model-server image, and the agents run as
+//! the pods the operator scales; otherwise the operator and one agent per role run as
+//! local processes against the model server at `--model-url`. `scripts/run-local.sh` is
+//! the way in; this is the part in Rust.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use aios_e2e::{
     Environment,
-    local::{LocalError, LocalRun, ModelServer},
+    local::{LocalError, LocalRun, ModelServer, Operator},
 };
 use clap::Parser;
 
@@ -28,9 +32,10 @@ struct Args {
     /// The Project manifest (`file:///REPOSITORY` is replaced by the delivery repository).
     #[arg(long)]
     project: PathBuf,
-    /// The local model server's base URL (Ollama's API).
-    #[arg(long)]
-    model_url: String,
+    /// The local model server's base URL (Ollama's API); without `--pods` only (with it,
+    /// the model is served by a pod).
+    #[arg(long, required_unless_present = "pods")]
+    model_url: Option<String>,
     /// Its chat model.
     #[arg(long)]
     chat_model: String,
@@ -40,8 +45,8 @@ struct Args {
     /// How long the Project may take, in seconds.
     #[arg(long, default_value_t = 1800)]
     timeout_seconds: u64,
-    /// Run the agents as pods on the environment's node (`aios-env start --node`)
-    /// rather than as local processes.
+    /// Run everything on the environment's node (`aios-env start --node`): the operator
+    /// from the Helm chart, the model server and the agents as pods.
     #[arg(long)]
     pods: bool,
 }
@@ -64,6 +69,7 @@ fn extra_models() -> Vec<ModelServer> {
             url,
             chat_model: set("AIOS_OLLAMA_MODEL").unwrap_or_else(|| "qwen2.5-coder:7b".to_owned()),
             embed_model: None,
+            image: None,
         });
     }
     if set("ANTHROPIC_API_KEY").is_some() {
@@ -76,6 +82,7 @@ fn extra_models() -> Vec<ModelServer> {
             chat_model: set("AIOS_ANTHROPIC_MODEL")
                 .unwrap_or_else(|| "claude-sonnet-4-5".to_owned()),
             embed_model: None,
+            image: None,
         });
     }
     if set("OPENAI_API_KEY").is_some() {
@@ -87,6 +94,7 @@ fn extra_models() -> Vec<ModelServer> {
             url: "https://api.openai.com".to_owned(),
             chat_model: set("AIOS_OPENAI_MODEL").unwrap_or_else(|| "gpt-4o-mini".to_owned()),
             embed_model: None,
+            image: None,
         });
     }
     extra
@@ -134,14 +142,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // On the node the model is served by a pod from the local model-server image.
+    let image = if args.pods {
+        let Some((_, image)) = aios_e2e::binaries::model_server_image() else {
+            eprintln!(
+                "aios-local: the model-server image is not built (e2e/model/build.sh, then e2e/model/image.sh)"
+            );
+            return ExitCode::FAILURE;
+        };
+        Some(image)
+    } else {
+        None
+    };
     let mut models = vec![ModelServer {
         name: "local".to_owned(),
         provider_type: "Ollama".to_owned(),
         tier: "Local".to_owned(),
         priority: 1,
-        url: args.model_url,
+        url: args.model_url.unwrap_or_default(),
         chat_model: args.chat_model,
         embed_model: args.embed_model,
+        image,
     }];
     models.extend(extra_models());
     let namespace = "aios-local".to_owned();
@@ -163,7 +184,11 @@ fn main() -> ExitCode {
         verbose: true,
         operator_kubeconfig: None,
         agents_in_pods: args.pods,
-        operator_in_cluster: false,
+        operator: if args.pods {
+            Operator::Chart
+        } else {
+            Operator::Process
+        },
     };
     match run.run(&env) {
         Ok(outcome) => {
