@@ -28,7 +28,7 @@ base=$(ls -t "$cache"/images/debian-bookworm-minbase-*.tar 2>/dev/null | head -n
 [ -n "$base" ] || die "no Debian base in $cache/images: run images/build.py first"
 
 version=$AIOS_MODEL_SERVER_VERSION
-key=$( (sha256sum "$AIOS_MODEL_SERVER" "$base" "$0"; find "$store" -type f -printf '%P %s\n' | sort) | sha256sum | cut -c1-12)
+key=$( (sha256sum "$AIOS_MODEL_SERVER" "$base" "$0" | cut -d" " -f1; find "$store" -type f -printf '%P %s\n' | sort) | sha256sum | cut -c1-12)
 out=$cache/images/aios-model-server-$version-$key.oci.tar
 if [ -f "$out" ]; then
   log "reusing $out"

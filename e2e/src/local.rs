@@ -275,22 +275,6 @@ impl LocalRun {
             .map_err(step("creating the delivery repository"))?;
         }
         let _ = env.kubectl(&["create", "namespace", ns]);
-        self.say(&format!(
-            "==> applying the pantheon's Agents and the model providers in namespace {ns}"
-        ));
-        let agents =
-            std::fs::read_to_string(crate::repo_root().join("manifests/examples/agents.yaml"))
-                .map_err(|e| step("reading the Agents")(e.to_string()))?;
-        let providers = self.models.iter().fold(String::new(), |mut all, m| {
-            let _ = write!(all, "---\n{}", m.manifest());
-            all
-        });
-        env.kubectl_with_input(
-            &["-n", ns, "apply", "-f", "-"],
-            Some(&format!("{agents}\n{providers}")),
-        )
-        .map_err(|e| step("applying Agents and ModelProviders")(e.to_string()))?;
-
         let mut processes = Processes(Vec::new());
         let repository_url = if self.agents_in_pods {
             self.prepare_pods(env, &mut processes)?
@@ -317,6 +301,22 @@ impl LocalRun {
                 processes.0.push(("operator".to_owned(), operator));
             }
         }
+        // After the chart, which installs the CRDs.
+        self.say(&format!(
+            "==> applying the pantheon's Agents and the model providers in namespace {ns}"
+        ));
+        let agents =
+            std::fs::read_to_string(crate::repo_root().join("manifests/examples/agents.yaml"))
+                .map_err(|e| step("reading the Agents")(e.to_string()))?;
+        let providers = self.models.iter().fold(String::new(), |mut all, m| {
+            let _ = write!(all, "---\n{}", m.manifest());
+            all
+        });
+        env.kubectl_with_input(
+            &["-n", ns, "apply", "-f", "-"],
+            Some(&format!("{agents}\n{providers}")),
+        )
+        .map_err(|e| step("applying Agents and ModelProviders")(e.to_string()))?;
         self.say("==> waiting for the operator to find a ready model provider");
         let providers_file = self.work_dir.join("providers.json");
         self.write_providers(env, &providers_file)?;

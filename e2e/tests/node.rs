@@ -5,7 +5,7 @@
 //! works without manual cleanup.
 //!
 //! The main job runs on it: a Project is planned, built and delivered by agent pods the
-//! operator scales from zero with their queues, delivering to a git daemon on the
+//! operator scales from zero with their queues, delivering over git's smart HTTP on the
 //! node's address; the Helm chart's operator runs as two pods and survives a rolling
 //! update; a busy agent pod deleted by force loses nothing, one stopped gracefully (as a
 //! scale-down stops it) finishes its task; a changed persona rolls only its Agent's pods,
