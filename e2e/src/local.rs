@@ -275,48 +275,14 @@ impl LocalRun {
             .map_err(step("creating the delivery repository"))?;
         }
         let _ = env.kubectl(&["create", "namespace", ns]);
+        let began = Instant::now();
         let mut processes = Processes(Vec::new());
         let repository_url = if self.agents_in_pods {
             self.prepare_pods(env, &mut processes)?
         } else {
             format!("file://{}", repository.display())
         };
-        match self.operator {
-            Operator::Chart => {
-                self.say("==> installing the operator with the Helm chart (charts/aios)");
-                crate::chart::install_operator(
-                    env,
-                    ns,
-                    CONNECTION_SECRET,
-                    &["operator.logFormat=text"],
-                )
-                .map_err(|e| step("installing the chart")(e.to_string()))?;
-                self.say(&self.pods_table(env));
-            }
-            Operator::InCluster => {
-                self.say("==> the operator runs in the cluster (installed apart)");
-            }
-            Operator::Process => {
-                let operator = self.start_operator(env)?;
-                processes.0.push(("operator".to_owned(), operator));
-            }
-        }
-        // After the chart, which installs the CRDs.
-        self.say(&format!(
-            "==> applying the pantheon's Agents and the model providers in namespace {ns}"
-        ));
-        let agents =
-            std::fs::read_to_string(crate::repo_root().join("manifests/examples/agents.yaml"))
-                .map_err(|e| step("reading the Agents")(e.to_string()))?;
-        let providers = self.models.iter().fold(String::new(), |mut all, m| {
-            let _ = write!(all, "---\n{}", m.manifest());
-            all
-        });
-        env.kubectl_with_input(
-            &["-n", ns, "apply", "-f", "-"],
-            Some(&format!("{agents}\n{providers}")),
-        )
-        .map_err(|e| step("applying Agents and ModelProviders")(e.to_string()))?;
+        self.operator_and_agents(env, &mut processes)?;
         self.say("==> waiting for the operator to find a ready model provider");
         let providers_file = self.work_dir.join("providers.json");
         self.write_providers(env, &providers_file)?;
@@ -350,7 +316,13 @@ impl LocalRun {
             "==> applied Project {name}; following it (up to {:?})",
             self.timeout
         ));
+        let applied = Instant::now();
         let outcome = self.follow(env, &name, &repository, &mut processes)?;
+        self.say(&format!(
+            "==> the Project ran {} s, after {} s of setting up (operator, model server, git server)",
+            applied.elapsed().as_secs(),
+            applied.duration_since(began).as_secs()
+        ));
         drop(processes);
         let phase = outcome.project.status.as_ref().and_then(|s| s.phase);
         if phase == Some(ProjectPhase::Succeeded) {
@@ -362,6 +334,52 @@ impl LocalRun {
             message,
             outcome: Box::new(outcome),
         })
+    }
+
+    /// The operator (as `self.operator` says), then the pantheon's Agents and the model
+    /// providers (after the chart, which installs the CRDs).
+    fn operator_and_agents(
+        &self,
+        env: &Environment,
+        processes: &mut Processes,
+    ) -> Result<(), LocalError> {
+        let ns = self.namespace.as_str();
+        match self.operator {
+            Operator::Chart => {
+                self.say("==> installing the operator with the Helm chart (charts/aios)");
+                crate::chart::install_operator(
+                    env,
+                    ns,
+                    CONNECTION_SECRET,
+                    &["operator.logFormat=text"],
+                )
+                .map_err(|e| step("installing the chart")(e.to_string()))?;
+                self.say(&self.pods_table(env));
+            }
+            Operator::InCluster => {
+                self.say("==> the operator runs in the cluster (installed apart)");
+            }
+            Operator::Process => {
+                let operator = self.start_operator(env)?;
+                processes.0.push(("operator".to_owned(), operator));
+            }
+        }
+        self.say(&format!(
+            "==> applying the pantheon's Agents and the model providers in namespace {ns}"
+        ));
+        let agents =
+            std::fs::read_to_string(crate::repo_root().join("manifests/examples/agents.yaml"))
+                .map_err(|e| step("reading the Agents")(e.to_string()))?;
+        let providers = self.models.iter().fold(String::new(), |mut all, m| {
+            let _ = write!(all, "---\n{}", m.manifest());
+            all
+        });
+        env.kubectl_with_input(
+            &["-n", ns, "apply", "-f", "-"],
+            Some(&format!("{agents}\n{providers}")),
+        )
+        .map_err(|e| step("applying Agents and ModelProviders")(e.to_string()))?;
+        Ok(())
     }
 
     /// `kubectl get pods` of the run's namespace, indented.
