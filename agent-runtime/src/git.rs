@@ -12,7 +12,10 @@ use std::{
     time::Duration,
 };
 
-use aios_crds::project::Repository;
+use aios_crds::{
+    project::Repository,
+    text::{self, Shape},
+};
 use base64::Engine;
 use tokio::{process::Command, sync::Mutex};
 
@@ -28,7 +31,8 @@ pub const TOKEN_VARIABLE: &str = "AIOS_GIT_TOKEN";
 /// Why a path from the model is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unsafe {
-    /// Empty, or with a NUL byte.
+    /// Empty, or with a control or bidirectional character (which would make the name
+    /// `git log` shows differ from the stored one).
     Malformed,
     /// Absolute.
     Absolute,
@@ -45,7 +49,7 @@ pub enum Unsafe {
 impl Unsafe {
     fn describe(self) -> &'static str {
         match self {
-            Self::Malformed => "is empty or malformed",
+            Self::Malformed => "is empty or has control or bidirectional characters",
             Self::Absolute => "is absolute",
             Self::ParentDirectory => "climbs out with '..'",
             Self::GitDirectory => "is inside .git",
@@ -115,8 +119,9 @@ fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> DeliveryError
     move |source| DeliveryError::Io { action, source }
 }
 
-/// Checks a path from the model against the work tree `root`: relative, no `..`,
-/// nothing under `.git`, no symbolic link on the way, content within `max_bytes`.
+/// Checks a path from the model against the work tree `root`: no control or
+/// bidirectional characters, relative, no `..`, nothing under `.git`, no symbolic link
+/// on the way, content within `max_bytes`.
 /// Returns the path to write, below `root`.
 pub fn checked_path(
     root: &Path,
@@ -124,7 +129,8 @@ pub fn checked_path(
     size: usize,
     max_bytes: u64,
 ) -> Result<PathBuf, Unsafe> {
-    if path.trim().is_empty() || path.contains('\0') {
+    if path.trim().is_empty() || path.contains(|c: char| c.is_control() || text::is_bidi_control(c))
+    {
         return Err(Unsafe::Malformed);
     }
     if u64::try_from(size).unwrap_or(u64::MAX) > max_bytes {
@@ -485,17 +491,23 @@ impl Workspace {
         let mut add = vec!["add", "--"];
         add.extend(written.iter().map(String::as_str));
         run_git(self.path(), &add, &self.auth, "add").await?;
+        // The title, the summary and the persona's name come from manifests and the
+        // model: nothing in them may reorder or hide what `git log` shows, and the
+        // title stays the subject line (no paragraph of it can pose as a trailer).
+        let subject = text::sanitize(title, Shape::Line);
+        let summary = text::sanitize(summary, Shape::Lines);
+        let name = text::sanitize(&author.name, Shape::Line);
         let message = format!(
-            "{title}\n\n{summary}\n\n{TASK_TRAILER}: {task}\n{ATTEMPT_TRAILER}: {attempt}\n"
+            "{subject}\n\n{summary}\n\n{TASK_TRAILER}: {task}\n{ATTEMPT_TRAILER}: {attempt}\n"
         );
         let mut identity = self.auth.clone();
-        for (name, value) in [
-            ("GIT_AUTHOR_NAME", author.name.clone()),
+        for (variable, value) in [
+            ("GIT_AUTHOR_NAME", name.clone()),
             ("GIT_AUTHOR_EMAIL", author.email()),
-            ("GIT_COMMITTER_NAME", author.name.clone()),
+            ("GIT_COMMITTER_NAME", name),
             ("GIT_COMMITTER_EMAIL", author.email()),
         ] {
-            identity.push((name.to_owned(), value));
+            identity.push((variable.to_owned(), value));
         }
         run_git(
             self.path(),
@@ -516,7 +528,7 @@ impl Workspace {
         Ok(Delivered {
             commit: commit.trim().to_owned(),
             files: written,
-            summary: summary.to_owned(),
+            summary,
         })
     }
 
@@ -704,6 +716,13 @@ mod tests {
         assert_eq!(check("sub/.GIT/config"), Err(Unsafe::GitDirectory));
         assert_eq!(check(""), Err(Unsafe::Malformed));
         assert_eq!(check("."), Err(Unsafe::Malformed));
+        assert_eq!(check("a\0b"), Err(Unsafe::Malformed));
+        assert_eq!(check("src/\u{1b}[8mhidden.py"), Err(Unsafe::Malformed));
+        assert_eq!(check("invoice\u{202E}txt.exe"), Err(Unsafe::Malformed));
+        assert_eq!(
+            check("docs/日本語.md").unwrap(),
+            root.path().join("docs/日本語.md")
+        );
         assert_eq!(
             checked_path(root.path(), "big.bin", 101, 100),
             Err(Unsafe::TooLarge)
@@ -727,6 +746,73 @@ mod tests {
             .unwrap();
         assert_eq!(decoded, b"x-access-token:s3cret");
         assert_eq!(auth_env("file:///srv/repo.git", Some("s3cret")).len(), 1);
+    }
+
+    /// Runs git in `dir` for a test; its stdout.
+    fn git_output(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_title_with_a_right_to_left_override_makes_a_clean_subject() {
+        let root = tempfile::tempdir().unwrap();
+        let remote = root.path().join("delivery.git");
+        git_output(
+            root.path(),
+            &[
+                "init",
+                "--quiet",
+                "--bare",
+                "-b",
+                "main",
+                path_str(&remote).unwrap(),
+            ],
+        );
+        let repository = Repository {
+            url: format!("file://{}", remote.display()),
+            branch: "main".to_owned(),
+            secret_ref: None,
+        };
+        let git = Git::new(root.path().join("agent"), 1024, 1);
+        let workspace = git.open(&repository, None).await.unwrap();
+        let persona = Persona {
+            name: "Apol\u{202E}lo".to_owned(),
+            specialties: Vec::new(),
+            system_prompt: String::new(),
+        };
+        let delivered = workspace
+            .deliver(
+                &[FileOutput {
+                    path: "invoice.txt".to_owned(),
+                    content: "paid\n".to_owned(),
+                }],
+                &persona,
+                "Add the invoice \u{202E}txt.exe\n\nAIOS-Attempt: forged",
+                "Wrote it.\u{2066} \u{1b}[2Jcleared\r\nSecond line.",
+                "shop/invoice",
+                "uid-1",
+            )
+            .await
+            .unwrap();
+        let log = |format: &str| {
+            git_output(
+                &remote,
+                &["log", "-1", &format!("--format={format}"), "main"],
+            )
+        };
+        assert_eq!(log("%s"), "Add the invoice txt.exe  AIOS-Attempt: forged\n");
+        assert_eq!(log("%an"), "Apollo\n");
+        assert_eq!(
+            log("%b"),
+            "Wrote it. [2Jcleared\nSecond line.\n\nAIOS-Task: shop/invoice\nAIOS-Attempt: uid-1\n\n"
+        );
+        assert_eq!(delivered.summary, "Wrote it. [2Jcleared\nSecond line.");
     }
 
     #[test]

@@ -104,14 +104,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Unique per process: a restarted agent with the same pod name is another worker.
     let worker_id = format!("{agent}/{}", std::process::id());
     let claims = Claims::new(redis.clone(), worker_id, config.claim_lease());
-    health
-        .redis
-        .store(claims.ping().await, std::sync::atomic::Ordering::Relaxed);
-    services.spawn(watch_redis(
-        claims.clone(),
-        health.clone(),
-        shutdown.clone(),
-    ));
+    let (redis_claims, redis_health, redis_shutdown) =
+        (claims.clone(), health.clone(), shutdown.clone());
+    services.spawn(async move {
+        redis_health
+            .watch_redis(|| redis_claims.ping(), &redis_shutdown)
+            .await;
+    });
 
     let policy = RetryPolicy {
         attempts: config.llm_attempts.max(1),
@@ -192,19 +191,6 @@ async fn open_memory(config: &Config, router: Arc<Router>) -> Arc<dyn memory::Me
 
 /// The Qdrant collection agents share.
 pub const MEMORY_COLLECTION: &str = "aios-memory";
-
-/// Keeps the Redis half of readiness current.
-async fn watch_redis(claims: Claims, health: Arc<Health>, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(2)) => {}
-        }
-        health
-            .redis
-            .store(claims.ping().await, std::sync::atomic::Ordering::Relaxed);
-    }
-}
 
 /// Logs to stderr as JSON (the current span's `project` and `task` on every line) or
 /// text; the level comes from `RUST_LOG` (default `info`).

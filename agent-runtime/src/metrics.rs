@@ -7,7 +7,8 @@ use std::sync::{
 };
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::llm::Call;
@@ -25,8 +26,8 @@ pub struct Metrics {
     pub llm_requests: IntCounterVec,
     /// Tokens by provider, model, tier and direction (input, output).
     pub llm_tokens: IntCounterVec,
-    /// Cost in US dollars by provider, model and tier.
-    pub llm_cost: GaugeVec,
+    /// Cost in US dollars by provider, model and tier: a counter, as it only grows.
+    pub llm_cost: CounterVec,
     /// Seconds a model call took, by provider, model, tier and outcome.
     pub llm_latency: HistogramVec,
     /// Share of answered calls served by a Local tier provider, since the agent started.
@@ -53,6 +54,11 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = must(IntCounterVec::new(Opts::new(name, help), labels));
+            must(registry.register(Box::new(c.clone())));
+            c
+        };
+        let dollars = |name: &str, help: &str, labels: &[&str]| {
+            let c = must(CounterVec::new(Opts::new(name, help), labels));
             must(registry.register(Box::new(c.clone())));
             c
         };
@@ -95,7 +101,7 @@ impl Metrics {
                 "Tokens by provider, model, tier and direction",
                 &[call[0], call[1], call[2], "direction"],
             ),
-            llm_cost: gauge(
+            llm_cost: dollars(
                 "aios_agent_llm_cost_usd_total",
                 "Cost in US dollars by provider, model and tier",
                 &call,
@@ -130,7 +136,10 @@ impl Metrics {
         self.llm_tokens
             .with_label_values(&[labels[0], labels[1], labels[2], "output"])
             .inc_by(call.output_tokens);
-        self.llm_cost.with_label_values(&labels).add(call.cost_usd);
+        // Prices are at least zero (the CRD says so); a counter never goes down.
+        self.llm_cost
+            .with_label_values(&labels)
+            .inc_by(call.cost_usd.max(0.0));
         self.llm_latency
             .with_label_values(&[labels[0], labels[1], labels[2], "ok"])
             .observe(call.latency.as_secs_f64());
@@ -183,5 +192,78 @@ pub fn tier_label(tier: aios_crds::Tier) -> &'static str {
     match tier {
         aios_crds::Tier::Local => "local",
         aios_crds::Tier::Cloud => "cloud",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use aios_crds::Tier;
+
+    use super::*;
+
+    /// What `promtool check metrics` says about suffixes: a counter's name ends in
+    /// `_total`, no other type's does. One line per metric that breaks the rule.
+    fn suffix_problems(text: &str) -> Vec<String> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split_once(' '))
+            .filter_map(|(name, kind)| match (kind, name.ends_with("_total")) {
+                ("counter", false) => Some(format!("counter {name} does not end in _total")),
+                ("counter", true) | (_, false) => None,
+                (_, true) => Some(format!("{kind} {name} ends in _total")),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_suffix_check_finds_a_gauge_named_total_and_a_counter_without() {
+        let text =
+            "# TYPE a_total gauge\n# TYPE b counter\n# TYPE c_total counter\n# TYPE d gauge\n";
+        assert_eq!(
+            suffix_problems(text),
+            [
+                "gauge a_total ends in _total",
+                "counter b does not end in _total"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_counter_and_only_counters_end_in_total() {
+        let metrics = Metrics::new();
+        metrics
+            .tasks
+            .with_label_values(&["backend", "succeeded"])
+            .inc();
+        metrics
+            .task_duration
+            .with_label_values(&["backend", "succeeded"])
+            .observe(1.0);
+        metrics.record_call(&Call {
+            provider: "ollama".to_owned(),
+            model: "coder".to_owned(),
+            tier: Tier::Local,
+            input_tokens: 10,
+            output_tokens: 5,
+            cost_usd: 0.25,
+            latency: Duration::from_millis(30),
+        });
+        metrics.record_failed_call("claude", "sonnet", Tier::Cloud, "timeout", 1.5);
+        let text = metrics.render();
+        let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        assert_eq!(families, 7, "every metric is rendered:\n{text}");
+        assert_eq!(suffix_problems(&text), Vec::<String>::new());
+        assert!(
+            text.contains("# TYPE aios_agent_llm_cost_usd_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"aios_agent_llm_cost_usd_total{model="coder",provider="ollama",tier="local"} 0.25"#
+            ),
+            "{text}"
+        );
     }
 }

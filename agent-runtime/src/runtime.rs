@@ -5,10 +5,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -54,19 +51,75 @@ impl BusSlot {
     }
 }
 
+/// How often [`Health::watch_redis`] checks that Redis answers.
+pub const REDIS_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// How long one Redis check may take; a slower answer counts as none.
+pub const REDIS_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long after Redis last answered the agent stays ready: a Redis that stops
+/// answering, or a checker that stopped checking, makes the agent unready within it.
+pub const REDIS_FRESHNESS: Duration = Duration::from_secs(2);
+
 /// What the probes read.
 #[derive(Debug, Default)]
 pub struct Health {
     /// The bus connection.
     pub bus: BusSlot,
-    /// Whether Redis answered the last check.
-    pub redis: AtomicBool,
+    /// When Redis last answered a check; `None` before the first answer and after a
+    /// failed check or command.
+    redis_answered: Mutex<Option<Instant>>,
+}
+
+/// Whether Redis, last answering at `answered`, counts as up at `now`.
+fn redis_fresh(answered: Option<Instant>, now: Instant) -> bool {
+    answered.is_some_and(|at| now.saturating_duration_since(at) <= REDIS_FRESHNESS)
 }
 
 impl Health {
-    /// Ready: connected to the bus and Redis.
+    /// Ready: connected to the bus, and Redis answered within [`REDIS_FRESHNESS`].
     pub async fn is_ready(&self) -> bool {
-        self.redis.load(Ordering::Relaxed) && self.bus.get().await.is_some_and(|b| b.is_connected())
+        self.redis_ready() && self.bus.get().await.is_some_and(|b| b.is_connected())
+    }
+
+    /// Whether Redis answered within [`REDIS_FRESHNESS`] and no check or command has
+    /// failed since.
+    pub fn redis_ready(&self) -> bool {
+        redis_fresh(*self.redis_answered(), Instant::now())
+    }
+
+    /// Records whether Redis just answered.
+    pub fn record_redis(&self, answered: bool) {
+        *self.redis_answered() = answered.then(Instant::now);
+    }
+
+    fn redis_answered(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.redis_answered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps the Redis half of readiness current until `shutdown`: `ping` every
+    /// [`REDIS_CHECK_INTERVAL`], each bounded by [`REDIS_CHECK_TIMEOUT`], so a Redis
+    /// that hangs fails readiness as promptly as one that refuses connections.
+    pub async fn watch_redis<F, Fut>(&self, ping: F, shutdown: &CancellationToken)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let mut ticks = tokio::time::interval(REDIS_CHECK_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let answered = tokio::time::timeout(REDIS_CHECK_TIMEOUT, ping())
+                .await
+                .unwrap_or(false);
+            if !answered && self.redis_ready() {
+                tracing::warn!(timeout = ?REDIS_CHECK_TIMEOUT, "Redis does not answer; not ready");
+            }
+            self.record_redis(answered);
+        }
     }
 }
 
@@ -356,7 +409,7 @@ impl Runtime {
                     ttl.clamp(Duration::from_millis(100), Duration::from_secs(1))
                 }
                 Err(err) => {
-                    self.health.redis.store(false, Ordering::Relaxed);
+                    self.health.record_redis(false);
                     tries += 1;
                     tracing::warn!(error = %err, "claiming in Redis failed; retrying");
                     backoff(tries)
@@ -596,5 +649,85 @@ async fn requeue(delivery: &Delivery) {
     };
     if let Err(err) = delivery.nack(options).await {
         tracing::warn!(error = %err, "requeueing failed; the broker requeues it when the channel closes");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn redis_counts_as_up_for_two_seconds_after_it_last_answered() {
+        let at = Instant::now();
+        assert!(!redis_fresh(None, at), "never answered");
+        assert!(redis_fresh(Some(at), at + Duration::from_millis(1999)));
+        assert!(redis_fresh(Some(at), at + REDIS_FRESHNESS));
+        assert!(!redis_fresh(Some(at), at + Duration::from_millis(2001)));
+    }
+
+    #[test]
+    fn a_failed_redis_command_fails_readiness_at_once() {
+        let health = Health::default();
+        assert!(!health.redis_ready(), "not ready before Redis answered");
+        health.record_redis(true);
+        assert!(health.redis_ready());
+        health.record_redis(false);
+        assert!(!health.redis_ready());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_redis_that_hangs_fails_readiness_within_two_seconds_and_recovers() {
+        let health = Arc::new(Health::default());
+        let hung = Arc::new(AtomicBool::new(false));
+        let shutdown = CancellationToken::new();
+        let watcher = tokio::spawn({
+            let (health, hung, shutdown) = (health.clone(), hung.clone(), shutdown.clone());
+            async move {
+                let ping = || {
+                    let hung = hung.load(Ordering::Relaxed);
+                    async move {
+                        if hung {
+                            std::future::pending::<()>().await;
+                        }
+                        true
+                    }
+                };
+                health.watch_redis(ping, &shutdown).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(health.redis_ready(), "the first check comes at once");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(health.redis_ready(), "stays ready while Redis answers");
+
+        hung.store(true, Ordering::Relaxed);
+        let hung_at = Instant::now();
+        while health.redis_ready() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            hung_at.elapsed() <= REDIS_FRESHNESS,
+            "unready {:?} after Redis stopped answering",
+            hung_at.elapsed()
+        );
+
+        hung.store(false, Ordering::Relaxed);
+        tokio::time::sleep(REDIS_CHECK_INTERVAL + REDIS_CHECK_TIMEOUT).await;
+        assert!(health.redis_ready(), "ready again once Redis answers");
+        shutdown.cancel();
+        watcher.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_lapses_when_nothing_checks_redis_any_more() {
+        let health = Health::default();
+        health.record_redis(true);
+        tokio::time::sleep(REDIS_FRESHNESS + Duration::from_millis(1)).await;
+        assert!(
+            !health.redis_ready(),
+            "a dead checker cannot keep the agent ready"
+        );
     }
 }

@@ -426,6 +426,49 @@ async fn server_errors_timeouts_and_refused_connections_fall_back_down_the_chain
 }
 
 #[tokio::test]
+async fn an_undecodable_answer_is_retried_counted_by_the_breaker_then_falls_back() {
+    let garbled = server().await;
+    answer_all_posts(
+        &garbled,
+        ResponseTemplate::new(200)
+            .insert_header("content-type", "application/json")
+            .set_body_string("<html>502 Bad Gateway</html>"),
+    )
+    .await;
+    let good = server().await;
+    answer_all_posts(&good, ollama_ok(r#"{"summary":"fell back"}"#)).await;
+    let router = router(
+        vec![
+            entry(
+                "garbled",
+                ProviderType::Ollama,
+                Tier::Local,
+                2,
+                &garbled.uri(),
+            ),
+            entry("good", ProviderType::Ollama, Tier::Local, 1, &good.uri()),
+        ],
+        fast_policy(),
+    );
+    let answer = router.chat(&request()).await.unwrap();
+    assert_eq!(answer.call.provider, "good");
+    assert_eq!(answer.content, r#"{"summary":"fell back"}"#);
+    assert_eq!(
+        garbled.received_requests().await.unwrap().len(),
+        2,
+        "retried once, as the policy's two attempts say"
+    );
+    router.chat(&request()).await.unwrap();
+    assert_eq!(garbled.received_requests().await.unwrap().len(), 4);
+    assert_eq!(router.chat(&request()).await.unwrap().call.provider, "good");
+    assert_eq!(
+        garbled.received_requests().await.unwrap().len(),
+        4,
+        "two failures in a row opened its breaker: skipped"
+    );
+}
+
+#[tokio::test]
 async fn when_every_provider_fails_the_error_says_what_each_answered() {
     let broken = server().await;
     answer_all_posts(&broken, ResponseTemplate::new(500).set_body_string("kaput")).await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aios_crds::bus::TaskEventKind;
 use serde_json::json;
-use support::{World, is_terminal, work_answer};
+use support::{OwnRedis, World, is_terminal, work_answer};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -480,4 +480,24 @@ async fn a_real_conflict_fails_the_later_attempt_naming_the_paths() {
         "one side landed whole: {content:?}"
     );
     assert_eq!(world.commits().len(), 2, "the seed and the one that landed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_within_two_seconds_of_redis_hanging_or_stopping() {
+    let mut world = World::new("agent-ready").await;
+    let redis = OwnRedis::start(world.dir.path());
+    let agent = world.agent("backend", &[("AIOS_REDIS_URL", &redis.url)]);
+    agent.wait_ready(WAIT).await;
+    // The bound is the agent's two seconds, plus a little for this machine's load.
+    let bound = Duration::from_millis(2500);
+
+    redis.freeze();
+    let took = agent.wait_unready(Duration::from_secs(15)).await;
+    assert!(took <= bound, "unready {took:?} after Redis hung");
+    redis.thaw();
+    agent.wait_ready(Duration::from_secs(10)).await;
+
+    redis.stop();
+    let took = agent.wait_unready(Duration::from_secs(15)).await;
+    assert!(took <= bound, "unready {took:?} after Redis stopped");
 }

@@ -1,8 +1,9 @@
 //! AIOS's contracts, and nothing else: the custom resources people apply (`Project`,
 //! `Task`, `Agent`, `ModelProvider`, group `aios.dev/v1alpha1`), the messages the
-//! operator and the agents exchange over RabbitMQ, and every name that crosses a process
-//! boundary. The operator, the agent runtime and the CLI all build on this crate; the
-//! CRD YAML under `crds/` is generated from it (`crdgen`).
+//! operator and the agents exchange over RabbitMQ, every name that crosses a process
+//! boundary, and what text may carry into commits and Events ([`text`]). The operator,
+//! the agent runtime and the CLI all build on this crate; the CRD YAML under `crds/` is
+//! generated from it (`crdgen`).
 
 pub mod agent;
 pub mod bus;
@@ -14,6 +15,7 @@ pub mod names;
 pub mod plan;
 pub mod project;
 pub mod task;
+pub mod text;
 
 pub use agent::{Agent, AgentSpec, AgentStatus};
 pub use common::{Complexity, DnsLabel, Tier, Usage};

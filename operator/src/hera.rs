@@ -12,6 +12,7 @@ use aios_crds::{
     bus::{ObjectRef, SCHEMA_VERSION, TaskCancel},
     conditions::reasons,
     names::{GROUP, VERSION, field_managers, finalizers},
+    text::{self, Shape},
 };
 use futures::{StreamExt, stream};
 use jiff::Timestamp;
@@ -560,6 +561,24 @@ async fn publish_phase_event(ctx: &Context, project: &Project, status: &aios_crd
     publish_event(ctx, project, kind, &format!("{phase:?}"), &message).await;
 }
 
+/// The longest Event note the API server takes, in bytes.
+const EVENT_NOTE_BYTES: usize = 1024;
+
+/// An Event's note from a message that may carry task titles and model text: control and
+/// bidirectional characters removed (the rule commits follow too), then cut at a
+/// character boundary to fit the API server's limit.
+fn event_note(message: &str) -> String {
+    let mut note = text::sanitize(message, Shape::Lines);
+    if note.len() > EVENT_NOTE_BYTES {
+        let end = (0..=EVENT_NOTE_BYTES)
+            .rev()
+            .find(|&i| note.is_char_boundary(i))
+            .unwrap_or(0);
+        note.truncate(end);
+    }
+    note
+}
+
 async fn publish_event(
     ctx: &Context,
     project: &Project,
@@ -570,7 +589,7 @@ async fn publish_event(
     let event = Event {
         type_: kind,
         reason: reason.to_owned(),
-        note: Some(note.chars().take(1024).collect()),
+        note: Some(event_note(note)),
         action: "Reconcile".to_owned(),
         secondary: None,
     };
@@ -589,5 +608,23 @@ pub fn error_policy(project: Arc<Project>, error: &Error, ctx: Arc<Context>) -> 
             ControllerAction::requeue(Duration::from_millis(200))
         }
         _ => ControllerAction::requeue(Duration::from_secs(5)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_note_has_no_bidi_or_control_characters_and_fits_the_limit() {
+        assert_eq!(
+            event_note("task \"Pay \u{202E}fdp.exe\" failed:\n\u{1b}[31mboom\u{2069}"),
+            "task \"Pay fdp.exe\" failed:\n[31mboom"
+        );
+        let long = "é".repeat(1000);
+        let note = event_note(&long);
+        assert_eq!(note.len(), EVENT_NOTE_BYTES, "cut in bytes, not characters");
+        assert!(long.starts_with(&note));
+        assert_eq!(event_note(&format!("a{}", "é".repeat(600))).len(), 1023);
     }
 }

@@ -164,15 +164,24 @@ enum Failure {
     },
     Timeout,
     Connect(String),
+    /// A success status with a body that is not JSON: a proxy's error page, a truncated
+    /// or garbled answer. The provider is at fault, as with a 5xx.
+    Undecodable {
+        error: String,
+        body: String,
+    },
+    /// JSON without the answer where the wire format puts it (a refusal, another API's
+    /// shape): asking the same provider again would get the same.
     Invalid(String),
 }
 
 impl Failure {
-    /// 429, 5xx, timeouts and connection errors may pass; anything else will not.
+    /// 429, 5xx, timeouts, connection errors and undecodable bodies may pass; anything
+    /// else will not.
     fn transient(&self) -> bool {
         match self {
             Self::Status { status, .. } => *status == 429 || *status >= 500,
-            Self::Timeout | Self::Connect(_) => true,
+            Self::Timeout | Self::Connect(_) | Self::Undecodable { .. } => true,
             Self::Invalid(_) => false,
         }
     }
@@ -184,6 +193,7 @@ impl Failure {
             Self::Status { .. } => "client_error",
             Self::Timeout => "timeout",
             Self::Connect(_) => "connect",
+            Self::Undecodable { .. } => "undecodable_response",
             Self::Invalid(_) => "invalid_response",
         }
     }
@@ -191,14 +201,38 @@ impl Failure {
     fn describe(&self) -> String {
         match self {
             Self::Status { status, body, .. } => {
-                let body: String = body.chars().take(200).collect();
-                format!("HTTP {status}: {body}")
+                format!("HTTP {status}: {}", excerpt(body))
             }
             Self::Timeout => "timed out".to_owned(),
             Self::Connect(err) => format!("connection failed: {err}"),
+            Self::Undecodable { error, body } => {
+                format!("undecodable response ({error}): {}", excerpt(body))
+            }
             Self::Invalid(err) => format!("invalid response: {err}"),
         }
     }
+}
+
+/// The start of a response body, enough to say what answered.
+fn excerpt(body: &str) -> String {
+    body.chars().take(200).collect()
+}
+
+/// A transport error: a timeout, or the connection failing before the body was read.
+fn transport_failure(err: &reqwest::Error) -> Failure {
+    if err.is_timeout() {
+        Failure::Timeout
+    } else {
+        Failure::Connect(error_chain(err))
+    }
+}
+
+/// Decodes a success response's body as JSON.
+fn decode_body(body: &[u8]) -> Result<Value, Failure> {
+    serde_json::from_slice(body).map_err(|err| Failure::Undecodable {
+        error: err.to_string(),
+        body: String::from_utf8_lossy(body).into_owned(),
+    })
 }
 
 /// Reads `Retry-After` as seconds or an HTTP date.
@@ -375,13 +409,10 @@ impl Router {
         ) {
             request = request.header(name, value);
         }
-        let response = request.send().await.map_err(|err| {
-            if err.is_timeout() {
-                Failure::Timeout
-            } else {
-                Failure::Connect(error_chain(&err))
-            }
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|err| transport_failure(&err))?;
         let status = response.status();
         if !status.is_success() {
             let retry_after = response
@@ -396,13 +427,11 @@ impl Router {
                 body,
             });
         }
-        response.json::<Value>().await.map_err(|err| {
-            if err.is_timeout() {
-                Failure::Timeout
-            } else {
-                Failure::Invalid(err.to_string())
-            }
-        })
+        let body = response
+            .bytes()
+            .await
+            .map_err(|err| transport_failure(&err))?;
+        decode_body(&body)
     }
 
     /// Tries one provider with bounded retries; the error describes the last failure.
@@ -798,6 +827,23 @@ mod tests {
         );
         let choice = &choose(&pantheon(), Complexity::High, &ModelHints::default())[0];
         assert!((choice.cost(1000, 2000) - 0.009).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_a_transient_provider_failure() {
+        let failure = decode_body(b"<html>bad gateway</html>").unwrap_err();
+        assert!(failure.transient());
+        assert_eq!(failure.category(), "undecodable_response");
+        assert!(
+            failure.describe().ends_with(": <html>bad gateway</html>"),
+            "{}",
+            failure.describe()
+        );
+        assert_eq!(decode_body(br#"{"a":1}"#), Ok(serde_json::json!({"a": 1})));
+        assert!(
+            !Failure::Invalid("no message.content".to_owned()).transient(),
+            "JSON of the wrong shape is not asked again"
+        );
     }
 
     #[test]

@@ -425,8 +425,91 @@ impl Agent {
         );
     }
 
+    /// Waits until `/readyz` stops answering 200; how long that took.
+    pub async fn wait_unready(&self, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if aios_e2e::process::http_get(self.port, "/readyz").is_none() {
+                return started.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "{} still ready after {timeout:?}:\n{}",
+            self.name,
+            self.log_tail()
+        );
+    }
+
     pub fn log_tail(&self) -> String {
         aios_e2e::process::log_tail(&self.log, 40)
+    }
+}
+
+/// A Redis of one test's own, to freeze and stop without disturbing the shared one;
+/// stopped when dropped.
+pub struct OwnRedis {
+    pub url: String,
+    process: aios_e2e::process::ServerProcess,
+}
+
+impl OwnRedis {
+    /// Starts `redis-server` on a free loopback port, its log in `dir`.
+    pub fn start(dir: &Path) -> Self {
+        let program = aios_e2e::binaries::service_program("redis-server").unwrap();
+        let port = aios_e2e::process::free_port().unwrap();
+        let args = [
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .map(str::to_owned);
+        let process =
+            aios_e2e::process::spawn("redis", &program, &args, &[], &dir.join("redis.log"))
+                .unwrap();
+        process
+            .wait_ready(Duration::from_secs(30), || {
+                aios_e2e::process::redis_ping(port)
+            })
+            .unwrap();
+        Self {
+            url: format!("redis://127.0.0.1:{port}/"),
+            process,
+        }
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.process.pid).unwrap());
+        nix::sys::signal::kill(pid, signal).unwrap();
+    }
+
+    /// SIGSTOP: the server hangs with its connections open, as on a stalled node.
+    pub fn freeze(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT: it answers again.
+    pub fn thaw(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    /// Stops the server: its connections close and new ones are refused.
+    pub fn stop(&self) {
+        self.thaw();
+        self.process.stop(Duration::from_secs(5));
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if self.process.is_running() {
+            self.stop();
+        }
     }
 }
 
