@@ -310,7 +310,10 @@ impl Bus {
     }
 
     /// A consumer of cancel messages: a private queue, deleted with the connection,
-    /// bound to the control exchange.
+    /// bound to the control exchange. The queue is named here rather than by the broker:
+    /// after a reconnect (a broker restart deletes exclusive queues) the client declares
+    /// it and its binding again by name, which the broker refuses for its own `amq.gen-*`
+    /// names — the agent would no longer hear cancels.
     pub async fn consume_control(&self, tag: &str) -> Result<Consumer, BusError> {
         let channel = self
             .connection
@@ -319,7 +322,7 @@ impl Bus {
             .map_err(amqp("opening a channel"))?;
         let queue = channel
             .queue_declare(
-                "".into(),
+                control_queue_name(tag).as_str().into(),
                 QueueDeclareOptions {
                     exclusive: true,
                     auto_delete: true,
@@ -419,6 +422,21 @@ impl Bus {
             .await
             .map_err(amqp(format!("consuming {queue}")))
     }
+}
+
+/// A control queue's name: the exchange's, the consumer's tag and what makes it unique
+/// to this process and call; never the broker's reserved `amq.` prefix.
+fn control_queue_name(tag: &str) -> String {
+    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let n = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "{}.{tag}.{}-{nanos:x}-{n}",
+        names::CONTROL_EXCHANGE,
+        std::process::id()
+    )
 }
 
 async fn open_publisher(connection: &Connection) -> Result<Channel, BusError> {

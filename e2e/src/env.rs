@@ -29,6 +29,9 @@ pub const ENV_STATE_DIR: &str = "AIOS_E2E_ENV";
 /// The file, inside the state directory, that describes the environment.
 pub const STATE_FILE: &str = "state.json";
 
+/// How long a restarted server may take to be ready again.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// What to start.
 #[derive(Debug, Clone)]
 #[allow(clippy::struct_excessive_bools)] // each says whether one part starts
@@ -135,6 +138,9 @@ pub struct RabbitNode {
     pub epmd_port: u16,
     /// The AMQP port.
     pub amqp_port: u16,
+    /// The Erlang distribution port.
+    #[serde(default)]
+    pub dist_port: u16,
 }
 
 /// A running environment.
@@ -470,8 +476,16 @@ impl Environment {
     }
 
     fn start_redis(&mut self, options: &EnvOptions) -> Result<(), EnvError> {
-        let program = binaries::service_program("redis-server")?;
         let port = process::free_port()?;
+        self.launch_redis(port, options.ready_timeout)?;
+        self.redis_url = Some(format!("redis://127.0.0.1:{port}/"));
+        Ok(())
+    }
+
+    /// Starts Redis on `port`, without persistence (a restart empties it, as a Redis
+    /// without persistence does in a cluster).
+    fn launch_redis(&mut self, port: u16, timeout: Duration) -> Result<(), EnvError> {
+        let program = binaries::service_program("redis-server")?;
         let data = self.dir.join("redis");
         fs::create_dir_all(&data).map_err(io_err("creating", &data))?;
         let args = [
@@ -490,13 +504,11 @@ impl Environment {
         ];
         let redis = process::spawn("redis", &program, &args, &[], &self.log("redis"))?;
         self.processes.push(redis.clone());
-        redis.wait_ready(options.ready_timeout, || process::redis_ping(port))?;
-        self.redis_url = Some(format!("redis://127.0.0.1:{port}/"));
+        redis.wait_ready(timeout, || process::redis_ping(port))?;
         Ok(())
     }
 
     fn start_rabbitmq(&mut self, options: &EnvOptions) -> Result<(), EnvError> {
-        let program = binaries::service_program("rabbitmq-server")?;
         let epmd_program = binaries::service_program("epmd")?;
         let amqp = process::free_port()?;
         let dist = process::free_port()?;
@@ -528,7 +540,30 @@ impl Environment {
         )?;
         self.processes.push(epmd);
 
-        let mut envs = epmd_env.to_vec();
+        let node = RabbitNode {
+            node: format!("aios-{amqp}@localhost"),
+            home: base,
+            epmd_port,
+            amqp_port: amqp,
+            dist_port: dist,
+        };
+        self.launch_rabbitmq(&node, options.ready_timeout)?;
+        self.amqp_url = Some(format!("amqp://guest:guest@127.0.0.1:{amqp}/%2f"));
+        self.rabbitmq = Some(node);
+        Ok(())
+    }
+
+    /// Starts the RabbitMQ node `node` describes (its data, vhosts and durable queues
+    /// are kept in its directory across starts).
+    fn launch_rabbitmq(&mut self, node: &RabbitNode, timeout: Duration) -> Result<(), EnvError> {
+        let program = binaries::service_program("rabbitmq-server")?;
+        let (base, amqp, dist) = (&node.home, node.amqp_port, node.dist_port);
+        let plugins = base.join("enabled_plugins");
+        let config = base.join("rabbitmq.conf");
+        let mut envs = vec![
+            ("ERL_EPMD_PORT".to_owned(), node.epmd_port.to_string()),
+            ("ERL_EPMD_ADDRESS".to_owned(), "127.0.0.1".to_owned()),
+        ];
         envs.extend([
             ("HOME".to_owned(), base.display().to_string()),
             (
@@ -565,14 +600,59 @@ impl Environment {
         ]);
         let rabbit = process::spawn("rabbitmq", &program, &[], &envs, &self.log("rabbitmq"))?;
         self.processes.push(rabbit.clone());
-        rabbit.wait_ready(options.ready_timeout, || process::amqp_handshake(amqp))?;
-        self.amqp_url = Some(format!("amqp://guest:guest@127.0.0.1:{amqp}/%2f"));
-        self.rabbitmq = Some(RabbitNode {
-            node: format!("aios-{amqp}@localhost"),
-            home: base,
-            epmd_port,
-            amqp_port: amqp,
+        rabbit.wait_ready(timeout, || process::amqp_handshake(amqp))?;
+        Ok(())
+    }
+
+    /// Stops RabbitMQ and starts it again on the same port with the same data: what a
+    /// broker restart does to its clients (every connection dropped; durable queues and
+    /// their messages kept; exclusive queues gone). For fault tests on an environment of
+    /// their own: a shared environment's other users would see the restart too.
+    pub fn restart_rabbitmq(&mut self) -> Result<(), EnvError> {
+        let node = self.rabbitmq.clone().ok_or_else(|| EnvError::Command {
+            command: "restarting RabbitMQ".to_owned(),
+            stderr: "this environment runs no RabbitMQ".to_owned(),
+        })?;
+        self.stop_process("rabbitmq");
+        self.launch_rabbitmq(&node, RESTART_TIMEOUT)?;
+        self.save_if_shared()
+    }
+
+    /// Stops Redis and starts it again on the same port, empty (it keeps nothing on
+    /// disk): what a restart of a Redis without persistence does. For fault tests on an
+    /// environment of their own.
+    pub fn restart_redis(&mut self) -> Result<(), EnvError> {
+        let port = self
+            .redis_url
+            .as_deref()
+            .and_then(loopback_port)
+            .ok_or_else(|| EnvError::Command {
+                command: "restarting Redis".to_owned(),
+                stderr: "this environment runs no Redis".to_owned(),
+            })?;
+        self.stop_process("redis");
+        self.launch_redis(port, RESTART_TIMEOUT)?;
+        self.save_if_shared()
+    }
+
+    /// Stops the process named `name` and forgets it.
+    fn stop_process(&mut self, name: &str) {
+        self.processes.retain(|p| {
+            if p.name == name {
+                p.stop(Duration::from_secs(15));
+                false
+            } else {
+                true
+            }
         });
+    }
+
+    /// Rewrites `state.json` when there is one, so other users of the environment see
+    /// the restarted process.
+    fn save_if_shared(&self) -> Result<(), EnvError> {
+        if self.dir.join(STATE_FILE).exists() {
+            self.save()?;
+        }
         Ok(())
     }
 
@@ -766,34 +846,40 @@ impl Environment {
     /// Creates a RabbitMQ virtual host that guest may use, so a test has queues and
     /// exchanges of its own; returns its AMQP URL.
     pub fn create_vhost(&self, name: &str) -> Result<String, EnvError> {
+        self.rabbitmqctl(&["add_vhost", name])?;
+        self.rabbitmqctl(&["set_permissions", "-p", name, "guest", ".*", ".*", ".*"])?;
         let node = self.rabbitmq.as_ref().ok_or_else(|| EnvError::Command {
             command: format!("rabbitmqctl add_vhost {name}"),
             stderr: "this environment runs no RabbitMQ".to_owned(),
         })?;
-        let ctl = PathBuf::from("/usr/lib/rabbitmq/bin/rabbitmqctl");
-        for args in [
-            vec!["add_vhost", name],
-            vec!["set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
-        ] {
-            let out = Command::new(&ctl)
-                .args(["-n", &node.node, "-q"])
-                .args(&args)
-                .env("HOME", &node.home)
-                .env("ERL_EPMD_PORT", node.epmd_port.to_string())
-                .stdin(Stdio::null())
-                .output()
-                .map_err(io_err("running", &ctl))?;
-            if !out.status.success() {
-                return Err(EnvError::Command {
-                    command: format!("rabbitmqctl {}", args.join(" ")),
-                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-                });
-            }
-        }
         Ok(format!(
             "amqp://guest:guest@127.0.0.1:{}/{name}",
             node.amqp_port
         ))
+    }
+
+    /// `rabbitmqctl <args>` against the environment's node; its output.
+    pub fn rabbitmqctl(&self, args: &[&str]) -> Result<String, EnvError> {
+        let node = self.rabbitmq.as_ref().ok_or_else(|| EnvError::Command {
+            command: format!("rabbitmqctl {}", args.join(" ")),
+            stderr: "this environment runs no RabbitMQ".to_owned(),
+        })?;
+        let ctl = PathBuf::from("/usr/lib/rabbitmq/bin/rabbitmqctl");
+        let out = Command::new(&ctl)
+            .args(["-n", &node.node, "-q"])
+            .args(args)
+            .env("HOME", &node.home)
+            .env("ERL_EPMD_PORT", node.epmd_port.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(io_err("running", &ctl))?;
+        if !out.status.success() {
+            return Err(EnvError::Command {
+                command: format!("rabbitmqctl {}", args.join(" ")),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Creates a namespace no other test uses: `<prefix>-<unique suffix>`.

@@ -1,0 +1,110 @@
+//! The bus across a broker restart, on an environment of the test's own (the restart
+//! would disturb anyone sharing it): a control consumer hears cancels again once its
+//! connection is back.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::time::{Duration, Instant};
+
+use aios_bus::Bus;
+use aios_crds::{
+    bus::{ObjectRef, SCHEMA_VERSION, TaskCancel},
+    names::bus as names,
+};
+use aios_e2e::{EnvOptions, Environment};
+use futures::StreamExt;
+use lapin::options::BasicAckOptions;
+use tokio_util::sync::CancellationToken;
+
+fn cancel(attempt: u32) -> TaskCancel {
+    TaskCancel {
+        schema_version: SCHEMA_VERSION,
+        task: ObjectRef {
+            namespace: "team-a".to_owned(),
+            name: "build".to_owned(),
+            uid: "uid-1".to_owned(),
+        },
+        attempt,
+        reason: "the Task was deleted".to_owned(),
+    }
+}
+
+/// Publishes `cancel` (on a connection of its own, until the broker confirms that a
+/// queue took it) and waits for `control` to receive it.
+async fn delivered(url: &str, control: &mut lapin::Consumer, message: &TaskCancel) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let shutdown = CancellationToken::new();
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no control queue took the cancel of attempt {} within 90 s",
+            message.attempt
+        );
+        let published = match Bus::connect(url, &shutdown).await {
+            Ok(bus) => {
+                let result = bus.publish_cancel(message).await;
+                bus.close().await;
+                result
+            }
+            Err(err) => Err(err),
+        };
+        if published.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    loop {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), control.next())
+            .await
+            .expect("the consumer heard nothing within 30 s")
+            .expect("the consumer ended")
+            .unwrap();
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        let got: TaskCancel = serde_json::from_slice(&delivery.data).unwrap();
+        if got.attempt == message.attempt {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_control_queue_comes_back_after_a_broker_restart() {
+    let mut env = tokio::task::spawn_blocking(|| {
+        Environment::start(&EnvOptions {
+            controller_manager: false,
+            redis: false,
+            ..EnvOptions::default()
+        })
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    let url = env.amqp_url.clone().unwrap();
+    let shutdown = CancellationToken::new();
+    let agent = Bus::connect(&url, &shutdown).await.unwrap();
+    let mut control = agent.consume_control("apollo-0-control").await.unwrap();
+    delivered(&url, &mut control, &cancel(1)).await;
+
+    let env = tokio::task::spawn_blocking(move || {
+        env.restart_rabbitmq().unwrap();
+        env
+    })
+    .await
+    .unwrap();
+    // The same consumer, once its connection recovers: its queue is declared and bound
+    // again (a broker-named one would be refused).
+    delivered(&url, &mut control, &cancel(2)).await;
+    let bindings = env
+        .rabbitmqctl(&["list_bindings", "source_name", "destination_name"])
+        .unwrap();
+    assert_eq!(
+        bindings
+            .lines()
+            .filter(|l| l.starts_with(names::CONTROL_EXCHANGE))
+            .count(),
+        1,
+        "one control queue, bound once: {bindings}"
+    );
+    agent.close().await;
+    env.stop().unwrap();
+}
