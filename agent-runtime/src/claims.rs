@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::{Script, aio::ConnectionManager};
 
 /// How long a done or cancelled mark is kept: longer than any redelivery can come.
-const MARK_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+const MARK_TTL: Duration = Duration::from_secs(aios_crds::names::redis::MARK_TTL_SECONDS);
 
 /// What claiming an attempt found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +26,17 @@ pub enum Claim {
         /// The lease left.
         ttl: Duration,
     },
+}
+
+/// What renewing a claim found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Still this worker's, for another lease.
+    Held,
+    /// No longer this worker's.
+    Lost,
+    /// The attempt was cancelled.
+    Cancelled,
 }
 
 /// The claim store of one worker.
@@ -51,8 +62,10 @@ fn claim_key(attempt: &str) -> String {
 fn done_key(attempt: &str) -> String {
     format!("aios:done:{attempt}")
 }
+/// Cancel marks are written by the operator too (a cancel no agent heard), so the key
+/// is the shared one.
 fn cancel_key(attempt: &str) -> String {
-    format!("aios:cancel:{attempt}")
+    aios_crds::names::redis::cancel_key(attempt)
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -116,10 +129,13 @@ impl Claims {
         })
     }
 
-    /// Renews this worker's lease; false when the claim is no longer this worker's.
-    pub async fn renew(&self, attempt: &str) -> redis::RedisResult<bool> {
+    /// Renews this worker's lease, unless the attempt was cancelled meanwhile (a cancel
+    /// this worker did not hear, marked by the operator or another worker) or the claim
+    /// is no longer this worker's.
+    pub async fn renew(&self, attempt: &str) -> redis::RedisResult<Renewal> {
         let script = Script::new(
             r"
+            if redis.call('EXISTS', KEYS[2]) == 1 then return 2 end
             if redis.call('GET', KEYS[1]) == ARGV[1] then
                 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
             end
@@ -128,11 +144,16 @@ impl Claims {
         );
         let renewed: i64 = script
             .key(claim_key(attempt))
+            .key(cancel_key(attempt))
             .arg(&self.worker)
             .arg(millis(self.lease))
             .invoke_async(&mut self.redis.clone())
             .await?;
-        Ok(renewed == 1)
+        Ok(match renewed {
+            1 => Renewal::Held,
+            2 => Renewal::Cancelled,
+            _ => Renewal::Lost,
+        })
     }
 
     /// Marks `attempt` done and lets go of the claim.

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    claims::{Claim, Claims},
+    claims::{Claim, Claims, Renewal},
     metrics::Metrics,
     work::{Failure, Success, Worker},
 };
@@ -460,7 +460,11 @@ impl Runtime {
                     "the attempt was handled already; acknowledging without work"
                 );
                 let _ = delivery.ack(BasicAckOptions::default()).await;
-                Outcome::Duplicate
+                if found == Claim::Cancelled {
+                    Outcome::Cancelled
+                } else {
+                    Outcome::Duplicate
+                }
             }
             Ok(None) => {
                 self.claimed(dispatch, delivery, hard_stop, &stop, &id)
@@ -575,8 +579,16 @@ impl Runtime {
                 _ = ticks.tick() => {}
             }
             match self.claims.renew(&id).await {
-                Ok(true) => {}
-                Ok(false) => return,
+                Ok(Renewal::Held) => {}
+                Ok(Renewal::Lost) => return,
+                Ok(Renewal::Cancelled) => {
+                    // A cancel this agent did not hear (its marks outlive the fanout):
+                    // cancelling `stop` ends the attempt as cancelled, so this does not
+                    // return (a returned heartbeat means a lost claim).
+                    tracing::info!(attempt = %id, "the attempt was cancelled meanwhile");
+                    stop.cancel();
+                    std::future::pending::<()>().await;
+                }
                 Err(err) => tracing::warn!(error = %err, "renewing the claim failed"),
             }
             if let Some(bus) = self.health.bus.get().await

@@ -501,3 +501,58 @@ async fn readiness_fails_within_two_seconds_of_redis_hanging_or_stopping() {
     let took = agent.wait_unready(Duration::from_secs(15)).await;
     assert!(took <= bound, "unready {took:?} after Redis stopped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatch_cancelled_while_no_agent_listened_is_never_worked_on() {
+    let mut world = World::new("agent-cancel-waiting").await;
+    world
+        .answer(
+            "Cancelled before it started",
+            &work_answer("Should not exist.", &[("ghost.txt", "boo\n")]),
+            None,
+            Duration::ZERO,
+        )
+        .await;
+    // The dispatch waits in its queue; the cancel comes while no agent is connected, so
+    // only its mark in Redis records it (as the operator writes it).
+    let dispatch = world.dispatch("shop-ghost", "backend", "Cancelled before it started");
+    world.publish(&dispatch).await;
+    world.mark_cancelled(&dispatch).await;
+    let agent = world.agent("backend", &[]);
+    agent.wait_ready(WAIT).await;
+    world
+        .wait_for_outcome(&agent, "backend", "cancelled", 1)
+        .await;
+    world.drain(Duration::from_secs(1)).await;
+    assert_eq!(world.count(&dispatch.task.uid, "task.started"), 0);
+    assert_eq!(world.commits_of(&dispatch), 0, "nothing was delivered");
+    assert_eq!(world.file("ghost.txt"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_attempt_stops_on_a_cancel_mark_it_never_heard_on_the_bus() {
+    let mut world = World::new("agent-cancel-running").await;
+    world
+        .answer(
+            "Cancelled mid-task",
+            &work_answer("Too late.", &[("late.txt", "late\n")]),
+            None,
+            Duration::from_secs(20),
+        )
+        .await;
+    let agent = world.agent("backend", &[("AIOS_CLAIM_LEASE_SECONDS", "3")]);
+    agent.wait_ready(WAIT).await;
+    let dispatch = world.dispatch("shop-late", "backend", "Cancelled mid-task");
+    world.publish(&dispatch).await;
+    world
+        .wait_for(WAIT, |e| matches!(e.kind, TaskEventKind::Started))
+        .await;
+    // No fanout: only the mark, which the agent reads when it renews its claim.
+    world.mark_cancelled(&dispatch).await;
+    world
+        .wait_for_outcome(&agent, "backend", "cancelled", 1)
+        .await;
+    world.drain(Duration::from_secs(1)).await;
+    assert_eq!(world.count(&dispatch.task.uid, "task.succeeded"), 0);
+    assert_eq!(world.commits_of(&dispatch), 0, "nothing was delivered");
+}

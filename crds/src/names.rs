@@ -118,6 +118,19 @@ pub mod field_managers {
     pub const MODEL_PROVIDER: &str = "aios-operator/model-provider";
 }
 
+/// Redis keys the operator and the agents share.
+pub mod redis {
+    /// How long a cancel (or done) mark is kept: longer than any dispatch waits in its
+    /// queue or is redelivered.
+    pub const MARK_TTL_SECONDS: u64 = 7 * 24 * 3600;
+
+    /// The key that marks attempt `attempt` (`<task uid>-<attempt>`, the dispatch's
+    /// message id) cancelled: no worker starts it, and one working on it stops.
+    pub fn cancel_key(attempt: &str) -> String {
+        format!("aios:cancel:{attempt}")
+    }
+}
+
 /// Environment variables that the operator sets on agent pods and agents read.
 pub mod env {
     /// The variable an agent reads the Secret key `key` of Secret `secret` from

@@ -410,6 +410,9 @@ impl LocalRun {
         if let Some(kubeconfig) = &self.operator_kubeconfig {
             operator_vars.push(("KUBECONFIG", kubeconfig.display().to_string()));
         }
+        if let Some(redis) = &env.redis_url {
+            operator_vars.push(("AIOS_REDIS_URL", redis.clone()));
+        }
         self.spawn(
             env,
             "operator",

@@ -50,6 +50,8 @@ pub struct Context {
     pub http: reqwest::Client,
     /// How often a ready model provider is probed again.
     pub provider_probe_interval: std::time::Duration,
+    /// Where cancels are marked for agents that did not hear them; none without Redis.
+    pub cancel_marks: Option<crate::cancels::CancelMarks>,
 }
 
 impl std::fmt::Debug for Context {

@@ -50,6 +50,9 @@ pub enum Error {
     /// This replica does not lead.
     #[error("not the leader")]
     NotLeader,
+    /// A cancel could not be made durable.
+    #[error(transparent)]
+    CancelMark(#[from] crate::cancels::CancelError),
 }
 
 impl From<kube::Error> for Error {
@@ -66,6 +69,7 @@ impl Error {
             Self::Kube(_) => "kube",
             Self::Bus(e) => e.category(),
             Self::NotLeader => "not_leader",
+            Self::CancelMark(_) => "redis",
         }
     }
 }
@@ -404,9 +408,11 @@ async fn execute(
             };
             let policy = task_policy(task, defaults);
             let status = lifecycle::fail_attempt(task, &policy, reason, message, true, now);
+            // The attempt may still be running or waiting somewhere: tell the agents to
+            // drop it, durably, before the status moves on (a failed mark is retried by
+            // the next pass, which finds the attempt expired again).
+            cancel(ctx, task, message).await?;
             write_task_status(&api, task, &status).await?;
-            // The attempt may still be running somewhere: tell the agents to drop it.
-            cancel(ctx, task, message).await;
         }
         Action::Skip { task, dependency } => {
             let Some(task) = by_name.get(task) else {
@@ -525,9 +531,11 @@ async fn dispatch(
     Ok(())
 }
 
-/// Publishes a cancel for the in-flight attempt of `task`; a failure is logged (the
-/// agent's own deadline still stops the work).
-pub async fn cancel(ctx: &Context, task: &Task, reason: &str) {
+/// Cancels the in-flight attempt of `task`: marks it cancelled in the agents' Redis
+/// (every worker checks the mark before it starts an attempt and while it works on one),
+/// then tells the connected agents at once on the bus. A mark that cannot be written is
+/// an error, for the caller to retry; a failed publish is only logged (the mark stands).
+pub async fn cancel(ctx: &Context, task: &Task, reason: &str) -> Result<(), Error> {
     let attempt = task.status.as_ref().map_or(0, |s| s.attempt);
     let message = TaskCancel {
         schema_version: SCHEMA_VERSION,
@@ -539,6 +547,9 @@ pub async fn cancel(ctx: &Context, task: &Task, reason: &str) {
         attempt: u32::try_from(attempt).unwrap_or(0),
         reason: reason.to_owned(),
     };
+    if let Some(marks) = &ctx.cancel_marks {
+        marks.mark(&message.attempt_id().message_id()).await?;
+    }
     if let Err(err) = ctx.bus.publish_cancel(&message).await {
         ctx.metrics
             .publish_failures
@@ -546,6 +557,7 @@ pub async fn cancel(ctx: &Context, task: &Task, reason: &str) {
             .inc();
         tracing::warn!(error = %err, task = %task.name_any(), "publishing a cancel failed");
     }
+    Ok(())
 }
 
 async fn publish_phase_event(ctx: &Context, project: &Project, status: &aios_crds::ProjectStatus) {

@@ -7,6 +7,7 @@
 
 pub mod agents;
 pub mod bus;
+pub mod cancels;
 pub mod context;
 pub mod dispatch;
 pub mod events;
@@ -72,6 +73,13 @@ pub struct Config {
     )]
     pub amqp_url: String,
 
+    /// The agents' Redis, where the operator marks cancelled attempts so that no agent
+    /// starts one later (a cancel on the bus reaches only the agents connected at that
+    /// moment). Without it cancels are not durable: a dispatch waiting while its Task is
+    /// deleted and no agent listens is still worked on.
+    #[arg(long, env = "AIOS_REDIS_URL")]
+    pub redis_url: Option<String>,
+
     /// Watch only this namespace; all namespaces when unset.
     #[arg(long, env = "AIOS_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
@@ -123,6 +131,19 @@ pub struct Config {
     pub log_format: String,
 }
 
+/// The cancel marks' store, when the operator knows the agents' Redis.
+fn cancel_marks(config: &Config) -> Result<Option<cancels::CancelMarks>, RunError> {
+    let Some(url) = &config.redis_url else {
+        tracing::warn!(
+            "no Redis URL (AIOS_REDIS_URL): cancels reach only the agents connected when they are sent"
+        );
+        return Ok(None);
+    };
+    cancels::CancelMarks::new(url)
+        .map(Some)
+        .map_err(RunError::RedisUrl)
+}
+
 /// Why the operator stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -141,6 +162,9 @@ pub enum RunError {
     /// A critical task ended unexpectedly.
     #[error("{0} stopped unexpectedly")]
     TaskEnded(&'static str),
+    /// The Redis URL is not one.
+    #[error("the Redis URL (AIOS_REDIS_URL)")]
+    RedisUrl(#[source] redis::RedisError),
 }
 
 /// Sets up logging: JSON by default, `RUST_LOG` filters (default `info`).
@@ -266,6 +290,7 @@ async fn start(
 
     let bus = Arc::new(Bus::connect(&config.amqp_url, shutdown).await?);
     let _ = health.bus.set(bus.clone());
+    let cancel_marks = cancel_marks(config)?;
 
     let Caches {
         tasks: task_store,
@@ -300,6 +325,7 @@ async fn start(
             ..agents::AgentRuntime::default()
         },
         model_server_image: config.model_server_image.clone(),
+        cancel_marks,
     });
     {
         let ctx = ctx.clone();

@@ -34,7 +34,9 @@ pub async fn reconcile(task: Arc<Task>, ctx: Arc<Context>) -> Result<Action, Err
         return Err(Error::NotLeader);
     }
     if deleting && current.is_in_flight() {
-        cancel(&ctx, &task, "the Task was deleted").await;
+        // The finalizer stays until the cancel is durable: a Task deleted while its
+        // dispatch waits is never worked on, whether or not an agent listens now.
+        cancel(&ctx, &task, "the Task was deleted").await?;
     }
     let api = ctx.task_api(&task.namespace().unwrap_or_default());
     match set_task_finalizer(&api, &task.name_any(), false).await {

@@ -143,3 +143,44 @@ async fn sigterm_stops_the_operator_cleanly_and_releases_the_lease() {
         "the Lease was released"
     );
 }
+
+/// A Task deleted while its dispatch waits, with no agent connected to hear the cancel
+/// on the bus: the operator marks the attempt cancelled in the agents' Redis (the key
+/// every worker checks before it starts an attempt) before it lets the Task go.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_deleted_while_no_agent_listens_is_marked_cancelled_before_it_goes() {
+    let h = Harness::running("cancel-mark", &["backend"]).await;
+    h.apply(&wide("idle", 1));
+    h.wait_for_value("task/idle-part-0", "{.status.phase}", "Queued", TIMEOUT)
+        .await;
+    let task = h.task("idle-part-0");
+    let attempt = format!(
+        "{}-{}",
+        task.metadata.uid.clone().unwrap(),
+        task.status.as_ref().unwrap().attempt
+    );
+    h.kubectl(&["delete", "project", "idle", "--wait=false"]);
+    let start = std::time::Instant::now();
+    while !h
+        .env
+        .kubectl(&["-n", &h.ns, "get", "tasks", "-o", "name"])
+        .unwrap_or_default()
+        .trim()
+        .is_empty()
+    {
+        assert!(start.elapsed() < TIMEOUT, "the Task was never let go");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let redis = redis::Client::open(h.env.redis_url.clone().unwrap()).unwrap();
+    let mut connection = redis.get_multiplexed_async_connection().await.unwrap();
+    let key = aios_crds::names::redis::cancel_key(&attempt);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 24 * 3600,
+        "{key} marks the attempt cancelled for longer than a dispatch waits (TTL {ttl} s)"
+    );
+}

@@ -236,6 +236,37 @@ impl World {
         }
     }
 
+    /// Marks `dispatch`'s attempt cancelled in Redis, under the key the operator writes
+    /// (a cancel no agent heard on the bus).
+    pub async fn mark_cancelled(&self, dispatch: &TaskDispatch) {
+        let client = redis::Client::open(self.redis_url.as_str()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("SET")
+            .arg(aios_crds::names::redis::cancel_key(
+                &dispatch.attempt_id().message_id(),
+            ))
+            .arg("operator")
+            .arg("EX")
+            .arg(60)
+            .query_async::<()>(&mut connection)
+            .await
+            .unwrap();
+    }
+
+    /// Waits until `agent` counts `n` attempts with `outcome`.
+    pub async fn wait_for_outcome(&self, agent: &Agent, role: &str, outcome: &str, n: u32) {
+        let line = format!(r#"aios_agent_tasks_total{{outcome="{outcome}",role="{role}"}} {n}"#);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !agent.metrics().contains(&line) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never counted {line}:\n{}",
+                agent.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn publish(&self, dispatch: &TaskDispatch) {
         self.bus.publish_dispatch(dispatch).await.unwrap();
     }

@@ -93,6 +93,7 @@ impl Harness {
         let child = Command::new(env!("CARGO_BIN_EXE_aios-operator"))
             .env("KUBECONFIG", &self.env.kubeconfig)
             .env("AIOS_AMQP_URL", &self.amqp_url)
+            .envs(self.env.redis_url.iter().map(|url| ("AIOS_REDIS_URL", url)))
             .env("AIOS_WATCH_NAMESPACE", &self.ns)
             .env("POD_NAMESPACE", &self.ns)
             .env("POD_NAME", identity)
