@@ -75,9 +75,10 @@ pub struct Config {
     /// The largest file the agent writes.
     #[arg(long, env = "AIOS_MAX_FILE_BYTES", default_value_t = 1024 * 1024)]
     pub max_file_bytes: u64,
-    /// Pushes tried (rebasing between them) before delivery fails.
-    #[arg(long, env = "AIOS_PUSH_ATTEMPTS", default_value_t = 5)]
-    pub push_attempts: u32,
+    /// How long a delivery goes on rebasing and pushing again while other agents push
+    /// to the branch first, before the attempt fails.
+    #[arg(long, env = "AIOS_PUSH_DEADLINE_SECONDS", default_value_t = 300)]
+    pub push_deadline_seconds: u64,
     /// The bound on one model call.
     #[arg(long, env = "AIOS_LLM_TIMEOUT_SECONDS", default_value_t = 300)]
     pub llm_timeout_seconds: u64,
@@ -93,6 +94,11 @@ impl Config {
     /// The claim lease.
     pub fn claim_lease(&self) -> Duration {
         Duration::from_secs(self.claim_lease_seconds)
+    }
+
+    /// The push deadline.
+    pub fn push_deadline(&self) -> Duration {
+        Duration::from_secs(self.push_deadline_seconds)
     }
 
     /// The shutdown grace period.

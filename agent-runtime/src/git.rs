@@ -1,9 +1,11 @@
 //! Delivering work into the Project's repository with the `git` command: a mirror per
 //! remote in the work directory (fetched before each attempt), a throw-away work tree
 //! per attempt sharing the mirror's objects, one commit per attempt carrying an
-//! `AIOS-Attempt` trailer, and a push that rebases and retries when another agent
-//! pushed first. The trailer makes delivery idempotent: an attempt whose commit is
-//! already on the branch is not done again.
+//! `AIOS-Attempt` trailer, and a push that, when another agent pushed first, rebases
+//! the commit onto the new tip and pushes again until it lands, a real conflict
+//! appears or the push deadline passes: losing a race never costs the Task an attempt.
+//! The trailer makes delivery idempotent: an attempt whose commit is already on the
+//! branch is not done again.
 
 use std::{
     collections::HashMap,
@@ -17,7 +19,8 @@ use aios_crds::{
     text::{self, Shape},
 };
 use base64::Engine;
-use tokio::{process::Command, sync::Mutex};
+use prometheus::IntCounter;
+use tokio::{process::Command, sync::Mutex, time::Instant};
 
 use crate::{output::FileOutput, persona::Persona};
 
@@ -76,9 +79,17 @@ pub enum DeliveryError {
         /// The conflicting paths.
         paths: Vec<String>,
     },
-    /// The branch kept moving: every push was rejected.
-    #[error("the push was rejected {0} times: the branch keeps moving")]
-    PushRejected(u32),
+    /// The branch kept moving: every push until the push deadline was rejected.
+    #[error(
+        "the push was rejected {rejected} times in {:.0} s: the branch kept moving until the push deadline",
+        .waited.as_secs_f64()
+    )]
+    PushDeadline {
+        /// Pushes rejected.
+        rejected: u32,
+        /// How long the pushes went on.
+        waited: Duration,
+    },
     /// A git command failed.
     #[error("git {action} failed: {detail}")]
     Git {
@@ -104,7 +115,7 @@ impl DeliveryError {
         match self {
             Self::UnsafePath { .. } => "UnsafePath",
             Self::Conflict { .. } => "DeliveryConflict",
-            Self::PushRejected(_) | Self::Git { .. } | Self::Io { .. } => "DeliveryFailed",
+            Self::PushDeadline { .. } | Self::Git { .. } | Self::Io { .. } => "DeliveryFailed",
         }
     }
 
@@ -187,7 +198,8 @@ pub struct Delivered {
 pub struct Git {
     root: PathBuf,
     max_file_bytes: u64,
-    push_attempts: u32,
+    push_deadline: Duration,
+    push_rejections: IntCounter,
     mirrors: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// One push at a time per remote branch from this process: tasks in one agent
     /// never race each other; other agents are handled by rebase and retry.
@@ -217,12 +229,19 @@ fn mirror_name(url: &str) -> String {
 
 impl Git {
     /// Mirrors and work trees live under `root`; files over `max_file_bytes` are
-    /// refused; a push is tried `push_attempts` times.
-    pub fn new(root: PathBuf, max_file_bytes: u64, push_attempts: u32) -> Self {
+    /// refused; a push that loses a race is rebased and tried again until it lands, for
+    /// up to `push_deadline`, counting each rejection in `push_rejections`.
+    pub fn new(
+        root: PathBuf,
+        max_file_bytes: u64,
+        push_deadline: Duration,
+        push_rejections: IntCounter,
+    ) -> Self {
         Self {
             root,
             max_file_bytes,
-            push_attempts: push_attempts.max(1),
+            push_deadline,
+            push_rejections,
             mirrors: Mutex::new(HashMap::new()),
             pushes: Mutex::new(HashMap::new()),
         }
@@ -360,7 +379,8 @@ impl Git {
             branch: branch.clone(),
             auth,
             max_file_bytes: self.max_file_bytes,
-            push_attempts: self.push_attempts,
+            push_deadline: self.push_deadline,
+            push_rejections: self.push_rejections.clone(),
             push_lock: self
                 .pushes
                 .lock()
@@ -379,7 +399,8 @@ pub struct Workspace {
     branch: String,
     auth: Vec<(String, String)>,
     max_file_bytes: u64,
-    push_attempts: u32,
+    push_deadline: Duration,
+    push_rejections: IntCounter,
     push_lock: Arc<Mutex<()>>,
 }
 
@@ -532,11 +553,17 @@ impl Workspace {
         })
     }
 
+    /// Pushes the attempt's commit. A push rejected because the branch moved waits a
+    /// little, fetches, rebases the commit onto the new tip and pushes again, until it
+    /// lands, the rebase meets a real conflict, or the next try would start past the
+    /// push deadline. The wait comes before the fetch, so the rebased commit goes out
+    /// while the tip it was rebased onto is most likely still the branch's tip.
     async fn push(&self, identity: &[(String, String)]) -> Result<(), DeliveryError> {
         let _one_at_a_time = self.push_lock.lock().await;
+        let started = Instant::now();
         let target = format!("HEAD:refs/heads/{}", self.branch);
-        let remote_branch = format!("+refs/heads/{0}:refs/remotes/origin/{0}", self.branch);
-        for attempt in 1..=self.push_attempts {
+        let mut rejected = 0_u32;
+        loop {
             match run_git(
                 self.path(),
                 &["push", "--quiet", "origin", &target],
@@ -547,59 +574,95 @@ impl Workspace {
             {
                 Ok(_) => return Ok(()),
                 Err(DeliveryError::Git { detail, .. }) if is_rejection(&detail) => {
-                    tracing::info!(attempt, "the branch moved; rebasing onto it");
-                    run_git(
-                        self.path(),
-                        &["fetch", "--quiet", "origin", &remote_branch],
-                        &self.auth,
-                        "fetch",
-                    )
-                    .await?;
-                    let upstream = format!("refs/remotes/origin/{}", self.branch);
-                    if let Err(err) = run_git(
-                        self.path(),
-                        &["rebase", "--quiet", &upstream],
-                        identity,
-                        "rebase",
-                    )
-                    .await
-                    {
-                        let conflicted = run_git(
-                            self.path(),
-                            &["diff", "--name-only", "--diff-filter=U"],
-                            &self.auth,
-                            "diff",
-                        )
-                        .await
-                        .unwrap_or_default();
-                        let _ = run_git(
-                            self.path(),
-                            &["rebase", "--abort"],
-                            &self.auth,
-                            "rebase --abort",
-                        )
-                        .await;
-                        let paths: Vec<String> = conflicted
-                            .lines()
-                            .filter(|l| !l.is_empty())
-                            .map(str::to_owned)
-                            .collect();
-                        if paths.is_empty() {
-                            return Err(err);
-                        }
-                        return Err(DeliveryError::Conflict { paths });
+                    rejected += 1;
+                    self.push_rejections.inc();
+                    let wait = push_backoff(rejected, rand::random::<f64>());
+                    let waited = started.elapsed();
+                    if waited + wait >= self.push_deadline {
+                        return Err(DeliveryError::PushDeadline { rejected, waited });
                     }
-                    // Jittered and growing, so agents racing on one branch spread out.
-                    let ceiling = Duration::from_millis(100).saturating_mul(1 << attempt.min(6));
-                    let jitter = ceiling.mul_f64(rand::random::<f64>());
-                    tokio::time::sleep(jitter).await;
+                    tracing::info!(rejected, "the branch moved; rebasing onto it");
+                    tokio::time::sleep(wait).await;
+                    self.rebase_onto_remote(identity).await?;
                 }
                 Err(err) => return Err(err),
             }
         }
-        Err(DeliveryError::PushRejected(self.push_attempts))
+    }
+
+    /// Fetches the branch and replays the attempt's commit onto its tip. The commit is
+    /// kept even when the branch already has the same change (another task wrote the
+    /// same content): it carries this attempt's trailers, and the attempt must report
+    /// a commit of its own. A conflict aborts the rebase and names the paths.
+    async fn rebase_onto_remote(&self, identity: &[(String, String)]) -> Result<(), DeliveryError> {
+        let remote_branch = format!("+refs/heads/{0}:refs/remotes/origin/{0}", self.branch);
+        run_git(
+            self.path(),
+            &["fetch", "--quiet", "origin", &remote_branch],
+            &self.auth,
+            "fetch",
+        )
+        .await?;
+        let upstream = format!("refs/remotes/origin/{}", self.branch);
+        let Err(err) = run_git(
+            self.path(),
+            &[
+                "rebase",
+                "--quiet",
+                "--reapply-cherry-picks",
+                "--empty=keep",
+                &upstream,
+            ],
+            identity,
+            "rebase",
+        )
+        .await
+        else {
+            return Ok(());
+        };
+        let conflicted = run_git(
+            self.path(),
+            &["diff", "--name-only", "--diff-filter=U"],
+            &self.auth,
+            "diff",
+        )
+        .await
+        .unwrap_or_default();
+        let _ = run_git(
+            self.path(),
+            &["rebase", "--abort"],
+            &self.auth,
+            "rebase --abort",
+        )
+        .await;
+        let paths: Vec<String> = conflicted
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if paths.is_empty() {
+            return Err(err);
+        }
+        Err(DeliveryError::Conflict { paths })
     }
 }
+
+/// The wait before rebasing after the `rejected`-th rejected push: a random share
+/// (`jitter`, in `[0, 1]`) of a ceiling that doubles from [`PUSH_BACKOFF_FIRST`] up to
+/// [`PUSH_BACKOFF_MAX`], so agents racing on one branch spread out without any of
+/// them waiting long.
+pub fn push_backoff(rejected: u32, jitter: f64) -> Duration {
+    let doublings = rejected.saturating_sub(1).min(16);
+    let ceiling = PUSH_BACKOFF_FIRST
+        .saturating_mul(1 << doublings)
+        .min(PUSH_BACKOFF_MAX);
+    ceiling.mul_f64(jitter.clamp(0.0, 1.0))
+}
+
+/// The ceiling of the wait after the first rejected push.
+pub const PUSH_BACKOFF_FIRST: Duration = Duration::from_millis(20);
+/// The largest wait between rejected pushes.
+pub const PUSH_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 fn is_rejection(detail: &str) -> bool {
     [
@@ -779,7 +842,12 @@ mod tests {
             branch: "main".to_owned(),
             secret_ref: None,
         };
-        let git = Git::new(root.path().join("agent"), 1024, 1);
+        let git = Git::new(
+            root.path().join("agent"),
+            1024,
+            Duration::from_secs(30),
+            IntCounter::new("rejections", "pushes rejected").unwrap(),
+        );
         let workspace = git.open(&repository, None).await.unwrap();
         let persona = Persona {
             name: "Apol\u{202E}lo".to_owned(),
@@ -813,6 +881,18 @@ mod tests {
             "Wrote it. [2Jcleared\nSecond line.\n\nAIOS-Task: shop/invoice\nAIOS-Attempt: uid-1\n\n"
         );
         assert_eq!(delivered.summary, "Wrote it. [2Jcleared\nSecond line.");
+    }
+
+    #[test]
+    fn the_wait_after_a_lost_race_is_jittered_and_stays_small() {
+        assert_eq!(push_backoff(1, 0.0), Duration::ZERO);
+        assert_eq!(push_backoff(1, 1.0), PUSH_BACKOFF_FIRST);
+        assert_eq!(push_backoff(2, 1.0), PUSH_BACKOFF_FIRST * 2);
+        assert_eq!(push_backoff(3, 0.5), PUSH_BACKOFF_FIRST * 2);
+        // However many races are lost, one wait stays under the cap.
+        assert_eq!(push_backoff(40, 1.0), PUSH_BACKOFF_MAX);
+        assert_eq!(push_backoff(u32::MAX, 2.0), PUSH_BACKOFF_MAX);
+        assert_eq!(push_backoff(0, 1.0), PUSH_BACKOFF_FIRST);
     }
 
     #[test]

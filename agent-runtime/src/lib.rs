@@ -141,7 +141,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         git: git::Git::new(
             config.work_dir.clone(),
             config.max_file_bytes,
-            config.push_attempts,
+            config.push_deadline(),
+            metrics.push_rejections.clone(),
         ),
         env: Arc::new(|name| std::env::var(name).ok().filter(|v| !v.is_empty())),
     });

@@ -7,8 +7,8 @@ use std::sync::{
 };
 
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::llm::Call;
@@ -32,6 +32,9 @@ pub struct Metrics {
     pub llm_latency: HistogramVec,
     /// Share of answered calls served by a Local tier provider, since the agent started.
     pub llm_local_ratio: GaugeVec,
+    /// Pushes rejected because the branch moved first; each is rebased and pushed
+    /// again within its attempt.
+    pub push_rejections: IntCounter,
     answered: Arc<AtomicU64>,
     answered_locally: Arc<AtomicU64>,
 }
@@ -59,6 +62,11 @@ impl Metrics {
         };
         let dollars = |name: &str, help: &str, labels: &[&str]| {
             let c = must(CounterVec::new(Opts::new(name, help), labels));
+            must(registry.register(Box::new(c.clone())));
+            c
+        };
+        let plain_counter = |name: &str, help: &str| {
+            let c = must(IntCounter::new(name, help));
             must(registry.register(Box::new(c.clone())));
             c
         };
@@ -116,6 +124,10 @@ impl Metrics {
                 "aios_agent_llm_local_ratio",
                 "Share of answered model calls served by a Local tier provider",
                 &[],
+            ),
+            push_rejections: plain_counter(
+                "aios_agent_push_rejections_total",
+                "Pushes rejected because the branch moved first, then rebased and pushed again",
             ),
             registry,
             answered: Arc::default(),

@@ -60,6 +60,74 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A bare repository `delivery.git` in `dir` with one commit on `main`: a README and
+/// a symbolic link `outside` leading out of the tree.
+pub fn seeded_repository(dir: &Path) -> PathBuf {
+    let repo = dir.join("delivery.git");
+    git(
+        dir,
+        &[
+            "init",
+            "--quiet",
+            "--bare",
+            "-b",
+            "main",
+            repo.to_str().unwrap(),
+        ],
+    );
+    let seed = dir.join("seed");
+    git(
+        dir,
+        &[
+            "clone",
+            "--quiet",
+            repo.to_str().unwrap(),
+            seed.to_str().unwrap(),
+        ],
+    );
+    std::fs::write(seed.join("README.md"), "# delivery\n").unwrap();
+    std::os::unix::fs::symlink("/tmp", seed.join("outside")).unwrap();
+    git(&seed, &["add", "."]);
+    git(&seed, &["commit", "--quiet", "-m", "seed"]);
+    git(&seed, &["push", "--quiet", "origin", "HEAD:main"]);
+    repo
+}
+
+/// `(author, subject, body)` of every commit on `main` of `repo`, newest first.
+pub fn commits(repo: &Path) -> Vec<(String, String, String)> {
+    let log = git(repo, &["log", "main", "--format=%an <%ae>%x1f%s%x1f%b%x1e"]);
+    log.split('\u{1e}')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            let mut parts = c.split('\u{1f}');
+            let mut next = || parts.next().unwrap_or_default().to_owned();
+            (next(), next(), next())
+        })
+        .collect()
+}
+
+/// Commits on `main` of `repo` carrying the attempt trailer `attempt`.
+pub fn commits_with_attempt(repo: &Path, attempt: &str) -> usize {
+    let trailer = format!("AIOS-Attempt: {attempt}");
+    commits(repo)
+        .iter()
+        .filter(|(_, _, body)| body.lines().any(|line| line == trailer))
+        .count()
+}
+
+/// A file on `main` of `repo`.
+pub fn file_on_main(repo: &Path, path: &str) -> Option<String> {
+    let out = Command::new("git")
+        .args(["show", &format!("main:{path}")])
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The model's chat answer in Ollama's wire format, with token counts.
 pub fn ollama_answer(content: &Value) -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_json(json!({
@@ -109,33 +177,7 @@ impl World {
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let repo = dir.path().join("delivery.git");
-        git(
-            dir.path(),
-            &[
-                "init",
-                "--quiet",
-                "--bare",
-                "-b",
-                "main",
-                repo.to_str().unwrap(),
-            ],
-        );
-        let seed = dir.path().join("seed");
-        git(
-            dir.path(),
-            &[
-                "clone",
-                "--quiet",
-                repo.to_str().unwrap(),
-                seed.to_str().unwrap(),
-            ],
-        );
-        std::fs::write(seed.join("README.md"), "# delivery\n").unwrap();
-        std::os::unix::fs::symlink("/tmp", seed.join("outside")).unwrap();
-        git(&seed, &["add", "."]);
-        git(&seed, &["commit", "--quiet", "-m", "seed"]);
-        git(&seed, &["push", "--quiet", "origin", "HEAD:main"]);
+        let repo = seeded_repository(dir.path());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let llm = MockServer::builder().listener(listener).start().await;
         let providers = dir.path().join("providers.json");
@@ -358,40 +400,17 @@ impl World {
 
     /// `(author, subject, body)` of every commit on `main`, newest first.
     pub fn commits(&self) -> Vec<(String, String, String)> {
-        let log = git(
-            &self.repo,
-            &["log", "main", "--format=%an <%ae>%x1f%s%x1f%b%x1e"],
-        );
-        log.split('\u{1e}')
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .map(|c| {
-                let mut parts = c.split('\u{1f}');
-                let mut next = || parts.next().unwrap_or_default().to_owned();
-                (next(), next(), next())
-            })
-            .collect()
+        commits(&self.repo)
     }
 
     /// Commits on `main` carrying the attempt trailer of `dispatch`.
     pub fn commits_of(&self, dispatch: &TaskDispatch) -> usize {
-        let trailer = format!("AIOS-Attempt: {}", dispatch.attempt_id().message_id());
-        self.commits()
-            .iter()
-            .filter(|(_, _, body)| body.contains(&trailer))
-            .count()
+        commits_with_attempt(&self.repo, &dispatch.attempt_id().message_id())
     }
 
     /// A file on `main`.
     pub fn file(&self, path: &str) -> Option<String> {
-        let out = Command::new("git")
-            .args(["show", &format!("main:{path}")])
-            .current_dir(&self.repo)
-            .output()
-            .unwrap();
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        file_on_main(&self.repo, path)
     }
 }
 
