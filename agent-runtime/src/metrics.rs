@@ -263,9 +263,10 @@ mod tests {
             latency: Duration::from_millis(30),
         });
         metrics.record_failed_call("claude", "sonnet", Tier::Cloud, "timeout", 1.5);
+        metrics.push_rejections.inc();
         let text = metrics.render();
         let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(families, 7, "every metric is rendered:\n{text}");
+        assert_eq!(families, 8, "every metric is rendered:\n{text}");
         assert_eq!(suffix_problems(&text), Vec::<String>::new());
         assert!(
             text.contains("# TYPE aios_agent_llm_cost_usd_total counter"),
