@@ -33,6 +33,8 @@ pub enum Claim {
 pub enum Renewal {
     /// Still this worker's, for another lease.
     Held,
+    /// Nobody held it any more (Redis lost it): this worker holds it again.
+    Recovered,
     /// No longer this worker's.
     Lost,
     /// The attempt was cancelled.
@@ -130,14 +132,23 @@ impl Claims {
     }
 
     /// Renews this worker's lease, unless the attempt was cancelled meanwhile (a cancel
-    /// this worker did not hear, marked by the operator or another worker) or the claim
-    /// is no longer this worker's.
+    /// this worker did not hear, marked by the operator or another worker) or another
+    /// worker holds the claim now; a claim nobody holds is taken back.
     pub async fn renew(&self, attempt: &str) -> redis::RedisResult<Renewal> {
+        // A claim nobody holds (Redis restarted without persistence and lost it, or the
+        // lease lapsed while this worker stalled) is taken back: the attempt runs here,
+        // and its message is still unacknowledged on this worker's channel, so no one
+        // else was given it. Only a claim another worker holds is lost.
         let script = Script::new(
             r"
             if redis.call('EXISTS', KEYS[2]) == 1 then return 2 end
-            if redis.call('GET', KEYS[1]) == ARGV[1] then
+            local holder = redis.call('GET', KEYS[1])
+            if holder == ARGV[1] then
                 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+            end
+            if not holder then
+                redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+                return 3
             end
             return 0
             ",
@@ -152,6 +163,7 @@ impl Claims {
         Ok(match renewed {
             1 => Renewal::Held,
             2 => Renewal::Cancelled,
+            3 => Renewal::Recovered,
             _ => Renewal::Lost,
         })
     }

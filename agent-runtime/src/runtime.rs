@@ -580,6 +580,9 @@ impl Runtime {
             }
             match self.claims.renew(&id).await {
                 Ok(Renewal::Held) => {}
+                Ok(Renewal::Recovered) => {
+                    tracing::warn!(attempt = %id, "the claim was gone (Redis restarted?); holding it again");
+                }
                 Ok(Renewal::Lost) => return,
                 Ok(Renewal::Cancelled) => {
                     // A cancel this agent did not hear (its marks outlive the fanout):

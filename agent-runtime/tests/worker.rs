@@ -556,3 +556,41 @@ async fn a_running_attempt_stops_on_a_cancel_mark_it_never_heard_on_the_bus() {
     assert_eq!(world.count(&dispatch.task.uid, "task.succeeded"), 0);
     assert_eq!(world.commits_of(&dispatch), 0, "nothing was delivered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_survives_a_redis_restart_that_loses_its_claim() {
+    let mut world = World::new("agent-redis-restart").await;
+    world
+        .answer(
+            "Outlive Redis",
+            &work_answer("Still here.", &[("outlived.txt", "yes\n")]),
+            None,
+            Duration::from_secs(8),
+        )
+        .await;
+    let mut redis = OwnRedis::start(world.dir.path());
+    let agent = world.agent(
+        "backend",
+        &[
+            ("AIOS_REDIS_URL", &redis.url),
+            ("AIOS_CLAIM_LEASE_SECONDS", "3"),
+        ],
+    );
+    agent.wait_ready(WAIT).await;
+    let dispatch = world.dispatch("shop-outlive", "backend", "Outlive Redis");
+    world.publish(&dispatch).await;
+    world
+        .wait_for(WAIT, |e| matches!(e.kind, TaskEventKind::Started))
+        .await;
+    // Redis comes back empty while the model thinks: the claim is gone, not taken.
+    redis.restart();
+    let done = world.wait_for(WAIT, is_terminal).await;
+    assert!(
+        matches!(done.kind, TaskEventKind::Succeeded { .. }),
+        "the attempt finished here rather than being abandoned: {done:?}\n{}",
+        agent.log_tail()
+    );
+    world.drain(Duration::from_secs(1)).await;
+    assert_eq!(world.commits_of(&dispatch), 1);
+    redis.stop();
+}

@@ -485,26 +485,9 @@ impl Environment {
     /// Starts Redis on `port`, without persistence (a restart empties it, as a Redis
     /// without persistence does in a cluster).
     fn launch_redis(&mut self, port: u16, timeout: Duration) -> Result<(), EnvError> {
-        let program = binaries::service_program("redis-server")?;
         let data = self.dir.join("redis");
-        fs::create_dir_all(&data).map_err(io_err("creating", &data))?;
-        let args = [
-            "--bind".to_owned(),
-            "127.0.0.1".to_owned(),
-            "--port".to_owned(),
-            port.to_string(),
-            "--dir".to_owned(),
-            data.display().to_string(),
-            "--save".to_owned(),
-            String::new(),
-            "--appendonly".to_owned(),
-            "no".to_owned(),
-            "--daemonize".to_owned(),
-            "no".to_owned(),
-        ];
-        let redis = process::spawn("redis", &program, &args, &[], &self.log("redis"))?;
-        self.processes.push(redis.clone());
-        redis.wait_ready(timeout, || process::redis_ping(port))?;
+        let redis = start_redis(port, &data, &self.log("redis"), timeout)?;
+        self.processes.push(redis);
         Ok(())
     }
 
@@ -896,6 +879,39 @@ impl Environment {
 pub const APISERVER_NODE_PORT: u16 = 6443;
 
 /// The port of a `scheme://[user@]127.0.0.1:<port>/...` URL.
+/// Starts `redis-server` on loopback `port` without persistence (a restart starts it
+/// empty), its working directory `data` and its output in `log`, and waits until it
+/// answers. The environment's Redis, and a test's own.
+pub fn start_redis(
+    port: u16,
+    data: &Path,
+    log: &Path,
+    timeout: Duration,
+) -> Result<ServerProcess, EnvError> {
+    let program = binaries::service_program("redis-server")?;
+    fs::create_dir_all(data).map_err(io_err("creating", data))?;
+    let args = [
+        "--bind".to_owned(),
+        "127.0.0.1".to_owned(),
+        "--port".to_owned(),
+        port.to_string(),
+        "--dir".to_owned(),
+        data.display().to_string(),
+        "--save".to_owned(),
+        String::new(),
+        "--appendonly".to_owned(),
+        "no".to_owned(),
+        "--daemonize".to_owned(),
+        "no".to_owned(),
+    ];
+    let redis = process::spawn("redis", &program, &args, &[], log)?;
+    if let Err(err) = redis.wait_ready(timeout, || process::redis_ping(port)) {
+        redis.stop(Duration::from_secs(5));
+        return Err(err.into());
+    }
+    Ok(redis)
+}
+
 fn loopback_port(url: &str) -> Option<u16> {
     let rest = url.split("127.0.0.1:").nth(1)?;
     rest.split(|c: char| !c.is_ascii_digit())

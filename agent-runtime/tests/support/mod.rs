@@ -500,37 +500,39 @@ impl Agent {
 /// stopped when dropped.
 pub struct OwnRedis {
     pub url: String,
+    port: u16,
+    dir: PathBuf,
     process: aios_e2e::process::ServerProcess,
 }
 
 impl OwnRedis {
-    /// Starts `redis-server` on a free loopback port, its log in `dir`.
+    /// Starts `redis-server` on a free loopback port, without persistence, its log in
+    /// `dir`.
     pub fn start(dir: &Path) -> Self {
-        let program = aios_e2e::binaries::service_program("redis-server").unwrap();
         let port = aios_e2e::process::free_port().unwrap();
-        let args = [
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        .map(str::to_owned);
-        let process =
-            aios_e2e::process::spawn("redis", &program, &args, &[], &dir.join("redis.log"))
-                .unwrap();
-        process
-            .wait_ready(Duration::from_secs(30), || {
-                aios_e2e::process::redis_ping(port)
-            })
-            .unwrap();
         Self {
             url: format!("redis://127.0.0.1:{port}/"),
-            process,
+            port,
+            dir: dir.to_path_buf(),
+            process: Self::launch(dir, port),
         }
+    }
+
+    fn launch(dir: &Path, port: u16) -> aios_e2e::process::ServerProcess {
+        aios_e2e::env::start_redis(
+            port,
+            &dir.join("redis-data"),
+            &dir.join("redis.log"),
+            Duration::from_secs(30),
+        )
+        .unwrap()
+    }
+
+    /// Stops the server and starts it again on the same port, empty: a Redis without
+    /// persistence restarting.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.process = Self::launch(&self.dir, self.port);
     }
 
     fn signal(&self, signal: nix::sys::signal::Signal) {
