@@ -18,7 +18,7 @@
 # processes, and the script says why.
 #
 #   scripts/run-local.sh               # run; stops everything at the end
-#   scripts/run-local.sh --processes   # agents as local processes, not pods
+#   scripts/run-local.sh --processes   # the operator, model server and agents as local processes
 #   scripts/run-local.sh --keep        # leave it running, and print how to use it
 #   scripts/run-local.sh --clean       # stop whatever a kept run left and delete its state
 #
@@ -132,7 +132,12 @@ if [ "$agents" = pods ]; then pods_flag=(--pods); fi
 step "finished: the run took $(($(date +%s) - started))s, with everything as $agents"
 if [ "$mode" = keep ]; then
   echo
-  echo "Still running (the operator and agents stopped with the run). To look around:"
+  if [ "$agents" = pods ]; then
+    echo "Still running: the node with the operator's, the model server's and the agents' pods"
+    echo "(the git server stopped with the run). To look around:"
+  else
+    echo "Still running (the operator and agents stopped with the run). To look around:"
+  fi
   echo "  export KUBECONFIG=$KUBECONFIG"
   echo "  $kubectl -n aios-local get aios"
   echo "  $kubectl -n aios-local get pods"

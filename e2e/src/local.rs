@@ -217,16 +217,6 @@ impl LocalRun {
         self.start(env, name, program, &[], vars)
     }
 
-    fn spawn_with_args(
-        &self,
-        env: &Environment,
-        name: &str,
-        program: &Path,
-        args: &[&str],
-    ) -> Result<Child, LocalError> {
-        self.start(env, name, program, args, &[])
-    }
-
     /// Starts `program` with `args` and `vars`, its output in `logs/<name>.log`.
     fn start(
         &self,
@@ -448,11 +438,12 @@ impl LocalRun {
         let port = process::free_port().map_err(|e| step("finding a free port")(e.to_string()))?;
         let listen = format!("{}:{port}", crate::node::NODE_IP);
         let root = self.work_dir.display().to_string();
-        let server = self.spawn_with_args(
+        let server = self.start(
             env,
             "git-http",
             &self.bin_dir.join("aios-git-http"),
             &["--root", &root, "--listen", &listen],
+            &[],
         )?;
         processes.0.push(("git-http".to_owned(), server));
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -47,6 +47,18 @@ fn start() -> Environment {
     start_with(false)
 }
 
+/// Stops a test's environment when the test ends, passed or panicked, so a failed test
+/// leaves no node behind to fail the next one (stopping twice is harmless).
+struct StopOnDrop<'a>(&'a Environment);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Err(err) = self.0.stop() {
+            eprintln!("stopping the test's environment: {err}");
+        }
+    }
+}
+
 /// `target/<profile>`, where the workspace's binaries are built next to this test.
 fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -146,6 +158,7 @@ async fn a_project_is_built_and_delivered_by_agent_pods() {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let env: &'static Environment = Box::leak(Box::new(start_with(true)));
+    let _stop = StopOnDrop(env);
     env.install_crds().unwrap();
     let fixture = support::model_fixture(node::NODE_IP).await;
     let namespace = env.create_namespace("pods").unwrap();
@@ -169,6 +182,7 @@ async fn delete_the_busy_pod(
     delete_flags: &[&str],
 ) -> (aios_e2e::local::Outcome, String) {
     let env: &'static Environment = Box::leak(Box::new(start_with(true)));
+    let _stop = StopOnDrop(env);
     env.install_crds().unwrap();
     let fixture = support::model_fixture_with(node::NODE_IP, apollo_delay).await;
     let namespace = env.create_namespace(prefix).unwrap();
@@ -279,6 +293,7 @@ async fn the_chart_runs_the_operator_as_pods_and_a_rolling_update_does_not_wedge
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let env: &'static Environment = Box::leak(Box::new(start_with(true)));
+    let _stop = StopOnDrop(env);
     let fixture = support::model_fixture(node::NODE_IP).await;
     let namespace = env.create_namespace("chart").unwrap();
     // The connection Secret first: the operator's pods read RabbitMQ's URL from it.
@@ -353,8 +368,30 @@ async fn the_chart_runs_the_operator_as_pods_and_a_rolling_update_does_not_wedge
         "a pod of the chart leads: {leader}"
     );
 
-    // A changed value rolls the operator; the rollout completes (a standby is ready, so
-    // nothing waits on the Lease) and the next Project runs under the new pods.
+    // A changed value rolls the operator while a Project runs (Apollo's answer takes
+    // 20 s): the rollout completes (a standby is ready, so nothing waits on the Lease),
+    // the new pods take over, and the running Project finishes.
+    let slow = support::model_fixture_with(node::NODE_IP, Duration::from_secs(20)).await;
+    let (ns, url) = (namespace.clone(), slow.uri());
+    let second =
+        tokio::task::spawn_blocking(move || run_hello(env, &ns, amqp_url, &url, "second", true));
+    wait_for(
+        "the second Project's backend task to run",
+        Duration::from_secs(180),
+        || {
+            env.kubectl(&[
+                "get",
+                "task",
+                "second-program",
+                "-n",
+                &namespace,
+                "-o",
+                "jsonpath={.status.phase}",
+            ])
+            .is_ok_and(|phase| phase == "Running")
+        },
+    );
+    let before = operator_pods(env);
     let mut upgrade = vec![
         "upgrade",
         "aios",
@@ -374,11 +411,11 @@ async fn the_chart_runs_the_operator_as_pods_and_a_rolling_update_does_not_wedge
         "--timeout=180s",
     ])
     .unwrap_or_else(|e| panic!("the rolling update wedged: {e}"));
-    let (ns, url) = (namespace.clone(), fixture.uri());
-    let second =
-        tokio::task::spawn_blocking(move || run_hello(env, &ns, amqp_url, &url, "second", true))
-            .await
-            .unwrap();
+    assert!(
+        operator_pods(env).iter().all(|pod| !before.contains(pod)),
+        "new operator pods replaced {before:?}"
+    );
+    let second = second.await.unwrap();
     assert_done_by_pods(&second);
     roll_only_what_changed(env, &namespace, &fixture.uri());
     a_served_model_runs_as_a_pod_and_restarts_offline(env, &namespace);
@@ -710,6 +747,7 @@ fn the_node_runs_restricted_pods_that_reach_services_by_name_and_cleans_up_even_
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let env = start();
+    let _stop = StopOnDrop(&env);
     let nodes = env.kubectl(&["get", "nodes", "-o", "wide"]).unwrap();
     assert!(
         nodes.contains(node::NODE_NAME) && nodes.contains(" Ready"),
@@ -749,6 +787,7 @@ fn the_node_runs_restricted_pods_that_reach_services_by_name_and_cleans_up_even_
         "a killed node leaves its state (or this test proves nothing)"
     );
     let again = start();
+    let _stop_again = StopOnDrop(&again);
     let nodes = again.kubectl(&["get", "nodes"]).unwrap();
     assert!(nodes.contains(" Ready"), "{nodes}");
     again.stop().unwrap();
