@@ -3,7 +3,11 @@
 
 use std::collections::BTreeSet;
 
-use aios_crds::{PlannedTask, plan::validate_plan};
+use aios_crds::{
+    PlannedTask,
+    limits::{self, HERA_PLAN},
+    plan::validate_plan,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -63,7 +67,8 @@ pub fn work_schema() -> Value {
 }
 
 /// The JSON schema of a plan: roles limited to those the dispatch lists (when it lists
-/// any), so a schema-constrained model cannot name another.
+/// any), so a schema-constrained model cannot name another, and sizes within the limits
+/// Hera holds a plan to.
 pub fn plan_schema(roles: &[String]) -> Value {
     let role = if roles.is_empty() {
         json!({"type": "string"})
@@ -75,16 +80,26 @@ pub fn plan_schema(roles: &[String]) -> Value {
         "properties": {
             "tasks": {
                 "type": "array",
+                "minItems": 1,
+                "maxItems": HERA_PLAN.tasks,
                 "items": {
                     "type": "object",
                     "properties": {
                         "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
-                        "title": {"type": "string"},
+                        "title": {"type": "string", "minLength": 1, "maxLength": limits::TITLE_MAX_CHARS},
                         "role": role,
-                        "description": {"type": "string"},
-                        "dependsOn": {"type": "array", "items": {"type": "string"}},
+                        "description": {"type": "string", "maxLength": limits::DESCRIPTION_MAX_CHARS},
+                        "dependsOn": {
+                            "type": "array",
+                            "maxItems": HERA_PLAN.dependencies,
+                            "items": {"type": "string"}
+                        },
                         "complexity": {"type": "string", "enum": ["Low", "Medium", "High"]},
-                        "acceptanceCriteria": {"type": "array", "items": {"type": "string"}}
+                        "acceptanceCriteria": {
+                            "type": "array",
+                            "maxItems": limits::ACCEPTANCE_CRITERIA_MAX,
+                            "items": {"type": "string"}
+                        }
                     },
                     "required": ["name", "title", "role", "description", "dependsOn"]
                 }
@@ -161,7 +176,7 @@ pub fn parse_plan(project: &str, roles: &[String], text: &str) -> Result<Checked
     }
     let served: BTreeSet<String> = roles.iter().cloned().collect();
     let served = (!served.is_empty()).then_some(&served);
-    match validate_plan(project, &output.tasks, served) {
+    match validate_plan(project, &output.tasks, served, &HERA_PLAN) {
         Ok(plan) => Ok(CheckedPlan {
             tasks: plan.tasks,
             dropped,

@@ -4,7 +4,12 @@
 
 use std::sync::Arc;
 
-use aios_crds::{TaskResult, Usage, bus::TaskDispatch, names::env::secret_variable};
+use aios_crds::{
+    TaskResult, Usage,
+    bus::{TaskDispatch, TaskOutput},
+    limits::HERA_PLAN,
+    names::env::secret_variable,
+};
 
 use crate::{
     git::{Delivered, DeliveryError, Git, TOKEN_VARIABLE, Workspace},
@@ -24,12 +29,15 @@ const CONTEXT_FILES: usize = 8;
 
 /// Where Hera's plan is committed.
 pub const PLAN_FILE: &str = ".aios/plan.json";
+/// The most bytes of [`PLAN_FILE`] read back: the largest plan allowed, with room for
+/// the file's indentation.
+const PLAN_FILE_BYTES: u64 = 4 * HERA_PLAN.bytes as u64;
 
 /// What an attempt produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Success {
-    /// The result for the Task's status.
-    pub result: TaskResult,
+    /// The result for the Task's status, and a planning task's plan.
+    pub output: TaskOutput,
     /// What the model calls used.
     pub usage: Usage,
 }
@@ -277,12 +285,12 @@ impl Worker {
         let (workspace, delivered) = self.open(dispatch).await?;
         if let Some(delivered) = delivered
             && let Some(plan) = workspace
-                .read_file(PLAN_FILE, CONTEXT_FILE_BYTES * 64)
+                .read_file(PLAN_FILE, PLAN_FILE_BYTES)
                 .and_then(|text| output::parse_plan(&project, &roles, &text).ok())
                 .map(|checked| checked.tasks)
         {
             let mut done = success(delivered, None, usage);
-            done.result.plan = Some(plan);
+            done.output.plan = Some(plan);
             return Ok(done);
         }
         self.remember(dispatch, Kind::Brief, dispatch.brief.clone())
@@ -322,7 +330,7 @@ impl Worker {
             .await?;
         self.remember(dispatch, Kind::Decision, summary).await;
         let mut done = success(delivered, notes, usage);
-        done.result.plan = Some(plan);
+        done.output.plan = Some(plan);
         Ok(done)
     }
 
@@ -366,13 +374,14 @@ impl Worker {
 
 fn success(delivered: Delivered, notes: Option<String>, usage: Usage) -> Success {
     Success {
-        result: TaskResult {
+        output: TaskResult {
             summary: delivered.summary,
             files: delivered.files,
             commit: Some(delivered.commit),
             notes: notes.filter(|n| !n.trim().is_empty()),
-            plan: None,
-        },
+            plan_ref: None,
+        }
+        .into(),
         usage,
     }
 }

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use aios_crds::bus::TaskEventKind;
+use aios_crds::bus::{TaskEventKind, TaskOutput};
 use serde_json::json;
 use support::{OwnRedis, World, is_terminal, work_answer};
 
@@ -41,7 +41,11 @@ async fn a_dispatched_task_is_committed_and_reported_with_its_usage() {
     );
     assert_eq!(started.agent, agent.name);
     let done = world.wait_for(WAIT, is_terminal).await;
-    let TaskEventKind::Succeeded { result, usage } = done.kind else {
+    let TaskEventKind::Succeeded {
+        output: TaskOutput { result, .. },
+        usage,
+    } = done.kind
+    else {
         panic!("expected success: {done:?}\n{}", agent.log_tail());
     };
     assert_eq!(result.files, ["src/api.py"]);
@@ -309,10 +313,10 @@ async fn a_plan_naming_a_role_nobody_serves_fails() {
     let good = planning(&world, "shop-plan", "Plan it well");
     world.publish(&good).await;
     let done = world.wait_for(WAIT, is_terminal).await;
-    let TaskEventKind::Succeeded { result, .. } = done.kind else {
+    let TaskEventKind::Succeeded { output, .. } = done.kind else {
         panic!("{done:?}\n{}", agent.log_tail());
     };
-    let plan_names: Vec<String> = result
+    let plan_names: Vec<String> = output
         .plan
         .unwrap()
         .iter()

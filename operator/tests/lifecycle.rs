@@ -6,8 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use aios_crds::{TaskPhase, TaskResult, bus::TaskDispatch};
-use support::{FakeAgents, Harness, Reply, done};
+use aios_crds::{TaskPhase, TaskResult};
+use support::{FakeAgents, Harness, Reply, done, plan_reply};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -118,18 +118,6 @@ async fn a_diamond_plan_runs_in_dependency_order_to_succeeded() {
         events.contains("Succeeded"),
         "a Kubernetes Event records the success: {events}"
     );
-}
-
-fn plan_reply(d: &TaskDispatch, plan: &serde_json::Value) -> Reply {
-    if d.spec.planning {
-        Reply::Succeed(TaskResult {
-            summary: "planned".into(),
-            plan: Some(serde_json::from_value(plan.clone()).unwrap()),
-            ..TaskResult::default()
-        })
-    } else {
-        Reply::Succeed(done(d))
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -369,10 +357,11 @@ async fn duplicate_and_stale_events_change_nothing() {
         .await
         .unwrap();
     let again = TaskEventKind::Succeeded {
-        result: TaskResult {
+        output: TaskResult {
             summary: "a second time".into(),
             ..TaskResult::default()
-        },
+        }
+        .into(),
         usage: Usage {
             input_tokens: 5,
             ..Usage::default()
@@ -448,6 +437,63 @@ async fn a_dead_lettered_dispatch_fails_its_attempt_as_a_poison_message() {
     assert!(
         h.jsonpath("task/poison-only", "{.status.message}")
             .contains("dead-lettered")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_the_api_server_refuses_fails_the_attempt_with_its_message_and_is_not_redelivered()
+{
+    let h = Harness::running("refused", &["backend"]).await;
+    // Larger than the API server takes in one request, on every attempt.
+    let _agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |d| {
+        let mut output = done(d);
+        output.result.summary = "x".repeat(4 * 1024 * 1024);
+        Reply::Succeed(output)
+    })
+    .await;
+    h.apply("apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: huge\nspec:\n  description: A result too large\n  repository:\n    url: file:///tmp/huge.git\n  policy:\n    taskDefaults:\n      maxRetries: 1\n      backoff:\n        durationSeconds: 1\n  tasks:\n    - name: only\n      title: The only task\n      role: backend\n");
+    h.wait_for_phase("huge", "Failed", TIMEOUT).await;
+
+    let task = h.task("huge-only");
+    let status = task.status.unwrap();
+    assert_eq!(status.attempt, 2, "maxRetries 1: both attempts ran");
+    let succeeded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Succeeded")
+        .unwrap();
+    assert_eq!(succeeded.reason, "ResultRefused");
+    assert!(
+        succeeded.message.contains("Request entity too large"),
+        "the API server's message: {}",
+        succeeded.message
+    );
+    let project = h.jsonpath(
+        "project/huge",
+        "{.status.conditions[?(@.type==\"Succeeded\")].message}",
+    );
+    assert!(
+        project.contains("ResultRefused") && project.contains("Request entity too large"),
+        "{project}"
+    );
+    let events = h.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=huge-only,reason=ResultRefused",
+    ]);
+    assert!(events.contains("too large"), "{events}");
+    // Each refused outcome was handled once, not redelivered in a loop.
+    let refused = h.metric(
+        0,
+        "aios_task_events_total{outcome=\"refused\",type=\"succeeded\"}",
+    );
+    assert!((refused - 2.0).abs() < 0.5, "{refused} refused outcomes");
+    let log = std::fs::read_to_string(&h.operators[0].log).unwrap();
+    assert!(
+        !log.contains("it will be redelivered"),
+        "{}",
+        aios_e2e::process::log_tail(&h.operators[0].log, 20)
     );
 }
 
