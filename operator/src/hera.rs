@@ -30,7 +30,7 @@ use crate::{
     },
     lifecycle::{self, phase, task_policy},
     plan::{EXPLICIT_PLAN, HERA_PLAN, plan_tasks, validate_plan},
-    rollup::{PlanState, budget_exceeded, differs, project_status, total_usage},
+    rollup::{PlanState, budget_exceeded, differs, project_status, refused_plan, total_usage},
     schedule::{Action, Hold, RunPlan, plan_run_gated},
 };
 
@@ -174,6 +174,18 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
                 &Patch::Apply(patch),
             )
             .await?;
+        // One Warning per refused plan, whoever refused it (Hera's verdict, or a plan too
+        // large to keep).
+        if let Some(problems) = refused_plan(&previous, &status) {
+            publish_event(
+                ctx,
+                project,
+                EventType::Warning,
+                reasons::PLAN_INVALID,
+                problems,
+            )
+            .await;
+        }
         if previous.phase != status.phase {
             publish_phase_event(ctx, project, &status).await;
         }
@@ -333,9 +345,15 @@ async fn plan_with_hera(
             let state = judge_plan(project, ctx, all, planner, now).await?;
             Ok((state, planner_only))
         }
-        TaskPhase::Failed if refused.is_some() => Ok((
-            PlanState::Invalid {
-                message: refused.unwrap_or_default(),
+        TaskPhase::Failed => Ok((
+            match refused {
+                Some(message) => PlanState::Invalid { message },
+                // Failed for another reason (the model's answer was unusable, its result
+                // could not be recorded): no plan to judge, and the Project fails with
+                // the task.
+                None => PlanState::PlanningFailed {
+                    message: planner_status.message.unwrap_or_default(),
+                },
             },
             planner_only,
         )),
@@ -398,14 +416,6 @@ async fn judge_plan(
     let final_ = status.phase == Some(TaskPhase::Failed);
     status.result = None;
     write_task_status(&ctx.task_api(&namespace), planner, &status).await?;
-    publish_event(
-        ctx,
-        project,
-        EventType::Warning,
-        reasons::PLAN_INVALID,
-        &message,
-    )
-    .await;
     Ok(if final_ {
         PlanState::Invalid { message }
     } else {

@@ -193,7 +193,108 @@ async fn an_invalid_plan_is_replanned_and_finally_fails_with_plan_invalid() {
         "{.status.conditions[?(@.type==\"PlanInvalid\")].message}",
     );
     assert!(invalid.contains("security"), "{invalid}");
+    assert_eq!(
+        project_condition(&h, "vault", "Planned", "reason"),
+        "PlanInvalid"
+    );
     assert_eq!(h.tasks().len(), 1, "no Tasks from a refused plan");
+}
+
+/// A Project without tasks, named `name`, whose planning may retry `retries` times
+/// one second apart.
+fn unplanned(name: &str, retries: u32) -> String {
+    format!(
+        "apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: {name}\nspec:\n  description: Plan me\n  repository:\n    url: file:///tmp/{name}.git\n  policy:\n    taskDefaults:\n      maxRetries: {retries}\n      backoff:\n        durationSeconds: 1\n"
+    )
+}
+
+/// The value of `field` of the Project's condition `type_`.
+fn project_condition(h: &Harness, project: &str, type_: &str, field: &str) -> String {
+    h.jsonpath(
+        &format!("project/{project}"),
+        &format!("{{.status.conditions[?(@.type==\"{type_}\")].{field}}}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cyclic_plan_is_refused_by_hera_with_its_problems_and_planned_again() {
+    let h = Harness::running("cycle", &["cto", "backend"]).await;
+    let cyclic = serde_json::json!([
+        {"name": "api", "title": "API", "role": "backend", "dependsOn": ["store"]},
+        {"name": "store", "title": "Store", "role": "backend", "dependsOn": ["api"]}
+    ]);
+    let acyclic = serde_json::json!([
+        {"name": "api", "title": "API", "role": "backend", "dependsOn": ["store"]},
+        {"name": "store", "title": "Store", "role": "backend"}
+    ]);
+    let agents = FakeAgents::start(
+        &h.amqp_url,
+        &["cto", "backend"],
+        Duration::from_millis(20),
+        move |d| plan_reply(d, if d.attempt == 1 { &cyclic } else { &acyclic }),
+    )
+    .await;
+    h.apply(&unplanned("loop", 2));
+    h.wait_for_phase("loop", "Succeeded", TIMEOUT).await;
+
+    let plans: Vec<_> = agents
+        .received()
+        .into_iter()
+        .filter(|r| r.dispatch.spec.planning)
+        .collect();
+    assert_eq!(plans.len(), 2, "a plan and a re-plan");
+    let feedback = plans[1].dispatch.plan_feedback.join(" ");
+    assert!(feedback.contains("in a cycle"), "{feedback}");
+    assert_eq!(agents.order()[2..], ["loop-store", "loop-api"]);
+    assert_eq!(project_condition(&h, "loop", "Planned", "status"), "True");
+    assert_eq!(
+        project_condition(&h, "loop", "PlanInvalid", "status"),
+        "False",
+        "the accepted plan is valid"
+    );
+    let events = h.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=loop,reason=PlanInvalid",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(
+        events.contains("in a cycle"),
+        "a Warning names the problem: {events:?}\n{}",
+        h.kubectl(&["get", "events"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_planning_task_that_fails_without_a_plan_leaves_every_condition_current() {
+    let h = Harness::running("planfail", &["cto", "backend"]).await;
+    let _agents = FakeAgents::start(&h.amqp_url, &["cto"], Duration::from_millis(10), |_| {
+        Reply::Fail {
+            reason: "InvalidPlan".into(),
+            retryable: true,
+        }
+    })
+    .await;
+    h.apply(&unplanned("noplan", 0));
+    h.wait_for_phase("noplan", "Failed", TIMEOUT).await;
+
+    assert_eq!(
+        project_condition(&h, "noplan", "Succeeded", "reason"),
+        "TaskFailed"
+    );
+    assert_eq!(
+        project_condition(&h, "noplan", "Planned", "status"),
+        "False"
+    );
+    assert_eq!(
+        project_condition(&h, "noplan", "Planned", "reason"),
+        "PlanningFailed",
+        "not still 'Planning' once the Project has failed"
+    );
+    let message = project_condition(&h, "noplan", "Planned", "message");
+    assert!(message.contains("InvalidPlan"), "{message}");
 }
 
 fn failing(name: &str, task_a: &str, fail_fast: bool) -> String {
