@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use aios_crds::{PlannedTask, plan::validate_plan};
+use aios_crds::{PlannedTask, limits::HERA_PLAN, plan::validate_plan};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -63,7 +63,11 @@ pub fn work_schema() -> Value {
 }
 
 /// The JSON schema of a plan: roles limited to those the dispatch lists (when it lists
-/// any), so a schema-constrained model cannot name another.
+/// any), so a schema-constrained model cannot name another. The plan limits are not in
+/// it: a constrained decoder turns a bound into as many copies of a grammar rule (with a
+/// 32,768-character description, Ollama's refuses the grammar as having too many
+/// repetitions and its model runner stops), so sizes are checked after the answer, with
+/// a repair request.
 pub fn plan_schema(roles: &[String]) -> Value {
     let role = if roles.is_empty() {
         json!({"type": "string"})
@@ -105,6 +109,37 @@ fn strip_fence(text: &str) -> &str {
     rest.strip_suffix("```").unwrap_or(rest).trim()
 }
 
+/// What checking a model's answer found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Checked<T> {
+    /// It passed.
+    Good(T),
+    /// It can be used, but has problems (a sentence for the repair request); if the
+    /// repair has problems too it is used as it is, for another to judge.
+    Flawed(T, String),
+    /// It cannot be used (a sentence for the repair request).
+    Unusable(String),
+}
+
+impl<T> Checked<T> {
+    /// The answer, if it can be used at all.
+    pub fn usable(self) -> Option<T> {
+        match self {
+            Self::Good(value) | Self::Flawed(value, _) => Some(value),
+            Self::Unusable(_) => None,
+        }
+    }
+}
+
+impl<T> From<Result<T, String>> for Checked<T> {
+    fn from(checked: Result<T, String>) -> Self {
+        match checked {
+            Ok(value) => Self::Good(value),
+            Err(problem) => Self::Unusable(problem),
+        }
+    }
+}
+
 /// Parses and checks a work task's answer; the error is a sentence for the repair
 /// request.
 pub fn parse_work(text: &str) -> Result<WorkOutput, String> {
@@ -139,12 +174,20 @@ pub struct CheckedPlan {
 }
 
 /// Parses a plan and checks it with the operator's rules: names, dependencies, no
-/// cycles, and roles among `roles` (when the dispatch lists any). A dependency on a
-/// task the plan does not have, or on the task itself, is dropped and reported in
-/// [`CheckedPlan::dropped`]; everything else that is wrong fails the plan.
-pub fn parse_plan(project: &str, roles: &[String], text: &str) -> Result<CheckedPlan, String> {
-    let mut output: PlanOutput = serde_json::from_str(strip_fence(text))
-        .map_err(|err| format!("the answer is not the plan object asked for: {err}"))?;
+/// cycles, the plan limits, and roles among `roles` (when the dispatch lists any). A
+/// dependency on a task the plan does not have, or on the task itself, is dropped and
+/// reported in [`CheckedPlan::dropped`]. A plan that breaks a rule is
+/// [`Checked::Flawed`]: the model is asked to repair it, and if it cannot, Hera judges
+/// it; an answer that is not a plan is [`Checked::Unusable`].
+pub fn parse_plan(project: &str, roles: &[String], text: &str) -> Checked<CheckedPlan> {
+    let mut output: PlanOutput = match serde_json::from_str(strip_fence(text)) {
+        Ok(output) => output,
+        Err(err) => {
+            return Checked::Unusable(format!(
+                "the answer is not the plan object asked for: {err}"
+            ));
+        }
+    };
     let names: BTreeSet<String> = output.tasks.iter().map(|t| t.name.to_string()).collect();
     let mut dropped = Vec::new();
     for task in &mut output.tasks {
@@ -161,19 +204,25 @@ pub fn parse_plan(project: &str, roles: &[String], text: &str) -> Result<Checked
     }
     let served: BTreeSet<String> = roles.iter().cloned().collect();
     let served = (!served.is_empty()).then_some(&served);
-    match validate_plan(project, &output.tasks, served) {
-        Ok(plan) => Ok(CheckedPlan {
+    match validate_plan(project, &output.tasks, served, &HERA_PLAN) {
+        Ok(plan) => Checked::Good(CheckedPlan {
             tasks: plan.tasks,
             dropped,
         }),
-        Err(errors) => Err(format!(
-            "the plan is invalid: {}",
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        )),
+        Err(errors) => Checked::Flawed(
+            CheckedPlan {
+                tasks: output.tasks,
+                dropped,
+            },
+            format!(
+                "the plan is invalid: {}",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ),
     }
 }
 
@@ -210,45 +259,75 @@ mod tests {
         );
     }
 
+    /// The plan of an answer that passed.
+    fn good(checked: Checked<CheckedPlan>) -> CheckedPlan {
+        match checked {
+            Checked::Good(plan) => plan,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The problems of an answer that did not pass, and whether it is usable.
+    fn problems(checked: Checked<CheckedPlan>) -> (String, bool) {
+        match checked {
+            Checked::Good(plan) => panic!("passed: {plan:?}"),
+            Checked::Flawed(_, problems) => (problems, true),
+            Checked::Unusable(problem) => (problem, false),
+        }
+    }
+
+    const GOOD: &str = r#"{"tasks":[
+            {"name":"api","title":"API","role":"backend","description":"d","dependsOn":[]},
+            {"name":"tests","title":"Tests","role":"qa","description":"d","dependsOn":["api"]}]}"#;
+
     #[test]
     fn a_plan_is_held_to_the_operators_rules_and_the_listed_roles() {
         let roles = vec!["backend".to_owned(), "qa".to_owned()];
-        let good = r#"{"tasks":[
-            {"name":"api","title":"API","role":"backend","description":"d","dependsOn":[]},
-            {"name":"tests","title":"Tests","role":"qa","description":"d","dependsOn":["api"]}]}"#;
-        let plan = parse_plan("shop", &roles, good).unwrap();
+        let plan = good(parse_plan("shop", &roles, GOOD));
         assert_eq!(plan.tasks.len(), 2);
         assert!(plan.dropped.is_empty());
-        let dangling = good.replace(
+        let dangling = GOOD.replace(
             r#""dependsOn":["api"]"#,
             r#""dependsOn":["api","backend","tests"]"#,
         );
-        let plan = parse_plan("shop", &roles, &dangling).unwrap();
+        let plan = good(parse_plan("shop", &roles, &dangling));
         assert_eq!(
             plan.tasks[1].depends_on.len(),
             1,
             "only the real dependency is kept"
         );
         assert_eq!(plan.dropped.len(), 2, "{:?}", plan.dropped);
-        let duplicate = good.replace(r#""name":"tests""#, r#""name":"api""#);
-        assert!(
-            parse_plan("shop", &roles, &duplicate)
-                .unwrap_err()
-                .contains("more than once")
-        );
-        let unknown_role = good.replace("\"qa\"", "\"security\"");
-        let err = parse_plan("shop", &roles, &unknown_role).unwrap_err();
-        assert!(err.contains("\"security\""), "{err}");
-        let bad_name = good.replace("\"api\"", "\"The API\"");
-        assert!(
-            parse_plan("shop", &roles, &bad_name)
-                .unwrap_err()
-                .contains("not the plan")
-        );
+        let duplicate = GOOD.replace(r#""name":"tests""#, r#""name":"api""#);
+        let (found, usable) = problems(parse_plan("shop", &roles, &duplicate));
+        assert!(found.contains("more than once") && usable, "{found}");
+        let unknown_role = GOOD.replace("\"qa\"", "\"security\"");
+        let (found, _) = problems(parse_plan("shop", &roles, &unknown_role));
+        assert!(found.contains("\"security\""), "{found}");
+        let bad_name = GOOD.replace("\"api\"", "\"The API\"");
+        let (found, usable) = problems(parse_plan("shop", &roles, &bad_name));
+        assert!(found.contains("not the plan") && !usable, "{found}");
         let schema = plan_schema(&roles);
-        assert_eq!(
-            schema["properties"]["tasks"]["items"]["properties"]["role"]["enum"][1],
-            "qa"
+        let task = &schema["properties"]["tasks"]["items"]["properties"];
+        assert_eq!(task["role"]["enum"][1], "qa");
+        let text = schema.to_string();
+        assert!(
+            !text.contains("maxItems") && !text.contains("maxLength"),
+            "no bounds for a constrained decoder to expand: {text}"
         );
+    }
+
+    #[test]
+    fn a_cyclic_plan_is_flawed_not_unusable_so_hera_gets_to_judge_it() {
+        let roles = vec!["backend".to_owned(), "qa".to_owned()];
+        let cyclic = GOOD.replace(
+            r#""name":"api","title":"API","role":"backend","description":"d","dependsOn":[]"#,
+            r#""name":"api","title":"API","role":"backend","description":"d","dependsOn":["tests"]"#,
+        );
+        let Checked::Flawed(plan, found) = parse_plan("shop", &roles, &cyclic) else {
+            panic!("a cyclic plan is a plan with problems")
+        };
+        assert!(found.contains("in a cycle"), "{found}");
+        assert_eq!(plan.tasks.len(), 2, "the plan as the model wrote it");
+        assert_eq!(plan.tasks[0].depends_on[0], "tests");
     }
 }

@@ -530,10 +530,10 @@ impl Runtime {
             }
         };
         let (kind, outcome) = match done {
-            Ok(Success { result, usage }) => {
-                tracing::info!(commit = ?result.commit, files = result.files.len(), "attempt succeeded");
+            Ok(Success { output, usage }) => {
+                tracing::info!(commit = ?output.result.commit, files = output.result.files.len(), "attempt succeeded");
                 (
-                    TaskEventKind::Succeeded { result, usage },
+                    TaskEventKind::Succeeded { output, usage },
                     Outcome::Succeeded,
                 )
             }

@@ -4,13 +4,18 @@
 
 use std::sync::Arc;
 
-use aios_crds::{TaskResult, Usage, bus::TaskDispatch, names::env::secret_variable};
+use aios_crds::{
+    TaskResult, Usage,
+    bus::{TaskDispatch, TaskOutput},
+    limits::HERA_PLAN,
+    names::env::secret_variable,
+};
 
 use crate::{
     git::{Delivered, DeliveryError, Git, TOKEN_VARIABLE, Workspace},
     llm::{ChatMessage, ChatRequest, Llm, LlmError, router::EnvLookup},
     memory::{Filter, Hit, Kind, Memory, Record},
-    output::{self, FileOutput, WorkOutput},
+    output::{self, Checked, FileOutput, WorkOutput},
     persona::Persona,
     prompt::{self, ContextFile},
 };
@@ -24,12 +29,15 @@ const CONTEXT_FILES: usize = 8;
 
 /// Where Hera's plan is committed.
 pub const PLAN_FILE: &str = ".aios/plan.json";
+/// The most bytes of [`PLAN_FILE`] read back: the largest plan allowed, with room for
+/// the file's indentation.
+const PLAN_FILE_BYTES: u64 = 4 * HERA_PLAN.bytes as u64;
 
 /// What an attempt produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Success {
-    /// The result for the Task's status.
-    pub result: TaskResult,
+    /// The result for the Task's status, and a planning task's plan.
+    pub output: TaskOutput,
     /// What the model calls used.
     pub usage: Usage,
 }
@@ -157,51 +165,6 @@ impl Worker {
         }
     }
 
-    /// Asks for a structured answer and checks it with `parse`; an answer that fails
-    /// gets one repair request carrying the problem.
-    async fn ask<T>(
-        &self,
-        dispatch: &TaskDispatch,
-        mut request: ChatRequest,
-        usage: &mut Usage,
-        parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Result<T, Failure> {
-        let mut problem = String::new();
-        for round in 0..2 {
-            if round == 1 {
-                request.messages.push(prompt::repair_message(&problem));
-                tracing::info!(problem = %problem, "asking the model to repair its answer");
-            }
-            let response = self
-                .llm
-                .chat(&request)
-                .await
-                .map_err(|err| Failure::llm(&err, usage))?;
-            response.call.add_to(usage);
-            match parse(&response.content) {
-                Ok(value) => return Ok(value),
-                Err(err) => {
-                    problem = err;
-                    request.messages.push(ChatMessage::new(
-                        crate::llm::Role::Assistant,
-                        response.content,
-                    ));
-                }
-            }
-        }
-        let what = if dispatch.spec.planning {
-            "InvalidPlan"
-        } else {
-            "InvalidOutput"
-        };
-        Err(Failure::new(
-            what,
-            format!("the model's answer was unusable after one repair: {problem}"),
-            true,
-            usage,
-        ))
-    }
-
     fn request(
         &self,
         dispatch: &TaskDispatch,
@@ -277,12 +240,12 @@ impl Worker {
         let (workspace, delivered) = self.open(dispatch).await?;
         if let Some(delivered) = delivered
             && let Some(plan) = workspace
-                .read_file(PLAN_FILE, CONTEXT_FILE_BYTES * 64)
-                .and_then(|text| output::parse_plan(&project, &roles, &text).ok())
+                .read_file(PLAN_FILE, PLAN_FILE_BYTES)
+                .and_then(|text| output::parse_plan(&project, &roles, &text).usable())
                 .map(|checked| checked.tasks)
         {
             let mut done = success(delivered, None, usage);
-            done.result.plan = Some(plan);
+            done.output.plan = Some(plan);
             return Ok(done);
         }
         self.remember(dispatch, Kind::Brief, dispatch.brief.clone())
@@ -295,14 +258,27 @@ impl Worker {
             &[],
             &memories,
         );
-        let checked = self
-            .ask(dispatch, request, &mut usage, |text| {
-                output::parse_plan(&project, &roles, text)
-            })
-            .await?;
+        // A plan with problems after the repair is reported all the same: the verdict is
+        // Hera's, which refuses it with every problem and asks for another.
+        let answer = ask(self.llm.as_ref(), true, request, &mut usage, |text| {
+            output::parse_plan(&project, &roles, text)
+        })
+        .await?;
+        let checked = answer.value;
         let plan = checked.tasks;
-        let notes = (!checked.dropped.is_empty())
-            .then(|| format!("Dropped dependencies: {}.", checked.dropped.join("; ")));
+        let mut notes: Vec<String> = Vec::new();
+        if !checked.dropped.is_empty() {
+            notes.push(format!(
+                "Dropped dependencies: {}.",
+                checked.dropped.join("; ")
+            ));
+        }
+        if let Some(problems) = answer.problems {
+            notes.push(format!(
+                "The agent's checks still found, after one repair: {problems}."
+            ));
+        }
+        let notes = (!notes.is_empty()).then(|| notes.join(" "));
         let summary = format!(
             "Planned {} tasks: {}.",
             plan.len(),
@@ -322,7 +298,7 @@ impl Worker {
             .await?;
         self.remember(dispatch, Kind::Decision, summary).await;
         let mut done = success(delivered, notes, usage);
-        done.result.plan = Some(plan);
+        done.output.plan = Some(plan);
         Ok(done)
     }
 
@@ -348,9 +324,11 @@ impl Worker {
             .collect();
         let memories = self.recall(dispatch).await;
         let request = self.request(dispatch, output::work_schema(), "result", &files, &memories);
-        let work: WorkOutput = self
-            .ask(dispatch, request, &mut usage, output::parse_work)
-            .await?;
+        let work: WorkOutput = ask(self.llm.as_ref(), false, request, &mut usage, |text| {
+            output::parse_work(text).into()
+        })
+        .await?
+        .value;
         let delivered = self
             .deliver(dispatch, &workspace, &work.files, &work.summary, &usage)
             .await?;
@@ -364,15 +342,206 @@ impl Worker {
     }
 }
 
+/// A model's answer that was used, and what was still wrong with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer<T> {
+    /// The answer.
+    pub value: T,
+    /// The problems the checks found in it after the repair, when it was usable all the
+    /// same (a plan: Hera gives the verdict); `None` when it passed.
+    pub problems: Option<String>,
+}
+
+/// Asks `llm` for a structured answer and checks it with `check`. An answer with
+/// problems gets one repair request carrying them. After it, a usable answer (the
+/// repair's, else the first) is returned with its problems; only when neither is
+/// usable does the attempt fail (`InvalidPlan` for a planning task, else
+/// `InvalidOutput`; retryable).
+pub async fn ask<T>(
+    llm: &dyn Llm,
+    planning: bool,
+    mut request: ChatRequest,
+    usage: &mut Usage,
+    check: impl Fn(&str) -> Checked<T>,
+) -> Result<Answer<T>, Failure> {
+    let mut problem = String::new();
+    let mut flawed: Option<Answer<T>> = None;
+    for round in 0..2 {
+        if round == 1 {
+            request.messages.push(prompt::repair_message(&problem));
+            tracing::info!(problem = %problem, "asking the model to repair its answer");
+        }
+        let response = llm
+            .chat(&request)
+            .await
+            .map_err(|err| Failure::llm(&err, usage))?;
+        response.call.add_to(usage);
+        match check(&response.content) {
+            Checked::Good(value) => {
+                return Ok(Answer {
+                    value,
+                    problems: None,
+                });
+            }
+            Checked::Flawed(value, found) => {
+                problem.clone_from(&found);
+                flawed = Some(Answer {
+                    value,
+                    problems: Some(found),
+                });
+            }
+            Checked::Unusable(found) => problem = found,
+        }
+        request.messages.push(ChatMessage::new(
+            crate::llm::Role::Assistant,
+            response.content,
+        ));
+    }
+    if let Some(answer) = flawed {
+        return Ok(answer);
+    }
+    let what = if planning {
+        "InvalidPlan"
+    } else {
+        "InvalidOutput"
+    };
+    Err(Failure::new(
+        what,
+        format!("the model's answer was unusable after one repair: {problem}"),
+        true,
+        usage,
+    ))
+}
+
 fn success(delivered: Delivered, notes: Option<String>, usage: Usage) -> Success {
     Success {
-        result: TaskResult {
+        output: TaskResult {
             summary: delivered.summary,
             files: delivered.files,
             commit: Some(delivered.commit),
             notes: notes.filter(|n| !n.trim().is_empty()),
-            plan: None,
-        },
+            plan_ref: None,
+        }
+        .into(),
         usage,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::VecDeque,
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use aios_crds::{Complexity, Tier};
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::llm::{Call, ChatResponse, Role};
+
+    /// A model that gives its scripted answers in turn and keeps the requests.
+    #[derive(Debug, Default)]
+    struct Scripted {
+        answers: Mutex<VecDeque<String>>,
+        requests: Arc<Mutex<Vec<ChatRequest>>>,
+    }
+
+    impl Scripted {
+        fn new(answers: &[&str]) -> Self {
+            Self {
+                answers: Mutex::new(answers.iter().map(|a| (*a).to_owned()).collect()),
+                requests: Arc::default(),
+            }
+        }
+    }
+
+    impl Llm for Scripted {
+        fn chat<'a>(
+            &'a self,
+            request: &'a ChatRequest,
+        ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+            self.requests.lock().unwrap().push(request.clone());
+            let content = self.answers.lock().unwrap().pop_front().unwrap();
+            Box::pin(async move {
+                Ok(ChatResponse {
+                    content,
+                    call: Call {
+                        provider: "local".into(),
+                        model: "tiny".into(),
+                        tier: Tier::Local,
+                        input_tokens: 10,
+                        output_tokens: 5,
+                        cost_usd: 0.0,
+                        latency: Duration::from_millis(1),
+                    },
+                })
+            })
+        }
+    }
+
+    fn request() -> ChatRequest {
+        ChatRequest {
+            messages: vec![ChatMessage::new(Role::User, "Plan the shop")],
+            schema: output::plan_schema(&[]),
+            schema_name: "plan".into(),
+            complexity: Complexity::High,
+            hints: aios_crds::bus::ModelHints::default(),
+            project: "team-a/shop".into(),
+        }
+    }
+
+    const CYCLIC: &str = r#"{"tasks":[
+        {"name":"api","title":"API","role":"backend","description":"d","dependsOn":["tests"]},
+        {"name":"tests","title":"Tests","role":"qa","description":"d","dependsOn":["api"]}]}"#;
+
+    fn check_plan(text: &str) -> Checked<output::CheckedPlan> {
+        output::parse_plan("shop", &[], text)
+    }
+
+    #[tokio::test]
+    async fn a_plan_still_invalid_after_its_repair_is_reported_for_hera_to_judge() {
+        let llm = Scripted::new(&[CYCLIC, CYCLIC]);
+        let mut usage = Usage::default();
+        let answer = ask(&llm, true, request(), &mut usage, check_plan)
+            .await
+            .unwrap();
+        assert_eq!(answer.value.tasks.len(), 2, "the model's plan, as it is");
+        let problems = answer.problems.unwrap();
+        assert!(problems.contains("in a cycle"), "{problems}");
+        let requests = llm.requests.lock().unwrap();
+        assert_eq!(requests.len(), 2, "one repair request");
+        let repair = &requests[1].messages.last().unwrap().content;
+        assert!(repair.contains("in a cycle"), "{repair}");
+        assert_eq!(usage.local_requests, 2);
+    }
+
+    #[tokio::test]
+    async fn a_repaired_plan_is_used_and_an_unusable_repair_keeps_the_first_plan() {
+        let good = CYCLIC.replacen(r#""dependsOn":["tests"]"#, r#""dependsOn":[]"#, 1);
+        let llm = Scripted::new(&[CYCLIC, &good]);
+        let answer = ask(&llm, true, request(), &mut Usage::default(), check_plan)
+            .await
+            .unwrap();
+        assert_eq!(answer.problems, None);
+        assert_eq!(answer.value.tasks[0].name, "api");
+
+        let llm = Scripted::new(&[CYCLIC, "not a plan"]);
+        let answer = ask(&llm, true, request(), &mut Usage::default(), check_plan)
+            .await
+            .unwrap();
+        assert!(answer.problems.unwrap().contains("in a cycle"));
+    }
+
+    #[tokio::test]
+    async fn an_answer_unusable_after_its_repair_fails_the_attempt() {
+        let llm = Scripted::new(&["not a plan", "still not"]);
+        let failure = ask(&llm, true, request(), &mut Usage::default(), check_plan)
+            .await
+            .unwrap_err();
+        assert_eq!(failure.reason, "InvalidPlan");
+        assert!(failure.retryable);
+        assert_eq!(failure.usage.local_requests, 2);
     }
 }

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use aios_crds::bus::TaskEventKind;
+use aios_crds::bus::{TaskEventKind, TaskOutput};
 use serde_json::json;
 use support::{OwnRedis, World, is_terminal, work_answer};
 
@@ -41,7 +41,11 @@ async fn a_dispatched_task_is_committed_and_reported_with_its_usage() {
     );
     assert_eq!(started.agent, agent.name);
     let done = world.wait_for(WAIT, is_terminal).await;
-    let TaskEventKind::Succeeded { result, usage } = done.kind else {
+    let TaskEventKind::Succeeded {
+        output: TaskOutput { result, .. },
+        usage,
+    } = done.kind
+    else {
         panic!("expected success: {done:?}\n{}", agent.log_tail());
     };
     assert_eq!(result.files, ["src/api.py"]);
@@ -283,7 +287,7 @@ async fn invalid_output_is_repaired_once_and_then_fails_with_a_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plan_naming_a_role_nobody_serves_fails() {
+async fn a_plan_naming_a_role_nobody_serves_is_reported_for_hera_to_judge() {
     let mut world = World::new("agent-plan").await;
     let plan = |role: &str| {
         json!({"tasks": [
@@ -309,10 +313,10 @@ async fn a_plan_naming_a_role_nobody_serves_fails() {
     let good = planning(&world, "shop-plan", "Plan it well");
     world.publish(&good).await;
     let done = world.wait_for(WAIT, is_terminal).await;
-    let TaskEventKind::Succeeded { result, .. } = done.kind else {
+    let TaskEventKind::Succeeded { output, .. } = done.kind else {
         panic!("{done:?}\n{}", agent.log_tail());
     };
-    let plan_names: Vec<String> = result
+    let plan_names: Vec<String> = output
         .plan
         .unwrap()
         .iter()
@@ -325,19 +329,29 @@ async fn a_plan_naming_a_role_nobody_serves_fails() {
     assert!(plan_file.contains("\"audit\""), "{plan_file}");
     assert_eq!(world.commits_of(&good), 1);
 
+    // Still invalid after the repair request: reported all the same, with what the
+    // agent's checks found; the verdict is Hera's.
     let bad = planning(&world, "shop-badplan", "Plan it badly");
     world.publish(&bad).await;
-    let failed = world
+    let reported = world
         .wait_for(WAIT, |e| e.task.uid == bad.task.uid && is_terminal(e))
         .await;
-    let TaskEventKind::Failed {
-        reason, message, ..
-    } = failed.kind
-    else {
-        panic!("{failed:?}");
+    let TaskEventKind::Succeeded { output, usage } = reported.kind else {
+        panic!("{reported:?}\n{}", agent.log_tail());
     };
-    assert_eq!(reason, "InvalidPlan");
-    assert!(message.contains("\"security\""), "{message}");
+    let roles: Vec<String> = output
+        .plan
+        .unwrap()
+        .iter()
+        .map(|t| t.role.to_string())
+        .collect();
+    assert_eq!(roles, ["backend", "security"]);
+    let notes = output.result.notes.unwrap_or_default();
+    assert!(
+        notes.contains("\"security\"") && notes.contains("after one repair"),
+        "{notes}"
+    );
+    assert_eq!(usage.local_requests, 2, "the answer and its repair");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -281,7 +281,8 @@ pub enum TaskEventKind {
     #[serde(rename_all = "camelCase")]
     Succeeded {
         /// What the task produced.
-        result: TaskResult,
+        #[serde(rename = "result")]
+        output: TaskOutput,
         /// What its model calls cost.
         #[serde(default)]
         usage: Usage,
@@ -352,3 +353,26 @@ impl Message for TaskCancel {
 /// A planning task's answer, as the `cto` role returns it: re-exported here so the
 /// agent and the operator agree on its shape.
 pub type Plan = Vec<PlannedTask>;
+
+/// What an agent reports a task produced: the result the Task's status records and,
+/// from a planning task, the plan. On the wire the plan is a field of the result
+/// (`result.plan`); the operator keeps it apart (see [`crate::task::PlanRef`]) and records
+/// the rest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskOutput {
+    /// The result as the Task's status records it. An agent's `planRef` is ignored: only
+    /// the operator says where a plan is kept.
+    #[serde(flatten)]
+    pub result: TaskResult,
+    /// For a planning task: the plan, as the agent's model answered it (checked, maybe
+    /// repaired once, but judged by Hera).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
+}
+
+impl From<TaskResult> for TaskOutput {
+    fn from(result: TaskResult) -> Self {
+        Self { result, plan: None }
+    }
+}

@@ -33,6 +33,12 @@ pub mod reasons {
     pub const CANCELLED: &str = "Cancelled";
     /// The plan was refused too many times.
     pub const PLAN_INVALID: &str = "PlanInvalid";
+    /// The planning task failed for good without a plan to judge (its own reason is in
+    /// the message); `Planned` carries it.
+    pub const PLANNING_FAILED: &str = "PlanningFailed";
+    /// The API server refused to record an attempt's result as invalid; the message is
+    /// the API server's.
+    pub const RESULT_REFUSED: &str = "ResultRefused";
     /// The model budget is spent.
     pub const BUDGET_EXCEEDED: &str = "BudgetExceeded";
     /// Work is in flight.

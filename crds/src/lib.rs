@@ -1,15 +1,16 @@
 //! AIOS's contracts, and nothing else: the custom resources people apply (`Project`,
 //! `Task`, `Agent`, `ModelProvider`, group `aios.dev/v1alpha1`), the messages the
 //! operator and the agents exchange over RabbitMQ, every name that crosses a process
-//! boundary, and what text may carry into commits and Events ([`text`]). The operator,
-//! the agent runtime and the CLI all build on this crate; the CRD YAML under `crds/` is
-//! generated from it (`crdgen`).
+//! boundary, the limits plans are held to ([`limits`]), and what text may carry into
+//! commits and Events ([`text`]). The operator, the agent runtime and the CLI all build
+//! on this crate; the CRD YAML under `crds/` is generated from it (`crdgen`).
 
 pub mod agent;
 pub mod bus;
 pub mod common;
 pub mod conditions;
 pub mod generate;
+pub mod limits;
 pub mod model_provider;
 pub mod names;
 pub mod plan;

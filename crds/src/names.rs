@@ -97,6 +97,12 @@ pub mod annotations {
     pub const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 }
 
+/// Where a planning task's plan is kept (see [`crate::task::PlanRef`]).
+pub mod plan {
+    /// The key of a plan ConfigMap's part of the plan's JSON.
+    pub const PART_KEY: &str = "plan.json";
+}
+
 /// Finalizers: only for cleanup outside Kubernetes (the bus, the vector store).
 pub mod finalizers {
     /// On a Task: cancel the in-flight attempt on the bus before the Task goes away.
@@ -110,6 +116,8 @@ pub mod field_managers {
     /// Every Task status write (dispatch, retries, timeouts, agents' events): one
     /// manager, so a field a write leaves out is removed.
     pub const TASK: &str = "aios-operator/task";
+    /// The ConfigMaps that keep Hera's plans (written from the planning task's event).
+    pub const PLAN: &str = "aios-operator/plan";
     /// The cancel finalizer on Tasks.
     pub const FINALIZER: &str = "aios-operator/finalizer";
     /// The Agent controller.

@@ -5,13 +5,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Complexity, DnsLabel, SecretKeyRef, Usage};
-
-/// The most tasks an explicit plan in `spec.tasks` may hold. Larger plans come from
-/// Hera's planning; the bound keeps the API server's CEL checks of the plan cheap.
-pub const MAX_SPEC_TASKS: usize = 100;
-/// The most dependencies one task in `spec.tasks` may name.
-pub const MAX_SPEC_DEPENDENCIES: usize = 20;
+use crate::{
+    common::{Complexity, DnsLabel, SecretKeyRef, Usage},
+    limits,
+};
 
 /// What a Project asks for: the brief, where to deliver, and the rules of the run.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -47,7 +44,7 @@ pub struct ProjectSpec {
     /// list means the Tasks are created separately (by a tool or through GitOps), each
     /// naming this Project in its spec.project.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = MAX_SPEC_TASKS))]
+    #[schemars(length(max = limits::EXPLICIT_PLAN.tasks))]
     #[x_kube(
         validation = Rule::new("self.all(t, self.exists_one(u, u.name == t.name))").message("task names in spec.tasks must be unique"),
         validation = Rule::new("self.all(t, !has(t.dependsOn) || t.dependsOn.all(d, self.exists(u, u.name == d)))").message("every dependsOn entry must name a task in spec.tasks")
@@ -93,7 +90,8 @@ fn default_branch() -> String {
     "main".to_owned()
 }
 
-/// One task of a plan: in `spec.tasks`, or in the result of Hera's planning task.
+/// One task of a plan: in `spec.tasks`, or in the plan of Hera's planning task. The
+/// bounds here are an explicit plan's; the operator holds Hera's plan to larger ones.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.dependsOn) || !self.dependsOn.exists(d, d == self.name)").message("a task cannot depend on itself"))]
@@ -103,7 +101,7 @@ pub struct PlannedTask {
     pub name: DnsLabel,
 
     /// A one-line title.
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(length(min = 1, max = limits::TITLE_MAX_CHARS))]
     pub title: String,
 
     /// The role that does the task (`backend`, `frontend`, `qa`, `devops`, or any role
@@ -112,12 +110,12 @@ pub struct PlannedTask {
 
     /// What to do, in enough detail for the agent to do it without asking.
     #[serde(default)]
-    #[schemars(length(max = 32768))]
+    #[schemars(length(max = limits::DESCRIPTION_MAX_CHARS))]
     pub description: String,
 
     /// Names of tasks in the same plan that must succeed before this one starts.
     #[serde(default)]
-    #[schemars(length(max = MAX_SPEC_DEPENDENCIES))]
+    #[schemars(length(max = limits::EXPLICIT_PLAN.dependencies))]
     pub depends_on: Vec<DnsLabel>,
 
     /// How hard the task is; the router picks a model able to take it.
@@ -126,12 +124,12 @@ pub struct PlannedTask {
 
     /// Checks the result must pass, in plain language.
     #[serde(default)]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = limits::ACCEPTANCE_CRITERIA_MAX))]
     pub acceptance_criteria: Vec<String>,
 
     /// Overrides `policy.taskDefaults.maxRetries` for this task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 100))]
+    #[schemars(range(min = 0, max = limits::RETRIES_MAX))]
     pub max_retries: Option<i32>,
 
     /// Overrides `policy.taskDefaults.timeoutSeconds` for this task.
@@ -188,7 +186,7 @@ fn default_true() -> bool {
 pub struct TaskDefaults {
     /// Retries after the first attempt fails (so `maxRetries: 2` allows three attempts).
     #[serde(default = "default_max_retries")]
-    #[schemars(range(min = 0, max = 100))]
+    #[schemars(range(min = 0, max = limits::RETRIES_MAX))]
     pub max_retries: i32,
 
     /// Wait between attempts.

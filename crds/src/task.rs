@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     common::{Complexity, DnsLabel, Usage},
-    project::PlannedTask,
+    limits,
 };
 
 /// What a Task asks for: the work, who does it, and what it waits on.
@@ -41,12 +41,12 @@ pub struct TaskSpec {
     pub project: String,
 
     /// A one-line title.
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(length(min = 1, max = limits::TITLE_MAX_CHARS))]
     pub title: String,
 
     /// What to do, in enough detail for the agent to do it without asking.
     #[serde(default)]
-    #[schemars(length(max = 32768))]
+    #[schemars(length(max = limits::DESCRIPTION_MAX_CHARS))]
     pub description: String,
 
     /// The role whose agents do the task.
@@ -55,7 +55,10 @@ pub struct TaskSpec {
     /// Names of Tasks of the same Project, in the same namespace, that must succeed
     /// before this one is dispatched.
     #[serde(default)]
-    #[schemars(length(max = 1000), inner(length(min = 1, max = 253)))]
+    #[schemars(
+        length(max = limits::TASK_DEPENDENCIES_MAX),
+        inner(length(min = 1, max = limits::DEPENDENCY_NAME_MAX_LEN))
+    )]
     pub depends_on: Vec<String>,
 
     /// How hard the task is; the router picks a model able to take it.
@@ -64,12 +67,12 @@ pub struct TaskSpec {
 
     /// Checks the result must pass, in plain language.
     #[serde(default)]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = limits::ACCEPTANCE_CRITERIA_MAX))]
     pub acceptance_criteria: Vec<String>,
 
     /// Retries after the first attempt fails; the Project's task default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 100))]
+    #[schemars(range(min = 0, max = limits::RETRIES_MAX))]
     pub max_retries: Option<i32>,
 
     /// How long one attempt may run, in seconds; the Project's task default when unset;
@@ -212,8 +215,29 @@ pub struct TaskResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notes: Option<String>,
 
-    /// For a planning task: the plan Hera turns into Tasks.
+    /// For a planning task: where the operator keeps the plan the agent reported, which
+    /// Hera turns into Tasks. The plan is not held here: a 1,000-task plan is larger than
+    /// an object may be.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1000))]
-    pub plan: Option<Vec<PlannedTask>>,
+    pub plan_ref: Option<PlanRef>,
+}
+
+/// Where a planning task's plan is kept: the compact JSON of its tasks, cut into parts,
+/// one ConfigMap per part in the Task's namespace, owned by the Task.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanRef {
+    /// The ConfigMaps holding the parts, in order; each keeps its part under the key
+    /// `plan.json`.
+    #[schemars(length(max = limits::PLAN_PARTS_MAX))]
+    pub config_maps: Vec<String>,
+    /// The SHA-256 of the whole JSON, in lowercase hex: the parts read back must match it.
+    #[schemars(length(equal = 64))]
+    pub sha256: String,
+    /// How many tasks the plan has.
+    #[schemars(range(min = 0))]
+    pub tasks: i32,
+    /// How many bytes the JSON has.
+    #[schemars(range(min = 0))]
+    pub bytes: i64,
 }

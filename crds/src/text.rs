@@ -46,9 +46,30 @@ pub fn sanitize(text: &str, shape: Shape) -> String {
     }
 }
 
+/// The longest start of `text` that fits in `max_bytes` bytes, cut at a character
+/// boundary (the API server measures some fields, an Event's note, in bytes).
+pub fn truncate(text: &str, max_bytes: usize) -> &str {
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let end = (0..=max_bytes)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    &text[..end]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncation_cuts_in_bytes_at_a_character_boundary() {
+        assert_eq!(truncate("short", 10), "short");
+        assert_eq!(truncate("ééé", 5), "éé");
+        assert_eq!(truncate("ééé", 4), "éé");
+        assert_eq!(truncate("abc", 0), "");
+    }
 
     #[test]
     fn every_bidirectional_control_is_removed() {

@@ -167,3 +167,45 @@ fn task_project_is_immutable_and_self_dependency_is_refused_in_the_schema() {
     let root_rules = task["x-kubernetes-validations"].to_string();
     assert!(root_rules.contains("self.metadata.name"), "{root_rules}");
 }
+
+#[test]
+fn the_schemas_take_their_bounds_from_the_plan_limits() {
+    use aios_crds::limits::{self, EXPLICIT_PLAN, HERA_PLAN};
+    let task = schema_of("Task");
+    let spec = &task["properties"]["spec"]["properties"];
+    assert_eq!(spec["dependsOn"]["maxItems"], HERA_PLAN.dependencies);
+    assert_eq!(spec["title"]["maxLength"], limits::TITLE_MAX_CHARS);
+    assert_eq!(spec["title"]["minLength"], 1);
+    assert_eq!(
+        spec["description"]["maxLength"],
+        limits::DESCRIPTION_MAX_CHARS
+    );
+    assert_eq!(
+        spec["acceptanceCriteria"]["maxItems"],
+        limits::ACCEPTANCE_CRITERIA_MAX
+    );
+    assert_eq!(
+        spec["maxRetries"]["maximum"].as_f64(),
+        Some(f64::from(limits::RETRIES_MAX))
+    );
+    let result = &task["properties"]["status"]["properties"]["result"]["properties"];
+    assert!(
+        result.get("plan").is_none(),
+        "a plan is kept apart, not in a Task's status, where the object's size limit would cap it: {result}"
+    );
+    assert_eq!(
+        result["planRef"]["properties"]["configMaps"]["maxItems"],
+        limits::PLAN_PARTS_MAX
+    );
+
+    let project = schema_of("Project");
+    let tasks = &project["properties"]["spec"]["properties"]["tasks"];
+    assert_eq!(tasks["maxItems"], EXPLICIT_PLAN.tasks);
+    let planned = &tasks["items"]["properties"];
+    assert_eq!(planned["dependsOn"]["maxItems"], EXPLICIT_PLAN.dependencies);
+    assert_eq!(planned["title"]["maxLength"], limits::TITLE_MAX_CHARS);
+    assert_eq!(
+        planned["description"]["maxLength"],
+        limits::DESCRIPTION_MAX_CHARS
+    );
+}

@@ -7,7 +7,7 @@ use aios_crds::{
     Agent, ModelProvider, Project, Task,
     bus::{
         DecodeError, DependencyResult, DispatchedTask, Message, ModelHints, ObjectRef,
-        SCHEMA_VERSION, TaskCancel, TaskDispatch, TaskEvent, TaskEventKind,
+        SCHEMA_VERSION, TaskCancel, TaskDispatch, TaskEvent, TaskEventKind, TaskOutput,
     },
     common::{Complexity, Tier, Usage},
     project::{Repository, RoutingMode},
@@ -186,11 +186,12 @@ fn task_events_of_every_kind_round_trip_with_their_routing_keys() {
         (TaskEventKind::Heartbeat, "task.heartbeat"),
         (
             TaskEventKind::Succeeded {
-                result: TaskResult {
+                output: TaskResult {
                     summary: "tests written".into(),
                     files: vec!["tests/api.rs".into()],
                     ..TaskResult::default()
-                },
+                }
+                .into(),
                 usage: Usage {
                     provider: Some("ollama".into()),
                     tier: Some(Tier::Local),
@@ -260,8 +261,32 @@ fn a_newer_writer_with_extra_fields_and_event_types_is_understood() {
     });
     let decoded = TaskEvent::decode(succeeded.to_string().as_bytes()).unwrap();
     assert!(
-        matches!(decoded.kind, TaskEventKind::Succeeded { ref result, .. } if result.summary == "ok")
+        matches!(decoded.kind, TaskEventKind::Succeeded { ref output, .. } if output.result.summary == "ok")
     );
+}
+
+#[test]
+fn a_plan_travels_as_a_field_of_the_result() {
+    let succeeded = json!({
+        "schemaVersion": 1, "project": object("shop"), "task": object("shop-plan"), "attempt": 1,
+        "agent": "hera-1", "at": "2026-11-24T10:00:00Z", "type": "succeeded",
+        "result": {
+            "summary": "planned", "commit": "abc",
+            "plan": [{"name": "api", "title": "API", "role": "backend"}]
+        }
+    });
+    let decoded = TaskEvent::decode(succeeded.to_string().as_bytes()).unwrap();
+    let TaskEventKind::Succeeded { output, .. } = decoded.kind else {
+        panic!("{decoded:?}")
+    };
+    assert_eq!(output.result.summary, "planned");
+    assert_eq!(output.plan.unwrap()[0].name, "api");
+    let wire = serde_json::to_value(TaskOutput {
+        result: TaskResult::default(),
+        plan: Some(vec![]),
+    })
+    .unwrap();
+    assert_eq!(wire["plan"], json!([]), "the plan is a field of the result");
 }
 
 #[test]

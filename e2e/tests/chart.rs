@@ -208,7 +208,7 @@ fn the_operators_permissions_are_exactly_what_it_uses() {
         ("aios.dev", "modelproviders/status", "patch"),
         ("apps", "deployments", "list watch create patch"),
         ("", "serviceaccounts", "create patch"),
-        ("", "configmaps", "create patch"),
+        ("", "configmaps", "get create patch"),
         ("", "services", "create patch"),
         ("", "persistentvolumeclaims", "create patch"),
         ("", "secrets", "get"),

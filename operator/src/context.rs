@@ -7,17 +7,31 @@ use std::{
 };
 
 use aios_crds::{
-    Agent, Project, Task, TaskStatus,
+    Agent, PlannedTask, Project, Task, TaskStatus,
     names::{GROUP, VERSION, field_managers, finalizers},
+    task::PlanRef,
+    text::{self, Shape},
 };
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{events::Recorder, reflector::Store},
+    runtime::{
+        events::{Event, EventType, Recorder},
+        reflector::Store,
+    },
 };
 use serde_json::json;
 
-use crate::{bus::Bus, leader::Leadership, metrics::Metrics};
+use crate::{
+    bus::Bus,
+    leader::Leadership,
+    metrics::Metrics,
+    plan::{PlanReadError, read_plan},
+};
+
+/// The longest Event note the API server takes, in bytes.
+const EVENT_NOTE_BYTES: usize = 1024;
 
 /// Shared state of the controllers.
 #[derive(Clone)]
@@ -147,11 +161,66 @@ impl Context {
         Arc::new(expected)
     }
 
+    /// Publishes a Kubernetes Event about `object`; a failure is logged, never fatal
+    /// (Events are a courtesy to people, not state).
+    pub async fn publish_event(
+        &self,
+        object: &ObjectReference,
+        kind: EventType,
+        reason: &str,
+        note: &str,
+    ) {
+        let event = Event {
+            type_: kind,
+            reason: reason.to_owned(),
+            note: Some(event_note(note)),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, object).await {
+            tracing::debug!(error = %err, "publishing a Kubernetes event failed");
+        }
+    }
+
+    /// Keeps a plan in its ConfigMaps (see [`crate::plan::stored_plan`]), by server-side
+    /// apply: applying the same plan again changes nothing.
+    pub async fn store_plan(&self, config_maps: &[ConfigMap]) -> Result<(), kube::Error> {
+        for cm in config_maps {
+            let api: Api<ConfigMap> =
+                Api::namespaced(self.client.clone(), &cm.namespace().unwrap_or_default());
+            server_side_apply(&api, cm, field_managers::PLAN).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads back the plan `plan_ref` names in `namespace`: the outer error is the API's
+    /// (retried), the inner one says the kept plan is gone or changed (a plan problem).
+    pub async fn load_plan(
+        &self,
+        namespace: &str,
+        plan_ref: &PlanRef,
+    ) -> Result<Result<Vec<PlannedTask>, PlanReadError>, kube::Error> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+        let mut parts = Vec::with_capacity(plan_ref.config_maps.len());
+        for name in &plan_ref.config_maps {
+            parts.push(api.get_opt(name).await?);
+        }
+        Ok(read_plan(plan_ref, &parts))
+    }
+
     fn lock_expectations(&self) -> std::sync::MutexGuard<'_, HashMap<String, i32>> {
         self.expectations
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// An Event's note from a message that may carry task titles and model text: control and
+/// bidirectional characters removed (the rule commits follow too), then cut at a
+/// character boundary to fit the API server's limit.
+fn event_note(message: &str) -> String {
+    let note = text::sanitize(message, Shape::Lines);
+    text::truncate(&note, EVENT_NOTE_BYTES).to_owned()
 }
 
 /// Writes a Task's status with server-side apply, failing with 409 Conflict if the Task
@@ -217,4 +286,22 @@ where
         &Patch::Apply(body),
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_note_has_no_bidi_or_control_characters_and_fits_the_limit() {
+        assert_eq!(
+            event_note("task \"Pay \u{202E}fdp.exe\" failed:\n\u{1b}[31mboom\u{2069}"),
+            "task \"Pay fdp.exe\" failed:\n[31mboom"
+        );
+        let long = "é".repeat(1000);
+        let note = event_note(&long);
+        assert_eq!(note.len(), EVENT_NOTE_BYTES, "cut in bytes, not characters");
+        assert!(long.starts_with(&note));
+        assert_eq!(event_note(&format!("a{}", "é".repeat(600))).len(), 1023);
+    }
 }

@@ -1,19 +1,23 @@
-//! Consuming what agents report: task events become Task status, and dead-lettered
-//! dispatches fail their attempt with reason `PoisonMessage`. Delivery is at least
-//! once; every handler is idempotent, and a message is acknowledged only once its
-//! effect is written (or it is known to have none).
+//! Consuming what agents report: task events become Task status (a planning task's
+//! plan is kept in ConfigMaps first), and dead-lettered dispatches fail their attempt
+//! with reason `PoisonMessage`. Delivery is at least once; every handler is idempotent,
+//! and a message is acknowledged only once its effect is written (or it is known to have
+//! none). What the API server refuses as invalid is not retried by redelivery, which
+//! would be refused the same way forever: the attempt fails with the API server's
+//! message (reason `ResultRefused`), and the task's retry policy takes it from there.
 
 use std::{sync::Arc, time::Duration};
 
 use aios_crds::{
-    Task,
-    bus::{DecodeError, Message, TaskDispatch, TaskEvent, TaskEventKind},
+    Task, TaskStatus,
+    bus::{DecodeError, Message, TaskDispatch, TaskEvent, TaskEventKind, TaskOutput},
+    conditions::reasons,
     names::bus as names,
     project::TaskDefaults,
 };
 use futures::StreamExt;
 use jiff::Timestamp;
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt, runtime::events::EventType};
 use lapin::{
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions},
@@ -23,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     bus::BusError,
     context::{Context, write_task_status},
-    lifecycle::{self, apply_event, task_policy},
+    lifecycle::{self, apply_event, refuse_outcome, task_policy},
+    plan::stored_plan,
 };
 
 /// How many messages are handled at once.
@@ -34,8 +39,13 @@ const WRITE_ATTEMPTS: usize = 8;
 /// What handling one message came to.
 #[derive(Debug)]
 enum Outcome {
+    /// Its effect is written.
     Applied,
+    /// It changes nothing.
     Ignored,
+    /// The API server refused its effect and then the failure recorded in its place:
+    /// nothing more can be done with it (logged).
+    Refused,
 }
 
 /// Why a message could not be handled.
@@ -169,10 +179,82 @@ async fn policy_for(ctx: &Context, task: &Task) -> Result<lifecycle::TaskPolicy,
     Ok(task_policy(task, &defaults))
 }
 
+/// The API server's message when it refused a write for what it holds — invalid (422,
+/// 400), larger than a request may be (413), or larger than etcd takes (a 500 whose
+/// message says so: the API server has no code of its own for that) — so the same write
+/// would be refused again and retrying it cannot help. `None` for anything else.
+fn refusal(err: &kube::Error) -> Option<String> {
+    const TOO_LARGE_FOR_ETCD: [&str; 2] = ["request is too large", "larger than max"];
+    match err {
+        kube::Error::Api(s) if matches!(s.code, 400 | 413 | 422) => Some(s.message.clone()),
+        kube::Error::Api(s)
+            if s.code == 500 && TOO_LARGE_FOR_ETCD.iter().any(|m| s.message.contains(m)) =>
+        {
+            Some(s.message.clone())
+        }
+        _ => None,
+    }
+}
+
+/// The status `event` gives `task`: a reported plan is kept first (a plan too large to
+/// keep fails the attempt as `PlanInvalid`, for Hera to ask for another); `refused` is
+/// the API server's message when recording the outcome was refused before.
+async fn event_status(
+    ctx: &Context,
+    task: &Task,
+    policy: &lifecycle::TaskPolicy,
+    event: &TaskEvent,
+    refused: Option<&str>,
+) -> Result<Option<TaskStatus>, kube::Error> {
+    let now = Timestamp::now();
+    if let Some(message) = refused {
+        let message = format!("the API server refused to record the result: {message}");
+        return Ok(refuse_outcome(
+            task,
+            policy,
+            event,
+            reasons::RESULT_REFUSED,
+            &message,
+            now,
+        ));
+    }
+    let Some(mut status) = apply_event(task, policy, event, now) else {
+        return Ok(None);
+    };
+    if let TaskEventKind::Succeeded {
+        output: TaskOutput {
+            plan: Some(plan), ..
+        },
+        ..
+    } = &event.kind
+    {
+        match stored_plan(task, plan) {
+            Ok(stored) => {
+                ctx.store_plan(&stored.config_maps).await?;
+                if let Some(result) = status.result.as_mut() {
+                    result.plan_ref = Some(stored.plan_ref);
+                }
+            }
+            Err(problem) => {
+                return Ok(refuse_outcome(
+                    task,
+                    policy,
+                    event,
+                    reasons::PLAN_INVALID,
+                    &problem.to_string(),
+                    now,
+                ));
+            }
+        }
+    }
+    Ok(Some(status))
+}
+
 async fn handle_event(ctx: &Context, body: &[u8]) -> Result<Outcome, HandleError> {
     let event = TaskEvent::decode(body)?;
     let kind = event_type(&event.kind);
     let api: Api<Task> = ctx.task_api(&event.task.namespace);
+    let mut refused: Option<String> = None;
     for _ in 0..WRITE_ATTEMPTS {
         let Some(task) = api.get_opt(&event.task.name).await? else {
             ctx.metrics
@@ -182,7 +264,18 @@ async fn handle_event(ctx: &Context, body: &[u8]) -> Result<Outcome, HandleError
             return Ok(Outcome::Ignored);
         };
         let policy = policy_for(ctx, &task).await?;
-        let Some(status) = apply_event(&task, &policy, &event, Timestamp::now()) else {
+        let status = match event_status(ctx, &task, &policy, &event, refused.as_deref()).await {
+            Ok(status) => status,
+            Err(err) => match refusal(&err) {
+                // Keeping the plan was refused: record that instead.
+                Some(message) if refused.is_none() => {
+                    refused = Some(message);
+                    continue;
+                }
+                _ => return Err(err.into()),
+            },
+        };
+        let Some(status) = status else {
             ctx.metrics
                 .events
                 .with_label_values(&[kind, "ignored"])
@@ -191,14 +284,39 @@ async fn handle_event(ctx: &Context, body: &[u8]) -> Result<Outcome, HandleError
         };
         match write_task_status(&api, &task, &status).await {
             Ok(_) => {
-                ctx.metrics
-                    .events
-                    .with_label_values(&[kind, "applied"])
-                    .inc();
+                let outcome = if refused.is_some() {
+                    "refused"
+                } else {
+                    "applied"
+                };
+                ctx.metrics.events.with_label_values(&[kind, outcome]).inc();
                 return Ok(Outcome::Applied);
             }
             Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(err) => return Err(err.into()),
+            Err(err) => match (refusal(&err), &refused) {
+                (Some(message), None) => {
+                    tracing::warn!(task = %task.name_any(), attempt = event.attempt, error = %message,
+                        "the API server refused the reported outcome; failing the attempt with its message");
+                    ctx.publish_event(
+                        &task.object_ref(&()),
+                        EventType::Warning,
+                        reasons::RESULT_REFUSED,
+                        &message,
+                    )
+                    .await;
+                    refused = Some(message);
+                }
+                (Some(message), Some(_)) => {
+                    tracing::error!(task = %task.name_any(), attempt = event.attempt, error = %message,
+                        "the API server refused the failed attempt too; dropping the event");
+                    ctx.metrics
+                        .events
+                        .with_label_values(&[kind, "dropped"])
+                        .inc();
+                    return Ok(Outcome::Refused);
+                }
+                (None, _) => return Err(err.into()),
+            },
         }
     }
     Err(HandleError::Kube(kube::Error::Service(
@@ -241,4 +359,42 @@ async fn handle_dead_letter(ctx: &Context, body: &[u8]) -> Result<Outcome, Handl
         )
         .into(),
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::core::Status;
+
+    use super::*;
+
+    fn api_error(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(Status::failure(message, "").with_code(code)))
+    }
+
+    #[test]
+    fn what_the_api_server_will_refuse_again_is_told_from_what_may_pass_later() {
+        let invalid = "Task.aios.dev \"shop-plan\" is invalid: status.result.plan[200].dependsOn: Too many: 200: must have at most 20 items";
+        assert_eq!(refusal(&api_error(422, invalid)).as_deref(), Some(invalid));
+        assert!(
+            refusal(&api_error(
+                413,
+                "Request entity too large: limit is 3145728"
+            ))
+            .is_some()
+        );
+        assert!(refusal(&api_error(500, "etcdserver: request is too large")).is_some());
+        assert!(
+            refusal(&api_error(
+                500,
+                "rpc error: code = ResourceExhausted desc = trying to send message larger than max (2097933 vs. 2097152)"
+            ))
+            .is_some()
+        );
+        assert_eq!(
+            refusal(&api_error(409, "the object has been modified")),
+            None
+        );
+        assert_eq!(refusal(&api_error(500, "etcdserver: leader changed")), None);
+        assert_eq!(refusal(&api_error(503, "unavailable")), None);
+    }
 }

@@ -12,17 +12,13 @@ use aios_crds::{
     bus::{ObjectRef, SCHEMA_VERSION, TaskCancel},
     conditions::reasons,
     names::{GROUP, VERSION, field_managers, finalizers},
-    text::{self, Shape},
 };
 use futures::{StreamExt, stream};
 use jiff::Timestamp;
 use kube::{
     Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{
-        controller::Action as ControllerAction,
-        events::{Event, EventType},
-    },
+    runtime::{controller::Action as ControllerAction, events::EventType},
 };
 use serde_json::json;
 
@@ -33,8 +29,8 @@ use crate::{
         FEEDBACK_SEPARATOR, dispatch_message, is_planning_task, planning_task, planning_task_name,
     },
     lifecycle::{self, phase, task_policy},
-    plan::{plan_tasks, validate_plan},
-    rollup::{PlanState, budget_exceeded, differs, project_status, total_usage},
+    plan::{EXPLICIT_PLAN, HERA_PLAN, plan_tasks, validate_plan},
+    rollup::{PlanState, budget_exceeded, differs, project_status, refused_plan, total_usage},
     schedule::{Action, Hold, RunPlan, plan_run_gated},
 };
 
@@ -120,7 +116,7 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
         // An empty list: no planning, and the Tasks that name this Project (created by
         // a tool or through GitOps) are the work.
         Some(explicit) if explicit.is_empty() => (PlanState::Explicit, work_of(&all, false)),
-        Some(explicit) => match validate_plan(&name, explicit, None) {
+        Some(explicit) => match validate_plan(&name, explicit, None, &EXPLICIT_PLAN) {
             Ok(plan) => {
                 ensure_tasks(ctx, &all, plan_tasks(project, &plan, None)).await?;
                 (PlanState::Explicit, work_of(&all, false))
@@ -182,6 +178,18 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
                 &Patch::Apply(patch),
             )
             .await?;
+        // One Warning per refused plan, whoever refused it (Hera's verdict, or a plan too
+        // large to keep).
+        if let Some(problems) = refused_plan(&previous, &status) {
+            publish_event(
+                ctx,
+                project,
+                EventType::Warning,
+                reasons::PLAN_INVALID,
+                problems,
+            )
+            .await;
+        }
         if previous.phase != status.phase {
             publish_phase_event(ctx, project, &status).await;
         }
@@ -259,30 +267,39 @@ fn work_of(all: &[Arc<Task>], planning: bool) -> WorkNames {
         .collect()
 }
 
-/// Creates the Tasks of `desired` that do not exist yet.
+/// Creates the Tasks of `desired` that do not exist yet, several at once (a plan may
+/// have a thousand).
 async fn ensure_tasks(
     ctx: &Context,
     existing: &[Arc<Task>],
     desired: Vec<Task>,
 ) -> Result<(), Error> {
-    for task in desired {
-        let name = task.name_any();
-        if existing.iter().any(|t| t.name_any() == name) {
-            continue;
-        }
-        let api = ctx.task_api(&task.namespace().unwrap_or_default());
-        let mut body =
-            serde_json::to_value(&task).map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
-        body["apiVersion"] = json!(format!("{GROUP}/{VERSION}"));
-        body["kind"] = json!("Task");
-        api.patch(
-            &name,
-            &PatchParams::apply(field_managers::PROJECT).force(),
-            &Patch::Apply(body),
-        )
-        .await?;
-    }
-    Ok(())
+    let missing: Vec<Task> = desired
+        .into_iter()
+        .filter(|task| {
+            let name = task.name_any();
+            !existing.iter().any(|t| t.name_any() == name)
+        })
+        .collect();
+    let results: Vec<Result<(), Error>> = stream::iter(missing)
+        .map(|task| async move {
+            let api = ctx.task_api(&task.namespace().unwrap_or_default());
+            let mut body =
+                serde_json::to_value(&task).map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
+            body["apiVersion"] = json!(format!("{GROUP}/{VERSION}"));
+            body["kind"] = json!("Task");
+            api.patch(
+                &task.name_any(),
+                &PatchParams::apply(field_managers::PROJECT).force(),
+                &Patch::Apply(body),
+            )
+            .await?;
+            Ok(())
+        })
+        .buffer_unordered(ACTION_CONCURRENCY)
+        .collect()
+        .await;
+    results.into_iter().collect()
 }
 
 /// The plan of a Project without `spec.tasks`: its planning task's, once valid.
@@ -299,92 +316,115 @@ async fn plan_with_hera(
         ensure_tasks(ctx, all, vec![planning_task(project)]).await?;
         return Ok((PlanState::Planning, WorkNames::new()));
     };
+    let planner_status = planner.status.clone().unwrap_or_default();
+    let plan_ref = planner_status
+        .result
+        .as_ref()
+        .and_then(|r| r.plan_ref.as_ref());
     let accepted = work_of(all, false);
     if !accepted.is_empty() {
         // Tasks from an accepted plan exist: finish creating them if a crash left some
         // out, and never re-plan (Agents may have changed since).
-        if let Some(plan) = planner
-            .status
-            .as_ref()
-            .and_then(|s| s.result.as_ref())
-            .and_then(|r| r.plan.as_ref())
-            && let Ok(valid) = validate_plan(&name, plan, None)
+        if let Some(plan_ref) = plan_ref
+            && accepted.len() < usize::try_from(plan_ref.tasks).unwrap_or(0)
+            && let Ok(plan) = ctx.load_plan(&namespace, plan_ref).await?
+            && let Ok(valid) = validate_plan(&name, &plan, None, &HERA_PLAN)
         {
-            let attempt = planner.status.as_ref().map(|s| s.attempt);
-            ensure_tasks(ctx, all, plan_tasks(project, &valid, attempt)).await?;
+            ensure_tasks(
+                ctx,
+                all,
+                plan_tasks(project, &valid, Some(planner_status.attempt)),
+            )
+            .await?;
         }
         return Ok((PlanState::Planned, accepted));
     }
-    let planner_status = planner.status.clone().unwrap_or_default();
+    let planner_only = WorkNames::from([planner_name]);
     let refused =
         lifecycle::condition(&planner_status.conditions, aios_crds::conditions::SUCCEEDED)
             .filter(|c| c.reason == reasons::PLAN_INVALID)
             .map(|c| c.message.clone());
     match phase(planner) {
         TaskPhase::Succeeded => {
-            let served = ctx.served_roles(&namespace);
-            let checked = match planner_status.result.as_ref().and_then(|r| r.plan.as_ref()) {
-                Some(plan) => validate_plan(&name, plan, Some(&served)).map_err(|e| join(&e)),
-                None => Err("the planning task succeeded without a plan".to_owned()),
-            };
-            match checked {
-                Ok(valid) => {
-                    ensure_tasks(
-                        ctx,
-                        all,
-                        plan_tasks(project, &valid, Some(planner_status.attempt)),
-                    )
-                    .await?;
-                    // The new Tasks show up in the cache and trigger the next pass.
-                    Ok((PlanState::Planning, WorkNames::from([planner_name])))
-                }
-                Err(message) => {
-                    // Ask for a new plan (a new attempt of the planning task, carrying the
-                    // problems) while retries remain; then the Project fails.
-                    let policy = task_policy(planner, &project.spec.policy.task_defaults);
-                    let status = lifecycle::fail_attempt(
-                        planner,
-                        &policy,
-                        reasons::PLAN_INVALID,
-                        &message,
-                        true,
-                        now,
-                    );
-                    let final_ = status.phase == Some(TaskPhase::Failed);
-                    let mut status = status;
-                    status.result = None;
-                    write_task_status(&ctx.task_api(&namespace), planner, &status).await?;
-                    publish_event(
-                        ctx,
-                        project,
-                        EventType::Warning,
-                        reasons::PLAN_INVALID,
-                        &message,
-                    )
-                    .await;
-                    let state = if final_ {
-                        PlanState::Invalid { message }
-                    } else {
-                        PlanState::Replanning { message }
-                    };
-                    Ok((state, WorkNames::from([planner_name])))
-                }
-            }
+            let state = judge_plan(project, ctx, all, planner, now).await?;
+            Ok((state, planner_only))
         }
-        TaskPhase::Failed if refused.is_some() => Ok((
-            PlanState::Invalid {
-                message: refused.unwrap_or_default(),
+        TaskPhase::Failed => Ok((
+            match refused {
+                Some(message) => PlanState::Invalid { message },
+                // Failed for another reason (the model's answer was unusable, its result
+                // could not be recorded): no plan to judge, and the Project fails with
+                // the task.
+                None => PlanState::PlanningFailed {
+                    message: planner_status.message.unwrap_or_default(),
+                },
             },
-            WorkNames::from([planner_name]),
+            planner_only,
         )),
-        _ => match refused {
-            Some(message) => Ok((
-                PlanState::Replanning { message },
-                WorkNames::from([planner_name]),
-            )),
-            None => Ok((PlanState::Planning, WorkNames::from([planner_name]))),
-        },
+        _ => Ok((
+            match refused {
+                Some(message) => PlanState::Replanning { message },
+                None => PlanState::Planning,
+            },
+            planner_only,
+        )),
     }
+}
+
+/// Hera's verdict on the plan of `planner`, a planning task that succeeded: a valid plan
+/// becomes Tasks; a refused one fails the planning attempt with reason `PlanInvalid` and
+/// every problem, so the next attempt's dispatch carries them (`planFeedback`), until
+/// retries run out.
+async fn judge_plan(
+    project: &Project,
+    ctx: &Context,
+    all: &[Arc<Task>],
+    planner: &Task,
+    now: Timestamp,
+) -> Result<PlanState, Error> {
+    let name = project.name_any();
+    let namespace = project.namespace().unwrap_or_default();
+    let planner_status = planner.status.clone().unwrap_or_default();
+    let plan_ref = planner_status
+        .result
+        .as_ref()
+        .and_then(|r| r.plan_ref.as_ref());
+    let served = ctx.served_roles(&namespace);
+    let checked = match plan_ref {
+        Some(plan_ref) => match ctx.load_plan(&namespace, plan_ref).await? {
+            Ok(plan) => {
+                validate_plan(&name, &plan, Some(&served), &HERA_PLAN).map_err(|e| join(&e))
+            }
+            Err(unreadable) => Err(unreadable.to_string()),
+        },
+        None => Err("the planning task succeeded without a plan".to_owned()),
+    };
+    let message = match checked {
+        Ok(valid) => {
+            ensure_tasks(
+                ctx,
+                all,
+                plan_tasks(project, &valid, Some(planner_status.attempt)),
+            )
+            .await?;
+            // The new Tasks show up in the cache and trigger the next pass.
+            return Ok(PlanState::Planning);
+        }
+        Err(message) => message,
+    };
+    // Ask for a new plan (a new attempt of the planning task, carrying the problems)
+    // while retries remain; then the Project fails.
+    let policy = task_policy(planner, &project.spec.policy.task_defaults);
+    let mut status =
+        lifecycle::fail_attempt(planner, &policy, reasons::PLAN_INVALID, &message, true, now);
+    let final_ = status.phase == Some(TaskPhase::Failed);
+    status.result = None;
+    write_task_status(&ctx.task_api(&namespace), planner, &status).await?;
+    Ok(if final_ {
+        PlanState::Invalid { message }
+    } else {
+        PlanState::Replanning { message }
+    })
 }
 
 async fn execute(
@@ -573,24 +613,6 @@ async fn publish_phase_event(ctx: &Context, project: &Project, status: &aios_crd
     publish_event(ctx, project, kind, &format!("{phase:?}"), &message).await;
 }
 
-/// The longest Event note the API server takes, in bytes.
-const EVENT_NOTE_BYTES: usize = 1024;
-
-/// An Event's note from a message that may carry task titles and model text: control and
-/// bidirectional characters removed (the rule commits follow too), then cut at a
-/// character boundary to fit the API server's limit.
-fn event_note(message: &str) -> String {
-    let mut note = text::sanitize(message, Shape::Lines);
-    if note.len() > EVENT_NOTE_BYTES {
-        let end = (0..=EVENT_NOTE_BYTES)
-            .rev()
-            .find(|&i| note.is_char_boundary(i))
-            .unwrap_or(0);
-        note.truncate(end);
-    }
-    note
-}
-
 async fn publish_event(
     ctx: &Context,
     project: &Project,
@@ -598,16 +620,8 @@ async fn publish_event(
     reason: &str,
     note: &str,
 ) {
-    let event = Event {
-        type_: kind,
-        reason: reason.to_owned(),
-        note: Some(event_note(note)),
-        action: "Reconcile".to_owned(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, &project.object_ref(&())).await {
-        tracing::debug!(error = %err, "publishing a Kubernetes event failed");
-    }
+    ctx.publish_event(&project.object_ref(&()), kind, reason, note)
+        .await;
 }
 
 /// What to do after a failed reconcile: a conflict is retried at once (the cache will
@@ -620,23 +634,5 @@ pub fn error_policy(project: Arc<Project>, error: &Error, ctx: Arc<Context>) -> 
             ControllerAction::requeue(Duration::from_millis(200))
         }
         _ => ControllerAction::requeue(Duration::from_secs(5)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_event_note_has_no_bidi_or_control_characters_and_fits_the_limit() {
-        assert_eq!(
-            event_note("task \"Pay \u{202E}fdp.exe\" failed:\n\u{1b}[31mboom\u{2069}"),
-            "task \"Pay fdp.exe\" failed:\n[31mboom"
-        );
-        let long = "é".repeat(1000);
-        let note = event_note(&long);
-        assert_eq!(note.len(), EVENT_NOTE_BYTES, "cut in bytes, not characters");
-        assert!(long.starts_with(&note));
-        assert_eq!(event_note(&format!("a{}", "é".repeat(600))).len(), 1023);
     }
 }

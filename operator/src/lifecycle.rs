@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use aios_crds::{
-    Task, TaskPhase, TaskStatus,
+    Task, TaskPhase, TaskResult, TaskStatus, Usage,
     bus::{TaskEvent, TaskEventKind},
     conditions::{self, reasons},
     project::{Backoff, TaskDefaults},
@@ -314,9 +314,14 @@ pub fn apply_event(
                 now,
             );
         }
-        TaskEventKind::Succeeded { result, usage } => {
+        TaskEventKind::Succeeded { output, usage } => {
+            let result = &output.result;
             status.phase = Some(TaskPhase::Succeeded);
-            status.result = Some(result.clone());
+            // Where a plan is kept is the operator's to say, never the agent's.
+            status.result = Some(TaskResult {
+                plan_ref: None,
+                ..result.clone()
+            });
             status
                 .usage
                 .get_or_insert_with(Default::default)
@@ -358,12 +363,40 @@ pub fn apply_event(
     Some(status)
 }
 
+/// The task's status when what an agent reported for the live attempt cannot be
+/// recorded (the API server refused it as invalid, or its plan is too large to keep):
+/// the attempt fails with `reason` and `message`, its usage counted, and is retried
+/// under the task's policy, as if the agent had reported the failure. `None` when the
+/// event would change nothing (see [`apply_event`]).
+pub fn refuse_outcome(
+    task: &Task,
+    policy: &TaskPolicy,
+    event: &TaskEvent,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> Option<TaskStatus> {
+    let usage = match &event.kind {
+        TaskEventKind::Succeeded { usage, .. } | TaskEventKind::Failed { usage, .. } => {
+            usage.clone()
+        }
+        _ => Usage::default(),
+    };
+    let failed = TaskEvent {
+        kind: TaskEventKind::Failed {
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+            retryable: true,
+            usage,
+        },
+        ..event.clone()
+    };
+    apply_event(task, policy, &failed, now)
+}
+
 #[cfg(test)]
 mod tests {
-    use aios_crds::{
-        TaskResult, Usage,
-        bus::{ObjectRef, SCHEMA_VERSION},
-    };
+    use aios_crds::bus::{ObjectRef, SCHEMA_VERSION};
 
     use super::*;
     use crate::testing::{task, ts};
@@ -513,10 +546,11 @@ mod tests {
         );
 
         let done = TaskEventKind::Succeeded {
-            result: TaskResult {
+            output: TaskResult {
                 summary: "built".into(),
                 ..TaskResult::default()
-            },
+            }
+            .into(),
             usage: Usage {
                 input_tokens: 10,
                 local_requests: 1,
@@ -638,5 +672,71 @@ mod tests {
         let s = apply_event(&t, &policy(2), &event(&t, 1, failed, 3), ts(3)).unwrap();
         assert_eq!(s.phase, Some(TaskPhase::Pending));
         assert_eq!(s.usage.unwrap().output_tokens, 7);
+    }
+
+    #[test]
+    fn a_result_that_cannot_be_recorded_fails_the_attempt_with_the_reason_and_its_usage() {
+        let mut t = task("shop-plan", &[]);
+        t.status = Some(queued(&t, 1, ts(0)));
+        let p = policy(2);
+        t.status =
+            Some(apply_event(&t, &p, &event(&t, 1, TaskEventKind::Started, 1), ts(1)).unwrap());
+        let done = TaskEventKind::Succeeded {
+            output: TaskResult {
+                summary: "planned".into(),
+                ..TaskResult::default()
+            }
+            .into(),
+            usage: Usage {
+                output_tokens: 9,
+                ..Usage::default()
+            },
+        };
+        let refused = "Task.aios.dev \"shop-plan\" is invalid: status.result.summary: Too long";
+        let s = refuse_outcome(
+            &t,
+            &p,
+            &event(&t, 1, done.clone(), 2),
+            reasons::RESULT_REFUSED,
+            refused,
+            ts(2),
+        )
+        .unwrap();
+        assert_eq!(s.phase, Some(TaskPhase::Pending), "retried");
+        assert_eq!(s.result, None);
+        assert_eq!(s.usage.unwrap().output_tokens, 9);
+        let c = condition(&s.conditions, "Succeeded").unwrap();
+        assert_eq!(
+            (c.reason.as_str(), c.message.as_str()),
+            ("ResultRefused", refused)
+        );
+        assert!(s.message.unwrap().contains(refused));
+        let mut finished = t.clone();
+        finished.status = Some(apply_event(&t, &p, &event(&t, 1, done.clone(), 3), ts(3)).unwrap());
+        assert_eq!(
+            refuse_outcome(&finished, &p, &event(&t, 1, done, 4), "X", "x", ts(4)),
+            None,
+            "a finished attempt stays finished"
+        );
+    }
+
+    #[test]
+    fn an_agents_plan_reference_is_not_recorded() {
+        let mut t = task("shop-plan", &[]);
+        t.status = Some(queued(&t, 1, ts(0)));
+        let mut result = TaskResult {
+            summary: "planned".into(),
+            ..TaskResult::default()
+        };
+        result.plan_ref = Some(aios_crds::task::PlanRef {
+            config_maps: vec!["someone-elses".into()],
+            ..aios_crds::task::PlanRef::default()
+        });
+        let done = TaskEventKind::Succeeded {
+            output: result.into(),
+            usage: Usage::default(),
+        };
+        let s = apply_event(&t, &policy(1), &event(&t, 1, done, 1), ts(1)).unwrap();
+        assert_eq!(s.result.unwrap().plan_ref, None);
     }
 }

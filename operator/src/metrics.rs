@@ -24,7 +24,9 @@ pub struct Metrics {
     pub dispatches: IntCounterVec,
     /// Bus publish failures by message kind and error category.
     pub publish_failures: IntCounterVec,
-    /// Agent events consumed, by event type and outcome (applied, ignored, malformed).
+    /// Agent events consumed, by event type and outcome (applied; ignored; refused: the
+    /// API server refused the outcome and the attempt failed with its message instead;
+    /// dropped: that was refused too; malformed, unsupported_version).
     pub events: IntCounterVec,
 }
 

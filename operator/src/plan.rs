@@ -1,15 +1,29 @@
-//! Validating a plan (from `Project.spec.tasks` or from Hera's planning task) and
-//! turning it into Task objects.
+//! Validating a plan (from `Project.spec.tasks` or from Hera's planning task), turning
+//! it into Task objects, and keeping Hera's plan in ConfigMaps of its own.
+//!
+//! Hera's plan is not kept in the planning Task's status: a 1,000-task plan with wide
+//! fan-ins is larger than one object may be. Its compact JSON is cut into parts of at
+//! most [`PLAN_PART_BYTES`], each an immutable ConfigMap owned by the planning Task and
+//! named after the plan's digest (the same plan gives the same objects, another plan
+//! other objects), and the Task's `status.result.planRef` names them with the digest.
 
 use std::collections::BTreeMap;
 
-pub use aios_crds::plan::{PlanError, ValidatedPlan, task_object_name, validate_plan};
 use aios_crds::{
-    Project, Task, TaskSpec,
-    names::{annotations, labels},
-    task::ModelPin,
+    PlannedTask, Project, Task, TaskSpec,
+    limits::PLAN_PART_BYTES,
+    names::{annotations, labels, plan::PART_KEY},
+    plan::plan_json,
+    task::{ModelPin, PlanRef},
+    text,
 };
+pub use aios_crds::{
+    limits::{EXPLICIT_PLAN, HERA_PLAN, PlanLimits},
+    plan::{PlanError, ValidatedPlan, task_object_name, validate_plan},
+};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Resource, ResourceExt, api::ObjectMeta};
+use sha2::{Digest, Sha256};
 
 /// The Task objects a validated plan becomes: owned by the Project, labelled with it,
 /// dependencies mapped to object names.
@@ -64,11 +78,120 @@ pub fn plan_tasks(project: &Project, plan: &ValidatedPlan, plan_attempt: Option<
         .collect()
 }
 
+/// A plan as its ConfigMaps keep it, and the reference the planning Task records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPlan {
+    /// The ConfigMaps, in part order.
+    pub config_maps: Vec<ConfigMap>,
+    /// What `status.result.planRef` records.
+    pub plan_ref: PlanRef,
+}
+
+/// Why a kept plan could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanReadError {
+    /// A part's ConfigMap is gone, or has no part.
+    #[error("part {0} of the plan is missing")]
+    MissingPart(String),
+    /// The parts read back are not the plan that was kept.
+    #[error("the plan's parts do not match its digest: they were changed or replaced")]
+    Digest,
+    /// The parts are not a plan.
+    #[error("the kept plan is not a plan: {0}")]
+    Malformed(#[source] serde_json::Error),
+}
+
+/// The lowercase hex SHA-256 of `bytes`.
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, b| {
+            use std::fmt::Write;
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
+}
+
+/// The ConfigMaps that keep `plan`, reported by `planner` (the planning Task), and the
+/// reference to them. A plan over [`HERA_PLAN`]'s bytes is not kept: that is a problem
+/// with the plan, reported as [`PlanError::TooLarge`].
+pub fn stored_plan(planner: &Task, plan: &[PlannedTask]) -> Result<StoredPlan, PlanError> {
+    let json = plan_json(plan);
+    if json.len() > HERA_PLAN.bytes {
+        return Err(PlanError::TooLarge {
+            bytes: json.len(),
+            max: HERA_PLAN.bytes,
+        });
+    }
+    let sha256 = sha256_hex(json.as_bytes());
+    let mut parts = Vec::new();
+    let mut rest = json.as_str();
+    while !rest.is_empty() {
+        let part = text::truncate(rest, PLAN_PART_BYTES);
+        parts.push(part);
+        rest = &rest[part.len()..];
+    }
+    let planner_name = planner.name_any();
+    let config_maps: Vec<ConfigMap> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, part)| ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(format!("{planner_name}-{}-{i}", &sha256[..12])),
+                namespace: planner.namespace(),
+                owner_references: planner.controller_owner_ref(&()).map(|o| vec![o]),
+                labels: Some(BTreeMap::from([
+                    (labels::PROJECT.to_owned(), planner.spec.project.clone()),
+                    (
+                        labels::MANAGED_BY.to_owned(),
+                        labels::MANAGED_BY_VALUE.to_owned(),
+                    ),
+                ])),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([(PART_KEY.to_owned(), (*part).to_owned())])),
+            immutable: Some(true),
+            ..ConfigMap::default()
+        })
+        .collect();
+    let plan_ref = PlanRef {
+        config_maps: config_maps.iter().map(ResourceExt::name_any).collect(),
+        sha256,
+        tasks: i32::try_from(plan.len()).unwrap_or(i32::MAX),
+        bytes: i64::try_from(json.len()).unwrap_or(i64::MAX),
+    };
+    Ok(StoredPlan {
+        config_maps,
+        plan_ref,
+    })
+}
+
+/// The plan `plan_ref` names, from its parts' ConfigMaps (`None` for one that is gone),
+/// in the order the reference lists them.
+pub fn read_plan(
+    plan_ref: &PlanRef,
+    parts: &[Option<ConfigMap>],
+) -> Result<Vec<PlannedTask>, PlanReadError> {
+    let mut json = String::new();
+    for (name, part) in plan_ref.config_maps.iter().zip(parts) {
+        let text = part
+            .as_ref()
+            .and_then(|cm| cm.data.as_ref())
+            .and_then(|data| data.get(PART_KEY))
+            .ok_or_else(|| PlanReadError::MissingPart(name.clone()))?;
+        json.push_str(text);
+    }
+    if sha256_hex(json.as_bytes()) != plan_ref.sha256 {
+        return Err(PlanReadError::Digest);
+    }
+    serde_json::from_str(&json).map_err(PlanReadError::Malformed)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
 
-    use aios_crds::{DnsLabel, PlannedTask};
+    use aios_crds::DnsLabel;
 
     use super::*;
 
@@ -99,8 +222,13 @@ mod tests {
             task("api", "backend", &["design"]),
             task("design", "backend", &[]),
         ];
-        let ok =
-            validate_plan("shop", &plan, Some(&roles(&["backend", "frontend", "qa"]))).unwrap();
+        let ok = validate_plan(
+            "shop",
+            &plan,
+            Some(&roles(&["backend", "frontend", "qa"])),
+            &EXPLICIT_PLAN,
+        )
+        .unwrap();
         let order: Vec<_> = ok.tasks.iter().map(|t| t.name.to_string()).collect();
         assert_eq!(order, ["design", "ui", "api", "test"]);
     }
@@ -113,7 +241,7 @@ mod tests {
             task("c", "backend", &["b"]),
             task("d", "backend", &[]),
         ];
-        let errs = validate_plan("shop", &plan, None).unwrap_err();
+        let errs = validate_plan("shop", &plan, None, &EXPLICIT_PLAN).unwrap_err();
         let [PlanError::Cycle(cycle)] = errs.as_slice() else {
             panic!("{errs:?}")
         };
@@ -133,7 +261,8 @@ mod tests {
             task("b", "security", &["missing"]),
             task("b", "backend", &[]),
         ];
-        let errs = validate_plan("shop", &plan, Some(&roles(&["backend"]))).unwrap_err();
+        let errs =
+            validate_plan("shop", &plan, Some(&roles(&["backend"])), &EXPLICIT_PLAN).unwrap_err();
         assert!(
             errs.contains(&PlanError::DuplicateName("b".into())),
             "{errs:?}"
@@ -155,7 +284,7 @@ mod tests {
             "{errs:?}"
         );
         assert_eq!(
-            validate_plan("shop", &[], None).unwrap_err(),
+            validate_plan("shop", &[], None, &EXPLICIT_PLAN).unwrap_err(),
             [PlanError::Empty]
         );
     }
@@ -167,6 +296,7 @@ mod tests {
             &long_project,
             &[task(&"t".repeat(60), "backend", &[])],
             None,
+            &EXPLICIT_PLAN,
         )
         .unwrap_err();
         assert!(matches!(errs[0], PlanError::NameTooLong { .. }), "{errs:?}");
@@ -185,6 +315,7 @@ mod tests {
             "shop",
             &[task("api", "backend", &[]), task("qa", "qa", &["api"])],
             None,
+            &EXPLICIT_PLAN,
         )
         .unwrap();
         let tasks = plan_tasks(&project, &plan, Some(2));
@@ -198,5 +329,94 @@ mod tests {
         );
         assert_eq!(tasks[1].labels()[labels::PROJECT], "shop");
         assert_eq!(tasks[1].annotations()[annotations::PLAN_ATTEMPT], "2");
+    }
+
+    fn planner() -> Task {
+        let mut planner = crate::dispatch::planning_task(&crate::testing::project("shop"));
+        planner.metadata.uid = Some("uid-shop-plan".into());
+        planner
+    }
+
+    /// A `width`-task plan whose tasks carry `description_bytes` of description, and a
+    /// task that depends on all of them.
+    fn wide_plan(width: usize, description_bytes: usize) -> Vec<PlannedTask> {
+        let parts: Vec<String> = (0..width).map(|i| format!("part-{i}")).collect();
+        let mut plan: Vec<PlannedTask> = parts
+            .iter()
+            .map(|p| {
+                let mut t = task(p, "backend", &[]);
+                t.description = "é".repeat(description_bytes / 2);
+                t
+            })
+            .collect();
+        let deps: Vec<&str> = parts.iter().map(String::as_str).collect();
+        plan.push(task("join", "qa", &deps));
+        plan
+    }
+
+    #[test]
+    fn a_thousand_task_plan_is_kept_in_parts_and_read_back_whole() {
+        let plan = wide_plan(999, 2000);
+        let stored = stored_plan(&planner(), &plan).unwrap();
+        assert!(
+            stored.config_maps.len() >= 4,
+            "{} parts",
+            stored.config_maps.len()
+        );
+        for cm in &stored.config_maps {
+            let part = &cm.data.as_ref().unwrap()[PART_KEY];
+            assert!(part.len() <= PLAN_PART_BYTES, "{}", part.len());
+            assert_eq!(cm.immutable, Some(true));
+            assert_eq!(cm.metadata.namespace.as_deref(), Some("team-a"));
+            assert_eq!(cm.labels()[labels::PROJECT], "shop");
+            let owner = &cm.metadata.owner_references.as_ref().unwrap()[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.uid.as_str()),
+                ("Task", "uid-shop-plan")
+            );
+        }
+        let r = &stored.plan_ref;
+        assert_eq!(r.tasks, 1000);
+        assert_eq!(r.sha256.len(), 64);
+        assert!(r.config_maps[0].starts_with(&format!("shop-plan-{}-", &r.sha256[..12])));
+        let parts: Vec<Option<ConfigMap>> = stored.config_maps.iter().cloned().map(Some).collect();
+        assert_eq!(read_plan(r, &parts).unwrap(), plan);
+        assert_eq!(
+            stored_plan(&planner(), &plan).unwrap(),
+            stored,
+            "the same plan gives the same objects"
+        );
+        let other = stored_plan(&planner(), &plan[1..]).unwrap();
+        assert_ne!(other.plan_ref.config_maps[0], r.config_maps[0]);
+    }
+
+    #[test]
+    fn a_missing_or_changed_part_is_not_read_as_the_plan() {
+        let stored = stored_plan(&planner(), &wide_plan(400, 2000)).unwrap();
+        let r = &stored.plan_ref;
+        let mut parts: Vec<Option<ConfigMap>> =
+            stored.config_maps.iter().cloned().map(Some).collect();
+        parts[1] = None;
+        assert!(matches!(
+            read_plan(r, &parts),
+            Err(PlanReadError::MissingPart(name)) if name == r.config_maps[1]
+        ));
+        let mut changed = stored.config_maps[1].clone();
+        changed
+            .data
+            .as_mut()
+            .unwrap()
+            .insert(PART_KEY.to_owned(), "[]".to_owned());
+        parts[1] = Some(changed);
+        assert!(matches!(read_plan(r, &parts), Err(PlanReadError::Digest)));
+    }
+
+    #[test]
+    fn a_plan_too_large_to_keep_is_a_plan_problem() {
+        let err = stored_plan(&planner(), &wide_plan(200, 30_000)).unwrap_err();
+        assert!(
+            matches!(err, PlanError::TooLarge { max, .. } if max == HERA_PLAN.bytes),
+            "{err}"
+        );
     }
 }

@@ -10,7 +10,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
-use crate::lifecycle::{phase, set_condition};
+use crate::lifecycle::{condition, phase, set_condition};
 
 /// Where the Project's plan stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +31,12 @@ pub enum PlanState {
     },
     /// The planning task's plan was valid and its Tasks exist.
     Planned,
+    /// The planning task failed for good without a plan to judge (the model's answer
+    /// was unusable, its result could not be recorded, ...).
+    PlanningFailed {
+        /// The planning task's message.
+        message: String,
+    },
 }
 
 /// Whether the Project's model budget is spent.
@@ -254,6 +260,16 @@ fn set_plan_conditions(
                 now,
             );
         }
+        PlanState::PlanningFailed { message } => {
+            set_condition(
+                conditions,
+                conditions::PLANNED,
+                "False",
+                reasons::PLANNING_FAILED,
+                &format!("the planning task failed: {message}"),
+                now,
+            );
+        }
         PlanState::Replanning { message } | PlanState::Invalid { message } => {
             set_condition(
                 conditions,
@@ -273,6 +289,21 @@ fn set_plan_conditions(
             );
         }
     }
+}
+
+/// The problems of a plan refused since `previous`: the `Planned` condition turned to
+/// reason `PlanInvalid` or names other problems. Each refusal passes through `Planning`
+/// (the next attempt is dispatched in between), so a plan refused again for the same
+/// problems is reported again.
+pub fn refused_plan<'a>(previous: &ProjectStatus, status: &'a ProjectStatus) -> Option<&'a str> {
+    let now = refused_problems(status)?;
+    (refused_problems(previous) != Some(now)).then_some(now)
+}
+
+fn refused_problems(status: &ProjectStatus) -> Option<&str> {
+    condition(&status.conditions, conditions::PLANNED)
+        .filter(|c| c.reason == reasons::PLAN_INVALID)
+        .map(|c| c.message.as_str())
 }
 
 /// Whether two statuses differ in more than timestamps (so a write can be skipped).
@@ -295,10 +326,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::{
-        lifecycle::condition,
-        testing::{project, task, ts, with_phase},
-    };
+    use crate::testing::{project, task, ts, with_phase};
 
     fn status_of(p: &Project, tasks: &[Task], plan: &PlanState) -> ProjectStatus {
         let refs: Vec<&Task> = tasks.iter().collect();
@@ -476,5 +504,66 @@ mod tests {
         with_prev.status = Some(a.clone());
         let c = project_status(&with_prev, &refs, &refs, &PlanState::Explicit, ts(3));
         assert!(!differs(&a, &c));
+    }
+
+    #[test]
+    fn a_planning_task_that_failed_without_a_plan_leaves_no_condition_stale() {
+        let p = project("shop");
+        let mut planner = with_phase(task("shop-plan", &[]), Failed);
+        planner.status.as_mut().unwrap().message =
+            Some("attempt 3 failed (InvalidOutput) and no retries are left: not JSON".into());
+        let s = status_of(
+            &p,
+            &[planner],
+            &PlanState::PlanningFailed {
+                message: "attempt 3 failed (InvalidOutput) and no retries are left: not JSON"
+                    .into(),
+            },
+        );
+        assert_eq!(s.phase, Some(ProjectPhase::Failed));
+        let plan_condition = condition(&s.conditions, "Planned").unwrap();
+        assert_eq!(
+            (
+                plan_condition.status.as_str(),
+                plan_condition.reason.as_str()
+            ),
+            ("False", "PlanningFailed")
+        );
+        assert!(
+            plan_condition.message.contains("not JSON"),
+            "{}",
+            plan_condition.message
+        );
+        assert_eq!(
+            condition(&s.conditions, "Succeeded").unwrap().reason,
+            "TaskFailed"
+        );
+    }
+
+    #[test]
+    fn each_refusal_of_a_plan_is_reported_once() {
+        let mut p = project("shop");
+        let planner = [with_phase(task("shop-plan", &[]), Pending)];
+        let cycle = PlanState::Replanning {
+            message: "tasks a -> b -> a depend on each other in a cycle".into(),
+        };
+        let planning = status_of(&p, &planner, &PlanState::Planning);
+        p.status = Some(planning.clone());
+        let refused = status_of(&p, &planner, &cycle);
+        assert_eq!(
+            refused_plan(&planning, &refused),
+            Some("tasks a -> b -> a depend on each other in a cycle")
+        );
+        p.status = Some(refused.clone());
+        let again = status_of(&p, &planner, &cycle);
+        assert_eq!(refused_plan(&refused, &again), None, "the same pass again");
+        p.status = Some(again.clone());
+        let replanning = status_of(&p, &planner, &PlanState::Planning);
+        p.status = Some(replanning.clone());
+        let refused_again = status_of(&p, &planner, &cycle);
+        assert!(
+            refused_plan(&replanning, &refused_again).is_some(),
+            "the next attempt refused for the same problems"
+        );
     }
 }

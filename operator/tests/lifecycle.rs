@@ -6,8 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use aios_crds::{TaskPhase, TaskResult, bus::TaskDispatch};
-use support::{FakeAgents, Harness, Reply, done};
+use aios_crds::{TaskPhase, TaskResult};
+use support::{FakeAgents, Harness, Reply, done, plan_reply};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -120,18 +120,6 @@ async fn a_diamond_plan_runs_in_dependency_order_to_succeeded() {
     );
 }
 
-fn plan_reply(d: &TaskDispatch, plan: &serde_json::Value) -> Reply {
-    if d.spec.planning {
-        Reply::Succeed(TaskResult {
-            summary: "planned".into(),
-            plan: Some(serde_json::from_value(plan.clone()).unwrap()),
-            ..TaskResult::default()
-        })
-    } else {
-        Reply::Succeed(done(d))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_project_without_tasks_is_planned_by_hera_into_tasks() {
     let h = Harness::running("planned", &["cto", "backend", "qa"]).await;
@@ -205,7 +193,108 @@ async fn an_invalid_plan_is_replanned_and_finally_fails_with_plan_invalid() {
         "{.status.conditions[?(@.type==\"PlanInvalid\")].message}",
     );
     assert!(invalid.contains("security"), "{invalid}");
+    assert_eq!(
+        project_condition(&h, "vault", "Planned", "reason"),
+        "PlanInvalid"
+    );
     assert_eq!(h.tasks().len(), 1, "no Tasks from a refused plan");
+}
+
+/// A Project without tasks, named `name`, whose planning may retry `retries` times
+/// one second apart.
+fn unplanned(name: &str, retries: u32) -> String {
+    format!(
+        "apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: {name}\nspec:\n  description: Plan me\n  repository:\n    url: file:///tmp/{name}.git\n  policy:\n    taskDefaults:\n      maxRetries: {retries}\n      backoff:\n        durationSeconds: 1\n"
+    )
+}
+
+/// The value of `field` of the Project's condition `type_`.
+fn project_condition(h: &Harness, project: &str, type_: &str, field: &str) -> String {
+    h.jsonpath(
+        &format!("project/{project}"),
+        &format!("{{.status.conditions[?(@.type==\"{type_}\")].{field}}}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cyclic_plan_is_refused_by_hera_with_its_problems_and_planned_again() {
+    let h = Harness::running("cycle", &["cto", "backend"]).await;
+    let cyclic = serde_json::json!([
+        {"name": "api", "title": "API", "role": "backend", "dependsOn": ["store"]},
+        {"name": "store", "title": "Store", "role": "backend", "dependsOn": ["api"]}
+    ]);
+    let acyclic = serde_json::json!([
+        {"name": "api", "title": "API", "role": "backend", "dependsOn": ["store"]},
+        {"name": "store", "title": "Store", "role": "backend"}
+    ]);
+    let agents = FakeAgents::start(
+        &h.amqp_url,
+        &["cto", "backend"],
+        Duration::from_millis(20),
+        move |d| plan_reply(d, if d.attempt == 1 { &cyclic } else { &acyclic }),
+    )
+    .await;
+    h.apply(&unplanned("loop", 2));
+    h.wait_for_phase("loop", "Succeeded", TIMEOUT).await;
+
+    let plans: Vec<_> = agents
+        .received()
+        .into_iter()
+        .filter(|r| r.dispatch.spec.planning)
+        .collect();
+    assert_eq!(plans.len(), 2, "a plan and a re-plan");
+    let feedback = plans[1].dispatch.plan_feedback.join(" ");
+    assert!(feedback.contains("in a cycle"), "{feedback}");
+    assert_eq!(agents.order()[2..], ["loop-store", "loop-api"]);
+    assert_eq!(project_condition(&h, "loop", "Planned", "status"), "True");
+    assert_eq!(
+        project_condition(&h, "loop", "PlanInvalid", "status"),
+        "False",
+        "the accepted plan is valid"
+    );
+    let events = h.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=loop,reason=PlanInvalid",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(
+        events.contains("in a cycle"),
+        "a Warning names the problem: {events:?}\n{}",
+        h.kubectl(&["get", "events"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_planning_task_that_fails_without_a_plan_leaves_every_condition_current() {
+    let h = Harness::running("planfail", &["cto", "backend"]).await;
+    let _agents = FakeAgents::start(&h.amqp_url, &["cto"], Duration::from_millis(10), |_| {
+        Reply::Fail {
+            reason: "InvalidPlan".into(),
+            retryable: true,
+        }
+    })
+    .await;
+    h.apply(&unplanned("noplan", 0));
+    h.wait_for_phase("noplan", "Failed", TIMEOUT).await;
+
+    assert_eq!(
+        project_condition(&h, "noplan", "Succeeded", "reason"),
+        "TaskFailed"
+    );
+    assert_eq!(
+        project_condition(&h, "noplan", "Planned", "status"),
+        "False"
+    );
+    assert_eq!(
+        project_condition(&h, "noplan", "Planned", "reason"),
+        "PlanningFailed",
+        "not still 'Planning' once the Project has failed"
+    );
+    let message = project_condition(&h, "noplan", "Planned", "message");
+    assert!(message.contains("InvalidPlan"), "{message}");
 }
 
 fn failing(name: &str, task_a: &str, fail_fast: bool) -> String {
@@ -369,10 +458,11 @@ async fn duplicate_and_stale_events_change_nothing() {
         .await
         .unwrap();
     let again = TaskEventKind::Succeeded {
-        result: TaskResult {
+        output: TaskResult {
             summary: "a second time".into(),
             ..TaskResult::default()
-        },
+        }
+        .into(),
         usage: Usage {
             input_tokens: 5,
             ..Usage::default()
@@ -448,6 +538,63 @@ async fn a_dead_lettered_dispatch_fails_its_attempt_as_a_poison_message() {
     assert!(
         h.jsonpath("task/poison-only", "{.status.message}")
             .contains("dead-lettered")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_the_api_server_refuses_fails_the_attempt_with_its_message_and_is_not_redelivered()
+{
+    let h = Harness::running("refused", &["backend"]).await;
+    // Larger than the API server takes in one request, on every attempt.
+    let _agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |d| {
+        let mut output = done(d);
+        output.result.summary = "x".repeat(4 * 1024 * 1024);
+        Reply::Succeed(output)
+    })
+    .await;
+    h.apply("apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: huge\nspec:\n  description: A result too large\n  repository:\n    url: file:///tmp/huge.git\n  policy:\n    taskDefaults:\n      maxRetries: 1\n      backoff:\n        durationSeconds: 1\n  tasks:\n    - name: only\n      title: The only task\n      role: backend\n");
+    h.wait_for_phase("huge", "Failed", TIMEOUT).await;
+
+    let task = h.task("huge-only");
+    let status = task.status.unwrap();
+    assert_eq!(status.attempt, 2, "maxRetries 1: both attempts ran");
+    let succeeded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Succeeded")
+        .unwrap();
+    assert_eq!(succeeded.reason, "ResultRefused");
+    assert!(
+        succeeded.message.contains("Request entity too large"),
+        "the API server's message: {}",
+        succeeded.message
+    );
+    let project = h.jsonpath(
+        "project/huge",
+        "{.status.conditions[?(@.type==\"Succeeded\")].message}",
+    );
+    assert!(
+        project.contains("ResultRefused") && project.contains("Request entity too large"),
+        "{project}"
+    );
+    let events = h.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=huge-only,reason=ResultRefused",
+    ]);
+    assert!(events.contains("too large"), "{events}");
+    // Each refused outcome was handled once, not redelivered in a loop.
+    let refused = h.metric(
+        0,
+        "aios_task_events_total{outcome=\"refused\",type=\"succeeded\"}",
+    );
+    assert!((refused - 2.0).abs() < 0.5, "{refused} refused outcomes");
+    let log = std::fs::read_to_string(&h.operators[0].log).unwrap();
+    assert!(
+        !log.contains("it will be redelivered"),
+        "{}",
+        aios_e2e::process::log_tail(&h.operators[0].log, 20)
     );
 }
 

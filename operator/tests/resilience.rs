@@ -6,7 +6,7 @@ mod support;
 
 use std::{collections::BTreeMap, fmt::Write, time::Duration};
 
-use support::{FakeAgents, Harness, Reply, done};
+use support::{FakeAgents, Harness, Reply, done, plan_reply};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -183,4 +183,75 @@ async fn a_task_deleted_while_no_agent_listens_is_marked_cancelled_before_it_goe
         ttl > 24 * 3600,
         "{key} marks the attempt cancelled for longer than a dispatch waits (TTL {ttl} s)"
     );
+}
+
+/// A plan (as an agent reports it) of `width` independent backend tasks and a qa task
+/// that depends on all of them.
+fn fan_in_plan(width: usize) -> serde_json::Value {
+    let parts: Vec<String> = (0..width).map(|i| format!("part-{i}")).collect();
+    let mut tasks: Vec<serde_json::Value> = parts
+        .iter()
+        .map(|p| serde_json::json!({"name": p, "title": format!("Build {p}"), "role": "backend"}))
+        .collect();
+    tasks.push(serde_json::json!({
+        "name": "join", "title": "Test the parts together", "role": "qa", "dependsOn": parts
+    }));
+    serde_json::Value::Array(tasks)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_200_wide_fan_in_planned_by_hera_succeeds() {
+    fan_in_planned_by_hera_succeeds(200, Duration::from_secs(180)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a 1,000-task DAG: about 100 s here; run with --ignored"]
+async fn a_1000_task_dag_planned_by_hera_succeeds() {
+    fan_in_planned_by_hera_succeeds(999, Duration::from_secs(600)).await;
+}
+
+/// Hera plans `width` parts and a join depending on all of them; the Project succeeds,
+/// the join running after every part, and the plan is kept apart from the planning Task.
+async fn fan_in_planned_by_hera_succeeds(width: usize, timeout: Duration) {
+    let h = Harness::running("fanin", &["cto", "backend", "qa"]).await;
+    let plan = fan_in_plan(width);
+    let agents = FakeAgents::start(
+        &h.amqp_url,
+        &["cto", "backend", "qa"],
+        Duration::from_millis(10),
+        move |d| plan_reply(d, &plan),
+    )
+    .await;
+    h.apply("apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: fanin\nspec:\n  description: Many parts, tested together\n  repository:\n    url: file:///tmp/fanin.git\n  policy:\n    maxParallelTasks: 50\n");
+    h.wait_for_phase("fanin", "Succeeded", timeout).await;
+
+    assert_eq!(
+        h.jsonpath("project/fanin", "{.status.progress}"),
+        format!("{}/{}", width + 1, width + 1)
+    );
+    let received = agents.received();
+    assert_eq!(received.len(), width + 2, "the plan, then each task once");
+    let join = received
+        .iter()
+        .find(|r| r.dispatch.task.name == "fanin-join")
+        .unwrap();
+    assert_eq!(join.dispatch.dependencies.len(), width);
+    let finished = agents.finished.lock().unwrap().clone();
+    assert!(
+        (0..width).all(|i| finished[&format!("fanin-part-{i}")] <= join.at),
+        "the join ran after every part"
+    );
+    assert_eq!(h.task("fanin-join").spec.depends_on.len(), width);
+
+    // The plan is kept apart from the planning Task, which names where.
+    let planner = h.task("fanin-plan");
+    let plan_ref = planner.status.unwrap().result.unwrap().plan_ref.unwrap();
+    assert_eq!(plan_ref.tasks, i32::try_from(width + 1).unwrap());
+    for name in &plan_ref.config_maps {
+        let owner = h.jsonpath(
+            &format!("configmap/{name}"),
+            "{.metadata.ownerReferences[0].name}",
+        );
+        assert_eq!(owner, "fanin-plan");
+    }
 }

@@ -15,7 +15,9 @@ use std::{
 
 use aios_crds::{
     Task, TaskResult, Usage,
-    bus::{Message, SCHEMA_VERSION, TaskCancel, TaskDispatch, TaskEvent, TaskEventKind},
+    bus::{
+        Message, SCHEMA_VERSION, TaskCancel, TaskDispatch, TaskEvent, TaskEventKind, TaskOutput,
+    },
     names::bus::role_queue,
 };
 use aios_e2e::{Environment, process};
@@ -290,8 +292,8 @@ impl Drop for Harness {
 /// What a fake agent does with a dispatch.
 #[derive(Debug, Clone)]
 pub enum Reply {
-    /// Report success with this result.
-    Succeed(TaskResult),
+    /// Report success with this result (and, for a planning task, plan).
+    Succeed(TaskOutput),
     /// Report failure.
     Fail { reason: String, retryable: bool },
     /// Report Started, then nothing: a stuck or dead agent.
@@ -459,7 +461,7 @@ async fn respond(bus: &Bus, agent: &str, dispatch: &TaskDispatch, reply: Reply, 
         ..Usage::default()
     };
     let kind = match reply {
-        Reply::Succeed(result) => TaskEventKind::Succeeded { result, usage },
+        Reply::Succeed(output) => TaskEventKind::Succeeded { output, usage },
         Reply::Fail { reason, retryable } => TaskEventKind::Failed {
             message: format!("the fake agent was told to fail with {reason}"),
             reason,
@@ -474,11 +476,28 @@ async fn respond(bus: &Bus, agent: &str, dispatch: &TaskDispatch, reply: Reply, 
 }
 
 /// A result that names the task.
-pub fn done(dispatch: &TaskDispatch) -> TaskResult {
+pub fn done(dispatch: &TaskDispatch) -> TaskOutput {
     TaskResult {
         summary: format!("{} done", dispatch.task.name),
         files: vec![format!("{}.txt", dispatch.task.name)],
         commit: Some(format!("c-{}", dispatch.task.name)),
         ..TaskResult::default()
+    }
+    .into()
+}
+
+/// A planning task's answer: `plan` (JSON, as an agent reports it), or the task's
+/// result for any other task.
+pub fn plan_reply(dispatch: &TaskDispatch, plan: &serde_json::Value) -> Reply {
+    if dispatch.spec.planning {
+        Reply::Succeed(TaskOutput {
+            result: TaskResult {
+                summary: "planned".into(),
+                ..TaskResult::default()
+            },
+            plan: Some(serde_json::from_value(plan.clone()).unwrap()),
+        })
+    } else {
+        Reply::Succeed(done(dispatch))
     }
 }
