@@ -27,8 +27,19 @@ fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Processes the test started; stopped when dropped, passed or panicked.
+struct Running(Vec<process::ServerProcess>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for server in self.0.iter().rev() {
+            server.stop(Duration::from_secs(10));
+        }
+    }
+}
+
 /// The operator and one agent per role the sample Project uses, as processes.
-fn start_aios(env: &Environment, ns: &str, amqp: &str, work: &Path) -> Vec<process::ServerProcess> {
+fn start_aios(env: &Environment, ns: &str, amqp: &str, work: &Path) -> Running {
     let redis = env.redis_url.clone().unwrap();
     let kubeconfig = env.kubeconfig.display().to_string();
     let base = |extra: &[(&str, String)]| -> Vec<(String, String)> {
@@ -58,7 +69,7 @@ fn start_aios(env: &Environment, ns: &str, amqp: &str, work: &Path) -> Vec<proce
         &work.join("operator.log"),
     )
     .unwrap();
-    let mut running = vec![operator];
+    let mut running = Running(vec![operator]);
     let providers = work.join("providers.json");
     wait_for("the provider list", Duration::from_secs(120), || {
         let json = env
@@ -75,7 +86,7 @@ fn start_aios(env: &Environment, ns: &str, amqp: &str, work: &Path) -> Vec<proce
         json.starts_with('[') && json.trim() != "[]" && std::fs::write(&providers, json).is_ok()
     });
     for role in ["cto", "backend", "qa"] {
-        running.push(
+        running.0.push(
             process::spawn(
                 &format!("agent-{role}"),
                 &bin_dir().join("aios-agent"),
@@ -188,9 +199,7 @@ fn scenario(env: &mut Environment, model_url: &str) {
     std::thread::sleep(Duration::from_secs(50));
     let delivered = log(&repository);
     let apollo = std::fs::read_to_string(work.path().join("agent-backend.log")).unwrap_or_default();
-    for server in running.iter().rev() {
-        server.stop(Duration::from_secs(10));
-    }
+    drop(running);
     assert!(
         delivered.lines().all(|line| !line.starts_with("Apollo")),
         "the deleted Project's task was delivered:\n{delivered}\nApollo's log:\n{apollo}"
