@@ -371,8 +371,8 @@ async fn the_chart_runs_the_operator_as_pods_and_a_rolling_update_does_not_wedge
     // A changed value rolls the operator while a Project runs (Apollo's answer takes
     // 20 s): the rollout completes (a standby is ready, so nothing waits on the Lease),
     // the new pods take over, and the running Project finishes.
-    let slow = support::model_fixture_with(node::NODE_IP, Duration::from_secs(20)).await;
-    let (ns, url) = (namespace.clone(), slow.uri());
+    support::slow_apollo(&fixture, Duration::from_secs(20)).await;
+    let (ns, url) = (namespace.clone(), fixture.uri());
     let second =
         tokio::task::spawn_blocking(move || run_hello(env, &ns, amqp_url, &url, "second", true));
     wait_for(
@@ -411,9 +411,17 @@ async fn the_chart_runs_the_operator_as_pods_and_a_rolling_update_does_not_wedge
         "--timeout=180s",
     ])
     .unwrap_or_else(|e| panic!("the rolling update wedged: {e}"));
+    // The rollout is complete once the new pods are ready; the old ones may still be
+    // shutting down (releasing the Lease), so wait for them to go.
+    let mut gone = vec!["wait", "--for=delete", "--timeout=120s", "-n", &namespace];
+    let old: Vec<String> = before.iter().map(|pod| format!("pod/{pod}")).collect();
+    gone.extend(old.iter().map(String::as_str));
+    env.kubectl(&gone)
+        .unwrap_or_else(|e| panic!("the old operator pods never went: {e}"));
+    let after = operator_pods(env);
     assert!(
-        operator_pods(env).iter().all(|pod| !before.contains(pod)),
-        "new operator pods replaced {before:?}"
+        after.len() == 2 && after.iter().all(|pod| !before.contains(pod)),
+        "two new operator pods replaced {before:?}: {after:?}"
     );
     let second = second.await.unwrap();
     assert_done_by_pods(&second);

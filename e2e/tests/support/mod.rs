@@ -46,7 +46,7 @@ pub async fn model_fixture_with(ip: &str, apollo_delay: std::time::Duration) -> 
         .mount(&server)
         .await;
     chat("Apollo")
-        .respond_with(answer(&json!({"summary": "Wrote greet.", "files": [{"path": "hello.py", "content": "def greet(name):\n    return 'Hello, ' + name + '!'\n"}]})).set_delay(apollo_delay))
+        .respond_with(apollo_answer().set_delay(apollo_delay))
         .mount(&server)
         .await;
     chat("Athena")
@@ -54,4 +54,25 @@ pub async fn model_fixture_with(ip: &str, apollo_delay: std::time::Duration) -> 
         .mount(&server)
         .await;
     server
+}
+
+/// Apollo's answer: hello.py.
+fn apollo_answer() -> ResponseTemplate {
+    answer(
+        &json!({"summary": "Wrote greet.", "files": [{"path": "hello.py", "content": "def greet(name):\n    return 'Hello, ' + name + '!'\n"}]}),
+    )
+}
+
+/// From now on, Apollo takes `delay` to answer on `server` (a fixture made by
+/// [`model_fixture_with`]). The same server, so agents already running see the change at
+/// once: a new fixture would reach agent pods only when the kubelet next syncs the
+/// providers ConfigMap they mount.
+pub async fn slow_apollo(server: &MockServer, delay: std::time::Duration) {
+    Mock::given(matchers::method("POST"))
+        .and(matchers::path("/api/chat"))
+        .and(matchers::body_string_contains("You are Apollo"))
+        .respond_with(apollo_answer().set_delay(delay))
+        .with_priority(1)
+        .mount(server)
+        .await;
 }
