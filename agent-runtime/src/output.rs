@@ -163,24 +163,15 @@ pub fn parse_work(text: &str) -> Result<WorkOutput, String> {
     Ok(output)
 }
 
-/// A checked plan, and what was dropped from the model's answer to make it one.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CheckedPlan {
-    /// The tasks, each after its dependencies.
-    pub tasks: Vec<PlannedTask>,
-    /// Dependencies dropped because they named no task of the plan (small models name
-    /// roles or made-up tasks there), one sentence each.
-    pub dropped: Vec<String>,
-}
-
-/// Parses a plan and checks it with the operator's rules: names, dependencies, no
-/// cycles, the plan limits, and roles among `roles` (when the dispatch lists any). A
-/// dependency on a task the plan does not have, or on the task itself, is dropped and
-/// reported in [`CheckedPlan::dropped`]. A plan that breaks a rule is
+/// Parses a plan and checks it with the operator's rules: names, known and acyclic
+/// dependencies, the plan limits, and roles among `roles` (when the dispatch lists
+/// any). A plan that breaks a rule — a dependency on a task the plan does not have
+/// included: the plan would otherwise run as a different DAG than it says — is
 /// [`Checked::Flawed`]: the model is asked to repair it, and if it cannot, Hera judges
-/// it; an answer that is not a plan is [`Checked::Unusable`].
-pub fn parse_plan(project: &str, roles: &[String], text: &str) -> Checked<CheckedPlan> {
-    let mut output: PlanOutput = match serde_json::from_str(strip_fence(text)) {
+/// it; an answer that is not a plan is [`Checked::Unusable`]. A plan that passes comes
+/// back with each task after its dependencies.
+pub fn parse_plan(project: &str, roles: &[String], text: &str) -> Checked<Vec<PlannedTask>> {
+    let output: PlanOutput = match serde_json::from_str(strip_fence(text)) {
         Ok(output) => output,
         Err(err) => {
             return Checked::Unusable(format!(
@@ -188,32 +179,12 @@ pub fn parse_plan(project: &str, roles: &[String], text: &str) -> Checked<Checke
             ));
         }
     };
-    let names: BTreeSet<String> = output.tasks.iter().map(|t| t.name.to_string()).collect();
-    let mut dropped = Vec::new();
-    for task in &mut output.tasks {
-        let name = task.name.to_string();
-        task.depends_on.retain(|dep| {
-            let keep = dep.as_str() != name && names.contains(dep.as_str());
-            if !keep {
-                dropped.push(format!(
-                    "{name} depended on {dep}, which is not another task of the plan"
-                ));
-            }
-            keep
-        });
-    }
     let served: BTreeSet<String> = roles.iter().cloned().collect();
     let served = (!served.is_empty()).then_some(&served);
     match validate_plan(project, &output.tasks, served, &HERA_PLAN) {
-        Ok(plan) => Checked::Good(CheckedPlan {
-            tasks: plan.tasks,
-            dropped,
-        }),
+        Ok(plan) => Checked::Good(plan.tasks),
         Err(errors) => Checked::Flawed(
-            CheckedPlan {
-                tasks: output.tasks,
-                dropped,
-            },
+            output.tasks,
             format!(
                 "the plan is invalid: {}",
                 errors
@@ -260,7 +231,7 @@ mod tests {
     }
 
     /// The plan of an answer that passed.
-    fn good(checked: Checked<CheckedPlan>) -> CheckedPlan {
+    fn good(checked: Checked<Vec<PlannedTask>>) -> Vec<PlannedTask> {
         match checked {
             Checked::Good(plan) => plan,
             other => panic!("{other:?}"),
@@ -268,7 +239,7 @@ mod tests {
     }
 
     /// The problems of an answer that did not pass, and whether it is usable.
-    fn problems(checked: Checked<CheckedPlan>) -> (String, bool) {
+    fn problems(checked: Checked<Vec<PlannedTask>>) -> (String, bool) {
         match checked {
             Checked::Good(plan) => panic!("passed: {plan:?}"),
             Checked::Flawed(_, problems) => (problems, true),
@@ -284,19 +255,7 @@ mod tests {
     fn a_plan_is_held_to_the_operators_rules_and_the_listed_roles() {
         let roles = vec!["backend".to_owned(), "qa".to_owned()];
         let plan = good(parse_plan("shop", &roles, GOOD));
-        assert_eq!(plan.tasks.len(), 2);
-        assert!(plan.dropped.is_empty());
-        let dangling = GOOD.replace(
-            r#""dependsOn":["api"]"#,
-            r#""dependsOn":["api","backend","tests"]"#,
-        );
-        let plan = good(parse_plan("shop", &roles, &dangling));
-        assert_eq!(
-            plan.tasks[1].depends_on.len(),
-            1,
-            "only the real dependency is kept"
-        );
-        assert_eq!(plan.dropped.len(), 2, "{:?}", plan.dropped);
+        assert_eq!(plan.len(), 2);
         let duplicate = GOOD.replace(r#""name":"tests""#, r#""name":"api""#);
         let (found, usable) = problems(parse_plan("shop", &roles, &duplicate));
         assert!(found.contains("more than once") && usable, "{found}");
@@ -317,6 +276,31 @@ mod tests {
     }
 
     #[test]
+    fn a_dependency_on_no_task_of_the_plan_is_a_problem_not_dropped() {
+        let roles = vec!["backend".to_owned(), "qa".to_owned()];
+        let dangling = GOOD.replace(
+            r#""dependsOn":["api"]"#,
+            r#""dependsOn":["api","backend","tests"]"#,
+        );
+        let Checked::Flawed(plan, found) = parse_plan("shop", &roles, &dangling) else {
+            panic!("a dangling dependency is a plan problem")
+        };
+        assert!(
+            found.contains("task \"tests\" depends on \"backend\", which is not in the plan"),
+            "{found}"
+        );
+        assert!(
+            found.contains("task \"tests\" depends on itself"),
+            "{found}"
+        );
+        assert_eq!(
+            plan[1].depends_on,
+            ["api", "backend", "tests"],
+            "the plan as the model wrote it, nothing dropped"
+        );
+    }
+
+    #[test]
     fn a_cyclic_plan_is_flawed_not_unusable_so_hera_gets_to_judge_it() {
         let roles = vec!["backend".to_owned(), "qa".to_owned()];
         let cyclic = GOOD.replace(
@@ -327,7 +311,7 @@ mod tests {
             panic!("a cyclic plan is a plan with problems")
         };
         assert!(found.contains("in a cycle"), "{found}");
-        assert_eq!(plan.tasks.len(), 2, "the plan as the model wrote it");
-        assert_eq!(plan.tasks[0].depends_on[0], "tests");
+        assert_eq!(plan.len(), 2, "the plan as the model wrote it");
+        assert_eq!(plan[0].depends_on[0], "tests");
     }
 }

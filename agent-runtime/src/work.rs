@@ -242,7 +242,6 @@ impl Worker {
             && let Some(plan) = workspace
                 .read_file(PLAN_FILE, PLAN_FILE_BYTES)
                 .and_then(|text| output::parse_plan(&project, &roles, &text).usable())
-                .map(|checked| checked.tasks)
         {
             let mut done = success(delivered, None, usage);
             done.output.plan = Some(plan);
@@ -264,21 +263,10 @@ impl Worker {
             output::parse_plan(&project, &roles, text)
         })
         .await?;
-        let checked = answer.value;
-        let plan = checked.tasks;
-        let mut notes: Vec<String> = Vec::new();
-        if !checked.dropped.is_empty() {
-            notes.push(format!(
-                "Dropped dependencies: {}.",
-                checked.dropped.join("; ")
-            ));
-        }
-        if let Some(problems) = answer.problems {
-            notes.push(format!(
-                "The agent's checks still found, after one repair: {problems}."
-            ));
-        }
-        let notes = (!notes.is_empty()).then(|| notes.join(" "));
+        let plan = answer.value;
+        let notes = answer.problems.map(|problems| {
+            format!("The agent's checks still found, after one repair: {problems}.")
+        });
         let summary = format!(
             "Planned {} tasks: {}.",
             plan.len(),
@@ -496,7 +484,7 @@ mod tests {
         {"name":"api","title":"API","role":"backend","description":"d","dependsOn":["tests"]},
         {"name":"tests","title":"Tests","role":"qa","description":"d","dependsOn":["api"]}]}"#;
 
-    fn check_plan(text: &str) -> Checked<output::CheckedPlan> {
+    fn check_plan(text: &str) -> Checked<Vec<aios_crds::PlannedTask>> {
         output::parse_plan("shop", &[], text)
     }
 
@@ -507,7 +495,7 @@ mod tests {
         let answer = ask(&llm, true, request(), &mut usage, check_plan)
             .await
             .unwrap();
-        assert_eq!(answer.value.tasks.len(), 2, "the model's plan, as it is");
+        assert_eq!(answer.value.len(), 2, "the model's plan, as it is");
         let problems = answer.problems.unwrap();
         assert!(problems.contains("in a cycle"), "{problems}");
         let requests = llm.requests.lock().unwrap();
@@ -525,7 +513,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(answer.problems, None);
-        assert_eq!(answer.value.tasks[0].name, "api");
+        assert_eq!(answer.value[0].name, "api");
 
         let llm = Scripted::new(&[CYCLIC, "not a plan"]);
         let answer = ask(&llm, true, request(), &mut Usage::default(), check_plan)

@@ -36,6 +36,9 @@ pub mod reasons {
     /// The planning task failed for good without a plan to judge (its own reason is in
     /// the message); `Planned` carries it.
     pub const PLANNING_FAILED: &str = "PlanningFailed";
+    /// Hera accepted a plan without its dependencies that name no other task of it (small
+    /// models name roles there); `Planned` and a Warning Event say which.
+    pub const DEPENDENCIES_DROPPED: &str = "DependenciesDropped";
     /// The API server refused to record an attempt's result as invalid; the message is
     /// the API server's.
     pub const RESULT_REFUSED: &str = "ResultRefused";

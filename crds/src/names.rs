@@ -92,6 +92,9 @@ pub mod annotations {
     pub const CONFIG_HASH: &str = "aios.dev/config-hash";
     /// Set on a Task the operator created from a plan: which planning attempt produced it.
     pub const PLAN_ATTEMPT: &str = "aios.dev/plan-attempt";
+    /// Set on a Task Hera created from a plan whose dependencies naming no other task of
+    /// the plan it dropped: those names, comma-separated, as the plan had them.
+    pub const DROPPED_DEPENDENCIES: &str = "aios.dev/dropped-dependencies";
     /// Kubernetes' hint to a ReplicaSet scaling down: pods with a lower cost go first.
     /// The operator sets it on agent pods from the tasks each one is running.
     pub const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";

@@ -29,7 +29,7 @@ use crate::{
         FEEDBACK_SEPARATOR, dispatch_message, is_planning_task, planning_task, planning_task_name,
     },
     lifecycle::{self, phase, task_policy},
-    plan::{EXPLICIT_PLAN, HERA_PLAN, plan_tasks, validate_plan},
+    plan::{EXPLICIT_PLAN, dropped_dependencies, judge_plan, plan_tasks, validate_plan},
     rollup::{PlanState, budget_exceeded, differs, project_status, refused_plan, total_usage},
     schedule::{Action, Hold, RunPlan, plan_run_gated},
 };
@@ -118,7 +118,7 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
         Some(explicit) if explicit.is_empty() => (PlanState::Explicit, work_of(&all, false)),
         Some(explicit) => match validate_plan(&name, explicit, None, &EXPLICIT_PLAN) {
             Ok(plan) => {
-                ensure_tasks(ctx, &all, plan_tasks(project, &plan, None)).await?;
+                ensure_tasks(ctx, &all, plan_tasks(project, &plan, None, &[])).await?;
                 (PlanState::Explicit, work_of(&all, false))
             }
             Err(errors) => (
@@ -328,16 +328,27 @@ async fn plan_with_hera(
         if let Some(plan_ref) = plan_ref
             && accepted.len() < usize::try_from(plan_ref.tasks).unwrap_or(0)
             && let Ok(plan) = ctx.load_plan(&namespace, plan_ref).await?
-            && let Ok(valid) = validate_plan(&name, &plan, None, &HERA_PLAN)
+            && let Ok(accepted) = judge_plan(&name, &plan, None)
         {
             ensure_tasks(
                 ctx,
                 all,
-                plan_tasks(project, &valid, Some(planner_status.attempt)),
+                plan_tasks(
+                    project,
+                    &accepted.plan,
+                    Some(planner_status.attempt),
+                    &accepted.dropped,
+                ),
             )
             .await?;
         }
-        return Ok((PlanState::Planned, accepted));
+        let dropped = dropped_dependencies(
+            all.iter()
+                .map(AsRef::as_ref)
+                .filter(|t| accepted.contains(&t.name_any())),
+        );
+        let dropped = (!dropped.is_empty()).then(|| join(&dropped));
+        return Ok((PlanState::Planned { dropped }, accepted));
     }
     let planner_only = WorkNames::from([planner_name]);
     let refused =
@@ -346,7 +357,7 @@ async fn plan_with_hera(
             .map(|c| c.message.clone());
     match phase(planner) {
         TaskPhase::Succeeded => {
-            let state = judge_plan(project, ctx, all, planner, now).await?;
+            let state = plan_verdict(project, ctx, all, planner, now).await?;
             Ok((state, planner_only))
         }
         TaskPhase::Failed => Ok((
@@ -371,11 +382,13 @@ async fn plan_with_hera(
     }
 }
 
-/// Hera's verdict on the plan of `planner`, a planning task that succeeded: a valid plan
-/// becomes Tasks; a refused one fails the planning attempt with reason `PlanInvalid` and
-/// every problem, so the next attempt's dispatch carries them (`planFeedback`), until
-/// retries run out.
-async fn judge_plan(
+/// Hera's verdict on the plan of `planner`, a planning task that succeeded (see
+/// [`judge_plan`]): an accepted plan becomes Tasks, and dependencies dropped from it are
+/// named in a Warning Event and on the Tasks (whence the `Planned` condition); a refused
+/// one fails the planning
+/// attempt with reason `PlanInvalid` and every problem, so the next attempt's dispatch
+/// carries them (`planFeedback`), until retries run out.
+async fn plan_verdict(
     project: &Project,
     ctx: &Context,
     all: &[Arc<Task>],
@@ -392,21 +405,34 @@ async fn judge_plan(
     let served = ctx.served_roles(&namespace);
     let checked = match plan_ref {
         Some(plan_ref) => match ctx.load_plan(&namespace, plan_ref).await? {
-            Ok(plan) => {
-                validate_plan(&name, &plan, Some(&served), &HERA_PLAN).map_err(|e| join(&e))
-            }
+            Ok(plan) => judge_plan(&name, &plan, Some(&served)).map_err(|e| join(&e)),
             Err(unreadable) => Err(unreadable.to_string()),
         },
         None => Err("the planning task succeeded without a plan".to_owned()),
     };
     let message = match checked {
-        Ok(valid) => {
+        Ok(accepted) => {
             ensure_tasks(
                 ctx,
                 all,
-                plan_tasks(project, &valid, Some(planner_status.attempt)),
+                plan_tasks(
+                    project,
+                    &accepted.plan,
+                    Some(planner_status.attempt),
+                    &accepted.dropped,
+                ),
             )
             .await?;
+            if !accepted.dropped.is_empty() {
+                publish_event(
+                    ctx,
+                    project,
+                    EventType::Warning,
+                    reasons::DEPENDENCIES_DROPPED,
+                    &join(&accepted.dropped),
+                )
+                .await;
+            }
             // The new Tasks show up in the cache and trigger the next pass.
             return Ok(PlanState::Planning);
         }

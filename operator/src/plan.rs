@@ -26,8 +26,14 @@ use kube::{Resource, ResourceExt, api::ObjectMeta};
 use sha2::{Digest, Sha256};
 
 /// The Task objects a validated plan becomes: owned by the Project, labelled with it,
-/// dependencies mapped to object names.
-pub fn plan_tasks(project: &Project, plan: &ValidatedPlan, plan_attempt: Option<i32>) -> Vec<Task> {
+/// dependencies mapped to object names; a task whose dependencies Hera dropped
+/// (`dropped`, see [`judge_plan`]) names them in an annotation.
+pub fn plan_tasks(
+    project: &Project,
+    plan: &ValidatedPlan,
+    plan_attempt: Option<i32>,
+    dropped: &[PlanError],
+) -> Vec<Task> {
     let project_name = project.name_any();
     plan.tasks
         .iter()
@@ -47,11 +53,29 @@ pub fn plan_tasks(project: &Project, plan: &ValidatedPlan, plan_attempt: Option<
                 ])),
                 ..ObjectMeta::default()
             };
+            let mut notes = BTreeMap::new();
             if let Some(attempt) = plan_attempt {
-                meta.annotations = Some(BTreeMap::from([(
-                    annotations::PLAN_ATTEMPT.to_owned(),
-                    attempt.to_string(),
-                )]));
+                notes.insert(annotations::PLAN_ATTEMPT.to_owned(), attempt.to_string());
+            }
+            let own: Vec<&str> = dropped
+                .iter()
+                .filter_map(|e| match e {
+                    PlanError::UnknownDependency { task, dependency }
+                        if planned.name == task.as_str() =>
+                    {
+                        Some(dependency.as_str())
+                    }
+                    PlanError::SelfDependency(task) if planned.name == task.as_str() => {
+                        Some(task.as_str())
+                    }
+                    _ => None,
+                })
+                .collect();
+            if !own.is_empty() {
+                notes.insert(annotations::DROPPED_DEPENDENCIES.to_owned(), own.join(","));
+            }
+            if !notes.is_empty() {
+                meta.annotations = Some(notes);
             }
             Task {
                 metadata: meta,
@@ -76,6 +100,94 @@ pub fn plan_tasks(project: &Project, plan: &ValidatedPlan, plan_attempt: Option<
             }
         })
         .collect()
+}
+
+/// A plan Hera accepted, and the dependencies it dropped from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    /// The plan, each task after its dependencies.
+    pub plan: ValidatedPlan,
+    /// The dependencies that named no other task of the plan, as the problems they were.
+    pub dropped: Vec<PlanError>,
+}
+
+/// Whether `error` is a dependency that names no other task of the plan.
+fn is_dangling(error: &PlanError) -> bool {
+    matches!(
+        error,
+        PlanError::UnknownDependency { .. } | PlanError::SelfDependency(_)
+    )
+}
+
+/// Hera's verdict on the plan of its planning task, held to [`HERA_PLAN`] and, when
+/// given, the roles the namespace serves. One tolerance, for small models that name a
+/// role or a made-up task as a dependency: when every problem is a dependency that
+/// names no other task of the plan, those dependencies are dropped and the plan is
+/// accepted, saying which ([`Accepted::dropped`]). Any other problem refuses the plan,
+/// with every problem.
+pub fn judge_plan(
+    project: &str,
+    tasks: &[PlannedTask],
+    served_roles: Option<&std::collections::BTreeSet<String>>,
+) -> Result<Accepted, Vec<PlanError>> {
+    let errors = match validate_plan(project, tasks, served_roles, &HERA_PLAN) {
+        Ok(plan) => {
+            return Ok(Accepted {
+                plan,
+                dropped: Vec::new(),
+            });
+        }
+        Err(errors) if errors.iter().all(is_dangling) => errors,
+        Err(errors) => return Err(errors),
+    };
+    let names: std::collections::BTreeSet<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+    let kept: Vec<PlannedTask> = tasks
+        .iter()
+        .map(|task| {
+            let mut task = task.clone();
+            let name = task.name.to_string();
+            task.depends_on
+                .retain(|dep| dep.as_str() != name && names.contains(dep.as_str()));
+            task
+        })
+        .collect();
+    match validate_plan(project, &kept, served_roles, &HERA_PLAN) {
+        Ok(plan) => Ok(Accepted {
+            plan,
+            dropped: errors,
+        }),
+        Err(mut more) => {
+            more.extend(errors);
+            Err(more)
+        }
+    }
+}
+
+/// The dependencies Hera dropped from the plan `tasks` were created from, as the
+/// problems they were, from the tasks' annotations (see [`plan_tasks`]).
+pub fn dropped_dependencies<'a>(tasks: impl IntoIterator<Item = &'a Task>) -> Vec<PlanError> {
+    let mut dropped = Vec::new();
+    for task in tasks {
+        let Some(names) = task.annotations().get(annotations::DROPPED_DEPENDENCIES) else {
+            continue;
+        };
+        let name = task
+            .labels()
+            .get(labels::PLAN_TASK)
+            .cloned()
+            .unwrap_or_else(|| task.name_any());
+        for dependency in names.split(',').filter(|d| !d.is_empty()) {
+            dropped.push(if dependency == name {
+                PlanError::SelfDependency(name.clone())
+            } else {
+                PlanError::UnknownDependency {
+                    task: name.clone(),
+                    dependency: dependency.to_owned(),
+                }
+            });
+        }
+    }
+    dropped
 }
 
 /// A plan as its ConfigMaps keep it, and the reference the planning Task records.
@@ -318,7 +430,7 @@ mod tests {
             &EXPLICIT_PLAN,
         )
         .unwrap();
-        let tasks = plan_tasks(&project, &plan, Some(2));
+        let tasks = plan_tasks(&project, &plan, Some(2), &[]);
         assert_eq!(tasks[1].metadata.name.as_deref(), Some("shop-qa"));
         assert_eq!(tasks[1].spec.depends_on, ["shop-api"]);
         assert_eq!(tasks[1].spec.project, "shop");
@@ -418,5 +530,81 @@ mod tests {
             matches!(err, PlanError::TooLarge { max, .. } if max == HERA_PLAN.bytes),
             "{err}"
         );
+    }
+
+    #[test]
+    fn hera_drops_dependencies_on_no_task_of_the_plan_and_says_which() {
+        let plan = [
+            task("api", "backend", &["api"]),
+            task("test", "qa", &["api", "backend"]),
+        ];
+        let accepted = judge_plan("shop", &plan, Some(&roles(&["backend", "qa"]))).unwrap();
+        let kept: Vec<_> = accepted
+            .plan
+            .tasks
+            .iter()
+            .map(|t| (t.name.to_string(), t.depends_on.clone()))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("api".to_owned(), vec![]),
+                ("test".to_owned(), vec![DnsLabel::new("api").unwrap()])
+            ]
+        );
+        assert_eq!(
+            accepted.dropped,
+            [
+                PlanError::SelfDependency("api".into()),
+                PlanError::UnknownDependency {
+                    task: "test".into(),
+                    dependency: "backend".into()
+                }
+            ]
+        );
+        let clean = [task("api", "backend", &[])];
+        assert!(judge_plan("shop", &clean, None).unwrap().dropped.is_empty());
+    }
+
+    #[test]
+    fn any_other_problem_refuses_the_plan_with_every_problem() {
+        let plan = [
+            task("a", "backend", &["b", "ghost"]),
+            task("b", "backend", &["a"]),
+        ];
+        let errors = judge_plan("shop", &plan, None).unwrap_err();
+        assert!(
+            matches!(errors[0], PlanError::Cycle(_)),
+            "the cycle, found once the dangling dependency is dropped: {errors:?}"
+        );
+        assert!(errors.contains(&PlanError::UnknownDependency {
+            task: "a".into(),
+            dependency: "ghost".into()
+        }));
+        let unserved = [task("a", "security", &["ghost"])];
+        let errors = judge_plan("shop", &unserved, Some(&roles(&["backend"]))).unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+    }
+
+    #[test]
+    fn the_tasks_of_a_plan_name_the_dependencies_hera_dropped() {
+        let project = crate::testing::project("shop");
+        let plan = [
+            task("api", "backend", &["api"]),
+            task("test", "qa", &["api", "backend"]),
+            task("docs", "backend", &[]),
+        ];
+        let accepted = judge_plan("shop", &plan, None).unwrap();
+        let tasks = plan_tasks(&project, &accepted.plan, Some(1), &accepted.dropped);
+        let noted: Vec<Option<&String>> = tasks
+            .iter()
+            .map(|t| t.annotations().get(annotations::DROPPED_DEPENDENCIES))
+            .collect();
+        assert_eq!(
+            noted,
+            [Some(&"api".to_owned()), None, Some(&"backend".to_owned())],
+            "api, docs, test in dependency order"
+        );
+        assert_eq!(dropped_dependencies(&tasks), accepted.dropped);
     }
 }

@@ -29,8 +29,12 @@ pub enum PlanState {
         /// What was wrong with the last one.
         message: String,
     },
-    /// The planning task's plan was valid and its Tasks exist.
-    Planned,
+    /// The planning task's plan was accepted and its Tasks exist.
+    Planned {
+        /// The dependencies Hera dropped from it (naming no other task of the plan), if
+        /// any.
+        dropped: Option<String>,
+    },
     /// The planning task failed for good without a plan to judge (the model's answer
     /// was unusable, its result could not be recorded, ...).
     PlanningFailed {
@@ -229,13 +233,23 @@ fn set_plan_conditions(
     now: Timestamp,
 ) {
     match plan {
-        PlanState::Explicit | PlanState::Planned => {
-            let how = if *plan == PlanState::Explicit {
-                "spec.tasks is the plan"
-            } else {
-                "Hera's plan was accepted"
+        PlanState::Explicit | PlanState::Planned { .. } => {
+            let (reason, how) = match plan {
+                PlanState::Planned {
+                    dropped: Some(dropped),
+                } => (
+                    reasons::DEPENDENCIES_DROPPED,
+                    format!(
+                        "Hera's plan was accepted without its dependencies that name no \
+                         other task of it: {dropped}"
+                    ),
+                ),
+                PlanState::Planned { dropped: None } => {
+                    ("Planned", "Hera's plan was accepted".to_owned())
+                }
+                _ => ("Planned", "spec.tasks is the plan".to_owned()),
             };
-            set_condition(conditions, conditions::PLANNED, "True", "Planned", how, now);
+            set_condition(conditions, conditions::PLANNED, "True", reason, &how, now);
             if conditions
                 .iter()
                 .any(|c| c.type_ == conditions::PLAN_INVALID)
@@ -564,6 +578,32 @@ mod tests {
         assert!(
             refused_plan(&replanning, &refused_again).is_some(),
             "the next attempt refused for the same problems"
+        );
+    }
+
+    #[test]
+    fn the_dependencies_hera_dropped_are_named_in_planned() {
+        let p = project("shop");
+        let work = [with_phase(task("shop-test", &[]), Running)];
+        let dropped = "task \"test\" depends on \"backend\", which is not in the plan";
+        let s = status_of(
+            &p,
+            &work,
+            &PlanState::Planned {
+                dropped: Some(dropped.into()),
+            },
+        );
+        assert_eq!(s.phase, Some(ProjectPhase::Running));
+        let planned = condition(&s.conditions, "Planned").unwrap();
+        assert_eq!(
+            (planned.status.as_str(), planned.reason.as_str()),
+            ("True", "DependenciesDropped")
+        );
+        assert!(planned.message.contains(dropped), "{}", planned.message);
+        let clean = status_of(&p, &work, &PlanState::Planned { dropped: None });
+        assert_eq!(
+            condition(&clean.conditions, "Planned").unwrap().reason,
+            "Planned"
         );
     }
 }

@@ -268,6 +268,48 @@ async fn a_cyclic_plan_is_refused_by_hera_with_its_problems_and_planned_again() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_dependency_on_no_task_of_the_plan_is_dropped_by_hera_and_named() {
+    let h = Harness::running("dangling", &["cto", "backend", "qa"]).await;
+    // A small model's plan: a role named as a dependency.
+    let plan = serde_json::json!([
+        {"name": "build", "title": "Build it", "role": "backend"},
+        {"name": "test", "title": "Test it", "role": "qa", "dependsOn": ["build", "backend"]}
+    ]);
+    let _agents = FakeAgents::start(
+        &h.amqp_url,
+        &["cto", "backend", "qa"],
+        Duration::from_millis(20),
+        move |d| plan_reply(d, &plan),
+    )
+    .await;
+    h.apply(&unplanned("loose", 0));
+    h.wait_for_phase("loose", "Succeeded", TIMEOUT).await;
+
+    assert_eq!(h.task("loose-test").spec.depends_on, ["loose-build"]);
+    assert_eq!(
+        project_condition(&h, "loose", "Planned", "reason"),
+        "DependenciesDropped"
+    );
+    let message = project_condition(&h, "loose", "Planned", "message");
+    assert!(
+        message.contains("task \"test\" depends on \"backend\", which is not in the plan"),
+        "{message}"
+    );
+    let events = h.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=loose,reason=DependenciesDropped",
+        "-o",
+        "jsonpath={.items[*].type} {.items[*].message}",
+    ]);
+    assert!(
+        events.starts_with("Warning") && events.contains("\"backend\""),
+        "{events:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_planning_task_that_fails_without_a_plan_leaves_every_condition_current() {
     let h = Harness::running("planfail", &["cto", "backend"]).await;
     let _agents = FakeAgents::start(&h.amqp_url, &["cto"], Duration::from_millis(10), |_| {
