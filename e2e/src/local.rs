@@ -275,7 +275,7 @@ impl LocalRun {
         self.operator_and_agents(env, &mut processes)?;
         self.say("==> waiting for the operator to find a ready model provider");
         let providers_file = self.work_dir.join("providers.json");
-        self.write_providers(env, &providers_file)?;
+        write_provider_list(env, &self.namespace, &providers_file)?;
 
         if self.agents_in_pods {
             self.say("==> the agents run as pods the operator scales with their queues");
@@ -500,37 +500,6 @@ impl LocalRun {
 
     /// Waits until the operator publishes the ready providers, and writes them where the
     /// agents read them (in a cluster the ConfigMap is mounted there).
-    fn write_providers(&self, env: &Environment, file: &Path) -> Result<(), LocalError> {
-        let deadline = Instant::now() + PROVIDER_READY_TIMEOUT;
-        loop {
-            let json = env
-                .kubectl(&[
-                    "-n",
-                    &self.namespace,
-                    "get",
-                    "configmap",
-                    "aios-providers",
-                    "-o",
-                    "jsonpath={.data.providers\\.json}",
-                ])
-                .unwrap_or_default();
-            if json.trim().starts_with('[') && json.trim() != "[]" {
-                std::fs::write(file, json)
-                    .map_err(|e| step("writing the provider list")(e.to_string()))?;
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let status = env
-                    .kubectl(&["-n", &self.namespace, "get", "modelproviders", "-o", "wide"])
-                    .unwrap_or_default();
-                return Err(step("waiting for a ready model provider")(format!(
-                    "none became ready in {PROVIDER_READY_TIMEOUT:?}:\n{status}"
-                )));
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    }
-
     fn follow(
         &self,
         env: &Environment,
@@ -692,5 +661,47 @@ fn failure_message(outcome: &Outcome) -> String {
         "the run timed out".to_owned()
     } else {
         parts.join("; ")
+    }
+}
+
+/// Waits (up to [`PROVIDER_READY_TIMEOUT`]) until the operator lists a ready model
+/// provider in `namespace`'s `aios-providers` ConfigMap, and writes that list to `file`:
+/// what an agent run as a process reads in place of the mounted ConfigMap.
+///
+/// # Errors
+///
+/// No ready provider in time (with the ModelProviders' status), or the file unwritable.
+pub fn write_provider_list(
+    env: &Environment,
+    namespace: &str,
+    file: &Path,
+) -> Result<(), LocalError> {
+    let deadline = Instant::now() + PROVIDER_READY_TIMEOUT;
+    loop {
+        let json = env
+            .kubectl(&[
+                "-n",
+                namespace,
+                "get",
+                "configmap",
+                "aios-providers",
+                "-o",
+                "jsonpath={.data.providers\\.json}",
+            ])
+            .unwrap_or_default();
+        if json.trim().starts_with('[') && json.trim() != "[]" {
+            std::fs::write(file, json)
+                .map_err(|e| step("writing the provider list")(e.to_string()))?;
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let status = env
+                .kubectl(&["-n", namespace, "get", "modelproviders", "-o", "wide"])
+                .unwrap_or_default();
+            return Err(step("waiting for a ready model provider")(format!(
+                "none became ready in {PROVIDER_READY_TIMEOUT:?}:\n{status}"
+            )));
+        }
+        std::thread::sleep(Duration::from_secs(1));
     }
 }

@@ -71,20 +71,7 @@ fn start_aios(env: &Environment, ns: &str, amqp: &str, work: &Path) -> Running {
     .unwrap();
     let mut running = Running(vec![operator]);
     let providers = work.join("providers.json");
-    wait_for("the provider list", Duration::from_secs(120), || {
-        let json = env
-            .kubectl(&[
-                "-n",
-                ns,
-                "get",
-                "configmap",
-                "aios-providers",
-                "-o",
-                "jsonpath={.data.providers\\.json}",
-            ])
-            .unwrap_or_default();
-        json.starts_with('[') && json.trim() != "[]" && std::fs::write(&providers, json).is_ok()
-    });
+    aios_e2e::local::write_provider_list(env, ns, &providers).unwrap_or_else(|e| panic!("{e}"));
     for role in ["cto", "backend", "qa"] {
         running.0.push(
             process::spawn(
