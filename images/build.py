@@ -365,7 +365,7 @@ def workspace_version() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("images", nargs="*", default=["aios-operator", "aios-agent", "aios"])
+    parser.add_argument("images", nargs="*", default=["aios-operator", "aios-agent", "aios", "aios-verify-python"])
     parser.add_argument("--profile", choices=["debug", "release"], default="debug")
     args = parser.parse_args()
     cache_root = Path(os.environ.get("AIOS_CACHE_DIR")

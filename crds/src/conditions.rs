@@ -9,6 +9,9 @@ pub const SUCCEEDED: &str = "Succeeded";
 pub const BUDGET_EXCEEDED: &str = "BudgetExceeded";
 /// Project: the latest plan was refused; the message says why.
 pub const PLAN_INVALID: &str = "PlanInvalid";
+/// Project: the work was verified on the branch head (True), or why not (False:
+/// `NotVerified` without `spec.verify`, or the verification's failure).
+pub const VERIFIED: &str = "Verified";
 /// Agent and ModelProvider: ready to serve.
 pub const READY: &str = "Ready";
 /// ModelProvider with `serve`: the model cache volume is as the spec says; False when
@@ -46,6 +49,19 @@ pub mod reasons {
     pub const BUDGET_EXCEEDED: &str = "BudgetExceeded";
     /// Work is in flight.
     pub const RUNNING: &str = "Running";
+    /// Delivered work is being verified, or fixed after a failed verification.
+    pub const VERIFYING: &str = "Verifying";
+    /// The verification passed.
+    pub const VERIFIED: &str = "Verified";
+    /// The Project has no `spec.verify`: the work was not checked.
+    pub const NOT_VERIFIED: &str = "NotVerified";
+    /// The verification failed and the fix rounds ran out; the message ends with the
+    /// last output.
+    pub const VERIFICATION_FAILED: &str = "VerificationFailed";
+    /// The verification ran past its timeout (in the last fix round allowed).
+    pub const VERIFICATION_TIMED_OUT: &str = "VerificationTimedOut";
+    /// The sandbox could not run the verification (checkout, set-up).
+    pub const VERIFICATION_ERROR: &str = "VerificationError";
     /// Waiting to be dispatched.
     pub const PENDING: &str = "Pending";
 }

@@ -17,9 +17,11 @@ pub mod plan;
 pub mod project;
 pub mod task;
 pub mod text;
+pub mod verify;
 
 pub use agent::{Agent, AgentSpec, AgentStatus};
 pub use common::{Complexity, DnsLabel, Tier, Usage};
 pub use model_provider::{ModelProvider, ModelProviderSpec, ModelProviderStatus, ProviderType};
 pub use project::{PlannedTask, Project, ProjectPhase, ProjectSpec, ProjectStatus};
 pub use task::{Task, TaskPhase, TaskResult, TaskSpec, TaskStatus};
+pub use verify::{VerificationPhase, VerificationStatus, Verify};

@@ -79,6 +79,8 @@ pub mod labels {
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
     /// Value of [`MANAGED_BY`] on everything the operator creates.
     pub const MANAGED_BY_VALUE: &str = "aios-operator";
+    /// Marks a verification's Job, pod and NetworkPolicy: the run's id.
+    pub const VERIFY_RUN: &str = "aios.dev/verify-run";
     /// Standard Kubernetes label naming the application.
     pub const NAME: &str = "app.kubernetes.io/name";
     /// Standard Kubernetes label naming the component within the application.
@@ -95,6 +97,9 @@ pub mod annotations {
     /// Set on a Task Hera created from a plan whose dependencies naming no other task of
     /// the plan it dropped: those names, comma-separated, as the plan had them.
     pub const DROPPED_DEPENDENCIES: &str = "aios.dev/dropped-dependencies";
+    /// Set on a fix task: the Task (or, for the Project's final verification, the
+    /// Project) whose failed verification it fixes.
+    pub const FIXES: &str = "aios.dev/fixes";
     /// Kubernetes' hint to a ReplicaSet scaling down: pods with a lower cost go first.
     /// The operator sets it on agent pods from the tasks each one is running.
     pub const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";

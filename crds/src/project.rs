@@ -62,6 +62,13 @@ pub struct ProjectSpec {
     /// Stops new dispatches while true; tasks already running finish.
     #[serde(default)]
     pub suspend: bool,
+
+    /// How the delivered work is checked. When set, each task that changed files is
+    /// verified on its commit (a failure becomes a fix task), and the Project succeeds
+    /// only once the command passes on the branch head. When unset, the work is not
+    /// checked, and the Project's `Verified` condition says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<crate::verify::Verify>,
 }
 
 /// Where the work is delivered.
@@ -160,6 +167,12 @@ pub struct Policy {
     /// Retry and timeout settings for tasks that do not set their own.
     #[serde(default)]
     pub task_defaults: TaskDefaults,
+
+    /// How many fix tasks a failed verification may get, one after another, before the
+    /// Project fails with reason `VerificationFailed`.
+    #[serde(default = "default_max_fix_rounds")]
+    #[schemars(range(min = 0, max = crate::verify::FIX_ROUNDS_MAX))]
+    pub max_fix_rounds: i32,
 }
 
 impl Default for Policy {
@@ -168,8 +181,13 @@ impl Default for Policy {
             max_parallel_tasks: default_max_parallel_tasks(),
             fail_fast: true,
             task_defaults: TaskDefaults::default(),
+            max_fix_rounds: default_max_fix_rounds(),
         }
     }
+}
+
+fn default_max_fix_rounds() -> i32 {
+    3
 }
 
 fn default_max_parallel_tasks() -> i32 {
@@ -341,7 +359,8 @@ pub enum ProjectPhase {
     Planning,
     /// Tasks are being dispatched and run.
     Running,
-    /// Every task succeeded.
+    /// Every task succeeded, and with `spec.verify`, the verification passed on the
+    /// branch head (`status.verification` names the commit and the command).
     Succeeded,
     /// The project cannot complete; the `Succeeded` condition says why.
     Failed,
@@ -384,13 +403,19 @@ pub struct ProjectStatus {
     #[serde(default)]
     pub plan_attempts: i32,
 
-    /// `Planned`, `Succeeded` (with a CamelCase reason), `BudgetExceeded`, `PlanInvalid`.
+    /// `Planned`, `Succeeded` (with a CamelCase reason), `Verified`, `BudgetExceeded`,
+    /// `PlanInvalid`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 
     /// The `metadata.generation` this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+
+    /// The verification of the branch head once every task succeeded (with
+    /// `spec.verify`): the commit and the command a `Succeeded` Project was verified by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<crate::verify::VerificationStatus>,
 
     /// When the first task was dispatched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -417,6 +442,9 @@ pub struct TaskCounts {
     /// Being worked on by an agent.
     #[serde(default)]
     pub running: i32,
+    /// Delivered, being verified or fixed.
+    #[serde(default)]
+    pub verifying: i32,
     /// Done.
     #[serde(default)]
     pub succeeded: i32,

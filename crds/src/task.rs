@@ -88,6 +88,10 @@ pub struct TaskSpec {
     /// Pins the task to a provider or a model, bypassing the router's choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelPin>,
+
+    /// The task's own check, run after the Project's `spec.verify` on its commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<crate::verify::TaskVerify>,
 }
 
 /// A provider or model a task must use.
@@ -112,7 +116,10 @@ pub enum TaskPhase {
     Queued,
     /// An agent is working on it.
     Running,
-    /// Done; the result is in `status.result`.
+    /// Delivered; the delivered work is being verified (`status.verification`), or fixed
+    /// by a fix task after a failed verification. Dependents wait.
+    Verifying,
+    /// Done; the result is in `status.result` (and, with verification, it passed).
     Succeeded,
     /// Failed with no retries left; `status.message` says why.
     Failed,
@@ -156,6 +163,10 @@ pub struct TaskStatus {
     /// What the task produced, once it succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<TaskResult>,
+
+    /// The verification of the delivered work (with the Project's `spec.verify`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<crate::verify::VerificationStatus>,
 
     /// Model usage summed over all attempts.
     #[serde(default, skip_serializing_if = "Option::is_none")]

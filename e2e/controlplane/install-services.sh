@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the servers the local environment runs besides the control plane, from
-# Debian's packages, when they are missing: Redis, and RabbitMQ with Erlang's epmd.
+# Debian's packages, when they are missing: Redis, and RabbitMQ with Erlang's epmd; and
+# what the local verification sandbox runs the sample Project's tests with: Python's
+# pytest, prlimit and unshare (util-linux).
 # The packages' own services are not started: the environment runs its own instances
 # on loopback with fresh state.
 set -euo pipefail
@@ -9,6 +11,8 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && command -v epmd >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v pgrep >/dev/null 2>&1 || missing+=(procps)
+python3 -c 'import pytest' >/dev/null 2>&1 || missing+=(python3-pytest)
+command -v prlimit >/dev/null 2>&1 && command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

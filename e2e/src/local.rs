@@ -396,6 +396,12 @@ impl LocalRun {
             ("POD_NAME", "aios-operator-local".to_owned()),
             ("AIOS_HTTP_ADDR", free_address()?),
             ("AIOS_PROVIDER_PROBE_SECONDS", "5".to_owned()),
+            // No kubelet runs the verification Jobs of a local run: its own sandbox does.
+            ("AIOS_VERIFY_SANDBOX", "local".to_owned()),
+            (
+                "AIOS_VERIFY_DIR",
+                self.work_dir.join("verify").display().to_string(),
+            ),
         ];
         if let Some(kubeconfig) = &self.operator_kubeconfig {
             operator_vars.push(("KUBECONFIG", kubeconfig.display().to_string()));

@@ -181,9 +181,42 @@ async fn the_real_local_model_runs_the_smallest_plan() {
         .args(["stop", &port.to_string()])
         .status();
     let outcome = result.unwrap_or_else(|err| panic!("{err}"));
-    assert_eq!(
-        outcome.project.status.as_ref().unwrap().phase,
-        Some(ProjectPhase::Succeeded)
-    );
-    assert!(outcome.git_log.lines().count() >= 3, "{}", outcome.git_log);
+    // Tests decide, not the model: a tiny model's code may never pass the sample's
+    // pytest within the fix rounds. Either way the status must be true: Succeeded only
+    // with the branch head verified; otherwise failed by the verification, saying so.
+    let status = outcome.project.status.as_ref().unwrap();
+    let verification = status.verification.clone().unwrap_or_default();
+    match status.phase {
+        Some(ProjectPhase::Succeeded) => {
+            assert_eq!(verification.phase, aios_crds::VerificationPhase::Passed);
+            let head = Command::new("git")
+                .args(["rev-parse", "main"])
+                .current_dir(&outcome.repository)
+                .output()
+                .unwrap();
+            assert_eq!(
+                verification.commit.as_deref(),
+                Some(String::from_utf8_lossy(&head.stdout).trim())
+            );
+            assert!(outcome.git_log.lines().count() >= 3, "{}", outcome.git_log);
+        }
+        Some(ProjectPhase::Failed) => {
+            let reason = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == aios_crds::conditions::SUCCEEDED)
+                .map(|c| c.reason.clone())
+                .unwrap_or_default();
+            eprintln!(
+                "the tiny model's work did not pass verification ({reason}):\n{}\n{}",
+                outcome.summary, outcome.git_log
+            );
+            assert!(
+                reason.starts_with("Verification") || reason == "TaskFailed",
+                "failed for a reason of its own: {reason}\n{}",
+                outcome.summary
+            );
+        }
+        other => panic!("not finished: {other:?}\n{}", outcome.summary),
+    }
 }

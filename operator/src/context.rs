@@ -60,6 +60,8 @@ pub struct Context {
     pub model_server_image: String,
     /// Cache of every ModelProvider.
     pub providers: Store<aios_crds::ModelProvider>,
+    /// Where verification runs.
+    pub sandbox: Arc<dyn crate::verify::Sandbox>,
     /// The HTTP client that probes model providers.
     pub http: reqwest::Client,
     /// How often a ready model provider is probed again.

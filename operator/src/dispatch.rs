@@ -69,6 +69,7 @@ pub fn planning_task(project: &Project) -> Task {
             timeout_seconds: None,
             priority: 0,
             model: None,
+            verify: None,
         },
         status: None,
     }

@@ -168,15 +168,21 @@ fn event_type(kind: &TaskEventKind) -> &'static str {
 /// The retry rules of `task`, from its Project (defaults if the Project is gone).
 async fn policy_for(ctx: &Context, task: &Task) -> Result<lifecycle::TaskPolicy, kube::Error> {
     let namespace = task.namespace().unwrap_or_default();
-    let defaults = match ctx
+    let project = ctx
         .project_api(&namespace)
         .get_opt(&task.spec.project)
-        .await?
+        .await?;
+    let defaults = project.as_ref().map_or_else(TaskDefaults::default, |p| {
+        p.spec.policy.task_defaults.clone()
+    });
+    let mut policy = task_policy(task, &defaults);
+    if let Some(project) = &project
+        && let Some(verify) = &project.spec.verify
+        && crate::verify::required(Some(project), task, true)
     {
-        Some(project) => project.spec.policy.task_defaults,
-        None => TaskDefaults::default(),
-    };
-    Ok(task_policy(task, &defaults))
+        policy.verify = Some(crate::verify::command(verify, Some(&task.spec)));
+    }
+    Ok(policy)
 }
 
 /// The API server's message when it refused a write for what it holds — invalid (422,

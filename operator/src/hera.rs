@@ -32,7 +32,11 @@ use crate::{
     plan::{EXPLICIT_PLAN, dropped_dependencies, judge_plan, plan_tasks, validate_plan},
     rollup::{PlanState, budget_exceeded, differs, project_status, refused_plan, total_usage},
     schedule::{Action, Hold, RunPlan, plan_run_gated},
+    verify,
 };
+
+/// How often a pass looks at a verification run in progress.
+const VERIFY_POLL: Duration = Duration::from_secs(2);
 
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]
@@ -157,30 +161,66 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
     for err in results.iter().filter_map(|r| r.as_ref().err()) {
         tracing::warn!(error = %err, "a task action failed");
     }
-    let first_error = results.into_iter().find_map(Result::err);
+    let mut first_error = results.into_iter().find_map(Result::err);
+
+    // Verify: the delivered work of each Verifying task, then the branch head.
+    let (final_check, verifying, verify_error) =
+        verify_pass(project, ctx, &plan_state, &work, &by_name, now).await;
+    first_error = first_error.or(verify_error);
 
     // Status.
-    let mut status = project_status(project, &work, &all_refs, &plan_state, now);
+    let mut status = project_status(
+        project,
+        &work,
+        &all_refs,
+        &plan_state,
+        final_check.as_ref(),
+        now,
+    );
     if let Some(planner) = all.iter().find(|t| is_planning_task(t)) {
         status.plan_attempts = planner.status.as_ref().map_or(0, |s| s.attempt);
     }
+    write_project_status(ctx, project, &status).await?;
+    if let Some(err) = first_error {
+        return Err(err);
+    }
+    let wake = match run.wake_at {
+        Some(at) => Duration::try_from(at.duration_since(now))
+            .unwrap_or_default()
+            .max(Duration::from_millis(100)),
+        None => RESYNC,
+    };
+    Ok(ControllerAction::requeue(if verifying {
+        wake.min(VERIFY_POLL)
+    } else {
+        wake
+    }))
+}
+
+/// Writes `status` when it differs from the Project's, with the Events its changes call
+/// for.
+async fn write_project_status(
+    ctx: &Context,
+    project: &Project,
+    status: &aios_crds::ProjectStatus,
+) -> Result<(), Error> {
     let previous = project.status.clone().unwrap_or_default();
-    if differs(&previous, &status) {
+    if differs(&previous, status) {
         let patch = json!({
             "apiVersion": format!("{GROUP}/{VERSION}"),
             "kind": "Project",
             "status": status,
         });
-        ctx.project_api(&namespace)
+        ctx.project_api(&project.namespace().unwrap_or_default())
             .patch_status(
-                &name,
+                &project.name_any(),
                 &PatchParams::apply(field_managers::PROJECT).force(),
                 &Patch::Apply(patch),
             )
             .await?;
         // One Warning per refused plan, whoever refused it (Hera's verdict, or a plan too
         // large to keep).
-        if let Some(problems) = refused_plan(&previous, &status) {
+        if let Some(problems) = refused_plan(&previous, status) {
             publish_event(
                 ctx,
                 project,
@@ -191,20 +231,42 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
             .await;
         }
         if previous.phase != status.phase {
-            publish_phase_event(ctx, project, &status).await;
+            publish_phase_event(ctx, project, status).await;
         }
     }
-    if let Some(err) = first_error {
-        return Err(err);
+    Ok(())
+}
+
+/// Advances the verifications: the Project's final one to record, whether a run is in
+/// progress, and the first error.
+async fn verify_pass(
+    project: &Project,
+    ctx: &Context,
+    plan_state: &PlanState,
+    work: &[&Task],
+    by_name: &BTreeMap<String, &Task>,
+    now: Timestamp,
+) -> (Option<aios_crds::VerificationStatus>, bool, Option<Error>) {
+    let mut first_error = None;
+    let mut verifying = false;
+    match verify::reconcile::advance_tasks(project, ctx, work, by_name, now).await {
+        Ok(waiting) => verifying |= waiting,
+        Err(err) => {
+            tracing::warn!(error = %err, "advancing a verification failed");
+            first_error = Some(err);
+        }
     }
-    Ok(match run.wake_at {
-        Some(at) => ControllerAction::requeue(
-            Duration::try_from(at.duration_since(now))
-                .unwrap_or_default()
-                .max(Duration::from_millis(100)),
-        ),
-        None => ControllerAction::requeue(RESYNC),
-    })
+    let previous = project.status.as_ref().and_then(|s| s.verification.clone());
+    if matches!(plan_state, PlanState::Invalid { .. }) {
+        return (previous, verifying, first_error);
+    }
+    match verify::reconcile::advance_final(project, ctx, work, by_name, now).await {
+        Ok((check, waiting)) => (check, verifying || waiting, first_error),
+        Err(err) => {
+            tracing::warn!(error = %err, "advancing the final verification failed");
+            (previous, verifying, first_error.or(Some(err)))
+        }
+    }
 }
 
 fn join(errors: &[impl ToString]) -> String {

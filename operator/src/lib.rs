@@ -26,6 +26,7 @@ pub mod serving;
 pub mod tasks;
 #[cfg(test)]
 mod testing;
+pub mod verify;
 
 use std::{
     collections::HashMap,
@@ -126,9 +127,48 @@ pub struct Config {
     #[arg(long, env = "AIOS_PROVIDER_PROBE_SECONDS", default_value_t = 60)]
     pub provider_probe_seconds: u64,
 
+    /// Where verification runs (`spec.verify`): `job` (a Kubernetes Job per run, the
+    /// default) or `local` (a sandboxed process of the operator's, where no kubelet runs).
+    #[arg(long, env = "AIOS_VERIFY_SANDBOX", value_enum, default_value_t = VerifySandbox::Job)]
+    pub verify_sandbox: VerifySandbox,
+
+    /// Where the local sandbox checks out its runs.
+    #[arg(long, env = "AIOS_VERIFY_DIR", default_value = "/tmp/aios-verify")]
+    pub verify_dir: std::path::PathBuf,
+
+    /// The image whose git checks out the code in a verification Job; the agent image
+    /// when unset.
+    #[arg(long, env = "AIOS_VERIFY_GIT_IMAGE")]
+    pub verify_git_image: Option<String>,
+
     /// Log format: `json` (structured, the default) or `text`.
     #[arg(long, env = "AIOS_LOG_FORMAT", default_value = "json")]
     pub log_format: String,
+}
+
+/// Where verification runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifySandbox {
+    /// A Kubernetes Job per run.
+    Job,
+    /// A sandboxed process of the operator's.
+    Local,
+}
+
+/// The sandbox `config` asks for.
+fn sandbox(config: &Config, client: &Client) -> Arc<dyn verify::Sandbox> {
+    match config.verify_sandbox {
+        VerifySandbox::Job => Arc::new(verify::job::JobSandbox::new(
+            client.clone(),
+            config
+                .verify_git_image
+                .clone()
+                .unwrap_or_else(|| config.agent_image.clone()),
+        )),
+        VerifySandbox::Local => {
+            Arc::new(verify::local::LocalSandbox::new(config.verify_dir.clone()))
+        }
+    }
 }
 
 /// The cancel marks' store, when the operator knows the agents' Redis.
@@ -326,6 +366,7 @@ async fn start(
         },
         model_server_image: config.model_server_image.clone(),
         cancel_marks,
+        sandbox: sandbox(config, &client),
     });
     {
         let ctx = ctx.clone();

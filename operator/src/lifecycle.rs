@@ -26,6 +26,9 @@ pub struct TaskPolicy {
     pub timeout: Option<Duration>,
     /// How long a running attempt may go without a heartbeat.
     pub heartbeat_timeout: Duration,
+    /// The verification command a reported success that wrote files must pass before
+    /// the task succeeds (see [`crate::verify::required`]); `None` when none applies.
+    pub verify: Option<String>,
 }
 
 fn seconds(s: i32) -> Duration {
@@ -43,6 +46,7 @@ pub fn task_policy(task: &Task, defaults: &TaskDefaults) -> TaskPolicy {
         backoff: defaults.backoff.clone(),
         timeout: (timeout > 0).then(|| seconds(timeout)),
         heartbeat_timeout: seconds(defaults.heartbeat_timeout_seconds),
+        verify: None,
     }
 }
 
@@ -316,6 +320,10 @@ pub fn apply_event(
         }
         TaskEventKind::Succeeded { output, usage } => {
             let result = &output.result;
+            if let Some(command) = policy.verify.clone().filter(|_| !result.files.is_empty()) {
+                verifying(&mut status, result, usage, &command, now);
+                return Some(status);
+            }
             status.phase = Some(TaskPhase::Succeeded);
             // Where a plan is kept is the operator's to say, never the agent's.
             status.result = Some(TaskResult {
@@ -361,6 +369,43 @@ pub fn apply_event(
         TaskEventKind::Unknown => return None,
     }
     Some(status)
+}
+
+/// `status` once the live attempt delivered `result`, which `command` must now verify:
+/// delivered, not done.
+fn verifying(
+    status: &mut TaskStatus,
+    result: &TaskResult,
+    usage: &Usage,
+    command: &str,
+    now: Timestamp,
+) {
+    status.phase = Some(TaskPhase::Verifying);
+    status.result = Some(TaskResult {
+        plan_ref: None,
+        ..result.clone()
+    });
+    status
+        .usage
+        .get_or_insert_with(Default::default)
+        .accumulate(usage);
+    status.next_attempt_time = None;
+    status.message = Some(format!(
+        "attempt {} delivered; verifying it with `{command}`",
+        status.attempt
+    ));
+    status.verification = Some(crate::verify::start(
+        command.to_owned(),
+        result.commit.clone(),
+        now,
+    ));
+    succeeded(
+        status,
+        "Unknown",
+        reasons::VERIFYING,
+        "the delivered work is being verified",
+        now,
+    );
 }
 
 /// The task's status when what an agent reported for the live attempt cannot be
@@ -410,6 +455,7 @@ mod tests {
                 max_duration_seconds: 60,
             },
             timeout: Some(Duration::from_secs(600)),
+            verify: None,
             heartbeat_timeout: Duration::from_secs(60),
         }
     }

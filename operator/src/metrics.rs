@@ -28,6 +28,11 @@ pub struct Metrics {
     /// API server refused the outcome and the attempt failed with its message instead;
     /// dropped: that was refused too; malformed, unsupported_version).
     pub events: IntCounterVec,
+    /// Verification runs finished, by kind (`task`, `project`) and outcome (`Passed`,
+    /// `Failed`, `TimedOut`, `Error`).
+    pub verifications: IntCounterVec,
+    /// How long verification runs took, by kind and outcome.
+    pub verification_duration: HistogramVec,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -105,6 +110,19 @@ impl Metrics {
                 "aios_task_events_total",
                 "Agent events consumed, by type and outcome",
                 &["type", "outcome"],
+            ),
+            verifications: counter(
+                "aios_verifications_total",
+                "Verification runs finished, by kind and outcome",
+                &["kind", "outcome"],
+            ),
+            verification_duration: histogram(
+                "aios_verification_duration_seconds",
+                "How long verification runs took, by kind and outcome",
+                &["kind", "outcome"],
+                vec![
+                    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+                ],
             ),
             registry,
         }

@@ -95,6 +95,7 @@ pub fn plan_tasks(
                     timeout_seconds: planned.timeout_seconds,
                     priority: planned.priority,
                     model: None::<ModelPin>,
+                    verify: None,
                 },
                 status: None,
             }
@@ -214,7 +215,7 @@ pub enum PlanReadError {
 }
 
 /// The lowercase hex SHA-256 of `bytes`.
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .fold(String::with_capacity(64), |mut hex, b| {

@@ -2,7 +2,8 @@
 //! conditions. Pure: the reconciler writes the result only when it differs.
 
 use aios_crds::{
-    Project, ProjectPhase, ProjectStatus, Task, TaskPhase, Usage,
+    Project, ProjectPhase, ProjectStatus, Task, TaskPhase, Usage, VerificationPhase,
+    VerificationStatus,
     conditions::{self, reasons},
     project::TaskCounts,
 };
@@ -78,6 +79,7 @@ fn count(tasks: &[&Task]) -> TaskCounts {
             TaskPhase::Pending => &mut counts.pending,
             TaskPhase::Queued => &mut counts.queued,
             TaskPhase::Running => &mut counts.running,
+            TaskPhase::Verifying => &mut counts.verifying,
             TaskPhase::Succeeded => &mut counts.succeeded,
             TaskPhase::Failed => &mut counts.failed,
             TaskPhase::Skipped => &mut counts.skipped,
@@ -95,6 +97,7 @@ pub fn project_status(
     work: &[&Task],
     all: &[&Task],
     plan: &PlanState,
+    verification: Option<&VerificationStatus>,
     now: Timestamp,
 ) -> ProjectStatus {
     let previous = project.status.clone().unwrap_or_default();
@@ -105,7 +108,7 @@ pub fn project_status(
         count(work)
     };
     let usage = total_usage(all.iter().copied());
-    let (phase, reason, message) = decide_phase(project, work, &counts, plan);
+    let (phase, reason, message) = decide_phase(project, work, &counts, plan, verification);
 
     let mut conditions = previous.conditions.clone();
     let succeeded = match phase {
@@ -122,6 +125,7 @@ pub fn project_status(
         now,
     );
     set_plan_conditions(&mut conditions, plan, now);
+    set_verified_condition(&mut conditions, project, phase, verification, now);
     if budget_exceeded(project, &usage) {
         set_condition(
             &mut conditions,
@@ -153,6 +157,7 @@ pub fn project_status(
         tasks: counts,
         usage,
         plan_attempts: previous.plan_attempts,
+        verification: verification.cloned(),
         conditions,
         observed_generation: project.metadata.generation,
         start_time: previous.start_time.or_else(|| started.then_some(Time(now))),
@@ -170,6 +175,7 @@ fn decide_phase(
     work: &[&Task],
     counts: &TaskCounts,
     plan: &PlanState,
+    verification: Option<&VerificationStatus>,
 ) -> (ProjectPhase, &'static str, String) {
     let planning = matches!(plan, PlanState::Planning | PlanState::Replanning { .. });
     let in_flight = work.iter().filter(|t| phase(t).is_in_flight()).count();
@@ -186,17 +192,22 @@ fn decide_phase(
             .as_ref()
             .and_then(|s| s.message.clone())
             .unwrap_or_default();
+        // A verification that failed for good is the Project's reason too.
+        let reason = condition(
+            failed.status.as_ref().map_or(&[][..], |s| &s.conditions),
+            conditions::SUCCEEDED,
+        )
+        .map(|c| c.reason.as_str())
+        .and_then(|r| VERIFICATION_REASONS.iter().find(|v| **v == r))
+        .copied()
+        .unwrap_or(reasons::TASK_FAILED);
         (
             ProjectPhase::Failed,
-            reasons::TASK_FAILED,
+            reason,
             format!("task {} failed: {detail}", failed.name_any()),
         )
     } else if !planning && counts.total > 0 && counts.succeeded == counts.total {
-        (
-            ProjectPhase::Succeeded,
-            reasons::SUCCEEDED,
-            format!("all {} tasks succeeded", counts.total),
-        )
+        final_verdict(project, counts, verification)
     } else if project.spec.suspend {
         (
             ProjectPhase::Suspended,
@@ -225,6 +236,136 @@ fn decide_phase(
             "waiting to dispatch the first task".to_owned(),
         )
     }
+}
+
+/// The reasons a verification fails with.
+const VERIFICATION_REASONS: [&str; 3] = [
+    reasons::VERIFICATION_FAILED,
+    reasons::VERIFICATION_TIMED_OUT,
+    reasons::VERIFICATION_ERROR,
+];
+
+/// The phase once every task succeeded: without `spec.verify`, Succeeded (unverified,
+/// which the `Verified` condition says); with it, what the branch head's verification
+/// came to.
+fn final_verdict(
+    project: &Project,
+    counts: &TaskCounts,
+    verification: Option<&VerificationStatus>,
+) -> (ProjectPhase, &'static str, String) {
+    let all = counts.total;
+    let Some(verify) = &project.spec.verify else {
+        return (
+            ProjectPhase::Succeeded,
+            reasons::SUCCEEDED,
+            format!("all {all} tasks succeeded (not verified: the Project has no spec.verify)"),
+        );
+    };
+    let on = |v: &VerificationStatus| {
+        v.commit.as_deref().map_or(String::new(), |c| {
+            format!(" on {}", crate::verify::short(c))
+        })
+    };
+    match verification {
+        Some(v) if v.phase == VerificationPhase::Passed => (
+            ProjectPhase::Succeeded,
+            reasons::SUCCEEDED,
+            format!(
+                "all {all} tasks succeeded, and `{}` passed{}",
+                v.command,
+                on(v)
+            ),
+        ),
+        Some(v) if v.phase.is_done() && v.fix_task.is_none() => {
+            let reason = match v.phase {
+                VerificationPhase::TimedOut => reasons::VERIFICATION_TIMED_OUT,
+                VerificationPhase::Error => reasons::VERIFICATION_ERROR,
+                _ => reasons::VERIFICATION_FAILED,
+            };
+            let what = v.message.clone().unwrap_or_else(|| match v.exit_code {
+                Some(code) => format!("exited {code}"),
+                None => "did not finish".to_owned(),
+            });
+            (
+                ProjectPhase::Failed,
+                reason,
+                format!(
+                    "the verification `{}` of the branch head{} {what} after {} fix round(s):\n{}",
+                    v.command,
+                    on(v),
+                    v.round,
+                    v.output.as_deref().unwrap_or_default()
+                ),
+            )
+        }
+        Some(v) if v.fix_task.is_some() => (
+            ProjectPhase::Running,
+            reasons::VERIFYING,
+            format!(
+                "the branch head failed `{}`; fix task {} is working on it",
+                v.command,
+                v.fix_task.as_deref().unwrap_or_default()
+            ),
+        ),
+        _ => (
+            ProjectPhase::Running,
+            reasons::VERIFYING,
+            format!(
+                "all {all} tasks succeeded; verifying the branch head with `{}`",
+                verify.command
+            ),
+        ),
+    }
+}
+
+/// `Verified`: True once the branch head passed; False without `spec.verify` or when the
+/// verification failed for good; Unknown while it runs.
+fn set_verified_condition(
+    conditions: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    project: &Project,
+    phase: ProjectPhase,
+    verification: Option<&VerificationStatus>,
+    now: Timestamp,
+) {
+    let (value, reason, message) = match (&project.spec.verify, verification) {
+        (None, _) => (
+            "False",
+            reasons::NOT_VERIFIED,
+            "the Project has no spec.verify: its work is not checked".to_owned(),
+        ),
+        (Some(_), Some(v)) if v.phase == VerificationPhase::Passed => (
+            "True",
+            reasons::VERIFIED,
+            format!(
+                "`{}` passed on {}",
+                v.command,
+                v.commit.as_deref().unwrap_or("the branch head")
+            ),
+        ),
+        (Some(_), Some(v)) if phase == ProjectPhase::Failed && v.phase.is_done() => (
+            "False",
+            reasons::VERIFICATION_FAILED,
+            "the branch head did not pass its verification".to_owned(),
+        ),
+        (Some(_), _) if phase == ProjectPhase::Failed => (
+            "False",
+            reasons::NOT_VERIFIED,
+            "the Project failed before its branch head was verified".to_owned(),
+        ),
+        (Some(verify), _) => (
+            "Unknown",
+            reasons::VERIFYING,
+            format!("`{}` has not passed on the branch head yet", verify.command),
+        ),
+    };
+    set_condition(
+        conditions,
+        conditions::VERIFIED,
+        value,
+        reason,
+        &message,
+        now,
+    );
 }
 
 fn set_plan_conditions(
@@ -344,7 +485,7 @@ mod tests {
 
     fn status_of(p: &Project, tasks: &[Task], plan: &PlanState) -> ProjectStatus {
         let refs: Vec<&Task> = tasks.iter().collect();
-        project_status(p, &refs, &refs, plan, ts(100))
+        project_status(p, &refs, &refs, plan, None, ts(100))
     }
 
     #[test]
@@ -508,15 +649,15 @@ mod tests {
         let p = project("shop");
         let tasks = [with_phase(task("a", &[]), Running)];
         let refs: Vec<&Task> = tasks.iter().collect();
-        let a = project_status(&p, &refs, &refs, &PlanState::Explicit, ts(1));
-        let b = project_status(&p, &refs, &refs, &PlanState::Explicit, ts(2));
+        let a = project_status(&p, &refs, &refs, &PlanState::Explicit, None, ts(1));
+        let b = project_status(&p, &refs, &refs, &PlanState::Explicit, None, ts(2));
         assert!(
             differs(&a, &b),
             "start time is set from now on the first pass"
         );
         let mut with_prev = p.clone();
         with_prev.status = Some(a.clone());
-        let c = project_status(&with_prev, &refs, &refs, &PlanState::Explicit, ts(3));
+        let c = project_status(&with_prev, &refs, &refs, &PlanState::Explicit, None, ts(3));
         assert!(!differs(&a, &c));
     }
 

@@ -76,3 +76,31 @@ pub async fn slow_apollo(server: &MockServer, delay: std::time::Duration) {
         .mount(server)
         .await;
 }
+
+/// A model server like [`model_fixture`] whose Apollo delivers a bug the test catches
+/// (`greet` says "Hi"); when `fixes`, Apollo's answer to a fix task (its prompt carries
+/// the failing verification) is the right program.
+pub async fn buggy_fixture(ip: &str, fixes: bool) -> MockServer {
+    let server = model_fixture(ip).await;
+    let program = |greeting: &str| {
+        answer(&json!({"summary": format!("Wrote greet ({greeting})."), "files": [{"path": "hello.py", "content": format!("def greet(name):\n    return '{greeting}, ' + name + '!'\n")}]}))
+    };
+    Mock::given(matchers::method("POST"))
+        .and(matchers::path("/api/chat"))
+        .and(matchers::body_string_contains("You are Apollo"))
+        .respond_with(program("Hi"))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    if fixes {
+        Mock::given(matchers::method("POST"))
+            .and(matchers::path("/api/chat"))
+            .and(matchers::body_string_contains("You are Apollo"))
+            .and(matchers::body_string_contains("verification command"))
+            .respond_with(program("Hello"))
+            .with_priority(1)
+            .mount(&server)
+            .await;
+    }
+    server
+}

@@ -1,0 +1,214 @@
+//! Tests decide success: the sample Project with `spec.verify` (pytest) on the local
+//! control plane, the operator's local sandbox running the verifications, and a model
+//! fixture whose backend answer has a bug the test catches.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use aios_crds::{ProjectPhase, TaskPhase, VerificationPhase, conditions};
+use aios_e2e::local::{LocalRun, ModelServer, Operator, Outcome};
+
+mod support;
+
+/// Passes when pytest collects no test yet (exit 5): the first commits have none.
+const PYTEST: &str = "python3 -m pytest -q -p no:cacheprovider || [ $? -eq 5 ]";
+
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The sample Project, named `name`, verified by `command` with `rounds` fix rounds.
+fn project(name: &str, command: &str, timeout_seconds: u32, rounds: u32) -> String {
+    let sample =
+        std::fs::read_to_string(aios_e2e::repo_root().join("manifests/examples/project-hello.yaml"))
+            .unwrap();
+    let head = sample
+        .split("\n  verify:")
+        .next()
+        .unwrap()
+        .replace("name: hello", &format!("name: {name}"));
+    let command = serde_json::to_string(command).unwrap();
+    format!(
+        "{}\n  verify:\n    command: {command}\n    timeoutSeconds: {timeout_seconds}\n",
+        head.trim_end()
+    )
+    .replace(
+        "  policy:\n",
+        &format!("  policy:\n    maxFixRounds: {rounds}\n"),
+    )
+}
+
+async fn run(prefix: &str, fixes: bool, manifest: String) -> (Outcome, tempfile::TempDir) {
+    let fixture = support::buggy_fixture("127.0.0.1", fixes).await;
+    let env = aios_e2e::shared_with_crds();
+    let namespace = env.create_namespace(prefix).unwrap();
+    let amqp_url = env.create_vhost(&namespace).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let run = LocalRun {
+        namespace,
+        amqp_url,
+        bin_dir: bin_dir(),
+        work_dir: work.path().to_path_buf(),
+        models: vec![ModelServer {
+            name: "local".to_owned(),
+            provider_type: "Ollama".to_owned(),
+            tier: "Local".to_owned(),
+            priority: 1,
+            url: fixture.uri(),
+            chat_model: "fixture".to_owned(),
+            embed_model: None,
+            image: None,
+        }],
+        project: manifest,
+        timeout: Duration::from_secs(240),
+        verbose: true,
+        operator_kubeconfig: None,
+        agents_in_pods: false,
+        operator: Operator::Process,
+    };
+    let outcome = tokio::task::spawn_blocking(move || run.run(env))
+        .await
+        .unwrap()
+        .unwrap_or_else(|err| panic!("{err}"));
+    (outcome, work)
+}
+
+fn reason(outcome: &Outcome) -> (Option<ProjectPhase>, String, String) {
+    let status = outcome.project.status.clone().unwrap();
+    let succeeded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::SUCCEEDED)
+        .unwrap();
+    (
+        status.phase,
+        succeeded.reason.clone(),
+        succeeded.message.clone(),
+    )
+}
+
+fn git(repository: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(repository)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bug_the_test_catches_is_fixed_in_one_round_and_the_project_is_verified() {
+    let (outcome, _work) = run("verified", true, project("verified", PYTEST, 120, 2)).await;
+    assert_eq!(
+        outcome.project.status.as_ref().unwrap().phase,
+        Some(ProjectPhase::Succeeded),
+        "{}\n{}",
+        outcome.summary,
+        outcome.git_log
+    );
+    let fix = outcome
+        .tasks
+        .iter()
+        .find(|t| t.metadata.name.as_deref() == Some("verified-test-fix-1"))
+        .unwrap_or_else(|| panic!("one fix round: {}", outcome.summary));
+    assert_eq!(fix.spec.role, "backend", "the code under test is Apollo's");
+    assert!(
+        fix.spec.description.contains("test_greet") && fix.spec.description.contains("Hi, Ada!"),
+        "the fix names the failing test and its output: {}",
+        fix.spec.description
+    );
+    assert!(
+        !outcome
+            .tasks
+            .iter()
+            .any(|t| t.metadata.name.as_deref() == Some("verified-test-fix-2")),
+        "no second round"
+    );
+    let test = outcome
+        .tasks
+        .iter()
+        .find(|t| t.metadata.name.as_deref() == Some("verified-test"))
+        .unwrap();
+    let checked = test.status.as_ref().unwrap().verification.clone().unwrap();
+    assert_eq!((checked.phase, checked.round), (VerificationPhase::Passed, 1));
+    assert_eq!(test.status.as_ref().unwrap().phase, Some(TaskPhase::Succeeded));
+
+    // The history shows the bug, then the fix; the Project names the verified head.
+    let head = git(&outcome.repository, &["rev-parse", "main"]);
+    let verified = outcome.project.status.as_ref().unwrap().verification.clone().unwrap();
+    assert_eq!(verified.phase, VerificationPhase::Passed);
+    assert_eq!(verified.commit.as_deref(), Some(head.trim()));
+    assert_eq!(verified.command, PYTEST);
+    let versions = git(
+        &outcome.repository,
+        &["log", "--format=%H", "--reverse", "main", "--", "hello.py"],
+    );
+    let contents: Vec<String> = versions
+        .lines()
+        .map(|c| git(&outcome.repository, &["show", &format!("{c}:hello.py")]))
+        .collect();
+    assert_eq!(contents.len(), 2, "the bug and its fix: {}", outcome.git_log);
+    assert!(contents[0].contains("'Hi, '") && contents[1].contains("'Hello, '"));
+    let verified_condition = outcome
+        .project
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::VERIFIED)
+        .unwrap();
+    assert_eq!(verified_condition.status, "True");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bug_never_fixed_fails_the_project_when_the_rounds_run_out() {
+    let (outcome, _work) = run("unfixed", false, project("unfixed", PYTEST, 120, 1)).await;
+    let (phase, reason, message) = reason(&outcome);
+    assert_eq!(phase, Some(ProjectPhase::Failed), "{}", outcome.summary);
+    assert_eq!(reason, "VerificationFailed", "{message}");
+    assert!(message.contains("Hi, Ada!"), "the last output: {message}");
+    assert!(
+        outcome
+            .tasks
+            .iter()
+            .any(|t| t.metadata.name.as_deref() == Some("unfixed-test-fix-1")),
+        "one round was tried: {}",
+        outcome.summary
+    );
+    assert!(
+        !outcome
+            .tasks
+            .iter()
+            .any(|t| t.metadata.name.as_deref() == Some("unfixed-test-fix-2")),
+        "and no more"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_verification_is_killed_at_its_timeout_and_a_network_call_is_refused() {
+    let (outcome, _work) = run("hung", true, project("hung", "sleep 600", 3, 0)).await;
+    let (phase, reason, message) = reason(&outcome);
+    assert_eq!(phase, Some(ProjectPhase::Failed), "{}", outcome.summary);
+    assert_eq!(reason, "VerificationTimedOut", "{message}");
+
+    // The attacker's verification: reach a server on this machine, which listens.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let call = format!(
+        "python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5)\""
+    );
+    let (outcome, _work) = run("offline", true, project("offline", &call, 30, 0)).await;
+    let (phase, reason, message) = reason(&outcome);
+    assert_eq!(phase, Some(ProjectPhase::Failed), "{}", outcome.summary);
+    assert_eq!(reason, "VerificationFailed", "{message}");
+    assert!(message.contains("Network is unreachable"), "{message}");
+    assert!(listener.accept().is_err(), "nothing connected");
+}

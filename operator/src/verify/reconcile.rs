@@ -1,0 +1,322 @@
+//! Hera's side of verification: each pass advances the chain of every `Verifying` task
+//! and, once every task succeeded, the Project's final verification of its branch head.
+//! The decisions are [`super::step`]'s; this module polls the sandbox and writes.
+
+use std::collections::BTreeMap;
+
+use aios_crds::{
+    Project, Task, TaskPhase, VerificationStatus, Verify, conditions, names::field_managers,
+};
+use futures::future::join_all;
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use kube::{
+    Resource, ResourceExt,
+    api::{Patch, PatchParams},
+};
+use serde_json::json;
+
+use super::{Fixes, Outcome, Run, SandboxError, Step, fix_state, fix_task, run_id, start, step};
+use crate::{
+    context::{Context, write_task_status},
+    hera::Error,
+    lifecycle::{phase, set_condition},
+};
+
+impl From<SandboxError> for Error {
+    fn from(e: SandboxError) -> Self {
+        match e {
+            SandboxError::Kube(e) => Self::Kube(e),
+        }
+    }
+}
+
+fn owner_ref<K: Resource<DynamicType = ()>>(object: &K) -> Option<OwnerReference> {
+    let mut owner = object.controller_owner_ref(&())?;
+    // The run belongs to it, but does not block its deletion.
+    owner.controller = Some(false);
+    owner.block_owner_deletion = None;
+    Some(owner)
+}
+
+fn run_for<K: Resource<DynamicType = ()>>(
+    project: &Project,
+    verify: &Verify,
+    owner: &K,
+    current: &VerificationStatus,
+) -> Option<Run> {
+    Some(Run {
+        id: run_id(owner.meta().uid.as_deref()?, current.round),
+        namespace: project.namespace()?,
+        owner: owner_ref(owner)?,
+        repository: project.spec.repository.clone(),
+        commit: current.commit.clone(),
+        command: current.command.clone(),
+        spec: verify.clone(),
+    })
+}
+
+fn record(ctx: &Context, kind: &str, outcome: &Outcome) {
+    let label = format!("{:?}", outcome.phase);
+    ctx.metrics
+        .verifications
+        .with_label_values(&[kind, &label])
+        .inc();
+    ctx.metrics
+        .verification_duration
+        .with_label_values(&[kind, &label])
+        .observe(outcome.duration.as_secs_f64());
+}
+
+/// Polls the sandbox for `current`'s run when one is due (no fix in progress).
+async fn poll(
+    ctx: &Context,
+    run: Option<&Run>,
+    current: &VerificationStatus,
+) -> Result<Option<Outcome>, Error> {
+    match run {
+        Some(run) if current.fix_task.is_none() && !current.phase.is_done() => {
+            Ok(ctx.sandbox.poll(run).await?)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Creates fix task round `round` (idempotent: a server-side apply of a fixed name).
+async fn create_fix(ctx: &Context, fix: &Task) -> Result<(), Error> {
+    let mut body =
+        serde_json::to_value(fix).map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
+    body["apiVersion"] = json!(format!(
+        "{}/{}",
+        aios_crds::names::GROUP,
+        aios_crds::names::VERSION
+    ));
+    body["kind"] = json!("Task");
+    ctx.task_api(&fix.namespace().unwrap_or_default())
+        .patch(
+            &fix.name_any(),
+            &PatchParams::apply(field_managers::PROJECT).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Advances the verification of every `Verifying` task of `work`. Returns whether a
+/// run is in progress (look again soon).
+pub async fn advance_tasks(
+    project: &Project,
+    ctx: &Context,
+    work: &[&Task],
+    by_name: &BTreeMap<String, &Task>,
+    now: Timestamp,
+) -> Result<bool, Error> {
+    let Some(verify) = &project.spec.verify else {
+        return Ok(false);
+    };
+    let verifying: Vec<&Task> = work
+        .iter()
+        .copied()
+        .filter(|t| phase(t) == TaskPhase::Verifying)
+        .collect();
+    let results = join_all(
+        verifying
+            .iter()
+            .map(|task| advance_task(project, verify, ctx, task, by_name, now)),
+    )
+    .await;
+    let mut waiting = false;
+    for result in results {
+        waiting |= result?;
+    }
+    Ok(waiting)
+}
+
+async fn advance_task(
+    project: &Project,
+    verify: &Verify,
+    ctx: &Context,
+    task: &Task,
+    by_name: &BTreeMap<String, &Task>,
+    now: Timestamp,
+) -> Result<bool, Error> {
+    let Some(current) = task.status.as_ref().and_then(|s| s.verification.clone()) else {
+        return Ok(false);
+    };
+    let fix = current
+        .fix_task
+        .as_ref()
+        .and_then(|name| by_name.get(name))
+        .map(|t| fix_state(t));
+    let run = run_for(project, verify, task, &current);
+    let outcome = poll(ctx, run.as_ref(), &current).await?;
+    if let Some(outcome) = &outcome {
+        record(ctx, "task", outcome);
+    }
+    let api = ctx.task_api(&task.namespace().unwrap_or_default());
+    let mut status = task.status.clone().unwrap_or_default();
+    let max = project.spec.policy.max_fix_rounds;
+    let next = step(&current, fix.as_ref(), outcome.as_ref(), max, true, now);
+    let done = matches!(
+        next,
+        Step::Passed(_) | Step::Failed { .. } | Step::Fix { .. }
+    );
+    match next {
+        Step::Wait => return Ok(current.fix_task.is_none()),
+        Step::Update(verification) => {
+            status.message = Some(format!(
+                "fix {} delivered; verifying it",
+                current.fix_task.as_deref().unwrap_or_default()
+            ));
+            status.verification = Some(verification);
+        }
+        Step::Fix {
+            status: mut verification,
+            round,
+        } => {
+            let dependencies: Vec<&Task> = task
+                .spec
+                .depends_on
+                .iter()
+                .filter_map(|d| by_name.get(d).copied())
+                .collect();
+            let output = verification.output.clone().unwrap_or_default();
+            let fixer = super::fixer(task, &dependencies, &output);
+            let fix = fix_task(project, Fixes::Task { failed: task, fixer }, &verification, round);
+            create_fix(ctx, &fix).await?;
+            status.message = Some(format!(
+                "the verification failed; fix task {} (round {round} of {max}) is working on it",
+                fix.name_any()
+            ));
+            verification.round = round;
+            verification.fix_task = Some(fix.name_any());
+            status.verification = Some(verification);
+        }
+        Step::Passed(verification) => {
+            status.phase = Some(TaskPhase::Succeeded);
+            status.completion_time = Some(Time(now));
+            let message = format!(
+                "delivered and verified: `{}` passed{}",
+                verification.command,
+                verification
+                    .commit
+                    .as_deref()
+                    .map_or(String::new(), |c| format!(" on {}", super::short(c)))
+            );
+            set_condition(
+                &mut status.conditions,
+                conditions::SUCCEEDED,
+                "True",
+                conditions::reasons::SUCCEEDED,
+                &message,
+                now,
+            );
+            status.message = Some(message);
+            status.verification = Some(verification);
+        }
+        Step::Failed {
+            status: verification,
+            reason,
+            message,
+        } => {
+            status.phase = Some(TaskPhase::Failed);
+            status.completion_time = Some(Time(now));
+            set_condition(
+                &mut status.conditions,
+                conditions::SUCCEEDED,
+                "False",
+                reason,
+                &message,
+                now,
+            );
+            status.message = Some(message);
+            status.verification = Some(verification);
+        }
+    }
+    write_task_status(&api, task, &status).await?;
+    if done && let Some(run) = &run {
+        ctx.sandbox.forget(run).await?;
+    }
+    Ok(false)
+}
+
+/// The role that delivered last among `work`: the final verification's fixes go to it.
+fn last_role<'a>(work: &[&'a Task]) -> Option<&'a aios_crds::DnsLabel> {
+    work.iter()
+        .filter(|t| {
+            t.status
+                .as_ref()
+                .and_then(|s| s.result.as_ref())
+                .is_some_and(|r| !r.files.is_empty())
+        })
+        .max_by_key(|t| {
+            t.status
+                .as_ref()
+                .and_then(|s| s.completion_time.clone())
+                .map(|t| t.0)
+        })
+        .map(|t| &t.spec.role)
+}
+
+/// Advances the Project's final verification, due once every task of `work` succeeded.
+/// Returns the verification to record in the Project's status (the previous one when
+/// nothing moved, `None` without `spec.verify`), and whether a run is in progress.
+pub async fn advance_final(
+    project: &Project,
+    ctx: &Context,
+    work: &[&Task],
+    by_name: &BTreeMap<String, &Task>,
+    now: Timestamp,
+) -> Result<(Option<VerificationStatus>, bool), Error> {
+    let Some(verify) = &project.spec.verify else {
+        return Ok((None, false));
+    };
+    let previous = project.status.as_ref().and_then(|s| s.verification.clone());
+    let all_done = !work.is_empty() && work.iter().all(|t| phase(t) == TaskPhase::Succeeded);
+    let fix_in_progress = previous.as_ref().is_some_and(|v| v.fix_task.is_some());
+    if !all_done && !fix_in_progress {
+        return Ok((previous, false));
+    }
+    let current = match previous {
+        Some(current) => current,
+        None => start(super::command(verify, None), None, now),
+    };
+    if current.phase.is_done() && current.fix_task.is_none() {
+        return Ok((Some(current), false)); // decided: rollup reads it
+    }
+    let fix = current
+        .fix_task
+        .as_ref()
+        .and_then(|name| by_name.get(name))
+        .map(|t| fix_state(t));
+    let run = run_for(project, verify, project, &current);
+    let outcome = poll(ctx, run.as_ref(), &current).await?;
+    if let Some(outcome) = &outcome {
+        record(ctx, "project", outcome);
+    }
+    let max = project.spec.policy.max_fix_rounds;
+    let next = step(&current, fix.as_ref(), outcome.as_ref(), max, false, now);
+    let (status, waiting) = match next {
+        Step::Wait => (current.clone(), current.fix_task.is_none()),
+        Step::Update(status) => (status, true),
+        Step::Fix { mut status, round } => {
+            let Some(role) = last_role(work) else {
+                // Nothing delivered files, yet the branch fails: no role to fix it.
+                return Ok((Some(status), false));
+            };
+            let fix = fix_task(project, Fixes::Final { role }, &status, round);
+            create_fix(ctx, &fix).await?;
+            status.round = round;
+            status.fix_task = Some(fix.name_any());
+            (status, false)
+        }
+        Step::Passed(status) | Step::Failed { status, .. } => (status, false),
+    };
+    if status.phase.is_done()
+        && status.fix_task.is_none()
+        && let Some(run) = &run
+    {
+        ctx.sandbox.forget(run).await?;
+    }
+    Ok((Some(status), waiting))
+}
