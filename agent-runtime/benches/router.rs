@@ -54,20 +54,21 @@ async fn main() {
         })))
         .mount(&fixture)
         .await;
+    let model = ModelSpec {
+        name: "m".to_owned(),
+        max_complexity: Complexity::High,
+        context_window: None,
+        input_price_per_1k: 0.0,
+        output_price_per_1k: 0.0,
+        embeddings: false,
+    };
     let provider = ProviderEntry {
         name: "ollama".to_owned(),
         provider_type: ProviderType::Ollama,
         tier: Tier::Local,
         priority: 1,
         endpoint: fixture.uri(),
-        models: vec![ModelSpec {
-            name: "m".to_owned(),
-            max_complexity: Complexity::High,
-            context_window: None,
-            input_price_per_1k: 0.0,
-            output_price_per_1k: 0.0,
-            embeddings: false,
-        }],
+        models: vec![model.clone()],
         credentials_ref: None,
     };
     let router = Router::new(
@@ -88,7 +89,7 @@ async fn main() {
         hints: ModelHints::default(),
         project: "bench/router".to_owned(),
     };
-    let (path, body) = wire::chat_request(ProviderType::Ollama, "m", &request);
+    let (path, body) = wire::chat_request(ProviderType::Ollama, &model, &request);
     let direct_client = reqwest::Client::new();
     let url = format!("{}{path}", fixture.uri());
     for _ in 0..100 {
