@@ -37,6 +37,18 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples[index]
 }
 
+/// The fixture's one chat model.
+fn model() -> ModelSpec {
+    ModelSpec {
+        name: "m".to_owned(),
+        max_complexity: Complexity::High,
+        context_window: None,
+        input_price_per_1k: 0.0,
+        output_price_per_1k: 0.0,
+        embeddings: false,
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     rustls::crypto::ring::default_provider()
@@ -54,14 +66,7 @@ async fn main() {
         })))
         .mount(&fixture)
         .await;
-    let model = ModelSpec {
-        name: "m".to_owned(),
-        max_complexity: Complexity::High,
-        context_window: None,
-        input_price_per_1k: 0.0,
-        output_price_per_1k: 0.0,
-        embeddings: false,
-    };
+    let model = model();
     let provider = ProviderEntry {
         name: "ollama".to_owned(),
         provider_type: ProviderType::Ollama,

@@ -144,12 +144,12 @@ pub fn build_context(
             context.left_out.push(file.path.clone());
             continue;
         }
-        let Some(content) = read(&file.path, most_bytes) else {
+        let Some(text) = read(&file.path, most_bytes) else {
             continue;
         };
         let shown = ContextFile {
             path: file.path.clone(),
-            content,
+            content: text,
         };
         let cost = estimate_tokens(&render_file(&shown));
         if cost > left {

@@ -93,7 +93,7 @@ fn repository(dir: &Path) -> std::path::PathBuf {
     repo
 }
 
-fn worker(dir: &Path, llm: Arc<Scripted>) -> Worker {
+fn agent(dir: &Path, llm: Arc<Scripted>) -> Worker {
     Worker {
         role: "backend".to_owned(),
         persona: persona::built_in("backend"),
@@ -174,7 +174,7 @@ async fn the_prompt_shows_the_tree_and_the_named_file_and_an_edit_to_it_is_deliv
             {"path": "src/app.py", "search": "sum(items)", "replace": "sum(items, start)"}
         ]
     })]);
-    let worker = worker(dir.path(), llm.clone());
+    let worker = agent(dir.path(), llm.clone());
     let success = worker
         .perform(&dispatch(
             &repo,
@@ -223,7 +223,7 @@ async fn the_prompt_shows_the_tree_and_the_named_file_and_an_edit_to_it_is_deliv
         file_on_main(&repo, "tests/test_app.py").unwrap(),
         "from src.app import total\n"
     );
-    let mut files = success.output.files.clone();
+    let mut files = success.output.result.files.clone();
     files.sort();
     assert_eq!(files, ["src/app.py", "tests/test_app.py"]);
 }
@@ -243,7 +243,7 @@ async fn a_refused_answer_gets_one_repair_naming_the_file_and_the_hunk() {
         "edits": [{"path": "src/app.py", "search": "    return sum(items)", "replace": "    return 0"}]
     });
     let llm = Scripted::new(vec![blind.clone(), repaired]);
-    let worker = worker(dir.path(), llm.clone());
+    let worker = agent(dir.path(), llm.clone());
     worker
         .perform(&dispatch(&repo, "Zero totals", "Make src/app.py total 0."))
         .await
@@ -277,7 +277,7 @@ async fn a_refused_answer_gets_one_repair_naming_the_file_and_the_hunk() {
     // Refused twice: the attempt fails, retryable, saying what was wrong, and nothing is
     // committed.
     let llm = Scripted::new(vec![blind.clone(), blind]);
-    let worker = worker(dir.path(), llm.clone());
+    let worker = agent(dir.path(), llm.clone());
     let before = git(&repo, &["rev-parse", "main"]);
     let failure = worker
         .perform(&dispatch(
