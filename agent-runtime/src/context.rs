@@ -12,7 +12,10 @@
 //! Tokens are estimated with [`estimate_tokens`] (one per three bytes, rounded up):
 //! conservative for every current tokenizer, so what is counted to fit does.
 
-use std::{collections::BTreeSet, fmt::Write as _};
+use std::{
+    collections::{BTreeSet, HashSet},
+    fmt::Write as _,
+};
 
 use crate::llm::{ANSWER_TOKENS, estimate_tokens};
 
@@ -26,9 +29,12 @@ const TREE_MORE_TOKENS: u64 = 16;
 /// delivered and still count as near it: the directory steps up and down between
 /// the two (0: same directory; 1: a parent or child; 2: a sibling directory).
 pub const NEAR_DISTANCE: usize = 2;
-/// Tokens for what the prompt puts around the repository sections: their headings,
-/// the note about the files left out and the line saying how to treat them.
-pub const SECTION_TOKENS: u64 = 96;
+/// The most bytes of the paths named as left out; the rest are counted, not named.
+pub const LEFT_OUT_BYTES: usize = 400;
+/// Tokens for what the prompt puts around the repository sections: their headings, the
+/// line saying how to treat the files shown, and the note naming the files left out
+/// (at most [`LEFT_OUT_BYTES`] of paths and a sentence around them).
+pub const SECTION_TOKENS: u64 = (LEFT_OUT_BYTES as u64 + 400).div_ceil(3);
 /// Tokens kept for the repair round: the repair request is the first prompt again plus
 /// the repair message (at most [`crate::prompt::REPAIR_PROBLEM_BYTES`] of problems and
 /// a sentence around them), and its answer fits the same answer room.
@@ -71,7 +77,8 @@ pub struct RepositoryContext {
     pub tree: String,
     /// The files shown whole, most relevant first.
     pub files: Vec<ContextFile>,
-    /// Relevant files not shown for lack of room, most relevant first.
+    /// Files the task names or its dependencies delivered that are not shown, for lack
+    /// of room, most relevant first.
     pub left_out: Vec<String>,
 }
 
@@ -79,6 +86,30 @@ impl RepositoryContext {
     /// The shown files as the prompt carries them.
     pub fn files_text(&self) -> String {
         self.files.iter().map(render_file).collect()
+    }
+
+    /// The files left out, named within [`LEFT_OUT_BYTES`], the rest counted; empty
+    /// when none was.
+    pub fn left_out_text(&self) -> String {
+        let mut named: Vec<&str> = Vec::new();
+        let mut bytes = 0;
+        for path in &self.left_out {
+            bytes += path.len() + 2;
+            if bytes > LEFT_OUT_BYTES {
+                break;
+            }
+            named.push(path);
+        }
+        let mut text = named.join(", ");
+        let more = self.left_out.len() - named.len();
+        if more > 0 {
+            let _ = write!(
+                text,
+                "{}{more} more",
+                if named.is_empty() { "" } else { " and " }
+            );
+        }
+        text
     }
 }
 
@@ -137,11 +168,13 @@ pub fn build_context(
         tree,
         ..RepositoryContext::default()
     };
-    for file in rank(&sorted, relevance) {
+    for Ranked { file, anchor } in rank(&sorted, relevance) {
         // A file's rendering is longer than the file, so its size alone can rule it out.
         let most_bytes = left.saturating_mul(3);
         if file.size > most_bytes {
-            context.left_out.push(file.path.clone());
+            if anchor {
+                context.left_out.push(file.path.clone());
+            }
             continue;
         }
         let Some(text) = read(&file.path, most_bytes) else {
@@ -153,7 +186,9 @@ pub fn build_context(
         };
         let cost = estimate_tokens(&render_file(&shown));
         if cost > left {
-            context.left_out.push(shown.path);
+            if anchor {
+                context.left_out.push(shown.path);
+            }
             continue;
         }
         left -= cost;
@@ -190,56 +225,65 @@ fn render_tree(files: &[&RepoFile], share: u64) -> String {
     tree
 }
 
+/// A file worth showing, and whether the task names it or a dependency delivered it
+/// (such a file left out for room is named as left out).
+struct Ranked<'a> {
+    file: &'a RepoFile,
+    anchor: bool,
+}
+
 /// The relevant files, most relevant first, each once.
-fn rank<'a>(files: &[&'a RepoFile], relevance: &Relevance<'_>) -> Vec<&'a RepoFile> {
+fn rank<'a>(files: &[&'a RepoFile], relevance: &Relevance<'_>) -> Vec<Ranked<'a>> {
     let task_words = words(relevance.task);
     let memory_words: BTreeSet<&str> = relevance.memories.iter().flat_map(|m| words(m)).collect();
-    let mut ranked: Vec<&RepoFile> = Vec::new();
-    let push = |ranked: &mut Vec<&'a RepoFile>, file: &'a RepoFile| {
-        if !ranked.iter().any(|f| f.path == file.path) {
-            ranked.push(file);
+    let mut ranked: Vec<Ranked<'a>> = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut push = |ranked: &mut Vec<Ranked<'a>>, file: &'a RepoFile, anchor: bool| {
+        if seen.insert(file.path.as_str()) {
+            ranked.push(Ranked { file, anchor });
         }
     };
     // Named by the task: by a path with a directory first, then by file name alone.
     for file in files {
         if file.path.contains('/') && task_words.contains(file.path.as_str()) {
-            push(&mut ranked, file);
+            push(&mut ranked, file, true);
         }
     }
     for file in files {
         if names_file(&task_words, &file.path) {
-            push(&mut ranked, file);
+            push(&mut ranked, file, true);
         }
     }
     // Delivered by the dependencies, in their order.
     for path in relevance.delivered {
         let path = normal_path(path);
-        if let Some(file) = files.iter().find(|f| f.path == path) {
-            push(&mut ranked, file);
+        if let Ok(at) = files.binary_search_by(|f| f.path.as_str().cmp(&path)) {
+            push(&mut ranked, files[at], true);
         }
     }
     // Near those by path, nearest first.
-    let anchors: Vec<String> = ranked.iter().map(|f| f.path.clone()).collect();
+    let anchors: BTreeSet<Vec<&str>> = ranked.iter().map(|r| directory(&r.file.path)).collect();
     let mut near: Vec<(usize, &'a RepoFile)> = files
         .iter()
         .filter_map(|file| {
+            let here = directory(&file.path);
             let distance = anchors
                 .iter()
-                .map(|anchor| path_distance(anchor, &file.path))
+                .map(|anchor| directory_distance(anchor, &here))
                 .min()?;
             (distance <= NEAR_DISTANCE).then_some((distance, *file))
         })
         .collect();
     near.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.path.cmp(&b.1.path)));
     for (_, file) in near {
-        push(&mut ranked, file);
+        push(&mut ranked, file, false);
     }
     // Mentioned by the memories.
     for file in files {
         if (file.path.contains('/') && memory_words.contains(file.path.as_str()))
             || names_file(&memory_words, &file.path)
         {
-            push(&mut ranked, file);
+            push(&mut ranked, file, false);
         }
     }
     ranked
@@ -267,15 +311,16 @@ fn names_file(words: &BTreeSet<&str>, path: &str) -> bool {
     distinctive && words.contains(name)
 }
 
-/// The directory steps up and down from one file's directory to another's.
-fn path_distance(a: &str, b: &str) -> usize {
-    let dir = |p: &str| -> Vec<String> {
-        let mut parts: Vec<String> = p.split('/').map(str::to_owned).collect();
-        parts.pop();
-        parts
-    };
-    let (a, b) = (dir(a), dir(b));
-    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+/// The directories a file is in, outermost first.
+fn directory(path: &str) -> Vec<&str> {
+    let mut parts: Vec<&str> = path.split('/').collect();
+    parts.pop();
+    parts
+}
+
+/// The steps up and down from one directory to another.
+fn directory_distance(a: &[&str], b: &[&str]) -> usize {
+    let common = a.iter().zip(b).take_while(|(x, y)| x == y).count();
     a.len() - common + b.len() - common
 }
 
@@ -546,6 +591,44 @@ mod tests {
         assert!(
             asked.iter().all(|(path, _)| path != "huge.txt"),
             "a file too large by its size is not read: {asked:?}"
+        );
+    }
+
+    #[test]
+    fn only_named_or_delivered_files_are_reported_left_out_and_within_bounds() {
+        let tree = Tree::new(&[
+            ("src/app.py", &"x".repeat(900)),
+            ("src/near.py", &"y".repeat(900)),
+        ]);
+        let context = tree.build(
+            &Relevance {
+                task: "Fix src/app.py",
+                ..Relevance::default()
+            },
+            100,
+        );
+        assert!(context.files.is_empty());
+        assert_eq!(
+            context.left_out,
+            ["src/app.py"],
+            "a near file that does not fit is only in the listing"
+        );
+        assert_eq!(context.left_out_text(), "src/app.py");
+
+        let many = RepositoryContext {
+            left_out: (0..100).map(|i| format!("src/module_{i:03}.py")).collect(),
+            ..RepositoryContext::default()
+        };
+        let text = many.left_out_text();
+        assert!(text.len() <= LEFT_OUT_BYTES + 20, "{text}");
+        assert!(
+            text.starts_with("src/module_000.py, src/module_001.py"),
+            "{text}"
+        );
+        let named = text.matches(".py").count();
+        assert!(
+            text.ends_with(&format!(" and {} more", 100 - named)),
+            "{text}"
         );
     }
 

@@ -74,11 +74,11 @@ pub fn task_message(
     push_section(&mut text, "Work already delivered", &done);
     push_section(&mut text, "Files in the repository", &repository.tree);
     let mut shown = repository.files_text();
-    if !repository.left_out.is_empty() {
+    let left_out = repository.left_out_text();
+    if !left_out.is_empty() {
         let _ = write!(
             shown,
-            "\nRelevant but not shown, for lack of room (you may neither edit nor overwrite them): {}.",
-            repository.left_out.join(", ")
+            "\nRelevant but not shown, for lack of room (you may neither edit nor overwrite them): {left_out}."
         );
     }
     if !shown.is_empty() {

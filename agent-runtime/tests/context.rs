@@ -14,8 +14,12 @@ use std::{
 };
 
 use aios_agent::{
+    context::REPAIR_TOKENS,
     git::Git,
-    llm::{Call, ChatRequest, ChatResponse, Llm, LlmError, Role},
+    llm::{
+        ANSWER_TOKENS, Call, ChatRequest, ChatResponse, DEFAULT_CONTEXT_WINDOW, Llm, LlmError,
+        Role, estimate_request_tokens,
+    },
     memory::NoMemory,
     metrics::Metrics,
     persona,
@@ -37,13 +41,19 @@ const APP: &str = "def total(items):\n    return sum(items)\n";
 struct Scripted {
     answers: Mutex<VecDeque<Value>>,
     requests: Mutex<Vec<ChatRequest>>,
+    window: u32,
 }
 
 impl Scripted {
     fn new(answers: Vec<Value>) -> Arc<Self> {
+        Self::with_window(answers, DEFAULT_CONTEXT_WINDOW)
+    }
+
+    fn with_window(answers: Vec<Value>, window: u32) -> Arc<Self> {
         Arc::new(Self {
             answers: Mutex::new(answers.into()),
             requests: Mutex::default(),
+            window,
         })
     }
 
@@ -73,6 +83,10 @@ impl Llm for Scripted {
                 },
             })
         })
+    }
+
+    fn context_window(&self, _complexity: Complexity, _hints: &ModelHints) -> u32 {
+        self.window
     }
 }
 
@@ -295,4 +309,59 @@ async fn a_refused_answer_gets_one_repair_naming_the_file_and_the_hunk() {
         failure.message
     );
     assert_eq!(git(&repo, &["rev-parse", "main"]), before);
+}
+
+#[tokio::test]
+async fn the_requests_fit_the_models_window_with_room_for_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repository(dir.path());
+    let seed = dir.path().join("seed");
+    for i in 0..60 {
+        let body = format!("def f{i}():\n    return {i}\n").repeat(25);
+        std::fs::write(seed.join(format!("src/module_{i:02}.py")), body).unwrap();
+    }
+    git(&seed, &["add", "."]);
+    git(&seed, &["commit", "--quiet", "-m", "modules"]);
+    git(&seed, &["push", "--quiet", "origin", "HEAD:main"]);
+    let window = 12_000;
+    let refused = json!({
+        "summary": "Changed it.",
+        "files": [],
+        "edits": [{"path": "src/app.py", "search": "nowhere", "replace": "x"}]
+    });
+    let good = json!({
+        "summary": "Changed it.",
+        "files": [],
+        "edits": [{"path": "src/app.py", "search": "sum(items)", "replace": "sum(items, 0)"}]
+    });
+    let llm = Scripted::with_window(vec![refused, good], window);
+    agent(dir.path(), llm.clone())
+        .perform(&dispatch(&repo, "Start totals at 0", "Change src/app.py."))
+        .await
+        .unwrap();
+    let requests = llm.requests();
+    let first = estimate_request_tokens(&requests[0]);
+    assert!(
+        first + u64::from(ANSWER_TOKENS) + REPAIR_TOKENS <= u64::from(window),
+        "the first request ({first} tokens) leaves room for its answer and the repair round"
+    );
+    let repair = estimate_request_tokens(&requests[1]);
+    assert!(
+        repair + u64::from(ANSWER_TOKENS) <= u64::from(window),
+        "the repair request ({repair} tokens) leaves room for its answer"
+    );
+    let prompt = user_message(&requests[0]);
+    let shown = prompt.matches("\n### src/module_").count();
+    assert!(
+        (3..60).contains(&shown),
+        "the neighbours of the named file fill the room, not more: {shown} shown"
+    );
+    assert!(
+        first * 10 >= u64::from(window - ANSWER_TOKENS) * 7,
+        "most of the room is used: {first} tokens"
+    );
+    assert!(
+        prompt.contains("src/module_59.py (625 bytes)") || prompt.contains("more files"),
+        "{prompt}"
+    );
 }
