@@ -163,7 +163,7 @@ pub fn repair_message(problem: &str) -> ChatMessage {
     ChatMessage::new(
         Role::User,
         format!(
-            "Your answer could not be used: {problem}. Answer again with the corrected JSON object only."
+            "Your answer could not be used: {problem}. Answer again with the whole corrected JSON object only."
         ),
     )
 }
