@@ -37,6 +37,18 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples[index]
 }
 
+/// The fixture's one chat model.
+fn model() -> ModelSpec {
+    ModelSpec {
+        name: "m".to_owned(),
+        max_complexity: Complexity::High,
+        context_window: None,
+        input_price_per_1k: 0.0,
+        output_price_per_1k: 0.0,
+        embeddings: false,
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     rustls::crypto::ring::default_provider()
@@ -54,20 +66,14 @@ async fn main() {
         })))
         .mount(&fixture)
         .await;
+    let model = model();
     let provider = ProviderEntry {
         name: "ollama".to_owned(),
         provider_type: ProviderType::Ollama,
         tier: Tier::Local,
         priority: 1,
         endpoint: fixture.uri(),
-        models: vec![ModelSpec {
-            name: "m".to_owned(),
-            max_complexity: Complexity::High,
-            context_window: None,
-            input_price_per_1k: 0.0,
-            output_price_per_1k: 0.0,
-            embeddings: false,
-        }],
+        models: vec![model.clone()],
         credentials_ref: None,
     };
     let router = Router::new(
@@ -88,7 +94,7 @@ async fn main() {
         hints: ModelHints::default(),
         project: "bench/router".to_owned(),
     };
-    let (path, body) = wire::chat_request(ProviderType::Ollama, "m", &request);
+    let (path, body) = wire::chat_request(ProviderType::Ollama, &model, &request);
     let direct_client = reqwest::Client::new();
     let url = format!("{}{path}", fixture.uri());
     for _ in 0..100 {

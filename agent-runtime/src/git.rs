@@ -22,7 +22,7 @@ use base64::Engine;
 use prometheus::IntCounter;
 use tokio::{process::Command, sync::Mutex, time::Instant};
 
-use crate::{output::FileOutput, persona::Persona};
+use crate::{context::RepoFile, output::FileOutput, persona::Persona};
 
 /// The commit trailer naming the attempt a commit delivers.
 pub const ATTEMPT_TRAILER: &str = "AIOS-Attempt";
@@ -461,6 +461,48 @@ impl Workspace {
             return None;
         }
         std::fs::read_to_string(full).ok()
+    }
+
+    /// Whether `path` names something in the work tree (a file, a directory or a link);
+    /// false for a path delivery would refuse anyway.
+    pub fn exists(&self, path: &str) -> bool {
+        checked_path(self.path(), path, 0, 0)
+            .is_ok_and(|full| std::fs::symlink_metadata(full).is_ok())
+    }
+
+    /// The regular files of the work tree with their sizes, by `/`-separated path
+    /// relative to the root, at most `limit` of them: nothing under a `.git`, no
+    /// symbolic link (none is followed) and no name that is not UTF-8.
+    pub fn list_files(&self, limit: usize) -> Vec<RepoFile> {
+        let mut files = Vec::new();
+        let mut directories = vec![(self.path().to_path_buf(), String::new())];
+        while let Some((directory, prefix)) = directories.pop() {
+            let Ok(entries) = std::fs::read_dir(&directory) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                if name.eq_ignore_ascii_case(".git") {
+                    continue;
+                }
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                let path = format!("{prefix}{name}");
+                if kind.is_dir() {
+                    directories.push((entry.path(), format!("{path}/")));
+                } else if kind.is_file() {
+                    if files.len() == limit {
+                        return files;
+                    }
+                    let size = entry.metadata().map_or(0, |m| m.len());
+                    files.push(RepoFile { path, size });
+                }
+            }
+        }
+        files
     }
 
     /// Where `file` goes in the work tree, if its path and size are safe.

@@ -8,6 +8,8 @@
 pub mod budget;
 pub mod claims;
 pub mod config;
+pub mod context;
+pub mod edit;
 pub mod git;
 pub mod http;
 pub mod llm;

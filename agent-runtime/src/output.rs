@@ -13,11 +13,26 @@ use serde_json::{Value, json};
 pub struct WorkOutput {
     /// What was done, in a few sentences.
     pub summary: String,
-    /// The files to write, relative to the repository root.
+    /// The files to write whole, relative to the repository root.
     pub files: Vec<FileOutput>,
+    /// Changes to files the model was shown, applied by [`crate::edit::resolve`].
+    #[serde(default)]
+    pub edits: Vec<EditOutput>,
     /// Anything people or later tasks should know.
     #[serde(default)]
     pub notes: Option<String>,
+}
+
+/// One search-and-replace block of a work task's answer: the one place in `path` where
+/// `search` occurs, byte for byte, becomes `replace`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct EditOutput {
+    /// The file, relative to the repository root. Untrusted: checked before writing.
+    pub path: String,
+    /// The text to replace, exactly as the file has it.
+    pub search: String,
+    /// What it becomes.
+    pub replace: String,
 }
 
 /// One file of a work task's answer.
@@ -39,7 +54,8 @@ struct PlanOutput {
 /// even a small model inside the work tree; delivery checks every path again.
 pub const SAFE_PATH_PATTERN: &str = "^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$";
 
-/// The JSON schema of a work task's answer.
+/// The JSON schema of a work task's answer: whole `files` (an empty list when the
+/// answer only edits) and optional search-and-replace `edits`.
 pub fn work_schema() -> Value {
     json!({
         "type": "object",
@@ -54,6 +70,18 @@ pub fn work_schema() -> Value {
                         "content": {"type": "string"}
                     },
                     "required": ["path", "content"]
+                }
+            },
+            "edits": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "path": {"type": "string", "pattern": SAFE_PATH_PATTERN},
+                        "search": {"type": "string"},
+                        "replace": {"type": "string"}
+                    },
+                    "required": ["path", "search", "replace"]
                 }
             },
             "notes": {"type": "string"}
@@ -140,16 +168,20 @@ impl<T> From<Result<T, String>> for Checked<T> {
     }
 }
 
-/// Parses and checks a work task's answer; the error is a sentence for the repair
-/// request.
+/// Parses and checks a work task's answer on its own; the error is a sentence for the
+/// repair request. Whether its edits apply and whether it may write its files depends
+/// on what the model was shown: [`crate::edit::resolve`] checks that.
 pub fn parse_work(text: &str) -> Result<WorkOutput, String> {
     let output: WorkOutput = serde_json::from_str(strip_fence(text))
         .map_err(|err| format!("the answer is not the JSON object asked for: {err}"))?;
     if output.summary.trim().is_empty() {
         return Err("the summary is empty".to_owned());
     }
-    if output.files.is_empty() {
-        return Err("the answer has no files; a work task must deliver at least one".to_owned());
+    if output.files.is_empty() && output.edits.is_empty() {
+        return Err(
+            "the answer has no files and no edits; a work task must deliver at least one"
+                .to_owned(),
+        );
     }
     let mut seen = BTreeSet::new();
     for file in &output.files {
@@ -159,6 +191,9 @@ pub fn parse_work(text: &str) -> Result<WorkOutput, String> {
         if !seen.insert(file.path.as_str()) {
             return Err(format!("the file {:?} appears more than once", file.path));
         }
+    }
+    if output.edits.iter().any(|edit| edit.path.trim().is_empty()) {
+        return Err("an edit has an empty path".to_owned());
     }
     Ok(output)
 }
@@ -219,7 +254,19 @@ mod tests {
         assert!(
             parse_work(r#"{"summary":"s","files":[]}"#)
                 .unwrap_err()
-                .contains("no files")
+                .contains("no files and no edits")
+        );
+        let edits_only = parse_work(
+            r#"{"summary":"s","files":[],"edits":[{"path":"a","search":"x","replace":"y"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(edits_only.edits[0].replace, "y");
+        assert!(
+            parse_work(
+                r#"{"summary":"s","files":[],"edits":[{"path":" ","search":"x","replace":"y"}]}"#
+            )
+            .unwrap_err()
+            .contains("an edit has an empty path")
         );
         assert!(
             parse_work(

@@ -1,8 +1,10 @@
-//! Doing one attempt: gather the context, ask the model for a structured answer
-//! (repairing it once), check it, deliver it, remember it. No I/O with the bus here;
-//! the worker reports what this returns.
+//! Doing one attempt: gather the context (for a work task, the repository within the
+//! model's context window: [`crate::context`]), ask the model for a structured answer
+//! (repairing it once), check it (for a work task, applying its edits to the files it
+//! was shown: [`crate::edit`]), deliver it, remember it. No I/O with the bus here; the
+//! worker reports what this returns.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use aios_crds::{
     TaskResult, Usage,
@@ -12,20 +14,20 @@ use aios_crds::{
 };
 
 use crate::{
+    context::{self, Relevance, RepositoryContext},
+    edit,
     git::{Delivered, DeliveryError, Git, TOKEN_VARIABLE, Workspace},
-    llm::{ChatMessage, ChatRequest, Llm, LlmError, router::EnvLookup},
+    llm::{self, ChatMessage, ChatRequest, Llm, LlmError, router::EnvLookup},
     memory::{Filter, Hit, Kind, Memory, Record},
     output::{self, Checked, FileOutput, WorkOutput},
     persona::Persona,
-    prompt::{self, ContextFile},
+    prompt,
 };
 
 /// How many memories go into a prompt, from this project and from others.
 const MEMORIES_PER_SCOPE: usize = 3;
-/// The most bytes of one dependency file shown to the model.
-const CONTEXT_FILE_BYTES: u64 = 16 * 1024;
-/// The most dependency files shown to the model.
-const CONTEXT_FILES: usize = 8;
+/// The most files of the work tree listed: a bound on the walk of a huge repository.
+const LISTED_FILES: usize = 50_000;
 
 /// Where Hera's plan is committed.
 pub const PLAN_FILE: &str = ".aios/plan.json";
@@ -170,13 +172,13 @@ impl Worker {
         dispatch: &TaskDispatch,
         schema: serde_json::Value,
         name: &str,
-        files: &[ContextFile],
+        repository: &RepositoryContext,
         memories: &[Hit],
     ) -> ChatRequest {
         ChatRequest {
             messages: vec![
                 prompt::system_message(&self.persona),
-                prompt::task_message(dispatch, files, memories),
+                prompt::task_message(dispatch, repository, memories),
             ],
             schema,
             schema_name: name.to_owned(),
@@ -254,7 +256,7 @@ impl Worker {
             dispatch,
             output::plan_schema(&dispatch.available_roles),
             "plan",
-            &[],
+            &RepositoryContext::default(),
             &memories,
         );
         // A plan with problems after the repair is reported all the same: the verdict is
@@ -290,30 +292,85 @@ impl Worker {
         Ok(done)
     }
 
+    /// What the work prompt shows of the repository: as much as the context window of
+    /// the models that may answer leaves once the rest of the prompt, the answer and
+    /// the repair round have their room.
+    fn repository(
+        &self,
+        dispatch: &TaskDispatch,
+        workspace: &Workspace,
+        memories: &[Hit],
+    ) -> RepositoryContext {
+        let fixed = llm::estimate_request_tokens(&self.request(
+            dispatch,
+            output::work_schema(),
+            "result",
+            &RepositoryContext::default(),
+            memories,
+        ));
+        let window = self
+            .llm
+            .context_window(dispatch.spec.complexity, &dispatch.models);
+        let budget = context::repository_budget(window, fixed);
+        let spec = &dispatch.spec;
+        let task = format!(
+            "{}\n{}\n{}",
+            spec.title,
+            spec.description,
+            spec.acceptance_criteria.join("\n")
+        );
+        let delivered: Vec<String> = dispatch
+            .dependencies
+            .iter()
+            .flat_map(|dep| dep.files.iter().cloned())
+            .collect();
+        let remembered: Vec<String> = memories.iter().map(|h| h.record.text.clone()).collect();
+        let files = workspace.list_files(LISTED_FILES);
+        let repository = context::build_context(
+            &files,
+            &Relevance {
+                task: &task,
+                delivered: &delivered,
+                memories: &remembered,
+            },
+            budget,
+            |path, limit| workspace.read_file(path, limit),
+        );
+        tracing::info!(
+            window,
+            fixed,
+            budget,
+            listed = files.len(),
+            shown = %context::describe(&repository),
+            "repository context"
+        );
+        repository
+    }
+
     async fn build(&self, dispatch: &TaskDispatch) -> Result<Success, Failure> {
         let mut usage = Usage::default();
         let (workspace, delivered) = self.open(dispatch).await?;
         if let Some(delivered) = delivered {
             return Ok(success(delivered, None, usage));
         }
-        let files: Vec<ContextFile> = dispatch
-            .dependencies
-            .iter()
-            .flat_map(|dep| dep.files.iter())
-            .take(CONTEXT_FILES)
-            .filter_map(|path| {
-                workspace
-                    .read_file(path, CONTEXT_FILE_BYTES)
-                    .map(|content| ContextFile {
-                        path: path.clone(),
-                        content,
-                    })
-            })
-            .collect();
         let memories = self.recall(dispatch).await;
-        let request = self.request(dispatch, output::work_schema(), "result", &files, &memories);
+        let repository = self.repository(dispatch, &workspace, &memories);
+        let shown: BTreeMap<String, String> = repository
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.content.clone()))
+            .collect();
+        let request = self.request(
+            dispatch,
+            output::work_schema(),
+            "result",
+            &repository,
+            &memories,
+        );
         let work: WorkOutput = ask(self.llm.as_ref(), false, request, &mut usage, |text| {
-            output::parse_work(text).into()
+            output::parse_work(text)
+                .and_then(|work| edit::resolve(work, &shown, |path| workspace.exists(path)))
+                .into()
         })
         .await?
         .value;
@@ -345,6 +402,11 @@ pub struct Answer<T> {
 /// repair's, else the first) is returned with its problems; only when neither is
 /// usable does the attempt fail (`InvalidPlan` for a planning task, else
 /// `InvalidOutput`; retryable).
+///
+/// A plan's repair request carries the plan it repairs. A work task's is its first
+/// request plus the repair message, without the first answer: its prompt was sized to
+/// the context window with room for one answer, not for an answer echoed back, and
+/// the problems name each file and hunk to redo.
 pub async fn ask<T>(
     llm: &dyn Llm,
     planning: bool,
@@ -380,10 +442,12 @@ pub async fn ask<T>(
             }
             Checked::Unusable(found) => problem = found,
         }
-        request.messages.push(ChatMessage::new(
-            crate::llm::Role::Assistant,
-            response.content,
-        ));
+        if planning {
+            request.messages.push(ChatMessage::new(
+                crate::llm::Role::Assistant,
+                response.content,
+            ));
+        }
     }
     if let Some(answer) = flawed {
         return Ok(answer);

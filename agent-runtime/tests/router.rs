@@ -157,9 +157,18 @@ async fn ollama_gets_the_schema_in_format_and_its_counts_are_read() {
         body["messages"][0],
         json!({"role": "system", "content": "You are Apollo."})
     );
+    assert_eq!(
+        body["options"]["num_ctx"], 8192,
+        "Ollama is told the context to allocate, not left to truncate"
+    );
     assert!(
         sent.headers.get("authorization").is_none(),
         "no key, no header"
+    );
+    assert_eq!(
+        router.context_window(Complexity::Medium, &ModelHints::default()),
+        aios_agent::llm::DEFAULT_CONTEXT_WINDOW,
+        "a model declaring no window gets the default"
     );
 }
 

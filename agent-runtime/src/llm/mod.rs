@@ -12,6 +12,39 @@ use aios_crds::{Complexity, Tier, Usage, bus::ModelHints};
 use futures::future::BoxFuture;
 use serde_json::Value;
 
+/// The context window, in tokens, assumed for a model whose ModelProvider declares
+/// none: small enough for the local models people run on a workstation (and Ollama's
+/// usual allocation), so a prompt sized to it fits any model.
+pub const DEFAULT_CONTEXT_WINDOW: u32 = 8192;
+
+/// The room, in tokens, kept for the answer: Ollama's `num_predict`, and what every
+/// prompt leaves free in the context window.
+pub const ANSWER_TOKENS: u32 = 4096;
+
+/// Tokens counted for each message beyond its text: the role and the chat template's
+/// markers around it.
+const MESSAGE_OVERHEAD_TOKENS: u64 = 8;
+
+/// A conservative estimate of the tokens a text takes: one per three bytes, rounded
+/// up. Tokenizers of current models average about four bytes of English or code per
+/// token; three leaves room for denser text (symbols, short identifiers, non-ASCII),
+/// so a prompt sized with it does not overflow a window, at the price of sending a
+/// little less than would fit.
+pub fn estimate_tokens(text: &str) -> u64 {
+    u64::try_from(text.len()).unwrap_or(u64::MAX).div_ceil(3)
+}
+
+/// The estimated prompt of a request, in tokens: its messages, each with the chat
+/// template's overhead, and its schema (OpenAI and Anthropic put it in the prompt).
+pub fn estimate_request_tokens(request: &ChatRequest) -> u64 {
+    let messages: u64 = request
+        .messages
+        .iter()
+        .map(|m| estimate_tokens(&m.content) + MESSAGE_OVERHEAD_TOKENS)
+        .sum();
+    messages + estimate_tokens(&request.schema.to_string())
+}
+
 /// Who said a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -170,4 +203,13 @@ pub trait Llm: Send + Sync {
         &'a self,
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChatResponse, LlmError>>;
+
+    /// The context window, in tokens, a request of this complexity and these hints must
+    /// fit: the smallest among the models that may answer it (any of them may, after a
+    /// fallback). [`DEFAULT_CONTEXT_WINDOW`] when nothing says more, which is what a
+    /// test double that does not care gets.
+    fn context_window(&self, complexity: Complexity, hints: &ModelHints) -> u32 {
+        let _ = (complexity, hints);
+        DEFAULT_CONTEXT_WINDOW
+    }
 }

@@ -20,7 +20,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::{
-    Call, ChatRequest, ChatResponse, Llm, LlmError,
+    Call, ChatRequest, ChatResponse, DEFAULT_CONTEXT_WINDOW, Llm, LlmError,
     breaker::Breaker,
     wire::{self, ChatAnswer},
 };
@@ -118,6 +118,28 @@ pub fn choose(
         }),
     }
     choices
+}
+
+/// The context window a request of `complexity` with `hints` must fit: the smallest
+/// among the models [`choose`] offers for it, since a fallback may reach any of them. A
+/// model whose ModelProvider declares no window counts as [`DEFAULT_CONTEXT_WINDOW`],
+/// and so does a request no model can take (it fails before any prompt is sent).
+pub fn context_window(
+    providers: &[ProviderEntry],
+    complexity: Complexity,
+    hints: &aios_crds::bus::ModelHints,
+) -> u32 {
+    choose(providers, complexity, hints)
+        .iter()
+        .map(|c| {
+            c.model
+                .context_window
+                .and_then(|w| u32::try_from(w).ok())
+                .filter(|w| *w > 0)
+                .unwrap_or(DEFAULT_CONTEXT_WINDOW)
+        })
+        .min()
+        .unwrap_or(DEFAULT_CONTEXT_WINDOW)
 }
 
 /// How hard the router tries one provider.
@@ -558,9 +580,7 @@ impl Router {
         let (index, answer, latency) = self
             .first_answer(
                 &choices,
-                &|choice| {
-                    wire::chat_request(choice.provider.provider_type, &choice.model.name, request)
-                },
+                &|choice| wire::chat_request(choice.provider.provider_type, &choice.model, request),
                 &wire::parse_chat,
             )
             .await
@@ -658,6 +678,16 @@ impl Llm for Router {
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
         Box::pin(self.route(request))
+    }
+
+    /// From the provider list as it is now; when it cannot be read the default, and the
+    /// call itself will fail saying why.
+    fn context_window(&self, complexity: Complexity, hints: &aios_crds::bus::ModelHints) -> u32 {
+        self.providers
+            .list()
+            .map_or(DEFAULT_CONTEXT_WINDOW, |providers| {
+                context_window(&providers, complexity, hints)
+            })
     }
 }
 
@@ -827,6 +857,44 @@ mod tests {
         );
         let choice = &choose(&pantheon(), Complexity::High, &ModelHints::default())[0];
         assert!((choice.cost(1000, 2000) - 0.009).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_context_window_is_the_smallest_among_the_models_that_may_answer() {
+        let hints = ModelHints::default();
+        let mut list = pantheon();
+        list[0].models[0].context_window = Some(200_000);
+        list[1].models[0].context_window = Some(128_000);
+        list[1].models[1].context_window = Some(64_000);
+        list[2].models[1].context_window = Some(32_768);
+        assert_eq!(
+            context_window(&list, Complexity::Medium, &hints),
+            32_768,
+            "ollama/coder, claude/sonnet, gpt/mini: the local model's"
+        );
+        assert_eq!(
+            context_window(&list, Complexity::High, &hints),
+            64_000,
+            "claude/sonnet and gpt/big"
+        );
+        assert_eq!(
+            context_window(&list, Complexity::Low, &hints),
+            DEFAULT_CONTEXT_WINDOW,
+            "ollama/small declares none, so it counts as the default"
+        );
+        let pinned = ModelHints {
+            pin: Some(ModelPin {
+                provider: Some("claude".to_owned()),
+                model: None,
+            }),
+            ..ModelHints::default()
+        };
+        assert_eq!(context_window(&list, Complexity::Low, &pinned), 200_000);
+        assert_eq!(
+            context_window(&[], Complexity::Low, &hints),
+            DEFAULT_CONTEXT_WINDOW,
+            "no model at all"
+        );
     }
 
     #[test]

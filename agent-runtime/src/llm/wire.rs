@@ -2,16 +2,36 @@
 //! headers that authenticate it, and the answer and token counts read from a response.
 //! Structured output uses each provider's own mechanism: a JSON schema in Ollama's
 //! `format`, OpenAI's `response_format`, and a forced tool call on Anthropic.
+//! Ollama is also told the context to allocate (`num_ctx`): it otherwise uses its own
+//! default and silently drops the start of a longer prompt.
 
-use aios_crds::ProviderType;
+use aios_crds::{ProviderType, model_provider::ModelSpec};
 use serde_json::{Value, json};
 
-use super::{ChatRequest, Role};
+use super::{ANSWER_TOKENS, ChatRequest, Role, estimate_request_tokens};
 
 /// The Anthropic API version the requests are written for.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Anthropic requires a bound on the answer's length.
 pub const ANTHROPIC_MAX_TOKENS: u32 = 8192;
+/// The smallest `num_ctx` sent to Ollama: its own usual default, so a short prompt
+/// never gets less than it would without the option.
+pub const OLLAMA_MIN_CONTEXT: u32 = 4096;
+
+/// The `num_ctx` for an Ollama request: the estimated prompt plus the answer's room,
+/// rounded up to a power of two (Ollama reloads a model whenever `num_ctx` changes, so
+/// few distinct sizes mean few reloads), at least [`OLLAMA_MIN_CONTEXT`], and never
+/// more than the model's context window when its ModelProvider declares one.
+pub fn ollama_context(model: &ModelSpec, request: &ChatRequest) -> u32 {
+    let needed = estimate_request_tokens(request).saturating_add(u64::from(ANSWER_TOKENS));
+    let size = u32::try_from(needed.next_power_of_two())
+        .unwrap_or(u32::MAX)
+        .max(OLLAMA_MIN_CONTEXT);
+    match model.context_window.and_then(|w| u32::try_from(w).ok()) {
+        Some(window) if window > 0 => size.min(window),
+        _ => size,
+    }
+}
 
 /// What a chat response carried.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,9 +47,10 @@ pub struct ChatAnswer {
 /// The path (below the provider's endpoint) and JSON body of a chat request.
 pub fn chat_request(
     kind: ProviderType,
-    model: &str,
+    spec: &ModelSpec,
     request: &ChatRequest,
 ) -> (&'static str, Value) {
+    let model = spec.name.as_str();
     match kind {
         ProviderType::Ollama => (
             "/api/chat",
@@ -39,7 +60,11 @@ pub fn chat_request(
                 "stream": false,
                 "format": request.schema,
                 // Ollama bounds no answer by default; a runaway small model would never stop.
-                "options": {"temperature": 0, "num_predict": 4096},
+                "options": {
+                    "temperature": 0,
+                    "num_predict": ANSWER_TOKENS,
+                    "num_ctx": ollama_context(spec, request),
+                },
             }),
         ),
         ProviderType::OpenAI | ProviderType::OpenAICompatible => (
@@ -209,5 +234,60 @@ pub fn parse_embed(kind: ProviderType, body: &Value) -> Result<(Vec<Vec<f32>>, u
             Ok((vectors, count(&body["usage"]["prompt_tokens"])))
         }
         ProviderType::Anthropic => Err("Anthropic has no embeddings endpoint".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aios_crds::{Complexity, bus::ModelHints};
+
+    use super::*;
+    use crate::llm::ChatMessage;
+
+    fn model(context_window: Option<i32>) -> ModelSpec {
+        ModelSpec {
+            name: "coder".to_owned(),
+            max_complexity: Complexity::High,
+            context_window,
+            input_price_per_1k: 0.0,
+            output_price_per_1k: 0.0,
+            embeddings: false,
+        }
+    }
+
+    fn request(prompt_bytes: usize) -> ChatRequest {
+        ChatRequest {
+            messages: vec![ChatMessage::new(Role::User, "x".repeat(prompt_bytes))],
+            schema: json!({"type": "object"}),
+            schema_name: "result".to_owned(),
+            complexity: Complexity::Low,
+            hints: ModelHints::default(),
+            project: "team-a/shop".to_owned(),
+        }
+    }
+
+    #[test]
+    fn ollama_gets_a_num_ctx_for_the_prompt_and_the_answer_within_the_window() {
+        let (_, body) = chat_request(ProviderType::Ollama, &model(None), &request(300));
+        assert_eq!(body["options"]["num_predict"], ANSWER_TOKENS);
+        assert_eq!(
+            body["options"]["num_ctx"], 8192,
+            "a short prompt and the answer's 4096, to the next power of two"
+        );
+        // 30,000 bytes are 10,000 tokens; with the answer's room, 16,384.
+        let long = request(30_000);
+        assert_eq!(ollama_context(&model(None), &long), 16_384);
+        assert_eq!(ollama_context(&model(Some(131_072)), &long), 16_384);
+        assert_eq!(
+            ollama_context(&model(Some(12_000)), &long),
+            12_000,
+            "never more than the model's window"
+        );
+        assert!(
+            estimate_request_tokens(&long) + u64::from(ANSWER_TOKENS) <= 16_384,
+            "the size holds the estimate"
+        );
+        let (_, body) = chat_request(ProviderType::OpenAI, &model(None), &long);
+        assert!(body.get("options").is_none(), "only Ollama takes num_ctx");
     }
 }
