@@ -7,7 +7,7 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use aios_crds::{ProjectPhase, TaskPhase, VerificationPhase, conditions};
-use aios_e2e::local::{LocalRun, ModelServer, Operator, Outcome};
+use aios_e2e::local::{LocalError, LocalRun, ModelServer, Operator, Outcome};
 
 mod support;
 
@@ -24,9 +24,10 @@ fn bin_dir() -> PathBuf {
 
 /// The sample Project, named `name`, verified by `command` with `rounds` fix rounds.
 fn project(name: &str, command: &str, timeout_seconds: u32, rounds: u32) -> String {
-    let sample =
-        std::fs::read_to_string(aios_e2e::repo_root().join("manifests/examples/project-hello.yaml"))
-            .unwrap();
+    let sample = std::fs::read_to_string(
+        aios_e2e::repo_root().join("manifests/examples/project-hello.yaml"),
+    )
+    .unwrap();
     let head = sample
         .split("\n  verify:")
         .next()
@@ -71,14 +72,19 @@ async fn run(prefix: &str, fixes: bool, manifest: String) -> (Outcome, tempfile:
         agents_in_pods: false,
         operator: Operator::Process,
     };
-    let outcome = tokio::task::spawn_blocking(move || run.run(env))
+    // A Project that ended Failed is an outcome too: some of these must fail.
+    let outcome = match tokio::task::spawn_blocking(move || run.run(env))
         .await
         .unwrap()
-        .unwrap_or_else(|err| panic!("{err}"));
+    {
+        Ok(outcome) => outcome,
+        Err(LocalError::Project { outcome, .. }) => *outcome,
+        Err(err) => panic!("{err}"),
+    };
     (outcome, work)
 }
 
-fn reason(outcome: &Outcome) -> (Option<ProjectPhase>, String, String) {
+fn ending(outcome: &Outcome) -> (Option<ProjectPhase>, String, String) {
     let status = outcome.project.status.clone().unwrap();
     let succeeded = status
         .conditions
@@ -136,12 +142,25 @@ async fn a_bug_the_test_catches_is_fixed_in_one_round_and_the_project_is_verifie
         .find(|t| t.metadata.name.as_deref() == Some("verified-test"))
         .unwrap();
     let checked = test.status.as_ref().unwrap().verification.clone().unwrap();
-    assert_eq!((checked.phase, checked.round), (VerificationPhase::Passed, 1));
-    assert_eq!(test.status.as_ref().unwrap().phase, Some(TaskPhase::Succeeded));
+    assert_eq!(
+        (checked.phase, checked.round),
+        (VerificationPhase::Passed, 1)
+    );
+    assert_eq!(
+        test.status.as_ref().unwrap().phase,
+        Some(TaskPhase::Succeeded)
+    );
 
     // The history shows the bug, then the fix; the Project names the verified head.
     let head = git(&outcome.repository, &["rev-parse", "main"]);
-    let verified = outcome.project.status.as_ref().unwrap().verification.clone().unwrap();
+    let verified = outcome
+        .project
+        .status
+        .as_ref()
+        .unwrap()
+        .verification
+        .clone()
+        .unwrap();
     assert_eq!(verified.phase, VerificationPhase::Passed);
     assert_eq!(verified.commit.as_deref(), Some(head.trim()));
     assert_eq!(verified.command, PYTEST);
@@ -153,7 +172,12 @@ async fn a_bug_the_test_catches_is_fixed_in_one_round_and_the_project_is_verifie
         .lines()
         .map(|c| git(&outcome.repository, &["show", &format!("{c}:hello.py")]))
         .collect();
-    assert_eq!(contents.len(), 2, "the bug and its fix: {}", outcome.git_log);
+    assert_eq!(
+        contents.len(),
+        2,
+        "the bug and its fix: {}",
+        outcome.git_log
+    );
     assert!(contents[0].contains("'Hi, '") && contents[1].contains("'Hello, '"));
     let verified_condition = outcome
         .project
@@ -170,7 +194,7 @@ async fn a_bug_the_test_catches_is_fixed_in_one_round_and_the_project_is_verifie
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bug_never_fixed_fails_the_project_when_the_rounds_run_out() {
     let (outcome, _work) = run("unfixed", false, project("unfixed", PYTEST, 120, 1)).await;
-    let (phase, reason, message) = reason(&outcome);
+    let (phase, reason, message) = ending(&outcome);
     assert_eq!(phase, Some(ProjectPhase::Failed), "{}", outcome.summary);
     assert_eq!(reason, "VerificationFailed", "{message}");
     assert!(message.contains("Hi, Ada!"), "the last output: {message}");
@@ -194,7 +218,7 @@ async fn a_bug_never_fixed_fails_the_project_when_the_rounds_run_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_verification_is_killed_at_its_timeout_and_a_network_call_is_refused() {
     let (outcome, _work) = run("hung", true, project("hung", "sleep 600", 3, 0)).await;
-    let (phase, reason, message) = reason(&outcome);
+    let (phase, reason, message) = ending(&outcome);
     assert_eq!(phase, Some(ProjectPhase::Failed), "{}", outcome.summary);
     assert_eq!(reason, "VerificationTimedOut", "{message}");
 
@@ -206,7 +230,7 @@ async fn a_hanging_verification_is_killed_at_its_timeout_and_a_network_call_is_r
         "python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5)\""
     );
     let (outcome, _work) = run("offline", true, project("offline", &call, 30, 0)).await;
-    let (phase, reason, message) = reason(&outcome);
+    let (phase, reason, message) = ending(&outcome);
     assert_eq!(phase, Some(ProjectPhase::Failed), "{}", outcome.summary);
     assert_eq!(reason, "VerificationFailed", "{message}");
     assert!(message.contains("Network is unreachable"), "{message}");

@@ -785,4 +785,64 @@ mod tests {
         let s = apply_event(&t, &policy(1), &event(&t, 1, done, 1), ts(1)).unwrap();
         assert_eq!(s.result.unwrap().plan_ref, None);
     }
+
+    #[test]
+    fn a_success_that_wrote_files_is_verified_before_it_counts() {
+        let running = crate::testing::with_phase(task("api", &[]), TaskPhase::Running);
+        let mut verified = policy(1);
+        verified.verify = Some("pytest -q".into());
+        let done = |files: Vec<String>| TaskEventKind::Succeeded {
+            output: TaskResult {
+                summary: "built".into(),
+                files,
+                commit: Some("c1".into()),
+                ..TaskResult::default()
+            }
+            .into(),
+            usage: Usage::default(),
+        };
+        let status = apply_event(
+            &running,
+            &verified,
+            &event(&running, 1, done(vec!["app.py".into()]), 1),
+            ts(1),
+        )
+        .unwrap();
+        assert_eq!(status.phase, Some(TaskPhase::Verifying));
+        assert_eq!(status.completion_time, None, "not done yet");
+        let c = condition(&status.conditions, "Succeeded").unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("Unknown", "Verifying")
+        );
+        let v = status.verification.unwrap();
+        assert_eq!(
+            (v.command.as_str(), v.commit.as_deref(), v.round),
+            ("pytest -q", Some("c1"), 0)
+        );
+        let none = apply_event(
+            &running,
+            &verified,
+            &event(&running, 1, done(Vec::new()), 1),
+            ts(1),
+        )
+        .unwrap();
+        assert_eq!(
+            none.phase,
+            Some(TaskPhase::Succeeded),
+            "nothing written, nothing to verify"
+        );
+        let unverified = apply_event(
+            &running,
+            &policy(1),
+            &event(&running, 1, done(vec!["a".into()]), 1),
+            ts(1),
+        )
+        .unwrap();
+        assert_eq!(
+            unverified.phase,
+            Some(TaskPhase::Succeeded),
+            "no spec.verify"
+        );
+    }
 }

@@ -508,6 +508,86 @@ mod tests {
     }
 
     #[test]
+    fn with_verify_the_project_succeeds_only_once_the_branch_head_passed() {
+        use aios_crds::{VerificationPhase, VerificationStatus};
+        let mut p = project("shop");
+        p.spec.verify =
+            Some(serde_json::from_value(serde_json::json!({"command": "pytest -q"})).unwrap());
+        let tasks = [with_phase(task("a", &[]), Succeeded)];
+        let refs: Vec<&Task> = tasks.iter().collect();
+        let at = |v: Option<&VerificationStatus>| {
+            project_status(&p, &refs, &refs, &PlanState::Explicit, v, ts(9))
+        };
+        let verified = |s: &ProjectStatus| {
+            condition(&s.conditions, "Verified").map(|c| (c.status.clone(), c.reason.clone()))
+        };
+        let running = at(None);
+        assert_eq!(
+            running.phase,
+            Some(ProjectPhase::Running),
+            "all tasks done, the head not verified"
+        );
+        assert_eq!(
+            verified(&running),
+            Some(("Unknown".into(), "Verifying".into()))
+        );
+        let mut check = VerificationStatus {
+            phase: VerificationPhase::Passed,
+            command: "pytest -q".into(),
+            commit: Some("abc".into()),
+            ..VerificationStatus::default()
+        };
+        let passed = at(Some(&check));
+        assert_eq!(passed.phase, Some(ProjectPhase::Succeeded));
+        assert_eq!(
+            passed.verification.as_ref(),
+            Some(&check),
+            "the verified commit and command"
+        );
+        assert_eq!(verified(&passed), Some(("True".into(), "Verified".into())));
+        check.phase = VerificationPhase::Failed;
+        check.output = Some("1 failed".into());
+        check.fix_task = Some("shop-final-fix-1".into());
+        assert_eq!(
+            at(Some(&check)).phase,
+            Some(ProjectPhase::Running),
+            "a fix is on it"
+        );
+        check.fix_task = None;
+        let failed = at(Some(&check));
+        assert_eq!(failed.phase, Some(ProjectPhase::Failed));
+        let c = condition(&failed.conditions, "Succeeded").unwrap();
+        assert_eq!(c.reason, "VerificationFailed");
+        assert!(c.message.ends_with("1 failed"), "{}", c.message);
+
+        let unverified = status_of(&project("shop"), &tasks, &PlanState::Explicit);
+        assert_eq!(unverified.phase, Some(ProjectPhase::Succeeded));
+        assert_eq!(
+            verified(&unverified),
+            Some(("False".into(), "NotVerified".into()))
+        );
+    }
+
+    #[test]
+    fn a_task_that_failed_its_verification_fails_the_project_with_that_reason() {
+        let mut failed = with_phase(task("a", &[]), Failed);
+        let status = failed.status.as_mut().unwrap();
+        crate::lifecycle::set_condition(
+            &mut status.conditions,
+            "Succeeded",
+            "False",
+            "VerificationTimedOut",
+            "killed",
+            ts(1),
+        );
+        let s = status_of(&project("shop"), &[failed], &PlanState::Explicit);
+        assert_eq!(
+            condition(&s.conditions, "Succeeded").unwrap().reason,
+            "VerificationTimedOut"
+        );
+    }
+
+    #[test]
     fn running_counts_and_progress() {
         let p = project("shop");
         let tasks = [

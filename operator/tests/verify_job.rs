@@ -70,7 +70,10 @@ async fn job_other_than(h: &Harness, seen: &[&str]) -> String {
         if let Some(next) = jobs.split_whitespace().find(|j| !seen.contains(j)) {
             return next.to_owned();
         }
-        assert!(std::time::Instant::now() < deadline, "no new Job besides {seen:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new Job besides {seen:?}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -99,6 +102,7 @@ async fn run_pod(h: &Harness, job: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[allow(clippy::too_many_lines)] // one run, in order: fail, fix, pass, verify the head
 async fn a_verification_job_is_restricted_and_its_result_reaches_the_task() {
     let mut h = Harness::new("verify-job");
     h.kubectl(&[
@@ -133,17 +137,17 @@ async fn a_verification_job_is_restricted_and_its_result_reaches_the_task() {
         "checked-api"
     );
     assert_eq!(
-        h.jsonpath(
-            &format!("networkpolicy/{job}"),
-            "{.spec.policyTypes[*]}"
-        ),
+        h.jsonpath(&format!("networkpolicy/{job}"), "{.spec.policyTypes[*]}"),
         "Ingress Egress"
     );
     // Pod Security admission ran when the Job controller created the pod: it exists,
     // in a namespace enforcing `restricted`.
     let pod = run_pod(&h, &job).await;
     assert_eq!(
-        h.jsonpath(&format!("pod/{pod}"), "{.spec.automountServiceAccountToken}"),
+        h.jsonpath(
+            &format!("pod/{pod}"),
+            "{.spec.automountServiceAccountToken}"
+        ),
         "false"
     );
 
@@ -193,7 +197,10 @@ async fn a_verification_job_is_restricted_and_its_result_reaches_the_task() {
     // Then the branch head, a third Job; it passes and the Project is verified.
     let third = job_other_than(&h, &[&job, &second]).await;
     assert_eq!(
-        h.jsonpath(&format!("job/{third}"), "{.metadata.ownerReferences[0].kind}"),
+        h.jsonpath(
+            &format!("job/{third}"),
+            "{.metadata.ownerReferences[0].kind}"
+        ),
         "Project"
     );
     let pod = run_pod(&h, &third).await;

@@ -83,7 +83,9 @@ pub async fn slow_apollo(server: &MockServer, delay: std::time::Duration) {
 pub async fn buggy_fixture(ip: &str, fixes: bool) -> MockServer {
     let server = model_fixture(ip).await;
     let program = |greeting: &str| {
-        answer(&json!({"summary": format!("Wrote greet ({greeting})."), "files": [{"path": "hello.py", "content": format!("def greet(name):\n    return '{greeting}, ' + name + '!'\n")}]}))
+        answer(
+            &json!({"summary": format!("Wrote greet ({greeting})."), "files": [{"path": "hello.py", "content": format!("def greet(name):\n    return '{greeting}, ' + name + '!'\n")}]}),
+        )
     };
     Mock::given(matchers::method("POST"))
         .and(matchers::path("/api/chat"))

@@ -22,8 +22,8 @@ pub mod reconcile;
 use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 use aios_crds::{
-    Project, Task, TaskPhase, TaskSpec, VerificationPhase, VerificationStatus, Verify,
-    conditions::reasons,
+    Project, Task, TaskPhase, TaskSpec, TaskStatus, VerificationPhase, VerificationStatus, Verify,
+    conditions::{self, reasons},
     limits,
     names::{annotations, labels},
     project::Repository,
@@ -34,7 +34,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{Resource, ResourceExt};
 
-use crate::plan::sha256_hex;
+use crate::{lifecycle::set_condition, plan::sha256_hex};
 
 /// One verification run: what to check out and what to run, with the limits.
 #[derive(Debug, Clone, PartialEq)]
@@ -273,6 +273,80 @@ pub fn step(
     }
 }
 
+/// A Task's status after step `next` of its verification (`fix`: the fix task made for
+/// a [`Step::Fix`]). Nothing changes for [`Step::Wait`].
+pub fn record_step(
+    status: &mut TaskStatus,
+    next: Step,
+    fix: Option<String>,
+    max_rounds: i32,
+    now: Timestamp,
+) {
+    let finish = |status: &mut TaskStatus, phase, value, reason, message: String| {
+        status.phase = Some(phase);
+        status.completion_time = Some(Time(now));
+        set_condition(
+            &mut status.conditions,
+            conditions::SUCCEEDED,
+            value,
+            reason,
+            &message,
+            now,
+        );
+        status.message = Some(message);
+    };
+    match next {
+        Step::Wait => {}
+        Step::Update(verification) => {
+            let delivered = status
+                .verification
+                .as_ref()
+                .and_then(|v| v.fix_task.clone())
+                .unwrap_or_default();
+            status.message = Some(format!("fix {delivered} delivered; verifying it"));
+            status.verification = Some(verification);
+        }
+        Step::Fix {
+            status: mut verification,
+            round,
+        } => {
+            status.message = Some(format!(
+                "the verification failed; fix task {} (round {round} of {max_rounds}) is working on it",
+                fix.as_deref().unwrap_or_default()
+            ));
+            verification.round = round;
+            verification.fix_task = fix;
+            status.verification = Some(verification);
+        }
+        Step::Passed(verification) => {
+            let on = verification
+                .commit
+                .as_deref()
+                .map_or(String::new(), |c| format!(" on {}", short(c)));
+            let message = format!(
+                "delivered and verified: `{}` passed{on}",
+                verification.command
+            );
+            finish(
+                status,
+                TaskPhase::Succeeded,
+                "True",
+                reasons::SUCCEEDED,
+                message,
+            );
+            status.verification = Some(verification);
+        }
+        Step::Failed {
+            status: verification,
+            reason,
+            message,
+        } => {
+            finish(status, TaskPhase::Failed, "False", reason, message);
+            status.verification = Some(verification);
+        }
+    }
+}
+
 /// The first 12 characters of a commit id.
 pub fn short(commit: &str) -> &str {
     commit.get(..12).unwrap_or(commit)
@@ -304,18 +378,24 @@ pub fn fixer<'a>(task: &'a Task, dependencies: &[&'a Task], output: &str) -> &'a
     if task.spec.role != TEST_ROLE || dependencies.is_empty() {
         return task;
     }
-    let files = |t: &Task| {
-        t.status
-            .as_ref()
-            .and_then(|s| s.result.as_ref())
-            .map(|r| r.files.clone())
-            .unwrap_or_default()
-    };
     dependencies
         .iter()
         .copied()
-        .find(|dep| files(dep).iter().any(|f| output.contains(f.as_str())))
+        .find(|dep| {
+            delivered_files(dep)
+                .iter()
+                .any(|f| output.contains(f.as_str()))
+        })
         .unwrap_or(dependencies[0])
+}
+
+/// The files `task` delivered.
+pub fn delivered_files(task: &Task) -> Vec<String> {
+    task.status
+        .as_ref()
+        .and_then(|s| s.result.as_ref())
+        .map(|r| r.files.clone())
+        .unwrap_or_default()
 }
 
 /// What a fix task fixes: a Task's delivered work, or the Project's branch head.
@@ -363,17 +443,14 @@ pub fn fix_task(
     round: i32,
 ) -> Task {
     let project_name = project.name_any();
-    let files = |t: &Task| {
-        t.status
-            .as_ref()
-            .and_then(|s| s.result.as_ref())
-            .map(|r| r.files.clone())
-            .unwrap_or_default()
-    };
     let (owner, role, title, involved, complexity) = match fixes {
         Fixes::Task { failed, fixer } => {
-            let mut involved = files(fixer);
-            involved.extend(files(failed).into_iter().filter(|f| !involved.contains(f)));
+            let mut involved = delivered_files(fixer);
+            for file in delivered_files(failed) {
+                if !involved.contains(&file) {
+                    involved.push(file);
+                }
+            }
             (
                 failed.name_any(),
                 fixer.spec.role.clone(),

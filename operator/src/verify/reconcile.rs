@@ -4,12 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use aios_crds::{
-    Project, Task, TaskPhase, VerificationStatus, Verify, conditions, names::field_managers,
-};
+use aios_crds::{Project, Task, TaskPhase, VerificationStatus, Verify, names::field_managers};
 use futures::future::join_all;
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{
     Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -20,7 +18,7 @@ use super::{Fixes, Outcome, Run, SandboxError, Step, fix_state, fix_task, run_id
 use crate::{
     context::{Context, write_task_status},
     hera::Error,
-    lifecycle::{phase, set_condition},
+    lifecycle::phase,
 };
 
 impl From<SandboxError> for Error {
@@ -161,17 +159,10 @@ async fn advance_task(
         next,
         Step::Passed(_) | Step::Failed { .. } | Step::Fix { .. }
     );
-    match next {
+    let fix = match &next {
         Step::Wait => return Ok(current.fix_task.is_none()),
-        Step::Update(verification) => {
-            status.message = Some(format!(
-                "fix {} delivered; verifying it",
-                current.fix_task.as_deref().unwrap_or_default()
-            ));
-            status.verification = Some(verification);
-        }
         Step::Fix {
-            status: mut verification,
+            status: verification,
             round,
         } => {
             let dependencies: Vec<&Task> = task
@@ -182,57 +173,23 @@ async fn advance_task(
                 .collect();
             let output = verification.output.clone().unwrap_or_default();
             let fixer = super::fixer(task, &dependencies, &output);
-            let fix = fix_task(project, Fixes::Task { failed: task, fixer }, &verification, round);
+            let fix = fix_task(
+                project,
+                Fixes::Task {
+                    failed: task,
+                    fixer,
+                },
+                verification,
+                *round,
+            );
+            // The fix exists before the status names it: a crash in between makes the
+            // same fix again (same name), never a status naming no task.
             create_fix(ctx, &fix).await?;
-            status.message = Some(format!(
-                "the verification failed; fix task {} (round {round} of {max}) is working on it",
-                fix.name_any()
-            ));
-            verification.round = round;
-            verification.fix_task = Some(fix.name_any());
-            status.verification = Some(verification);
+            Some(fix.name_any())
         }
-        Step::Passed(verification) => {
-            status.phase = Some(TaskPhase::Succeeded);
-            status.completion_time = Some(Time(now));
-            let message = format!(
-                "delivered and verified: `{}` passed{}",
-                verification.command,
-                verification
-                    .commit
-                    .as_deref()
-                    .map_or(String::new(), |c| format!(" on {}", super::short(c)))
-            );
-            set_condition(
-                &mut status.conditions,
-                conditions::SUCCEEDED,
-                "True",
-                conditions::reasons::SUCCEEDED,
-                &message,
-                now,
-            );
-            status.message = Some(message);
-            status.verification = Some(verification);
-        }
-        Step::Failed {
-            status: verification,
-            reason,
-            message,
-        } => {
-            status.phase = Some(TaskPhase::Failed);
-            status.completion_time = Some(Time(now));
-            set_condition(
-                &mut status.conditions,
-                conditions::SUCCEEDED,
-                "False",
-                reason,
-                &message,
-                now,
-            );
-            status.message = Some(message);
-            status.verification = Some(verification);
-        }
-    }
+        _ => None,
+    };
+    super::record_step(&mut status, next, fix, max, now);
     write_task_status(&api, task, &status).await?;
     if done && let Some(run) = &run {
         ctx.sandbox.forget(run).await?;
@@ -243,12 +200,7 @@ async fn advance_task(
 /// The role that delivered last among `work`: the final verification's fixes go to it.
 fn last_role<'a>(work: &[&'a Task]) -> Option<&'a aios_crds::DnsLabel> {
     work.iter()
-        .filter(|t| {
-            t.status
-                .as_ref()
-                .and_then(|s| s.result.as_ref())
-                .is_some_and(|r| !r.files.is_empty())
-        })
+        .filter(|t| !super::delivered_files(t).is_empty())
         .max_by_key(|t| {
             t.status
                 .as_ref()

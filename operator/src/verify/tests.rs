@@ -192,7 +192,15 @@ fn the_fix_task_carries_the_command_the_output_and_the_files_for_the_same_role()
     failed.phase = VerificationPhase::Failed;
     failed.exit_code = Some(1);
     failed.output = Some("FAILED test_app.py::test_greet - assert 'Hi' == 'Hello'".to_owned());
-    let fix = fix_task(&p, Fixes::Task { failed: &t, fixer: &t }, &failed, 2);
+    let fix = fix_task(
+        &p,
+        Fixes::Task {
+            failed: &t,
+            fixer: &t,
+        },
+        &failed,
+        2,
+    );
     assert_eq!(fix.name_any(), "shop-api-fix-2");
     assert_eq!(fix.spec.role, t.spec.role);
     assert_eq!(fix.annotations()[annotations::FIXES], "shop-api");
@@ -245,13 +253,44 @@ fn failing_tests_go_to_the_author_of_the_code_they_test() {
     let api = delivered("shop-api", "backend", &["api.py"]);
     let ui = delivered("shop-ui", "frontend", &["ui.js"]);
     let tests = delivered("shop-test", "qa", &["test_api.py"]);
-    assert_eq!(fixer(&tests, &[&api, &ui], "FAILED ui.js: expected").name_any(), "shop-ui");
-    assert_eq!(fixer(&tests, &[&api, &ui], "assert 1 == 2").name_any(), "shop-api");
-    assert_eq!(fixer(&tests, &[], "assert 1 == 2").name_any(), "shop-test", "no code under test");
-    assert_eq!(fixer(&api, &[&ui], "ui.js").name_any(), "shop-api", "code is fixed by its author");
-    let fix = fix_task(&project("shop"), Fixes::Task { failed: &tests, fixer: &api }, &running(0), 1);
-    assert_eq!((fix.name_any().as_str(), fix.spec.role.as_str()), ("shop-test-fix-1", "backend"));
-    assert!(fix.spec.description.contains("Files involved: api.py, test_api.py."), "{}", fix.spec.description);
+    assert_eq!(
+        fixer(&tests, &[&api, &ui], "FAILED ui.js: expected").name_any(),
+        "shop-ui"
+    );
+    assert_eq!(
+        fixer(&tests, &[&api, &ui], "assert 1 == 2").name_any(),
+        "shop-api"
+    );
+    assert_eq!(
+        fixer(&tests, &[], "assert 1 == 2").name_any(),
+        "shop-test",
+        "no code under test"
+    );
+    assert_eq!(
+        fixer(&api, &[&ui], "ui.js").name_any(),
+        "shop-api",
+        "code is fixed by its author"
+    );
+    let fix = fix_task(
+        &project("shop"),
+        Fixes::Task {
+            failed: &tests,
+            fixer: &api,
+        },
+        &running(0),
+        1,
+    );
+    assert_eq!(
+        (fix.name_any().as_str(), fix.spec.role.as_str()),
+        ("shop-test-fix-1", "backend")
+    );
+    assert!(
+        fix.spec
+            .description
+            .contains("Files involved: api.py, test_api.py."),
+        "{}",
+        fix.spec.description
+    );
 }
 
 #[test]
