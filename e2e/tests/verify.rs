@@ -162,7 +162,12 @@ async fn a_bug_the_test_catches_is_fixed_in_one_round_and_the_project_is_verifie
         .clone()
         .unwrap();
     assert_eq!(verified.phase, VerificationPhase::Passed);
-    assert_eq!(verified.commit.as_deref(), Some(head.trim()));
+    assert_eq!(
+        verified.commit.as_deref(),
+        Some(head.trim()),
+        "the verified commit is the head: {}",
+        git(&outcome.repository, &["log", "--format=%H %an: %s", "main"])
+    );
     assert_eq!(verified.command, PYTEST);
     let versions = git(
         &outcome.repository,

@@ -257,7 +257,9 @@ async fn verify_pass(
         }
     }
     let previous = project.status.as_ref().and_then(|s| s.verification.clone());
-    if matches!(plan_state, PlanState::Invalid { .. }) {
+    // The branch head is verified once the plan's work is done: never while planning
+    // (the work is then the planning task, whose commit holds no code yet).
+    if !matches!(plan_state, PlanState::Explicit | PlanState::Planned { .. }) {
         return (previous, verifying, first_error);
     }
     match verify::reconcile::advance_final(project, ctx, work, by_name, now).await {
