@@ -20,9 +20,11 @@ use crate::{
 /// The most bytes of a hunk quoted in a problem.
 const HUNK_EXCERPT_BYTES: usize = 240;
 
-/// Resolves a work answer into whole files: its `files` as they are (with normalised
-/// paths), then each edited file with its edits applied, in the order the answer first
-/// names them. `shown` holds the files whose whole content was in the prompt, by path;
+/// Resolves a work answer into whole files: its `files` as they are, then each edited
+/// file with its edits applied, in the order the answer first names them. Paths are
+/// compared in their normal form but delivered as the model wrote them, so the
+/// delivery's path checks see exactly that (`/etc/passwd` must be refused as absolute,
+/// not quietly become `etc/passwd`). `shown` holds the files whose whole content was in the prompt, by path;
 /// `exists` tells whether a path names a file of the work tree. The error lists every
 /// problem found, `; `-separated.
 pub fn resolve(
@@ -34,7 +36,7 @@ pub fn resolve(
     let mut files: Vec<FileOutput> = Vec::with_capacity(output.files.len());
     for file in output.files {
         let path = normal_path(&file.path);
-        if files.iter().any(|f| f.path == path) {
+        if files.iter().any(|f| normal_path(&f.path) == path) {
             problems.push(format!("the file {path:?} appears more than once"));
         } else if !shown.contains_key(&path) && exists(&path) {
             problems.push(format!(
@@ -42,10 +44,7 @@ pub fn resolve(
                  cannot be overwritten; leave it alone or write a file of another name"
             ));
         }
-        files.push(FileOutput {
-            path,
-            content: file.content,
-        });
+        files.push(file);
     }
     let mut edited: Vec<(String, Vec<&EditOutput>)> = Vec::new();
     for edit in &output.edits {
@@ -56,7 +55,7 @@ pub fn resolve(
         }
     }
     for (path, edits) in edited {
-        if files.iter().any(|f| f.path == path) {
+        if files.iter().any(|f| normal_path(&f.path) == path) {
             problems.push(format!(
                 "the file {path:?} is both written whole and edited; do one or the other"
             ));
@@ -75,7 +74,10 @@ pub fn resolve(
             continue;
         };
         match apply_edits(&path, content, &edits) {
-            Ok(content) => files.push(FileOutput { path, content }),
+            Ok(content) => files.push(FileOutput {
+                path: edits[0].path.clone(),
+                content,
+            }),
             Err(problem) => problems.push(problem),
         }
     }
@@ -273,6 +275,26 @@ mod tests {
         );
         assert!(resolved.edits.is_empty());
         assert_eq!(resolved.notes.as_deref(), Some("note"));
+    }
+
+    #[test]
+    fn paths_are_delivered_as_the_model_wrote_them_for_the_delivery_to_judge() {
+        // A hostile answer: normalising `/etc/passwd` to `etc/passwd` here would hide
+        // from the delivery's checks that the model asked for an absolute path.
+        let resolved = resolve(
+            answer(&[("/etc/passwd", "root::0:0::/:/bin/sh\n")], Vec::new()),
+            &shown(),
+            exists,
+        )
+        .unwrap();
+        assert_eq!(resolved.files[0].path, "/etc/passwd");
+        let twice = resolve(
+            answer(&[("src/a.py", "1\n"), ("./src/a.py", "2\n")], Vec::new()),
+            &shown(),
+            exists,
+        )
+        .unwrap_err();
+        assert!(twice.contains("more than once"), "{twice}");
     }
 
     #[test]
