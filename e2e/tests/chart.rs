@@ -214,6 +214,8 @@ fn the_operators_permissions_are_exactly_what_it_uses() {
         ("", "secrets", "get"),
         ("", "pods", "list patch"),
         ("events.k8s.io", "events", "create patch"),
+        ("batch", "jobs", "get create"),
+        ("networking.k8s.io", "networkpolicies", "create patch"),
     ]
     .iter()
     .flat_map(|(g, r, verbs)| {

@@ -39,7 +39,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
 };
 
 use super::{Outcome, Run, Sandbox, SandboxError};
@@ -470,17 +470,9 @@ impl Sandbox for JobSandbox {
         self.poll_job(run).boxed()
     }
 
-    fn forget<'a>(&'a self, run: &'a Run) -> BoxFuture<'a, Result<(), SandboxError>> {
-        async move {
-            // The finished Job stays for people to read (its TTL removes it); its
-            // NetworkPolicy is no longer needed.
-            let policies: Api<NetworkPolicy> = Api::namespaced(self.client.clone(), &run.namespace);
-            match policies.delete(&run.id, &DeleteParams::default()).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                Err(e) => Err(e.into()),
-            }
-        }
-        .boxed()
+    fn forget<'a>(&'a self, _run: &'a Run) -> BoxFuture<'a, Result<(), SandboxError>> {
+        // Nothing to drop: the finished Job stays for people to read until its TTL, and
+        // it and its NetworkPolicy go with their owner (the operator deletes nothing).
+        async { Ok(()) }.boxed()
     }
 }
