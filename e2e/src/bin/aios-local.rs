@@ -193,7 +193,19 @@ fn main() -> ExitCode {
     match run.run(&env) {
         Ok(outcome) => {
             print_outcome(&outcome);
-            println!("\nThe Project Succeeded.");
+            let verification = outcome
+                .project
+                .status
+                .as_ref()
+                .and_then(|s| s.verification.as_ref());
+            match verification {
+                Some(v) => println!(
+                    "\nThe Project Succeeded, verified: `{}` passed on {}.",
+                    v.command,
+                    v.commit.as_deref().unwrap_or("the branch head")
+                ),
+                None => println!("\nThe Project Succeeded (not verified: it has no spec.verify)."),
+            }
             ExitCode::SUCCESS
         }
         Err(LocalError::Project {
