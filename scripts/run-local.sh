@@ -18,6 +18,8 @@
 # processes, and the script says why.
 #
 #   scripts/run-local.sh               # run; stops everything at the end
+#   scripts/run-local.sh --fixture     # a scripted model instead of the tiny one: always the
+#                                      # same answers, a bug the test catches and its fix
 #   scripts/run-local.sh --processes   # the operator, model server and agents as local processes
 #   scripts/run-local.sh --keep        # leave it running, and print how to use it
 #   scripts/run-local.sh --clean       # stop whatever a kept run left and delete its state
@@ -29,12 +31,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 mode=run
 agents=pods
+model=local
 for arg in "$@"; do
   case "$arg" in
     --keep) mode=keep ;;
     --clean) mode=clean ;;
     --processes) agents=processes ;;
-    *) echo "usage: $0 [--processes] [--keep | --clean]" >&2; exit 2 ;;
+    --fixture) model=fixture ;;
+    *) echo "usage: $0 [--processes] [--fixture] [--keep | --clean]" >&2; exit 2 ;;
   esac
 done
 
@@ -53,6 +57,7 @@ stop_all() {
     "$CARGO_TARGET_DIR/debug/aios-env" stop --dir "$state/env" >/dev/null 2>&1 || true
   fi
   if [ -d "$AIOS_MODEL_RUN_DIR" ]; then e2e/model/serve.sh stop "$model_port" >/dev/null 2>&1 || true; fi
+  if [ -f "$state/fixture.pid" ]; then kill "$(cat "$state/fixture.pid")" 2>/dev/null || true; fi
 }
 
 # A previous run (kept, or killed) is stopped first: a second run needs no cleanup.
@@ -72,8 +77,10 @@ AIOS_CONTROLPLANE_BIN=$(e2e/controlplane/build.sh)
 export AIOS_CONTROLPLANE_BIN
 step "building AIOS"
 cargo build --workspace --locked --bins >&2
-step "building or reusing the local model server"
-e2e/model/build.sh >/dev/null
+if [ "$model" = local ]; then
+  step "building or reusing the local model server"
+  e2e/model/build.sh >/dev/null
+fi
 
 node_flag=()
 if [ "$agents" = pods ]; then
@@ -82,7 +89,8 @@ if [ "$agents" = pods ]; then
   if [ "$(id -u)" -ne 0 ]; then
     why="the node needs root"
   elif ! e2e/node/install-packages.sh || ! e2e/node/build.sh >/dev/null || ! images/install-tools.sh ||
-    ! images/build.py >/dev/null || ! e2e/model/image.sh >/dev/null || ! e2e/tools/build.sh >/dev/null; then
+    ! images/build.py >/dev/null || { [ "$model" = local ] && ! e2e/model/image.sh >/dev/null; } ||
+    ! e2e/tools/build.sh >/dev/null; then
     why="preparing the node failed (see above)"
   fi
   if [ -n "$why" ]; then
@@ -106,15 +114,31 @@ fi
 eval "$(cat "$state/env.sh")"
 kubectl=$AIOS_CONTROLPLANE_BIN/kubectl
 model_flags=()
+if [ "$model" = fixture ]; then
+  # Pods reach it on the node's address; processes on loopback.
+  listen=127.0.0.1:0
+  if [ "$agents" = pods ]; then listen=10.88.0.1:0; fi
+  step "starting the scripted model server (aios-model-fixture on $listen)"
+  "$CARGO_TARGET_DIR/debug/aios-model-fixture" --listen "$listen" >"$state/fixture.url" 2>"$state/fixture.log" &
+  echo $! >"$state/fixture.pid"
+  for _ in $(seq 50); do [ -s "$state/fixture.url" ] && break; sleep 0.1; done
+  [ -s "$state/fixture.url" ] || { echo "run-local: the scripted model server did not start:" >&2; cat "$state/fixture.log" >&2; exit 1; }
+  model_flags=(--model-url "$(cat "$state/fixture.url")" --chat-model fixture)
+fi
 if [ "$agents" = pods ]; then
   # The chart installs the CRDs and the operator; the model server is a pod.
   AIOS_TOOLS_BIN=$(e2e/tools/build.sh)
   export AIOS_TOOLS_BIN
-  eval "$(e2e/model/build.sh)"
+  if [ "$model" = local ]; then
+    eval "$(e2e/model/build.sh)"
+    model_flags=(--chat-model "$AIOS_MODEL_CHAT" --embed-model "$AIOS_MODEL_EMBED")
+  fi
 else
-  step "starting the model server"
-  eval "$(e2e/model/serve.sh start "$model_port")"
-  model_flags=(--model-url "$AIOS_MODEL_BASE_URL")
+  if [ "$model" = local ]; then
+    step "starting the model server"
+    eval "$(e2e/model/serve.sh start "$model_port")"
+    model_flags=(--model-url "$AIOS_MODEL_BASE_URL" --chat-model "$AIOS_MODEL_CHAT" --embed-model "$AIOS_MODEL_EMBED")
+  fi
   step "installing the CRDs"
   "$CARGO_TARGET_DIR/debug/aios" crds | "$kubectl" apply --server-side --field-manager=aios -f - >&2
   "$kubectl" wait --for=condition=Established --timeout=60s \
@@ -127,8 +151,7 @@ pods_flag=()
 if [ "$agents" = pods ]; then pods_flag=(--pods); fi
 "$CARGO_TARGET_DIR/debug/aios-local" \
   --state "$state/env" --bin-dir "$CARGO_TARGET_DIR/debug" --work-dir "$state/run" \
-  --project manifests/examples/project-hello.yaml "${model_flags[@]}" \
-  --chat-model "$AIOS_MODEL_CHAT" --embed-model "$AIOS_MODEL_EMBED" "${pods_flag[@]}" || status=$?
+  --project manifests/examples/project-hello.yaml "${model_flags[@]}" "${pods_flag[@]}" || status=$?
 step "finished: the run took $(($(date +%s) - started))s, with everything as $agents"
 if [ "$mode" = keep ]; then
   echo

@@ -123,6 +123,15 @@ fn run_hello(
 fn assert_done_by_pods(outcome: &aios_e2e::local::Outcome) {
     let status = outcome.project.status.as_ref().unwrap();
     assert_eq!(status.phase, Some(ProjectPhase::Succeeded));
+    // Tests decided: the sample's pytest passed on the branch head (in a verification
+    // Job when the operator runs in the cluster, in its local sandbox otherwise).
+    let verification = status.verification.clone().unwrap_or_default();
+    assert_eq!(
+        verification.phase,
+        aios_crds::VerificationPhase::Passed,
+        "{status:?}"
+    );
+    assert!(verification.commit.is_some(), "{verification:?}");
     assert_eq!(
         outcome.tasks.len(),
         3,
@@ -352,6 +361,25 @@ async fn the_chart_runs_the_operator_as_pods_and_a_rolling_update_does_not_wedge
         .await
         .unwrap();
     assert_done_by_pods(&first);
+    // The operator in the cluster verified in Jobs, on the node: one per task that wrote
+    // files, and one for the branch head, each passed.
+    let jobs = env
+        .kubectl(&[
+            "get",
+            "jobs",
+            "-n",
+            &namespace,
+            "-l",
+            "app.kubernetes.io/component=verification",
+            "-o",
+            "jsonpath={.items[*].status.succeeded}",
+        ])
+        .unwrap();
+    assert_eq!(
+        jobs.split_whitespace().collect::<Vec<_>>(),
+        ["1", "1", "1"],
+        "{jobs}"
+    );
     let leader = env
         .kubectl(&[
             "get",

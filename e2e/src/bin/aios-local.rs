@@ -32,8 +32,8 @@ struct Args {
     /// The Project manifest (`file:///REPOSITORY` is replaced by the delivery repository).
     #[arg(long)]
     project: PathBuf,
-    /// The local model server's base URL (Ollama's API); without `--pods` only (with it,
-    /// the model is served by a pod).
+    /// The model server's base URL (Ollama's API). Required without `--pods`; with it,
+    /// the model is served by a pod unless this names a server the pods can reach.
     #[arg(long, required_unless_present = "pods")]
     model_url: Option<String>,
     /// Its chat model.
@@ -142,8 +142,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // On the node the model is served by a pod from the local model-server image.
-    let image = if args.pods {
+    // On the node the model is served by a pod from the local model-server image, unless
+    // a model server is named (the scripted one, on the node's address).
+    let image = if args.pods && args.model_url.is_none() {
         let Some((_, image)) = aios_e2e::binaries::model_server_image() else {
             eprintln!(
                 "aios-local: the model-server image is not built (e2e/model/build.sh, then e2e/model/image.sh)"
