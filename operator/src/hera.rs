@@ -346,24 +346,27 @@ async fn ensure_tasks(
         })
         .collect();
     let results: Vec<Result<(), Error>> = stream::iter(missing)
-        .map(|task| async move {
-            let api = ctx.task_api(&task.namespace().unwrap_or_default());
-            let mut body =
-                serde_json::to_value(&task).map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
-            body["apiVersion"] = json!(format!("{GROUP}/{VERSION}"));
-            body["kind"] = json!("Task");
-            api.patch(
-                &task.name_any(),
-                &PatchParams::apply(field_managers::PROJECT).force(),
-                &Patch::Apply(body),
-            )
-            .await?;
-            Ok(())
-        })
+        .map(|task| async move { apply_task(ctx, &task).await })
         .buffer_unordered(ACTION_CONCURRENCY)
         .collect()
         .await;
     results.into_iter().collect()
+}
+
+/// Creates (or updates) `task`, a Task Hera makes, by server-side apply: idempotent.
+pub async fn apply_task(ctx: &Context, task: &Task) -> Result<(), Error> {
+    let mut body =
+        serde_json::to_value(task).map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
+    body["apiVersion"] = json!(format!("{GROUP}/{VERSION}"));
+    body["kind"] = json!("Task");
+    ctx.task_api(&task.namespace().unwrap_or_default())
+        .patch(
+            &task.name_any(),
+            &PatchParams::apply(field_managers::PROJECT).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+    Ok(())
 }
 
 /// The plan of a Project without `spec.tasks`: its planning task's, once valid.

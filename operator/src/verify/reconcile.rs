@@ -4,20 +4,16 @@
 
 use std::collections::BTreeMap;
 
-use aios_crds::{Project, Task, TaskPhase, VerificationStatus, Verify, names::field_managers};
+use aios_crds::{Project, Task, TaskPhase, VerificationStatus, Verify};
 use futures::future::join_all;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::{
-    Resource, ResourceExt,
-    api::{Patch, PatchParams},
-};
-use serde_json::json;
+use kube::{Resource, ResourceExt};
 
 use super::{Fixes, Outcome, Run, SandboxError, Step, fix_state, fix_task, run_id, start, step};
 use crate::{
     context::{Context, write_task_status},
-    hera::Error,
+    hera::{Error, apply_task},
     lifecycle::phase,
 };
 
@@ -78,26 +74,6 @@ async fn poll(
         }
         _ => Ok(None),
     }
-}
-
-/// Creates fix task round `round` (idempotent: a server-side apply of a fixed name).
-async fn create_fix(ctx: &Context, fix: &Task) -> Result<(), Error> {
-    let mut body =
-        serde_json::to_value(fix).map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
-    body["apiVersion"] = json!(format!(
-        "{}/{}",
-        aios_crds::names::GROUP,
-        aios_crds::names::VERSION
-    ));
-    body["kind"] = json!("Task");
-    ctx.task_api(&fix.namespace().unwrap_or_default())
-        .patch(
-            &fix.name_any(),
-            &PatchParams::apply(field_managers::PROJECT).force(),
-            &Patch::Apply(body),
-        )
-        .await?;
-    Ok(())
 }
 
 /// Advances the verification of every `Verifying` task of `work`. Returns whether a
@@ -184,7 +160,7 @@ async fn advance_task(
             );
             // The fix exists before the status names it: a crash in between makes the
             // same fix again (same name), never a status naming no task.
-            create_fix(ctx, &fix).await?;
+            apply_task(ctx, &fix).await?;
             Some(fix.name_any())
         }
         _ => None,
@@ -257,7 +233,7 @@ pub async fn advance_final(
                 return Ok((Some(status), false));
             };
             let fix = fix_task(project, Fixes::Final { role }, &status, round);
-            create_fix(ctx, &fix).await?;
+            apply_task(ctx, &fix).await?;
             status.round = round;
             status.fix_task = Some(fix.name_any());
             (status, false)
