@@ -23,9 +23,7 @@ use k8s_openapi::{
     api::{
         batch::v1::{Job, JobSpec},
         core::v1::{
-            Capabilities, Container, EmptyDirVolumeSource, EnvVar, Pod, PodSecurityContext,
-            PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecurityContext,
-            Volume, VolumeMount,
+            Container, EnvVar, Pod, PodSpec, PodTemplateSpec, ResourceRequirements, VolumeMount,
         },
         networking::v1::{
             NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPort, NetworkPolicySpec,
@@ -43,9 +41,10 @@ use kube::{
 };
 
 use super::{Outcome, Run, Sandbox, SandboxError};
+use crate::pods::{restricted_container, restricted_pod, scratch_volume};
 
-/// The user the verification runs as.
-const RUN_AS: i64 = 65_532;
+/// The most the checkout and the command may write to the work volume.
+const WORK_LIMIT: &str = "2Gi";
 /// Time allowed for the checkout, on top of the command's timeout.
 const CHECKOUT_SECONDS: i64 = 120;
 /// How long a finished Job is kept for people to read.
@@ -102,19 +101,6 @@ fn meta(run: &Run) -> ObjectMeta {
     }
 }
 
-fn restricted() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".to_owned()]),
-            ..Capabilities::default()
-        }),
-        read_only_root_filesystem: Some(true),
-        run_as_non_root: Some(true),
-        ..SecurityContext::default()
-    }
-}
-
 fn checkout_container(
     run: &Run,
     git_image: &str,
@@ -142,7 +128,7 @@ fn checkout_container(
             .collect(),
         ),
         volume_mounts: Some(vec![work.clone()]),
-        security_context: Some(restricted()),
+        security_context: Some(restricted_container()),
         resources: Some(ResourceRequirements {
             limits: Some(BTreeMap::from([
                 ("memory".to_owned(), Quantity("256Mi".to_owned())),
@@ -173,7 +159,7 @@ fn verify_container(run: &Run, image: String, work: VolumeMount, home: &[EnvVar]
                 .collect(),
         ),
         volume_mounts: Some(vec![work]),
-        security_context: Some(restricted()),
+        security_context: Some(restricted_container()),
         resources: Some(ResourceRequirements {
             limits: Some(BTreeMap::from([
                 ("memory".to_owned(), memory.clone()),
@@ -211,24 +197,10 @@ pub fn verify_job(run: &Run, git_image: &str) -> Result<Job, String> {
         restart_policy: Some("Never".to_owned()),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS),
-            run_as_group: Some(RUN_AS),
-            fs_group: Some(RUN_AS),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".to_owned(),
-                ..SeccompProfile::default()
-            }),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(restricted_pod()),
         init_containers: Some(vec![checkout]),
         containers: vec![verify],
-        volumes: Some(vec![Volume {
-            name: "work".to_owned(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Volume::default()
-        }]),
+        volumes: Some(vec![scratch_volume("work", WORK_LIMIT)]),
         ..PodSpec::default()
     };
     Ok(Job {
