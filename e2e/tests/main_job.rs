@@ -172,7 +172,14 @@ async fn the_real_local_model_runs_the_smallest_plan() {
         embed_model: vars.get("AIOS_MODEL_EMBED").cloned(),
         image: None,
     };
-    let (run, _work) = run(model, "mainjob-real", Duration::from_secs(1500));
+    let (mut run, _work) = run(model, "mainjob-real", Duration::from_secs(1500));
+    // Bounded for a model this slow (each call takes tens of seconds on one core): one
+    // attempt per task and one fix round, so the run ends, either way, within the time.
+    run.project = run
+        .project
+        .replace("maxRetries: 2", "maxRetries: 0")
+        .replace("  policy:\n", "  policy:\n    maxFixRounds: 1\n");
+    assert!(run.project.contains("maxFixRounds: 1"), "{}", run.project);
     let env = aios_e2e::shared_with_crds();
     let result = tokio::task::spawn_blocking(move || run.run(env))
         .await
