@@ -320,11 +320,6 @@ pub fn apply_event(
         }
         TaskEventKind::Succeeded { output, usage } => {
             let result = &output.result;
-            if let Some(command) = policy.verify.clone().filter(|_| !result.files.is_empty()) {
-                verifying(&mut status, result, usage, &command, now);
-                return Some(status);
-            }
-            status.phase = Some(TaskPhase::Succeeded);
             // Where a plan is kept is the operator's to say, never the agent's.
             status.result = Some(TaskResult {
                 plan_ref: None,
@@ -334,8 +329,13 @@ pub fn apply_event(
                 .usage
                 .get_or_insert_with(Default::default)
                 .accumulate(usage);
-            status.completion_time = Some(Time(now));
             status.next_attempt_time = None;
+            if let Some(command) = policy.verify.clone().filter(|_| !result.files.is_empty()) {
+                verifying(&mut status, result, &command, now);
+                return Some(status);
+            }
+            status.phase = Some(TaskPhase::Succeeded);
+            status.completion_time = Some(Time(now));
             status.message = Some(format!("attempt {attempt} succeeded on {}", event.agent));
             succeeded(
                 &mut status,
@@ -371,25 +371,10 @@ pub fn apply_event(
     Some(status)
 }
 
-/// `status` once the live attempt delivered `result`, which `command` must now verify:
-/// delivered, not done.
-fn verifying(
-    status: &mut TaskStatus,
-    result: &TaskResult,
-    usage: &Usage,
-    command: &str,
-    now: Timestamp,
-) {
+/// `status` (with the result recorded) once the live attempt delivered `result`, which
+/// `command` must now verify: delivered, not done.
+fn verifying(status: &mut TaskStatus, result: &TaskResult, command: &str, now: Timestamp) {
     status.phase = Some(TaskPhase::Verifying);
-    status.result = Some(TaskResult {
-        plan_ref: None,
-        ..result.clone()
-    });
-    status
-        .usage
-        .get_or_insert_with(Default::default)
-        .accumulate(usage);
-    status.next_attempt_time = None;
     status.message = Some(format!(
         "attempt {} delivered; verifying it with `{command}`",
         status.attempt

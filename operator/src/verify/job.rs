@@ -385,29 +385,17 @@ impl JobSandbox {
     async fn poll_job(&self, run: &Run) -> Result<Option<Outcome>, SandboxError> {
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), &run.namespace);
         let Some(job) = jobs.get_opt(&run.id).await? else {
+            if run.repository.secret_ref.is_some() {
+                return Ok(Some(Outcome::error(
+                    "not supported yet: verifying a repository that needs credentials (the checkout has none)",
+                    Duration::ZERO,
+                    None,
+                )));
+            }
             let job = match verify_job(run, &self.git_image) {
                 Ok(job) => job,
-                Err(why) => {
-                    return Ok(Some(Outcome {
-                        phase: VerificationPhase::Error,
-                        exit_code: None,
-                        duration: Duration::ZERO,
-                        output: String::new(),
-                        commit: None,
-                        message: Some(why),
-                    }));
-                }
+                Err(why) => return Ok(Some(Outcome::error(why, Duration::ZERO, None))),
             };
-            if run.repository.secret_ref.is_some() {
-                return Ok(Some(Outcome {
-                    phase: VerificationPhase::Error,
-                    exit_code: None,
-                    duration: Duration::ZERO,
-                    output: String::new(),
-                    commit: None,
-                    message: Some("not supported yet: verifying a repository that needs credentials (the checkout has none)".to_owned()),
-                }));
-            }
             if let Some(policy) = verify_network_policy(run) {
                 let policies: Api<NetworkPolicy> =
                     Api::namespaced(self.client.clone(), &run.namespace);

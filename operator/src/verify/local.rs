@@ -95,14 +95,7 @@ impl Sandbox for LocalSandbox {
 }
 
 fn error(message: impl Into<String>, started: Instant, commit: Option<String>) -> Outcome {
-    Outcome {
-        phase: VerificationPhase::Error,
-        exit_code: None,
-        duration: started.elapsed(),
-        output: String::new(),
-        commit,
-        message: Some(message.into()),
-    }
+    Outcome::error(message, started.elapsed(), commit)
 }
 
 /// Runs `git` with `args`; its standard output, or why it failed.

@@ -73,6 +73,20 @@ pub struct Outcome {
     pub message: Option<String>,
 }
 
+impl Outcome {
+    /// A run that could not decide (`Error`), and why.
+    pub fn error(message: impl Into<String>, duration: Duration, commit: Option<String>) -> Self {
+        Self {
+            phase: VerificationPhase::Error,
+            exit_code: None,
+            duration,
+            output: String::new(),
+            commit,
+            message: Some(message.into()),
+        }
+    }
+}
+
 /// A sandbox's failure to talk to what runs the command (not the command's failure,
 /// which is an [`Outcome`]).
 #[derive(Debug, thiserror::Error)]
