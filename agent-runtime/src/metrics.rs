@@ -35,6 +35,8 @@ pub struct Metrics {
     /// Pushes rejected because the branch moved first; each is rebased and pushed
     /// again within its attempt.
     pub push_rejections: IntCounter,
+    /// Memory notes from the operator, by outcome (stored, failed, ignored).
+    pub notes: IntCounterVec,
     answered: Arc<AtomicU64>,
     answered_locally: Arc<AtomicU64>,
 }
@@ -128,6 +130,11 @@ impl Metrics {
             push_rejections: plain_counter(
                 "aios_agent_push_rejections_total",
                 "Pushes rejected because the branch moved first, then rebased and pushed again",
+            ),
+            notes: counter(
+                "aios_agent_memory_notes_total",
+                "Memory notes from the operator (verification results), by outcome",
+                &["outcome"],
             ),
             registry,
             answered: Arc::default(),

@@ -11,7 +11,9 @@ use std::{
 
 use aios_bus::Bus;
 use aios_crds::{
-    bus::{Message, SCHEMA_VERSION, TaskCancel, TaskDispatch, TaskEvent, TaskEventKind},
+    bus::{
+        MemoryNote, Message, SCHEMA_VERSION, TaskCancel, TaskDispatch, TaskEvent, TaskEventKind,
+    },
     names::bus as names,
 };
 use futures::StreamExt;
@@ -288,6 +290,18 @@ impl Runtime {
             .consume_control(&format!("{}-control", self.agent))
             .await
             .map_err(|e| e.to_string())?;
+        bus.ensure_memory_queue(role)
+            .await
+            .map_err(|e| e.to_string())?;
+        // One note at a time: storing one embeds it, which may wait on a model server.
+        let mut notes = bus
+            .consume(
+                &names::memory_queue(role),
+                &format!("{}-memory", self.agent),
+                1,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
         loop {
             // The permit is taken before the message, so a message is only taken when
             // there is room to work on it.
@@ -296,6 +310,10 @@ impl Runtime {
                 permit = semaphore.clone().acquire_owned() => permit.map_err(|_| "the semaphore closed".to_owned())?,
                 Some(message) = control.next() => {
                     self.on_control(message).await;
+                    continue;
+                }
+                Some(note) = notes.next() => {
+                    self.spawn_note(note, tasks);
                     continue;
                 }
                 Some(finished) = tasks.join_next(), if !tasks.is_empty() => {
@@ -310,6 +328,11 @@ impl Runtime {
                 Some(message) = control.next() => {
                     drop(permit);
                     self.on_control(message).await;
+                    continue;
+                }
+                Some(note) = notes.next() => {
+                    drop(permit);
+                    self.spawn_note(note, tasks);
                     continue;
                 }
                 delivery = dispatches.next() => delivery,
@@ -342,6 +365,46 @@ impl Runtime {
             Err(err) => tracing::warn!(error = %err, "ignoring a malformed control message"),
         }
         let _ = delivery.ack(BasicAckOptions::default()).await;
+    }
+
+    /// Stores a memory note apart from the consuming loop (embedding it may wait on a
+    /// model server): acknowledged once stored or unusable; requeued when storing failed,
+    /// until the queue's delivery limit drops it.
+    fn spawn_note(
+        self: &Arc<Self>,
+        message: Result<Delivery, lapin::Error>,
+        tasks: &mut JoinSet<()>,
+    ) {
+        let Ok(delivery) = message else { return };
+        let runtime = self.clone();
+        tasks.spawn(async move {
+            let outcome = match MemoryNote::decode(&delivery.data) {
+                Ok(note) => match runtime.worker.remember_note(&note).await {
+                    Ok(true) => {
+                        tracing::info!(project = %note.project.name, task = ?note.task, kind = %note.kind, "remembered a note");
+                        "stored"
+                    }
+                    Ok(false) => {
+                        tracing::warn!(kind = %note.kind, "ignoring a memory note of a kind this build does not know");
+                        "ignored"
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "storing a memory note failed; it is delivered again");
+                        "failed"
+                    }
+                },
+                Err(err) => {
+                    tracing::warn!(error = %err, "ignoring a malformed memory note");
+                    "ignored"
+                }
+            };
+            runtime.metrics.notes.with_label_values(&[outcome]).inc();
+            if outcome == "failed" {
+                requeue(&delivery).await;
+            } else {
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            }
+        });
     }
 
     /// One delivery, start to acknowledgement.

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use aios_crds::{
     TaskResult, Usage,
-    bus::{TaskDispatch, TaskOutput},
+    bus::{MemoryNote, TaskDispatch, TaskOutput},
     limits::HERA_PLAN,
     names::env::secret_variable,
 };
@@ -18,7 +18,7 @@ use crate::{
     edit,
     git::{Delivered, DeliveryError, Git, TOKEN_VARIABLE, Workspace},
     llm::{self, ChatMessage, ChatRequest, Llm, LlmError, router::EnvLookup},
-    memory::{Filter, Hit, Kind, Memory, Record},
+    memory::{Filter, Hit, Kind, Memory, MemoryError, Record},
     output::{self, Checked, FileOutput, WorkOutput},
     persona::Persona,
     prompt,
@@ -102,7 +102,12 @@ impl std::fmt::Debug for Worker {
 }
 
 fn project_key(dispatch: &TaskDispatch) -> String {
-    format!("{}/{}", dispatch.project.namespace, dispatch.project.name)
+    object_key(&dispatch.project)
+}
+
+/// `<namespace>/<name>`: how memory names a project.
+fn object_key(object: &aios_crds::bus::ObjectRef) -> String {
+    format!("{}/{}", object.namespace, object.name)
 }
 
 impl Worker {
@@ -165,6 +170,23 @@ impl Worker {
         if let Err(err) = self.memory.store(&record).await {
             tracing::warn!(error = %err, "storing a memory failed");
         }
+    }
+
+    /// Stores a note the operator sent this role (a verification's result) in long-term
+    /// memory, as this role's. `Ok(false)` for a kind this build does not know (sent by
+    /// a newer operator): nothing is stored.
+    pub async fn remember_note(&self, note: &MemoryNote) -> Result<bool, MemoryError> {
+        let Some(kind) = Kind::parse(&note.kind) else {
+            return Ok(false);
+        };
+        let record = Record {
+            text: note.text.clone(),
+            project: object_key(&note.project),
+            task: note.task.clone(),
+            role: self.role.clone(),
+            kind,
+        };
+        self.memory.store(&record).await.map(|()| true)
     }
 
     fn request(

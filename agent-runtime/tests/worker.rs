@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use aios_crds::bus::{TaskEventKind, TaskOutput};
+use aios_crds::bus::{MemoryNote, ObjectRef, SCHEMA_VERSION, TaskEventKind, TaskOutput};
 use serde_json::json;
 use support::{OwnRedis, World, is_terminal, work_answer};
 
@@ -96,6 +96,98 @@ async fn a_dispatched_task_is_committed_and_reported_with_its_usage() {
     assert!(
         metrics.contains("aios_agent_llm_local_ratio 1"),
         "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn athena_keeps_a_verification_note_in_memory_and_recalls_it_in_her_next_task() {
+    let mut world = World::new("agent-note").await;
+    world.serve_embeddings().await;
+    let failed = "Verification of task `program` (role backend) on commit 0123456789ab: \
+                  Failed. Command: `python3 -m pytest -q`, exit code 1.\nLast output:\n\
+                  FAILED test_hello.py::test_greet - assert 'Hi, Ada!' == 'Hello, Ada!'";
+    let note = |kind: &str, text: &str| MemoryNote {
+        schema_version: SCHEMA_VERSION,
+        project: ObjectRef {
+            namespace: "tests".to_owned(),
+            name: "shop".to_owned(),
+            uid: "project-uid".to_owned(),
+        },
+        task: Some("program".to_owned()),
+        kind: kind.to_owned(),
+        text: text.to_owned(),
+    };
+    // Published before any `qa` agent ran: the notes wait in the role's queue.
+    world
+        .bus
+        .publish_note(
+            "qa",
+            &note("a-kind-from-a-newer-operator", "NOTE-OF-AN-UNKNOWN-KIND"),
+        )
+        .await
+        .unwrap();
+    world
+        .bus
+        .publish_note("qa", &note(MemoryNote::VERIFICATION, failed))
+        .await
+        .unwrap();
+    world
+        .answer(
+            "Test the program",
+            &work_answer(
+                "Tested greet.",
+                &[("test_hello.py", "def test_greet():\n    pass\n")],
+            ),
+            None,
+            Duration::ZERO,
+        )
+        .await;
+    let agent = world.agent("qa", &[]);
+    agent.wait_ready(WAIT).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let metrics = agent.metrics();
+        if metrics.contains(r#"aios_agent_memory_notes_total{outcome="stored"} 1"#)
+            && metrics.contains(r#"aios_agent_memory_notes_total{outcome="ignored"} 1"#)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the notes were not taken: {metrics}\n{}",
+            agent.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let dispatch = world.dispatch("test", "qa", "Test the program");
+    world.publish(&dispatch).await;
+    let done = world.wait_for(WAIT, is_terminal).await;
+    assert!(
+        matches!(done.kind, TaskEventKind::Succeeded { .. }),
+        "{done:?}\n{}",
+        agent.log_tail()
+    );
+    let prompts: Vec<String> = world
+        .llm
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/api/chat")
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert_eq!(prompts.len(), 1, "one model call");
+    assert!(
+        prompts[0].contains("- (verification) Verification of task `program`")
+            && prompts[0].contains("assert 'Hi, Ada!' == 'Hello, Ada!'"),
+        "Athena's prompt recalls the failed verification: {}",
+        prompts[0]
+    );
+    assert!(
+        !prompts[0].contains("NOTE-OF-AN-UNKNOWN-KIND"),
+        "a kind this build does not know is not stored: {}",
+        prompts[0]
     );
 }
 

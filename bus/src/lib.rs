@@ -5,7 +5,7 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use aios_crds::{
-    bus::{Message, TaskCancel, TaskDispatch, TaskEvent},
+    bus::{MemoryNote, Message, TaskCancel, TaskDispatch, TaskEvent},
     names::bus as names,
 };
 use lapin::{
@@ -106,7 +106,7 @@ pub struct Bus {
     /// The confirming channel publishes and declarations go through; replaced when the
     /// broker closes it (a channel error closes the channel, not the connection).
     publisher: Mutex<Channel>,
-    declared_roles: Mutex<BTreeSet<String>>,
+    declared_queues: Mutex<BTreeSet<String>>,
 }
 
 impl Bus {
@@ -138,7 +138,7 @@ impl Bus {
         let bus = Self {
             connection,
             publisher: Mutex::new(publisher),
-            declared_roles: Mutex::new(BTreeSet::new()),
+            declared_queues: Mutex::new(BTreeSet::new()),
         };
         bus.declare_topology().await?;
         Ok(bus)
@@ -178,6 +178,7 @@ impl Bus {
             (names::EVENTS_EXCHANGE, ExchangeKind::Topic),
             (names::CONTROL_EXCHANGE, ExchangeKind::Fanout),
             (names::DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout),
+            (names::MEMORY_EXCHANGE, ExchangeKind::Direct),
         ] {
             ch.exchange_declare(name.into(), kind, durable, FieldTable::default())
                 .await
@@ -205,24 +206,49 @@ impl Bus {
     /// a quorum queue bound to the dispatch exchange, dead-lettering after
     /// [`DELIVERY_LIMIT`] deliveries.
     pub async fn ensure_role_queue(&self, role: &str) -> Result<(), BusError> {
-        let mut declared = self.declared_roles.lock().await;
-        if declared.contains(role) {
-            return Ok(());
-        }
-        let queue = names::role_queue(role);
         let mut args = FieldTable::default();
         args.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(LongString::from(names::DEAD_LETTER_EXCHANGE)),
         );
+        self.ensure_queue(&names::role_queue(role), names::TASKS_EXCHANGE, role, args)
+            .await
+    }
+
+    /// Declares the memory-note queue of `role`: a quorum queue bound to the memory
+    /// exchange. A note its agents cannot store after [`DELIVERY_LIMIT`] deliveries is
+    /// dropped (memory is context, not state), not dead-lettered with the dispatches.
+    pub async fn ensure_memory_queue(&self, role: &str) -> Result<(), BusError> {
+        self.ensure_queue(
+            &names::memory_queue(role),
+            names::MEMORY_EXCHANGE,
+            role,
+            FieldTable::default(),
+        )
+        .await
+    }
+
+    /// Declares `queue` (once per process) with a delivery limit and binds it to
+    /// `exchange` with `key`.
+    async fn ensure_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+        mut args: FieldTable,
+    ) -> Result<(), BusError> {
+        let mut declared = self.declared_queues.lock().await;
+        if declared.contains(queue) {
+            return Ok(());
+        }
         args.insert(
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(DELIVERY_LIMIT),
         );
         let channel = self.channel().await?;
-        declare_quorum_queue(&channel, &queue, args).await?;
-        bind(&channel, &queue, names::TASKS_EXCHANGE, role).await?;
-        declared.insert(role.to_owned());
+        declare_quorum_queue(&channel, queue, args).await?;
+        bind(&channel, queue, exchange, key).await?;
+        declared.insert(queue.to_owned());
         Ok(())
     }
 
@@ -282,6 +308,31 @@ impl Bus {
                 &what,
             ),
         )
+        .await
+    }
+
+    /// Publishes a note for `role`'s agents to remember; it waits in their queue while
+    /// none runs.
+    pub async fn publish_note(&self, role: &str, note: &MemoryNote) -> Result<(), BusError> {
+        let id = format!(
+            "note-{}-{}-{}",
+            note.project.uid,
+            note.task.as_deref().unwrap_or("-"),
+            note.kind
+        );
+        let what = format!("memory note {id}");
+        bounded(&what, async {
+            self.ensure_memory_queue(role).await?;
+            self.publish(
+                names::MEMORY_EXCHANGE,
+                role,
+                note,
+                &id,
+                FieldTable::default(),
+                &what,
+            )
+            .await
+        })
         .await
     }
 

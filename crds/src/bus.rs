@@ -350,6 +350,39 @@ impl Message for TaskCancel {
     }
 }
 
+/// Something a role's agents should keep in long-term memory, from the operator: the
+/// result of a verification, so that Athena (`qa`) recalls what failed and why when she
+/// next writes tests. Storing the same note twice keeps one copy (memory records are
+/// keyed by their content), so a note published again after an operator restart is
+/// harmless.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryNote {
+    /// The schema version the message was written with.
+    pub schema_version: u32,
+    /// The Project the note is about.
+    pub project: ObjectRef,
+    /// The Task it is about; none for the Project's final verification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// What it is: `verification`.
+    pub kind: String,
+    /// What to remember, in sentences.
+    pub text: String,
+}
+
+impl MemoryNote {
+    /// The kind of a verification's result.
+    pub const VERIFICATION: &'static str = "verification";
+}
+
+impl Message for MemoryNote {
+    const KIND: &'static str = "MemoryNote";
+    fn schema_version(&self) -> u32 {
+        self.schema_version
+    }
+}
+
 /// A planning task's answer, as the `cto` role returns it: re-exported here so the
 /// agent and the operator agree on its shape.
 pub type Plan = Vec<PlannedTask>;

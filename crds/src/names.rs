@@ -27,6 +27,13 @@ pub mod bus {
     pub const DEAD_LETTER_EXCHANGE: &str = "aios.dlx";
     /// The queue the operator drains dead-lettered dispatches from.
     pub const DEAD_LETTER_QUEUE: &str = "aios.dead-letter";
+    /// Durable direct exchange the operator publishes `MemoryNote`s to: what a role's
+    /// agents should remember (a verification's result, for `qa`). The routing key is the
+    /// role.
+    pub const MEMORY_EXCHANGE: &str = "aios.memory";
+    /// Prefix of the per-role quorum queues bound to [`MEMORY_EXCHANGE`]; see
+    /// [`memory_queue`].
+    pub const MEMORY_QUEUE_PREFIX: &str = "aios.memory.";
 
     /// Routing key of a `Started` task event.
     pub const EVENT_STARTED: &str = "task.started";
@@ -58,6 +65,11 @@ pub mod bus {
     /// The queue that holds dispatches for `role`.
     pub fn role_queue(role: &str) -> String {
         format!("{ROLE_QUEUE_PREFIX}{role}")
+    }
+
+    /// The queue that holds memory notes for `role`.
+    pub fn memory_queue(role: &str) -> String {
+        format!("{MEMORY_QUEUE_PREFIX}{role}")
     }
 }
 

@@ -6,7 +6,7 @@
 use aios_crds::{
     Agent, ModelProvider, Project, Task,
     bus::{
-        DecodeError, DependencyResult, DispatchedTask, Message, ModelHints, ObjectRef,
+        DecodeError, DependencyResult, DispatchedTask, MemoryNote, Message, ModelHints, ObjectRef,
         SCHEMA_VERSION, TaskCancel, TaskDispatch, TaskEvent, TaskEventKind, TaskOutput,
     },
     common::{Complexity, Tier, Usage},
@@ -236,6 +236,22 @@ fn task_events_of_every_kind_round_trip_with_their_routing_keys() {
         TaskCancel::decode(&cancel.encode().unwrap()).unwrap(),
         cancel
     );
+    for task in [Some("program".to_owned()), None] {
+        let note = MemoryNote {
+            schema_version: SCHEMA_VERSION,
+            project: object("shop"),
+            task,
+            kind: MemoryNote::VERIFICATION.into(),
+            text: "Verification of task program failed.".into(),
+        };
+        assert_eq!(MemoryNote::decode(&note.encode().unwrap()).unwrap(), note);
+    }
+    let newer =
+        json!({"schemaVersion": 2, "project": object("shop"), "kind": "verification", "text": "x"});
+    assert!(matches!(
+        MemoryNote::decode(newer.to_string().as_bytes()),
+        Err(DecodeError::UnsupportedVersion { found: 2, .. })
+    ));
 }
 
 #[test]

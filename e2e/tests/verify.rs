@@ -44,8 +44,17 @@ fn project(name: &str, command: &str, timeout_seconds: u32, rounds: u32) -> Stri
     )
 }
 
-async fn run(prefix: &str, fixes: bool, manifest: String) -> (Outcome, tempfile::TempDir) {
+/// What a run left: its outcome, its work directory, and the model fixture (with the
+/// requests it received).
+struct Ran {
+    outcome: Outcome,
+    _work: tempfile::TempDir,
+    fixture: wiremock::MockServer,
+}
+
+async fn run(prefix: &str, fixes: bool, manifest: String) -> Ran {
     let fixture = support::buggy_fixture("127.0.0.1", fixes).await;
+    support::serve_embeddings(&fixture).await;
     let env = aios_e2e::shared_with_crds();
     let namespace = env.create_namespace(prefix).unwrap();
     let amqp_url = env.create_vhost(&namespace).unwrap();
@@ -62,7 +71,7 @@ async fn run(prefix: &str, fixes: bool, manifest: String) -> (Outcome, tempfile:
             priority: 1,
             url: fixture.uri(),
             chat_model: "fixture".to_owned(),
-            embed_model: None,
+            embed_model: Some("fixture-embed".to_owned()),
             image: None,
         }],
         project: manifest,
@@ -81,7 +90,11 @@ async fn run(prefix: &str, fixes: bool, manifest: String) -> (Outcome, tempfile:
         Err(LocalError::Project { outcome, .. }) => *outcome,
         Err(err) => panic!("{err}"),
     };
-    (outcome, work)
+    Ran {
+        outcome,
+        _work: work,
+        fixture,
+    }
 }
 
 fn ending(outcome: &Outcome) -> (Option<ProjectPhase>, String, String) {
@@ -110,7 +123,11 @@ fn git(repository: &std::path::Path, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bug_the_test_catches_is_fixed_in_one_round_and_the_project_is_verified() {
-    let (outcome, _work) = run("verified", true, project("verified", PYTEST, 120, 2)).await;
+    let Ran {
+        outcome,
+        _work: _kept,
+        fixture,
+    } = run("verified", true, project("verified", PYTEST, 120, 2)).await;
     assert_eq!(
         outcome.project.status.as_ref().unwrap().phase,
         Some(ProjectPhase::Succeeded),
@@ -194,11 +211,40 @@ async fn a_bug_the_test_catches_is_fixed_in_one_round_and_the_project_is_verifie
         .find(|c| c.type_ == conditions::VERIFIED)
         .unwrap();
     assert_eq!(verified_condition.status, "True");
+
+    // Athena's memory holds the verifications: each note she stored was embedded.
+    let embedded = support::embedded_texts(&fixture).await;
+    let noted = |start: &str, needle: &str| {
+        embedded
+            .iter()
+            .any(|t| t.starts_with(start) && t.contains(needle))
+    };
+    assert!(
+        noted(
+            "Verification of task `verified-test` (role qa)",
+            "Failed. Command: `python3 -m pytest"
+        ) && noted("Verification of task `verified-test` (role qa)", "Hi, Ada!"),
+        "the failure and its output: {embedded:#?}"
+    );
+    assert!(
+        noted(
+            "Verification of task `verified-test` (role qa)",
+            ": Passed."
+        ) && noted(
+            "Verification of the branch head of project `verified`",
+            ": Passed."
+        ),
+        "the pass after the fix, and the final verification: {embedded:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bug_never_fixed_fails_the_project_when_the_rounds_run_out() {
-    let (outcome, _work) = run("unfixed", false, project("unfixed", PYTEST, 120, 1)).await;
+    let Ran {
+        outcome,
+        _work: _kept,
+        ..
+    } = run("unfixed", false, project("unfixed", PYTEST, 120, 1)).await;
     let (phase, reason, message) = ending(&outcome);
     assert_eq!(phase, Some(ProjectPhase::Failed), "{}", outcome.summary);
     assert_eq!(reason, "VerificationFailed", "{message}");
@@ -222,7 +268,11 @@ async fn a_bug_never_fixed_fails_the_project_when_the_rounds_run_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_verification_is_killed_at_its_timeout_and_a_network_call_is_refused() {
-    let (outcome, _work) = run("hung", true, project("hung", "sleep 600", 3, 0)).await;
+    let Ran {
+        outcome,
+        _work: _kept,
+        ..
+    } = run("hung", true, project("hung", "sleep 600", 3, 0)).await;
     let (phase, reason, message) = ending(&outcome);
     assert_eq!(phase, Some(ProjectPhase::Failed), "{}", outcome.summary);
     assert_eq!(reason, "VerificationTimedOut", "{message}");
@@ -234,7 +284,11 @@ async fn a_hanging_verification_is_killed_at_its_timeout_and_a_network_call_is_r
     let call = format!(
         "python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5)\""
     );
-    let (outcome, _work) = run("offline", true, project("offline", &call, 30, 0)).await;
+    let Ran {
+        outcome,
+        _work: _kept,
+        ..
+    } = run("offline", true, project("offline", &call, 30, 0)).await;
     let (phase, reason, message) = ending(&outcome);
     assert_eq!(phase, Some(ProjectPhase::Failed), "{}", outcome.summary);
     assert_eq!(reason, "VerificationFailed", "{message}");

@@ -21,6 +21,9 @@ pub enum Kind {
     Decision,
     /// A task's result summary.
     Result,
+    /// A verification's result, noted by the operator: the command, its outcome and
+    /// the last lines of its output.
+    Verification,
 }
 
 impl Kind {
@@ -30,6 +33,7 @@ impl Kind {
             Self::Brief => "brief",
             Self::Decision => "decision",
             Self::Result => "result",
+            Self::Verification => "verification",
         }
     }
 
@@ -39,6 +43,7 @@ impl Kind {
             "brief" => Some(Self::Brief),
             "decision" => Some(Self::Decision),
             "result" => Some(Self::Result),
+            "verification" => Some(Self::Verification),
             _ => None,
         }
     }

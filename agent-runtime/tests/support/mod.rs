@@ -205,6 +205,32 @@ impl World {
         }
     }
 
+    /// Adds an embeddings model to the fixture's provider (before an agent starts):
+    /// every text embeds to the same vector, so a search finds whatever its filter
+    /// allows.
+    pub async fn serve_embeddings(&self) {
+        std::fs::write(
+            &self.providers,
+            json!([{
+                "name": "local-ollama", "type": "Ollama", "tier": "Local", "priority": 1,
+                "endpoint": self.llm.uri(),
+                "models": [
+                    {"name": "test-model", "maxComplexity": "High", "inputPricePer1k": 0.001, "outputPricePer1k": 0.002},
+                    {"name": "test-embed", "embeddings": true}
+                ]
+            }])
+            .to_string(),
+        )
+        .unwrap();
+        Mock::given(matchers::method("POST"))
+            .and(matchers::path("/api/embed"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(
+                json!({"model": "test-embed", "embeddings": [[0.6, 0.8, 0.0, 0.0]], "prompt_eval_count": 4}),
+            ))
+            .mount(&self.llm)
+            .await;
+    }
+
     /// Answers chat requests whose body contains `marker` with `answer`, `times` times
     /// at most (all of them when `None`), after `delay`.
     pub async fn answer(&self, marker: &str, answer: &Value, times: Option<u64>, delay: Duration) {

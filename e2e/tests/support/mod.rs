@@ -77,6 +77,38 @@ pub async fn slow_apollo(server: &MockServer, delay: std::time::Duration) {
         .await;
 }
 
+/// Serves an embeddings model, `fixture-embed`, on `server`: every text embeds to the
+/// same vector. What agents store in memory shows in the requests `server` received.
+pub async fn serve_embeddings(server: &MockServer) {
+    Mock::given(matchers::method("POST"))
+        .and(matchers::path("/api/embed"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"model": "fixture-embed", "embeddings": [[0.6, 0.8, 0.0, 0.0]], "prompt_eval_count": 4}),
+        ))
+        .mount(server)
+        .await;
+}
+
+/// The texts `server` was asked to embed, in order.
+pub async fn embedded_texts(server: &MockServer) -> Vec<String> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.url.path() == "/api/embed")
+        .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+        .flat_map(|body| match &body["input"] {
+            serde_json::Value::String(one) => vec![one.clone()],
+            serde_json::Value::Array(many) => many
+                .iter()
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
 /// A model server like [`model_fixture`] whose Apollo delivers a bug the test catches
 /// (`greet` says "Hi"); when `fixes`, Apollo's answer to a fix task (its prompt carries
 /// the failing verification) is the right program.

@@ -382,8 +382,63 @@ pub fn tail(text: &str, max: usize) -> String {
 }
 
 /// The role whose tasks write tests: a failure of its verification most often catches
-/// the code under test, not the tests.
+/// the code under test, not the tests. Its agents (Athena) also keep every
+/// verification's result in their memory ([`note`]).
 pub const TEST_ROLE: &str = "qa";
+
+/// The most characters of a run's output a memory note keeps: enough for the failing
+/// assertion, small enough to sit among a prompt's memories.
+const NOTE_OUTPUT_CHARS: usize = 1500;
+
+/// What [`TEST_ROLE`]'s agents remember of a finished run of `command`: `task`'s (with
+/// the files it delivered), or the Project's final verification when `None`. Nothing
+/// that changes between two readings of one outcome goes in (no duration, no time):
+/// the same outcome noted twice is one memory. `None` for a Project without a uid (not
+/// yet stored).
+pub fn note(
+    project: &Project,
+    task: Option<&Task>,
+    command: &str,
+    outcome: &Outcome,
+) -> Option<aios_crds::bus::MemoryNote> {
+    let subject = match task {
+        Some(task) => format!("task `{}` (role {})", task.name_any(), task.spec.role),
+        None => format!("the branch head of project `{}`", project.name_any()),
+    };
+    let mut text = format!("Verification of {subject}");
+    if let Some(commit) = &outcome.commit {
+        let _ = write!(text, " on commit {}", short(commit));
+    }
+    let _ = write!(text, ": {:?}. Command: `{command}`", outcome.phase);
+    match (outcome.exit_code, &outcome.message) {
+        (Some(code), _) => {
+            let _ = write!(text, ", exit code {code}.");
+        }
+        (None, Some(message)) => {
+            let _ = write!(text, ". {message}");
+        }
+        (None, None) => text.push('.'),
+    }
+    let files = task.map(delivered_files).unwrap_or_default();
+    if !files.is_empty() {
+        let _ = write!(text, "\nFiles: {}.", files.join(", "));
+    }
+    let output = tail(outcome.output.trim_end(), NOTE_OUTPUT_CHARS);
+    if !output.is_empty() {
+        let _ = write!(text, "\nLast output:\n{output}");
+    }
+    Some(aios_crds::bus::MemoryNote {
+        schema_version: aios_crds::bus::SCHEMA_VERSION,
+        project: aios_crds::bus::ObjectRef {
+            namespace: project.namespace()?,
+            name: project.name_any(),
+            uid: project.uid()?,
+        },
+        task: task.map(ResourceExt::name_any),
+        kind: aios_crds::bus::MemoryNote::VERIFICATION.to_owned(),
+        text,
+    })
+}
 
 /// Which task's author fixes a failed verification of `task`: its own, except for a
 /// task of [`TEST_ROLE`] with dependencies (tests of code others delivered), where the

@@ -62,6 +62,22 @@ fn record(ctx: &Context, kind: &str, outcome: &Outcome) {
         .observe(outcome.duration.as_secs_f64());
 }
 
+/// Notes a finished run in the memory of [`super::TEST_ROLE`]'s agents, before its
+/// status is written: a crash in between notes it again, and the same note is one
+/// memory.
+async fn remember(
+    ctx: &Context,
+    project: &Project,
+    task: Option<&Task>,
+    current: &VerificationStatus,
+    outcome: &Outcome,
+) -> Result<(), Error> {
+    if let Some(note) = super::note(project, task, &current.command, outcome) {
+        ctx.bus.publish_note(super::TEST_ROLE, &note).await?;
+    }
+    Ok(())
+}
+
 /// Polls the sandbox for `current`'s run when one is due (no fix in progress).
 async fn poll(
     ctx: &Context,
@@ -126,6 +142,7 @@ async fn advance_task(
     let outcome = poll(ctx, run.as_ref(), &current).await?;
     if let Some(outcome) = &outcome {
         record(ctx, "task", outcome);
+        remember(ctx, project, Some(task), &current, outcome).await?;
     }
     let api = ctx.task_api(&task.namespace().unwrap_or_default());
     let mut status = task.status.clone().unwrap_or_default();
@@ -221,6 +238,7 @@ pub async fn advance_final(
     let outcome = poll(ctx, run.as_ref(), &current).await?;
     if let Some(outcome) = &outcome {
         record(ctx, "project", outcome);
+        remember(ctx, project, None, &current, outcome).await?;
     }
     let max = project.spec.policy.max_fix_rounds;
     let next = step(&current, fix.as_ref(), outcome.as_ref(), max, false, now);

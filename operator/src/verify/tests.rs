@@ -15,7 +15,7 @@ use super::{
     FixState, Fixes, Outcome, Run, Sandbox, Step, command, fix_name, fix_task, fixer,
     job::{job_outcome, verify_job, verify_network_policy},
     local::{LocalSandbox, sandboxed},
-    required, run_id, start, step, tail,
+    note, required, run_id, start, step, tail,
 };
 use crate::testing::{project, task, ts, with_phase};
 
@@ -237,6 +237,66 @@ fn the_fix_task_carries_the_command_the_output_and_the_files_for_the_same_role()
         ),
         "a fix is verified as part of the task it fixes"
     );
+}
+
+#[test]
+fn athena_is_told_what_was_verified_how_it_ended_and_the_last_output() {
+    let p = project("shop");
+    let mut t = with_phase(task("shop-api", &[]), TaskPhase::Verifying);
+    t.status.as_mut().unwrap().result = Some(TaskResult {
+        files: vec!["app.py".to_owned()],
+        ..TaskResult::default()
+    });
+    let long = format!(
+        "{}\nFAILED test_app.py::test_greet - assert 'Hi' == 'Hello'",
+        "x".repeat(5000)
+    );
+    let failed = outcome(VerificationPhase::Failed, Some(1), &long);
+    let n = note(&p, Some(&t), "pytest -q", &failed).unwrap();
+    assert_eq!(n.kind, "verification");
+    assert_eq!(
+        (
+            n.project.namespace.as_str(),
+            n.project.name.as_str(),
+            n.project.uid.as_str()
+        ),
+        ("team-a", "shop", "uid-shop")
+    );
+    assert_eq!(n.task.as_deref(), Some("shop-api"));
+    for needle in [
+        "task `shop-api` (role backend)",
+        "on commit c0ffee000000",
+        "Failed",
+        "`pytest -q`, exit code 1",
+        "Files: app.py.",
+        "FAILED test_app.py::test_greet",
+    ] {
+        assert!(n.text.contains(needle), "{needle} in {}", n.text);
+    }
+    assert!(n.text.len() < 2000, "the output is cut to its tail");
+
+    let mut slower = failed.clone();
+    slower.duration = Duration::from_secs(30);
+    assert_eq!(
+        note(&p, Some(&t), "pytest -q", &slower),
+        Some(n),
+        "the same outcome read again is the same note (one memory)"
+    );
+
+    let error = Outcome::error("the checkout failed", Duration::ZERO, None);
+    let head = note(&p, None, "pytest -q", &error).unwrap();
+    assert_eq!(head.task, None);
+    assert!(
+        head.text
+            .starts_with("Verification of the branch head of project `shop`: Error.")
+            && head.text.contains("the checkout failed"),
+        "{}",
+        head.text
+    );
+
+    let mut unsaved = p.clone();
+    unsaved.metadata.uid = None;
+    assert_eq!(note(&unsaved, None, "pytest -q", &error), None);
 }
 
 #[test]
