@@ -47,18 +47,31 @@ pub enum Unsafe {
     Symlink,
     /// Larger than the limit.
     TooLarge,
+    /// By the Project's path rules: a protected path (what it is), or outside its
+    /// allow-list.
+    Policy(crate::paths::Refusal),
 }
 
 impl Unsafe {
-    fn describe(self) -> &'static str {
-        match self {
+    fn describe(self) -> String {
+        use crate::paths::Refusal;
+        let fixed = match self {
+            Self::Policy(Refusal::Protected(what)) => {
+                return format!(
+                    "is {what}, protected: the Project's spec.policy.paths.allowProtected can allow it"
+                );
+            }
+            Self::Policy(Refusal::NotAllowed) => {
+                "is outside the Project's spec.policy.paths.allowed"
+            }
             Self::Malformed => "is empty or has control or bidirectional characters",
             Self::Absolute => "is absolute",
             Self::ParentDirectory => "climbs out with '..'",
             Self::GitDirectory => "is inside .git",
             Self::Symlink => "goes through a symbolic link",
             Self::TooLarge => "is larger than the file size limit",
-        }
+        };
+        fixed.to_owned()
     }
 }
 

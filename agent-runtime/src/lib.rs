@@ -16,6 +16,7 @@ pub mod llm;
 pub mod memory;
 pub mod metrics;
 pub mod output;
+pub mod paths;
 pub mod persona;
 pub mod prompt;
 pub mod runtime;

@@ -16,10 +16,11 @@ use aios_crds::{
 use crate::{
     context::{self, Relevance, RepositoryContext},
     edit,
-    git::{Delivered, DeliveryError, Git, TOKEN_VARIABLE, Workspace},
+    git::{Delivered, DeliveryError, Git, TOKEN_VARIABLE, Unsafe, Workspace},
     llm::{self, ChatMessage, ChatRequest, Llm, LlmError, router::EnvLookup},
     memory::{Filter, Hit, Kind, Memory, MemoryError, Record},
     output::{self, Checked, FileOutput, WorkOutput},
+    paths::PathRules,
     persona::Persona,
     prompt,
 };
@@ -241,6 +242,17 @@ impl Worker {
         summary: &str,
         usage: &Usage,
     ) -> Result<Delivered, Failure> {
+        let rules = PathRules::new(&dispatch.paths, dispatch.spec.planning)
+            .map_err(|e| Failure::new("InvalidPolicy", e, false, usage))?;
+        for file in files {
+            rules.check(&file.path).map_err(|refusal| {
+                let err = DeliveryError::UnsafePath {
+                    path: file.path.clone(),
+                    why: Unsafe::Policy(refusal),
+                };
+                Failure::delivery(&err, usage)
+            })?;
+        }
         let task = format!("{}/{}", dispatch.task.namespace, dispatch.task.name);
         workspace
             .deliver(

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     common::{Complexity, Usage},
-    project::{Budget, PlannedTask, Repository, RoutingMode},
+    project::{Budget, PathPolicy, PlannedTask, Repository, RoutingMode},
     task::{ModelPin, TaskResult},
 };
 
@@ -144,6 +144,9 @@ pub struct TaskDispatch {
     pub deadline: Option<Timestamp>,
     /// How often the agent must send a heartbeat while it works, in seconds.
     pub heartbeat_interval_seconds: u32,
+    /// Where the agent may write: the Project's `spec.policy.paths`.
+    #[serde(default, skip_serializing_if = "PathPolicy::is_empty")]
+    pub paths: PathPolicy,
 }
 
 impl TaskDispatch {

@@ -173,6 +173,45 @@ pub struct Policy {
     #[serde(default = "default_max_fix_rounds")]
     #[schemars(range(min = 0, max = crate::verify::FIX_ROUNDS_MAX))]
     pub max_fix_rounds: i32,
+
+    /// Where agents may write in the repository.
+    #[serde(default, skip_serializing_if = "PathPolicy::is_empty")]
+    pub paths: PathPolicy,
+}
+
+/// Where agents may write, beyond the checks every write passes (relative, inside the
+/// work tree, not in `.git`, no symbolic link). Patterns are globs on the path from the
+/// repository root, compared without regard to case: `*` stays within a directory,
+/// `**` crosses directories (`src/**`, `docs/*.md`).
+///
+/// Protected by default, whatever `allowed` says: CI and automation definitions
+/// (`.github/workflows/**`, `.github/actions/**`, `.gitlab-ci.yml`, `.gitlab/**`,
+/// `.circleci/**`, `**/Jenkinsfile`, `.travis.yml`, `.drone.yml`, `azure-pipelines.yml`,
+/// `bitbucket-pipelines.yml`, `.buildkite/**`, `.woodpecker.yml`, `.woodpecker/**`),
+/// git hooks (`.githooks/**`, `.husky/**`, `.pre-commit-config.yaml`) and AIOS's own
+/// `.aios/**` (the planner writes its plan there): what runs with the repository's
+/// secrets or on people's machines must not come from a model's answer unless the
+/// Project says so.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PathPolicy {
+    /// When set, agents write only paths matching one of these patterns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub allowed: Vec<String>,
+
+    /// Protected paths agents may write all the same, as patterns: for example
+    /// `.github/workflows/**` for a Project whose DevOps task writes its CI.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub allow_protected: Vec<String>,
+}
+
+impl PathPolicy {
+    /// Whether it says nothing (the default).
+    pub fn is_empty(&self) -> bool {
+        self.allowed.is_empty() && self.allow_protected.is_empty()
+    }
 }
 
 impl Default for Policy {
@@ -182,6 +221,7 @@ impl Default for Policy {
             fail_fast: true,
             task_defaults: TaskDefaults::default(),
             max_fix_rounds: default_max_fix_rounds(),
+            paths: PathPolicy::default(),
         }
     }
 }

@@ -176,6 +176,7 @@ pub fn dispatch_message(
         },
         deadline: policy.timeout.map(|t: Duration| after(now, t)),
         heartbeat_interval_seconds: heartbeat_interval(policy),
+        paths: project.spec.policy.paths.clone(),
     }
 }
 
@@ -191,7 +192,8 @@ mod tests {
 
     #[test]
     fn a_dispatch_carries_the_brief_the_task_and_its_dependencies_results() {
-        let p = project("shop");
+        let mut p = project("shop");
+        p.spec.policy.paths.allow_protected = vec![".github/workflows/**".into()];
         let mut api = with_phase(task("shop-api", &[]), TaskPhase::Succeeded);
         api.status.as_mut().unwrap().result = Some(TaskResult {
             summary: "REST API in src/main.rs".into(),
@@ -224,6 +226,7 @@ mod tests {
         assert_eq!(d.heartbeat_interval_seconds, 30);
         assert_eq!(d.models.preferred_providers, ["ollama"]);
         assert!(!d.spec.planning && d.available_roles.is_empty());
+        assert_eq!(d.paths, p.spec.policy.paths, "the Project's path rules");
     }
 
     #[test]

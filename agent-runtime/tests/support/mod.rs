@@ -301,6 +301,7 @@ impl World {
             plan_feedback: Vec::new(),
             deadline: None,
             heartbeat_interval_seconds: 1,
+            paths: Default::default(),
         }
     }
 
