@@ -100,9 +100,10 @@ fn disk_usage(path: &Path) -> u64 {
 async fn time_searches(memory: &EdgeMemory) -> (Duration, Duration) {
     let mut latencies = Vec::with_capacity(SEARCHES);
     for i in 0..SEARCHES {
+        let project_key = project(i * 7);
         let filter = Filter {
-            project: Some(project(i * 7)),
-            ..Filter::default()
+            project: Some(project_key.clone()),
+            ..Filter::in_namespace(aios_agent::memory::namespace_of(&project_key))
         };
         let query = format!("what was decided about component {}", i % 97);
         let started = Instant::now();

@@ -132,20 +132,24 @@ impl Worker {
         (self.env)(TOKEN_VARIABLE)
     }
 
+    /// The memories nearest to the task: its Project's, and, when the Project allows
+    /// it, its namespace's other Projects'; never another namespace's.
     async fn recall(&self, dispatch: &TaskDispatch) -> Vec<Hit> {
         let project = project_key(dispatch);
         let query = format!("{}\n{}", dispatch.spec.title, dispatch.spec.description);
-        let mut hits = Vec::new();
-        for filter in [
-            Filter {
-                project: Some(project.clone()),
-                ..Filter::default()
-            },
-            Filter {
+        let namespace = &dispatch.project.namespace;
+        let mut filters = vec![Filter {
+            project: Some(project.clone()),
+            ..Filter::in_namespace(namespace)
+        }];
+        if dispatch.recall_across_projects {
+            filters.push(Filter {
                 not_project: Some(project.clone()),
-                ..Filter::default()
-            },
-        ] {
+                ..Filter::in_namespace(namespace)
+            });
+        }
+        let mut hits = Vec::new();
+        for filter in filters {
             match self
                 .memory
                 .search(&query, &filter, MEMORIES_PER_SCOPE)

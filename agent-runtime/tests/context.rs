@@ -165,6 +165,7 @@ fn dispatch(repo: &Path, title: &str, description: &str) -> TaskDispatch {
         deadline: None,
         heartbeat_interval_seconds: 1,
         paths: Default::default(),
+        recall_across_projects: false,
     }
 }
 

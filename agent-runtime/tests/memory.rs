@@ -120,6 +120,19 @@ fn shop_records() -> Vec<Record> {
     ]
 }
 
+/// Every memory of namespace `shop` (projects `shop/web` and `shop/api`).
+fn shop() -> Filter {
+    Filter::in_namespace("shop")
+}
+
+/// How many of `records` are in namespace `shop`.
+fn in_shop(records: &[Record]) -> usize {
+    records
+        .iter()
+        .filter(|r| r.project.starts_with("shop/"))
+        .count()
+}
+
 async fn store_all(memory: &dyn Memory, records: &[Record]) {
     for record in records {
         memory.store(record).await.unwrap();
@@ -139,13 +152,7 @@ async fn assert_round_trip(memory: &dyn Memory) {
     let records = shop_records();
     store_all(memory, &records).await;
 
-    let hits = search(
-        memory,
-        "where are orders stored postgres",
-        &Filter::default(),
-        3,
-    )
-    .await;
+    let hits = search(memory, "where are orders stored postgres", &shop(), 3).await;
     assert_eq!(hits.len(), 3);
     assert_eq!(
         hits[0].record, records[1],
@@ -154,7 +161,7 @@ async fn assert_round_trip(memory: &dyn Memory) {
     assert!(hits.windows(2).all(|pair| pair[0].score >= pair[1].score));
     assert!(hits[0].score > 0.0 && hits[0].score <= 1.0 + 1e-5);
 
-    let exact = search(memory, &records[4].text, &Filter::default(), 1).await;
+    let exact = search(memory, &records[4].text, &Filter::in_namespace("blog"), 1).await;
     assert_eq!(exact[0].record, records[4]);
     assert!(
         (exact[0].score - 1.0).abs() < 1e-4,
@@ -163,14 +170,16 @@ async fn assert_round_trip(memory: &dyn Memory) {
     );
 }
 
-/// Each filter field keeps only the records it names (or, for `not_project`, excludes).
+/// Each filter field keeps only the records it names (or, for `not_project`, excludes),
+/// always within one namespace: nothing of another namespace comes back, and a search
+/// naming none is refused.
 async fn assert_filters(memory: &dyn Memory) {
     let query = "store orders sessions checkout posts";
     let everything = 10;
 
     let project = Filter {
         project: Some("shop/web".into()),
-        ..Filter::default()
+        ..shop()
     };
     let hits = search(memory, query, &project, everything).await;
     assert_eq!(hits.len(), 3);
@@ -178,16 +187,15 @@ async fn assert_filters(memory: &dyn Memory) {
 
     let not_project = Filter {
         not_project: Some("shop/web".into()),
-        ..Filter::default()
+        ..shop()
     };
     let hits = search(memory, query, &not_project, everything).await;
-    let mut projects: Vec<_> = hits.iter().map(|hit| hit.record.project.as_str()).collect();
-    projects.sort_unstable();
-    assert_eq!(projects, ["blog/site", "shop/api"]);
+    let projects: Vec<_> = hits.iter().map(|hit| hit.record.project.as_str()).collect();
+    assert_eq!(projects, ["shop/api"], "the namespace's other project only");
 
     let kind = Filter {
         kind: Some(Kind::Decision),
-        ..Filter::default()
+        ..shop()
     };
     let hits = search(memory, query, &kind, everything).await;
     assert_eq!(hits.len(), 2);
@@ -195,17 +203,20 @@ async fn assert_filters(memory: &dyn Memory) {
 
     let role = Filter {
         role: Some("coder".into()),
-        ..Filter::default()
+        ..shop()
     };
     let hits = search(memory, query, &role, everything).await;
-    assert_eq!(hits.len(), 2);
-    assert!(hits.iter().all(|hit| hit.record.role == "coder"));
+    assert_eq!(
+        texts(&hits),
+        ["the checkout page renders the cart total and a pay button"],
+        "blog's coder is in another namespace"
+    );
 
     let combined = Filter {
-        not_project: Some("shop/web".into()),
+        not_project: Some("blog/other".into()),
         kind: Some(Kind::Result),
         role: Some("coder".into()),
-        ..Filter::default()
+        ..Filter::in_namespace("blog")
     };
     let hits = search(memory, query, &combined, everything).await;
     assert_eq!(
@@ -213,9 +224,43 @@ async fn assert_filters(memory: &dyn Memory) {
         ["posts are markdown files rendered to static html"]
     );
 
+    // Two namespaces: each sees its own, however the query is worded.
+    for shop_text in shop_records()
+        .iter()
+        .filter(|r| r.project.starts_with("shop/"))
+    {
+        let hits = search(
+            memory,
+            &shop_text.text,
+            &Filter::in_namespace("blog"),
+            everything,
+        )
+        .await;
+        assert!(
+            hits.iter().all(|hit| hit.record.project == "blog/site"),
+            "blog recalled another namespace's memory: {:?}",
+            texts(&hits)
+        );
+    }
+    let hits = search(memory, "posts markdown html", &shop(), everything).await;
+    assert!(
+        hits.iter()
+            .all(|hit| hit.record.project.starts_with("shop/"))
+    );
+    assert!(
+        search(memory, query, &Filter::in_namespace("nobody"), everything)
+            .await
+            .is_empty()
+    );
+    let err = memory
+        .search(query, &Filter::default(), everything)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("must name its namespace"), "{err}");
+
     let nobody = Filter {
         role: Some("auditor".into()),
-        ..Filter::default()
+        ..shop()
     };
     assert!(search(memory, query, &nobody, everything).await.is_empty());
 }
@@ -239,11 +284,7 @@ async fn the_embedded_store_filters_by_project_kind_and_role() {
 async fn an_empty_embedded_store_finds_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let memory = EdgeMemory::open(dir.path(), WordEmbedder::new(DIMENSION)).unwrap();
-    assert!(
-        search(&memory, "anything", &Filter::default(), 5)
-            .await
-            .is_empty()
-    );
+    assert!(search(&memory, "anything", &shop(), 5).await.is_empty());
 }
 
 #[tokio::test]
@@ -256,14 +297,8 @@ async fn the_embedded_store_keeps_its_records_across_a_restart() {
     }
 
     let memory = EdgeMemory::open(dir.path(), WordEmbedder::new(DIMENSION)).unwrap();
-    let hits = search(
-        &memory,
-        "where are orders stored postgres",
-        &Filter::default(),
-        10,
-    )
-    .await;
-    assert_eq!(hits.len(), records.len());
+    let hits = search(&memory, "where are orders stored postgres", &shop(), 10).await;
+    assert_eq!(hits.len(), in_shop(&records));
     assert_eq!(hits[0].record, records[1]);
     assert_filters(&memory).await;
 
@@ -276,7 +311,7 @@ async fn the_embedded_store_keeps_its_records_across_a_restart() {
         "index products in a search engine",
     );
     memory.store(&later).await.unwrap();
-    let hits = search(&memory, "search engine products", &Filter::default(), 1).await;
+    let hits = search(&memory, "search engine products", &shop(), 1).await;
     assert_eq!(hits[0].record, later);
 }
 
@@ -313,8 +348,8 @@ async fn a_stored_record_survives_a_killed_process() {
     );
 
     let memory = EdgeMemory::open(dir.path(), WordEmbedder::new(DIMENSION)).unwrap();
-    let hits = search(&memory, &records[2].text, &Filter::default(), 10).await;
-    assert_eq!(hits.len(), records.len());
+    let hits = search(&memory, &records[2].text, &shop(), 10).await;
+    assert_eq!(hits.len(), in_shop(&records));
     assert_eq!(hits[0].record, records[2]);
 }
 
@@ -327,10 +362,7 @@ async fn the_embedded_store_rejects_embeddings_of_another_dimension() {
     }
 
     let memory = EdgeMemory::open(dir.path(), WordEmbedder::new(DIMENSION * 2)).unwrap();
-    let err = memory
-        .search("orders", &Filter::default(), 5)
-        .await
-        .unwrap_err();
+    let err = memory.search("orders", &shop(), 5).await.unwrap_err();
     assert!(
         err.to_string()
             .contains("768 dimensions but the memory holds 384"),
@@ -348,8 +380,8 @@ async fn storing_the_same_record_twice_keeps_one_copy() {
     memory.store(&records[1]).await.unwrap();
     memory.store_many(&records).await.unwrap();
 
-    let hits = search(&memory, &records[1].text, &Filter::default(), 10).await;
-    assert_eq!(hits.len(), records.len(), "{:?}", texts(&hits));
+    let hits = search(&memory, &records[1].text, &shop(), 10).await;
+    assert_eq!(hits.len(), in_shop(&records), "{:?}", texts(&hits));
     let copies = hits.iter().filter(|hit| hit.record == records[1]).count();
     assert_eq!(copies, 1);
 
@@ -357,8 +389,8 @@ async fn storing_the_same_record_twice_keeps_one_copy() {
     let mut elsewhere = records[1].clone();
     elsewhere.task = Some("orders".into());
     memory.store(&elsewhere).await.unwrap();
-    let hits = search(&memory, &records[1].text, &Filter::default(), 10).await;
-    assert_eq!(hits.len(), records.len() + 1);
+    let hits = search(&memory, &records[1].text, &shop(), 10).await;
+    assert_eq!(hits.len(), in_shop(&records) + 1);
 }
 
 #[tokio::test]
@@ -397,9 +429,7 @@ async fn a_qdrant_server_finds_and_filters_like_the_embedded_store() {
     .await
     .unwrap();
     assert!(
-        search(&memory, "anything", &Filter::default(), 5)
-            .await
-            .is_empty(),
+        search(&memory, "anything", &shop(), 5).await.is_empty(),
         "a collection that does not exist yet finds nothing"
     );
 
@@ -407,8 +437,12 @@ async fn a_qdrant_server_finds_and_filters_like_the_embedded_store() {
     assert_filters(&memory).await;
     let records = shop_records();
     memory.store(&records[1]).await.unwrap();
-    let hits = search(&memory, &records[1].text, &Filter::default(), 10).await;
-    assert_eq!(hits.len(), records.len(), "storing again keeps one copy");
+    let hits = search(&memory, &records[1].text, &shop(), 10).await;
+    assert_eq!(
+        hits.len(),
+        in_shop(&records),
+        "storing again keeps one copy"
+    );
 
     let client = qdrant_client::Qdrant::from_url(&url)
         .api_key(api_key)

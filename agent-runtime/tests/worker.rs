@@ -106,18 +106,46 @@ async fn athena_keeps_a_verification_note_in_memory_and_recalls_it_in_her_next_t
     let failed = "Verification of task `program` (role backend) on commit 0123456789ab: \
                   Failed. Command: `python3 -m pytest -q`, exit code 1.\nLast output:\n\
                   FAILED test_hello.py::test_greet - assert 'Hi, Ada!' == 'Hello, Ada!'";
-    let note = |kind: &str, text: &str| MemoryNote {
+    let note_of = |namespace: &str, project: &str, kind: &str, text: &str| MemoryNote {
         schema_version: SCHEMA_VERSION,
         project: ObjectRef {
-            namespace: "tests".to_owned(),
-            name: "shop".to_owned(),
-            uid: "project-uid".to_owned(),
+            namespace: namespace.to_owned(),
+            name: project.to_owned(),
+            uid: format!("{namespace}-{project}-uid"),
         },
         task: Some("program".to_owned()),
         kind: kind.to_owned(),
         text: text.to_owned(),
     };
-    // Published before any `qa` agent ran: the notes wait in the role's queue.
+    let note = |kind: &str, text: &str| note_of("tests", "shop", kind, text);
+    // Published before any `qa` agent ran: the notes wait in the role's queue. Two
+    // belong elsewhere: another Project of the namespace, and another namespace.
+    world
+        .bus
+        .publish_note(
+            "qa",
+            &note_of(
+                "tests",
+                "blog",
+                MemoryNote::VERIFICATION,
+                "NOTE-OF-PROJECT-BLOG",
+            ),
+        )
+        .await
+        .unwrap();
+    world
+        .bus
+        .publish_note(
+            "qa",
+            &note_of(
+                "other-team",
+                "shop",
+                MemoryNote::VERIFICATION,
+                "NOTE-OF-ANOTHER-NAMESPACE",
+            ),
+        )
+        .await
+        .unwrap();
     world
         .bus
         .publish_note(
@@ -147,7 +175,7 @@ async fn athena_keeps_a_verification_note_in_memory_and_recalls_it_in_her_next_t
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let metrics = agent.metrics();
-        if metrics.contains(r#"aios_agent_memory_notes_total{outcome="stored"} 1"#)
+        if metrics.contains(r#"aios_agent_memory_notes_total{outcome="stored"} 3"#)
             && metrics.contains(r#"aios_agent_memory_notes_total{outcome="ignored"} 1"#)
         {
             break;
@@ -189,6 +217,34 @@ async fn athena_keeps_a_verification_note_in_memory_and_recalls_it_in_her_next_t
         "a kind this build does not know is not stored: {}",
         prompts[0]
     );
+    assert!(
+        !prompts[0].contains("NOTE-OF-PROJECT-BLOG")
+            && !prompts[0].contains("NOTE-OF-ANOTHER-NAMESPACE"),
+        "only the Project's own memories by default: {}",
+        prompts[0]
+    );
+
+    // A Project that allows it recalls its namespace's other Projects; never another
+    // namespace.
+    let mut across = world.dispatch("test-2", "qa", "Test the program");
+    across.recall_across_projects = true;
+    world.publish(&across).await;
+    let done = world
+        .wait_for(WAIT, |e| e.task.uid == across.task.uid && is_terminal(e))
+        .await;
+    assert!(
+        matches!(done.kind, TaskEventKind::Succeeded { .. }),
+        "{done:?}"
+    );
+    let requests = world.llm.received_requests().await.unwrap();
+    let prompt = requests
+        .iter()
+        .filter(|r| r.url.path() == "/api/chat")
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .next_back()
+        .unwrap();
+    assert!(prompt.contains("NOTE-OF-PROJECT-BLOG"), "{prompt}");
+    assert!(!prompt.contains("NOTE-OF-ANOTHER-NAMESPACE"), "{prompt}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

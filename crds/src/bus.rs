@@ -147,6 +147,10 @@ pub struct TaskDispatch {
     /// Where the agent may write: the Project's `spec.policy.paths`.
     #[serde(default, skip_serializing_if = "PathPolicy::is_empty")]
     pub paths: PathPolicy,
+    /// Whether memories of the namespace's other Projects may be recalled: the
+    /// Project's `spec.policy.recallAcrossProjects`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recall_across_projects: bool,
 }
 
 impl TaskDispatch {

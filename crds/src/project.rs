@@ -177,6 +177,12 @@ pub struct Policy {
     /// Where agents may write in the repository.
     #[serde(default, skip_serializing_if = "PathPolicy::is_empty")]
     pub paths: PathPolicy,
+
+    /// Whether agents recall memories of the namespace's other Projects too (briefs,
+    /// decisions, results, verifications). Off by default: a task sees its own
+    /// Project's memories only. Memories of other namespaces are never recalled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recall_across_projects: bool,
 }
 
 /// Where agents may write, beyond the checks every write passes (relative, inside the
@@ -222,6 +228,7 @@ impl Default for Policy {
             task_defaults: TaskDefaults::default(),
             max_fix_rounds: default_max_fix_rounds(),
             paths: PathPolicy::default(),
+            recall_across_projects: false,
         }
     }
 }

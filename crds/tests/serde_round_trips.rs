@@ -169,6 +169,7 @@ fn dispatch() -> TaskDispatch {
         deadline: Some("2026-11-24T12:00:00Z".parse().unwrap()),
         heartbeat_interval_seconds: 15,
         paths: Default::default(),
+        recall_across_projects: false,
     }
 }
 

@@ -177,6 +177,7 @@ pub fn dispatch_message(
         deadline: policy.timeout.map(|t: Duration| after(now, t)),
         heartbeat_interval_seconds: heartbeat_interval(policy),
         paths: project.spec.policy.paths.clone(),
+        recall_across_projects: project.spec.policy.recall_across_projects,
     }
 }
 
@@ -227,6 +228,7 @@ mod tests {
         assert_eq!(d.models.preferred_providers, ["ollama"]);
         assert!(!d.spec.planning && d.available_roles.is_empty());
         assert_eq!(d.paths, p.spec.policy.paths, "the Project's path rules");
+        assert!(!d.recall_across_projects, "off by default");
     }
 
     #[test]

@@ -144,6 +144,7 @@ impl EdgeMemory {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<Hit>, MemoryError> {
+        let filter = edge_filter(&filter_conditions(filter)?)?;
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -155,7 +156,7 @@ impl EdgeMemory {
                 query: vector.into(),
                 using: None,
             }))),
-            filter: edge_filter(&filter_conditions(filter))?,
+            filter,
             score_threshold: None,
             limit,
             offset: 0,

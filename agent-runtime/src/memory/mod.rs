@@ -64,9 +64,13 @@ pub struct Record {
     pub kind: Kind,
 }
 
-/// Which records a search may return.
+/// Which records a search may return. Every search is bounded to one namespace: a
+/// filter without one is refused by both stores, so no caller can forget it and read
+/// another namespace's memories (with a shared Qdrant collection, another team's).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
+    /// Only records of this namespace's projects; required.
+    pub namespace: String,
     /// Only this project's records.
     pub project: Option<String>,
     /// Every project's records but this one's.
@@ -75,6 +79,23 @@ pub struct Filter {
     pub kind: Option<Kind>,
     /// Only records written by this role.
     pub role: Option<String>,
+}
+
+impl Filter {
+    /// Every record of `namespace`'s projects; narrow it with the other fields.
+    pub fn in_namespace(namespace: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
+/// The namespace of a project key (`<namespace>/<project>`).
+pub fn namespace_of(project: &str) -> &str {
+    project
+        .split_once('/')
+        .map_or("", |(namespace, _)| namespace)
 }
 
 /// A record found by a search, with its similarity to the query (higher is closer).
@@ -146,10 +167,11 @@ const PROJECT: &str = "project";
 const TASK: &str = "task";
 const ROLE: &str = "role";
 const KIND: &str = "kind";
+const NAMESPACE: &str = "namespace";
 
 /// The fields filters test; both stores give them keyword indexes so a filtered search
 /// does not read every payload.
-const FILTERED_FIELDS: [&str; 3] = [PROJECT, KIND, ROLE];
+const FILTERED_FIELDS: [&str; 4] = [NAMESPACE, PROJECT, KIND, ROLE];
 
 /// One payload field equal to a value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,12 +194,20 @@ impl Conditions {
     }
 }
 
-fn filter_conditions(filter: &Filter) -> Conditions {
+/// The conditions of `filter`: its namespace always, then what else it names. Refused
+/// without a namespace.
+fn filter_conditions(filter: &Filter) -> Result<Conditions, MemoryError> {
     let matching = |field: &'static str, value: &str| FieldMatch {
         field,
         value: value.to_owned(),
     };
+    if filter.namespace.is_empty() {
+        return Err(MemoryError::Store(
+            "a memory search must name its namespace".to_owned(),
+        ));
+    }
     let mut conditions = Conditions::default();
+    conditions.must.push(matching(NAMESPACE, &filter.namespace));
     if let Some(project) = &filter.project {
         conditions.must.push(matching(PROJECT, project));
     }
@@ -190,13 +220,17 @@ fn filter_conditions(filter: &Filter) -> Conditions {
     if let Some(project) = &filter.not_project {
         conditions.must_not.push(matching(PROJECT, project));
     }
-    conditions
+    Ok(conditions)
 }
 
 /// The payload stored with `record`.
 fn record_payload(record: &Record) -> Map<String, Value> {
     let mut payload = Map::new();
     payload.insert(TEXT.into(), record.text.clone().into());
+    payload.insert(
+        NAMESPACE.into(),
+        namespace_of(&record.project).to_owned().into(),
+    );
     payload.insert(PROJECT.into(), record.project.clone().into());
     payload.insert(
         TASK.into(),
@@ -369,12 +403,13 @@ mod tests {
     #[test]
     fn a_filter_becomes_must_and_must_not_matches() {
         let filter = Filter {
+            namespace: "shop".into(),
             project: Some("shop/web".into()),
             not_project: Some("shop/api".into()),
             kind: Some(Kind::Result),
             role: Some("coder".into()),
         };
-        let conditions = filter_conditions(&filter);
+        let conditions = filter_conditions(&filter).unwrap();
         let fields: Vec<_> = conditions
             .must
             .iter()
@@ -382,7 +417,12 @@ mod tests {
             .collect();
         assert_eq!(
             fields,
-            [(PROJECT, "shop/web"), (KIND, "result"), (ROLE, "coder")]
+            [
+                (NAMESPACE, "shop"),
+                (PROJECT, "shop/web"),
+                (KIND, "result"),
+                (ROLE, "coder")
+            ]
         );
         assert_eq!(
             conditions.must_not,
@@ -391,6 +431,19 @@ mod tests {
                 value: "shop/api".into()
             }]
         );
-        assert!(filter_conditions(&Filter::default()).is_empty());
+        assert!(
+            filter_conditions(&Filter::default()).is_err(),
+            "no search without a namespace"
+        );
+        assert_eq!(
+            filter_conditions(&Filter::in_namespace("blog"))
+                .unwrap()
+                .must,
+            [FieldMatch {
+                field: NAMESPACE,
+                value: "blog".into()
+            }]
+        );
+        assert_eq!(namespace_of("team-a/shop"), "team-a");
     }
 }

@@ -140,6 +140,7 @@ impl QdrantMemory {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<Hit>, MemoryError> {
+        let filter = qdrant_filter(&filter_conditions(filter)?);
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -152,7 +153,7 @@ impl QdrantMemory {
             .query(vector)
             .limit(limit as u64)
             .with_payload(true);
-        if let Some(filter) = qdrant_filter(&filter_conditions(filter)) {
+        if let Some(filter) = filter {
             request = request.filter(filter);
         }
         let response = self.client.query(request).await.map_err(store_error)?;
@@ -233,15 +234,17 @@ mod tests {
     #[test]
     fn a_filter_becomes_keyword_matches_on_the_payload() {
         let filter = Filter {
+            namespace: "shop".into(),
             project: Some("shop/web".into()),
             not_project: Some("shop/api".into()),
             kind: Some(Kind::Brief),
             role: Some("planner".into()),
         };
-        let translated = qdrant_filter(&filter_conditions(&filter)).unwrap_or_default();
+        let translated = qdrant_filter(&filter_conditions(&filter).unwrap()).unwrap_or_default();
         assert_eq!(
             keywords(&translated.must),
             [
+                ("namespace", "shop"),
                 ("project", "shop/web"),
                 ("kind", "brief"),
                 ("role", "planner")
@@ -249,6 +252,6 @@ mod tests {
         );
         assert_eq!(keywords(&translated.must_not), [("project", "shop/api")]);
         assert!(translated.should.is_empty());
-        assert!(qdrant_filter(&filter_conditions(&Filter::default())).is_none());
+        assert!(qdrant_filter(&Conditions::default()).is_none());
     }
 }

@@ -302,6 +302,7 @@ impl World {
             deadline: None,
             heartbeat_interval_seconds: 1,
             paths: Default::default(),
+            recall_across_projects: false,
         }
     }
 
