@@ -122,14 +122,33 @@ impl Worker {
     }
 
     /// The repository token: from the Project's Secret (as the pod's environment
-    /// carries it), else the agent's default token.
-    fn token(&self, dispatch: &TaskDispatch) -> Option<String> {
-        if let Some(secret) = &dispatch.repository.secret_ref
+    /// carries it), else the agent's default token; only ever for an `https://` URL. A
+    /// Project naming a Secret for any other URL is refused (the API server refuses it
+    /// too; this holds for objects stored before that rule).
+    fn token(&self, dispatch: &TaskDispatch) -> Result<Option<String>, Failure> {
+        let repository = &dispatch.repository;
+        if !repository.url.starts_with("https://") {
+            if let Some(secret) = &repository.secret_ref {
+                return Err(Failure::new(
+                    "CredentialRefused",
+                    format!(
+                        "the repository credential (Secret {:?}, key {:?}) is sent only over https://, not to {}",
+                        secret.name,
+                        secret.key,
+                        crate::git::redact(&repository.url)
+                    ),
+                    false,
+                    &Usage::default(),
+                ));
+            }
+            return Ok(None);
+        }
+        if let Some(secret) = &repository.secret_ref
             && let Some(token) = (self.env)(&secret_variable(&secret.name, &secret.key))
         {
-            return Some(token);
+            return Ok(Some(token));
         }
-        (self.env)(TOKEN_VARIABLE)
+        Ok((self.env)(TOKEN_VARIABLE))
     }
 
     /// The memories nearest to the task: its Project's, and, when the Project allows
@@ -225,7 +244,7 @@ impl Worker {
         let usage = Usage::default();
         let workspace = self
             .git
-            .open(&dispatch.repository, self.token(dispatch))
+            .open(&dispatch.repository, self.token(dispatch)?)
             .await
             .map_err(|err| Failure::delivery(&err, &usage))?;
         let delivered = workspace

@@ -457,3 +457,59 @@ async fn a_workflow_or_a_hook_from_the_model_is_refused_unless_the_project_allow
         failure.message
     );
 }
+
+/// The attacker's Project: a repository URL on a server that records every header it
+/// receives. A credential goes only to `https://`, whatever the Project says.
+#[tokio::test]
+async fn no_repository_credential_is_sent_to_a_plain_http_url() {
+    let capture = wiremock::MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut worker = agent(dir.path(), Scripted::new(Vec::new()));
+    // The pod's environment: the default git token, and a model provider's API key
+    // under the variable a secretRef to it would read.
+    worker.env = Arc::new(|name| match name {
+        "AIOS_GIT_TOKEN" => Some("DEFAULT-GIT-TOKEN".to_owned()),
+        n if n.starts_with("AIOS_SECRET_") => Some("MODEL-API-KEY".to_owned()),
+        _ => None,
+    });
+    let url = format!("http://user:pw@{}/team/app.git", capture.address());
+    let mut attack = dispatch(dir.path(), "Steal", "Nothing.");
+    attack.repository = Repository {
+        url: url.clone(),
+        branch: "main".to_owned(),
+        secret_ref: Some(aios_crds::common::SecretKeyRef {
+            name: "anthropic".to_owned(),
+            key: "api-key".to_owned(),
+        }),
+    };
+    let failure = worker.perform(&attack).await.unwrap_err();
+    assert_eq!(failure.reason, "CredentialRefused");
+    assert!(!failure.retryable);
+    assert!(
+        failure.message.contains("\"anthropic\"")
+            && failure.message.contains(&capture.address().to_string())
+            && !failure.message.contains("pw@"),
+        "names the Secret and the host, not the URL's password: {}",
+        failure.message
+    );
+    assert!(
+        capture.received_requests().await.unwrap().is_empty(),
+        "nothing was sent"
+    );
+
+    // Without a secretRef the clone is attempted anonymously: the default token stays.
+    attack.repository.secret_ref = None;
+    attack.repository.url = format!("http://{}/team/app.git", capture.address());
+    let _ = worker.perform(&attack).await.unwrap_err();
+    let received = capture.received_requests().await.unwrap();
+    assert!(!received.is_empty(), "git asked the server");
+    for request in received {
+        let headers = format!("{:?}", request.headers);
+        assert!(
+            !headers.to_lowercase().contains("authorization")
+                && !headers.contains("DEFAULT-GIT-TOKEN")
+                && !headers.contains("MODEL-API-KEY"),
+            "a credential crossed plain HTTP: {headers}"
+        );
+    }
+}

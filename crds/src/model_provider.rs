@@ -111,14 +111,16 @@ pub struct ModelSpec {
 /// An external provider.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.credentialsRef) || self.url.startsWith('https://')").message("endpoint credentialsRef: an API key is sent only over https://, never to an http:// endpoint"))]
 pub struct Endpoint {
     /// Base URL, such as `https://api.anthropic.com` or `http://ollama.models:11434`.
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new("self.matches('^https?://')").message("endpoint url must start with http:// or https://"))]
     pub url: String,
 
-    /// Secret key holding the API key. Agents receive it as an environment variable;
-    /// it is never copied into a ConfigMap or a status.
+    /// Secret key holding the API key, for an `https://` endpoint only (a key never
+    /// crosses plain HTTP). Agents receive it as an environment variable; it is never
+    /// copied into a ConfigMap or a status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_ref: Option<SecretKeyRef>,
 }

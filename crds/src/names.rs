@@ -97,6 +97,14 @@ pub mod labels {
     pub const NAME: &str = "app.kubernetes.io/name";
     /// Standard Kubernetes label naming the component within the application.
     pub const COMPONENT: &str = "app.kubernetes.io/component";
+    /// On a Secret: what its owner lets AIOS use it for, [`CREDENTIAL_GIT`] (a Project's
+    /// `repository.secretRef`) or [`CREDENTIAL_MODEL`] (a ModelProvider's
+    /// `endpoint.credentialsRef`). A Secret without it is used for nothing.
+    pub const CREDENTIAL_TYPE: &str = "aios.dev/credential-type";
+    /// [`CREDENTIAL_TYPE`] of a git credential.
+    pub const CREDENTIAL_GIT: &str = "git";
+    /// [`CREDENTIAL_TYPE`] of a model provider's API key.
+    pub const CREDENTIAL_MODEL: &str = "model";
 }
 
 /// Annotations the operator reads or writes.
@@ -112,6 +120,9 @@ pub mod annotations {
     /// Set on a fix task: the Task (or, for the Project's final verification, the
     /// Project) whose failed verification it fixes.
     pub const FIXES: &str = "aios.dev/fixes";
+    /// On a Secret: the hosts its credential may be sent to, comma-separated
+    /// (`api.anthropic.com`, `git.example.com`); any port of those hosts.
+    pub const CREDENTIAL_HOSTS: &str = "aios.dev/credential-hosts";
     /// Kubernetes' hint to a ReplicaSet scaling down: pods with a lower cost go first.
     /// The operator sets it on agent pods from the tasks each one is running.
     pub const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";

@@ -74,6 +74,7 @@ pub struct ProjectSpec {
 /// Where the work is delivered.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.secretRef) || self.url.startsWith('https://')").message("repository secretRef: a credential is sent only over https://, never to an http://, git://, ssh://, git@ or file:// URL"))]
 pub struct Repository {
     /// Clone URL: `https://`, `http://`, `ssh://`, `git://` (the git daemon's protocol,
     /// anonymous), `git@host:path` or `file://` (a repository on the agents' filesystem).
@@ -87,8 +88,9 @@ pub struct Repository {
     #[x_kube(validation = Rule::new("!self.contains(' ') && !self.contains('..') && !self.startsWith('-')").message("branch must be a valid git branch name"))]
     pub branch: String,
 
-    /// Secret key holding an access token for `https://` remotes. The operator never
-    /// reads it: agent pods get it as an environment variable.
+    /// Secret key holding an access token for `https://` remotes (refused with any
+    /// other URL: a credential never crosses plain HTTP). The operator never reads it:
+    /// agent pods get it as an environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretKeyRef>,
 }

@@ -9,6 +9,7 @@ pub mod agents;
 pub mod bus;
 pub mod cancels;
 pub mod context;
+pub mod credentials;
 pub mod dispatch;
 pub mod events;
 pub mod hera;

@@ -51,13 +51,15 @@ pub fn agents_for_task(
         .collect()
 }
 
-/// The Secret keys of the model providers in `namespace`, once each, in a stable order.
+/// The Secret keys of the model providers in `namespace` whose Secret allows the use
+/// (see [`crate::providers::credential_cleared`]), once each, in a stable order.
 fn provider_credentials(ctx: &Context, namespace: &str) -> Vec<aios_crds::common::SecretKeyRef> {
     let mut keys: Vec<_> = ctx
         .providers
         .state()
         .iter()
         .filter(|p| p.namespace().as_deref() == Some(namespace))
+        .filter(|p| crate::providers::credential_cleared(p))
         .filter_map(|p| p.spec.endpoint.as_ref()?.credentials_ref.clone())
         .collect();
     keys.sort_by(|a, b| (&a.name, &a.key).cmp(&(&b.name, &b.key)));

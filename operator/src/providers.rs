@@ -398,6 +398,16 @@ pub fn parse_models(kind: ProviderType, body: &serde_json::Value) -> Option<Vec<
     )
 }
 
+/// Whether agent pods may carry `provider`'s credential: its last reconcile found the
+/// Secret allows the use (the provider was then probed: it listed its models, or was
+/// unreachable). Before that first check, and after a refusal, they do not.
+pub fn credential_cleared(provider: &ModelProvider) -> bool {
+    matches!(
+        provider.status.as_ref().and_then(|s| s.reason.as_deref()),
+        Some("ModelsListed" | "Unreachable")
+    )
+}
+
 /// Whether a ready provider among `providers` has a chat model that may take a task of
 /// `complexity`.
 pub fn can_take<'a>(

@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service},
+        core::v1::{ConfigMap, PersistentVolumeClaim, Service},
     },
     apimachinery::pkg::apis::meta::v1::Time,
 };
@@ -81,26 +81,28 @@ pub async fn probe(
     parse_models(kind, &body).ok_or_else(|| format!("GET {url}: no model list in the answer"))
 }
 
-async fn api_key(ctx: &Context, provider: &ModelProvider) -> Result<Option<String>, String> {
-    let Some(reference) = provider
-        .spec
-        .endpoint
-        .as_ref()
-        .and_then(|e| e.credentials_ref.as_ref())
-    else {
+/// The provider's API key, if it names one and its Secret allows this use: labelled
+/// for models, with the endpoint's host among its hosts (see [`crate::credentials`]).
+async fn api_key(
+    ctx: &Context,
+    provider: &ModelProvider,
+) -> Result<Option<String>, crate::credentials::CredentialError> {
+    let Some(endpoint) = provider.spec.endpoint.as_ref() else {
+        return Ok(None);
+    };
+    let Some(reference) = endpoint.credentials_ref.as_ref() else {
         return Ok(None);
     };
     let namespace = provider.namespace().unwrap_or_default();
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
-        .get(&reference.name)
-        .await
-        .map_err(|e| format!("reading Secret {}: {e}", reference.name))?;
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&reference.key))
-        .ok_or_else(|| format!("Secret {} has no key {}", reference.name, reference.key))?;
-    Ok(Some(String::from_utf8_lossy(&value.0).trim().to_owned()))
+    crate::credentials::fetch(
+        &ctx.client,
+        &namespace,
+        reference,
+        crate::credentials::Use::Model,
+        &endpoint.url,
+    )
+    .await
+    .map(Some)
 }
 
 /// Reconciles one ModelProvider.
@@ -124,13 +126,23 @@ async fn reconcile_inner(provider: &ModelProvider, ctx: &Context) -> Result<Acti
     let cache_problem = apply_model_server(ctx, &namespace, provider).await?;
 
     let endpoint = provider_endpoint(provider);
-    let probed = match (&endpoint, api_key(ctx, provider).await) {
-        (None, _) => Err("no endpoint: set spec.endpoint or spec.serve".to_owned()),
-        (_, Err(e)) => Err(e),
-        (Some(url), Ok(key)) => {
-            probe(&ctx.http, provider.spec.provider_type, url, key.as_deref()).await
-        }
-    };
+    // Why the provider is not ready: a CamelCase reason and a message.
+    let probed: Result<Vec<String>, (&str, String)> =
+        match (&endpoint, api_key(ctx, provider).await) {
+            (None, _) => Err((
+                "Unreachable",
+                "no endpoint: set spec.endpoint or spec.serve".to_owned(),
+            )),
+            (_, Err(crate::credentials::CredentialError::Refused(message))) => {
+                Err((crate::credentials::REFUSED, message))
+            }
+            (_, Err(e)) => Err(("CredentialUnavailable", e.to_string())),
+            (Some(url), Ok(key)) => {
+                probe(&ctx.http, provider.spec.provider_type, url, key.as_deref())
+                    .await
+                    .map_err(|e| ("Unreachable", e))
+            }
+        };
     tracing::debug!(?probed, "probed the provider");
     let previous = provider.status.clone().unwrap_or_default();
     let mut status = ModelProviderStatus {
@@ -173,14 +185,14 @@ async fn reconcile_inner(provider: &ModelProvider, ctx: &Context) -> Result<Acti
                 now,
             );
         }
-        Err(error) => {
+        Err((reason, error)) => {
             status.ready = false;
-            status.reason = Some("Unreachable".to_owned());
+            status.reason = Some((*reason).to_owned());
             set_condition(
                 &mut status.conditions,
                 conditions::READY,
                 "False",
-                "Unreachable",
+                reason,
                 error,
                 now,
             );

@@ -1,0 +1,222 @@
+//! Whether a Secret may be used as a credential, and where: its owner says so on the
+//! Secret (label [`labels::CREDENTIAL_TYPE`], `git` or `model`; annotation
+//! [`annotations::CREDENTIAL_HOSTS`], the hosts it may be sent to), and it is only ever
+//! sent over `https://`. Without that, creating a Project or a ModelProvider would be
+//! enough to send any Secret of the namespace to a server of one's choosing.
+//!
+//! [`check`] is the pure decision; [`fetch`] reads the Secret and applies it. A refusal
+//! names the Secret and the host, never the Secret's value.
+
+use aios_crds::{
+    common::SecretKeyRef,
+    names::{annotations, labels},
+};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client, ResourceExt};
+
+/// The reason a refused use carries in conditions and Task failures.
+pub const REFUSED: &str = "CredentialRefused";
+
+/// What a credential is used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// A Project's repository token.
+    Git,
+    /// A ModelProvider's API key.
+    Model,
+}
+
+impl Use {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Git => labels::CREDENTIAL_GIT,
+            Self::Model => labels::CREDENTIAL_MODEL,
+        }
+    }
+}
+
+/// The host of an `https://` URL, lower-cased; `None` for any other URL.
+fn https_host(url: &str) -> Option<String> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    (parsed.scheme() == "https")
+        .then(|| parsed.host_str().map(str::to_ascii_lowercase))
+        .flatten()
+}
+
+/// Whether `secret` may be used for `purpose` with `url`; the error says why not, in a
+/// sentence naming the Secret and the host.
+pub fn check(secret: &Secret, purpose: Use, url: &str) -> Result<(), String> {
+    let name = secret.name_any();
+    let Some(host) = https_host(url) else {
+        return Err(format!(
+            "Secret {name:?} is sent only over https://, not to {url:?}"
+        ));
+    };
+    let declared = secret.labels().get(labels::CREDENTIAL_TYPE);
+    if declared.map(String::as_str) != Some(purpose.label()) {
+        return Err(format!(
+            "Secret {name:?} is not labelled {}={} (it says {}), so it is not sent to {host}",
+            labels::CREDENTIAL_TYPE,
+            purpose.label(),
+            declared.map_or("nothing".to_owned(), |d| format!("{d:?}")),
+        ));
+    }
+    let allowed = secret
+        .annotations()
+        .get(annotations::CREDENTIAL_HOSTS)
+        .map(String::as_str)
+        .unwrap_or_default();
+    if allowed
+        .split(',')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .any(|h| !h.is_empty() && h == host)
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "Secret {name:?} may not be sent to {host}: its {} annotation lists {:?}",
+            annotations::CREDENTIAL_HOSTS,
+            allowed
+        ))
+    }
+}
+
+/// Why a credential could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// The Secret's owner did not allow this use (see [`check`]).
+    #[error("{0}")]
+    Refused(String),
+    /// The Secret or its key is missing.
+    #[error("{0}")]
+    Missing(String),
+    /// The API server failed.
+    #[error("reading Secret {name}: {source}")]
+    Kube {
+        /// The Secret.
+        name: String,
+        /// The error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Reads the Secret `reference` names in `namespace` and checks that it may be used
+/// for `purpose` with `url` and holds the key.
+pub async fn checked(
+    client: &Client,
+    namespace: &str,
+    reference: &SecretKeyRef,
+    purpose: Use,
+    url: &str,
+) -> Result<Secret, CredentialError> {
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(&reference.name)
+        .await
+        .map_err(|source| CredentialError::Kube {
+            name: reference.name.clone(),
+            source,
+        })?
+        .ok_or_else(|| {
+            CredentialError::Missing(format!("Secret {:?} does not exist", reference.name))
+        })?;
+    check(&secret, purpose, url).map_err(CredentialError::Refused)?;
+    if secret
+        .data
+        .as_ref()
+        .is_some_and(|d| d.contains_key(&reference.key))
+    {
+        Ok(secret)
+    } else {
+        Err(CredentialError::Missing(format!(
+            "Secret {:?} has no key {:?}",
+            reference.name, reference.key
+        )))
+    }
+}
+
+/// The value of the key `reference` names, when [`checked`] allows it.
+pub async fn fetch(
+    client: &Client,
+    namespace: &str,
+    reference: &SecretKeyRef,
+    purpose: Use,
+    url: &str,
+) -> Result<String, CredentialError> {
+    let secret = checked(client, namespace, reference, purpose, url).await?;
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&reference.key))
+        .map(|v| String::from_utf8_lossy(&v.0).trim().to_owned());
+    Ok(value.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn secret(kind: Option<&str>, hosts: Option<&str>) -> Secret {
+        let mut s = Secret::default();
+        s.metadata.name = Some("anthropic".to_owned());
+        if let Some(kind) = kind {
+            s.metadata.labels = Some(BTreeMap::from([(
+                labels::CREDENTIAL_TYPE.to_owned(),
+                kind.to_owned(),
+            )]));
+        }
+        if let Some(hosts) = hosts {
+            s.metadata.annotations = Some(BTreeMap::from([(
+                annotations::CREDENTIAL_HOSTS.to_owned(),
+                hosts.to_owned(),
+            )]));
+        }
+        s
+    }
+
+    #[test]
+    fn a_labelled_secret_goes_to_its_hosts_over_https_only() {
+        let key = secret(Some("model"), Some("api.anthropic.com, API.OpenAI.com"));
+        assert_eq!(check(&key, Use::Model, "https://api.anthropic.com"), Ok(()));
+        assert_eq!(
+            check(&key, Use::Model, "https://api.openai.com:443/v1"),
+            Ok(()),
+            "any port, any case"
+        );
+        for (url, needle) in [
+            (
+                "https://capture.example/v1",
+                "may not be sent to capture.example",
+            ),
+            ("http://api.anthropic.com", "only over https://"),
+            ("https://api.anthropic.com.evil.example", "may not be sent"),
+            (
+                "https://user@capture.example",
+                "may not be sent to capture.example",
+            ),
+        ] {
+            let err = check(&key, Use::Model, url).unwrap_err();
+            assert!(
+                err.contains(needle) && err.contains("\"anthropic\""),
+                "{url}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_secret_is_used_only_for_what_its_label_says() {
+        let model_key = secret(Some("model"), Some("git.example.com"));
+        let err = check(&model_key, Use::Git, "https://git.example.com/a.git").unwrap_err();
+        assert!(
+            err.contains("not labelled aios.dev/credential-type=git"),
+            "{err}"
+        );
+        let unlabelled = secret(None, Some("api.anthropic.com"));
+        let err = check(&unlabelled, Use::Model, "https://api.anthropic.com").unwrap_err();
+        assert!(err.contains("it says nothing"), "{err}");
+        let no_hosts = secret(Some("git"), None);
+        assert!(check(&no_hosts, Use::Git, "https://git.example.com/a.git").is_err());
+    }
+}
