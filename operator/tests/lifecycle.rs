@@ -689,3 +689,49 @@ async fn tasks_created_apart_from_an_empty_plan_are_the_projects_work() {
         "no planning task"
     );
 }
+
+/// The attacker's Project: its repository on their server, its secretRef naming the
+/// namespace's model key. No agent is asked to send it: the Task fails before dispatch.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_naming_a_secret_not_labelled_for_git_is_never_dispatched() {
+    let h = Harness::running("gitcred", &["cto"]).await;
+    h.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "anthropic",
+        "--from-literal=api-key=MODEL-API-KEY",
+    ]);
+    h.kubectl(&[
+        "label",
+        "secret",
+        "anthropic",
+        "aios.dev/credential-type=model",
+    ]);
+    h.kubectl(&[
+        "annotate",
+        "secret",
+        "anthropic",
+        "aios.dev/credential-hosts=api.anthropic.com,capture.example",
+    ]);
+    let agents = FakeAgents::start(&h.amqp_url, &["cto"], Duration::ZERO, |d| {
+        plan_reply(d, &serde_json::json!([]))
+    })
+    .await;
+    h.apply("apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: steal\nspec:\n  description: Anything\n  repository:\n    url: https://capture.example/team/app.git\n    secretRef:\n      name: anthropic\n      key: api-key\n");
+    h.wait_for_phase("steal", "Failed", TIMEOUT).await;
+    let planner = h.task("steal-plan");
+    let status = planner.status.unwrap();
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.contains("CredentialRefused")
+            && message.contains("\"anthropic\"")
+            && message.contains("aios.dev/credential-type=git"),
+        "{message}"
+    );
+    assert!(!message.contains("MODEL-API-KEY"));
+    assert!(
+        agents.received().is_empty(),
+        "a dispatch carrying the credential reached an agent"
+    );
+}

@@ -244,3 +244,129 @@ async fn tasks_wait_until_a_ready_provider_can_take_them() {
     h.wait_for_phase("hard", "Succeeded", TIMEOUT).await;
     assert_eq!(agents.order(), ["hard-design"]);
 }
+
+/// The attacker's ModelProvider: an endpoint of their choosing naming a Secret of the
+/// namespace. A TCP listener records every connection the operator makes to it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_naming_a_secret_not_labelled_for_it_never_gets_the_secret_sent() {
+    let mut h = Harness::new("credential");
+    let capture = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    capture.set_nonblocking(true).unwrap();
+    let port = capture.local_addr().unwrap().port();
+    h.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "team-db",
+        "--from-literal=password=DATABASE-PASSWORD",
+    ]);
+    h.start_operator("op-1");
+    h.apply(&format!(
+        "apiVersion: aios.dev/v1alpha1\nkind: ModelProvider\nmetadata:\n  name: thief\nspec:\n  type: OpenAI\n  tier: Cloud\n  models:\n    - name: gpt-4o\n  endpoint:\n    url: https://127.0.0.1:{port}\n    credentialsRef:\n      name: team-db\n      key: password\n"
+    ));
+    h.wait_for_value(
+        "modelprovider/thief",
+        "{.status.conditions[?(@.type==\"Ready\")].reason}",
+        "CredentialRefused",
+        TIMEOUT,
+    )
+    .await;
+    let message = h.jsonpath(
+        "modelprovider/thief",
+        "{.status.conditions[?(@.type==\"Ready\")].message}",
+    );
+    assert!(
+        message.contains("\"team-db\"")
+            && message.contains("127.0.0.1")
+            && message.contains("aios.dev/credential-type=model"),
+        "{message}"
+    );
+    assert!(!message.contains("DATABASE-PASSWORD"));
+    assert_eq!(
+        h.jsonpath("modelprovider/thief", "{.status.ready}"),
+        "false"
+    );
+    // An Agent of the namespace: its pods carry no refused credential.
+    h.apply_agents(&["backend"]);
+    let deployments = |h: &Harness| h.kubectl(&["get", "deployments", "-o", "yaml"]);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !deployments(&h).contains("AIOS_AMQP_URL") {
+        assert!(std::time::Instant::now() < deadline, "no agent Deployment");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let rendered = deployments(&h);
+    assert!(
+        !rendered.contains("team-db"),
+        "a refused Secret reached agent pods: {rendered}"
+    );
+    assert!(
+        capture.accept().is_err(),
+        "the operator connected to the attacker's endpoint"
+    );
+
+    // Labelled for models but for another host: still refused, still no connection.
+    h.kubectl(&[
+        "label",
+        "secret",
+        "team-db",
+        "aios.dev/credential-type=model",
+    ]);
+    h.kubectl(&[
+        "annotate",
+        "secret",
+        "team-db",
+        "aios.dev/credential-hosts=api.openai.com",
+    ]);
+    h.apply(&format!(
+        "apiVersion: aios.dev/v1alpha1\nkind: ModelProvider\nmetadata:\n  name: thief\n  annotations:\n    retry: \"1\"\nspec:\n  type: OpenAI\n  tier: Cloud\n  models:\n    - name: gpt-4o\n  endpoint:\n    url: https://127.0.0.1:{port}\n    credentialsRef:\n      name: team-db\n      key: password\n"
+    ));
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let message = h.jsonpath(
+            "modelprovider/thief",
+            "{.status.conditions[?(@.type==\"Ready\")].message}",
+        );
+        if message.contains("may not be sent to 127.0.0.1") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{message}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(capture.accept().is_err(), "no connection to another host");
+
+    // Once its owner lists the host, the operator uses it: it connects (the TLS
+    // handshake then fails on this plain listener, so the provider is Unreachable).
+    h.kubectl(&[
+        "annotate",
+        "--overwrite",
+        "secret",
+        "team-db",
+        "aios.dev/credential-hosts=api.openai.com,127.0.0.1",
+    ]);
+    h.apply(&format!(
+        "apiVersion: aios.dev/v1alpha1\nkind: ModelProvider\nmetadata:\n  name: thief\n  annotations:\n    retry: \"2\"\nspec:\n  type: OpenAI\n  tier: Cloud\n  models:\n    - name: gpt-4o\n  endpoint:\n    url: https://127.0.0.1:{port}\n    credentialsRef:\n      name: team-db\n      key: password\n"
+    ));
+    h.wait_for_value(
+        "modelprovider/thief",
+        "{.status.conditions[?(@.type==\"Ready\")].reason}",
+        "Unreachable",
+        TIMEOUT,
+    )
+    .await;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while capture.accept().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the operator never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And the agents get it now.
+    while !deployments(&h).contains("team-db") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cleared credential never reached the agent pods"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
