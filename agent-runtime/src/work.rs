@@ -125,20 +125,16 @@ impl Worker {
     /// carries it), else the agent's default token; only ever for an `https://` URL. A
     /// Project naming a Secret for any other URL is refused (the API server refuses it
     /// too; this holds for objects stored before that rule).
-    fn token(&self, dispatch: &TaskDispatch) -> Result<Option<String>, Failure> {
+    /// The error is why the credential is refused.
+    fn token(&self, dispatch: &TaskDispatch) -> Result<Option<String>, String> {
         let repository = &dispatch.repository;
         if !repository.url.starts_with("https://") {
             if let Some(secret) = &repository.secret_ref {
-                return Err(Failure::new(
-                    "CredentialRefused",
-                    format!(
-                        "the repository credential (Secret {:?}, key {:?}) is sent only over https://, not to {}",
-                        secret.name,
-                        secret.key,
-                        crate::git::redact(&repository.url)
-                    ),
-                    false,
-                    &Usage::default(),
+                return Err(format!(
+                    "the repository credential (Secret {:?}, key {:?}) is sent only over https://, not to {}",
+                    secret.name,
+                    secret.key,
+                    crate::git::redact(&repository.url)
                 ));
             }
             return Ok(None);
@@ -244,7 +240,11 @@ impl Worker {
         let usage = Usage::default();
         let workspace = self
             .git
-            .open(&dispatch.repository, self.token(dispatch)?)
+            .open(
+                &dispatch.repository,
+                self.token(dispatch)
+                    .map_err(|why| Failure::new("CredentialRefused", why, false, &usage))?,
+            )
             .await
             .map_err(|err| Failure::delivery(&err, &usage))?;
         let delivered = workspace

@@ -164,7 +164,7 @@ fn dispatch(repo: &Path, title: &str, description: &str) -> TaskDispatch {
         plan_feedback: Vec::new(),
         deadline: None,
         heartbeat_interval_seconds: 1,
-        paths: Default::default(),
+        paths: aios_crds::project::PathPolicy::default(),
         recall_across_projects: false,
     }
 }

@@ -99,14 +99,9 @@ async fn a_dispatched_task_is_committed_and_reported_with_its_usage() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn athena_keeps_a_verification_note_in_memory_and_recalls_it_in_her_next_task() {
-    let mut world = World::new("agent-note").await;
-    world.serve_embeddings().await;
-    let failed = "Verification of task `program` (role backend) on commit 0123456789ab: \
-                  Failed. Command: `python3 -m pytest -q`, exit code 1.\nLast output:\n\
-                  FAILED test_hello.py::test_greet - assert 'Hi, Ada!' == 'Hello, Ada!'";
-    let note_of = |namespace: &str, project: &str, kind: &str, text: &str| MemoryNote {
+/// A note about task `program` of `namespace/project`.
+fn note_of(namespace: &str, project: &str, kind: &str, text: &str) -> MemoryNote {
+    MemoryNote {
         schema_version: SCHEMA_VERSION,
         project: ObjectRef {
             namespace: namespace.to_owned(),
@@ -116,49 +111,45 @@ async fn athena_keeps_a_verification_note_in_memory_and_recalls_it_in_her_next_t
         task: Some("program".to_owned()),
         kind: kind.to_owned(),
         text: text.to_owned(),
-    };
-    let note = |kind: &str, text: &str| note_of("tests", "shop", kind, text);
+    }
+}
+
+/// The prompts of every chat request the fixture received, in order.
+async fn chat_prompts(world: &World) -> Vec<String> {
+    world
+        .llm
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/api/chat")
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn athena_keeps_a_verification_note_in_memory_and_recalls_it_in_her_next_task() {
+    let mut world = World::new("agent-note").await;
+    world.serve_embeddings().await;
+    let failed = "Verification of task `program` (role backend) on commit 0123456789ab: \
+                  Failed. Command: `python3 -m pytest -q`, exit code 1.\nLast output:\n\
+                  FAILED test_hello.py::test_greet - assert 'Hi, Ada!' == 'Hello, Ada!'";
     // Published before any `qa` agent ran: the notes wait in the role's queue. Two
     // belong elsewhere: another Project of the namespace, and another namespace.
-    world
-        .bus
-        .publish_note(
-            "qa",
-            &note_of(
-                "tests",
-                "blog",
-                MemoryNote::VERIFICATION,
-                "NOTE-OF-PROJECT-BLOG",
-            ),
-        )
-        .await
-        .unwrap();
-    world
-        .bus
-        .publish_note(
-            "qa",
-            &note_of(
-                "other-team",
-                "shop",
-                MemoryNote::VERIFICATION,
-                "NOTE-OF-ANOTHER-NAMESPACE",
-            ),
-        )
-        .await
-        .unwrap();
-    world
-        .bus
-        .publish_note(
-            "qa",
-            &note("a-kind-from-a-newer-operator", "NOTE-OF-AN-UNKNOWN-KIND"),
-        )
-        .await
-        .unwrap();
-    world
-        .bus
-        .publish_note("qa", &note(MemoryNote::VERIFICATION, failed))
-        .await
-        .unwrap();
+    let verification = MemoryNote::VERIFICATION;
+    for note in [
+        note_of("tests", "blog", verification, "NOTE-OF-PROJECT-BLOG"),
+        note_of(
+            "other-team",
+            "shop",
+            verification,
+            "NOTE-OF-ANOTHER-NAMESPACE",
+        ),
+        note_of("tests", "shop", "a-newer-kind", "NOTE-OF-AN-UNKNOWN-KIND"),
+        note_of("tests", "shop", verification, failed),
+    ] {
+        world.bus.publish_note("qa", &note).await.unwrap();
+    }
     world
         .answer(
             "Test the program",
@@ -196,15 +187,7 @@ async fn athena_keeps_a_verification_note_in_memory_and_recalls_it_in_her_next_t
         "{done:?}\n{}",
         agent.log_tail()
     );
-    let prompts: Vec<String> = world
-        .llm
-        .received_requests()
-        .await
-        .unwrap()
-        .iter()
-        .filter(|r| r.url.path() == "/api/chat")
-        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-        .collect();
+    let prompts = chat_prompts(&world).await;
     assert_eq!(prompts.len(), 1, "one model call");
     assert!(
         prompts[0].contains("- (verification) Verification of task `program`")
@@ -236,13 +219,7 @@ async fn athena_keeps_a_verification_note_in_memory_and_recalls_it_in_her_next_t
         matches!(done.kind, TaskEventKind::Succeeded { .. }),
         "{done:?}"
     );
-    let requests = world.llm.received_requests().await.unwrap();
-    let prompt = requests
-        .iter()
-        .filter(|r| r.url.path() == "/api/chat")
-        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-        .next_back()
-        .unwrap();
+    let prompt = chat_prompts(&world).await.pop().unwrap();
     assert!(prompt.contains("NOTE-OF-PROJECT-BLOG"), "{prompt}");
     assert!(!prompt.contains("NOTE-OF-ANOTHER-NAMESPACE"), "{prompt}");
 }

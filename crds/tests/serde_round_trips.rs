@@ -168,7 +168,7 @@ fn dispatch() -> TaskDispatch {
         plan_feedback: vec![],
         deadline: Some("2026-11-24T12:00:00Z".parse().unwrap()),
         heartbeat_interval_seconds: 15,
-        paths: Default::default(),
+        paths: aios_crds::project::PathPolicy::default(),
         recall_across_projects: false,
     }
 }

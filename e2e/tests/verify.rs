@@ -121,6 +121,35 @@ fn git(repository: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Athena's memory holds the verifications of the Project `verified`: the failure with
+/// its output, the pass after the fix, and the final verification. Each note she stored
+/// was embedded by `fixture`.
+async fn athena_noted_every_run(fixture: &wiremock::MockServer) {
+    let embedded = support::embedded_texts(fixture).await;
+    let noted = |start: &str, needle: &str| {
+        embedded
+            .iter()
+            .any(|t| t.starts_with(start) && t.contains(needle))
+    };
+    assert!(
+        noted(
+            "Verification of task `verified-test` (role qa)",
+            "Failed. Command: `python3 -m pytest"
+        ) && noted("Verification of task `verified-test` (role qa)", "Hi, Ada!"),
+        "the failure and its output: {embedded:#?}"
+    );
+    assert!(
+        noted(
+            "Verification of task `verified-test` (role qa)",
+            ": Passed."
+        ) && noted(
+            "Verification of the branch head of project `verified`",
+            ": Passed."
+        ),
+        "the pass after the fix, and the final verification: {embedded:#?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bug_the_test_catches_is_fixed_in_one_round_and_the_project_is_verified() {
     let Ran {
@@ -212,30 +241,7 @@ async fn a_bug_the_test_catches_is_fixed_in_one_round_and_the_project_is_verifie
         .unwrap();
     assert_eq!(verified_condition.status, "True");
 
-    // Athena's memory holds the verifications: each note she stored was embedded.
-    let embedded = support::embedded_texts(&fixture).await;
-    let noted = |start: &str, needle: &str| {
-        embedded
-            .iter()
-            .any(|t| t.starts_with(start) && t.contains(needle))
-    };
-    assert!(
-        noted(
-            "Verification of task `verified-test` (role qa)",
-            "Failed. Command: `python3 -m pytest"
-        ) && noted("Verification of task `verified-test` (role qa)", "Hi, Ada!"),
-        "the failure and its output: {embedded:#?}"
-    );
-    assert!(
-        noted(
-            "Verification of task `verified-test` (role qa)",
-            ": Passed."
-        ) && noted(
-            "Verification of the branch head of project `verified`",
-            ": Passed."
-        ),
-        "the pass after the fix, and the final verification: {embedded:#?}"
-    );
+    athena_noted_every_run(&fixture).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,8 @@ use kube::{Api, Client, ResourceExt};
 
 /// The reason a refused use carries in conditions and Task failures.
 pub const REFUSED: &str = "CredentialRefused";
+/// The reason when the Secret or its key is missing.
+pub const UNAVAILABLE: &str = "CredentialUnavailable";
 
 /// What a credential is used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +152,37 @@ pub async fn fetch(
         .and_then(|d| d.get(&reference.key))
         .map(|v| String::from_utf8_lossy(&v.0).trim().to_owned());
     Ok(value.unwrap_or_default())
+}
+
+/// Why `project`'s repository credential may not be used, as a reason and a message
+/// (`None` when it names none, or its Secret allows git to the repository's host): the
+/// agent would send it there.
+pub async fn refuse_repository_credential(
+    client: &Client,
+    project: &aios_crds::Project,
+) -> Result<Option<(&'static str, String)>, kube::Error> {
+    let Some(reference) = &project.spec.repository.secret_ref else {
+        return Ok(None);
+    };
+    let namespace = project.namespace().unwrap_or_default();
+    match checked(
+        client,
+        &namespace,
+        reference,
+        Use::Git,
+        &project.spec.repository.url,
+    )
+    .await
+    {
+        Ok(_) => Ok(None),
+        Err(CredentialError::Kube { source, .. }) => Err(source),
+        Err(err @ CredentialError::Refused(_)) => {
+            Ok(Some((REFUSED, format!("repository secretRef: {err}"))))
+        }
+        Err(err @ CredentialError::Missing(_)) => {
+            Ok(Some((UNAVAILABLE, format!("repository secretRef: {err}"))))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -604,39 +604,13 @@ async fn dispatch(
         current.status.clone_from(&task.status);
     }
     let policy = task_policy(task, &project.spec.policy.task_defaults);
-    if let Some(reference) = &project.spec.repository.secret_ref {
-        // The agent sends the repository credential to the repository's host: only if
-        // its Secret allows that (labelled for git, the host among its hosts).
-        use crate::credentials::{CredentialError, Use, checked};
-        match checked(
-            &ctx.client,
-            &namespace,
-            reference,
-            Use::Git,
-            &project.spec.repository.url,
-        )
-        .await
-        {
-            Ok(_) => {}
-            Err(CredentialError::Kube { source, .. }) => return Err(source.into()),
-            Err(refused) => {
-                let reason = match refused {
-                    CredentialError::Refused(_) => crate::credentials::REFUSED,
-                    _ => "CredentialUnavailable",
-                };
-                tracing::warn!(task = %task.name_any(), %reason, error = %refused, "not dispatching: the repository credential may not be used");
-                let status = lifecycle::fail_attempt(
-                    &current,
-                    &policy,
-                    reason,
-                    &format!("repository secretRef: {refused}"),
-                    false,
-                    now,
-                );
-                write_task_status(&api, &current, &status).await?;
-                return Ok(());
-            }
-        }
+    if let Some((reason, message)) =
+        crate::credentials::refuse_repository_credential(&ctx.client, project).await?
+    {
+        tracing::warn!(task = %task.name_any(), %reason, %message, "not dispatching: the repository credential may not be used");
+        let status = lifecycle::fail_attempt(&current, &policy, reason, &message, false, now);
+        write_task_status(&api, &current, &status).await?;
+        return Ok(());
     }
     let role = task.spec.role.to_string();
     let message = dispatch_message(

@@ -105,6 +105,30 @@ async fn api_key(
     .map(Some)
 }
 
+/// The models `provider` lists at `endpoint`, probed with its API key when its Secret
+/// allows that; else why it is not ready, as a CamelCase reason and a message.
+async fn probe_provider(
+    ctx: &Context,
+    provider: &ModelProvider,
+    endpoint: Option<&str>,
+) -> Result<Vec<String>, (&'static str, String)> {
+    use crate::credentials::{CredentialError, REFUSED, UNAVAILABLE};
+    let Some(url) = endpoint else {
+        return Err((
+            "Unreachable",
+            "no endpoint: set spec.endpoint or spec.serve".to_owned(),
+        ));
+    };
+    let key = match api_key(ctx, provider).await {
+        Ok(key) => key,
+        Err(err @ CredentialError::Refused(_)) => return Err((REFUSED, err.to_string())),
+        Err(err) => return Err((UNAVAILABLE, err.to_string())),
+    };
+    probe(&ctx.http, provider.spec.provider_type, url, key.as_deref())
+        .await
+        .map_err(|e| ("Unreachable", e))
+}
+
 /// Reconciles one ModelProvider.
 #[tracing::instrument(skip_all, fields(provider = %provider.name_any(), namespace = provider.namespace().unwrap_or_default()))]
 pub async fn reconcile(provider: Arc<ModelProvider>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -126,23 +150,7 @@ async fn reconcile_inner(provider: &ModelProvider, ctx: &Context) -> Result<Acti
     let cache_problem = apply_model_server(ctx, &namespace, provider).await?;
 
     let endpoint = provider_endpoint(provider);
-    // Why the provider is not ready: a CamelCase reason and a message.
-    let probed: Result<Vec<String>, (&str, String)> =
-        match (&endpoint, api_key(ctx, provider).await) {
-            (None, _) => Err((
-                "Unreachable",
-                "no endpoint: set spec.endpoint or spec.serve".to_owned(),
-            )),
-            (_, Err(crate::credentials::CredentialError::Refused(message))) => {
-                Err((crate::credentials::REFUSED, message))
-            }
-            (_, Err(e)) => Err(("CredentialUnavailable", e.to_string())),
-            (Some(url), Ok(key)) => {
-                probe(&ctx.http, provider.spec.provider_type, url, key.as_deref())
-                    .await
-                    .map_err(|e| ("Unreachable", e))
-            }
-        };
+    let probed = probe_provider(ctx, provider, endpoint.as_deref()).await;
     tracing::debug!(?probed, "probed the provider");
     let previous = provider.status.clone().unwrap_or_default();
     let mut status = ModelProviderStatus {

@@ -245,6 +245,23 @@ async fn tasks_wait_until_a_ready_provider_can_take_them() {
     assert_eq!(agents.order(), ["hard-design"]);
 }
 
+/// The attacker's ModelProvider manifest: an endpoint on `port` naming the Secret
+/// `team-db`; `change` alters its metadata, so applying it again is an update.
+fn thief(port: u16, change: u32) -> String {
+    format!(
+        "apiVersion: aios.dev/v1alpha1\nkind: ModelProvider\nmetadata:\n  name: thief\n  annotations:\n    change: \"{change}\"\nspec:\n  type: OpenAI\n  tier: Cloud\n  models:\n    - name: gpt-4o\n  endpoint:\n    url: https://127.0.0.1:{port}\n    credentialsRef:\n      name: team-db\n      key: password\n"
+    )
+}
+
+/// Waits until `check` holds; fails naming `what` after [`TIMEOUT`].
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The attacker's ModelProvider: an endpoint of their choosing naming a Secret of the
 /// namespace. A TCP listener records every connection the operator makes to it.
 #[tokio::test(flavor = "multi_thread")]
@@ -261,9 +278,7 @@ async fn a_provider_naming_a_secret_not_labelled_for_it_never_gets_the_secret_se
         "--from-literal=password=DATABASE-PASSWORD",
     ]);
     h.start_operator("op-1");
-    h.apply(&format!(
-        "apiVersion: aios.dev/v1alpha1\nkind: ModelProvider\nmetadata:\n  name: thief\nspec:\n  type: OpenAI\n  tier: Cloud\n  models:\n    - name: gpt-4o\n  endpoint:\n    url: https://127.0.0.1:{port}\n    credentialsRef:\n      name: team-db\n      key: password\n"
-    ));
+    h.apply(&thief(port, 0));
     h.wait_for_value(
         "modelprovider/thief",
         "{.status.conditions[?(@.type==\"Ready\")].reason}",
@@ -289,11 +304,10 @@ async fn a_provider_naming_a_secret_not_labelled_for_it_never_gets_the_secret_se
     // An Agent of the namespace: its pods carry no refused credential.
     h.apply_agents(&["backend"]);
     let deployments = |h: &Harness| h.kubectl(&["get", "deployments", "-o", "yaml"]);
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while !deployments(&h).contains("AIOS_AMQP_URL") {
-        assert!(std::time::Instant::now() < deadline, "no agent Deployment");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually("an agent Deployment", || {
+        deployments(&h).contains("AIOS_AMQP_URL")
+    })
+    .await;
     let rendered = deployments(&h);
     assert!(
         !rendered.contains("team-db"),
@@ -317,21 +331,15 @@ async fn a_provider_naming_a_secret_not_labelled_for_it_never_gets_the_secret_se
         "team-db",
         "aios.dev/credential-hosts=api.openai.com",
     ]);
-    h.apply(&format!(
-        "apiVersion: aios.dev/v1alpha1\nkind: ModelProvider\nmetadata:\n  name: thief\n  annotations:\n    retry: \"1\"\nspec:\n  type: OpenAI\n  tier: Cloud\n  models:\n    - name: gpt-4o\n  endpoint:\n    url: https://127.0.0.1:{port}\n    credentialsRef:\n      name: team-db\n      key: password\n"
-    ));
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
-        let message = h.jsonpath(
+    h.apply(&thief(port, 1));
+    eventually("a refusal naming the host", || {
+        h.jsonpath(
             "modelprovider/thief",
             "{.status.conditions[?(@.type==\"Ready\")].message}",
-        );
-        if message.contains("may not be sent to 127.0.0.1") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{message}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        )
+        .contains("may not be sent to 127.0.0.1")
+    })
+    .await;
     assert!(capture.accept().is_err(), "no connection to another host");
 
     // Once its owner lists the host, the operator uses it: it connects (the TLS
@@ -343,9 +351,7 @@ async fn a_provider_naming_a_secret_not_labelled_for_it_never_gets_the_secret_se
         "team-db",
         "aios.dev/credential-hosts=api.openai.com,127.0.0.1",
     ]);
-    h.apply(&format!(
-        "apiVersion: aios.dev/v1alpha1\nkind: ModelProvider\nmetadata:\n  name: thief\n  annotations:\n    retry: \"2\"\nspec:\n  type: OpenAI\n  tier: Cloud\n  models:\n    - name: gpt-4o\n  endpoint:\n    url: https://127.0.0.1:{port}\n    credentialsRef:\n      name: team-db\n      key: password\n"
-    ));
+    h.apply(&thief(port, 2));
     h.wait_for_value(
         "modelprovider/thief",
         "{.status.conditions[?(@.type==\"Ready\")].reason}",
@@ -353,20 +359,13 @@ async fn a_provider_naming_a_secret_not_labelled_for_it_never_gets_the_secret_se
         TIMEOUT,
     )
     .await;
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while capture.accept().is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the operator never connected"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("a connection from the operator", || {
+        capture.accept().is_ok()
+    })
+    .await;
     // And the agents get it now.
-    while !deployments(&h).contains("team-db") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the cleared credential never reached the agent pods"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually("the cleared credential on the agent pods", || {
+        deployments(&h).contains("team-db")
+    })
+    .await;
 }

@@ -301,7 +301,7 @@ impl World {
             plan_feedback: Vec::new(),
             deadline: None,
             heartbeat_interval_seconds: 1,
-            paths: Default::default(),
+            paths: aios_crds::project::PathPolicy::default(),
             recall_across_projects: false,
         }
     }
