@@ -252,6 +252,87 @@ fn the_operators_permissions_are_exactly_what_it_uses() {
     assert_eq!(binding["metadata"]["namespace"], "team-a");
 }
 
+/// The people's roles, on the control plane's own RBAC: bound to the built-in view,
+/// edit and admin in a namespace, users get what the chart's roles aggregate there.
+#[test]
+fn the_built_in_view_edit_and_admin_roles_carry_aios_permissions() {
+    let objects = chart::render("rbac-check", "aios-system", &[]).unwrap();
+    let roles: Vec<&Value> = objects
+        .iter()
+        .filter(|o| {
+            o["kind"] == "ClusterRole"
+                && o["metadata"]["labels"]
+                    .as_object()
+                    .is_some_and(|l| l.keys().any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-")))
+        })
+        .collect();
+    let names: Vec<&str> = roles
+        .iter()
+        .map(|r| r["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["rbac-check-aios-view", "rbac-check-aios-edit", "rbac-check-aios-admin"]
+    );
+    assert!(
+        !template(&["userRoles.create=false"])
+            .iter()
+            .any(|o| o["metadata"]["name"] == "aios-view"),
+        "they can be left out"
+    );
+
+    let env = aios_e2e::shared_with_crds();
+    let namespace = env.create_namespace("user-roles").unwrap();
+    let manifest = roles
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    env.kubectl_with_input(&["apply", "-f", "-"], Some(&manifest))
+        .unwrap();
+    for (user, role) in [("ada", "view"), ("grace", "edit"), ("linus", "admin")] {
+        env.kubectl(&[
+            "create",
+            "rolebinding",
+            &format!("{user}-{role}"),
+            "-n",
+            &namespace,
+            &format!("--clusterrole={role}"),
+            &format!("--user={user}"),
+        ])
+        .unwrap();
+    }
+    let can = |user: &str, verb: &str, resource: &str| -> bool {
+        // `auth can-i` exits 1 for "no": read its answer, not its status.
+        let out = env
+            .kubectl_output(
+                &["auth", "can-i", verb, resource, "-n", &namespace, "--as", user],
+                None,
+            )
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    // The aggregation controller fills the built-in roles: wait for it.
+    wait_for("edit to aggregate aios-edit", Duration::from_secs(60), || {
+        can("grace", "create", "projects.aios.dev").then_some(())
+    });
+    for (user, verb, resource, allowed) in [
+        ("ada", "list", "tasks.aios.dev", true),
+        ("ada", "get", "projects.aios.dev", true),
+        ("ada", "create", "projects.aios.dev", false),
+        ("grace", "create", "agents.aios.dev", true),
+        ("grace", "delete", "modelproviders.aios.dev", true),
+        ("grace", "patch", "projects.aios.dev/status", false),
+        ("grace", "deletecollection", "tasks.aios.dev", false),
+        ("linus", "deletecollection", "tasks.aios.dev", true),
+        ("linus", "patch", "tasks.aios.dev/status", false),
+    ] {
+        assert_eq!(can(user, verb, resource), allowed, "{user} {verb} {resource}");
+    }
+    env.kubectl_with_input(&["delete", "-f", "-"], Some(&manifest))
+        .unwrap();
+}
+
 #[test]
 fn bad_values_are_refused_with_a_message_naming_them() {
     let negative = template_error(&["operator.replicas=-1"]);
