@@ -1,7 +1,9 @@
 //! `ModelProvider`: where language-model calls go.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::{
-    api::core::v1::ResourceRequirements,
+    api::core::v1::{Affinity, ResourceRequirements, Toleration},
     apimachinery::pkg::{
         api::resource::Quantity,
         apis::meta::v1::{Condition, Time},
@@ -145,6 +147,18 @@ pub struct Serve {
     /// GPUs each replica requests; none when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<Gpu>,
+
+    /// Nodes the model server may run on, by label (for example a GPU node pool).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Taints the model server tolerates (GPU nodes are often tainted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Scheduling constraints of the model server's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
 
     /// The volume that keeps pulled models across restarts.
     #[serde(default)]

@@ -261,9 +261,10 @@ fn the_built_in_view_edit_and_admin_roles_carry_aios_permissions() {
         .iter()
         .filter(|o| {
             o["kind"] == "ClusterRole"
-                && o["metadata"]["labels"]
-                    .as_object()
-                    .is_some_and(|l| l.keys().any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-")))
+                && o["metadata"]["labels"].as_object().is_some_and(|l| {
+                    l.keys()
+                        .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+                })
         })
         .collect();
     let names: Vec<&str> = roles
@@ -272,7 +273,11 @@ fn the_built_in_view_edit_and_admin_roles_carry_aios_permissions() {
         .collect();
     assert_eq!(
         names,
-        ["rbac-check-aios-view", "rbac-check-aios-edit", "rbac-check-aios-admin"]
+        [
+            "rbac-check-aios-view",
+            "rbac-check-aios-edit",
+            "rbac-check-aios-admin"
+        ]
     );
     assert!(
         !template(&["userRoles.create=false"])
@@ -304,18 +309,21 @@ fn the_built_in_view_edit_and_admin_roles_carry_aios_permissions() {
     }
     let can = |user: &str, verb: &str, resource: &str| -> bool {
         // `auth can-i` exits 1 for "no": read its answer, not its status.
-        let out = env
-            .kubectl_output(
-                &["auth", "can-i", verb, resource, "-n", &namespace, "--as", user],
-                None,
-            )
-            .unwrap();
+        let mut args = vec!["auth", "can-i", verb, "-n", &namespace, "--as", user];
+        // `kind/name` names an object to kubectl: a subresource is a flag.
+        match resource.split_once('/') {
+            Some((kind, sub)) => args.extend([kind, "--subresource", sub]),
+            None => args.push(resource),
+        }
+        let out = env.kubectl_output(&args, None).unwrap();
         String::from_utf8_lossy(&out.stdout).trim() == "yes"
     };
     // The aggregation controller fills the built-in roles: wait for it.
-    wait_for("edit to aggregate aios-edit", Duration::from_secs(60), || {
-        can("grace", "create", "projects.aios.dev").then_some(())
-    });
+    wait_for(
+        "edit to aggregate aios-edit",
+        Duration::from_secs(60),
+        || can("grace", "create", "projects.aios.dev").then_some(()),
+    );
     for (user, verb, resource, allowed) in [
         ("ada", "list", "tasks.aios.dev", true),
         ("ada", "get", "projects.aios.dev", true),
@@ -327,7 +335,11 @@ fn the_built_in_view_edit_and_admin_roles_carry_aios_permissions() {
         ("linus", "deletecollection", "tasks.aios.dev", true),
         ("linus", "patch", "tasks.aios.dev/status", false),
     ] {
-        assert_eq!(can(user, verb, resource), allowed, "{user} {verb} {resource}");
+        assert_eq!(
+            can(user, verb, resource),
+            allowed,
+            "{user} {verb} {resource}"
+        );
     }
     env.kubectl_with_input(&["delete", "-f", "-"], Some(&manifest))
         .unwrap();

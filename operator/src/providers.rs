@@ -140,6 +140,10 @@ pub fn serve_children(provider: &ModelProvider, default_image: &str) -> Option<S
                     init_containers: Some(vec![puller]),
                     containers: vec![server],
                     volumes: Some(volumes),
+                    node_selector: (!serve.node_selector.is_empty())
+                        .then(|| serve.node_selector.clone()),
+                    tolerations: (!serve.tolerations.is_empty()).then(|| serve.tolerations.clone()),
+                    affinity: serve.affinity.clone(),
                     ..PodSpec::default()
                 }),
             },
@@ -473,6 +477,45 @@ mod tests {
             "serve": {"replicas": 1, "gpu": {"count": 1}, "cache": {"size": "30Gi", "storageClassName": "fast"},
                       "resources": {"requests": {"cpu": "2"}}}
         }))
+    }
+
+    #[test]
+    fn a_served_provider_is_placed_where_its_spec_says() {
+        let placed = provider(serde_json::json!({
+            "type": "Ollama", "tier": "Local", "models": [{"name": "m"}],
+            "serve": {
+                "gpu": {"count": 1},
+                "nodeSelector": {"pool": "gpu"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [{"key": "gpu-type", "operator": "In", "values": ["l4"]}]}]}}}
+            }
+        }));
+        let pod = serve_children(&placed, DEFAULT_OLLAMA_IMAGE)
+            .unwrap()
+            .deployment
+            .spec
+            .template
+            .spec
+            .unwrap();
+        assert_eq!(pod.node_selector.unwrap()["pool"], "gpu");
+        assert_eq!(
+            pod.tolerations.unwrap()[0].key.as_deref(),
+            Some("nvidia.com/gpu")
+        );
+        assert!(pod.affinity.unwrap().node_affinity.is_some());
+        let plain = serve_children(&served(), DEFAULT_OLLAMA_IMAGE)
+            .unwrap()
+            .deployment
+            .spec
+            .template
+            .spec
+            .unwrap();
+        assert!(
+            plain.node_selector.is_none()
+                && plain.tolerations.is_none()
+                && plain.affinity.is_none()
+        );
     }
 
     #[test]

@@ -369,3 +369,65 @@ async fn a_provider_naming_a_secret_not_labelled_for_it_never_gets_the_secret_se
     })
     .await;
 }
+
+/// Pod Security `restricted` enforced on the namespace: the ReplicaSets of every
+/// Deployment the operator renders (an Agent's pool, a served model) create their pods,
+/// which admission checks when they are created (no kubelet needed to see that).
+#[tokio::test(flavor = "multi_thread")]
+async fn every_deployment_the_operator_renders_gets_its_pods_past_restricted_admission() {
+    let mut h = Harness::new("restricted");
+    h.kubectl(&[
+        "label",
+        "namespace",
+        &h.ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+    ]);
+    h.start_operator("op-1");
+    h.apply("apiVersion: aios.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: backend\nspec:\n  role: backend\n  persona:\n    name: backend\n  scaling:\n    minReplicas: 1\n    maxReplicas: 2\n");
+    let example = repo_root().join("manifests/examples/modelprovider-ollama.yaml");
+    h.kubectl(&["apply", "-f", example.to_str().unwrap()]);
+    let deployments: Vec<String> = {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            let names = h.kubectl(&["get", "deployments", "-o", "name"]);
+            let names: Vec<String> = names.lines().map(str::to_owned).collect();
+            if names.len() >= 2 {
+                break names;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "deployments: {names:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    // Each Deployment's pods exist: admission let them through.
+    for deployment in &deployments {
+        let selector = h.jsonpath(deployment, "{.spec.selector.matchLabels}");
+        let labels: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(&selector).unwrap();
+        let selector = labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            let pods = h.kubectl(&["get", "pods", "-l", &selector, "-o", "name"]);
+            if !pods.trim().is_empty() {
+                break;
+            }
+            let events = h.kubectl(&["get", "events", "--field-selector", "reason=FailedCreate"]);
+            assert!(
+                !events.contains("violates PodSecurity"),
+                "{deployment}'s pods were refused: {events}"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{deployment} made no pod: {events}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
