@@ -313,7 +313,7 @@ impl Runtime {
                     continue;
                 }
                 Some(note) = notes.next() => {
-                    self.spawn_note(note, tasks);
+                    self.spawn_note(note, tasks, hard_stop);
                     continue;
                 }
                 Some(finished) = tasks.join_next(), if !tasks.is_empty() => {
@@ -332,7 +332,7 @@ impl Runtime {
                 }
                 Some(note) = notes.next() => {
                     drop(permit);
-                    self.spawn_note(note, tasks);
+                    self.spawn_note(note, tasks, hard_stop);
                     continue;
                 }
                 delivery = dispatches.next() => delivery,
@@ -374,29 +374,17 @@ impl Runtime {
         self: &Arc<Self>,
         message: Result<Delivery, lapin::Error>,
         tasks: &mut JoinSet<()>,
+        hard_stop: &CancellationToken,
     ) {
         let Ok(delivery) = message else { return };
         let runtime = self.clone();
+        let hard_stop = hard_stop.clone();
         tasks.spawn(async move {
-            let outcome = match MemoryNote::decode(&delivery.data) {
-                Ok(note) => match runtime.worker.remember_note(&note).await {
-                    Ok(true) => {
-                        tracing::info!(project = %note.project.name, task = ?note.task, kind = %note.kind, "remembered a note");
-                        "stored"
-                    }
-                    Ok(false) => {
-                        tracing::warn!(kind = %note.kind, "ignoring a memory note of a kind this build does not know");
-                        "ignored"
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "storing a memory note failed; it is delivered again");
-                        "failed"
-                    }
-                },
-                Err(err) => {
-                    tracing::warn!(error = %err, "ignoring a malformed memory note");
-                    "ignored"
-                }
+            // Past the shutdown grace the note goes back to its queue, unstored.
+            let store = runtime.store_note(&delivery);
+            let outcome = tokio::select! {
+                outcome = store => outcome,
+                () = hard_stop.cancelled() => "failed",
             };
             runtime.metrics.notes.with_label_values(&[outcome]).inc();
             if outcome == "failed" {
@@ -405,6 +393,31 @@ impl Runtime {
                 let _ = delivery.ack(BasicAckOptions::default()).await;
             }
         });
+    }
+
+    /// Stores the note `delivery` carries; the outcome for the metric: `stored`,
+    /// `ignored` (malformed, or of a kind this build does not know) or `failed`.
+    async fn store_note(&self, delivery: &Delivery) -> &'static str {
+        match MemoryNote::decode(&delivery.data) {
+            Ok(note) => match self.worker.remember_note(&note).await {
+                Ok(true) => {
+                    tracing::info!(project = %note.project.name, task = ?note.task, kind = %note.kind, "remembered a note");
+                    "stored"
+                }
+                Ok(false) => {
+                    tracing::warn!(kind = %note.kind, "ignoring a memory note of a kind this build does not know");
+                    "ignored"
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "storing a memory note failed; it is delivered again");
+                    "failed"
+                }
+            },
+            Err(err) => {
+                tracing::warn!(error = %err, "ignoring a malformed memory note");
+                "ignored"
+            }
+        }
     }
 
     /// One delivery, start to acknowledgement.
