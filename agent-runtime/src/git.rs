@@ -138,19 +138,6 @@ impl DeliveryError {
     }
 }
 
-/// `url` without the user and password it may carry (`https://user:pass@host/...`),
-/// for messages.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
-        None => url.to_owned(),
-    }
-}
-
 fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> DeliveryError {
     let action = action.into();
     move |source| DeliveryError::Io { action, source }
@@ -840,12 +827,6 @@ mod tests {
             root.path().join("src/main.rs")
         );
         assert_eq!(check("./a.txt").unwrap(), root.path().join("a.txt"));
-        assert_eq!(
-            redact("http://user:secret@git.example:8080/team/app.git"),
-            "http://git.example:8080/team/app.git"
-        );
-        assert_eq!(redact("https://git.example/a@b"), "https://git.example/a@b");
-        assert_eq!(redact("git@host:path"), "git@host:path");
         assert_eq!(check("/etc/passwd"), Err(Unsafe::Absolute));
         assert_eq!(check("../outside"), Err(Unsafe::ParentDirectory));
         assert_eq!(check("src/../../outside"), Err(Unsafe::ParentDirectory));

@@ -134,7 +134,7 @@ impl Worker {
                     "the repository credential (Secret {:?}, key {:?}) is sent only over https://, not to {}",
                     secret.name,
                     secret.key,
-                    crate::git::redact(&repository.url)
+                    aios_crds::text::without_userinfo(&repository.url)
                 ));
             }
             return Ok(None);

@@ -59,6 +59,19 @@ pub fn truncate(text: &str, max_bytes: usize) -> &str {
     &text[..end]
 }
 
+/// `url` without the user name and password it may carry (`https://user:pass@host/...`
+/// becomes `https://host/...`): what a message may show of a URL someone wrote.
+pub fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +128,19 @@ mod tests {
         let text = "Ajouter l'API — العربية, 日本語, emoji 🚀, zero\u{200B}width";
         assert_eq!(sanitize(text, Shape::Line), text);
         assert_eq!(sanitize(text, Shape::Lines), text);
+    }
+
+    #[test]
+    fn a_url_loses_its_user_and_password() {
+        assert_eq!(
+            without_userinfo("http://user:secret@git.example:8080/team/app.git"),
+            "http://git.example:8080/team/app.git"
+        );
+        assert_eq!(
+            without_userinfo("https://git.example/a@b"),
+            "https://git.example/a@b"
+        );
+        assert_eq!(without_userinfo("git@host:path"), "git@host:path");
+        assert_eq!(without_userinfo("http://u:hunter2@[bad"), "http://[bad");
     }
 }

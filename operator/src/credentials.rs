@@ -51,7 +51,8 @@ pub fn check(secret: &Secret, purpose: Use, url: &str) -> Result<(), String> {
     let name = secret.name_any();
     let Some(host) = https_host(url) else {
         return Err(format!(
-            "Secret {name:?} is sent only over https://, not to {url:?}"
+            "Secret {name:?} is sent only over https://, not to {:?}",
+            aios_crds::text::without_userinfo(url)
         ));
     };
     let declared = secret.labels().get(labels::CREDENTIAL_TYPE);
@@ -236,6 +237,13 @@ mod tests {
                 "{url}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn a_refusal_never_repeats_a_password_from_the_url() {
+        let key = secret(Some("model"), Some("api.anthropic.com"));
+        let err = check(&key, Use::Model, "http://user:hunter2@capture.example/v1").unwrap_err();
+        assert!(err.contains("capture.example") && !err.contains("hunter2"), "{err}");
     }
 
     #[test]
