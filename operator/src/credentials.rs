@@ -243,7 +243,10 @@ mod tests {
     fn a_refusal_never_repeats_a_password_from_the_url() {
         let key = secret(Some("model"), Some("api.anthropic.com"));
         let err = check(&key, Use::Model, "http://user:hunter2@capture.example/v1").unwrap_err();
-        assert!(err.contains("capture.example") && !err.contains("hunter2"), "{err}");
+        assert!(
+            err.contains("capture.example") && !err.contains("hunter2"),
+            "{err}"
+        );
     }
 
     #[test]
