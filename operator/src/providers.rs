@@ -479,6 +479,17 @@ mod tests {
         }))
     }
 
+    /// The model server's pod as `provider` renders it.
+    fn server_pod(provider: &ModelProvider) -> k8s_openapi::api::core::v1::PodSpec {
+        serve_children(provider, DEFAULT_OLLAMA_IMAGE)
+            .unwrap()
+            .deployment
+            .spec
+            .template
+            .spec
+            .unwrap()
+    }
+
     #[test]
     fn a_served_provider_is_placed_where_its_spec_says() {
         let placed = provider(serde_json::json!({
@@ -491,26 +502,14 @@ mod tests {
                     "nodeSelectorTerms": [{"matchExpressions": [{"key": "gpu-type", "operator": "In", "values": ["l4"]}]}]}}}
             }
         }));
-        let pod = serve_children(&placed, DEFAULT_OLLAMA_IMAGE)
-            .unwrap()
-            .deployment
-            .spec
-            .template
-            .spec
-            .unwrap();
+        let pod = server_pod(&placed);
         assert_eq!(pod.node_selector.unwrap()["pool"], "gpu");
         assert_eq!(
             pod.tolerations.unwrap()[0].key.as_deref(),
             Some("nvidia.com/gpu")
         );
         assert!(pod.affinity.unwrap().node_affinity.is_some());
-        let plain = serve_children(&served(), DEFAULT_OLLAMA_IMAGE)
-            .unwrap()
-            .deployment
-            .spec
-            .template
-            .spec
-            .unwrap();
+        let plain = server_pod(&served());
         assert!(
             plain.node_selector.is_none()
                 && plain.tolerations.is_none()

@@ -376,13 +376,7 @@ async fn a_provider_naming_a_secret_not_labelled_for_it_never_gets_the_secret_se
 #[tokio::test(flavor = "multi_thread")]
 async fn every_deployment_the_operator_renders_gets_its_pods_past_restricted_admission() {
     let mut h = Harness::new("restricted");
-    h.kubectl(&[
-        "label",
-        "namespace",
-        &h.ns,
-        "pod-security.kubernetes.io/enforce=restricted",
-        "pod-security.kubernetes.io/enforce-version=latest",
-    ]);
+    h.enforce_restricted();
     h.start_operator("op-1");
     h.apply("apiVersion: aios.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: backend\nspec:\n  role: backend\n  persona:\n    name: backend\n  scaling:\n    minReplicas: 1\n    maxReplicas: 2\n");
     let example = repo_root().join("manifests/examples/modelprovider-ollama.yaml");

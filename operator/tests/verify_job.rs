@@ -104,13 +104,7 @@ async fn run_pod(h: &Harness, job: &str) -> String {
 #[allow(clippy::too_many_lines)] // one run, in order: fail, fix, pass, verify the head
 async fn a_verification_job_is_restricted_and_its_result_reaches_the_task() {
     let mut h = Harness::new("verify-job");
-    h.kubectl(&[
-        "label",
-        "namespace",
-        &h.ns,
-        "pod-security.kubernetes.io/enforce=restricted",
-        "pod-security.kubernetes.io/enforce-version=latest",
-    ]);
+    h.enforce_restricted();
     h.serve_models().await;
     h.apply_agents(&["backend"]);
     h.start_operator("op-1");

@@ -196,6 +196,18 @@ impl Harness {
         self.model_server = Some(server);
     }
 
+    /// Makes the namespace enforce Pod Security `restricted` (latest version): the API
+    /// server refuses any pod that breaks it.
+    pub fn enforce_restricted(&self) {
+        self.kubectl(&[
+            "label",
+            "namespace",
+            &self.ns,
+            "pod-security.kubernetes.io/enforce=restricted",
+            "pod-security.kubernetes.io/enforce-version=latest",
+        ]);
+    }
+
     /// Agents for `roles`, so plans may use them and their queues exist.
     pub fn apply_agents(&self, roles: &[&str]) {
         for role in roles {
