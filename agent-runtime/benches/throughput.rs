@@ -38,13 +38,13 @@ async fn bare_loop(world: &World) -> f64 {
     let dispatches: Vec<_> = (0..TASKS)
         .map(|i| world.dispatch(&format!("bare-{i}"), role, "Bare"))
         .collect();
-    world.bus.ensure_role_queue(role).await.unwrap();
+    world.bus.ensure_role_queue("tests", role).await.unwrap();
     for dispatch in &dispatches {
         world.publish(dispatch).await;
     }
     let mut consumer = world
         .bus
-        .consume(&names::role_queue(role), "bare", 1)
+        .consume(&names::role_queue("tests", role), "bare", 1)
         .await
         .unwrap();
     let started = Instant::now();
@@ -66,7 +66,7 @@ async fn through_agent(world: &mut World, concurrency: &str) -> f64 {
         .map(|i| world.dispatch(&format!("{role}-{i}"), &role, "Bench task"))
         .collect();
     // Published before timing starts, like the bare loop: the figure is consumption.
-    world.bus.ensure_role_queue(&role).await.unwrap();
+    world.bus.ensure_role_queue("tests", &role).await.unwrap();
     let started = Instant::now();
     for dispatch in &dispatches {
         world.publish(dispatch).await;
@@ -147,7 +147,7 @@ async fn agents_on_one_branch(world: &mut World, agents: usize, tasks: usize) ->
             )
         })
         .collect();
-    world.bus.ensure_role_queue(role).await.unwrap();
+    world.bus.ensure_role_queue("tests", role).await.unwrap();
     let started = Instant::now();
     for dispatch in &dispatches {
         world.publish(dispatch).await;

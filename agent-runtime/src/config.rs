@@ -25,6 +25,10 @@ pub struct Config {
     /// The role this agent serves; it consumes that role's queue.
     #[arg(long, env = "AIOS_ROLE")]
     pub role: String,
+    /// The namespace whose work the agent does: its pod's (the operator sets it). The
+    /// agent consumes that namespace's queues and refuses any other's dispatches.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
     /// The persona's name (overrides the built-in one for the role).
     #[arg(long, env = "AIOS_PERSONA")]
     pub persona: Option<String>,

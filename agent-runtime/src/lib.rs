@@ -155,6 +155,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics,
         health,
         agent,
+        config.namespace.clone(),
         config.concurrency,
         config.shutdown_grace(),
         config.claim_lease(),

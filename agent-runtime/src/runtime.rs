@@ -137,6 +137,9 @@ pub struct Runtime {
     pub health: Arc<Health>,
     /// The agent's name in events.
     pub agent: String,
+    /// The namespace whose work the agent does (its pod's): it consumes that
+    /// namespace's queues only, and refuses a dispatch for any other.
+    pub namespace: String,
     /// Tasks at once.
     pub concurrency: u16,
     /// How long tasks in flight may run after shutdown begins.
@@ -165,6 +168,7 @@ enum Outcome {
     Requeued,
     Duplicate,
     Malformed,
+    Foreign,
 }
 
 impl Outcome {
@@ -176,6 +180,7 @@ impl Outcome {
             Self::Requeued => "requeued",
             Self::Duplicate => "duplicate",
             Self::Malformed => "malformed",
+            Self::Foreign => "foreign",
         }
     }
 }
@@ -204,6 +209,7 @@ impl Runtime {
         metrics: Metrics,
         health: Arc<Health>,
         agent: String,
+        namespace: String,
         concurrency: u16,
         grace: Duration,
         lease: Duration,
@@ -214,6 +220,7 @@ impl Runtime {
             metrics,
             health,
             agent,
+            namespace,
             concurrency: concurrency.max(1),
             grace,
             lease,
@@ -278,10 +285,11 @@ impl Runtime {
         hard_stop: &CancellationToken,
     ) -> Result<(), String> {
         let role = &self.worker.role;
-        bus.ensure_role_queue(role)
+        let namespace = &self.namespace;
+        bus.ensure_role_queue(namespace, role)
             .await
             .map_err(|e| e.to_string())?;
-        let queue = names::role_queue(role);
+        let queue = names::role_queue(namespace, role);
         let mut dispatches = bus
             .consume(&queue, &format!("{}-{role}", self.agent), self.concurrency)
             .await
@@ -290,13 +298,13 @@ impl Runtime {
             .consume_control(&format!("{}-control", self.agent))
             .await
             .map_err(|e| e.to_string())?;
-        bus.ensure_memory_queue(role)
+        bus.ensure_memory_queue(namespace, role)
             .await
             .map_err(|e| e.to_string())?;
         // One note at a time: storing one embeds it, which may wait on a model server.
         let mut notes = bus
             .consume(
-                &names::memory_queue(role),
+                &names::memory_queue(namespace, role),
                 &format!("{}-memory", self.agent),
                 1,
             )
@@ -443,6 +451,24 @@ impl Runtime {
                 return;
             }
         };
+        if dispatch.task.namespace != self.namespace {
+            // Only a forgery reaches this queue with another namespace's Task: the
+            // operator routes by namespace. Dead-lettered, where the operator rejects
+            // it for want of its attempt's token.
+            tracing::error!(
+                task = %format!("{}/{}", dispatch.task.namespace, dispatch.task.name),
+                namespace = %self.namespace,
+                "refusing a dispatch for another namespace's Task; dead-lettering it"
+            );
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: false,
+                    ..BasicNackOptions::default()
+                })
+                .await;
+            self.count(Outcome::Foreign, started);
+            return;
+        }
         let span = tracing::info_span!(
             "task",
             project = %format!("{}/{}", dispatch.project.namespace, dispatch.project.name),
@@ -687,6 +713,7 @@ impl Runtime {
             task: dispatch.task.clone(),
             attempt: dispatch.attempt,
             agent: self.agent.clone(),
+            token: dispatch.token.clone(),
             at: jiff::Timestamp::now(),
             kind,
         }

@@ -166,6 +166,7 @@ fn dispatch(repo: &Path, title: &str, description: &str) -> TaskDispatch {
         heartbeat_interval_seconds: 1,
         paths: aios_crds::project::PathPolicy::default(),
         recall_across_projects: false,
+        token: String::new(),
     }
 }
 

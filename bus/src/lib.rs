@@ -205,24 +205,29 @@ impl Bus {
     /// Declares the queue of `role` (once per process; declaring is idempotent anyway):
     /// a quorum queue bound to the dispatch exchange, dead-lettering after
     /// [`DELIVERY_LIMIT`] deliveries.
-    pub async fn ensure_role_queue(&self, role: &str) -> Result<(), BusError> {
+    pub async fn ensure_role_queue(&self, namespace: &str, role: &str) -> Result<(), BusError> {
         let mut args = FieldTable::default();
         args.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(LongString::from(names::DEAD_LETTER_EXCHANGE)),
         );
-        self.ensure_queue(&names::role_queue(role), names::TASKS_EXCHANGE, role, args)
-            .await
+        self.ensure_queue(
+            &names::role_queue(namespace, role),
+            names::TASKS_EXCHANGE,
+            &names::routing_key(namespace, role),
+            args,
+        )
+        .await
     }
 
     /// Declares the memory-note queue of `role`: a quorum queue bound to the memory
     /// exchange. A note its agents cannot store after [`DELIVERY_LIMIT`] deliveries is
     /// dropped (memory is context, not state), not dead-lettered with the dispatches.
-    pub async fn ensure_memory_queue(&self, role: &str) -> Result<(), BusError> {
+    pub async fn ensure_memory_queue(&self, namespace: &str, role: &str) -> Result<(), BusError> {
         self.ensure_queue(
-            &names::memory_queue(role),
+            &names::memory_queue(namespace, role),
             names::MEMORY_EXCHANGE,
-            role,
+            &names::routing_key(namespace, role),
             FieldTable::default(),
         )
         .await
@@ -258,7 +263,8 @@ impl Bus {
         let id = dispatch.attempt_id();
         let what = format!("dispatch {}", id.message_id());
         bounded(&what, async {
-            self.ensure_role_queue(&dispatch.spec.role).await?;
+            self.ensure_role_queue(&dispatch.task.namespace, &dispatch.spec.role)
+                .await?;
             self.publish_dispatch_now(dispatch).await
         })
         .await
@@ -284,7 +290,7 @@ impl Bus {
         let what = format!("dispatch {}", id.message_id());
         self.publish(
             names::TASKS_EXCHANGE,
-            &dispatch.spec.role,
+            &names::routing_key(&dispatch.task.namespace, &dispatch.spec.role),
             dispatch,
             &id.message_id(),
             headers,
@@ -311,8 +317,8 @@ impl Bus {
         .await
     }
 
-    /// Publishes a note for `role`'s agents to remember; it waits in their queue while
-    /// none runs.
+    /// Publishes a note for the agents of `role` in the note's Project's namespace to
+    /// remember; it waits in their queue while none runs.
     pub async fn publish_note(&self, role: &str, note: &MemoryNote) -> Result<(), BusError> {
         let id = format!(
             "note-{}-{}-{}",
@@ -322,10 +328,11 @@ impl Bus {
         );
         let what = format!("memory note {id}");
         bounded(&what, async {
-            self.ensure_memory_queue(role).await?;
+            let namespace = &note.project.namespace;
+            self.ensure_memory_queue(namespace, role).await?;
             self.publish(
                 names::MEMORY_EXCHANGE,
-                role,
+                &names::routing_key(namespace, role),
                 note,
                 &id,
                 FieldTable::default(),

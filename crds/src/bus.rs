@@ -151,6 +151,12 @@ pub struct TaskDispatch {
     /// Project's `spec.policy.recallAcrossProjects`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recall_across_projects: bool,
+    /// The operator's token for this attempt (an HMAC of the Task's namespace, name,
+    /// uid and role and the attempt number, under a key only the operator holds). The
+    /// agent sends it back with every event about the attempt; an event without the
+    /// right token changes nothing.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
 }
 
 impl TaskDispatch {
@@ -249,6 +255,10 @@ pub struct TaskEvent {
     pub agent: String,
     /// When the agent sent the event.
     pub at: Timestamp,
+    /// The token the attempt's dispatch carried: what tells the operator the event
+    /// comes from the agent the attempt was dispatched to.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
     /// What happened.
     #[serde(flatten)]
     pub kind: TaskEventKind,

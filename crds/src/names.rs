@@ -13,9 +13,10 @@ pub const CATEGORY: &str = "aios";
 /// RabbitMQ names: exchanges, queues, routing keys and message headers.
 pub mod bus {
     /// Durable direct exchange the operator publishes `TaskDispatch` messages to; the
-    /// routing key is the task's role.
+    /// routing key is the task's namespace and role (see [`routing_key`]).
     pub const TASKS_EXCHANGE: &str = "aios.tasks";
-    /// Prefix of the per-role quorum queues bound to [`TASKS_EXCHANGE`]; see [`role_queue`].
+    /// Prefix of the per-namespace, per-role quorum queues bound to [`TASKS_EXCHANGE`];
+    /// see [`role_queue`].
     pub const ROLE_QUEUE_PREFIX: &str = "aios.tasks.";
     /// Durable topic exchange agents publish `TaskEvent`s to.
     pub const EVENTS_EXCHANGE: &str = "aios.events";
@@ -29,7 +30,7 @@ pub mod bus {
     pub const DEAD_LETTER_QUEUE: &str = "aios.dead-letter";
     /// Durable direct exchange the operator publishes `MemoryNote`s to: what a role's
     /// agents should remember (a verification's result, for `qa`). The routing key is the
-    /// role.
+    /// namespace and role (see [`routing_key`]).
     pub const MEMORY_EXCHANGE: &str = "aios.memory";
     /// Prefix of the per-role quorum queues bound to [`MEMORY_EXCHANGE`]; see
     /// [`memory_queue`].
@@ -62,14 +63,21 @@ pub mod bus {
     /// Content type of every AIOS message body.
     pub const CONTENT_TYPE_JSON: &str = "application/json";
 
-    /// The queue that holds dispatches for `role`.
-    pub fn role_queue(role: &str) -> String {
-        format!("{ROLE_QUEUE_PREFIX}{role}")
+    /// The routing key of what goes to the agents of `role` in `namespace`:
+    /// `<namespace>.<role>`. Both are DNS labels (no dots), so no two pairs share a key,
+    /// and one namespace's agents never receive another's work.
+    pub fn routing_key(namespace: &str, role: &str) -> String {
+        format!("{namespace}.{role}")
     }
 
-    /// The queue that holds memory notes for `role`.
-    pub fn memory_queue(role: &str) -> String {
-        format!("{MEMORY_QUEUE_PREFIX}{role}")
+    /// The queue that holds dispatches for the agents of `role` in `namespace`.
+    pub fn role_queue(namespace: &str, role: &str) -> String {
+        format!("{ROLE_QUEUE_PREFIX}{}", routing_key(namespace, role))
+    }
+
+    /// The queue that holds memory notes for the agents of `role` in `namespace`.
+    pub fn memory_queue(namespace: &str, role: &str) -> String {
+        format!("{MEMORY_QUEUE_PREFIX}{}", routing_key(namespace, role))
     }
 }
 

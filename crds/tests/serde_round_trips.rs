@@ -170,6 +170,7 @@ fn dispatch() -> TaskDispatch {
         heartbeat_interval_seconds: 15,
         paths: aios_crds::project::PathPolicy::default(),
         recall_across_projects: false,
+        token: String::new(),
     }
 }
 
@@ -222,6 +223,7 @@ fn task_events_of_every_kind_round_trip_with_their_routing_keys() {
             task: object("shop-tests"),
             attempt: 1,
             agent: "athena-5c4b".into(),
+            token: "c2lnbmVk".into(),
             at: "2026-11-24T10:00:00Z".parse().unwrap(),
             kind,
         };

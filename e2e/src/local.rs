@@ -496,6 +496,7 @@ impl LocalRun {
                             .to_string(),
                     ),
                     ("POD_NAME", format!("{role}-local")),
+                    ("POD_NAMESPACE", self.namespace.clone()),
                     ("AIOS_CLAIM_LEASE_SECONDS", "15".to_owned()),
                 ],
             )?;

@@ -229,17 +229,41 @@ fn the_operators_permissions_are_exactly_what_it_uses() {
         !cluster.iter().any(|(_, _, v)| v == "delete" || v == "*"),
         "the operator deletes nothing: garbage collection removes children"
     );
-    let leader = rules(find(&objects, "Role", "aios-operator-leader"));
-    assert_eq!(
-        leader,
-        ["get", "create", "update"]
-            .iter()
-            .map(|v| (
+    let leader_role = find(&objects, "Role", "aios-operator-leader");
+    let mut own: BTreeSet<(String, String, String)> = ["get", "create", "update"]
+        .iter()
+        .map(|v| {
+            (
                 "coordination.k8s.io".to_owned(),
                 "leases".to_owned(),
-                (*v).to_owned()
-            ))
-            .collect()
+                (*v).to_owned(),
+            )
+        })
+        .collect();
+    own.insert((String::new(), "secrets".to_owned(), "create".to_owned()));
+    own.insert((String::new(), "secrets".to_owned(), "get".to_owned()));
+    assert_eq!(rules(leader_role), own);
+    // Of the Secrets in its own namespace, it reads only its token key.
+    let secret_get = leader_role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resources"][0] == "secrets" && r["verbs"][0] == "get")
+        .unwrap();
+    assert_eq!(
+        secret_get["resourceNames"],
+        serde_json::json!(["aios-operator-token-key"])
+    );
+    let deployment = find(&objects, "Deployment", "aios-operator");
+    assert!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(
+                |e| e["name"] == "AIOS_TOKEN_KEY_SECRET" && e["value"] == "aios-operator-token-key"
+            ),
+        "the operator is told the Secret its Role lets it read"
     );
     let binding = find(&objects, "ClusterRoleBinding", "aios-operator");
     assert_eq!(binding["subjects"][0]["name"], "aios-operator");

@@ -83,6 +83,7 @@ fn start_aios(env: &Environment, ns: &str, amqp: &str, work: &Path) -> Running {
                     ("AIOS_PROVIDERS_FILE", providers.display().to_string()),
                     ("AIOS_WORK_DIR", work.join(role).display().to_string()),
                     ("POD_NAME", format!("{role}-faults")),
+                    ("POD_NAMESPACE", ns.to_owned()),
                     ("AIOS_CLAIM_LEASE_SECONDS", "6".to_owned()),
                 ]),
                 &work.join(format!("agent-{role}.log")),

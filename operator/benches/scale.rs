@@ -123,7 +123,7 @@ async fn run(total: usize) {
     );
 
     let operator = h.start_operator_logging("bench", "warn");
-    let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::ZERO, |d| {
+    let agents = FakeAgents::start(&h, &["backend"], Duration::ZERO, |d| {
         Reply::Succeed(done(d))
     })
     .await;

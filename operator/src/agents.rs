@@ -108,6 +108,21 @@ fn persona_hash(data: &BTreeMap<String, String>) -> String {
     format!("{hash:016x}")
 }
 
+/// A variable the pod's own object fills (downward API), e.g. `metadata.name`.
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.to_owned(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
 fn secret_env(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
@@ -272,17 +287,8 @@ fn agent_container(
             "AIOS_TERMINATION_GRACE_SECONDS",
             &spec.termination_grace_period_seconds.to_string(),
         ),
-        EnvVar {
-            name: "POD_NAME".to_owned(),
-            value: None,
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".to_owned(),
-                    api_version: None,
-                }),
-                ..EnvVarSource::default()
-            }),
-        },
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
         secret_env("AIOS_AMQP_URL", secret, "amqpUrl", false),
         secret_env("AIOS_REDIS_URL", secret, "redisUrl", false),
         secret_env("AIOS_QDRANT_URL", secret, "qdrantUrl", true),

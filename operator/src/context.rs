@@ -68,6 +68,8 @@ pub struct Context {
     pub provider_probe_interval: std::time::Duration,
     /// Where cancels are marked for agents that did not hear them; none without Redis.
     pub cancel_marks: Option<crate::cancels::CancelMarks>,
+    /// The key of the tokens dispatches carry and events must return.
+    pub attempt_key: Arc<crate::tokens::AttemptKey>,
 }
 
 impl std::fmt::Debug for Context {

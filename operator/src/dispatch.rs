@@ -178,6 +178,7 @@ pub fn dispatch_message(
         heartbeat_interval_seconds: heartbeat_interval(policy),
         paths: project.spec.policy.paths.clone(),
         recall_across_projects: project.spec.policy.recall_across_projects,
+        token: String::new(),
     }
 }
 

@@ -5,12 +5,16 @@
 //! none). What the API server refuses as invalid is not retried by redelivery, which
 //! would be refused the same way forever: the attempt fails with the API server's
 //! message (reason `ResultRefused`), and the task's retry policy takes it from there.
+//!
+//! Nothing is believed without the attempt's token (see [`crate::tokens`]): an event
+//! or a dead letter whose token is missing or is not its attempt's changes nothing, is
+//! counted in `aios_rejected_messages_total` and logged with what it claimed to be.
 
 use std::{sync::Arc, time::Duration};
 
 use aios_crds::{
     Task, TaskStatus,
-    bus::{DecodeError, Message, TaskDispatch, TaskEvent, TaskEventKind, TaskOutput},
+    bus::{DecodeError, Message, ObjectRef, TaskDispatch, TaskEvent, TaskEventKind, TaskOutput},
     conditions::reasons,
     names::bus as names,
     project::TaskDefaults,
@@ -29,6 +33,7 @@ use crate::{
     context::{Context, write_task_status},
     lifecycle::{self, apply_event, refuse_outcome, task_policy},
     plan::stored_plan,
+    tokens::{Attempt, Verdict},
 };
 
 /// How many messages are handled at once.
@@ -46,6 +51,8 @@ enum Outcome {
     /// The API server refused its effect and then the failure recorded in its place:
     /// nothing more can be done with it (logged).
     Refused,
+    /// It is not its attempt's: its token is missing or wrong (counted and logged).
+    Rejected,
 }
 
 /// Why a message could not be handled.
@@ -69,7 +76,7 @@ pub async fn consume_events(
         shutdown,
         names::OPERATOR_EVENTS_QUEUE,
         "aios-operator-events",
-        |ctx, body| async move { handle_event(&ctx, &body).await },
+        |ctx, delivery| async move { handle_event(&ctx, &delivery).await },
     )
     .await
 }
@@ -84,7 +91,7 @@ pub async fn consume_dead_letters(
         shutdown,
         names::DEAD_LETTER_QUEUE,
         "aios-operator-dead-letters",
-        |ctx, body| async move { handle_dead_letter(&ctx, &body).await },
+        |ctx, delivery| async move { handle_dead_letter(&ctx, &delivery).await },
     )
     .await
 }
@@ -97,7 +104,7 @@ async fn consume<F, Fut>(
     handler: F,
 ) -> Result<(), BusError>
 where
-    F: Fn(Arc<Context>, Vec<u8>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Arc<Context>, Arc<Delivery>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Outcome, HandleError>> + Send,
 {
     let consumer = ctx
@@ -126,10 +133,11 @@ where
 
 async fn settle<F, Fut>(ctx: Arc<Context>, delivery: Delivery, handler: F)
 where
-    F: Fn(Arc<Context>, Vec<u8>) -> Fut,
+    F: Fn(Arc<Context>, Arc<Delivery>) -> Fut,
     Fut: Future<Output = Result<Outcome, HandleError>>,
 {
-    match handler(ctx.clone(), delivery.data.clone()).await {
+    let delivery = Arc::new(delivery);
+    match handler(ctx.clone(), delivery.clone()).await {
         Ok(outcome) => {
             tracing::debug!(?outcome, "message handled");
             let _ = delivery.ack(BasicAckOptions::default()).await;
@@ -256,9 +264,77 @@ async fn event_status(
     Ok(Some(status))
 }
 
-async fn handle_event(ctx: &Context, body: &[u8]) -> Result<Outcome, HandleError> {
-    let event = TaskEvent::decode(body)?;
+/// The Task `task` names, from the cache, when it is the same object (uid). The cache
+/// holds every Task of the watched namespaces that was ever dispatched, so a message
+/// about any other (another namespace's, a deleted one's) has nothing to change, and
+/// costs no API call.
+fn cached_task(ctx: &Context, task: &ObjectRef) -> Option<Arc<Task>> {
+    ctx.tasks
+        .get(&kube::runtime::reflector::ObjectRef::new(&task.name).within(&task.namespace))
+        .filter(|t| t.metadata.uid.as_deref() == Some(task.uid.as_str()))
+}
+
+/// Whether `token` is attempt `attempt` of `task`'s; when it is not, the message is
+/// counted and logged with what it claimed and where it came from.
+fn authentic(
+    ctx: &Context,
+    message: &'static str,
+    task: &Task,
+    attempt: u32,
+    token: &str,
+    claimed_sender: &str,
+    delivery: &Delivery,
+) -> bool {
+    let verdict = ctx.attempt_key.verify(&Attempt::of(task, attempt), token);
+    if verdict == Verdict::Valid {
+        return true;
+    }
+    ctx.metrics
+        .rejected_messages
+        .with_label_values(&[message, verdict.label()])
+        .inc();
+    let properties = &delivery.properties;
+    tracing::warn!(
+        message,
+        reason = verdict.label(),
+        namespace = %task.namespace().unwrap_or_default(),
+        task = %task.name_any(),
+        attempt,
+        claimed_sender,
+        routing_key = %delivery.routing_key,
+        message_id = ?properties.message_id().as_ref().map(ToString::to_string),
+        app_id = ?properties.app_id().as_ref().map(ToString::to_string),
+        user_id = ?properties.user_id().as_ref().map(ToString::to_string),
+        "rejected a message without its attempt's token: it changes nothing"
+    );
+    false
+}
+
+async fn handle_event(ctx: &Context, delivery: &Delivery) -> Result<Outcome, HandleError> {
+    let event = TaskEvent::decode(&delivery.data)?;
     let kind = event_type(&event.kind);
+    let Some(cached) = cached_task(ctx, &event.task) else {
+        ctx.metrics
+            .events
+            .with_label_values(&[kind, "ignored"])
+            .inc();
+        return Ok(Outcome::Ignored);
+    };
+    if !authentic(
+        ctx,
+        TaskEvent::KIND,
+        &cached,
+        event.attempt,
+        &event.token,
+        &event.agent,
+        delivery,
+    ) {
+        ctx.metrics
+            .events
+            .with_label_values(&[kind, "rejected"])
+            .inc();
+        return Ok(Outcome::Rejected);
+    }
     let api: Api<Task> = ctx.task_api(&event.task.namespace);
     let mut refused: Option<String> = None;
     for _ in 0..WRITE_ATTEMPTS {
@@ -334,8 +410,22 @@ async fn handle_event(ctx: &Context, body: &[u8]) -> Result<Outcome, HandleError
     )))
 }
 
-async fn handle_dead_letter(ctx: &Context, body: &[u8]) -> Result<Outcome, HandleError> {
-    let dispatch = TaskDispatch::decode(body)?;
+async fn handle_dead_letter(ctx: &Context, delivery: &Delivery) -> Result<Outcome, HandleError> {
+    let dispatch = TaskDispatch::decode(&delivery.data)?;
+    let Some(cached) = cached_task(ctx, &dispatch.task) else {
+        return Ok(Outcome::Ignored);
+    };
+    if !authentic(
+        ctx,
+        TaskDispatch::KIND,
+        &cached,
+        dispatch.attempt,
+        &dispatch.token,
+        "",
+        delivery,
+    ) {
+        return Ok(Outcome::Rejected);
+    }
     let api: Api<Task> = ctx.task_api(&dispatch.task.namespace);
     for _ in 0..WRITE_ATTEMPTS {
         let Some(task) = api.get_opt(&dispatch.task.name).await? else {

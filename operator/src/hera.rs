@@ -32,6 +32,7 @@ use crate::{
     plan::{EXPLICIT_PLAN, dropped_dependencies, judge_plan, plan_tasks, validate_plan},
     rollup::{PlanState, budget_exceeded, differs, project_status, refused_plan, total_usage},
     schedule::{Action, Hold, RunPlan, plan_run_gated},
+    tokens::Attempt,
     verify,
 };
 
@@ -613,7 +614,7 @@ async fn dispatch(
         return Ok(());
     }
     let role = task.spec.role.to_string();
-    let message = dispatch_message(
+    let mut message = dispatch_message(
         project,
         task,
         attempt,
@@ -623,6 +624,7 @@ async fn dispatch(
         ctx.preferred_providers(&namespace, &role),
         now,
     );
+    message.token = ctx.attempt_key.sign(&Attempt::of(task, message.attempt));
     if let Err(err) = ctx.bus.publish_dispatch(&message).await {
         ctx.metrics
             .publish_failures

@@ -27,6 +27,7 @@ pub mod serving;
 pub mod tasks;
 #[cfg(test)]
 mod testing;
+pub mod tokens;
 pub mod verify;
 
 use std::{
@@ -89,6 +90,11 @@ pub struct Config {
     /// Namespace of the leader-election Lease (the operator's own namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
+
+    /// Name of the Secret, in the operator's namespace, that keeps the key of the
+    /// tokens dispatches carry and events must return (made by the first leader).
+    #[arg(long, env = "AIOS_TOKEN_KEY_SECRET", default_value = "aios-token-key")]
+    pub token_key_secret: String,
 
     /// Name of the leader-election Lease.
     #[arg(long, env = "AIOS_LEASE_NAME", default_value = "aios-operator")]
@@ -194,6 +200,9 @@ pub enum RunError {
     /// The HTTP endpoint could not be served.
     #[error("serving http on the configured address")]
     Http(#[from] std::io::Error),
+    /// The key of attempt tokens could not be had.
+    #[error(transparent)]
+    TokenKey(#[from] tokens::KeyError),
     /// Leadership was lost or could not be kept.
     #[error(transparent)]
     Leader(#[from] leader::LeaderError),
@@ -280,6 +289,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     outcome
 }
 
+/// This replica's identity in the election: the configured one, else the host name (a
+/// pod's name) with the pid, which tells two processes on one host apart.
+fn identity(config: &Config) -> String {
+    if let Some(identity) = &config.identity {
+        return identity.clone();
+    }
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .map_or_else(
+            || format!("aios-operator-{}", std::process::id()),
+            |name| format!("{name}-{}", std::process::id()),
+        )
+}
+
 /// Starts everything under supervision in `tasks`: the probes, the election (this
 /// waits until this replica leads), the bus, the caches and the controllers.
 async fn start(
@@ -288,21 +312,7 @@ async fn start(
     tasks: &mut Supervised,
 ) -> Result<(), RunError> {
     let client = Client::try_default().await?;
-    let identity = config
-        .identity
-        .clone()
-        // A pod's hostname is its name; the pid tells two processes on one host apart.
-        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
-        .map_or_else(
-            || format!("aios-operator-{}", std::process::id()),
-            |name| {
-                if config.identity.is_some() {
-                    name
-                } else {
-                    format!("{name}-{}", std::process::id())
-                }
-            },
-        );
+    let identity = identity(config);
     let health = Health {
         metrics: Metrics::new(),
         ..Health::default()
@@ -329,6 +339,12 @@ async fn start(
         tasks.spawn(async move { Ok(elector.keep(&shutdown).await?) });
     }
 
+    let attempt_key = tokens::AttemptKey::load_or_create(
+        &client,
+        &config.lease_namespace,
+        &config.token_key_secret,
+    )
+    .await?;
     let bus = Arc::new(Bus::connect(&config.amqp_url, shutdown).await?);
     let _ = health.bus.set(bus.clone());
     let cancel_marks = cancel_marks(config)?;
@@ -368,6 +384,7 @@ async fn start(
         model_server_image: config.model_server_image.clone(),
         cancel_marks,
         sandbox: sandbox(config, &client),
+        attempt_key: Arc::new(attempt_key),
     });
     {
         let ctx = ctx.clone();
@@ -442,7 +459,7 @@ async fn start_caches(
                     let (bus, agent_tx) = (bus.clone(), agent_tx.clone());
                     async move {
                         if let Ok(agent) = agent {
-                            if let Err(err) = bus.ensure_role_queue(agent.spec.role.as_str()).await {
+                            if let Err(err) = bus.ensure_role_queue(&kube::ResourceExt::namespace(&agent).unwrap_or_default(), agent.spec.role.as_str()).await {
                                 tracing::warn!(error = %err, role = %agent.spec.role, "declaring the role queue failed");
                             }
                             let _ = agent_tx.unbounded_send(());

@@ -457,6 +457,7 @@ mod tests {
             task: obj,
             attempt,
             agent: "apollo-1".into(),
+            token: String::new(),
             at: ts(at),
             kind,
         }

@@ -28,6 +28,9 @@ pub struct Metrics {
     /// API server refused the outcome and the attempt failed with its message instead;
     /// dropped: that was refused too; malformed, unsupported_version).
     pub events: IntCounterVec,
+    /// Messages rejected for want of their attempt's token, by message kind and reason
+    /// (`missing_token`, `bad_token`).
+    pub rejected_messages: IntCounterVec,
     /// Verification runs finished, by kind (`task`, `project`) and outcome (`Passed`,
     /// `Failed`, `TimedOut`, `Error`).
     pub verifications: IntCounterVec,
@@ -110,6 +113,11 @@ impl Metrics {
                 "aios_task_events_total",
                 "Agent events consumed, by type and outcome",
                 &["type", "outcome"],
+            ),
+            rejected_messages: counter(
+                "aios_rejected_messages_total",
+                "Agent messages rejected for want of their attempt's token, by message kind and reason",
+                &["message", "reason"],
             ),
             verifications: counter(
                 "aios_verifications_total",

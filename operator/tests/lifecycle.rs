@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use aios_crds::{TaskPhase, TaskResult};
-use support::{FakeAgents, Harness, Reply, done, plan_reply};
+use support::{FakeAgents, Harness, Reply, done, plan_reply, single};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -48,7 +48,7 @@ spec:
 async fn a_diamond_plan_runs_in_dependency_order_to_succeeded() {
     let h = Harness::running("diamond", &["backend", "frontend", "qa"]).await;
     let agents = FakeAgents::start(
-        &h.amqp_url,
+        &h,
         &["backend", "frontend", "qa"],
         Duration::from_millis(300),
         |d| Reply::Succeed(done(d)),
@@ -128,7 +128,7 @@ async fn a_project_without_tasks_is_planned_by_hera_into_tasks() {
         {"name": "test", "title": "Test it", "role": "qa", "dependsOn": ["build"], "acceptanceCriteria": ["tests pass"]}
     ]);
     let agents = FakeAgents::start(
-        &h.amqp_url,
+        &h,
         &["cto", "backend", "qa"],
         Duration::from_millis(50),
         move |d| plan_reply(d, &plan),
@@ -168,7 +168,7 @@ async fn an_invalid_plan_is_replanned_and_finally_fails_with_plan_invalid() {
     let h = Harness::running("replan", &["cto", "backend"]).await;
     // Every plan uses a role no Agent serves.
     let plan = serde_json::json!([{"name": "hack", "title": "Hack", "role": "security"}]);
-    let agents = FakeAgents::start(&h.amqp_url, &["cto"], Duration::from_millis(20), move |d| {
+    let agents = FakeAgents::start(&h, &["cto"], Duration::from_millis(20), move |d| {
         plan_reply(d, &plan)
     })
     .await;
@@ -228,7 +228,7 @@ async fn a_cyclic_plan_is_refused_by_hera_with_its_problems_and_planned_again() 
         {"name": "store", "title": "Store", "role": "backend"}
     ]);
     let agents = FakeAgents::start(
-        &h.amqp_url,
+        &h,
         &["cto", "backend"],
         Duration::from_millis(20),
         move |d| plan_reply(d, if d.attempt == 1 { &cyclic } else { &acyclic }),
@@ -276,7 +276,7 @@ async fn a_dependency_on_no_task_of_the_plan_is_dropped_by_hera_and_named() {
         {"name": "test", "title": "Test it", "role": "qa", "dependsOn": ["build", "backend"]}
     ]);
     let _agents = FakeAgents::start(
-        &h.amqp_url,
+        &h,
         &["cto", "backend", "qa"],
         Duration::from_millis(20),
         move |d| plan_reply(d, &plan),
@@ -312,11 +312,9 @@ async fn a_dependency_on_no_task_of_the_plan_is_dropped_by_hera_and_named() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_planning_task_that_fails_without_a_plan_leaves_every_condition_current() {
     let h = Harness::running("planfail", &["cto", "backend"]).await;
-    let _agents = FakeAgents::start(&h.amqp_url, &["cto"], Duration::from_millis(10), |_| {
-        Reply::Fail {
-            reason: "InvalidPlan".into(),
-            retryable: true,
-        }
+    let _agents = FakeAgents::start(&h, &["cto"], Duration::from_millis(10), |_| Reply::Fail {
+        reason: "InvalidPlan".into(),
+        retryable: true,
     })
     .await;
     h.apply(&unplanned("noplan", 0));
@@ -377,7 +375,7 @@ spec:
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_task_is_retried_with_backoff_and_fails_the_project_under_fail_fast() {
     let h = Harness::running("failfast", &["backend"]).await;
-    let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |d| {
+    let agents = FakeAgents::start(&h, &["backend"], Duration::from_millis(10), |d| {
         if d.task.name.ends_with("-flaky") {
             Reply::Fail {
                 reason: "InvalidOutput".into(),
@@ -423,7 +421,7 @@ async fn a_failing_task_is_retried_with_backoff_and_fails_the_project_under_fail
 #[tokio::test(flavor = "multi_thread")]
 async fn without_fail_fast_dependents_are_skipped_and_other_branches_finish() {
     let h = Harness::running("continue", &["backend"]).await;
-    let _agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |d| {
+    let _agents = FakeAgents::start(&h, &["backend"], Duration::from_millis(10), |d| {
         if d.task.name.ends_with("-broken") {
             Reply::Fail {
                 reason: "BudgetExceeded".into(),
@@ -449,7 +447,7 @@ async fn without_fail_fast_dependents_are_skipped_and_other_branches_finish() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_timed_out_attempt_is_cancelled_and_retried() {
     let h = Harness::running("timeout", &["backend"]).await;
-    let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |d| {
+    let agents = FakeAgents::start(&h, &["backend"], Duration::from_millis(10), |d| {
         if d.attempt == 1 {
             Reply::Hang
         } else {
@@ -476,17 +474,11 @@ async fn a_timed_out_attempt_is_cancelled_and_retried() {
     );
 }
 
-fn single(name: &str) -> String {
-    format!(
-        "apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: {name}\nspec:\n  description: One task\n  repository:\n    url: file:///tmp/{name}.git\n  tasks:\n    - name: only\n      title: The only task\n      role: backend\n"
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn duplicate_and_stale_events_change_nothing() {
     use aios_crds::{Usage, bus::TaskEventKind};
     let h = Harness::running("dupes", &["backend"]).await;
-    let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |d| {
+    let agents = FakeAgents::start(&h, &["backend"], Duration::from_millis(10), |d| {
         Reply::Succeed(done(d))
     })
     .await;
@@ -541,9 +533,12 @@ async fn duplicate_and_stale_events_change_nothing() {
     .await
     .unwrap();
 
-    // Wait until the operator has consumed all four, then compare.
+    // Wait until the operator has consumed all four, then compare. The stale one
+    // carries the token of attempt 1, not of attempt 0: it is rejected, not ignored.
     let start = std::time::Instant::now();
-    while h.metric(0, "aios_task_events_total{outcome=\"ignored\"") < 4.0 {
+    while h.metric(0, "aios_task_events_total{outcome=\"ignored\"") < 3.0
+        || h.metric(0, "aios_task_events_total{outcome=\"rejected\"") < 1.0
+    {
         assert!(
             start.elapsed() < TIMEOUT,
             "the operator did not consume the events"
@@ -564,7 +559,7 @@ async fn duplicate_and_stale_events_change_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_lettered_dispatch_fails_its_attempt_as_a_poison_message() {
     let h = Harness::running("poison", &["backend"]).await;
-    let _agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |_| {
+    let _agents = FakeAgents::start(&h, &["backend"], Duration::from_millis(10), |_| {
         Reply::Reject
     })
     .await;
@@ -588,7 +583,7 @@ async fn a_result_the_api_server_refuses_fails_the_attempt_with_its_message_and_
 {
     let h = Harness::running("refused", &["backend"]).await;
     // Larger than the API server takes in one request, on every attempt.
-    let _agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |d| {
+    let _agents = FakeAgents::start(&h, &["backend"], Duration::from_millis(10), |d| {
         let mut output = done(d);
         output.result.summary = "x".repeat(4 * 1024 * 1024);
         Reply::Succeed(output)
@@ -643,10 +638,8 @@ async fn a_result_the_api_server_refuses_fails_the_attempt_with_its_message_and_
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_a_project_cancels_what_is_in_flight() {
     let h = Harness::running("delete", &["backend"]).await;
-    let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |_| {
-        Reply::Hang
-    })
-    .await;
+    let agents =
+        FakeAgents::start(&h, &["backend"], Duration::from_millis(10), |_| Reply::Hang).await;
     h.apply(&single("gone"));
     h.wait_for_value("task/gone-only", "{.status.phase}", "Running", TIMEOUT)
         .await;
@@ -668,7 +661,7 @@ async fn deleting_a_project_cancels_what_is_in_flight() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tasks_created_apart_from_an_empty_plan_are_the_projects_work() {
     let h = Harness::running("gitops", &["backend"]).await;
-    let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |d| {
+    let agents = FakeAgents::start(&h, &["backend"], Duration::from_millis(10), |d| {
         Reply::Succeed(done(d))
     })
     .await;
@@ -714,7 +707,7 @@ async fn a_project_naming_a_secret_not_labelled_for_git_is_never_dispatched() {
         "anthropic",
         "aios.dev/credential-hosts=api.anthropic.com,capture.example",
     ]);
-    let agents = FakeAgents::start(&h.amqp_url, &["cto"], Duration::ZERO, |d| {
+    let agents = FakeAgents::start(&h, &["cto"], Duration::ZERO, |d| {
         plan_reply(d, &serde_json::json!([]))
     })
     .await;

@@ -47,7 +47,7 @@ async fn killing_the_operator_mid_run_finishes_the_project_without_running_a_tas
     h.serve_models().await;
     h.apply_agents(&["backend"]);
     let first = h.start_operator("op-1");
-    let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(700), |d| {
+    let agents = FakeAgents::start(&h, &["backend"], Duration::from_millis(700), |d| {
         Reply::Succeed(done(d))
     })
     .await;
@@ -86,7 +86,7 @@ async fn of_two_replicas_only_the_leader_dispatches_and_the_other_takes_over() {
     h.apply_agents(&["backend"]);
     let a = h.start_operator("op-a");
     let b = h.start_operator("op-b");
-    let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(50), |d| {
+    let agents = FakeAgents::start(&h, &["backend"], Duration::from_millis(50), |d| {
         Reply::Succeed(done(d))
     })
     .await;
@@ -216,7 +216,7 @@ async fn fan_in_planned_by_hera_succeeds(width: usize, timeout: Duration) {
     let h = Harness::running("fanin", &["cto", "backend", "qa"]).await;
     let plan = fan_in_plan(width);
     let agents = FakeAgents::start(
-        &h.amqp_url,
+        &h,
         &["cto", "backend", "qa"],
         Duration::from_millis(10),
         move |d| plan_reply(d, &plan),

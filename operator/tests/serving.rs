@@ -222,7 +222,7 @@ async fn tasks_wait_until_a_ready_provider_can_take_them() {
     let mut h = Harness::new("gated");
     h.apply_agents(&["backend"]);
     h.start_operator("op-1");
-    let agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::from_millis(10), |d| {
+    let agents = FakeAgents::start(&h, &["backend"], Duration::from_millis(10), |d| {
         Reply::Succeed(done(d))
     })
     .await;

@@ -108,7 +108,7 @@ async fn a_verification_job_is_restricted_and_its_result_reaches_the_task() {
     h.serve_models().await;
     h.apply_agents(&["backend"]);
     h.start_operator("op-1");
-    let _agents = FakeAgents::start(&h.amqp_url, &["backend"], Duration::ZERO, |d| {
+    let _agents = FakeAgents::start(&h, &["backend"], Duration::ZERO, |d| {
         Reply::Succeed(done(d))
     })
     .await;

@@ -303,6 +303,7 @@ impl World {
             heartbeat_interval_seconds: 1,
             paths: aios_crds::project::PathPolicy::default(),
             recall_across_projects: false,
+            token: String::new(),
         }
     }
 
@@ -360,6 +361,7 @@ impl World {
             .env("AIOS_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("AIOS_WORK_DIR", &work)
             .env("POD_NAME", &name)
+            .env("POD_NAMESPACE", "tests")
             .env("AIOS_CLAIM_LEASE_SECONDS", "3")
             .env("AIOS_LOG_FORMAT", "text")
             .env("RUST_LOG", "info")

@@ -48,6 +48,8 @@ pub struct Harness {
     pub operators: Vec<Operator>,
     /// A local server answering as an Ollama, behind the test's ModelProvider.
     model_server: Option<wiremock::MockServer>,
+    /// Environment the operators started from now on get besides the usual.
+    pub operator_env: Vec<(String, String)>,
 }
 
 impl Harness {
@@ -61,6 +63,21 @@ impl Harness {
             amqp_url,
             operators: Vec::new(),
             model_server: None,
+            operator_env: Vec::new(),
+        }
+    }
+
+    /// Another namespace on `other`'s bus (RabbitMQ virtual host), as every namespace
+    /// of a cluster shares one bus.
+    pub fn sharing_bus(prefix: &str, other: &Harness) -> Self {
+        let env = env();
+        Self {
+            env,
+            ns: env.create_namespace(prefix).unwrap(),
+            amqp_url: other.amqp_url.clone(),
+            operators: Vec::new(),
+            model_server: None,
+            operator_env: Vec::new(),
         }
     }
 
@@ -105,6 +122,7 @@ impl Harness {
             .env("AIOS_LEASE_RETRY_SECONDS", "1")
             .env("AIOS_PROVIDER_PROBE_SECONDS", "1")
             .env("RUST_LOG", filter)
+            .envs(self.operator_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -331,25 +349,25 @@ pub struct FakeAgents {
 }
 
 impl FakeAgents {
-    /// Starts consuming the queues of `roles` on `amqp_url`; `reply` decides each answer,
+    /// Starts consuming the queues of `roles` in `h`'s namespace; `reply` decides each answer,
     /// given after `delay`.
     pub async fn start(
-        amqp_url: &str,
+        h: &Harness,
         roles: &[&str],
         delay: Duration,
         reply: impl Fn(&TaskDispatch) -> Reply + Send + Sync + 'static,
     ) -> Self {
         let stop = CancellationToken::new();
-        let bus = Arc::new(Bus::connect(amqp_url, &stop).await.unwrap());
+        let bus = Arc::new(Bus::connect(&h.amqp_url, &stop).await.unwrap());
         let received = Arc::new(Mutex::new(Vec::new()));
         let cancels = Arc::new(Mutex::new(Vec::new()));
         let finished = Arc::new(Mutex::new(std::collections::HashMap::new()));
         let seen = Arc::new(Mutex::new(HashSet::new()));
         let reply = Arc::new(reply);
         for role in roles {
-            bus.ensure_role_queue(role).await.unwrap();
+            bus.ensure_role_queue(&h.ns, role).await.unwrap();
             let consumer = bus
-                .consume(&role_queue(role), &format!("fake-{role}"), 128)
+                .consume(&role_queue(&h.ns, role), &format!("fake-{role}"), 128)
                 .await
                 .unwrap();
             let (bus, received, seen, reply, stop) = (
@@ -456,6 +474,7 @@ pub fn event(dispatch: &TaskDispatch, agent: &str, kind: TaskEventKind) -> TaskE
         task: dispatch.task.clone(),
         attempt: dispatch.attempt,
         agent: agent.to_owned(),
+        token: dispatch.token.clone(),
         at: jiff::Timestamp::now(),
         kind,
     }
@@ -488,6 +507,13 @@ async fn respond(bus: &Bus, agent: &str, dispatch: &TaskDispatch, reply: Reply, 
 }
 
 /// A result that names the task.
+/// A Project `name` of one task, `<name>-only`, for role `backend`.
+pub fn single(name: &str) -> String {
+    format!(
+        "apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: {name}\nspec:\n  description: One task\n  repository:\n    url: file:///tmp/{name}.git\n  tasks:\n    - name: only\n      title: The only task\n      role: backend\n"
+    )
+}
+
 pub fn done(dispatch: &TaskDispatch) -> TaskOutput {
     TaskResult {
         summary: format!("{} done", dispatch.task.name),
