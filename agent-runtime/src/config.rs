@@ -160,6 +160,7 @@ mod tests {
         let config = Config::try_parse_from([
             "aios-agent",
             "--role=backend",
+            "--namespace=tests",
             "--amqp-url=amqp://127.0.0.1",
             "--redis-url=redis://127.0.0.1",
             "--providers-file=/dev/null",
