@@ -44,6 +44,13 @@ pub struct Config {
     /// Redis URL (claims, budget counters).
     #[arg(long, env = "AIOS_REDIS_URL")]
     pub redis_url: String,
+    /// A PEM file of CA certificates to trust, besides the system's roots, for
+    /// `amqps://`, `rediss://` and an `https://` Qdrant.
+    #[arg(long, env = "AIOS_CA_FILE", conflicts_with = "ca_cert")]
+    pub ca_file: Option<PathBuf>,
+    /// The same as PEM text (the operator sets it from the connection Secret's `caCert`).
+    #[arg(long, env = "AIOS_CA_CERT", hide_env_values = true)]
+    pub ca_cert: Option<String>,
     /// Qdrant URL for long-term memory; without it memory is the embedded store in the
     /// work directory.
     #[arg(long, env = "AIOS_QDRANT_URL")]
@@ -95,6 +102,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// The CA bundle to trust besides the system's roots, if one is given.
+    pub fn ca(&self) -> Result<Option<aios_bus::CaBundle>, aios_bus::tls::TlsError> {
+        aios_bus::tls::configured_ca(self.ca_file.as_deref(), self.ca_cert.as_deref())
+    }
+
     /// The claim lease.
     pub fn claim_lease(&self) -> Duration {
         Duration::from_secs(self.claim_lease_seconds)

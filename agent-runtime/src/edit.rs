@@ -14,8 +14,32 @@ use std::collections::BTreeMap;
 
 use crate::{
     context::normal_path,
-    output::{EditOutput, FileOutput, WorkOutput},
+    output::{Checked, EditOutput, FileOutput, WorkOutput},
 };
+
+/// Why an answer could not be resolved into files: every problem, `; `-separated, for
+/// the repair request, and the paths of the repository's files it would have written or
+/// edited without having been shown them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Every problem found.
+    pub problems: String,
+    /// Existing files the answer wrote or edited blind, in their normal form.
+    pub unseen: Vec<String>,
+}
+
+/// An answer that would change a file the model was not shown is refused as
+/// `UnseenFile` (a refusal, not a slip: the attempt is not retried); one with only
+/// other problems is unusable, to be repaired.
+impl<T> From<Refused> for Checked<T> {
+    fn from(refused: Refused) -> Self {
+        if refused.unseen.is_empty() {
+            Self::Unusable(refused.problems)
+        } else {
+            Self::Refused("UnseenFile", refused.problems)
+        }
+    }
+}
 
 /// The most bytes of a hunk quoted in a problem.
 const HUNK_EXCERPT_BYTES: usize = 240;
@@ -26,13 +50,14 @@ const HUNK_EXCERPT_BYTES: usize = 240;
 /// delivery's path checks see exactly that (`/etc/passwd` must be refused as absolute,
 /// not quietly become `etc/passwd`). `shown` holds the files whose whole content was in the prompt, by path;
 /// `exists` tells whether a path names a file of the work tree. The error lists every
-/// problem found, `; `-separated.
+/// problem found and the existing files the answer would change blind.
 pub fn resolve(
     output: WorkOutput,
     shown: &BTreeMap<String, String>,
     exists: impl Fn(&str) -> bool,
-) -> Result<WorkOutput, String> {
+) -> Result<WorkOutput, Refused> {
     let mut problems = Vec::new();
+    let mut unseen = Vec::new();
     let mut files: Vec<FileOutput> = Vec::with_capacity(output.files.len());
     for file in output.files {
         let path = normal_path(&file.path);
@@ -43,6 +68,7 @@ pub fn resolve(
                 "the file {path:?} exists in the repository and was not shown to you, so it \
                  cannot be overwritten; leave it alone or write a file of another name"
             ));
+            unseen.push(path.clone());
         }
         files.push(file);
     }
@@ -63,6 +89,7 @@ pub fn resolve(
         }
         let Some(content) = shown.get(&path) else {
             problems.push(if exists(&path) {
+                unseen.push(path.clone());
                 format!(
                     "the file {path:?} was not shown to you, so it cannot be edited; leave it alone"
                 )
@@ -88,7 +115,10 @@ pub fn resolve(
             ..output
         })
     } else {
-        Err(problems.join("; "))
+        Err(Refused {
+            problems: problems.join("; "),
+            unseen,
+        })
     }
 }
 
@@ -258,7 +288,7 @@ mod tests {
             &shown(),
             exists,
         );
-        let resolved = resolved.unwrap_or_else(|err| panic!("{err}"));
+        let resolved = resolved.unwrap_or_else(|err| panic!("{err:?}"));
         assert_eq!(
             resolved.files,
             [
@@ -294,7 +324,8 @@ mod tests {
             exists,
         )
         .unwrap_err();
-        assert!(twice.contains("more than once"), "{twice}");
+        assert!(twice.problems.contains("more than once"), "{twice:?}");
+        assert!(twice.unseen.is_empty(), "a slip, not a refusal: {twice:?}");
     }
 
     #[test]
@@ -382,9 +413,12 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            problem.contains("\"README.md\" was not shown to you, so it cannot be edited"),
-            "{problem}"
+            problem
+                .problems
+                .contains("\"README.md\" was not shown to you, so it cannot be edited"),
+            "{problem:?}"
         );
+        assert_eq!(problem.unseen, ["README.md"]);
         let problem = resolve(
             answer(&[("README.md", "# Shop\n")], vec![]),
             &shown(),
@@ -392,16 +426,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            problem.contains("\"README.md\" exists in the repository and was not shown to you"),
-            "{problem}"
+            problem
+                .problems
+                .contains("\"README.md\" exists in the repository and was not shown to you"),
+            "{problem:?}"
         );
+        assert_eq!(problem.unseen, ["README.md"]);
         let problem = resolve(
             answer(&[], vec![edit("docs/new.md", "a", "b")]),
             &shown(),
             exists,
         )
         .unwrap_err();
-        assert!(problem.contains("does not exist"), "{problem}");
+        assert!(problem.problems.contains("does not exist"), "{problem:?}");
+        assert!(problem.unseen.is_empty(), "{problem:?}");
         // Overwriting a file that was shown, and writing a new one, are allowed.
         let resolved = resolve(
             answer(
@@ -432,7 +470,8 @@ mod tests {
             &shown(),
             exists,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .problems;
         let at = |needle: &str| {
             problem
                 .find(needle)

@@ -42,9 +42,11 @@ use crate::{
 /// Connects to Redis, retrying with backoff until it answers or `shutdown`.
 async fn connect_redis(
     url: &str,
+    ca: Option<&aios_bus::CaBundle>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<ConnectionManager> {
-    let client = redis::Client::open(url).context("parsing the Redis URL")?;
+    let client = aios_bus::tls::redis_client(url, ca)?;
+    let endpoint = aios_crds::text::without_userinfo(url);
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(Some(Duration::from_secs(5)));
@@ -53,7 +55,7 @@ async fn connect_redis(
         match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
             Ok(manager) => return Ok(manager),
             Err(err) => {
-                tracing::warn!(error = %err, retry_in = ?delay, "cannot reach Redis");
+                tracing::warn!(error = %err, %endpoint, retry_in = ?delay, "cannot reach Redis");
                 tokio::select! {
                     () = shutdown.cancelled() => anyhow::bail!("shutting down before Redis answered"),
                     () = tokio::time::sleep(delay) => {}
@@ -102,7 +104,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
 
-    let redis = connect_redis(&config.redis_url, &shutdown).await?;
+    let ca = config.ca()?;
+    let redis = connect_redis(&config.redis_url, ca.as_ref(), &shutdown).await?;
     let agent = config.agent_name();
     // Unique per process: a restarted agent with the same pod name is another worker.
     let worker_id = format!("{agent}/{}", std::process::id());
@@ -161,7 +164,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.claim_lease(),
     ));
     tracing::info!(role = %config.role, concurrency = config.concurrency, "agent starting");
-    runtime.run(&config.amqp_url, shutdown.clone()).await;
+    runtime
+        .run(&config.amqp_url, ca.as_ref(), shutdown.clone())
+        .await;
     shutdown.cancel();
     while services.join_next().await.is_some() {}
     tracing::info!("agent stopped");
@@ -173,6 +178,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// cannot be opened the agent works without it, saying so.
 async fn open_memory(config: &Config, router: Arc<Router>) -> Arc<dyn memory::Memory> {
     let embedder: Arc<dyn memory::Embedder> = router;
+    if let Some(url) = config
+        .qdrant_url
+        .as_deref()
+        .filter(|u| u.starts_with("https://"))
+        && (config.ca_file.is_some() || config.ca_cert.is_some())
+    {
+        tracing::warn!(
+            qdrant = %aios_crds::text::without_userinfo(url),
+            "not supported yet: the CA bundle (AIOS_CA_FILE / AIOS_CA_CERT) for Qdrant; its client \
+             trusts the system's roots only (a bundle in SSL_CERT_FILE replaces them)"
+        );
+    }
     let opened: Result<Arc<dyn memory::Memory>, memory::MemoryError> = match &config.qdrant_url {
         Some(url) => memory::qdrant::QdrantMemory::new(
             url,

@@ -147,6 +147,10 @@ pub enum Checked<T> {
     Flawed(T, String),
     /// It cannot be used (a sentence for the repair request).
     Unusable(String),
+    /// It cannot be used, for a reason that is a refusal rather than a slip (the
+    /// Task's failure reason, and a sentence for the repair request): if the repair is
+    /// refused too, the attempt fails with that reason and is not retried.
+    Refused(&'static str, String),
 }
 
 impl<T> Checked<T> {
@@ -154,7 +158,7 @@ impl<T> Checked<T> {
     pub fn usable(self) -> Option<T> {
         match self {
             Self::Good(value) | Self::Flawed(value, _) => Some(value),
-            Self::Unusable(_) => None,
+            Self::Unusable(_) | Self::Refused(..) => None,
         }
     }
 }
@@ -290,7 +294,7 @@ mod tests {
         match checked {
             Checked::Good(plan) => panic!("passed: {plan:?}"),
             Checked::Flawed(_, problems) => (problems, true),
-            Checked::Unusable(problem) => (problem, false),
+            Checked::Unusable(problem) | Checked::Refused(_, problem) => (problem, false),
         }
     }
 

@@ -236,12 +236,17 @@ impl Runtime {
 
     /// Consumes until `shutdown`, reconnecting to the bus when the connection is lost;
     /// returns when every task has finished or been requeued.
-    pub async fn run(self: Arc<Self>, amqp_url: &str, shutdown: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        amqp_url: &str,
+        ca: Option<&aios_bus::CaBundle>,
+        shutdown: CancellationToken,
+    ) {
         let hard_stop = CancellationToken::new();
         let semaphore = Arc::new(Semaphore::new(usize::from(self.concurrency)));
         let mut tasks = JoinSet::new();
         while !shutdown.is_cancelled() {
-            let Ok(bus) = Bus::connect(amqp_url, &shutdown).await else {
+            let Ok(bus) = Bus::connect(amqp_url, ca, &shutdown).await else {
                 break;
             };
             let bus = Arc::new(bus);

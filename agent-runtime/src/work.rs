@@ -424,13 +424,20 @@ impl Worker {
             &repository,
             &memories,
         );
-        let work: WorkOutput = ask(self.llm.as_ref(), false, request, &mut usage, |text| {
-            output::parse_work(text)
-                .and_then(|work| edit::resolve(work, &shown, |path| workspace.exists(path)))
-                .into()
-        })
-        .await?
-        .value;
+        let work: WorkOutput =
+            ask(
+                self.llm.as_ref(),
+                false,
+                request,
+                &mut usage,
+                |text| match output::parse_work(text) {
+                    Ok(work) => edit::resolve(work, &shown, |path| workspace.exists(path))
+                        .map_or_else(Checked::from, Checked::Good),
+                    Err(problem) => Checked::Unusable(problem),
+                },
+            )
+            .await?
+            .value;
         let delivered = self
             .deliver(dispatch, &workspace, &work.files, &work.summary, &usage)
             .await?;
@@ -472,6 +479,7 @@ pub async fn ask<T>(
     check: impl Fn(&str) -> Checked<T>,
 ) -> Result<Answer<T>, Failure> {
     let mut problem = String::new();
+    let mut refused: Option<&'static str> = None;
     let mut flawed: Option<Answer<T>> = None;
     for round in 0..2 {
         if round == 1 {
@@ -497,7 +505,14 @@ pub async fn ask<T>(
                     problems: Some(found),
                 });
             }
-            Checked::Unusable(found) => problem = found,
+            Checked::Unusable(found) => {
+                problem = found;
+                refused = None;
+            }
+            Checked::Refused(reason, found) => {
+                problem = found;
+                refused = Some(reason);
+            }
         }
         if planning {
             request.messages.push(ChatMessage::new(
@@ -508,6 +523,14 @@ pub async fn ask<T>(
     }
     if let Some(answer) = flawed {
         return Ok(answer);
+    }
+    if let Some(reason) = refused {
+        return Err(Failure::new(
+            reason,
+            format!("the model's answer was refused after one repair: {problem}"),
+            false,
+            usage,
+        ));
     }
     let what = if planning {
         "InvalidPlan"

@@ -291,8 +291,8 @@ async fn a_refused_answer_gets_one_repair_naming_the_file_and_the_hunk() {
         "never overwritten blind"
     );
 
-    // Refused twice: the attempt fails, retryable, saying what was wrong, and nothing is
-    // committed.
+    // Refused twice: the attempt fails as UnseenFile, not retried, naming the file, and
+    // nothing is committed.
     let llm = Scripted::new(vec![blind.clone(), blind]);
     let worker = agent(dir.path(), llm.clone());
     let before = git(&repo, &["rev-parse", "main"]);
@@ -304,13 +304,33 @@ async fn a_refused_answer_gets_one_repair_naming_the_file_and_the_hunk() {
         ))
         .await
         .unwrap_err();
+    assert_eq!(failure.reason, "UnseenFile");
+    assert!(!failure.retryable);
+    for part in ["\"deploy/k8s/prod/app.yaml\"", "edit 1 of \"src/app.py\""] {
+        assert!(
+            failure.message.contains(part),
+            "{part}: {}",
+            failure.message
+        );
+    }
+    assert_eq!(git(&repo, &["rev-parse", "main"]), before);
+
+    // An answer that is only wrong, not blind, stays a retryable InvalidOutput.
+    let sloppy = json!({
+        "summary": "Changed totals.",
+        "files": [],
+        "edits": [{"path": "src/app.py", "search": "\treturn sum(items)", "replace": "\treturn 0"}]
+    });
+    let failure = agent(dir.path(), Scripted::new(vec![sloppy.clone(), sloppy]))
+        .perform(&dispatch(
+            &repo,
+            "Zero totals once more",
+            "Make src/app.py total 0.",
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(failure.reason, "InvalidOutput");
     assert!(failure.retryable);
-    assert!(
-        failure.message.contains("edit 1 of \"src/app.py\""),
-        "{}",
-        failure.message
-    );
     assert_eq!(git(&repo, &["rev-parse", "main"]), before);
 }
 

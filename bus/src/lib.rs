@@ -19,6 +19,10 @@ use lapin::{
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+pub mod tls;
+
+pub use tls::CaBundle;
+
 /// How many times RabbitMQ delivers a dispatch before dead-lettering it.
 pub const DELIVERY_LIMIT: i64 = 5;
 
@@ -26,7 +30,7 @@ pub const DELIVERY_LIMIT: i64 = 5;
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     /// A connection, channel or declaration failed.
-    #[error("{action} failed")]
+    #[error("{action} failed: {source}")]
     Amqp {
         /// What was being done.
         action: String,
@@ -111,11 +115,16 @@ pub struct Bus {
 
 impl Bus {
     /// Connects, retrying with exponential backoff (1 s doubling to 30 s) until it
-    /// succeeds or `shutdown` is cancelled, and declares the base topology.
-    pub async fn connect(url: &str, shutdown: &CancellationToken) -> Result<Self, BusError> {
+    /// succeeds or `shutdown` is cancelled, and declares the base topology. An
+    /// `amqps://` URL is verified against the system's roots and `ca`.
+    pub async fn connect(
+        url: &str,
+        ca: Option<&CaBundle>,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, BusError> {
         let mut delay = Duration::from_secs(1);
         loop {
-            match Self::try_connect(url).await {
+            match Self::connect_once(url, ca).await {
                 Ok(bus) => return Ok(bus),
                 Err(err) => {
                     tracing::warn!(error = %err, retry_in = ?delay, "cannot reach RabbitMQ");
@@ -129,11 +138,20 @@ impl Bus {
         }
     }
 
-    async fn try_connect(url: &str) -> Result<Self, BusError> {
-        let connection =
-            Connection::connect(url, ConnectionProperties::default().enable_auto_recover())
-                .await
-                .map_err(amqp("connecting to RabbitMQ"))?;
+    /// Connects once (see [`Bus::connect`]); the error names the endpoint, without its
+    /// password.
+    pub async fn connect_once(url: &str, ca: Option<&CaBundle>) -> Result<Self, BusError> {
+        let connection = lapin::DefaultConnectionBuilder::new()
+            .map_err(amqp("starting the AMQP client"))?
+            .with_uri_str(url.to_owned())
+            .with_properties(ConnectionProperties::default().enable_auto_recover())
+            .with_tls_config(tls::amqp_tls(ca))
+            .connect()
+            .await
+            .map_err(amqp(format!(
+                "connecting to RabbitMQ at {}",
+                aios_crds::text::without_userinfo(url)
+            )))?;
         let publisher = open_publisher(&connection).await?;
         let bus = Self {
             connection,

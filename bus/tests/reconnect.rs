@@ -40,7 +40,7 @@ async fn delivered(url: &str, control: &mut lapin::Consumer, message: &TaskCance
             "no control queue took the cancel of attempt {} within 90 s",
             message.attempt
         );
-        let published = match Bus::connect(url, &shutdown).await {
+        let published = match Bus::connect(url, None, &shutdown).await {
             Ok(bus) => {
                 let result = bus.publish_cancel(message).await;
                 bus.close().await;
@@ -81,7 +81,7 @@ async fn an_agents_control_queue_comes_back_after_a_broker_restart() {
     .unwrap();
     let url = env.amqp_url.clone().unwrap();
     let shutdown = CancellationToken::new();
-    let agent = Bus::connect(&url, &shutdown).await.unwrap();
+    let agent = Bus::connect(&url, None, &shutdown).await.unwrap();
     let mut control = agent.consume_control("apollo-0-control").await.unwrap();
     delivered(&url, &mut control, &cancel(1)).await;
 

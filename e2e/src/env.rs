@@ -141,6 +141,24 @@ pub struct RabbitNode {
     /// The Erlang distribution port.
     #[serde(default)]
     pub dist_port: u16,
+    /// The AMQPS (TLS) port, when the node has a TLS listener.
+    #[serde(default)]
+    pub amqps_port: Option<u16>,
+}
+
+/// A server's TLS listener: its port, and the certificate and key it presents (the
+/// environment's serving certificate, for `127.0.0.1` and `localhost`, signed by the
+/// environment's CA).
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    /// The port.
+    pub port: u16,
+    /// The certificate, PEM.
+    pub cert: PathBuf,
+    /// Its key, PEM.
+    pub key: PathBuf,
+    /// The CA that signed it.
+    pub ca: PathBuf,
 }
 
 /// A running environment.
@@ -159,6 +177,12 @@ pub struct Environment {
     pub amqp_url: Option<String>,
     /// Redis's URL, when it was started.
     pub redis_url: Option<String>,
+    /// Redis's TLS URL (`rediss://`), when it was started.
+    #[serde(default)]
+    pub rediss_url: Option<String>,
+    /// The CA certificate (PEM file) that signed the TLS listeners' certificates.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// How to reach the RabbitMQ node with its CLI, when it was started.
     #[serde(default)]
     pub rabbitmq: Option<RabbitNode>,
@@ -187,6 +211,8 @@ impl Environment {
             kubectl: bin.join("kubectl"),
             amqp_url: None,
             redis_url: None,
+            rediss_url: None,
+            ca_file: None,
             rabbitmq: None,
             processes: Vec::new(),
             node_bin: None,
@@ -209,6 +235,7 @@ impl Environment {
         let pki_dir = self.dir.join("pki");
         fs::create_dir_all(&pki_dir).map_err(io_err("creating", &pki_dir))?;
         pki.write_server_files(&pki_dir)?;
+        self.ca_file = Some(pki_dir.join(pki::files::CA_CERT));
 
         let etcd_port = self.start_etcd(bin, options)?;
         self.start_apiserver(bin, &pki, &pki_dir, etcd_port, options)?;
@@ -477,16 +504,35 @@ impl Environment {
 
     fn start_redis(&mut self, options: &EnvOptions) -> Result<(), EnvError> {
         let port = process::free_port()?;
-        self.launch_redis(port, options.ready_timeout)?;
+        let tls_port = process::free_port()?;
+        self.launch_redis(port, Some(tls_port), options.ready_timeout)?;
         self.redis_url = Some(format!("redis://127.0.0.1:{port}/"));
+        self.rediss_url = Some(format!("rediss://127.0.0.1:{tls_port}/"));
         Ok(())
     }
 
-    /// Starts Redis on `port`, without persistence (a restart empties it, as a Redis
-    /// without persistence does in a cluster).
-    fn launch_redis(&mut self, port: u16, timeout: Duration) -> Result<(), EnvError> {
+    /// The TLS listener on `port` with the environment's serving certificate.
+    fn tls_listener(&self, port: u16) -> TlsListener {
+        let pki_dir = self.dir.join("pki");
+        TlsListener {
+            port,
+            cert: pki_dir.join(pki::files::SERVING_CERT),
+            key: pki_dir.join(pki::files::SERVING_KEY),
+            ca: pki_dir.join(pki::files::CA_CERT),
+        }
+    }
+
+    /// Starts Redis on `port` (and TLS on `tls_port`), without persistence (a restart
+    /// empties it, as a Redis without persistence does in a cluster).
+    fn launch_redis(
+        &mut self,
+        port: u16,
+        tls_port: Option<u16>,
+        timeout: Duration,
+    ) -> Result<(), EnvError> {
         let data = self.dir.join("redis");
-        let redis = start_redis(port, &data, &self.log("redis"), timeout)?;
+        let tls = tls_port.map(|p| self.tls_listener(p));
+        let redis = start_redis(port, tls.as_ref(), &data, &self.log("redis"), timeout)?;
         self.processes.push(redis);
         Ok(())
     }
@@ -502,10 +548,25 @@ impl Environment {
         fs::write(&plugins, "[].\n").map_err(io_err("writing", &plugins))?;
         // A config file of our own keeps the system's /etc/rabbitmq out of the run; the
         // listener is set through RABBITMQ_NODE_IP_ADDRESS and RABBITMQ_NODE_PORT below.
+        // The TLS listener, with the environment's serving certificate; clients are not
+        // asked for certificates.
+        let amqps = process::free_port()?;
+        let tls = self.tls_listener(amqps);
         let config = base.join("rabbitmq.conf");
         fs::write(
             &config,
-            "# AIOS local environment: settings come from the environment\n",
+            format!(
+                "# AIOS local environment: the plain listener comes from the environment\n\
+                 listeners.ssl.1 = 127.0.0.1:{amqps}\n\
+                 ssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\n\
+                 ssl_options.keyfile = {}\n\
+                 ssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                tls.ca.display(),
+                tls.cert.display(),
+                tls.key.display()
+            ),
         )
         .map_err(io_err("writing", &config))?;
 
@@ -529,6 +590,7 @@ impl Environment {
             epmd_port,
             amqp_port: amqp,
             dist_port: dist,
+            amqps_port: Some(amqps),
         };
         self.launch_rabbitmq(&node, options.ready_timeout)?;
         self.amqp_url = Some(format!("amqp://guest:guest@127.0.0.1:{amqp}/%2f"));
@@ -583,7 +645,12 @@ impl Environment {
         ]);
         let rabbit = process::spawn("rabbitmq", &program, &[], &envs, &self.log("rabbitmq"))?;
         self.processes.push(rabbit.clone());
-        rabbit.wait_ready(timeout, || process::amqp_handshake(amqp))?;
+        rabbit.wait_ready(timeout, || {
+            process::amqp_handshake(amqp)
+                && node
+                    .amqps_port
+                    .is_none_or(|p| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok())
+        })?;
         Ok(())
     }
 
@@ -613,8 +680,9 @@ impl Environment {
                 command: "restarting Redis".to_owned(),
                 stderr: "this environment runs no Redis".to_owned(),
             })?;
+        let tls_port = self.rediss_url.as_deref().and_then(loopback_port);
         self.stop_process("redis");
-        self.launch_redis(port, RESTART_TIMEOUT)?;
+        self.launch_redis(port, tls_port, RESTART_TIMEOUT)?;
         self.save_if_shared()
     }
 
@@ -826,6 +894,21 @@ impl Environment {
         Ok(out)
     }
 
+    /// The AMQPS URL of the same vhost and user as `amqp_url` (one of this
+    /// environment's), on the TLS listener; `None` without one.
+    pub fn over_tls(&self, amqp_url: &str) -> Option<String> {
+        let node = self.rabbitmq.as_ref()?;
+        let tls = node.amqps_port?;
+        let plain = format!("127.0.0.1:{}/", node.amqp_port);
+        amqp_url.contains(&plain).then(|| {
+            amqp_url.replacen("amqp://", "amqps://", 1).replacen(
+                &plain,
+                &format!("127.0.0.1:{tls}/"),
+                1,
+            )
+        })
+    }
+
     /// Creates a RabbitMQ virtual host that guest may use, so a test has queues and
     /// exchanges of its own; returns its AMQP URL.
     pub fn create_vhost(&self, name: &str) -> Result<String, EnvError> {
@@ -884,13 +967,14 @@ pub const APISERVER_NODE_PORT: u16 = 6443;
 /// answers. The environment's Redis, and a test's own.
 pub fn start_redis(
     port: u16,
+    tls: Option<&TlsListener>,
     data: &Path,
     log: &Path,
     timeout: Duration,
 ) -> Result<ServerProcess, EnvError> {
     let program = binaries::service_program("redis-server")?;
     fs::create_dir_all(data).map_err(io_err("creating", data))?;
-    let args = [
+    let mut args = vec![
         "--bind".to_owned(),
         "127.0.0.1".to_owned(),
         "--port".to_owned(),
@@ -904,8 +988,27 @@ pub fn start_redis(
         "--daemonize".to_owned(),
         "no".to_owned(),
     ];
+    if let Some(tls) = tls {
+        // Clients are not asked for certificates.
+        args.extend([
+            "--tls-port".to_owned(),
+            tls.port.to_string(),
+            "--tls-cert-file".to_owned(),
+            tls.cert.display().to_string(),
+            "--tls-key-file".to_owned(),
+            tls.key.display().to_string(),
+            "--tls-ca-cert-file".to_owned(),
+            tls.ca.display().to_string(),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ]);
+    }
     let redis = process::spawn("redis", &program, &args, &[], log)?;
-    if let Err(err) = redis.wait_ready(timeout, || process::redis_ping(port)) {
+    let ready = || {
+        process::redis_ping(port)
+            && tls.is_none_or(|t| std::net::TcpStream::connect(("127.0.0.1", t.port)).is_ok())
+    };
+    if let Err(err) = redis.wait_ready(timeout, ready) {
         redis.stop(Duration::from_secs(5));
         return Err(err.into());
     }

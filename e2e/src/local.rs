@@ -102,6 +102,18 @@ pub struct LocalRun {
     pub agents_in_pods: bool,
     /// Where the operator runs.
     pub operator: Operator,
+    /// The operator and the agents reach RabbitMQ over `amqps://` and Redis over
+    /// `rediss://` (the environment's TLS listeners), trusting the environment's CA.
+    /// Local processes only: not supported yet with `agents_in_pods`.
+    pub tls: bool,
+}
+
+/// How a run's processes reach RabbitMQ and Redis.
+struct Connections {
+    amqp: String,
+    redis: Option<String>,
+    /// The CA file to trust (`AIOS_CA_FILE`), over TLS.
+    ca_file: Option<PathBuf>,
 }
 
 /// Where a run's operator runs.
@@ -386,11 +398,42 @@ impl LocalRun {
         })
     }
 
+    /// The URLs the run's processes use: plain, or the TLS listeners with the CA.
+    fn connections(&self, env: &Environment) -> Result<Connections, LocalError> {
+        if !self.tls {
+            return Ok(Connections {
+                amqp: self.amqp_url.clone(),
+                redis: env.redis_url.clone(),
+                ca_file: None,
+            });
+        }
+        let refuse = |why: &str| step("connecting over TLS")(why.to_owned());
+        if self.agents_in_pods {
+            return Err(refuse("not supported yet: TLS with agents in pods"));
+        }
+        Ok(Connections {
+            amqp: env
+                .over_tls(&self.amqp_url)
+                .ok_or_else(|| refuse("the environment's RabbitMQ has no TLS listener"))?,
+            redis: Some(
+                env.rediss_url
+                    .clone()
+                    .ok_or_else(|| refuse("the environment's Redis has no TLS listener"))?,
+            ),
+            ca_file: Some(
+                env.ca_file
+                    .clone()
+                    .ok_or_else(|| refuse("the environment has no CA file"))?,
+            ),
+        })
+    }
+
     /// The operator as a local process watching the run's namespace.
     fn start_operator(&self, env: &Environment) -> Result<Child, LocalError> {
         let ns = self.namespace.as_str();
+        let connections = self.connections(env)?;
         let mut operator_vars = vec![
-            ("AIOS_AMQP_URL", self.amqp_url.clone()),
+            ("AIOS_AMQP_URL", connections.amqp.clone()),
             ("AIOS_WATCH_NAMESPACE", ns.to_owned()),
             ("POD_NAMESPACE", ns.to_owned()),
             ("POD_NAME", "aios-operator-local".to_owned()),
@@ -406,8 +449,11 @@ impl LocalRun {
         if let Some(kubeconfig) = &self.operator_kubeconfig {
             operator_vars.push(("KUBECONFIG", kubeconfig.display().to_string()));
         }
-        if let Some(redis) = &env.redis_url {
+        if let Some(redis) = &connections.redis {
             operator_vars.push(("AIOS_REDIS_URL", redis.clone()));
+        }
+        if let Some(ca) = &connections.ca_file {
+            operator_vars.push(("AIOS_CA_FILE", ca.display().to_string()));
         }
         self.spawn(
             env,
@@ -472,33 +518,38 @@ impl LocalRun {
         processes: &mut Processes,
         providers_file: &Path,
     ) -> Result<(), LocalError> {
-        let redis_url = env
-            .redis_url
+        let connections = self.connections(env)?;
+        let redis_url = connections
+            .redis
             .clone()
             .ok_or_else(|| step("finding Redis")("the environment runs no Redis".to_owned()))?;
         for role in ROLES {
+            let mut vars = vec![
+                ("AIOS_ROLE", (*role).to_owned()),
+                ("AIOS_AMQP_URL", connections.amqp.clone()),
+                ("AIOS_REDIS_URL", redis_url.clone()),
+                ("AIOS_PROVIDERS_FILE", providers_file.display().to_string()),
+                ("AIOS_HTTP_ADDR", free_address()?),
+                (
+                    "AIOS_WORK_DIR",
+                    self.work_dir
+                        .join("agents")
+                        .join(role)
+                        .display()
+                        .to_string(),
+                ),
+                ("POD_NAME", format!("{role}-local")),
+                ("POD_NAMESPACE", self.namespace.clone()),
+                ("AIOS_CLAIM_LEASE_SECONDS", "15".to_owned()),
+            ];
+            if let Some(ca) = &connections.ca_file {
+                vars.push(("AIOS_CA_FILE", ca.display().to_string()));
+            }
             let agent = self.spawn(
                 env,
                 &format!("agent-{role}"),
                 &self.bin_dir.join("aios-agent"),
-                &[
-                    ("AIOS_ROLE", (*role).to_owned()),
-                    ("AIOS_AMQP_URL", self.amqp_url.clone()),
-                    ("AIOS_REDIS_URL", redis_url.clone()),
-                    ("AIOS_PROVIDERS_FILE", providers_file.display().to_string()),
-                    ("AIOS_HTTP_ADDR", free_address()?),
-                    (
-                        "AIOS_WORK_DIR",
-                        self.work_dir
-                            .join("agents")
-                            .join(role)
-                            .display()
-                            .to_string(),
-                    ),
-                    ("POD_NAME", format!("{role}-local")),
-                    ("POD_NAMESPACE", self.namespace.clone()),
-                    ("AIOS_CLAIM_LEASE_SECONDS", "15".to_owned()),
-                ],
+                &vars,
             )?;
             processes.0.push((format!("agent-{role}"), agent));
         }

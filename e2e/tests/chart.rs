@@ -211,7 +211,7 @@ fn the_operators_permissions_are_exactly_what_it_uses() {
         ("", "configmaps", "get create patch"),
         ("", "services", "create patch"),
         ("", "persistentvolumeclaims", "create patch"),
-        ("", "secrets", "get"),
+        ("", "secrets", "list watch"),
         ("", "pods", "list patch"),
         ("events.k8s.io", "events", "create patch"),
         ("batch", "jobs", "get create"),

@@ -44,8 +44,52 @@ fn run(model: ModelServer, prefix: &str, timeout: Duration) -> (LocalRun, tempfi
         operator_kubeconfig: None,
         agents_in_pods: false,
         operator: Operator::Process,
+        tls: false,
     };
     (run, work)
+}
+
+/// The operator and the agents reach RabbitMQ over `amqps://` and Redis over
+/// `rediss://` only, trusting the environment's private CA (`AIOS_CA_FILE`): the
+/// listeners they are given speak nothing but TLS, so the run succeeding shows every
+/// dispatch, event, claim and counter went over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_completes_over_amqps_and_rediss_with_a_private_ca() {
+    let fixture = support::model_fixture("127.0.0.1").await;
+    let model = ModelServer {
+        name: "local".to_owned(),
+        provider_type: "Ollama".to_owned(),
+        tier: "Local".to_owned(),
+        priority: 1,
+        url: fixture.uri(),
+        chat_model: "fixture".to_owned(),
+        embed_model: None,
+        image: None,
+    };
+    let (mut run, _work) = run(model, "tlsjob", Duration::from_secs(180));
+    run.tls = true;
+    let env = aios_e2e::shared_with_crds();
+    assert!(
+        env.over_tls(&run.amqp_url)
+            .is_some_and(|url| url.starts_with("amqps://"))
+            && env
+                .rediss_url
+                .as_deref()
+                .is_some_and(|url| url.starts_with("rediss://")),
+        "the environment has TLS listeners"
+    );
+    let outcome = tokio::task::spawn_blocking(move || run.run(env))
+        .await
+        .unwrap()
+        .unwrap_or_else(|err| panic!("{err}"));
+    let status = outcome.project.status.as_ref().unwrap();
+    assert_eq!(status.phase, Some(ProjectPhase::Succeeded));
+    assert_eq!(outcome.tasks.len(), 3);
+    assert!(
+        outcome.git_log.contains("Apollo: Write hello.py"),
+        "{}",
+        outcome.git_log
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -107,6 +107,7 @@ fn run_hello(
         } else {
             Operator::Process
         },
+        tls: false,
     };
     match run.run(env) {
         Ok(outcome) => outcome,

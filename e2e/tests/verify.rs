@@ -80,6 +80,7 @@ async fn run(prefix: &str, fixes: bool, manifest: String) -> Ran {
         operator_kubeconfig: None,
         agents_in_pods: false,
         operator: Operator::Process,
+        tls: false,
     };
     // A Project that ended Failed is an outcome too: some of these must fail.
     let outcome = match tokio::task::spawn_blocking(move || run.run(env))

@@ -37,7 +37,8 @@ pub struct AgentRuntime {
     /// The agent image, for Agents that do not name one.
     pub image: String,
     /// The Secret (in each Agent's namespace) holding the connection settings: keys
-    /// `amqpUrl` and `redisUrl`, and optionally `qdrantUrl` and `qdrantApiKey`.
+    /// `amqpUrl` and `redisUrl`, and optionally `qdrantUrl`, `qdrantApiKey` and `caCert`
+    /// (PEM certificates the agents trust for `amqps://`, `rediss://` and Qdrant).
     pub connection_secret: String,
     /// The port agent pods serve `/healthz`, `/readyz` and `/metrics` on.
     pub health_port: i32,
@@ -293,6 +294,7 @@ fn agent_container(
         secret_env("AIOS_REDIS_URL", secret, "redisUrl", false),
         secret_env("AIOS_QDRANT_URL", secret, "qdrantUrl", true),
         secret_env("AIOS_QDRANT_API_KEY", secret, "qdrantApiKey", true),
+        secret_env("AIOS_CA_CERT", secret, "caCert", true),
     ];
     // Optional: a provider whose Secret is missing fails its calls, not the pod.
     container_env.extend(credentials.iter().map(|c| {
@@ -556,6 +558,16 @@ mod tests {
             .secret_key_ref
             .unwrap();
         assert_eq!(qdrant.optional, Some(true));
+        let ca = get("AIOS_CA_CERT")
+            .value_from
+            .unwrap()
+            .secret_key_ref
+            .unwrap();
+        assert_eq!(
+            (ca.key.as_str(), ca.optional),
+            ("caCert", Some(true)),
+            "a CA bundle for amqps:// and rediss://, when the platform has one"
+        );
     }
 
     #[test]

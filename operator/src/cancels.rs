@@ -14,10 +14,12 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum CancelError {
     /// Redis refused or failed.
-    #[error("writing the cancel mark of {attempt}: {source}")]
+    #[error("writing the cancel mark of {attempt} to Redis at {endpoint}: {source}")]
     Redis {
         /// The attempt.
         attempt: String,
+        /// The Redis URL without its password.
+        endpoint: String,
         /// What Redis said.
         #[source]
         source: redis::RedisError,
@@ -34,13 +36,20 @@ pub enum CancelError {
 #[derive(Debug, Clone)]
 pub struct CancelMarks {
     client: redis::Client,
+    /// The Redis URL without its password, for messages.
+    endpoint: String,
 }
 
 impl CancelMarks {
-    /// For the Redis at `url`; nothing is connected until a mark is written.
-    pub fn new(url: &str) -> Result<Self, redis::RedisError> {
+    /// For the Redis at `url` (over TLS for `rediss://`, trusting `ca` when given);
+    /// nothing is connected until a mark is written.
+    pub fn new(
+        url: &str,
+        ca: Option<&aios_bus::CaBundle>,
+    ) -> Result<Self, aios_bus::tls::TlsError> {
         Ok(Self {
-            client: redis::Client::open(url)?,
+            client: aios_bus::tls::redis_client(url, ca)?,
+            endpoint: aios_crds::text::without_userinfo(url),
         })
     }
 
@@ -61,6 +70,7 @@ impl CancelMarks {
             Ok(Ok(())) => Ok(()),
             Ok(Err(source)) => Err(CancelError::Redis {
                 attempt: attempt.to_owned(),
+                endpoint: self.endpoint.clone(),
                 source,
             }),
             Err(_) => Err(CancelError::TimedOut {

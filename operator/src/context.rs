@@ -60,6 +60,9 @@ pub struct Context {
     pub model_server_image: String,
     /// Cache of every ModelProvider.
     pub providers: Store<aios_crds::ModelProvider>,
+    /// Cache of the Secrets labelled as credentials: the only Secrets the operator
+    /// reads (see [`crate::credentials`]).
+    pub credentials: Store<k8s_openapi::api::core::v1::Secret>,
     /// Where verification runs.
     pub sandbox: Arc<dyn crate::verify::Sandbox>,
     /// The HTTP client that probes model providers.

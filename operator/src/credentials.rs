@@ -4,15 +4,26 @@
 //! sent over `https://`. Without that, creating a Project or a ModelProvider would be
 //! enough to send any Secret of the namespace to a server of one's choosing.
 //!
-//! [`check`] is the pure decision; [`fetch`] reads the Secret and applies it. A refusal
+//! [`check`] is the pure decision; [`fetch`] finds the Secret and applies it. A refusal
 //! names the Secret and the host, never the Secret's value.
+//!
+//! The operator reads no Secret by name: it watches only the Secrets that carry the
+//! label (a label-selected watch, [`watch_config`]) and looks credentials up in that
+//! cache. A Secret without the label is never fetched, so its value never reaches the
+//! operator at all.
 
 use aios_crds::{
     common::SecretKeyRef,
     names::{annotations, labels},
 };
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client, ResourceExt};
+use kube::{
+    ResourceExt,
+    runtime::{
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
 
 /// The reason a refused use carries in conditions and Task failures.
 pub const REFUSED: &str = "CredentialRefused";
@@ -84,45 +95,43 @@ pub fn check(secret: &Secret, purpose: Use, url: &str) -> Result<(), String> {
     }
 }
 
+/// The watch of the Secrets the operator may read: those labelled
+/// [`labels::CREDENTIAL_TYPE`], whatever its value ([`check`] judges the value).
+pub fn watch_config() -> watcher::Config {
+    watcher::Config::default().labels(labels::CREDENTIAL_TYPE)
+}
+
 /// Why a credential could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
-    /// The Secret's owner did not allow this use (see [`check`]).
+    /// The Secret's owner did not allow this use (see [`check`]), or the Secret is not
+    /// one the operator reads.
     #[error("{0}")]
     Refused(String),
-    /// The Secret or its key is missing.
+    /// The Secret has no such key.
     #[error("{0}")]
     Missing(String),
-    /// The API server failed.
-    #[error("reading Secret {name}: {source}")]
-    Kube {
-        /// The Secret.
-        name: String,
-        /// The error.
-        #[source]
-        source: kube::Error,
-    },
 }
 
-/// Reads the Secret `reference` names in `namespace` and checks that it may be used
-/// for `purpose` with `url` and holds the key.
-pub async fn checked(
-    client: &Client,
+/// The Secret `reference` names in `namespace`, from `secrets` (the labelled Secrets'
+/// cache), checked: it may be used for `purpose` with `url` and holds the key.
+pub fn checked(
+    secrets: &Store<Secret>,
     namespace: &str,
     reference: &SecretKeyRef,
     purpose: Use,
     url: &str,
-) -> Result<Secret, CredentialError> {
-    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
-        .get_opt(&reference.name)
-        .await
-        .map_err(|source| CredentialError::Kube {
-            name: reference.name.clone(),
-            source,
-        })?
-        .ok_or_else(|| {
-            CredentialError::Missing(format!("Secret {:?} does not exist", reference.name))
-        })?;
+) -> Result<std::sync::Arc<Secret>, CredentialError> {
+    let Some(secret) = secrets.get(&ObjectRef::new(&reference.name).within(namespace)) else {
+        return Err(CredentialError::Refused(format!(
+            "Secret {:?} is not labelled {}={} or does not exist: the operator reads only \
+             Secrets that carry the label, so it is not sent to {}",
+            reference.name,
+            labels::CREDENTIAL_TYPE,
+            purpose.label(),
+            https_host(url).unwrap_or_else(|| aios_crds::text::without_userinfo(url)),
+        )));
+    };
     check(&secret, purpose, url).map_err(CredentialError::Refused)?;
     if secret
         .data
@@ -139,14 +148,14 @@ pub async fn checked(
 }
 
 /// The value of the key `reference` names, when [`checked`] allows it.
-pub async fn fetch(
-    client: &Client,
+pub fn fetch(
+    secrets: &Store<Secret>,
     namespace: &str,
     reference: &SecretKeyRef,
     purpose: Use,
     url: &str,
 ) -> Result<String, CredentialError> {
-    let secret = checked(client, namespace, reference, purpose, url).await?;
+    let secret = checked(secrets, namespace, reference, purpose, url)?;
     let value = secret
         .data
         .as_ref()
@@ -158,30 +167,25 @@ pub async fn fetch(
 /// Why `project`'s repository credential may not be used, as a reason and a message
 /// (`None` when it names none, or its Secret allows git to the repository's host): the
 /// agent would send it there.
-pub async fn refuse_repository_credential(
-    client: &Client,
+pub fn refuse_repository_credential(
+    secrets: &Store<Secret>,
     project: &aios_crds::Project,
-) -> Result<Option<(&'static str, String)>, kube::Error> {
-    let Some(reference) = &project.spec.repository.secret_ref else {
-        return Ok(None);
-    };
+) -> Option<(&'static str, String)> {
+    let reference = project.spec.repository.secret_ref.as_ref()?;
     let namespace = project.namespace().unwrap_or_default();
     match checked(
-        client,
+        secrets,
         &namespace,
         reference,
         Use::Git,
         &project.spec.repository.url,
-    )
-    .await
-    {
-        Ok(_) => Ok(None),
-        Err(CredentialError::Kube { source, .. }) => Err(source),
+    ) {
+        Ok(_) => None,
         Err(err @ CredentialError::Refused(_)) => {
-            Ok(Some((REFUSED, format!("repository secretRef: {err}"))))
+            Some((REFUSED, format!("repository secretRef: {err}")))
         }
         Err(err @ CredentialError::Missing(_)) => {
-            Ok(Some((UNAVAILABLE, format!("repository secretRef: {err}"))))
+            Some((UNAVAILABLE, format!("repository secretRef: {err}")))
         }
     }
 }
@@ -262,5 +266,61 @@ mod tests {
         assert!(err.contains("it says nothing"), "{err}");
         let no_hosts = secret(Some("git"), None);
         assert!(check(&no_hosts, Use::Git, "https://git.example.com/a.git").is_err());
+    }
+
+    #[test]
+    fn credentials_come_from_the_labelled_secrets_cache_only() {
+        let (store, mut writer) = kube::runtime::reflector::store::<Secret>();
+        let mut key = secret(Some("model"), Some("api.anthropic.com"));
+        key.metadata.namespace = Some("team-a".to_owned());
+        key.data = Some(BTreeMap::from([(
+            "apiKey".to_owned(),
+            k8s_openapi::ByteString(b"sk-test\n".to_vec()),
+        )]));
+        writer.apply_watcher_event(&watcher::Event::Apply(key));
+        let reference = |name: &str, key: &str| SecretKeyRef {
+            name: name.to_owned(),
+            key: key.to_owned(),
+        };
+        let url = "https://api.anthropic.com/v1";
+        assert_eq!(
+            fetch(
+                &store,
+                "team-a",
+                &reference("anthropic", "apiKey"),
+                Use::Model,
+                url
+            )
+            .unwrap(),
+            "sk-test"
+        );
+        // Not in the cache: unlabelled, absent, or of another namespace.
+        for (namespace, name) in [("team-a", "db-password"), ("team-b", "anthropic")] {
+            let err = fetch(
+                &store,
+                namespace,
+                &reference(name, "apiKey"),
+                Use::Model,
+                url,
+            )
+            .unwrap_err();
+            assert!(
+                matches!(err, CredentialError::Refused(_))
+                    && err.to_string().contains(&format!(
+                        "{name:?} is not labelled aios.dev/credential-type=model"
+                    ))
+                    && err.to_string().contains("api.anthropic.com"),
+                "{namespace}/{name}: {err}"
+            );
+        }
+        let err = fetch(
+            &store,
+            "team-a",
+            &reference("anthropic", "token"),
+            Use::Model,
+            url,
+        )
+        .unwrap_err();
+        assert!(matches!(err, CredentialError::Missing(_)), "{err}");
     }
 }

@@ -606,7 +606,7 @@ async fn dispatch(
     }
     let policy = task_policy(task, &project.spec.policy.task_defaults);
     if let Some((reason, message)) =
-        crate::credentials::refuse_repository_credential(&ctx.client, project).await?
+        crate::credentials::refuse_repository_credential(&ctx.credentials, project)
     {
         tracing::warn!(task = %task.name_any(), %reason, %message, "not dispatching: the repository credential may not be used");
         let status = lifecycle::fail_attempt(&current, &policy, reason, &message, false, now);

@@ -40,7 +40,7 @@ use std::{
 use aios_crds::{Agent, ModelProvider, Project, Task};
 use clap::Parser;
 use futures::{StreamExt, channel::mpsc};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
 use kube::{
     Api, Client,
     runtime::{
@@ -82,6 +82,15 @@ pub struct Config {
     /// deleted and no agent listens is still worked on.
     #[arg(long, env = "AIOS_REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// A PEM file of CA certificates to trust, besides the system's roots, for
+    /// `amqps://` and `rediss://` URLs.
+    #[arg(long, env = "AIOS_CA_FILE", conflicts_with = "ca_cert")]
+    pub ca_file: Option<std::path::PathBuf>,
+
+    /// The same as PEM text (the chart sets it from the connection Secret's `caCert`).
+    #[arg(long, env = "AIOS_CA_CERT", hide_env_values = true)]
+    pub ca_cert: Option<String>,
 
     /// Watch only this namespace; all namespaces when unset.
     #[arg(long, env = "AIOS_WATCH_NAMESPACE")]
@@ -125,7 +134,7 @@ pub struct Config {
     pub model_server_image: String,
 
     /// The Secret, in each Agent's namespace, with the agents' connection settings
-    /// (keys `amqpUrl`, `redisUrl`, optional `qdrantUrl` and `qdrantApiKey`).
+    /// (keys `amqpUrl`, `redisUrl`, optional `qdrantUrl`, `qdrantApiKey` and `caCert`).
     #[arg(long, env = "AIOS_AGENT_CONNECTION_SECRET", default_value_t = agents::AgentRuntime::default().connection_secret)]
     pub agent_connection_secret: String,
 
@@ -179,16 +188,19 @@ fn sandbox(config: &Config, client: &Client) -> Arc<dyn verify::Sandbox> {
 }
 
 /// The cancel marks' store, when the operator knows the agents' Redis.
-fn cancel_marks(config: &Config) -> Result<Option<cancels::CancelMarks>, RunError> {
+fn cancel_marks(
+    config: &Config,
+    ca: Option<&aios_bus::CaBundle>,
+) -> Result<Option<cancels::CancelMarks>, RunError> {
     let Some(url) = &config.redis_url else {
         tracing::warn!(
             "no Redis URL (AIOS_REDIS_URL): cancels reach only the agents connected when they are sent"
         );
         return Ok(None);
     };
-    cancels::CancelMarks::new(url)
+    cancels::CancelMarks::new(url, ca)
         .map(Some)
-        .map_err(RunError::RedisUrl)
+        .map_err(RunError::Tls)
 }
 
 /// Why the operator stopped.
@@ -212,9 +224,9 @@ pub enum RunError {
     /// A critical task ended unexpectedly.
     #[error("{0} stopped unexpectedly")]
     TaskEnded(&'static str),
-    /// The Redis URL is not one.
-    #[error("the Redis URL (AIOS_REDIS_URL)")]
-    RedisUrl(#[source] redis::RedisError),
+    /// The CA bundle could not be read, or the Redis URL (AIOS_REDIS_URL) is not one.
+    #[error(transparent)]
+    Tls(#[from] aios_bus::tls::TlsError),
 }
 
 /// Sets up logging: JSON by default, `RUST_LOG` filters (default `info`).
@@ -345,14 +357,16 @@ async fn start(
         &config.token_key_secret,
     )
     .await?;
-    let bus = Arc::new(Bus::connect(&config.amqp_url, shutdown).await?);
+    let ca = aios_bus::tls::configured_ca(config.ca_file.as_deref(), config.ca_cert.as_deref())?;
+    let bus = Arc::new(Bus::connect(&config.amqp_url, ca.as_ref(), shutdown).await?);
     let _ = health.bus.set(bus.clone());
-    let cancel_marks = cancel_marks(config)?;
+    let cancel_marks = cancel_marks(config, ca.as_ref())?;
 
     let Caches {
         tasks: task_store,
         agents: agent_store,
         providers: provider_store,
+        credentials,
         agent_wakeups: agent_rx,
         provider_deletions,
     } = start_caches(&client, config, &bus, shutdown, tasks).await?;
@@ -374,6 +388,7 @@ async fn start(
         ),
         expectations: Arc::new(Mutex::new(HashMap::new())),
         providers: provider_store,
+        credentials,
         http: serving::probe_client(),
         provider_probe_interval: Duration::from_secs(config.provider_probe_seconds.max(1)),
         agent_runtime: agents::AgentRuntime {
@@ -415,6 +430,8 @@ struct Caches {
     tasks: reflector::Store<Task>,
     agents: reflector::Store<Agent>,
     providers: reflector::Store<ModelProvider>,
+    /// The Secrets labelled as credentials.
+    credentials: reflector::Store<Secret>,
     /// A message each time an Agent or a ModelProvider appears or changes.
     agent_wakeups: mpsc::UnboundedReceiver<()>,
     /// The namespace of each deleted ModelProvider.
@@ -506,10 +523,26 @@ async fn start_caches(
         .wait_until_ready()
         .await
         .map_err(|_| RunError::TaskEnded("the ModelProvider cache"))?;
+    // Secrets: only those labelled as credentials are ever read.
+    let (credentials, credential_writer) = reflector::store();
+    let credential_stream = reflector(
+        credential_writer,
+        watcher(api::<Secret>(client, ns), credentials::watch_config()).default_backoff(),
+    )
+    .take_until(shutdown.clone().cancelled_owned());
+    tasks.spawn(async move {
+        credential_stream.for_each(|_| async {}).await;
+        Err(RunError::TaskEnded("the credential Secret watch"))
+    });
+    credentials
+        .wait_until_ready()
+        .await
+        .map_err(|_| RunError::TaskEnded("the credential Secret cache"))?;
     Ok(Caches {
         tasks: task_store,
         agents: agent_store,
         providers: provider_store,
+        credentials,
         agent_wakeups: agent_rx,
         provider_deletions: deleted_rx,
     })
@@ -584,6 +617,7 @@ fn spawn_controllers(
         pools.await;
         Err(RunError::TaskEnded("the Agent controller"))
     });
+    let providers_of_secret = ctx.providers.clone();
     let serving = Controller::new(
         api::<ModelProvider>(client, ns),
         watcher::Config::default().any_semantic(),
@@ -591,6 +625,11 @@ fn spawn_controllers(
     .owns(
         api::<Deployment>(client, ns),
         watcher::Config::default().labels(&managed),
+    )
+    .watches(
+        api::<Secret>(client, ns),
+        credentials::watch_config(),
+        move |secret| serving::providers_naming(&providers_of_secret, &secret),
     )
     .graceful_shutdown_on(shutdown.clone().cancelled_owned())
     .run(serving::reconcile, serving::error_policy, ctx.clone())

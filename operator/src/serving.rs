@@ -15,14 +15,17 @@ use jiff::Timestamp;
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        core::v1::{ConfigMap, PersistentVolumeClaim, Service},
+        core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service},
     },
     apimachinery::pkg::apis::meta::v1::Time,
 };
 use kube::{
     Api, Resource, ResourceExt,
     api::{ObjectMeta, Patch, PatchParams},
-    runtime::controller::Action,
+    runtime::{
+        controller::Action,
+        reflector::{ObjectRef, Store},
+    },
 };
 use serde_json::json;
 
@@ -81,9 +84,32 @@ pub async fn probe(
     parse_models(kind, &body).ok_or_else(|| format!("GET {url}: no model list in the answer"))
 }
 
+/// The ModelProviders of `secret`'s namespace whose `credentialsRef` names it: a
+/// credential Secret that appears or changes has them probed again at once.
+pub fn providers_naming(
+    providers: &Store<ModelProvider>,
+    secret: &Secret,
+) -> Vec<ObjectRef<ModelProvider>> {
+    let namespace = secret.namespace();
+    let name = secret.name_any();
+    providers
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == namespace)
+        .filter(|p| {
+            p.spec
+                .endpoint
+                .as_ref()
+                .and_then(|e| e.credentials_ref.as_ref())
+                .is_some_and(|r| r.name == name)
+        })
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
 /// The provider's API key, if it names one and its Secret allows this use: labelled
 /// for models, with the endpoint's host among its hosts (see [`crate::credentials`]).
-async fn api_key(
+fn api_key(
     ctx: &Context,
     provider: &ModelProvider,
 ) -> Result<Option<String>, crate::credentials::CredentialError> {
@@ -95,13 +121,12 @@ async fn api_key(
     };
     let namespace = provider.namespace().unwrap_or_default();
     crate::credentials::fetch(
-        &ctx.client,
+        &ctx.credentials,
         &namespace,
         reference,
         crate::credentials::Use::Model,
         &endpoint.url,
     )
-    .await
     .map(Some)
 }
 
@@ -119,7 +144,7 @@ async fn probe_provider(
             "no endpoint: set spec.endpoint or spec.serve".to_owned(),
         ));
     };
-    let key = match api_key(ctx, provider).await {
+    let key = match api_key(ctx, provider) {
         Ok(key) => key,
         Err(err @ CredentialError::Refused(_)) => return Err((REFUSED, err.to_string())),
         Err(err) => return Err((UNAVAILABLE, err.to_string())),

@@ -71,7 +71,7 @@ async fn an_agent_cannot_report_on_another_namespaces_task() {
         usage: Usage::default(),
     };
     let stop = CancellationToken::new();
-    let bus = Bus::connect(&victim.amqp_url, &stop).await.unwrap();
+    let bus = Bus::connect(&victim.amqp_url, None, &stop).await.unwrap();
     for event in [
         forge(succeeded.clone(), &stolen.token),
         forge(failed.clone(), &stolen.token),

@@ -169,7 +169,7 @@ impl World {
         let env = aios_e2e::shared();
         let amqp_url = env.create_vhost(&unique(prefix)).unwrap();
         let redis_url = env.redis_url.clone().expect("the environment runs Redis");
-        let bus = Bus::connect(&amqp_url, &CancellationToken::new())
+        let bus = Bus::connect(&amqp_url, None, &CancellationToken::new())
             .await
             .unwrap();
         let events = bus
@@ -551,6 +551,7 @@ impl OwnRedis {
     fn launch(dir: &Path, port: u16) -> aios_e2e::process::ServerProcess {
         aios_e2e::env::start_redis(
             port,
+            None,
             &dir.join("redis-data"),
             &dir.join("redis.log"),
             Duration::from_secs(30),

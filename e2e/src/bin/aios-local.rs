@@ -190,6 +190,7 @@ fn main() -> ExitCode {
         } else {
             Operator::Process
         },
+        tls: false,
     };
     match run.run(&env) {
         Ok(outcome) => {

@@ -358,7 +358,7 @@ impl FakeAgents {
         reply: impl Fn(&TaskDispatch) -> Reply + Send + Sync + 'static,
     ) -> Self {
         let stop = CancellationToken::new();
-        let bus = Arc::new(Bus::connect(&h.amqp_url, &stop).await.unwrap());
+        let bus = Arc::new(Bus::connect(&h.amqp_url, None, &stop).await.unwrap());
         let received = Arc::new(Mutex::new(Vec::new()));
         let cancels = Arc::new(Mutex::new(Vec::new()));
         let finished = Arc::new(Mutex::new(std::collections::HashMap::new()));
