@@ -51,6 +51,11 @@ pub struct Config {
     /// The same as PEM text (the operator sets it from the connection Secret's `caCert`).
     #[arg(long, env = "AIOS_CA_CERT", hide_env_values = true)]
     pub ca_cert: Option<String>,
+    /// The operator's credential endpoint (`http://host:port`; the operator sets it):
+    /// each attempt asks it for the credentials it needs. Without it, repository tokens
+    /// and model keys come from the environment only.
+    #[arg(long, env = "AIOS_CREDENTIAL_URL")]
+    pub credential_url: Option<String>,
     /// Qdrant URL for long-term memory; without it memory is the embedded store in the
     /// work directory.
     #[arg(long, env = "AIOS_QDRANT_URL")]

@@ -2,13 +2,14 @@
 //! `TaskDispatch` messages from that role's queue, claims each attempt in Redis, asks a
 //! model (through the [`llm::router`]) for a structured result, commits it to the
 //! Project's repository ([`git`]) and reports `TaskEvent`s. Agents hold no Kubernetes
-//! credentials; they speak to RabbitMQ, Redis, the vector store, model endpoints and
-//! the git remote only.
+//! credentials; they speak to RabbitMQ, Redis, the vector store, model endpoints, the
+//! git remote, and the operator's credential endpoint ([`credentials`]) only.
 
 pub mod budget;
 pub mod claims;
 pub mod config;
 pub mod context;
+pub mod credentials;
 pub mod edit;
 pub mod git;
 pub mod http;
@@ -36,7 +37,7 @@ use crate::{
     llm::router::{Providers, RetryPolicy, Router},
     metrics::Metrics,
     runtime::{Health, Runtime},
-    work::Worker,
+    work::{Credentials, Worker},
 };
 
 /// Connects to Redis, retrying with backoff until it answers or `shutdown`.
@@ -83,6 +84,48 @@ async fn wait_for_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
+/// The model router, reading API keys from what the operator gave (or the process
+/// environment), and the credential endpoint's client when the operator named one.
+fn router_and_credentials(
+    config: &Config,
+    policy: RetryPolicy,
+    redis: ConnectionManager,
+    metrics: &Metrics,
+) -> anyhow::Result<(Arc<Router>, Option<Credentials>)> {
+    let broker = config
+        .credential_url
+        .as_deref()
+        .map(credentials::CredentialBroker::new)
+        .transpose()
+        .context("building the HTTP client")?
+        .map(Arc::new);
+    if broker.is_none() {
+        tracing::warn!(
+            "no credential endpoint (AIOS_CREDENTIAL_URL): repository tokens and model keys come \
+             from the environment only"
+        );
+    }
+    let mut router = Router::new(
+        Providers::file(config.providers_file.clone()),
+        policy,
+        Some(BudgetCounter::new(redis)),
+        metrics.clone(),
+    )
+    .context("building the HTTP client")?;
+    if let Some(broker) = &broker {
+        router = router.with_env(broker.env_lookup());
+    }
+    let router = Arc::new(router);
+    let credentials = broker.map(|broker| {
+        let router = router.clone();
+        Credentials {
+            broker,
+            model_secrets: Arc::new(move || router.credential_refs()),
+        }
+    });
+    Ok((router, credentials))
+}
+
 /// Runs the agent until SIGTERM: probes and metrics, Redis, the bus, the worker.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
@@ -123,15 +166,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         timeout: Duration::from_secs(config.llm_timeout_seconds),
         ..RetryPolicy::default()
     };
-    let router = Arc::new(
-        Router::new(
-            Providers::file(config.providers_file.clone()),
-            policy,
-            Some(BudgetCounter::new(redis)),
-            metrics.clone(),
-        )
-        .context("building the HTTP client")?,
-    );
+    let (router, credentials) = router_and_credentials(&config, policy, redis, &metrics)?;
     let persona = persona::load(
         &config.role,
         config.persona.as_deref(),
@@ -151,6 +186,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             metrics.push_rejections.clone(),
         ),
         env: Arc::new(|name| std::env::var(name).ok().filter(|v| !v.is_empty())),
+        credentials,
     });
     let runtime = Arc::new(Runtime::new(
         worker,

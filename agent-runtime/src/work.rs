@@ -9,12 +9,15 @@ use std::{collections::BTreeMap, sync::Arc};
 use aios_crds::{
     TaskResult, Usage,
     bus::{MemoryNote, TaskDispatch, TaskOutput},
+    common::SecretKeyRef,
+    credentials::Purpose,
     limits::HERA_PLAN,
     names::env::secret_variable,
 };
 
 use crate::{
     context::{self, Relevance, RepositoryContext},
+    credentials::{CredentialBroker, CredentialError},
     edit,
     git::{Delivered, DeliveryError, Git, TOKEN_VARIABLE, Unsafe, Workspace},
     llm::{self, ChatMessage, ChatRequest, Llm, LlmError, router::EnvLookup},
@@ -91,6 +94,25 @@ pub struct Worker {
     pub git: Git,
     /// Reads repository tokens.
     pub env: EnvLookup,
+    /// Where the attempt's credentials come from, when the operator gives them.
+    pub credentials: Option<Credentials>,
+}
+
+/// The operator's credential endpoint, and which model keys to ask it for.
+#[derive(Clone)]
+pub struct Credentials {
+    /// Asks the operator.
+    pub broker: Arc<CredentialBroker>,
+    /// The Secret keys of the model providers the router may use now.
+    pub model_secrets: Arc<dyn Fn() -> Vec<SecretKeyRef> + Send + Sync>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("broker", &self.broker)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Worker {
@@ -114,6 +136,12 @@ fn object_key(object: &aios_crds::bus::ObjectRef) -> String {
 impl Worker {
     /// Does one attempt.
     pub async fn perform(&self, dispatch: &TaskDispatch) -> Result<Success, Failure> {
+        if let Some(credentials) = &self.credentials {
+            credentials
+                .broker
+                .ask_model_keys(dispatch, &(credentials.model_secrets)())
+                .await;
+        }
         if dispatch.spec.planning {
             self.plan(dispatch).await
         } else {
@@ -121,28 +149,45 @@ impl Worker {
         }
     }
 
-    /// The repository token: from the Project's Secret (as the pod's environment
-    /// carries it), else the agent's default token; only ever for an `https://` URL. A
-    /// Project naming a Secret for any other URL is refused (the API server refuses it
+    /// The repository token: the Project's Secret, from the operator for this attempt
+    /// (or, without the operator's endpoint, from the environment variable an Agent's
+    /// `env` may set), else the agent's default token; only ever for an `https://` URL.
+    /// A Project naming a Secret for any other URL is refused (the API server refuses it
     /// too; this holds for objects stored before that rule).
-    /// The error is why the credential is refused.
-    fn token(&self, dispatch: &TaskDispatch) -> Result<Option<String>, String> {
+    /// The error is the reason, why, and whether another attempt may do better.
+    async fn token(
+        &self,
+        dispatch: &TaskDispatch,
+    ) -> Result<Option<String>, (&'static str, String, bool)> {
         let repository = &dispatch.repository;
         if !repository.url.starts_with("https://") {
             if let Some(secret) = &repository.secret_ref {
-                return Err(format!(
-                    "the repository credential (Secret {:?}, key {:?}) is sent only over https://, not to {}",
-                    secret.name,
-                    secret.key,
-                    aios_crds::text::without_userinfo(&repository.url)
+                return Err((
+                    "CredentialRefused",
+                    format!(
+                        "the repository credential (Secret {:?}, key {:?}) is sent only over https://, not to {}",
+                        secret.name,
+                        secret.key,
+                        aios_crds::text::without_userinfo(&repository.url)
+                    ),
+                    false,
                 ));
             }
             return Ok(None);
         }
-        if let Some(secret) = &repository.secret_ref
-            && let Some(token) = (self.env)(&secret_variable(&secret.name, &secret.key))
-        {
-            return Ok(Some(token));
+        if let Some(secret) = &repository.secret_ref {
+            if let Some(credentials) = &self.credentials {
+                return match credentials.broker.ask(dispatch, Purpose::Git, secret).await {
+                    Ok(token) => Ok(Some(token)),
+                    Err(err @ CredentialError::Refused { .. }) => {
+                        Err(("CredentialRefused", err.to_string(), false))
+                    }
+                    Err(err) => Err(("CredentialUnavailable", err.to_string(), true)),
+                };
+            }
+            if let Some(token) = (self.env)(&secret_variable(&secret.name, &secret.key)) {
+                return Ok(Some(token));
+            }
         }
         Ok((self.env)(TOKEN_VARIABLE))
     }
@@ -238,13 +283,13 @@ impl Worker {
         dispatch: &TaskDispatch,
     ) -> Result<(Workspace, Option<Delivered>), Failure> {
         let usage = Usage::default();
+        let token = self
+            .token(dispatch)
+            .await
+            .map_err(|(reason, why, retryable)| Failure::new(reason, why, retryable, &usage))?;
         let workspace = self
             .git
-            .open(
-                &dispatch.repository,
-                self.token(dispatch)
-                    .map_err(|why| Failure::new("CredentialRefused", why, false, &usage))?,
-            )
+            .open(&dispatch.repository, token)
             .await
             .map_err(|err| Failure::delivery(&err, &usage))?;
         let delivered = workspace

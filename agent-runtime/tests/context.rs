@@ -120,6 +120,7 @@ fn agent(dir: &Path, llm: Arc<Scripted>) -> Worker {
             Metrics::new().push_rejections.clone(),
         ),
         env: Arc::new(|_| None),
+        credentials: None,
     }
 }
 

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod bus;
 pub mod common;
 pub mod conditions;
+pub mod credentials;
 pub mod generate;
 pub mod limits;
 pub mod model_provider;

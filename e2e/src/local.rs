@@ -284,7 +284,7 @@ impl LocalRun {
         } else {
             format!("file://{}", repository.display())
         };
-        self.operator_and_agents(env, &mut processes)?;
+        let credential_url = self.operator_and_agents(env, &mut processes)?;
         self.say("==> waiting for the operator to find a ready model provider");
         let providers_file = self.work_dir.join("providers.json");
         write_provider_list(env, &self.namespace, &providers_file)?;
@@ -292,7 +292,12 @@ impl LocalRun {
         if self.agents_in_pods {
             self.say("==> the agents run as pods the operator scales with their queues");
         } else {
-            self.start_agents(env, &mut processes, &providers_file)?;
+            self.start_agents(
+                env,
+                &mut processes,
+                &providers_file,
+                credential_url.as_deref(),
+            )?;
             self.say(&format!(
                 "==> one agent process per role: {}",
                 ROLES.join(", ")
@@ -340,11 +345,14 @@ impl LocalRun {
 
     /// The operator (as `self.operator` says), then the pantheon's Agents and the model
     /// providers (after the chart, which installs the CRDs).
+    /// Starts or installs the operator and applies the Agents and model providers;
+    /// returns where a local operator's credential endpoint is, for local agents.
     fn operator_and_agents(
         &self,
         env: &Environment,
         processes: &mut Processes,
-    ) -> Result<(), LocalError> {
+    ) -> Result<Option<String>, LocalError> {
+        let mut credential_url = None;
         let ns = self.namespace.as_str();
         match self.operator {
             Operator::Chart => {
@@ -362,8 +370,9 @@ impl LocalRun {
                 self.say("==> the operator runs in the cluster (installed apart)");
             }
             Operator::Process => {
-                let operator = self.start_operator(env)?;
+                let (operator, url) = self.start_operator(env)?;
                 processes.0.push(("operator".to_owned(), operator));
+                credential_url = Some(url);
             }
         }
         self.say(&format!(
@@ -381,7 +390,7 @@ impl LocalRun {
             Some(&format!("{agents}\n{providers}")),
         )
         .map_err(|e| step("applying Agents and ModelProviders")(e.to_string()))?;
-        Ok(())
+        Ok(credential_url)
     }
 
     /// `kubectl get pods` of the run's namespace, indented.
@@ -428,16 +437,27 @@ impl LocalRun {
         })
     }
 
-    /// The operator as a local process watching the run's namespace.
-    fn start_operator(&self, env: &Environment) -> Result<Child, LocalError> {
+    /// The operator as a local process watching the run's namespace; also returns
+    /// where its credential endpoint is. With agents in pods it listens on the node's
+    /// address, where the pods reach it.
+    fn start_operator(&self, env: &Environment) -> Result<(Child, String), LocalError> {
         let ns = self.namespace.as_str();
         let connections = self.connections(env)?;
+        let port = process::free_port().map_err(|e| step("finding a free port")(e.to_string()))?;
+        let host = if self.agents_in_pods {
+            crate::node::NODE_IP
+        } else {
+            "127.0.0.1"
+        };
+        let http_addr = format!("{host}:{port}");
+        let credential_url = format!("http://{http_addr}");
         let mut operator_vars = vec![
             ("AIOS_AMQP_URL", connections.amqp.clone()),
             ("AIOS_WATCH_NAMESPACE", ns.to_owned()),
             ("POD_NAMESPACE", ns.to_owned()),
             ("POD_NAME", "aios-operator-local".to_owned()),
-            ("AIOS_HTTP_ADDR", free_address()?),
+            ("AIOS_HTTP_ADDR", http_addr),
+            ("AIOS_AGENT_CREDENTIAL_URL", credential_url.clone()),
             ("AIOS_PROVIDER_PROBE_SECONDS", "5".to_owned()),
             // No kubelet runs the verification Jobs of a local run: its own sandbox does.
             ("AIOS_VERIFY_SANDBOX", "local".to_owned()),
@@ -455,12 +475,13 @@ impl LocalRun {
         if let Some(ca) = &connections.ca_file {
             operator_vars.push(("AIOS_CA_FILE", ca.display().to_string()));
         }
-        self.spawn(
+        let operator = self.spawn(
             env,
             "operator",
             &self.bin_dir.join("aios-operator"),
             &operator_vars,
-        )
+        )?;
+        Ok((operator, credential_url))
     }
 
     /// For agents in pods: their connection Secret (RabbitMQ and Redis through the
@@ -517,6 +538,7 @@ impl LocalRun {
         env: &Environment,
         processes: &mut Processes,
         providers_file: &Path,
+        credential_url: Option<&str>,
     ) -> Result<(), LocalError> {
         let connections = self.connections(env)?;
         let redis_url = connections
@@ -544,6 +566,9 @@ impl LocalRun {
             ];
             if let Some(ca) = &connections.ca_file {
                 vars.push(("AIOS_CA_FILE", ca.display().to_string()));
+            }
+            if let Some(url) = credential_url {
+                vars.push(("AIOS_CREDENTIAL_URL", url.to_owned()));
             }
             let agent = self.spawn(
                 env,

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 
 use aios_crds::{
     Agent,
-    common::SecretKeyRef,
     names::{annotations, labels},
 };
 use jiff::Timestamp;
@@ -30,8 +29,10 @@ use kube::{Resource, ResourceExt};
 use crate::pods::{env, restricted_container, restricted_pod, scratch_volume};
 
 /// Where agent pods get what they need to reach the bus, Redis and the vector store,
-/// from the operator's configuration. Credentials live in a Secret of the Agent's
-/// namespace and reach the pods as environment variables; they are never copied.
+/// from the operator's configuration. Connection settings live in a Secret of the
+/// Agent's namespace and reach the pods as environment variables; they are never
+/// copied. Pods carry no repository token or model key: each attempt asks the
+/// operator's credential endpoint for the ones it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentRuntime {
     /// The agent image, for Agents that do not name one.
@@ -44,6 +45,9 @@ pub struct AgentRuntime {
     pub health_port: i32,
     /// The ConfigMap (per namespace) with the ready model providers, mounted by pods.
     pub providers_config_map: String,
+    /// Where agents reach the operator's credential endpoint (`http://host:port`);
+    /// without it they have only the credentials an Agent's `env` gives them.
+    pub credential_url: Option<String>,
 }
 
 impl Default for AgentRuntime {
@@ -53,6 +57,7 @@ impl Default for AgentRuntime {
             connection_secret: "aios-agent-connections".to_owned(),
             health_port: 8080,
             providers_config_map: "aios-providers".to_owned(),
+            credential_url: None,
         }
     }
 }
@@ -176,15 +181,9 @@ fn probe(path: &str, port: i32, period: i32) -> Probe {
     }
 }
 
-/// The objects Agent `agent` becomes, with `replicas` agent pods. `credentials` are the
-/// Secret keys of the namespace's model providers: each reaches the pods as the
-/// environment variable agents read it from (`AIOS_SECRET_<SECRET>_<KEY>`).
-pub fn agent_children(
-    agent: &Agent,
-    runtime: &AgentRuntime,
-    replicas: i32,
-    credentials: &[SecretKeyRef],
-) -> AgentChildren {
+/// The objects Agent `agent` becomes, with `replicas` agent pods. Nothing of them
+/// depends on the namespace's model providers: adding one changes no pod.
+pub fn agent_children(agent: &Agent, runtime: &AgentRuntime, replicas: i32) -> AgentChildren {
     let name = child_name(&agent.name_any());
     let spec = &agent.spec;
     let persona_data = BTreeMap::from([
@@ -209,7 +208,7 @@ pub fn agent_children(
         ..ServiceAccount::default()
     };
 
-    let container = agent_container(agent, runtime, credentials);
+    let container = agent_container(agent, runtime);
     let selector = BTreeMap::from([
         (labels::NAME.to_owned(), "aios-agent".to_owned()),
         (labels::AGENT.to_owned(), agent.name_any()),
@@ -265,11 +264,7 @@ pub fn agent_children(
 
 /// The agent container: role, persona and concurrency in its environment, connection
 /// settings from the Secret, locked down, with probes on the health port.
-fn agent_container(
-    agent: &Agent,
-    runtime: &AgentRuntime,
-    credentials: &[SecretKeyRef],
-) -> Container {
+fn agent_container(agent: &Agent, runtime: &AgentRuntime) -> Container {
     let spec = &agent.spec;
     let secret = &runtime.connection_secret;
     let mut container_env = vec![
@@ -296,15 +291,9 @@ fn agent_container(
         secret_env("AIOS_QDRANT_API_KEY", secret, "qdrantApiKey", true),
         secret_env("AIOS_CA_CERT", secret, "caCert", true),
     ];
-    // Optional: a provider whose Secret is missing fails its calls, not the pod.
-    container_env.extend(credentials.iter().map(|c| {
-        secret_env(
-            &aios_crds::names::env::secret_variable(&c.name, &c.key),
-            &c.name,
-            &c.key,
-            true,
-        )
-    }));
+    if let Some(url) = &runtime.credential_url {
+        container_env.push(env("AIOS_CREDENTIAL_URL", url));
+    }
     container_env.extend(spec.env.iter().cloned());
 
     let mount = |volume: &str, path: &str, read_only: bool| VolumeMount {
@@ -468,7 +457,7 @@ mod tests {
 
     #[test]
     fn the_pods_run_locked_down_with_probes_and_the_grace_period() {
-        let children = agent_children(&agent(), &AgentRuntime::default(), 2, &[]);
+        let children = agent_children(&agent(), &AgentRuntime::default(), 2);
         let deployment = children.deployment;
         let spec = deployment.spec;
         assert_eq!(spec.replicas, Some(2));
@@ -516,29 +505,39 @@ mod tests {
     }
 
     #[test]
-    fn provider_credentials_reach_the_pods_under_the_names_agents_read() {
-        let openai = SecretKeyRef {
-            name: "openai-creds".to_owned(),
-            key: "api-key".to_owned(),
+    fn pods_carry_no_credential_only_where_to_ask_for_one() {
+        let runtime = AgentRuntime {
+            credential_url: Some("http://aios-operator-metrics.aios-system.svc:8080".to_owned()),
+            ..AgentRuntime::default()
         };
-        let children = agent_children(&agent(), &AgentRuntime::default(), 1, &[openai]);
+        let children = agent_children(&agent(), &runtime, 1);
         let pod = children.deployment.spec.template.spec.unwrap();
         let env = pod.containers[0].env.clone().unwrap();
-        let var = env
-            .iter()
-            .find(|e| e.name == "AIOS_SECRET_OPENAI_CREDS_API_KEY")
-            .expect("the credential's variable");
-        assert!(var.value.is_none(), "never inlined");
-        let key = var.value_from.clone().unwrap().secret_key_ref.unwrap();
         assert_eq!(
-            (key.name.as_str(), key.key.as_str(), key.optional),
-            ("openai-creds", "api-key", Some(true))
+            env.iter()
+                .find(|e| e.name == "AIOS_CREDENTIAL_URL")
+                .and_then(|e| e.value.as_deref()),
+            Some("http://aios-operator-metrics.aios-system.svc:8080")
+        );
+        assert!(
+            !env.iter().any(|e| e.name.starts_with("AIOS_SECRET_")),
+            "no provider key on the pod: {env:?}"
+        );
+        // The connection Secret's keys are the only Secret the pod reads.
+        let secrets: Vec<&str> = env
+            .iter()
+            .filter_map(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+            .map(|k| k.name.as_str())
+            .collect();
+        assert!(
+            secrets.iter().all(|s| *s == "aios-agent-connections"),
+            "{secrets:?}"
         );
     }
 
     #[test]
     fn connection_settings_come_from_a_secret_and_the_role_from_the_agent() {
-        let children = agent_children(&agent(), &AgentRuntime::default(), 1, &[]);
+        let children = agent_children(&agent(), &AgentRuntime::default(), 1);
         let pod = children.deployment.spec.template.spec.unwrap();
         let env = pod.containers[0].env.clone().unwrap();
         let get = |n: &str| env.iter().find(|e| e.name == n).unwrap().clone();
@@ -572,7 +571,7 @@ mod tests {
 
     #[test]
     fn children_are_owned_labelled_and_carry_the_persona() {
-        let children = agent_children(&agent(), &AgentRuntime::default(), 1, &[]);
+        let children = agent_children(&agent(), &AgentRuntime::default(), 1);
         for meta in [
             &children.service_account.metadata,
             &children.persona.metadata,
@@ -596,7 +595,7 @@ mod tests {
         let mut other = agent();
         other.spec.persona.system_prompt = Some("You build better APIs.".into());
         let hash = |a: &Agent| {
-            agent_children(a, &AgentRuntime::default(), 1, &[])
+            agent_children(a, &AgentRuntime::default(), 1)
                 .deployment
                 .spec
                 .template
@@ -656,7 +655,7 @@ mod tests {
 
     #[test]
     fn the_agents_shutdown_grace_follows_the_pods_and_scratch_space_is_bounded() {
-        let children = agent_children(&agent(), &AgentRuntime::default(), 1, &[]);
+        let children = agent_children(&agent(), &AgentRuntime::default(), 1);
         let pod = children.deployment.spec.template.spec.unwrap();
         let c = &pod.containers[0];
         let grace = c
@@ -698,7 +697,7 @@ mod tests {
             )])),
             ..ResourceRequirements::default()
         });
-        let pod = agent_children(&own, &AgentRuntime::default(), 1, &[])
+        let pod = agent_children(&own, &AgentRuntime::default(), 1)
             .deployment
             .spec
             .template

@@ -190,6 +190,110 @@ pub fn refuse_repository_credential(
     }
 }
 
+/// Why an agent's credential request was not answered with the credential.
+#[derive(Debug, thiserror::Error)]
+pub enum GiveError {
+    /// The request does not prove an attempt that needs this credential now, or the
+    /// Secret's owner does not allow the use: nothing is given.
+    #[error("{0}")]
+    Refused(String),
+    /// The credential may be given but cannot be had now (no such key; the API server
+    /// failed): the agent may ask again.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Answers an agent's request for a credential: the value of the Secret key it names,
+/// when the request carries the token of the Task's current attempt, the Task uses that
+/// credential for that purpose (its Project's repository Secret for git; the
+/// `credentialsRef` of a ModelProvider of its namespace for a model), and the Secret
+/// allows the use ([`check`]). Everything is read from the operator's caches but the
+/// Project, which is read from the API server.
+pub async fn give(
+    ctx: &crate::context::Context,
+    request: &aios_crds::credentials::CredentialRequest,
+) -> Result<String, GiveError> {
+    use aios_crds::credentials::Purpose;
+    let refused = |why: String| GiveError::Refused(why);
+    let Some(task) = crate::events::cached_task(ctx, &request.task) else {
+        return Err(refused(format!(
+            "no Task {}/{} with that uid",
+            request.task.namespace, request.task.name
+        )));
+    };
+    let verdict = ctx.attempt_key.verify(
+        &crate::tokens::Attempt::of(&task, request.attempt),
+        &request.token,
+    );
+    if verdict != crate::tokens::Verdict::Valid {
+        ctx.metrics
+            .rejected_messages
+            .with_label_values(&["CredentialRequest", verdict.label()])
+            .inc();
+        return Err(refused(format!(
+            "the request does not carry the token of attempt {} of Task {}/{} ({})",
+            request.attempt,
+            request.task.namespace,
+            request.task.name,
+            verdict.label()
+        )));
+    }
+    let current = task.status.as_ref().map_or(0, |s| s.attempt);
+    if i64::from(request.attempt) != i64::from(current)
+        || crate::lifecycle::phase(&task).is_terminal()
+    {
+        return Err(refused(format!(
+            "attempt {} is not the running attempt of Task {}/{}",
+            request.attempt, request.task.namespace, request.task.name
+        )));
+    }
+    let namespace = request.task.namespace.as_str();
+    let (purpose, url) = match request.purpose {
+        Purpose::Git => {
+            let project =
+                kube::Api::<aios_crds::Project>::namespaced(ctx.client.clone(), namespace)
+                    .get_opt(&task.spec.project)
+                    .await
+                    .map_err(|e| {
+                        GiveError::Unavailable(format!("reading the Task's Project: {e}"))
+                    })?
+                    .ok_or_else(|| {
+                        refused(format!(
+                            "the Task's Project {:?} does not exist",
+                            task.spec.project
+                        ))
+                    })?;
+            if project.spec.repository.secret_ref.as_ref() != Some(&request.secret) {
+                return Err(refused(format!(
+                    "Secret {:?} key {:?} is not the repository secretRef of Project {:?}",
+                    request.secret.name, request.secret.key, task.spec.project
+                )));
+            }
+            (Use::Git, project.spec.repository.url.clone())
+        }
+        Purpose::Model => {
+            let endpoint = ctx
+                .providers
+                .state()
+                .iter()
+                .filter(|p| p.namespace().as_deref() == Some(namespace))
+                .filter_map(|p| p.spec.endpoint.clone())
+                .find(|e| e.credentials_ref.as_ref() == Some(&request.secret));
+            let Some(endpoint) = endpoint else {
+                return Err(refused(format!(
+                    "no ModelProvider of namespace {namespace} names Secret {:?} key {:?}",
+                    request.secret.name, request.secret.key
+                )));
+            };
+            (Use::Model, endpoint.url)
+        }
+    };
+    fetch(&ctx.credentials, namespace, &request.secret, purpose, &url).map_err(|err| match err {
+        CredentialError::Refused(why) => GiveError::Refused(why),
+        CredentialError::Missing(why) => GiveError::Unavailable(why),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

@@ -268,7 +268,7 @@ async fn event_status(
 /// holds every Task of the watched namespaces that was ever dispatched, so a message
 /// about any other (another namespace's, a deleted one's) has nothing to change, and
 /// costs no API call.
-fn cached_task(ctx: &Context, task: &ObjectRef) -> Option<Arc<Task>> {
+pub(crate) fn cached_task(ctx: &Context, task: &ObjectRef) -> Option<Arc<Task>> {
     ctx.tasks
         .get(&kube::runtime::reflector::ObjectRef::new(&task.name).within(&task.namespace))
         .filter(|t| t.metadata.uid.as_deref() == Some(task.uid.as_str()))

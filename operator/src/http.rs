@@ -8,8 +8,16 @@ use std::{
     },
 };
 
-use aios_crds::Task;
-use axum::{Router, extract::State, http::StatusCode, routing::get};
+use aios_crds::{
+    Task,
+    credentials::{CredentialRequest, CredentialResponse},
+};
+use axum::{
+    Json, Router,
+    extract::State,
+    http::StatusCode,
+    routing::{get, post},
+};
 use kube::runtime::reflector::Store;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +37,9 @@ pub struct Health {
     pub tasks: Arc<OnceCell<Store<Task>>>,
     /// The metrics.
     pub metrics: Metrics,
+    /// The controllers' shared state, once this replica leads and its caches synced:
+    /// the credential endpoint answers from it.
+    pub context: Arc<OnceCell<Arc<crate::context::Context>>>,
 }
 
 impl Health {
@@ -80,6 +91,61 @@ async fn readyz(State(health): State<Health>) -> (StatusCode, &'static str) {
     }
 }
 
+/// An agent's request for a credential its attempt needs (see
+/// [`crate::credentials::give`]): 200 with the value; 403 refused, saying why; 503 when
+/// this replica does not lead (the agent asks again) or the credential cannot be had now.
+async fn credential(
+    State(health): State<Health>,
+    Json(request): Json<CredentialRequest>,
+) -> (StatusCode, Json<CredentialResponse>) {
+    let purpose = request.purpose.to_string();
+    let answer = |status: StatusCode, value: Option<String>, refused: Option<String>| {
+        (status, Json(CredentialResponse { value, refused }))
+    };
+    let Some(ctx) = health.context.get() else {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            Some("this operator replica does not lead; ask again".to_owned()),
+        );
+    };
+    let count = |outcome: &str| {
+        ctx.metrics
+            .credential_requests
+            .with_label_values(&[purpose.as_str(), outcome])
+            .inc();
+    };
+    match crate::credentials::give(ctx, &request).await {
+        Ok(value) => {
+            count("given");
+            tracing::info!(
+                task = %format!("{}/{}", request.task.namespace, request.task.name),
+                attempt = request.attempt,
+                %purpose,
+                secret = %request.secret.name,
+                "gave a credential to an attempt"
+            );
+            answer(StatusCode::OK, Some(value), None)
+        }
+        Err(err @ crate::credentials::GiveError::Refused(_)) => {
+            count("refused");
+            tracing::warn!(
+                task = %format!("{}/{}", request.task.namespace, request.task.name),
+                attempt = request.attempt,
+                %purpose,
+                secret = %request.secret.name,
+                error = %err,
+                "refused a credential request"
+            );
+            answer(StatusCode::FORBIDDEN, None, Some(err.to_string()))
+        }
+        Err(err) => {
+            count("unavailable");
+            answer(StatusCode::SERVICE_UNAVAILABLE, None, Some(err.to_string()))
+        }
+    }
+}
+
 /// Serves the endpoints on `addr` until shutdown.
 pub async fn serve(
     addr: SocketAddr,
@@ -90,9 +156,10 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route(aios_crds::credentials::PATH, post(credential))
         .with_state(health);
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz and the credential endpoint");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

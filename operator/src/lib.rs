@@ -138,6 +138,13 @@ pub struct Config {
     #[arg(long, env = "AIOS_AGENT_CONNECTION_SECRET", default_value_t = agents::AgentRuntime::default().connection_secret)]
     pub agent_connection_secret: String,
 
+    /// Where agent pods reach this operator's HTTP port (`http://host:port`, the
+    /// chart's metrics Service): each attempt asks its credential endpoint for the
+    /// repository token and model keys it needs. Without it, agents have only the
+    /// credentials an Agent's `env` gives them.
+    #[arg(long, env = "AIOS_AGENT_CREDENTIAL_URL")]
+    pub agent_credential_url: Option<String>,
+
     /// Seconds between probes of a ready model provider (an unready one is probed with
     /// backoff, from 2 seconds to 5 minutes).
     #[arg(long, env = "AIOS_PROVIDER_PROBE_SECONDS", default_value_t = 60)]
@@ -394,6 +401,7 @@ async fn start(
         agent_runtime: agents::AgentRuntime {
             image: config.agent_image.clone(),
             connection_secret: config.agent_connection_secret.clone(),
+            credential_url: config.agent_credential_url.clone(),
             ..agents::AgentRuntime::default()
         },
         model_server_image: config.model_server_image.clone(),
@@ -418,6 +426,7 @@ async fn start(
             Ok(())
         });
     }
+    let _ = health.context.set(ctx.clone());
     spawn_controllers(&client, config, ctx, agent_rx, shutdown, tasks);
     health.synced.store(true, Ordering::Relaxed);
     Ok(())
@@ -584,7 +593,6 @@ fn spawn_controllers(
         Err(RunError::TaskEnded("the Task controller"))
     });
     let agents = ctx.agents.clone();
-    let agents_of_namespace = ctx.agents.clone();
     let managed = format!(
         "{}={}",
         aios_crds::names::labels::MANAGED_BY,
@@ -602,11 +610,6 @@ fn spawn_controllers(
         api::<Task>(client, ns),
         watcher::Config::default(),
         move |task| pools::agents_for_task(&agents, &task),
-    )
-    .watches(
-        api::<ModelProvider>(client, ns),
-        watcher::Config::default(),
-        move |provider| pools::agents_for_provider(&agents_of_namespace, &provider),
     )
     // Task events come in bursts; one pass a second per pool is enough.
     .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))

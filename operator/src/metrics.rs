@@ -31,6 +31,9 @@ pub struct Metrics {
     /// Messages rejected for want of their attempt's token, by message kind and reason
     /// (`missing_token`, `bad_token`).
     pub rejected_messages: IntCounterVec,
+    /// Credentials agents asked for, by purpose (`git`, `model`) and outcome (`given`,
+    /// `refused`, `unavailable`).
+    pub credential_requests: IntCounterVec,
     /// Verification runs finished, by kind (`task`, `project`) and outcome (`Passed`,
     /// `Failed`, `TimedOut`, `Error`).
     pub verifications: IntCounterVec,
@@ -118,6 +121,11 @@ impl Metrics {
                 "aios_rejected_messages_total",
                 "Agent messages rejected for want of their attempt's token, by message kind and reason",
                 &["message", "reason"],
+            ),
+            credential_requests: counter(
+                "aios_credential_requests_total",
+                "Credentials agents asked the operator for, by purpose and outcome",
+                &["purpose", "outcome"],
             ),
             verifications: counter(
                 "aios_verifications_total",

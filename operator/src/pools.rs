@@ -51,36 +51,6 @@ pub fn agents_for_task(
         .collect()
 }
 
-/// The Secret keys of the model providers in `namespace` whose Secret allows the use
-/// (see [`crate::providers::credential_cleared`]), once each, in a stable order.
-fn provider_credentials(ctx: &Context, namespace: &str) -> Vec<aios_crds::common::SecretKeyRef> {
-    let mut keys: Vec<_> = ctx
-        .providers
-        .state()
-        .iter()
-        .filter(|p| p.namespace().as_deref() == Some(namespace))
-        .filter(|p| crate::providers::credential_cleared(p))
-        .filter_map(|p| p.spec.endpoint.as_ref()?.credentials_ref.clone())
-        .collect();
-    keys.sort_by(|a, b| (&a.name, &a.key).cmp(&(&b.name, &b.key)));
-    keys.dedup();
-    keys
-}
-
-/// The Agents of a provider's namespace: their pods carry its credentials.
-pub fn agents_for_provider(
-    agents: &kube::runtime::reflector::Store<Agent>,
-    provider: &aios_crds::ModelProvider,
-) -> Vec<ObjectRef<Agent>> {
-    let namespace = provider.namespace();
-    agents
-        .state()
-        .iter()
-        .filter(|a| a.namespace() == namespace)
-        .map(|a| ObjectRef::from_obj(a.as_ref()))
-        .collect()
-}
-
 /// Reconciles one Agent.
 #[tracing::instrument(skip_all, fields(agent = %agent.name_any(), namespace = agent.namespace().unwrap_or_default()))]
 pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -112,14 +82,13 @@ async fn reconcile_inner(agent: &Agent, ctx: &Context) -> Result<Action, Error> 
         mark_deletion_costs(ctx, &namespace, agent, &demand.running_by_agent).await?;
     }
 
-    let credentials = provider_credentials(ctx, &namespace);
     // Apply, in dependency order: the identity and the persona the pods mount exist
     // before the pods. Destructured without `..`, so a new child cannot be forgotten.
     let AgentChildren {
         service_account,
         persona,
         deployment,
-    } = agent_children(agent, &ctx.agent_runtime, decision.replicas, &credentials);
+    } = agent_children(agent, &ctx.agent_runtime, decision.replicas);
     server_side_apply(
         &Api::<ServiceAccount>::namespaced(ctx.client.clone(), &namespace),
         &service_account,

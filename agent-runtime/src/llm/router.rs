@@ -380,6 +380,21 @@ impl Router {
         self
     }
 
+    /// The Secret keys the providers in the list name, once each: what an attempt asks
+    /// the operator for. Empty when the list cannot be read.
+    pub fn credential_refs(&self) -> Vec<aios_crds::common::SecretKeyRef> {
+        let mut refs: Vec<_> = self
+            .providers
+            .list()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| p.credentials_ref)
+            .collect();
+        refs.sort_by(|a, b| (&a.name, &a.key).cmp(&(&b.name, &b.key)));
+        refs.dedup();
+        refs
+    }
+
     /// The API key of a provider: from the variable its Secret is mounted as, else the
     /// usual variable for its type.
     fn api_key(&self, provider: &ProviderEntry) -> Option<String> {
