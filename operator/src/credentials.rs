@@ -248,7 +248,13 @@ pub async fn give(
         )));
     }
     let namespace = request.task.namespace.as_str();
-    let (purpose, url) = match request.purpose {
+    let give = |purpose: Use, url: &str| {
+        fetch(&ctx.credentials, namespace, &request.secret, purpose, url).map_err(|err| match err {
+            CredentialError::Refused(why) => GiveError::Refused(why),
+            CredentialError::Missing(why) => GiveError::Unavailable(why),
+        })
+    };
+    match request.purpose {
         Purpose::Git => {
             let project =
                 kube::Api::<aios_crds::Project>::namespaced(ctx.client.clone(), namespace)
@@ -269,29 +275,30 @@ pub async fn give(
                     request.secret.name, request.secret.key, task.spec.project
                 )));
             }
-            (Use::Git, project.spec.repository.url.clone())
+            give(Use::Git, &project.spec.repository.url)
         }
         Purpose::Model => {
-            let endpoint = ctx
+            // Given when the Secret allows it for the endpoint of any provider naming it.
+            let mut answer = Err(refused(format!(
+                "no ModelProvider of namespace {namespace} names Secret {:?} key {:?}",
+                request.secret.name, request.secret.key
+            )));
+            for endpoint in ctx
                 .providers
                 .state()
                 .iter()
                 .filter(|p| p.namespace().as_deref() == Some(namespace))
                 .filter_map(|p| p.spec.endpoint.clone())
-                .find(|e| e.credentials_ref.as_ref() == Some(&request.secret));
-            let Some(endpoint) = endpoint else {
-                return Err(refused(format!(
-                    "no ModelProvider of namespace {namespace} names Secret {:?} key {:?}",
-                    request.secret.name, request.secret.key
-                )));
-            };
-            (Use::Model, endpoint.url)
+                .filter(|e| e.credentials_ref.as_ref() == Some(&request.secret))
+            {
+                answer = give(Use::Model, &endpoint.url);
+                if answer.is_ok() {
+                    break;
+                }
+            }
+            answer
         }
-    };
-    fetch(&ctx.credentials, namespace, &request.secret, purpose, &url).map_err(|err| match err {
-        CredentialError::Refused(why) => GiveError::Refused(why),
-        CredentialError::Missing(why) => GiveError::Unavailable(why),
-    })
+    }
 }
 
 #[cfg(test)]
