@@ -535,3 +535,101 @@ async fn no_repository_credential_is_sent_to_a_plain_http_url() {
         );
     }
 }
+
+/// The credentials of an attempt come from the operator's endpoint, asked with the
+/// attempt's token: a refused repository token fails the attempt naming the Secret and
+/// nothing is cloned; model keys given are what the router reads; an operator that
+/// cannot answer is a retryable failure.
+#[tokio::test]
+async fn an_attempt_asks_the_operator_for_its_credentials_with_its_token() {
+    use aios_agent::{credentials::CredentialBroker, work::Credentials};
+    use aios_crds::common::SecretKeyRef;
+    use wiremock::{Mock, MockServer, ResponseTemplate, matchers};
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let operator = MockServer::start().await;
+    Mock::given(matchers::method("POST"))
+        .and(matchers::path("/v1/credentials"))
+        .and(matchers::body_partial_json(json!({"purpose": "model"})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"value": "sk-model"})))
+        .mount(&operator)
+        .await;
+    Mock::given(matchers::method("POST"))
+        .and(matchers::path("/v1/credentials"))
+        .and(matchers::body_partial_json(json!({"purpose": "git"})))
+        .respond_with(ResponseTemplate::new(403).set_body_json(
+            json!({"refused": "Secret \"repo-token\" may not be sent to git.example.com"}),
+        ))
+        .mount(&operator)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Arc::new(CredentialBroker::new(&operator.uri()).unwrap());
+    let mut worker = agent(dir.path(), Scripted::new(Vec::new()));
+    worker.credentials = Some(Credentials {
+        broker: broker.clone(),
+        model_secrets: Arc::new(|| {
+            vec![SecretKeyRef {
+                name: "model-key".to_owned(),
+                key: "key".to_owned(),
+            }]
+        }),
+    });
+    let mut attempt = dispatch(dir.path(), "Build", "Build it.");
+    attempt.token = "TOKEN-OF-ATTEMPT-1".to_owned();
+    attempt.repository = Repository {
+        url: "https://git.example.com/team/shop.git".to_owned(),
+        branch: "main".to_owned(),
+        secret_ref: Some(SecretKeyRef {
+            name: "repo-token".to_owned(),
+            key: "token".to_owned(),
+        }),
+    };
+    let failure = worker.perform(&attempt).await.unwrap_err();
+    assert_eq!(failure.reason, "CredentialRefused");
+    assert!(!failure.retryable);
+    assert!(
+        failure.message.contains("repo-token") && failure.message.contains("git.example.com"),
+        "{}",
+        failure.message
+    );
+    // Each request proved the attempt.
+    let requests = operator.received_requests().await.unwrap();
+    assert_eq!(
+        requests.len(),
+        2,
+        "the model key, then the repository token"
+    );
+    for request in &requests {
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(body["token"], "TOKEN-OF-ATTEMPT-1");
+        assert_eq!(body["attempt"], 1);
+        assert_eq!(body["task"]["uid"], attempt.task.uid.as_str());
+    }
+    // The model key given is what the router reads.
+    assert_eq!(
+        (broker.env_lookup())("AIOS_SECRET_MODEL_KEY_KEY").as_deref(),
+        Some("sk-model")
+    );
+
+    // An operator that cannot answer: retryable.
+    let down = MockServer::start().await;
+    Mock::given(matchers::method("POST"))
+        .respond_with(
+            ResponseTemplate::new(503).set_body_json(json!({"refused": "not the leader"})),
+        )
+        .mount(&down)
+        .await;
+    let mut worker = agent(dir.path(), Scripted::new(Vec::new()));
+    worker.credentials = Some(Credentials {
+        broker: Arc::new(CredentialBroker::new(&down.uri()).unwrap()),
+        model_secrets: Arc::new(Vec::new),
+    });
+    let failure = worker.perform(&attempt).await.unwrap_err();
+    assert_eq!(failure.reason, "CredentialUnavailable");
+    assert!(failure.retryable);
+    assert_eq!(
+        down.received_requests().await.unwrap().len(),
+        5,
+        "asked 5 times"
+    );
+}

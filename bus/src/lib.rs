@@ -38,6 +38,14 @@ pub enum BusError {
         #[source]
         source: lapin::Error,
     },
+    /// The TLS handshake with an `amqps://` endpoint failed (see [`tls::check_amqps`]).
+    #[error("connecting to RabbitMQ at {endpoint} failed: TLS: {detail}")]
+    Tls {
+        /// The URL, without its password.
+        endpoint: String,
+        /// Why.
+        detail: String,
+    },
     /// The broker did not confirm a publish.
     #[error("the broker refused {what}")]
     NotConfirmed {
@@ -71,6 +79,7 @@ impl BusError {
     pub fn category(&self) -> &'static str {
         match self {
             Self::Amqp { .. } => "amqp",
+            Self::Tls { .. } => "tls",
             Self::NotConfirmed { .. } => "not_confirmed",
             Self::TimedOut { .. } => "timed_out",
             Self::Encode { .. } => "encode",
@@ -141,6 +150,15 @@ impl Bus {
     /// Connects once (see [`Bus::connect`]); the error names the endpoint, without its
     /// password.
     pub async fn connect_once(url: &str, ca: Option<&CaBundle>) -> Result<Self, BusError> {
+        let endpoint = aios_crds::text::without_userinfo(url);
+        if url.starts_with("amqps://") {
+            tls::check_amqps(url, ca)
+                .await
+                .map_err(|detail| BusError::Tls {
+                    endpoint: endpoint.clone(),
+                    detail,
+                })?;
+        }
         let connection = lapin::DefaultConnectionBuilder::new()
             .map_err(amqp("starting the AMQP client"))?
             .with_uri_str(url.to_owned())
@@ -148,10 +166,7 @@ impl Bus {
             .with_tls_config(tls::amqp_tls(ca))
             .connect()
             .await
-            .map_err(amqp(format!(
-                "connecting to RabbitMQ at {}",
-                aios_crds::text::without_userinfo(url)
-            )))?;
+            .map_err(amqp(format!("connecting to RabbitMQ at {endpoint}")))?;
         let publisher = open_publisher(&connection).await?;
         let bus = Self {
             connection,

@@ -106,6 +106,46 @@ pub fn configured_ca(file: Option<&Path>, pem: Option<&str>) -> Result<Option<Ca
         .transpose()
 }
 
+/// How long the TLS check of an `amqps://` endpoint may take.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Makes one TLS handshake with the server of `url` (`amqps://`), trusting the system's
+/// roots and `ca`, and closes it; the error says why it failed (for example
+/// `invalid peer certificate: UnknownIssuer`). The AMQP client retries a failed
+/// connection for minutes before it says anything, so this runs first: a certificate
+/// that does not verify is reported at once.
+pub async fn check_amqps(url: &str, ca: Option<&CaBundle>) -> Result<(), String> {
+    let uri: lapin::uri::AMQPUri = url.parse()?;
+    let host = uri.authority.host.clone();
+    let port = uri.authority.port;
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(ca) = ca {
+        roots.add_parsable_certificates(
+            CertificateDer::pem_slice_iter(ca.pem.as_bytes()).filter_map(Result::ok),
+        );
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| format!("{host:?} is not a server name: {e}"))?;
+    let handshake = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| format!("no TLS handshake within {} s", HANDSHAKE_TIMEOUT.as_secs()))?
+}
+
 /// The AMQP client's TLS settings: the system's roots, and `ca` when given.
 pub fn amqp_tls(ca: Option<&CaBundle>) -> OwnedTLSConfig {
     OwnedTLSConfig {

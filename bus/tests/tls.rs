@@ -23,7 +23,7 @@ fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn the_bus_connects_over_amqps_only_when_it_trusts_the_servers_ca() {
     install_crypto();
     let env = aios_e2e::shared();
@@ -58,7 +58,7 @@ async fn the_bus_connects_over_amqps_only_when_it_trusts_the_servers_ca() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn redis_answers_over_rediss_only_when_the_client_trusts_its_ca() {
     install_crypto();
     let env = aios_e2e::shared();

@@ -64,6 +64,7 @@ async fn ask(
             key: key.to_owned(),
         },
     };
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let response = reqwest::Client::new()
         .post(format!(
             "http://127.0.0.1:{}{PATH}",
@@ -78,14 +79,14 @@ async fn ask(
     (status, serde_json::from_str(&text).unwrap())
 }
 
-/// A provider `name` naming the model key; its endpoint is a closed local port (it is
-/// probed, and is Unreachable).
-fn cloud_provider(h: &Harness, name: &str) {
+/// A provider `name` naming the key `key` of Secret `secret`; its endpoint is a closed
+/// local port (it is probed, and is Unreachable: its Secret allowed the probe).
+fn cloud_provider(h: &Harness, name: &str, secret: &str) {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     h.apply(&format!(
-        "apiVersion: aios.dev/v1alpha1\nkind: ModelProvider\nmetadata:\n  name: {name}\nspec:\n  type: OpenAI\n  tier: Cloud\n  models:\n    - name: gpt-4o\n  endpoint:\n    url: https://127.0.0.1:{port}/v1\n    credentialsRef:\n      name: model-key\n      key: key\n"
+        "apiVersion: aios.dev/v1alpha1\nkind: ModelProvider\nmetadata:\n  name: {name}\nspec:\n  type: OpenAI\n  tier: Cloud\n  models:\n    - name: gpt-4o\n  endpoint:\n    url: https://127.0.0.1:{port}/v1\n    credentialsRef:\n      name: {secret}\n      key: key\n"
     ));
 }
 
@@ -125,7 +126,7 @@ async fn an_attempt_gets_only_the_credentials_its_task_uses() {
     );
     secret(&h, "model-key", "key=MODEL-KEY", Some("model"), "127.0.0.1");
     secret(&h, "team-db", "password=DB-PASSWORD", None, "");
-    cloud_provider(&h, "cloud");
+    cloud_provider(&h, "cloud", "model-key");
     let agents = FakeAgents::start(&h, &["backend"], Duration::ZERO, |_| Reply::Hang).await;
     h.apply("apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: shop\nspec:\n  description: One task\n  repository:\n    url: https://git.example.com/team/shop.git\n    secretRef:\n      name: repo-token\n      key: token\n  tasks:\n    - name: only\n      title: The only task\n      role: backend\n");
     h.wait_for_value("task/shop-only", "{.status.phase}", "Running", TIMEOUT)
@@ -181,16 +182,28 @@ async fn an_attempt_gets_only_the_credentials_its_task_uses() {
 async fn agent_pods_carry_no_credential_so_a_new_provider_changes_no_pod() {
     let h = Harness::running("nopodcreds", &["backend"]).await;
     secret(&h, "model-key", "key=MODEL-KEY", Some("model"), "127.0.0.1");
-    cloud_provider(&h, "cloud");
+    cloud_provider(&h, "cloud", "model-key");
     let template = |h: &Harness| {
-        h.kubectl(&[
-            "get",
-            "deployment",
-            "aios-agent-backend",
-            "-o",
-            "jsonpath={.spec.template}",
-        ])
+        h.env
+            .kubectl(&[
+                "-n",
+                &h.ns,
+                "get",
+                "deployment",
+                "aios-agent-backend",
+                "-o",
+                "jsonpath={.spec.template}",
+            ])
+            .unwrap_or_default()
     };
+    // The first provider's Secret allowed its probe: it is cleared for use.
+    h.wait_for_value(
+        "modelprovider/cloud",
+        "{.status.conditions[?(@.type==\"Ready\")].reason}",
+        "Unreachable",
+        TIMEOUT,
+    )
+    .await;
     let deadline = Instant::now() + TIMEOUT;
     while template(&h).is_empty() {
         assert!(Instant::now() < deadline, "no agent Deployment");
@@ -201,7 +214,14 @@ async fn agent_pods_carry_no_credential_so_a_new_provider_changes_no_pod() {
         !before.contains("AIOS_SECRET_") && !before.contains("model-key"),
         "{before}"
     );
-    cloud_provider(&h, "second-cloud");
+    secret(
+        &h,
+        "second-key",
+        "key=SECOND-KEY",
+        Some("model"),
+        "127.0.0.1",
+    );
+    cloud_provider(&h, "second-cloud", "second-key");
     h.wait_for_value(
         "modelprovider/second-cloud",
         "{.status.conditions[?(@.type==\"Ready\")].reason}",
