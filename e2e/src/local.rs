@@ -96,6 +96,9 @@ pub struct LocalRun {
     /// The kubeconfig the operator uses; the environment's admin one when unset (a test
     /// gives it one that impersonates the chart's ServiceAccount).
     pub operator_kubeconfig: Option<PathBuf>,
+    /// More environment for a local operator process (a test running it as the chart
+    /// would: the chart's token key Secret, say).
+    pub operator_env: Vec<(String, String)>,
     /// Run the agents as the pods the operator scales, on the environment's node, rather
     /// than as local processes. The delivery repository is then served over git's smart
     /// HTTP on the node's address, and the model servers must be reachable from pods.
@@ -468,6 +471,9 @@ impl LocalRun {
         ];
         if let Some(kubeconfig) = &self.operator_kubeconfig {
             operator_vars.push(("KUBECONFIG", kubeconfig.display().to_string()));
+        }
+        for (name, value) in &self.operator_env {
+            operator_vars.push((name.as_str(), value.clone()));
         }
         if let Some(redis) = &connections.redis {
             operator_vars.push(("AIOS_REDIS_URL", redis.clone()));

@@ -743,6 +743,11 @@ fn start_operator_as(
             ("AIOS_HTTP_ADDR".to_owned(), format!("127.0.0.1:{port}")),
             ("AIOS_LOG_FORMAT".to_owned(), "text".to_owned()),
             ("AIOS_PROVIDER_PROBE_SECONDS".to_owned(), "2".to_owned()),
+            // The token key the chart names, the one Secret its Role lets it read.
+            (
+                "AIOS_TOKEN_KEY_SECRET".to_owned(),
+                format!("{service_account}-token-key"),
+            ),
         ],
         &log,
     )

@@ -42,6 +42,7 @@ fn run(model: ModelServer, prefix: &str, timeout: Duration) -> (LocalRun, tempfi
         timeout,
         verbose: true,
         operator_kubeconfig: None,
+        operator_env: Vec::new(),
         agents_in_pods: false,
         operator: Operator::Process,
         tls: false,
@@ -118,6 +119,10 @@ async fn a_project_is_planned_built_committed_and_succeeds() {
         env.impersonating_kubeconfig(&run.namespace, &account)
             .unwrap(),
     );
+    run.operator_env = vec![(
+        "AIOS_TOKEN_KEY_SECRET".to_owned(),
+        format!("{account}-token-key"),
+    )];
     let outcome = tokio::task::spawn_blocking(move || run.run(env))
         .await
         .unwrap()

@@ -101,6 +101,7 @@ fn run_hello(
         timeout: Duration::from_secs(300),
         verbose: true,
         operator_kubeconfig: None,
+        operator_env: Vec::new(),
         agents_in_pods: true,
         operator: if operator_in_cluster {
             Operator::InCluster

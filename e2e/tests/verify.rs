@@ -78,6 +78,7 @@ async fn run(prefix: &str, fixes: bool, manifest: String) -> Ran {
         timeout: Duration::from_secs(240),
         verbose: true,
         operator_kubeconfig: None,
+        operator_env: Vec::new(),
         agents_in_pods: false,
         operator: Operator::Process,
         tls: false,

@@ -184,6 +184,7 @@ fn main() -> ExitCode {
         timeout: Duration::from_secs(args.timeout_seconds),
         verbose: true,
         operator_kubeconfig: None,
+        operator_env: Vec::new(),
         agents_in_pods: args.pods,
         operator: if args.pods {
             Operator::Chart
