@@ -132,11 +132,20 @@ impl CredentialBroker {
                 }
                 Ok(value)
             }
-            (403, _) => Err(CredentialError::Refused {
-                secret: secret.name.clone(),
-                key: secret.key.clone(),
-                why: answer.refused.unwrap_or_default(),
-            }),
+            (403, _) => {
+                // A key refused now is not used from an earlier answer either.
+                if purpose == Purpose::Model {
+                    self.model_keys
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .remove(&secret_variable(&secret.name, &secret.key));
+                }
+                Err(CredentialError::Refused {
+                    secret: secret.name.clone(),
+                    key: secret.key.clone(),
+                    why: answer.refused.unwrap_or_default(),
+                })
+            }
             _ => Err(unavailable(format!(
                 "HTTP {status}: {}",
                 answer.refused.unwrap_or_default()

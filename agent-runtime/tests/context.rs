@@ -610,6 +610,14 @@ async fn an_attempt_asks_the_operator_for_its_credentials_with_its_token() {
         (broker.env_lookup())("AIOS_SECRET_MODEL_KEY_KEY").as_deref(),
         Some("sk-model")
     );
+    // Refused on a later attempt (its owner withdrew it): the key given before goes.
+    operator.reset().await;
+    Mock::given(matchers::method("POST"))
+        .respond_with(ResponseTemplate::new(403).set_body_json(json!({"refused": "not labelled"})))
+        .mount(&operator)
+        .await;
+    let _ = worker.perform(&attempt).await.unwrap_err();
+    assert_eq!((broker.env_lookup())("AIOS_SECRET_MODEL_KEY_KEY"), None);
 
     // An operator that cannot answer: retryable.
     let down = MockServer::start().await;
