@@ -105,6 +105,9 @@ pub mod labels {
     pub const NAME: &str = "app.kubernetes.io/name";
     /// Standard Kubernetes label naming the component within the application.
     pub const COMPONENT: &str = "app.kubernetes.io/component";
+    /// On the operator's pod: set (`"true"`) by the replica that leads, so a Service
+    /// can send requests only the leader can answer (the credential endpoint) to it.
+    pub const LEADER: &str = "aios.dev/leader";
     /// On a Secret: what its owner lets AIOS use it for, [`CREDENTIAL_GIT`] (a Project's
     /// `repository.secretRef`) or [`CREDENTIAL_MODEL`] (a ModelProvider's
     /// `endpoint.credentialsRef`). A Secret without it is used for nothing.

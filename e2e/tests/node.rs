@@ -397,6 +397,36 @@ async fn the_chart_runs_the_operator_as_pods_and_a_rolling_update_does_not_wedge
         operator_pods(env).contains(&leader),
         "a pod of the chart leads: {leader}"
     );
+    // Only the leader can answer the credential endpoint: it labels its pod, and the
+    // Service sends requests to that pod alone.
+    let credential_backends = |env: &Environment| -> (String, String) {
+        let get = |args: &[&str]| {
+            let mut all = vec!["get", "-n", &namespace];
+            all.extend_from_slice(args);
+            env.kubectl(&all).unwrap().trim().to_owned()
+        };
+        (
+            get(&[
+                "pods",
+                "-l",
+                "aios.dev/leader=true",
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ]),
+            get(&[
+                "endpointslices",
+                "-l",
+                "kubernetes.io/service-name=aios-operator",
+                "-o",
+                "jsonpath={.items[*].endpoints[*].targetRef.name}",
+            ]),
+        )
+    };
+    wait_for(
+        "the leader's pod behind the credential Service",
+        Duration::from_secs(60),
+        || credential_backends(env) == (leader.clone(), leader.clone()),
+    );
 
     // A changed value rolls the operator while a Project runs (Apollo's answer takes
     // 20 s): the rollout completes (a standby is ready, so nothing waits on the Lease),
@@ -452,6 +482,14 @@ async fn the_chart_runs_the_operator_as_pods_and_a_rolling_update_does_not_wedge
     assert!(
         after.len() == 2 && after.iter().all(|pod| !before.contains(pod)),
         "two new operator pods replaced {before:?}: {after:?}"
+    );
+    wait_for(
+        "a new leader behind the credential Service",
+        Duration::from_secs(60),
+        || {
+            let (labelled, behind) = credential_backends(env);
+            after.contains(&labelled) && behind == labelled
+        },
     );
     let second = second.await.unwrap();
     assert_done_by_pods(&second);

@@ -258,3 +258,28 @@ impl Elector {
         }
     }
 }
+
+/// Labels this replica's pod [`LEADER`](aios_crds::names::labels::LEADER) once it
+/// leads, so the chart's credential Service reaches the leader only (standbys have no
+/// caches to answer from). A replica that is not a pod (a local process) has nothing to
+/// label: that, and any other failure, is logged and changes nothing else. The label
+/// goes with the pod: a leader that loses the Lease exits.
+pub async fn label_leader_pod(client: &kube::Client, namespace: &str, pod: &str) {
+    let patch = serde_json::json!({
+        "metadata": {"labels": {aios_crds::names::labels::LEADER: "true"}}
+    });
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
+    match api
+        .patch(
+            pod,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => tracing::info!(%pod, "labelled this pod as the leader"),
+        Err(err) => {
+            tracing::info!(%pod, error = %err, "could not label this replica's pod as the leader (not a pod?)");
+        }
+    }
+}

@@ -323,6 +323,17 @@ fn identity(config: &Config) -> String {
         )
 }
 
+/// The election this replica takes part in, as `identity`.
+fn election(config: &Config, identity: &str) -> ElectionConfig {
+    ElectionConfig {
+        namespace: config.lease_namespace.clone(),
+        name: config.lease_name.clone(),
+        identity: identity.to_owned(),
+        lease_duration: Duration::from_secs(config.lease_duration_seconds),
+        retry_period: Duration::from_secs(config.lease_retry_seconds),
+    }
+}
+
 /// Starts everything under supervision in `tasks`: the probes, the election (this
 /// waits until this replica leads), the bus, the caches and the controllers.
 async fn start(
@@ -341,18 +352,12 @@ async fn start(
         tasks.spawn(async move { Ok(http::serve(addr, health, shutdown).await?) });
     }
 
-    let elector = Elector::new(
-        client.clone(),
-        ElectionConfig {
-            namespace: config.lease_namespace.clone(),
-            name: config.lease_name.clone(),
-            identity: identity.clone(),
-            lease_duration: Duration::from_secs(config.lease_duration_seconds),
-            retry_period: Duration::from_secs(config.lease_retry_seconds),
-        },
-    );
+    let elector = Elector::new(client.clone(), election(config, &identity));
     elector.acquire(shutdown).await?;
     health.leading.store(true, Ordering::Relaxed);
+    if let Some(pod) = &config.identity {
+        leader::label_leader_pod(&client, &config.lease_namespace, pod).await;
+    }
     {
         let (elector, shutdown) = (elector.clone(), shutdown.clone());
         tasks.spawn(async move { Ok(elector.keep(&shutdown).await?) });
