@@ -73,6 +73,8 @@ async fn an_agents_control_queue_comes_back_after_a_broker_restart() {
         Environment::start(&EnvOptions {
             controller_manager: false,
             redis: false,
+            // Stopped by a watchdog when this process exits, a failed assertion included.
+            owner_pid: Some(std::process::id()),
             ..EnvOptions::default()
         })
         .unwrap()
