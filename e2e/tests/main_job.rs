@@ -57,16 +57,7 @@ fn run(model: ModelServer, prefix: &str, timeout: Duration) -> (LocalRun, tempfi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_project_completes_over_amqps_and_rediss_with_a_private_ca() {
     let fixture = support::model_fixture("127.0.0.1").await;
-    let model = ModelServer {
-        name: "local".to_owned(),
-        provider_type: "Ollama".to_owned(),
-        tier: "Local".to_owned(),
-        priority: 1,
-        url: fixture.uri(),
-        chat_model: "fixture".to_owned(),
-        embed_model: None,
-        image: None,
-    };
+    let model = support::fixture_server(&fixture.uri());
     let (mut run, _work) = run(model, "tlsjob", Duration::from_secs(180));
     run.tls = true;
     let env = aios_e2e::shared_with_crds();
@@ -96,16 +87,7 @@ async fn a_project_completes_over_amqps_and_rediss_with_a_private_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_project_is_planned_built_committed_and_succeeds() {
     let fixture = support::model_fixture("127.0.0.1").await;
-    let model = ModelServer {
-        name: "local".to_owned(),
-        provider_type: "Ollama".to_owned(),
-        tier: "Local".to_owned(),
-        priority: 1,
-        url: fixture.uri(),
-        chat_model: "fixture".to_owned(),
-        embed_model: None,
-        image: None,
-    };
+    let model = support::fixture_server(&fixture.uri());
     let (mut run, _work) = run(model, "mainjob", Duration::from_secs(180));
     let env = aios_e2e::shared_with_crds();
     // The operator runs with exactly the Helm chart's permissions: its ServiceAccount,

@@ -26,7 +26,7 @@ use std::{
 use aios_crds::{ProjectPhase, TaskPhase};
 use aios_e2e::{
     EnvOptions, Environment,
-    local::{LocalRun, ModelServer, Operator},
+    local::{LocalRun, Operator},
     node,
 };
 
@@ -87,16 +87,7 @@ fn run_hello(
         amqp_url,
         bin_dir: bin_dir(),
         work_dir: work.path().to_path_buf(),
-        models: vec![ModelServer {
-            name: "local".to_owned(),
-            provider_type: "Ollama".to_owned(),
-            tier: "Local".to_owned(),
-            priority: 1,
-            url: model_url.to_owned(),
-            chat_model: "fixture".to_owned(),
-            embed_model: None,
-            image: None,
-        }],
+        models: vec![support::fixture_server(model_url)],
         project: manifest,
         timeout: Duration::from_secs(300),
         verbose: true,

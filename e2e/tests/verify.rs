@@ -65,14 +65,8 @@ async fn run(prefix: &str, fixes: bool, manifest: String) -> Ran {
         bin_dir: bin_dir(),
         work_dir: work.path().to_path_buf(),
         models: vec![ModelServer {
-            name: "local".to_owned(),
-            provider_type: "Ollama".to_owned(),
-            tier: "Local".to_owned(),
-            priority: 1,
-            url: fixture.uri(),
-            chat_model: "fixture".to_owned(),
             embed_model: Some("fixture-embed".to_owned()),
-            image: None,
+            ..support::fixture_server(&fixture.uri())
         }],
         project: manifest,
         timeout: Duration::from_secs(240),

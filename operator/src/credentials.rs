@@ -248,7 +248,7 @@ pub async fn give(
         )));
     }
     let namespace = request.task.namespace.as_str();
-    let give = |purpose: Use, url: &str| {
+    let checked_value = |purpose: Use, url: &str| {
         fetch(&ctx.credentials, namespace, &request.secret, purpose, url).map_err(|err| match err {
             CredentialError::Refused(why) => GiveError::Refused(why),
             CredentialError::Missing(why) => GiveError::Unavailable(why),
@@ -275,7 +275,7 @@ pub async fn give(
                     request.secret.name, request.secret.key, task.spec.project
                 )));
             }
-            give(Use::Git, &project.spec.repository.url)
+            checked_value(Use::Git, &project.spec.repository.url)
         }
         Purpose::Model => {
             // Given when the Secret allows it for the endpoint of any provider naming it.
@@ -291,7 +291,7 @@ pub async fn give(
                 .filter_map(|p| p.spec.endpoint.clone())
                 .filter(|e| e.credentials_ref.as_ref() == Some(&request.secret))
             {
-                answer = give(Use::Model, &endpoint.url);
+                answer = checked_value(Use::Model, &endpoint.url);
                 if answer.is_ok() {
                     break;
                 }

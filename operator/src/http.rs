@@ -109,41 +109,37 @@ async fn credential(
             Some("this operator replica does not lead; ask again".to_owned()),
         );
     };
-    let count = |outcome: &str| {
-        ctx.metrics
-            .credential_requests
-            .with_label_values(&[purpose.as_str(), outcome])
-            .inc();
+    let (status, value, refused, outcome) = match crate::credentials::give(ctx, &request).await {
+        Ok(value) => (StatusCode::OK, Some(value), None, "given"),
+        Err(err @ crate::credentials::GiveError::Refused(_)) => (
+            StatusCode::FORBIDDEN,
+            None,
+            Some(err.to_string()),
+            "refused",
+        ),
+        Err(err) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            Some(err.to_string()),
+            "unavailable",
+        ),
     };
-    match crate::credentials::give(ctx, &request).await {
-        Ok(value) => {
-            count("given");
-            tracing::info!(
-                task = %format!("{}/{}", request.task.namespace, request.task.name),
-                attempt = request.attempt,
-                %purpose,
-                secret = %request.secret.name,
-                "gave a credential to an attempt"
-            );
-            answer(StatusCode::OK, Some(value), None)
-        }
-        Err(err @ crate::credentials::GiveError::Refused(_)) => {
-            count("refused");
-            tracing::warn!(
-                task = %format!("{}/{}", request.task.namespace, request.task.name),
-                attempt = request.attempt,
-                %purpose,
-                secret = %request.secret.name,
-                error = %err,
-                "refused a credential request"
-            );
-            answer(StatusCode::FORBIDDEN, None, Some(err.to_string()))
-        }
-        Err(err) => {
-            count("unavailable");
-            answer(StatusCode::SERVICE_UNAVAILABLE, None, Some(err.to_string()))
+    ctx.metrics
+        .credential_requests
+        .with_label_values(&[purpose.as_str(), outcome])
+        .inc();
+    let task = format!("{}/{}", request.task.namespace, request.task.name);
+    let secret = &request.secret.name;
+    let attempt = request.attempt;
+    match &refused {
+        Some(why) if status == StatusCode::FORBIDDEN => tracing::warn!(
+            %task, attempt, %purpose, %secret, error = %why, "refused a credential request"
+        ),
+        _ => {
+            tracing::info!(%task, attempt, %purpose, %secret, outcome, "answered a credential request");
         }
     }
+    answer(status, value, refused)
 }
 
 /// Serves the endpoints on `addr` until shutdown.

@@ -5,6 +5,20 @@
 use serde_json::json;
 use wiremock::{Mock, MockServer, ResponseTemplate, matchers};
 
+/// The local model server a run uses when the fixture at `url` plays the model.
+pub fn fixture_server(url: &str) -> aios_e2e::local::ModelServer {
+    aios_e2e::local::ModelServer {
+        name: "local".to_owned(),
+        provider_type: "Ollama".to_owned(),
+        tier: "Local".to_owned(),
+        priority: 1,
+        url: url.to_owned(),
+        chat_model: "fixture".to_owned(),
+        embed_model: None,
+        image: None,
+    }
+}
+
 /// An Ollama chat answer carrying `content` as the model's message.
 pub fn answer(content: &serde_json::Value) -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_json(json!({
