@@ -204,7 +204,8 @@ pub struct AgentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub low_demand_since: Option<Time>,
 
-    /// `Ready`: whether the pool has the replicas it wants.
+    /// kstatus's `Ready` (the pool has the replicas it wants), `Reconciling` (scaling)
+    /// and `Stalled` (the API server refused its Deployment).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 

@@ -12,8 +12,16 @@ pub const PLAN_INVALID: &str = "PlanInvalid";
 /// Project: the work was verified on the branch head (True), or why not (False:
 /// `NotVerified` without `spec.verify`, or the verification's failure).
 pub const VERIFIED: &str = "Verified";
-/// Agent and ModelProvider: ready to serve.
+/// Every kind (kstatus): True when the object did what it was asked (a Project or Task
+/// succeeded, an Agent's pool has its desired replicas, a ModelProvider answers).
 pub const READY: &str = "Ready";
+/// Every kind (kstatus): True while work is in flight (planning, running, scaling, a
+/// model server rolling out); a CamelCase reason says which.
+pub const RECONCILING: &str = "Reconciling";
+/// Every kind (kstatus): True when the object cannot progress without a person (a failed
+/// Project or Task, a spent budget, a provider that cannot be probed, a Deployment the
+/// API server refuses).
+pub const STALLED: &str = "Stalled";
 /// ModelProvider with `serve`: the model cache volume is as the spec says; False when
 /// the API server refused a change to it (immutable fields).
 pub const CACHE_VOLUME: &str = "CacheVolume";
@@ -64,4 +72,15 @@ pub mod reasons {
     pub const VERIFICATION_ERROR: &str = "VerificationError";
     /// Waiting to be dispatched.
     pub const PENDING: &str = "Pending";
+    /// The Project is suspended: neither in flight nor stalled.
+    pub const SUSPENDED: &str = "Suspended";
+    /// The status is as the latest spec asks; nothing in flight.
+    pub const IDLE: &str = "Idle";
+    /// An Agent's pool is scaling to its desired replicas.
+    pub const SCALING: &str = "Scaling";
+    /// The API server refused an Agent's Deployment (RBAC, admission, an immutable
+    /// field); the message is the API server's.
+    pub const DEPLOYMENT_REFUSED: &str = "DeploymentRefused";
+    /// A served model's server is starting; probes wait for it.
+    pub const MODEL_SERVER_STARTING: &str = "ModelServerStarting";
 }

@@ -270,7 +270,8 @@ pub struct ModelProviderStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe_time: Option<Time>,
 
-    /// `Ready`, with the probe's error when it failed.
+    /// kstatus's `Ready` (the last probe answered), `Reconciling` (the model server is
+    /// starting) and `Stalled` (the probe's error); `CacheVolume` with `serve`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 

@@ -453,7 +453,9 @@ pub struct ProjectStatus {
     pub plan_attempts: i32,
 
     /// `Planned`, `Succeeded` (with a CamelCase reason), `Verified`, `BudgetExceeded`,
-    /// `PlanInvalid`.
+    /// `PlanInvalid`; and kstatus's `Ready` (succeeded), `Reconciling` (in flight) and
+    /// `Stalled` (failed, or the budget is spent). A suspended Project has all three
+    /// False.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 

@@ -177,7 +177,8 @@ pub struct TaskStatus {
     pub message: Option<String>,
 
     /// `Succeeded`: Unknown while in flight; True or False with a CamelCase reason when
-    /// done, as in Tekton.
+    /// done, as in Tekton. And kstatus's `Ready` (succeeded), `Reconciling` (in flight)
+    /// and `Stalled` (failed, skipped or cancelled).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 

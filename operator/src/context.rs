@@ -12,6 +12,7 @@ use aios_crds::{
     task::PlanRef,
     text::{self, Shape},
 };
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use kube::{
     Api, Client, ResourceExt,
@@ -25,6 +26,7 @@ use serde_json::json;
 
 use crate::{
     bus::Bus,
+    kstatus,
     leader::Leadership,
     metrics::Metrics,
     plan::{PlanReadError, read_plan},
@@ -232,17 +234,20 @@ fn event_note(message: &str) -> String {
 
 /// Writes a Task's status with server-side apply, failing with 409 Conflict if the Task
 /// changed since `task` was read (its resourceVersion is a precondition). Every Task
-/// status write uses the one field manager, so fields left out are removed.
+/// status write uses the one field manager, so fields left out are removed. The kstatus
+/// conditions and `observedGeneration` are brought up to date here, for every writer.
 pub async fn write_task_status(
     api: &Api<Task>,
     task: &Task,
     status: &TaskStatus,
 ) -> Result<Task, kube::Error> {
+    let status =
+        kstatus::with_task_health(status.clone(), task.metadata.generation, Timestamp::now());
     let patch = json!({
         "apiVersion": format!("{GROUP}/{VERSION}"),
         "kind": "Task",
         "metadata": {"name": task.name_any(), "resourceVersion": task.resource_version()},
-        "status": status,
+        "status": &status,
     });
     api.patch_status(
         &task.name_any(),

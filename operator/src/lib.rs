@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod events;
 pub mod hera;
 pub mod http;
+pub mod kstatus;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;

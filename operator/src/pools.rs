@@ -30,7 +30,8 @@ use crate::{
     agents::{AgentChildren, agent_children, deletion_cost_changes, pod_selector, scale},
     context::{Context, server_side_apply},
     hera::Error,
-    lifecycle::{phase, set_condition},
+    kstatus::{Health, set_health},
+    lifecycle::phase,
 };
 
 /// How long to wait before looking again at a pool nothing is happening to.
@@ -101,12 +102,38 @@ async fn reconcile_inner(agent: &Agent, ctx: &Context) -> Result<Action, Error> 
         field_managers::AGENT,
     )
     .await?;
-    let applied = server_side_apply(
+    let applied = match server_side_apply(
         &Api::<Deployment>::namespaced(ctx.client.clone(), &namespace),
         &deployment,
         field_managers::AGENT,
     )
-    .await?;
+    .await
+    {
+        Ok(applied) => applied,
+        Err(err) => {
+            // A refusal a person must act on (RBAC, admission, an immutable field)
+            // stalls the pool, and its status says so; anything else is retried.
+            if let Some(refusal) = refused(&err) {
+                let health = Health::Stalled {
+                    reason: conditions::reasons::DEPLOYMENT_REFUSED.to_owned(),
+                    message: format!(
+                        "the API server refused Deployment {}: {refusal}",
+                        deployment.name_any()
+                    ),
+                };
+                let mut status = previous.clone();
+                status.observed_generation = agent.metadata.generation;
+                set_health(
+                    &mut status.conditions,
+                    &health,
+                    agent.metadata.generation,
+                    now,
+                );
+                write_status(ctx, agent, &previous, &status).await?;
+            }
+            return Err(err.into());
+        }
+    };
 
     let ready = applied
         .status
@@ -114,17 +141,7 @@ async fn reconcile_inner(agent: &Agent, ctx: &Context) -> Result<Action, Error> 
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
     let status = pool_status(agent, &previous, &decision, last, ready, &demand, now);
-    if status_differs(&previous, &status) {
-        let patch =
-            json!({"apiVersion": format!("{GROUP}/{VERSION}"), "kind": "Agent", "status": status});
-        Api::<Agent>::namespaced(ctx.client.clone(), &namespace)
-            .patch_status(
-                &agent.name_any(),
-                &PatchParams::apply(field_managers::AGENT).force(),
-                &Patch::Apply(patch),
-            )
-            .await?;
-    }
+    write_status(ctx, agent, &previous, &status).await?;
     Ok(match decision.wake_at {
         Some(at) => Action::requeue(
             Duration::try_from(at.duration_since(now))
@@ -133,6 +150,38 @@ async fn reconcile_inner(agent: &Agent, ctx: &Context) -> Result<Action, Error> 
         ),
         None => Action::requeue(RESYNC),
     })
+}
+
+/// Writes the Agent's status when it changed.
+async fn write_status(
+    ctx: &Context,
+    agent: &Agent,
+    previous: &AgentStatus,
+    status: &AgentStatus,
+) -> Result<(), Error> {
+    if status_differs(previous, status) {
+        let patch =
+            json!({"apiVersion": format!("{GROUP}/{VERSION}"), "kind": "Agent", "status": status});
+        Api::<Agent>::namespaced(ctx.client.clone(), &agent.namespace().unwrap_or_default())
+            .patch_status(
+                &agent.name_any(),
+                &PatchParams::apply(field_managers::AGENT).force(),
+                &Patch::Apply(patch),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// The API server's message when it refused a write for good: a client error other than
+/// a conflict or throttling, which the next pass may not meet again.
+fn refused(err: &kube::Error) -> Option<&str> {
+    match err {
+        kube::Error::Api(s) if (400..500).contains(&s.code) && ![409, 429].contains(&s.code) => {
+            Some(s.message.as_str())
+        }
+        _ => None,
+    }
 }
 
 /// The Agent's status after a pass: the decision, the pool's readiness, the demand.
@@ -159,17 +208,22 @@ fn pool_status(
         conditions: previous.conditions.clone(),
         observed_generation: agent.metadata.generation,
     };
-    let (value, reason) = if ready >= decision.replicas {
-        ("True", "ReplicasReady")
+    let message = format!("{ready} of {} replicas ready", decision.replicas);
+    let health = if ready >= decision.replicas {
+        Health::Ready {
+            reason: "ReplicasReady".to_owned(),
+            message,
+        }
     } else {
-        ("False", "ReplicasPending")
+        Health::Reconciling {
+            reason: conditions::reasons::SCALING.to_owned(),
+            message,
+        }
     };
-    set_condition(
+    set_health(
         &mut status.conditions,
-        conditions::READY,
-        value,
-        reason,
-        &format!("{ready} of {} replicas ready", decision.replicas),
+        &health,
+        agent.metadata.generation,
         now,
     );
     status

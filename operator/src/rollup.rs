@@ -11,7 +11,10 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
-use crate::lifecycle::{condition, phase, set_condition};
+use crate::{
+    kstatus::{self, set_health},
+    lifecycle::{condition, phase, set_condition},
+};
 
 /// Where the Project's plan stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,7 +129,8 @@ pub fn project_status(
     );
     set_plan_conditions(&mut conditions, plan, now);
     set_verified_condition(&mut conditions, project, phase, verification, now);
-    if budget_exceeded(project, &usage) {
+    let spent = budget_exceeded(project, &usage);
+    if spent {
         set_condition(
             &mut conditions,
             conditions::BUDGET_EXCEEDED,
@@ -149,10 +153,14 @@ pub fn project_status(
         );
     }
 
+    let progress = format!("{}/{}", counts.succeeded, counts.total);
+    let health = kstatus::project(phase, &conditions, spent, &progress);
+    set_health(&mut conditions, &health, project.metadata.generation, now);
+
     let started = phase != ProjectPhase::Pending;
     ProjectStatus {
         phase: Some(phase),
-        progress: Some(format!("{}/{}", counts.succeeded, counts.total)),
+        progress: Some(progress),
         local_ratio: usage.local_ratio(),
         tasks: counts,
         usage,

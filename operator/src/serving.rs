@@ -8,7 +8,8 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use aios_crds::{
-    ModelProvider, ModelProviderStatus, ProviderType, conditions,
+    ModelProvider, ModelProviderStatus, ProviderType,
+    conditions::{self, reasons},
     names::{GROUP, VERSION, field_managers, labels},
 };
 use jiff::Timestamp;
@@ -32,6 +33,7 @@ use serde_json::json;
 use crate::{
     context::{Context, server_side_apply},
     hera::Error,
+    kstatus::{Health, set_health},
     lifecycle::{condition, set_condition},
     providers::{
         ServeChildren, models_path, parse_models, provider_endpoint, provider_list, serve_children,
@@ -172,7 +174,10 @@ async fn reconcile_inner(provider: &ModelProvider, ctx: &Context) -> Result<Acti
     let namespace = provider.namespace().unwrap_or_default();
     let now = Timestamp::now();
 
-    let cache_problem = apply_model_server(ctx, &namespace, provider).await?;
+    let Served {
+        cache_problem,
+        starting,
+    } = apply_model_server(ctx, &namespace, provider).await?;
 
     let endpoint = provider_endpoint(provider);
     let probed = probe_provider(ctx, provider, endpoint.as_deref()).await;
@@ -203,34 +208,38 @@ async fn reconcile_inner(provider: &ModelProvider, ctx: &Context) -> Result<Acti
             now,
         );
     }
-    match &probed {
+    let health = match &probed {
         Ok(models) => {
             status.ready = true;
             status.reason = Some("ModelsListed".to_owned());
             status.available_models.clone_from(models);
-            let message = format!("{} models available", models.len());
-            set_condition(
-                &mut status.conditions,
-                conditions::READY,
-                "True",
-                "ModelsListed",
-                &message,
-                now,
-            );
+            Health::Ready {
+                reason: "ModelsListed".to_owned(),
+                message: format!("{} models available", models.len()),
+            }
         }
         Err((reason, error)) => {
             status.ready = false;
             status.reason = Some((*reason).to_owned());
-            set_condition(
-                &mut status.conditions,
-                conditions::READY,
-                "False",
-                reason,
-                error,
-                now,
-            );
+            if starting {
+                Health::Reconciling {
+                    reason: reasons::MODEL_SERVER_STARTING.to_owned(),
+                    message: format!("the model server is starting: {error}"),
+                }
+            } else {
+                Health::Stalled {
+                    reason: (*reason).to_owned(),
+                    message: error.clone(),
+                }
+            }
         }
-    }
+    };
+    set_health(
+        &mut status.conditions,
+        &health,
+        provider.metadata.generation,
+        now,
+    );
     if differs(&previous, &status) {
         let patch = json!({"apiVersion": format!("{GROUP}/{VERSION}"), "kind": "ModelProvider", "status": status});
         Api::<ModelProvider>::namespaced(ctx.client.clone(), &namespace)
@@ -266,14 +275,14 @@ async fn apply_model_server(
     ctx: &Context,
     namespace: &str,
     provider: &ModelProvider,
-) -> Result<Option<String>, Error> {
+) -> Result<Served, Error> {
     let Some(ServeChildren {
         cache,
         deployment,
         service,
     }) = serve_children(provider, &ctx.model_server_image)
     else {
-        return Ok(None);
+        return Ok(Served::default());
     };
     let mut cache_problem = None;
     if let Some(cache) = cache {
@@ -292,7 +301,7 @@ async fn apply_model_server(
             Err(err) => return Err(err.into()),
         }
     }
-    server_side_apply(
+    let applied = server_side_apply(
         &Api::<Deployment>::namespaced(ctx.client.clone(), namespace),
         &deployment,
         field_managers::MODEL_PROVIDER,
@@ -304,7 +313,26 @@ async fn apply_model_server(
         field_managers::MODEL_PROVIDER,
     )
     .await?;
-    Ok(cache_problem)
+    let wanted = applied.spec.replicas.unwrap_or(1);
+    let ready = applied
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    Ok(Served {
+        cache_problem,
+        starting: ready < wanted,
+    })
+}
+
+/// What applying a served model's children found.
+#[derive(Debug, Default)]
+struct Served {
+    /// The cache volume the API server would not change, and why.
+    cache_problem: Option<String>,
+    /// The model server has fewer ready replicas than it wants: failed probes are
+    /// expected while it starts.
+    starting: bool,
 }
 
 /// Whether two statuses differ in more than the probe and transition times.
