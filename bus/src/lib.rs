@@ -253,6 +253,30 @@ impl Bus {
         .await
     }
 
+    /// The messages ready in `queue` and its consumers, by a passive declare on a
+    /// channel of its own (a missing queue closes the channel it is asked on).
+    pub async fn queue_depth(&self, queue: &str) -> Result<(u32, u32), BusError> {
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(amqp("opening a channel"))?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp("reading a queue's depth"));
+        let _ = channel.close(200, "done".into()).await;
+        let declared = declared?;
+        Ok((declared.message_count(), declared.consumer_count()))
+    }
+
     /// Declares the memory-note queue of `role`: a quorum queue bound to the memory
     /// exchange. A note its agents cannot store after [`DELIVERY_LIMIT`] deliveries is
     /// dropped (memory is context, not state), not dead-lettered with the dispatches.

@@ -144,6 +144,9 @@ pub struct RabbitNode {
     /// The AMQPS (TLS) port, when the node has a TLS listener.
     #[serde(default)]
     pub amqps_port: Option<u16>,
+    /// The management API's HTTP port (loopback), when the plugin is enabled.
+    #[serde(default)]
+    pub management_port: Option<u16>,
 }
 
 /// A server's TLS listener: its port, and the certificate and key it presents (the
@@ -545,7 +548,10 @@ impl Environment {
         let base = self.dir.join("rabbitmq");
         fs::create_dir_all(base.join("log")).map_err(io_err("creating", &base))?;
         let plugins = base.join("enabled_plugins");
-        fs::write(&plugins, "[].\n").map_err(io_err("writing", &plugins))?;
+        // The management plugin: the operator reads queue depths (ready and
+        // unacknowledged messages) from its HTTP API.
+        fs::write(&plugins, "[rabbitmq_management].\n").map_err(io_err("writing", &plugins))?;
+        let management = process::free_port()?;
         // A config file of our own keeps the system's /etc/rabbitmq out of the run; the
         // listener is set through RABBITMQ_NODE_IP_ADDRESS and RABBITMQ_NODE_PORT below.
         // The TLS listener, with the environment's serving certificate; clients are not
@@ -562,7 +568,9 @@ impl Environment {
                  ssl_options.certfile = {}\n\
                  ssl_options.keyfile = {}\n\
                  ssl_options.verify = verify_none\n\
-                 ssl_options.fail_if_no_peer_cert = false\n",
+                 ssl_options.fail_if_no_peer_cert = false\n\
+                 management.tcp.ip = 127.0.0.1\n\
+                 management.tcp.port = {management}\n",
                 tls.ca.display(),
                 tls.cert.display(),
                 tls.key.display()
@@ -591,6 +599,7 @@ impl Environment {
             amqp_port: amqp,
             dist_port: dist,
             amqps_port: Some(amqps),
+            management_port: Some(management),
         };
         self.launch_rabbitmq(&node, options.ready_timeout)?;
         self.amqp_url = Some(format!("amqp://guest:guest@127.0.0.1:{amqp}/%2f"));
@@ -907,6 +916,13 @@ impl Environment {
                 1,
             )
         })
+    }
+
+    /// RabbitMQ's management API, with guest's credentials (allowed on loopback);
+    /// `None` without the plugin.
+    pub fn rabbitmq_management_url(&self) -> Option<String> {
+        let port = self.rabbitmq.as_ref()?.management_port?;
+        Some(format!("http://guest:guest@127.0.0.1:{port}"))
     }
 
     /// Creates a RabbitMQ virtual host that guest may use, so a test has queues and

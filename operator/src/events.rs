@@ -426,6 +426,10 @@ async fn handle_dead_letter(ctx: &Context, delivery: &Delivery) -> Result<Outcom
     ) {
         return Ok(Outcome::Rejected);
     }
+    ctx.metrics
+        .dead_letters
+        .with_label_values(&[cached.spec.role.as_str()])
+        .inc();
     let api: Api<Task> = ctx.task_api(&dispatch.task.namespace);
     for _ in 0..WRITE_ATTEMPTS {
         let Some(task) = api.get_opt(&dispatch.task.name).await? else {

@@ -222,6 +222,10 @@ async fn write_project_status(
         // One Warning per refused plan, whoever refused it (Hera's verdict, or a plan too
         // large to keep).
         if let Some(problems) = refused_plan(&previous, status) {
+            ctx.metrics
+                .plan_rejections
+                .with_label_values(&[&project.namespace().unwrap_or_default()])
+                .inc();
             publish_event(
                 ctx,
                 project,

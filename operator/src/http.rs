@@ -9,7 +9,7 @@ use std::{
 };
 
 use aios_crds::{
-    Task,
+    Project,
     credentials::{CredentialRequest, CredentialResponse},
 };
 use axum::{
@@ -22,7 +22,11 @@ use kube::runtime::reflector::Store;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use crate::{bus::Bus, lifecycle::phase, metrics::Metrics};
+use crate::{
+    bus::Bus,
+    metrics::Metrics,
+    observe::{self, QueueSource, Snapshot, read_queues},
+};
 
 /// What the probes and the metrics endpoint read.
 #[derive(Debug, Clone, Default)]
@@ -33,8 +37,10 @@ pub struct Health {
     pub synced: Arc<AtomicBool>,
     /// The bus, once connected.
     pub bus: Arc<OnceCell<Arc<Bus>>>,
-    /// The Task cache, for the tasks-by-phase gauge.
-    pub tasks: Arc<OnceCell<Store<Task>>>,
+    /// The Project controller's cache, for the Project gauges.
+    pub projects: Arc<OnceCell<Store<Project>>>,
+    /// Where queue depths are read, once the bus is connected.
+    pub queues: Arc<OnceCell<QueueSource>>,
     /// The metrics.
     pub metrics: Metrics,
     /// The controllers' shared state, once this replica leads and its caches synced:
@@ -62,18 +68,22 @@ pub fn ready(leading: bool, synced: bool, bus_connected: bool) -> bool {
 }
 
 async fn metrics(State(health): State<Health>) -> String {
-    if let Some(store) = health.tasks.get() {
-        health.metrics.tasks.reset();
-        for task in store.state() {
-            let phase = format!("{:?}", phase(&task));
-            health
-                .metrics
-                .tasks
-                .with_label_values(&[phase.as_str(), task.spec.role.as_str()])
-                .inc();
+    let mut snapshot = Snapshot {
+        leading: health.leading.load(Ordering::Relaxed),
+        ..Snapshot::default()
+    };
+    if let Some(ctx) = health.context.get() {
+        snapshot.tasks = ctx.tasks.state();
+        snapshot.agents = ctx.agents.state();
+        snapshot.providers = ctx.providers.state();
+        if let Some(projects) = health.projects.get() {
+            snapshot.projects = projects.state();
+        }
+        if let Some(source) = health.queues.get() {
+            snapshot.queues = read_queues(source, &snapshot.agents).await;
         }
     }
-    health.metrics.render()
+    health.metrics.render(observe::families(&snapshot))
 }
 
 async fn healthz() -> &'static str {

@@ -18,6 +18,7 @@ pub mod kstatus;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
+pub mod observe;
 pub mod plan;
 pub mod pods;
 pub mod pools;
@@ -76,6 +77,13 @@ pub struct Config {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,
+
+    /// RabbitMQ's management API (`http://user:password@host:15672`), where the
+    /// operator reads the role queues' ready and unacknowledged messages for its
+    /// metrics. Without it, ready messages and consumers are read over AMQP and the
+    /// unacknowledged count is not exported.
+    #[arg(long, env = "AIOS_RABBITMQ_MANAGEMENT_URL")]
+    pub rabbitmq_management_url: Option<String>,
 
     /// The agents' Redis, where the operator marks cancelled attempts so that no agent
     /// starts one later (a cancel on the bus reaches only the agents connected at that
@@ -235,6 +243,9 @@ pub enum RunError {
     /// The CA bundle could not be read, or the Redis URL (AIOS_REDIS_URL) is not one.
     #[error(transparent)]
     Tls(#[from] aios_bus::tls::TlsError),
+    /// A setting is not usable; the message says which and what it should be.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Sets up logging: JSON by default, `RUST_LOG` filters (default `info`).
@@ -373,6 +384,7 @@ async fn start(
     let ca = aios_bus::tls::configured_ca(config.ca_file.as_deref(), config.ca_cert.as_deref())?;
     let bus = Arc::new(Bus::connect(&config.amqp_url, ca.as_ref(), shutdown).await?);
     let _ = health.bus.set(bus.clone());
+    let _ = health.queues.set(queue_source(config, &bus)?);
     let cancel_marks = cancel_marks(config, ca.as_ref())?;
 
     let Caches {
@@ -383,7 +395,6 @@ async fn start(
         agent_wakeups: agent_rx,
         provider_deletions,
     } = start_caches(&client, config, &bus, shutdown, tasks).await?;
-    let _ = health.tasks.set(task_store.clone());
 
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -433,9 +444,36 @@ async fn start(
         });
     }
     let _ = health.context.set(ctx.clone());
-    spawn_controllers(&client, config, ctx, agent_rx, shutdown, tasks);
+    let projects = spawn_controllers(&client, config, ctx, agent_rx, shutdown, tasks);
+    let _ = health.projects.set(projects);
     health.synced.store(true, Ordering::Relaxed);
     Ok(())
+}
+
+/// Where the metrics read queue depths: the management API when configured (it must be
+/// a valid URL), else the bus.
+fn queue_source(config: &Config, bus: &Arc<Bus>) -> Result<observe::QueueSource, RunError> {
+    let management = match &config.rabbitmq_management_url {
+        None => None,
+        Some(url) => {
+            let url = reqwest::Url::parse(url).map_err(|e| {
+                RunError::Config(format!(
+                    "--rabbitmq-management-url is not a URL ({e}); expected http://user:password@host:15672"
+                ))
+            })?;
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()
+                .map_err(|e| {
+                    RunError::Config(format!("building the management API client: {e}"))
+                })?;
+            Some((http, url, observe::vhost_of(&config.amqp_url)))
+        }
+    };
+    Ok(observe::QueueSource {
+        bus: bus.clone(),
+        management,
+    })
 }
 
 type Supervised = JoinSet<Result<(), RunError>>;
@@ -571,21 +609,23 @@ fn spawn_controllers(
     agent_rx: mpsc::UnboundedReceiver<()>,
     shutdown: &CancellationToken,
     tasks: &mut Supervised,
-) {
+) -> reflector::Store<Project> {
     let ns = config.watch_namespace.as_deref();
-    let projects = Controller::new(
+    let project_controller = Controller::new(
         api::<Project>(client, ns),
         watcher::Config::default().any_semantic(),
-    )
-    .watches(
-        api::<Task>(client, ns),
-        watcher::Config::default(),
-        hera::project_of,
-    )
-    .reconcile_all_on(agent_rx)
-    .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-    .run(hera::reconcile, hera::error_policy, ctx.clone())
-    .for_each(|_| async {});
+    );
+    let project_store = project_controller.store();
+    let projects = project_controller
+        .watches(
+            api::<Task>(client, ns),
+            watcher::Config::default(),
+            hera::project_of,
+        )
+        .reconcile_all_on(agent_rx)
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(hera::reconcile, hera::error_policy, ctx.clone())
+        .for_each(|_| async {});
     tasks.spawn(async move {
         projects.await;
         Err(RunError::TaskEnded("the Project controller"))
@@ -659,4 +699,5 @@ fn spawn_controllers(
         events::consume_dead_letters(ctx, shutdown).await?;
         Err(RunError::TaskEnded("the dead-letter consumer"))
     });
+    project_store
 }

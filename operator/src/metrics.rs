@@ -1,8 +1,11 @@
 //! The operator's Prometheus metrics, all prefixed `aios_`. Label values are bounded:
-//! controller names, error categories, phases and roles.
+//! controller names, error categories, phases, roles and namespaces. The gauges read
+//! from the caches on each scrape (tasks, projects, pools, providers, queues) are in
+//! [`crate::observe`].
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    proto::MetricFamily,
 };
 
 /// The operator's metrics and the registry that serves them.
@@ -15,8 +18,6 @@ pub struct Metrics {
     pub reconcile_errors: IntCounterVec,
     /// Reconcile duration by controller.
     pub reconcile_duration: HistogramVec,
-    /// Tasks by phase and role (set on each scrape from the operator's cache).
-    pub tasks: IntGaugeVec,
     /// Seconds from a task becoming ready (its last dependency's success, or its
     /// creation) to its dispatch being confirmed by the broker.
     pub dispatch_latency: HistogramVec,
@@ -39,6 +40,10 @@ pub struct Metrics {
     pub verifications: IntCounterVec,
     /// How long verification runs took, by kind and outcome.
     pub verification_duration: HistogramVec,
+    /// Plans refused (by Hera's checks or for their size), by namespace.
+    pub plan_rejections: IntCounterVec,
+    /// Dispatches the bus dead-lettered (delivered too often), by role.
+    pub dead_letters: IntCounterVec,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -73,11 +78,6 @@ impl Metrics {
         let latency_buckets = vec![
             0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ];
-        let tasks = must(IntGaugeVec::new(
-            Opts::new("aios_tasks", "Tasks by phase and role"),
-            &["phase", "role"],
-        ));
-        must(registry.register(Box::new(tasks.clone())));
         Self {
             reconciles: counter(
                 "aios_reconciles_total",
@@ -95,7 +95,6 @@ impl Metrics {
                 &["controller"],
                 latency_buckets.clone(),
             ),
-            tasks,
             dispatch_latency: histogram(
                 "aios_dispatch_latency_seconds",
                 "From a task becoming ready to its dispatch being confirmed",
@@ -140,6 +139,16 @@ impl Metrics {
                     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
                 ],
             ),
+            plan_rejections: counter(
+                "aios_plan_rejections_total",
+                "Plans refused, by namespace",
+                &["namespace"],
+            ),
+            dead_letters: counter(
+                "aios_dead_lettered_dispatches_total",
+                "Dispatches the bus dead-lettered after too many deliveries, by role",
+                &["role"],
+            ),
             registry,
         }
     }
@@ -156,10 +165,13 @@ impl Metrics {
         out
     }
 
-    /// The metrics in Prometheus' text format.
-    pub fn render(&self) -> String {
+    /// The metrics in Prometheus' text format, followed by `more` (the families read
+    /// at scrape time).
+    pub fn render(&self, more: Vec<MetricFamily>) -> String {
+        let mut families = self.registry.gather();
+        families.extend(more);
         let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let _ = TextEncoder::new().encode(&families, &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
 }
@@ -172,14 +184,14 @@ mod tests {
     fn metrics_render_with_the_aios_prefix() {
         let m = Metrics::new();
         m.reconciles.with_label_values(&["project"]).inc();
-        m.tasks.with_label_values(&["Running", "backend"]).set(2);
-        let text = m.render();
+        m.dead_letters.with_label_values(&["backend"]).inc();
+        let text = m.render(Vec::new());
         assert!(
             text.contains("aios_reconciles_total{controller=\"project\"} 1"),
             "{text}"
         );
         assert!(
-            text.contains("aios_tasks{phase=\"Running\",role=\"backend\"} 2"),
+            text.contains("aios_dead_lettered_dispatches_total{role=\"backend\"} 1"),
             "{text}"
         );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
