@@ -14,6 +14,7 @@ pub mod local;
 pub mod node;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 
 use std::{path::PathBuf, sync::OnceLock};
 
