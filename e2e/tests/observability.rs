@@ -607,9 +607,9 @@ const OPERATOR_SERIES: &str = r#"
     counter aios_verifications_total{kind="task",outcome="Passed"} 2
     counter aios_verifications_total{kind="task",outcome="Failed"} 1
     histogram aios_verification_duration_seconds{kind="task",outcome="Passed"} 2
-    gauge aios_queue_messages{role="backend",state="ready"} 1
-    gauge aios_queue_messages{role="backend",state="unacked"} 1
-    gauge aios_queue_consumers{role="backend"} 1
+    gauge aios_queue_messages{namespace="team-a",role="backend",state="ready"} 1
+    gauge aios_queue_messages{namespace="team-a",role="backend",state="unacked"} 1
+    gauge aios_queue_consumers{namespace="team-a",role="backend"} 1
     gauge aios_pool_desired_replicas{namespace="team-a",agent="apollo",role="backend"} 1
     gauge aios_pool_ready_replicas{namespace="team-a",agent="apollo",role="backend"} 1
     gauge aios_projects{namespace="team-a",phase="Running"} 1
@@ -621,7 +621,7 @@ const OPERATOR_SERIES: &str = r#"
     gauge aios_project_budget_used_ratio{namespace="team-a",project="hello",limit="tokens"} 0.1
     counter aios_plan_rejections_total{namespace="team-a"} 1
     counter aios_dead_lettered_dispatches_total{role="backend"} 1
-    gauge aios_model_provider_ready{namespace="team-a",provider="local",tier="local"} 1
+    gauge aios_model_provider_ready{namespace="team-a",provider="local",tier="Local"} 1
 "#;
 
 /// What an agent serving role backend exports after a run.
