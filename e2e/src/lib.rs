@@ -10,6 +10,7 @@
 pub mod binaries;
 pub mod chart;
 pub mod env;
+pub mod gitops;
 pub mod local;
 pub mod node;
 pub mod pki;
