@@ -7,6 +7,7 @@
 //! the state directory of an environment started by `aios-env start` (as `.ci/run`
 //! does), every test binary uses that one instead of starting its own.
 
+pub mod argocd;
 pub mod binaries;
 pub mod chart;
 pub mod env;
