@@ -3,7 +3,10 @@
 #   - Redis and RabbitMQ from Debian's packages (when missing),
 #   - kube-apiserver, kube-controller-manager, kubectl and etcd built from their pinned Go
 #     modules (cached under ~/.cache/aios, keyed by version),
-#   - helm built from its pinned Go module (cached the same way),
+#   - helm and kstatus (our checker on the kstatus library) built from their pinned Go
+#     modules (cached the same way), and the Argo CD and Flux CRDs taken from theirs,
+#   - Prometheus, promtool and Lua 5.1 from Debian's packages (dashboards, alerts and
+#     Argo CD health checks are tested with them),
 #   - debootstrap, umoci and runc from Debian's packages, for the offline image build,
 #   - the local node: containerd, the CNI plugins, iptables from Debian's packages;
 #     kubelet, kube-scheduler, kube-proxy and CoreDNS from their pinned Go modules,
@@ -29,9 +32,14 @@ e2e/controlplane/install-services.sh
 step "building or reusing the control plane"
 AIOS_CONTROLPLANE_BIN=$(e2e/controlplane/build.sh)
 export AIOS_CONTROLPLANE_BIN
-step "building or reusing helm"
+step "installing Prometheus, promtool and Lua 5.1 when missing"
+e2e/tools/install-packages.sh
+step "building or reusing helm and kstatus"
 AIOS_TOOLS_BIN=$(e2e/tools/build.sh)
 export AIOS_TOOLS_BIN
+step "taking the Argo CD and Flux CRDs from their published Go modules"
+AIOS_GITOPS_CRDS=$(e2e/tools/gitops-crds.sh)
+export AIOS_GITOPS_CRDS
 step "installing the image build's tools when missing"
 images/install-tools.sh
 step "installing the node's packages when missing, building or reusing its programs"

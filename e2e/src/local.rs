@@ -109,6 +109,10 @@ pub struct LocalRun {
     /// `rediss://` (the environment's TLS listeners), trusting the environment's CA.
     /// Local processes only: not supported yet with `agents_in_pods`.
     pub tls: bool,
+    /// After the Project ends, keep the operator and the agents running until this file
+    /// exists (or the timeout passes again): a test acts on the finished run while its
+    /// processes still watch, scrape and serve.
+    pub hold: Option<PathBuf>,
 }
 
 /// How a run's processes reach RabbitMQ and Redis.
@@ -333,6 +337,16 @@ impl LocalRun {
             applied.elapsed().as_secs(),
             applied.duration_since(began).as_secs()
         ));
+        if let Some(hold) = &self.hold {
+            self.say(&format!(
+                "==> the processes keep running until {} exists",
+                hold.display()
+            ));
+            let deadline = Instant::now() + self.timeout;
+            while !hold.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
         drop(processes);
         let phase = outcome.project.status.as_ref().and_then(|s| s.phase);
         if phase == Some(ProjectPhase::Succeeded) {
@@ -481,12 +495,19 @@ impl LocalRun {
         if let Some(ca) = &connections.ca_file {
             operator_vars.push(("AIOS_CA_FILE", ca.display().to_string()));
         }
+        if let Some(url) = env.rabbitmq_management_url() {
+            operator_vars.push(("AIOS_RABBITMQ_MANAGEMENT_URL", url));
+        }
         let operator = self.spawn(
             env,
             "operator",
             &self.bin_dir.join("aios-operator"),
             &operator_vars,
         )?;
+        if !self.agents_in_pods {
+            let group = serde_json::json!({"targets": [format!("{host}:{port}")], "labels": {"job": "aios-operator"}});
+            self.write_scrape_targets("aios-operator", &[group])?;
+        }
         Ok((operator, credential_url))
     }
 
@@ -551,13 +572,20 @@ impl LocalRun {
             .redis
             .clone()
             .ok_or_else(|| step("finding Redis")("the environment runs no Redis".to_owned()))?;
+        let mut addresses = Vec::new();
         for role in ROLES {
+            let address = free_address()?;
+            // The labels the chart's PodMonitor gives agent pods.
+            addresses.push(serde_json::json!({"targets": [address.clone()], "labels": {
+                "job": "aios-agent", "namespace": self.namespace, "role": role,
+                "agent": format!("{role}-local"),
+            }}));
             let mut vars = vec![
                 ("AIOS_ROLE", (*role).to_owned()),
                 ("AIOS_AMQP_URL", connections.amqp.clone()),
                 ("AIOS_REDIS_URL", redis_url.clone()),
                 ("AIOS_PROVIDERS_FILE", providers_file.display().to_string()),
-                ("AIOS_HTTP_ADDR", free_address()?),
+                ("AIOS_HTTP_ADDR", address),
                 (
                     "AIOS_WORK_DIR",
                     self.work_dir
@@ -584,7 +612,29 @@ impl LocalRun {
             )?;
             processes.0.push((format!("agent-{role}"), agent));
         }
-        Ok(())
+        self.write_scrape_targets("aios-agent", &addresses)
+    }
+
+    /// Writes `groups` (target groups: `host:port` of `/metrics` endpoints and their
+    /// labels, `job` among them) as a Prometheus file service discovery file,
+    /// `<work_dir>/scrape/<job>.json`, so a Prometheus started before the run finds the
+    /// run's processes. Written whole and renamed into place: Prometheus never reads
+    /// half a file.
+    fn write_scrape_targets(
+        &self,
+        job: &str,
+        groups: &[serde_json::Value],
+    ) -> Result<(), LocalError> {
+        let dir = self.work_dir.join("scrape");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| step("creating the scrape target folder")(e.to_string()))?;
+        let staged = dir.join(format!(".{job}.json"));
+        std::fs::write(
+            &staged,
+            serde_json::Value::from(groups.to_vec()).to_string(),
+        )
+        .and_then(|()| std::fs::rename(&staged, dir.join(format!("{job}.json"))))
+        .map_err(|e| step("writing the scrape targets")(e.to_string()))
     }
 
     /// Waits until the operator publishes the ready providers, and writes them where the

@@ -46,6 +46,7 @@ fn run(model: ModelServer, prefix: &str, timeout: Duration) -> (LocalRun, tempfi
         agents_in_pods: false,
         operator: Operator::Process,
         tls: false,
+        hold: None,
     };
     (run, work)
 }

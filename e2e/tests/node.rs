@@ -100,6 +100,7 @@ fn run_hello(
             Operator::Process
         },
         tls: false,
+        hold: None,
     };
     match run.run(env) {
         Ok(outcome) => outcome,

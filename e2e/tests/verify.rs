@@ -76,6 +76,7 @@ async fn run(prefix: &str, fixes: bool, manifest: String) -> Ran {
         agents_in_pods: false,
         operator: Operator::Process,
         tls: false,
+        hold: None,
     };
     // A Project that ended Failed is an outcome too: some of these must fail.
     let outcome = match tokio::task::spawn_blocking(move || run.run(env))

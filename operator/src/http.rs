@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     bus::Bus,
     metrics::Metrics,
-    observe::{self, QueueSource, Snapshot, read_queues},
+    observe::{self, QueueDepth, Snapshot},
 };
 
 /// What the probes and the metrics endpoint read.
@@ -39,8 +39,8 @@ pub struct Health {
     pub bus: Arc<OnceCell<Arc<Bus>>>,
     /// The Project controller's cache, for the Project gauges.
     pub projects: Arc<OnceCell<Store<Project>>>,
-    /// Where queue depths are read, once the bus is connected.
-    pub queues: Arc<OnceCell<QueueSource>>,
+    /// The role queues' depths, as last read by [`observe::follow_queues`].
+    pub queues: Arc<std::sync::Mutex<Vec<QueueDepth>>>,
     /// The metrics.
     pub metrics: Metrics,
     /// The controllers' shared state, once this replica leads and its caches synced:
@@ -79,9 +79,7 @@ async fn metrics(State(health): State<Health>) -> String {
         if let Some(projects) = health.projects.get() {
             snapshot.projects = projects.state();
         }
-        if let Some(source) = health.queues.get() {
-            snapshot.queues = read_queues(source, &snapshot.agents).await;
-        }
+        snapshot.queues = health.queues.lock().map(|q| q.clone()).unwrap_or_default();
     }
     health.metrics.render(observe::families(&snapshot))
 }

@@ -384,7 +384,7 @@ async fn start(
     let ca = aios_bus::tls::configured_ca(config.ca_file.as_deref(), config.ca_cert.as_deref())?;
     let bus = Arc::new(Bus::connect(&config.amqp_url, ca.as_ref(), shutdown).await?);
     let _ = health.bus.set(bus.clone());
-    let _ = health.queues.set(queue_source(config, &bus)?);
+    let queue_source = queue_source(config, &bus)?;
     let cancel_marks = cancel_marks(config, ca.as_ref())?;
 
     let Caches {
@@ -444,6 +444,13 @@ async fn start(
         });
     }
     let _ = health.context.set(ctx.clone());
+    let (agents, depths) = (ctx.agents.clone(), health.queues.clone());
+    tasks.spawn(observe::follow_queues(
+        queue_source,
+        agents,
+        depths,
+        shutdown.clone(),
+    ));
     let projects = spawn_controllers(&client, config, ctx, agent_rx, shutdown, tasks);
     let _ = health.projects.set(projects);
     health.synced.store(true, Ordering::Relaxed);

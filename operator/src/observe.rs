@@ -256,17 +256,55 @@ pub struct QueueSource {
     pub management: Option<(reqwest::Client, reqwest::Url, String)>,
 }
 
-/// How long one scrape waits for the queue depths before leaving them out.
+/// How long one read of a queue's depth may take before it is left out.
 const QUEUE_READ_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How often the queue depths are read: scrapes read the last result, so a slow broker
+/// never slows a scrape.
+const QUEUE_READ_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Reads the depth of the role queues every [`QUEUE_READ_INTERVAL`] into `depths`
+/// until `shutdown`. A failing read is logged when it starts failing and when it
+/// recovers, not on every pass.
+pub async fn follow_queues(
+    source: QueueSource,
+    agents: kube::runtime::reflector::Store<Agent>,
+    depths: Arc<std::sync::Mutex<Vec<QueueDepth>>>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), crate::RunError> {
+    let mut failing = false;
+    loop {
+        let (read, problem) = read_queues(&source, &agents.state()).await;
+        match (&problem, failing) {
+            (Some(problem), false) => {
+                tracing::warn!(%problem, "reading the role queues' depth failed; the queue metrics leave those queues out");
+            }
+            (None, true) => tracing::info!("reading the role queues' depth works again"),
+            _ => {}
+        }
+        failing = problem.is_some();
+        if let Ok(mut depths) = depths.lock() {
+            *depths = read;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(QUEUE_READ_INTERVAL) => {}
+        }
+    }
+}
+
 /// The depth of the queue of each role an Agent serves; a queue that cannot be read is
-/// left out (and logged), so a scrape never fails for it.
-pub async fn read_queues(source: &QueueSource, agents: &[Arc<Agent>]) -> Vec<QueueDepth> {
+/// left out, and the last problem is returned beside the rest.
+pub async fn read_queues(
+    source: &QueueSource,
+    agents: &[Arc<Agent>],
+) -> (Vec<QueueDepth>, Option<String>) {
     let roles: BTreeSet<(String, String)> = agents
         .iter()
         .map(|a| (a.namespace().unwrap_or_default(), a.spec.role.to_string()))
         .collect();
     let mut depths = Vec::new();
+    let mut problem = None;
     for (namespace, role) in roles {
         let queue = names::bus::role_queue(&namespace, &role);
         let read = tokio::time::timeout(QUEUE_READ_TIMEOUT, read_queue(source, &queue)).await;
@@ -278,11 +316,15 @@ pub async fn read_queues(source: &QueueSource, agents: &[Arc<Agent>]) -> Vec<Que
                 unacked,
                 consumers,
             }),
-            Ok(Err(err)) => tracing::debug!(%queue, error = %err, "reading the queue depth failed"),
-            Err(_) => tracing::debug!(%queue, "reading the queue depth timed out"),
+            Ok(Err(err)) => problem = Some(format!("queue {queue}: {err}")),
+            Err(_) => {
+                problem = Some(format!(
+                    "queue {queue}: no answer in {QUEUE_READ_TIMEOUT:?}"
+                ));
+            }
         }
     }
-    depths
+    (depths, problem)
 }
 
 async fn read_queue(source: &QueueSource, queue: &str) -> Result<(u64, Option<u64>, u64), String> {
@@ -294,14 +336,30 @@ async fn read_queue(source: &QueueSource, queue: &str) -> Result<(u64, Option<u6
             .map_err(|e| e.to_string())?;
         return Ok((u64::from(ready), None, u64::from(consumers)));
     };
+    read_management(http, base, vhost, queue).await
+}
+
+/// A queue's ready and unacknowledged messages and its consumers, from the management
+/// API at `base` (credentials in its user info).
+async fn read_management(
+    http: &reqwest::Client,
+    base: &reqwest::Url,
+    vhost: &str,
+    queue: &str,
+) -> Result<(u64, Option<u64>, u64), String> {
     let mut url = base.clone();
+    // The credentials go in one Authorization header of our own: left in the URL as
+    // well, the client would send a second one, which RabbitMQ refuses (400).
+    let (user, password) = (decoded(base.username()), base.password().map(decoded));
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
     url.path_segments_mut()
-        .map_err(|()| format!("{base} cannot be a base URL"))?
+        .map_err(|()| "the management URL cannot be a base URL".to_owned())?
         .pop_if_empty()
-        .extend(["api", "queues", vhost.as_str(), queue]);
+        .extend(["api", "queues", vhost, queue]);
     let mut request = http.get(url);
-    if !base.username().is_empty() {
-        request = request.basic_auth(base.username(), base.password());
+    if !user.is_empty() {
+        request = request.basic_auth(user, password);
     }
     let body: serde_json::Value = request
         .send()
@@ -319,6 +377,12 @@ async fn read_queue(source: &QueueSource, queue: &str) -> Result<(u64, Option<u6
     ))
 }
 
+fn decoded(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 /// The vhost of an AMQP URL: its path without the leading slash, percent-decoded;
 /// `/` when it has none.
 pub fn vhost_of(amqp_url: &str) -> String {
@@ -328,9 +392,7 @@ pub fn vhost_of(amqp_url: &str) -> String {
     if path.is_empty() {
         return "/".to_owned();
     }
-    percent_encoding::percent_decode_str(&path)
-        .decode_utf8_lossy()
-        .into_owned()
+    decoded(&path)
 }
 
 #[cfg(test)]

@@ -192,6 +192,7 @@ fn main() -> ExitCode {
             Operator::Process
         },
         tls: false,
+        hold: None,
     };
     match run.run(&env) {
         Ok(outcome) => {

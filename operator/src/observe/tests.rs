@@ -163,3 +163,56 @@ fn the_vhost_comes_from_the_amqp_url_decoded() {
     assert_eq!(vhost_of("amqps://u:p@host:5671/team%2Da"), "team-a");
     assert_eq!(vhost_of("amqp://host/aios"), "aios");
 }
+
+/// The management API is asked once per queue with one set of credentials (decoded from
+/// the URL's user info): a request carrying them twice is refused by RabbitMQ.
+#[tokio::test]
+async fn the_management_api_is_asked_with_the_urls_credentials_once() {
+    use wiremock::{Mock, MockServer, ResponseTemplate, matchers};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = MockServer::start().await;
+    Mock::given(matchers::method("GET"))
+        .and(matchers::path(
+            "/api/queues/team%2Fa/aios.tasks.team-a.backend",
+        ))
+        .and(matchers::basic_auth("watcher", "p@ss"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "messages_ready": 7, "messages_unacknowledged": 3, "consumers": 2
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let base =
+        reqwest::Url::parse(&server.uri().replace("http://", "http://watcher:p%40ss@")).unwrap();
+    let read = read_management(
+        &reqwest::Client::new(),
+        &base,
+        "team/a",
+        "aios.tasks.team-a.backend",
+    )
+    .await
+    .unwrap();
+    assert_eq!(read, (7, Some(3), 2));
+    let requests = server.received_requests().await.unwrap();
+    let auth: Vec<_> = requests[0]
+        .headers
+        .get_all("authorization")
+        .iter()
+        .collect();
+    assert_eq!(auth.len(), 1, "one Authorization header");
+
+    let wrong =
+        reqwest::Url::parse(&server.uri().replace("http://", "http://watcher:nope@")).unwrap();
+    let refused = read_management(
+        &reqwest::Client::new(),
+        &wrong,
+        "team/a",
+        "aios.tasks.team-a.backend",
+    )
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(
+        !refused.unwrap_err().contains("nope"),
+        "no password in the error"
+    );
+}
