@@ -584,6 +584,7 @@ fn local_run(amqp_url: String, work: PathBuf, model_url: &str) -> LocalRun {
         agents_in_pods: false,
         operator: Operator::Process,
         tls: false,
+        hold: None,
     }
 }
 
