@@ -270,7 +270,9 @@ fn reapply_without_drift(env: &Environment, namespace: &str, manifest: &str, nam
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_reads_in_progress_then_current_and_every_dashboard_query_answers() {
-    let fixture = support::model_fixture_with("127.0.0.1", Duration::from_secs(4)).await;
+    // Apollo takes 12 s: Prometheus, started once the run's processes are up, sees
+    // Tasks running and queued.
+    let fixture = support::model_fixture_with("127.0.0.1", Duration::from_secs(12)).await;
     let env = aios_e2e::shared_with_crds();
     let (mut run, work) = local_run(env, "observed", hello(), &fixture.uri());
     let hold = work.path().join("release");

@@ -563,6 +563,7 @@ async fn execute(
                 return Ok(());
             };
             let mut status = task.status.clone().unwrap_or_default();
+            status.phase.get_or_insert(aios_crds::TaskPhase::Pending);
             status.message = Some(message.clone());
             write_task_status(&api, task, &status).await?;
         }

@@ -192,6 +192,14 @@ fn dispatches(
                 .is_some_and(|dep| phase(dep) == TaskPhase::Succeeded)
         });
         if !deps_done {
+            // A Task without status reads "done" to kstatus (no conditions, no
+            // observedGeneration): say once what it waits for, which sets them.
+            if task.status.is_none() && task.metadata.deletion_timestamp.is_none() {
+                plan.actions.push(Action::Wait {
+                    task: task.name_any(),
+                    message: format!("waiting for {}", task.spec.depends_on.join(", ")),
+                });
+            }
             continue;
         }
         if let Some(at) = task
@@ -350,6 +358,33 @@ mod tests {
                 task: "a".into(),
                 attempt: 1
             }]
+        );
+    }
+
+    #[test]
+    fn a_task_waiting_on_dependencies_gets_a_status_once() {
+        let p = project("shop");
+        let first = task("first", &[]);
+        let second = task("second", &["first"]);
+        let plan = plan_run(&p, &[&first, &second], None, ts(0));
+        assert!(
+            plan.actions.contains(&Action::Wait {
+                task: "second".into(),
+                message: "waiting for first".into()
+            }),
+            "{:?}",
+            plan.actions
+        );
+        // Once it has a status, nothing more is written until it can run.
+        let waiting = with_phase(second.clone(), Pending);
+        let plan = plan_run(&p, &[&first, &waiting], None, ts(0));
+        assert!(
+            !plan
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::Wait { task, .. } if task == "second")),
+            "{:?}",
+            plan.actions
         );
     }
 
