@@ -27,13 +27,11 @@ done
 cache=${AIOS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aios}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target/rust-$(rustc -V | awk '{print $2}')}
 
-step "installing Redis and RabbitMQ when missing"
+step "installing Redis, RabbitMQ, Prometheus and Lua 5.1 when missing"
 e2e/controlplane/install-services.sh
 step "building or reusing the control plane"
 AIOS_CONTROLPLANE_BIN=$(e2e/controlplane/build.sh)
 export AIOS_CONTROLPLANE_BIN
-step "installing Prometheus, promtool and Lua 5.1 when missing"
-e2e/tools/install-packages.sh
 step "building or reusing helm and kstatus"
 AIOS_TOOLS_BIN=$(e2e/tools/build.sh)
 export AIOS_TOOLS_BIN

@@ -2,7 +2,9 @@
 # Installs the servers the local environment runs besides the control plane, from
 # Debian's packages, when they are missing: Redis, and RabbitMQ with Erlang's epmd; and
 # what the local verification sandbox runs the sample Project's tests with: Python's
-# pytest, prlimit and unshare (util-linux).
+# pytest, prlimit and unshare (util-linux); and the tools the observability and GitOps
+# tests run as their users do: Prometheus and promtool (package `prometheus`) and Lua 5.1
+# (Argo CD runs its health checks with gopher-lua, a Lua 5.1).
 # The packages' own services are not started: the environment runs its own instances
 # on loopback with fresh state.
 set -euo pipefail
@@ -13,6 +15,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v pgrep >/dev/null 2>&1 || missing+=(procps)
 python3 -c 'import pytest' >/dev/null 2>&1 || missing+=(python3-pytest)
 command -v prlimit >/dev/null 2>&1 && command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v lua5.1 >/dev/null 2>&1 || missing+=(lua5.1)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -1,5 +1,5 @@
 //! A real Prometheus for tests (Debian's `prometheus` package, installed by
-//! `e2e/tools/install-packages.sh` when missing): a server on loopback with a fresh data
+//! `e2e/controlplane/install-services.sh` when missing): a server on loopback with a fresh data
 //! directory that scrapes given targets every second, queried through its HTTP API; its
 //! `promtool`; and the PromQL the chart ships — every expression of the Grafana dashboard
 //! (`charts/aios/files/grafana/aios-dashboard.json`) and of the alert rules
@@ -115,8 +115,8 @@ fn packaged(program: &str) -> Result<PathBuf, PrometheusError> {
     }
     let script = crate::repo_root()
         .join("e2e")
-        .join("tools")
-        .join("install-packages.sh");
+        .join("controlplane")
+        .join("install-services.sh");
     let installed = Command::new(&script)
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())

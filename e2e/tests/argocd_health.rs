@@ -20,7 +20,7 @@ use aios_e2e::argocd::{self, KINDS};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-/// The interpreter; `e2e/tools/install-packages.sh` installs it.
+/// The interpreter; `e2e/controlplane/install-services.sh` installs it.
 const LUA: &str = "lua5.1";
 
 /// What Argo CD accepts from a health script; anything else reads as Unknown.
@@ -62,7 +62,7 @@ fn require_lua() {
     assert!(
         found,
         "`{LUA}` is not installed: the Argo CD health checks run on a real Lua 5.1. \
-         Install it with e2e/tools/install-packages.sh (as root; Debian's `lua5.1` package)"
+         Install it with e2e/controlplane/install-services.sh (as root; Debian's `lua5.1` package)"
     );
 }
 
