@@ -26,6 +26,10 @@ pub use tls::CaBundle;
 /// How many times RabbitMQ delivers a dispatch before dead-lettering it.
 pub const DELIVERY_LIMIT: i64 = 5;
 
+/// How many times a consume is asked for when the broker fails it with a recoverable
+/// error.
+const CONSUME_ATTEMPTS: u32 = 4;
+
 /// What went wrong on the bus.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -511,31 +515,53 @@ impl Bus {
     }
 
     /// A consumer of `queue` on a channel of its own, with manual acks and `prefetch`
-    /// unacknowledged messages at most.
+    /// unacknowledged messages at most. A consume the broker refuses is asked again on a
+    /// new channel (after the connection recovers, if it was lost), up to
+    /// [`CONSUME_ATTEMPTS`] times in all.
     pub async fn consume(
         &self,
         queue: &str,
         tag: &str,
         prefetch: u16,
     ) -> Result<Consumer, BusError> {
-        let channel = self
-            .connection
-            .create_channel()
-            .await
-            .map_err(amqp("opening a channel"))?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await
-            .map_err(amqp("setting the prefetch"))?;
-        channel
-            .basic_consume(
-                queue.into(),
-                tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(amqp(format!("consuming {queue}")))
+        let mut attempt = 1;
+        loop {
+            let channel = self
+                .connection
+                .create_channel()
+                .await
+                .map_err(amqp("opening a channel"))?;
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await
+                .map_err(amqp("setting the prefetch"))?;
+            let asked = channel
+                .basic_consume(
+                    queue.into(),
+                    tag.into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await;
+            let err = match asked {
+                Ok(consumer) => return Ok(consumer),
+                Err(err) => err,
+            };
+            if attempt >= CONSUME_ATTEMPTS {
+                return Err(amqp(format!("consuming {queue}"))(err));
+            }
+            // A broker under load may refuse a consume of a quorum queue whose members
+            // have not settled (INTERNAL_ERROR, which closes the connection; the client
+            // reconnects) or close the channel: the consume is asked again on a new one.
+            tracing::warn!(queue, attempt, error = %err, "consuming failed; asking again");
+            if let Ok(Ok(())) =
+                tokio::time::timeout(PUBLISH_TIMEOUT, channel.wait_for_recovery(err)).await
+            {
+                let _ = channel.close(200, "asking again".into()).await;
+            }
+            tokio::time::sleep(Duration::from_millis(250) * attempt).await;
+            attempt += 1;
+        }
     }
 }
 
