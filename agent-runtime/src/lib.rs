@@ -5,7 +5,6 @@
 //! credentials; they speak to RabbitMQ, Redis, the vector store, model endpoints, the
 //! git remote, and the operator's credential endpoint ([`credentials`]) only.
 
-pub mod budget;
 pub mod claims;
 pub mod config;
 pub mod context;
@@ -13,8 +12,6 @@ pub mod credentials;
 pub mod edit;
 pub mod git;
 pub mod http;
-pub mod llm;
-pub mod memory;
 pub mod metrics;
 pub mod output;
 pub mod paths;
@@ -22,6 +19,9 @@ pub mod persona;
 pub mod prompt;
 pub mod runtime;
 pub mod work;
+
+/// The model layer, shared with Hermes: routing, budgets, embeddings, memory.
+pub use aios_models::{budget, llm, memory};
 
 use std::{sync::Arc, time::Duration};
 
@@ -109,7 +109,7 @@ fn router_and_credentials(
         Providers::file(config.providers_file.clone()),
         policy,
         Some(BudgetCounter::new(redis)),
-        metrics.clone(),
+        Arc::new(metrics.clone()),
     )
     .context("building the HTTP client")?;
     if let Some(broker) = &broker {

@@ -11,7 +11,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::llm::Call;
+use crate::llm::{Call, CallRecorder};
 
 /// The agent's metrics and the registry that serves them.
 #[derive(Debug, Clone)]
@@ -142,8 +142,32 @@ impl Metrics {
         }
     }
 
-    /// Records an answered call.
-    pub fn record_call(&self, call: &Call) {
+    #[allow(clippy::cast_precision_loss)] // request counts stay far below 2^52
+    fn update_local_ratio(&self, tier: aios_crds::Tier) {
+        let all = self.answered.fetch_add(1, Ordering::Relaxed) + 1;
+        let local = if tier == aios_crds::Tier::Local {
+            self.answered_locally.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.answered_locally.load(Ordering::Relaxed)
+        };
+        self.llm_local_ratio
+            .with_label_values(&[] as &[&str])
+            .set(local as f64 / all as f64);
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %err, "encoding metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Every model call the router makes is counted here.
+impl CallRecorder for Metrics {
+    fn answered(&self, call: &Call) {
         let tier = tier_label(call.tier);
         let labels = [call.provider.as_str(), call.model.as_str(), tier];
         self.llm_requests
@@ -165,8 +189,7 @@ impl Metrics {
         self.update_local_ratio(call.tier);
     }
 
-    /// Records a call that failed, by error category.
-    pub fn record_failed_call(
+    fn failed(
         &self,
         provider: &str,
         model: &str,
@@ -181,28 +204,6 @@ impl Metrics {
         self.llm_latency
             .with_label_values(&[provider, model, tier, category])
             .observe(seconds);
-    }
-
-    #[allow(clippy::cast_precision_loss)] // request counts stay far below 2^52
-    fn update_local_ratio(&self, tier: aios_crds::Tier) {
-        let all = self.answered.fetch_add(1, Ordering::Relaxed) + 1;
-        let local = if tier == aios_crds::Tier::Local {
-            self.answered_locally.fetch_add(1, Ordering::Relaxed) + 1
-        } else {
-            self.answered_locally.load(Ordering::Relaxed)
-        };
-        self.llm_local_ratio
-            .with_label_values(&[] as &[&str])
-            .set(local as f64 / all as f64);
-    }
-
-    /// The metrics in Prometheus' text format.
-    pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
-            tracing::warn!(error = %err, "encoding metrics");
-        }
-        String::from_utf8(out).unwrap_or_default()
     }
 }
 
@@ -260,7 +261,7 @@ mod tests {
             .task_duration
             .with_label_values(&["backend", "succeeded"])
             .observe(1.0);
-        metrics.record_call(&Call {
+        metrics.answered(&Call {
             provider: "ollama".to_owned(),
             model: "coder".to_owned(),
             tier: Tier::Local,
@@ -269,7 +270,7 @@ mod tests {
             cost_usd: 0.25,
             latency: Duration::from_millis(30),
         });
-        metrics.record_failed_call("claude", "sonnet", Tier::Cloud, "timeout", 1.5);
+        metrics.failed("claude", "sonnet", Tier::Cloud, "timeout", 1.5);
         metrics.push_rejections.inc();
         let text = metrics.render();
         let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();

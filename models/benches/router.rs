@@ -1,6 +1,6 @@
 //! The router's added latency per call: the same structured request sent through the
 //! router and as a direct HTTP POST to the same local Ollama fixture, sequentially,
-//! with p50 and p99 of each. `cargo bench -p aios-agent --bench router`
+//! with p50 and p99 of each. `cargo bench -p aios-models --bench router`
 
 #![allow(
     clippy::unwrap_used,
@@ -11,20 +11,20 @@
     clippy::similar_names
 )]
 
-use std::time::{Duration, Instant};
-
-use aios_agent::{
-    llm::{
-        ChatMessage, ChatRequest, Llm, Role,
-        router::{Providers, RetryPolicy, Router},
-        wire,
-    },
-    metrics::Metrics,
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
 };
+
 use aios_crds::{
     Complexity, ProviderType, Tier,
     bus::ModelHints,
     model_provider::{ModelSpec, ProviderEntry},
+};
+use aios_models::llm::{
+    ChatMessage, ChatRequest, Llm, NoRecorder, Role,
+    router::{Providers, RetryPolicy, Router},
+    wire,
 };
 use serde_json::json;
 use wiremock::{Mock, MockServer, ResponseTemplate, matchers};
@@ -80,7 +80,7 @@ async fn main() {
         Providers::Fixed(vec![provider]),
         RetryPolicy::default(),
         None,
-        Metrics::new(),
+        Arc::new(NoRecorder),
     )
     .unwrap();
     let request = ChatRequest {

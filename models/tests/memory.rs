@@ -10,9 +10,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use aios_agent::memory::edge::EdgeMemory;
-use aios_agent::memory::qdrant::QdrantMemory;
-use aios_agent::memory::{Embedder, Filter, Hit, Kind, Memory, MemoryError, Record};
+use aios_models::memory::edge::EdgeMemory;
+use aios_models::memory::qdrant::QdrantMemory;
+use aios_models::memory::{Embedder, Filter, Hit, Kind, Memory, MemoryError, Record};
 use futures::future::BoxFuture;
 
 const DIMENSION: usize = 384;

@@ -5,20 +5,19 @@
 
 use std::{sync::Arc, time::Duration};
 
-use aios_agent::{
-    budget::BudgetCounter,
-    llm::{
-        ChatMessage, ChatRequest, Llm, LlmError, Role,
-        router::{Providers, RetryPolicy, Router},
-    },
-    metrics::Metrics,
-};
 use aios_crds::{
     Complexity, ProviderType, Tier, Usage,
     bus::ModelHints,
     common::SecretKeyRef,
     model_provider::{ModelSpec, ProviderEntry},
     project::Budget,
+};
+use aios_models::{
+    budget::BudgetCounter,
+    llm::{
+        ChatMessage, ChatRequest, Llm, LlmError, NoRecorder, Role,
+        router::{Providers, RetryPolicy, Router},
+    },
 };
 use serde_json::{Value, json};
 use wiremock::{Mock, MockServer, ResponseTemplate, matchers};
@@ -71,14 +70,19 @@ fn fast_policy() -> RetryPolicy {
 }
 
 fn router(providers: Vec<ProviderEntry>, policy: RetryPolicy) -> Router {
-    Router::new(Providers::Fixed(providers), policy, None, Metrics::new())
-        .unwrap()
-        .with_env(Arc::new(|name| match name {
-            "OPENAI_API_KEY" => Some("sk-openai".to_owned()),
-            "ANTHROPIC_API_KEY" => Some("sk-anthropic".to_owned()),
-            "AIOS_SECRET_VLLM_KEYS_TOKEN" => Some("sk-vllm".to_owned()),
-            _ => None,
-        }))
+    Router::new(
+        Providers::Fixed(providers),
+        policy,
+        None,
+        Arc::new(NoRecorder),
+    )
+    .unwrap()
+    .with_env(Arc::new(|name| match name {
+        "OPENAI_API_KEY" => Some("sk-openai".to_owned()),
+        "ANTHROPIC_API_KEY" => Some("sk-anthropic".to_owned()),
+        "AIOS_SECRET_VLLM_KEYS_TOKEN" => Some("sk-vllm".to_owned()),
+        _ => None,
+    }))
 }
 
 /// A router over one provider, with the fast test policy.
@@ -167,7 +171,7 @@ async fn ollama_gets_the_schema_in_format_and_its_counts_are_read() {
     );
     assert_eq!(
         router.context_window(Complexity::Medium, &ModelHints::default()),
-        aios_agent::llm::DEFAULT_CONTEXT_WINDOW,
+        aios_models::llm::DEFAULT_CONTEXT_WINDOW,
         "a model declaring no window gets the default"
     );
 }
@@ -600,7 +604,7 @@ async fn two_clients_sharing_one_redis_stop_at_the_budget() {
             )]),
             fast_policy(),
             Some(BudgetCounter::new(redis)),
-            Metrics::new(),
+            Arc::new(NoRecorder),
         )
         .unwrap();
         let request = request.clone();

@@ -3,7 +3,7 @@
 //! so no model is needed. Searches ask for 5 records of one project, as an agent does
 //! before a task. Run with:
 //!
-//! `cargo bench -p aios-agent --bench memory`
+//! `cargo bench -p aios-models --bench memory`
 
 #![allow(
     clippy::unwrap_used,
@@ -17,8 +17,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aios_agent::memory::edge::EdgeMemory;
-use aios_agent::memory::{Embedder, Filter, Kind, Memory, MemoryError, Record};
+use aios_models::memory::edge::EdgeMemory;
+use aios_models::memory::{Embedder, Filter, Kind, Memory, MemoryError, Record};
 use futures::future::BoxFuture;
 
 const DIMENSION: usize = 384;
@@ -103,7 +103,7 @@ async fn time_searches(memory: &EdgeMemory) -> (Duration, Duration) {
         let project_key = project(i * 7);
         let filter = Filter {
             project: Some(project_key.clone()),
-            ..Filter::in_namespace(aios_agent::memory::namespace_of(&project_key))
+            ..Filter::in_namespace(aios_models::memory::namespace_of(&project_key))
         };
         let query = format!("what was decided about component {}", i % 97);
         let started = Instant::now();

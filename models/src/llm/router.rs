@@ -20,11 +20,11 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::{
-    Call, ChatRequest, ChatResponse, DEFAULT_CONTEXT_WINDOW, Llm, LlmError,
+    Call, CallRecorder, ChatRequest, ChatResponse, DEFAULT_CONTEXT_WINDOW, Llm, LlmError,
     breaker::Breaker,
     wire::{self, ChatAnswer},
 };
-use crate::{budget::BudgetCounter, metrics::Metrics};
+use crate::budget::BudgetCounter;
 
 /// A provider and the model of it chosen for a request.
 #[derive(Debug, Clone, PartialEq)]
@@ -338,7 +338,7 @@ pub struct Router {
     policy: RetryPolicy,
     breakers: Mutex<HashMap<String, Breaker>>,
     budget: Option<BudgetCounter>,
-    metrics: Metrics,
+    recorder: Arc<dyn CallRecorder>,
 }
 
 impl std::fmt::Debug for Router {
@@ -356,7 +356,7 @@ impl Router {
         providers: Providers,
         policy: RetryPolicy,
         budget: Option<BudgetCounter>,
-        metrics: Metrics,
+        recorder: Arc<dyn CallRecorder>,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(policy.timeout)
@@ -369,7 +369,7 @@ impl Router {
             policy,
             breakers: Mutex::new(HashMap::new()),
             budget,
-            metrics,
+            recorder,
         })
     }
 
@@ -492,7 +492,7 @@ impl Router {
                 Ok(answer) => return Ok((answer, latency)),
                 Err(failure) => failure,
             };
-            self.metrics.record_failed_call(
+            self.recorder.failed(
                 &choice.provider.name,
                 &choice.model.name,
                 choice.provider.tier,
@@ -615,7 +615,7 @@ impl Router {
             cost_usd: choice.cost(input_tokens, output_tokens),
             latency,
         };
-        self.metrics.record_call(&call);
+        self.recorder.answered(&call);
         if let Some(budget) = &self.budget {
             budget.charge(&request.project, &call).await?;
         }
@@ -661,7 +661,7 @@ impl Router {
                 texts.len()
             )]));
         }
-        self.metrics.record_call(&Call {
+        self.recorder.answered(&Call {
             provider: choice.provider.name.clone(),
             model: choice.model.name.clone(),
             tier: choice.provider.tier,

@@ -1,6 +1,7 @@
-//! Language models as the agent sees them: one [`Llm`] interface, implemented by the
-//! [`router::Router`] that picks a provider per call, speaks its wire format
-//! ([`wire`]), falls back down the chain and accounts for every call.
+//! Language models as agents and Hermes see them: one [`Llm`] interface, implemented by
+//! the [`router::Router`] that picks a provider per call, speaks its wire format
+//! ([`wire`]), falls back down the chain and accounts for every call to a
+//! [`CallRecorder`].
 
 pub mod breaker;
 pub mod router;
@@ -43,6 +44,24 @@ pub fn estimate_request_tokens(request: &ChatRequest) -> u64 {
         .map(|m| estimate_tokens(&m.content) + MESSAGE_OVERHEAD_TOKENS)
         .sum();
     messages + estimate_tokens(&request.schema.to_string())
+}
+
+/// Where the router reports each model call: the agent's Prometheus metrics, or
+/// nowhere ([`NoRecorder`], for a command line that reports usage itself).
+pub trait CallRecorder: std::fmt::Debug + Send + Sync {
+    /// A call that was answered.
+    fn answered(&self, call: &Call);
+    /// A call that failed, by error category, after `seconds`.
+    fn failed(&self, provider: &str, model: &str, tier: Tier, category: &str, seconds: f64);
+}
+
+/// Records nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoRecorder;
+
+impl CallRecorder for NoRecorder {
+    fn answered(&self, _call: &Call) {}
+    fn failed(&self, _provider: &str, _model: &str, _tier: Tier, _category: &str, _seconds: f64) {}
 }
 
 /// Who said a message.
