@@ -301,3 +301,54 @@ pub struct ProviderEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_ref: Option<crate::common::SecretKeyRef>,
 }
+
+/// The port Ollama serves on.
+pub const OLLAMA_PORT: i32 = 11434;
+
+/// Name of every object made for provider `provider`.
+pub fn serve_name(provider: &str) -> String {
+    format!("aios-model-{provider}")
+}
+
+/// Where agents reach a provider: its own endpoint, or the Service of its server (an
+/// in-cluster address).
+pub fn provider_endpoint(provider: &ModelProvider) -> Option<String> {
+    use kube::ResourceExt as _;
+    if let Some(endpoint) = &provider.spec.endpoint {
+        return Some(endpoint.url.trim_end_matches('/').to_owned());
+    }
+    provider.spec.serve.as_ref()?;
+    Some(format!(
+        "http://{}.{}.svc:{OLLAMA_PORT}",
+        serve_name(&provider.name_any()),
+        provider.namespace().unwrap_or_default()
+    ))
+}
+
+/// The ready providers of a namespace, in a stable order, for the agents' ConfigMap.
+pub fn provider_list<'a>(
+    providers: impl IntoIterator<Item = &'a ModelProvider>,
+) -> Vec<ProviderEntry> {
+    let mut list: Vec<ProviderEntry> = providers
+        .into_iter()
+        .filter(|p| p.status.as_ref().is_some_and(|s| s.ready))
+        .filter_map(|p| {
+            Some(ProviderEntry {
+                name: kube::ResourceExt::name_any(p),
+                provider_type: p.spec.provider_type,
+                tier: p.spec.tier,
+                priority: p.spec.priority,
+                endpoint: provider_endpoint(p)?,
+                models: p.spec.models.clone(),
+                credentials_ref: p
+                    .spec
+                    .endpoint
+                    .as_ref()
+                    .and_then(|e| e.credentials_ref.clone()),
+            })
+        })
+        .collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    list
+}
+

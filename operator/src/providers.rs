@@ -27,8 +27,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::pods::{env, quantities, restricted_container, restricted_pod, scratch_volume};
 
-/// The port Ollama serves on.
-pub const OLLAMA_PORT: i32 = 11434;
+pub use aios_crds::model_provider::{OLLAMA_PORT, provider_endpoint, provider_list, serve_name};
 /// The Ollama image for `serve` providers that do not name one, unless the operator is
 /// configured with another (`--model-server-image`).
 pub const DEFAULT_OLLAMA_IMAGE: &str = "ollama/ollama:0.17.4";
@@ -43,24 +42,6 @@ pub struct ServeChildren {
     pub deployment: Deployment,
     /// Where agents reach it.
     pub service: Service,
-}
-
-/// Name of every object made for provider `provider`.
-pub fn serve_name(provider: &str) -> String {
-    format!("aios-model-{provider}")
-}
-
-/// Where agents reach a provider: its own endpoint, or the Service of its server.
-pub fn provider_endpoint(provider: &ModelProvider) -> Option<String> {
-    if let Some(endpoint) = &provider.spec.endpoint {
-        return Some(endpoint.url.trim_end_matches('/').to_owned());
-    }
-    provider.spec.serve.as_ref()?;
-    Some(format!(
-        "http://{}.{}.svc:{OLLAMA_PORT}",
-        serve_name(&provider.name_any()),
-        provider.namespace().unwrap_or_default()
-    ))
 }
 
 fn serve_labels(provider: &ModelProvider) -> BTreeMap<String, String> {
@@ -425,33 +406,6 @@ pub fn can_take<'a>(
                 .iter()
                 .any(|m| !m.embeddings && m.max_complexity >= complexity)
     })
-}
-
-/// The ready providers of a namespace, in a stable order, for the agents' ConfigMap.
-pub fn provider_list<'a>(
-    providers: impl IntoIterator<Item = &'a ModelProvider>,
-) -> Vec<ProviderEntry> {
-    let mut list: Vec<ProviderEntry> = providers
-        .into_iter()
-        .filter(|p| p.status.as_ref().is_some_and(|s| s.ready))
-        .filter_map(|p| {
-            Some(ProviderEntry {
-                name: p.name_any(),
-                provider_type: p.spec.provider_type,
-                tier: p.spec.tier,
-                priority: p.spec.priority,
-                endpoint: provider_endpoint(p)?,
-                models: p.spec.models.clone(),
-                credentials_ref: p
-                    .spec
-                    .endpoint
-                    .as_ref()
-                    .and_then(|e| e.credentials_ref.clone()),
-            })
-        })
-        .collect();
-    list.sort_by(|a, b| a.name.cmp(&b.name));
-    list
 }
 
 #[cfg(test)]
