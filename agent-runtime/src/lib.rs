@@ -230,7 +230,7 @@ async fn open_memory(config: &Config, router: Arc<Router>) -> Arc<dyn memory::Me
         Some(url) => memory::qdrant::QdrantMemory::new(
             url,
             config.qdrant_api_key.clone(),
-            MEMORY_COLLECTION,
+            memory::COLLECTION,
             embedder,
         )
         .await
@@ -246,9 +246,6 @@ async fn open_memory(config: &Config, router: Arc<Router>) -> Arc<dyn memory::Me
         }
     }
 }
-
-/// The Qdrant collection agents share.
-pub const MEMORY_COLLECTION: &str = "aios-memory";
 
 /// Logs to stderr as JSON (the current span's `project` and `task` on every line) or
 /// text; the level comes from `RUST_LOG` (default `info`).

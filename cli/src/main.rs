@@ -1,7 +1,17 @@
+use std::process::ExitCode;
+
 use clap::Parser;
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = aios::Cli::parse();
-    aios::run(&cli, &mut std::io::stdout().lock())?;
-    Ok(())
+    let mut out = std::io::stdout();
+    match aios::run(&cli, &mut out).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
 }

@@ -351,4 +351,3 @@ pub fn provider_list<'a>(
     list.sort_by(|a, b| a.name.cmp(&b.name));
     list
 }
-

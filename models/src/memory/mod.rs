@@ -12,6 +12,9 @@ pub mod qdrant;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
+/// The Qdrant collection the agents and Hermes share.
+pub const COLLECTION: &str = "aios-memory";
+
 /// What a remembered text is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
