@@ -54,6 +54,11 @@ where
     match args.output {
         Output::Json | Output::Yaml => {
             let mut items = cluster.list_raw::<K>(&scope).await?;
+            if !args.show_managed_fields {
+                for item in &mut items {
+                    item.metadata.managed_fields = None;
+                }
+            }
             let value = if let Some(name) = &args.name {
                 items.retain(|o| o.name_any() == *name);
                 let Some(one) = items.pop() else {

@@ -149,6 +149,10 @@ pub struct GetArgs {
     /// After listing, print every change as it happens.
     #[arg(short = 'w', long)]
     pub watch: bool,
+    /// Keep `metadata.managedFields` in JSON and YAML (hidden by default, as kubectl
+    /// hides them).
+    #[arg(long)]
+    pub show_managed_fields: bool,
 }
 
 /// What `aios describe` shows.

@@ -113,6 +113,40 @@ pub struct LocalRun {
     /// exists (or the timeout passes again): a test acts on the finished run while its
     /// processes still watch, scrape and serve.
     pub hold: Option<PathBuf>,
+    /// A command that applies the Project instead of `kubectl apply` of
+    /// [`LocalRun::project`] (Hermes: `aios new … --apply`), run with the environment's
+    /// kubeconfig; [`REPOSITORY_PLACEHOLDER`] in its arguments is replaced, and the first
+    /// word it prints is `<kind>/<name>` of what it applied.
+    pub apply_command: Option<Vec<String>>,
+}
+
+/// Runs `command` (its arguments' [`REPOSITORY_PLACEHOLDER`] replaced by `repository`)
+/// with the environment's kubeconfig; what it printed.
+fn apply_with(
+    env: &Environment,
+    command: &[String],
+    repository: &str,
+) -> Result<String, LocalError> {
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| step("applying the Project")("an empty apply command".to_owned()))?;
+    let output = std::process::Command::new(program)
+        .args(
+            args.iter()
+                .map(|a| a.replace(REPOSITORY_PLACEHOLDER, repository)),
+        )
+        .env("KUBECONFIG", &env.kubeconfig)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| step("applying the Project")(format!("{program}: {e}")))?;
+    if !output.status.success() {
+        return Err(step("applying the Project")(format!(
+            "{program} exited with {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// How a run's processes reach RabbitMQ and Redis.
@@ -311,17 +345,23 @@ impl LocalRun {
             ));
         }
 
-        let project = self
-            .project
-            .replace(REPOSITORY_PLACEHOLDER, &repository_url);
-        let applied = env
-            .kubectl_with_input(
-                &["-n", ns, "apply", "-f", "-", "-o", "name"],
-                Some(&project),
-            )
-            .map_err(|e| step("applying the Project")(e.to_string()))?;
+        let applied = match &self.apply_command {
+            None => env
+                .kubectl_with_input(
+                    &["-n", ns, "apply", "-f", "-", "-o", "name"],
+                    Some(
+                        &self
+                            .project
+                            .replace(REPOSITORY_PLACEHOLDER, &repository_url),
+                    ),
+                )
+                .map_err(|e| step("applying the Project")(e.to_string()))?,
+            Some(command) => apply_with(env, command, &repository_url)?,
+        };
         let name = applied
-            .trim()
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
             .rsplit('/')
             .next()
             .unwrap_or_default()

@@ -13,12 +13,6 @@ use std::{
 
 use aios_e2e::{EnvOptions, Environment, process};
 
-/// `target/<profile>`, where the workspace's binaries are built next to this test.
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
-}
-
 fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check() {
@@ -58,7 +52,7 @@ fn start_aios(env: &Environment, ns: &str, amqp: &str, work: &Path) -> Running {
     };
     let operator = process::spawn(
         "operator",
-        &bin_dir().join("aios-operator"),
+        &support::bin_dir().join("aios-operator"),
         &[],
         &base(&[
             ("AIOS_WATCH_NAMESPACE", ns.to_owned()),
@@ -76,7 +70,7 @@ fn start_aios(env: &Environment, ns: &str, amqp: &str, work: &Path) -> Running {
         running.0.push(
             process::spawn(
                 &format!("agent-{role}"),
-                &bin_dir().join("aios-agent"),
+                &support::bin_dir().join("aios-agent"),
                 &[],
                 &base(&[
                     ("AIOS_ROLE", role.to_owned()),

@@ -186,12 +186,6 @@ fn export_root() -> Option<PathBuf> {
     }
 }
 
-/// `target/<profile>`, where the workspace's binaries are built next to this test.
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
-}
-
 /// The Projects besides `hello`: one that fails (Hephaestus is turned down and its
 /// dependent is skipped), the same failing fast (its dependent is cancelled), one
 /// suspended, one that spends its budget on its first Task, one whose Task no Agent
@@ -564,7 +558,7 @@ fn local_run(amqp_url: String, work: PathBuf, model_url: &str) -> LocalRun {
     LocalRun {
         namespace: NAMESPACE.to_owned(),
         amqp_url,
-        bin_dir: bin_dir(),
+        bin_dir: support::bin_dir(),
         work_dir: work,
         models: vec![
             model("local", model_url.to_owned(), None),
@@ -585,6 +579,7 @@ fn local_run(amqp_url: String, work: PathBuf, model_url: &str) -> LocalRun {
         operator: Operator::Process,
         tls: false,
         hold: None,
+        apply_command: None,
     }
 }
 

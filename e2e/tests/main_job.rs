@@ -13,15 +13,6 @@ use aios_e2e::local::{LocalRun, ModelServer, Operator};
 
 mod support;
 
-/// `target/<profile>`, where the workspace's binaries are built next to this test.
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .to_path_buf()
-}
-
 fn project() -> String {
     std::fs::read_to_string(aios_e2e::repo_root().join("manifests/examples/project-hello.yaml"))
         .unwrap()
@@ -35,7 +26,7 @@ fn run(model: ModelServer, prefix: &str, timeout: Duration) -> (LocalRun, tempfi
     let run = LocalRun {
         namespace,
         amqp_url,
-        bin_dir: bin_dir(),
+        bin_dir: support::bin_dir(),
         work_dir: work.path().to_path_buf(),
         models: vec![model],
         project: project(),
@@ -47,6 +38,7 @@ fn run(model: ModelServer, prefix: &str, timeout: Duration) -> (LocalRun, tempfi
         operator: Operator::Process,
         tls: false,
         hold: None,
+        apply_command: None,
     };
     (run, work)
 }

@@ -59,12 +59,6 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-/// `target/<profile>`, where the workspace's binaries are built next to this test.
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
-}
-
 /// Runs `manifests/examples/project-hello.yaml` (renamed `project`) with agents in pods,
 /// the bus at `amqp_url` and a model fixture at `model_url`; panics with the pods' state
 /// if it fails.
@@ -85,7 +79,7 @@ fn run_hello(
     let run = LocalRun {
         namespace: namespace.to_owned(),
         amqp_url,
-        bin_dir: bin_dir(),
+        bin_dir: support::bin_dir(),
         work_dir: work.path().to_path_buf(),
         models: vec![support::fixture_server(model_url)],
         project: manifest,
@@ -101,6 +95,7 @@ fn run_hello(
         },
         tls: false,
         hold: None,
+        apply_command: None,
     };
     match run.run(env) {
         Ok(outcome) => outcome,

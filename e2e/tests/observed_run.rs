@@ -25,15 +25,6 @@ use wiremock::{Mock, matchers};
 
 mod support;
 
-/// `target/<profile>`, where the workspace's binaries are built next to this test.
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .to_path_buf()
-}
-
 fn local_run(
     env: &Environment,
     prefix: &str,
@@ -46,7 +37,7 @@ fn local_run(
     let run = LocalRun {
         namespace,
         amqp_url,
-        bin_dir: bin_dir(),
+        bin_dir: support::bin_dir(),
         work_dir: work.path().to_path_buf(),
         models: vec![support::fixture_server(model_url)],
         project,
@@ -58,6 +49,7 @@ fn local_run(
         operator: Operator::Process,
         tls: false,
         hold: None,
+        apply_command: None,
     };
     (run, work)
 }

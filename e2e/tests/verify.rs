@@ -14,14 +14,6 @@ mod support;
 /// Passes when pytest collects no test yet (exit 5): the first commits have none.
 const PYTEST: &str = "python3 -m pytest -q -p no:cacheprovider || [ $? -eq 5 ]";
 
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .to_path_buf()
-}
-
 /// The sample Project, named `name`, verified by `command` with `rounds` fix rounds.
 fn project(name: &str, command: &str, timeout_seconds: u32, rounds: u32) -> String {
     let sample = std::fs::read_to_string(
@@ -62,7 +54,7 @@ async fn run(prefix: &str, fixes: bool, manifest: String) -> Ran {
     let run = LocalRun {
         namespace,
         amqp_url,
-        bin_dir: bin_dir(),
+        bin_dir: support::bin_dir(),
         work_dir: work.path().to_path_buf(),
         models: vec![ModelServer {
             embed_model: Some("fixture-embed".to_owned()),
@@ -77,6 +69,7 @@ async fn run(prefix: &str, fixes: bool, manifest: String) -> Ran {
         operator: Operator::Process,
         tls: false,
         hold: None,
+        apply_command: None,
     };
     // A Project that ended Failed is an outcome too: some of these must fail.
     let outcome = match tokio::task::spawn_blocking(move || run.run(env))

@@ -83,10 +83,8 @@ pub fn build(draft: &Draft, facts: &Facts) -> Result<Project, Vec<String>> {
             "name {name:?} is longer than {NAME_MAX} characters"
         ));
     }
+    // An empty one is refused by the schema (`minLength`).
     let description = draft.description.trim();
-    if description.is_empty() {
-        problems.push("the description is empty".to_owned());
-    }
     let words = facts.user_words();
     let test_command = facts.test_command.clone().or_else(|| {
         draft
@@ -215,6 +213,10 @@ mod tests {
         let problems = build(&d, &facts()).unwrap_err();
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].contains("Todo API!"), "{problems:?}");
+        assert!(
+            problems[1].starts_with("/spec/description: "),
+            "{problems:?}"
+        );
         let long = "a".repeat(NAME_MAX + 1);
         assert!(build(&draft(&long, None), &facts()).is_err());
     }

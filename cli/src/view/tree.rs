@@ -364,14 +364,13 @@ mod tests {
         assert!(lines[4].starts_with("├─  ✔ ui "), "{text}");
         assert!(lines[5].starts_with("└─    ○ tests "), "{text}");
         assert!(lines[5].ends_with(" api,ui"), "{text}");
+        let step_width = lines[0].find("ROLE").unwrap();
         for name in ["design", "api", "ui", "tests"] {
             let steps = lines
                 .iter()
                 .filter(|l| {
-                    l.split("   ")
-                        .next()
-                        .unwrap()
-                        .ends_with(&format!(" {name}"))
+                    let step: String = l.chars().take(step_width).collect();
+                    step.trim_end().ends_with(&format!(" {name}"))
                 })
                 .count();
             assert_eq!(steps, 1, "{name} once: {text}");
@@ -426,7 +425,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("Tokens:       1.2k in, 300 out"), "{text}");
-        assert!(text.contains("Ready    False    TasksRunning"), "{text}");
+        assert!(text.contains("Ready   False    TasksRunning"), "{text}");
         assert!(text.contains("Events:\n  <none>"), "{text}");
     }
 }

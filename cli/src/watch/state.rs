@@ -154,11 +154,13 @@ impl Dashboard {
             return;
         };
         let key = key_of(&task);
-        let before = self
-            .tasks
-            .get(&key)
-            .and_then(|t| t.status.as_ref())
-            .and_then(|s| s.phase);
+        // A Task seen for the first time (the watch's first listing, or a new Task) is
+        // no transition; its changes from then on are.
+        let Some(previous) = self.tasks.get(&key) else {
+            self.tasks.insert(key, task);
+            return;
+        };
+        let before = previous.status.as_ref().and_then(|s| s.phase);
         let after = task.status.as_ref().and_then(|s| s.phase);
         if before != after
             && let Some(phase) = after
@@ -295,6 +297,10 @@ mod tests {
     fn a_task_changing_phase_is_one_feed_line_and_a_repeat_is_none() {
         let mut d = Dashboard::new("team-a", None);
         d.apply(
+            Msg::Task(Change::Applied(task("shop-api", "backend", &[], "", None))),
+            now(),
+        );
+        d.apply(
             Msg::Task(Change::Applied(task(
                 "shop-api",
                 "backend",
@@ -407,7 +413,7 @@ mod tests {
     #[test]
     fn the_feed_keeps_its_last_lines() {
         let mut d = Dashboard::new("team-a", None);
-        for i in 0..(FEED_MAX + 10) {
+        for i in 0..(FEED_MAX + 11) {
             let phase = if i % 2 == 0 { "Queued" } else { "Running" };
             d.apply(
                 Msg::Task(Change::Applied(task("shop-a", "backend", &[], phase, None))),

@@ -74,6 +74,9 @@ pub fn emoji(persona: &str) -> &'static str {
     }
 }
 
+/// The narrowest an agent's panel gets: four fit in 80 columns.
+const PANEL_MIN_WIDTH: u16 = 20;
+
 /// Draws the dashboard at `now`.
 pub fn draw(frame: &mut Frame<'_>, d: &Dashboard, now: Timestamp, palette: Palette) {
     let area = frame.area();
@@ -87,7 +90,7 @@ pub fn draw(frame: &mut Frame<'_>, d: &Dashboard, now: Timestamp, palette: Palet
     frame.render_widget(Paragraph::new(header_line(d, now, palette)), header);
     draw_agents(frame, agents, d, now, palette);
     let [tasks, feed] =
-        Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(body);
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(body);
     draw_tasks(frame, tasks, d, now, palette);
     draw_feed(frame, feed, d, palette);
     frame.render_widget(Paragraph::new(footer_line(d)), footer);
@@ -146,7 +149,7 @@ fn current_tasks<'a>(d: &'a Dashboard, agent: &Agent) -> Vec<&'a Task> {
 }
 
 fn draw_agents(frame: &mut Frame<'_>, area: Rect, d: &Dashboard, now: Timestamp, palette: Palette) {
-    let shown: Vec<&Agent> = d
+    let mut shown: Vec<&Agent> = d
         .agents
         .values()
         .filter(|a| d.project().is_none_or(|p| a.namespace() == p.namespace()))
@@ -159,16 +162,29 @@ fn draw_agents(frame: &mut Frame<'_>, area: Rect, d: &Dashboard, now: Timestamp,
         );
         return;
     }
-    let columns = Layout::horizontal(vec![Constraint::Ratio(1, 4); shown.len().min(4)]).split(area);
+    // As many panels as fit, PANEL_MIN_WIDTH columns each at least; busy agents first.
+    shown.sort_by_key(|a| current_tasks(d, a).is_empty());
+    let count = shown
+        .len()
+        .min(usize::from(area.width / PANEL_MIN_WIDTH).max(1));
+    let share = Constraint::Ratio(1, u32::try_from(count).unwrap_or(1));
+    let columns = Layout::horizontal(vec![share; count]).split(area);
     for (agent, column) in shown.iter().zip(columns.iter()) {
         let tasks = current_tasks(d, agent);
         let status = agent.status.clone().unwrap_or_default();
-        let title = format!(
+        let mut title = format!(
             " {} {} · {} ",
             emoji(&agent.spec.persona.name),
             agent.spec.persona.name,
             agent.spec.role
         );
+        if unicode_width::UnicodeWidthStr::width(title.as_str()) + 2 > usize::from(column.width) {
+            title = format!(
+                " {} {} ",
+                emoji(&agent.spec.persona.name),
+                agent.spec.persona.name
+            );
+        }
         let lines: Vec<Line<'static>> = match tasks.first() {
             Some(task) => {
                 let s = task.status.clone().unwrap_or_default();
@@ -200,9 +216,10 @@ fn draw_agents(frame: &mut Frame<'_>, area: Rect, d: &Dashboard, now: Timestamp,
             None => vec![
                 Line::styled("idle", palette.fg(Color::DarkGray)),
                 Line::raw(format!(
-                    "{}/{} ready · {} queued",
-                    status.ready_replicas, status.desired_replicas, status.queued_tasks
+                    "{}/{} ready",
+                    status.ready_replicas, status.desired_replicas
                 )),
+                Line::raw(format!("{} queued", status.queued_tasks)),
             ],
         };
         frame.render_widget(
@@ -285,31 +302,58 @@ fn draw_feed(frame: &mut Frame<'_>, area: Rect, d: &Dashboard, palette: Palette)
         .project()
         .map(|p| (p.namespace().unwrap_or_default(), p.name_any()));
     let height = usize::from(area.height.saturating_sub(2));
-    let lines: Vec<&super::state::FeedLine> = d
+    let width = usize::from(area.width.saturating_sub(2));
+    // Wrapped here, not by the widget, so the newest rows are the ones kept.
+    let mut rows: Vec<Line<'static>> = Vec::new();
+    for l in d
         .feed
         .iter()
         .filter(|l| l.project.is_none() || l.project == shown)
-        .collect();
-    let start = lines.len().saturating_sub(height);
-    let text: Vec<Line<'static>> = lines[start..]
-        .iter()
-        .map(|l| {
-            let time = l.time.strftime("%H:%M:%S").to_string();
-            let style = if l.warning {
-                palette.fg(Color::Red)
+    {
+        let style = if l.warning {
+            palette.fg(Color::Red)
+        } else {
+            Style::default()
+        };
+        let time = l.time.strftime("%H:%M").to_string();
+        for (i, chunk) in wrap(&l.text, width.saturating_sub(6))
+            .into_iter()
+            .enumerate()
+        {
+            let lead = if i == 0 {
+                format!("{time} ")
             } else {
-                Style::default()
+                " ".repeat(6)
             };
-            Line::from(vec![
-                Span::styled(format!("{time} "), palette.fg(Color::DarkGray)),
-                Span::styled(l.text.clone(), style),
-            ])
-        })
-        .collect();
+            rows.push(Line::from(vec![
+                Span::styled(lead, palette.fg(Color::DarkGray)),
+                Span::styled(chunk, style),
+            ]));
+        }
+    }
+    let start = rows.len().saturating_sub(height);
     frame.render_widget(
-        Paragraph::new(text).block(Block::bordered().title(" feed ")),
+        Paragraph::new(rows.split_off(start)).block(Block::bordered().title(" feed ")),
         area,
     );
+}
+
+/// `text` in rows of at most `width` columns.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut rows = vec![String::new()];
+    let mut used = 0;
+    for c in text.chars() {
+        let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        if used + w > width.max(1) {
+            rows.push(String::new());
+            used = 0;
+        }
+        if let Some(row) = rows.last_mut() {
+            row.push(c);
+        }
+        used += w;
+    }
+    rows
 }
 
 fn footer_line(d: &Dashboard) -> Line<'static> {
@@ -332,16 +376,15 @@ fn footer_line(d: &Dashboard) -> Line<'static> {
     let queues: Vec<String> = d
         .agents
         .values()
-        .map(|a| {
-            format!(
-                "{} {}",
-                a.spec.role,
-                a.status.as_ref().map_or(0, |s| s.queued_tasks)
-            )
+        .filter_map(|a| {
+            let queued = a.status.as_ref().map_or(0, |s| s.queued_tasks);
+            (queued > 0).then(|| format!("{} {queued}", a.spec.role))
         })
         .collect();
-    if !queues.is_empty() {
-        parts.push(format!("queues {}", queues.join(" ")));
+    if queues.is_empty() {
+        parts.push("queues empty".to_owned());
+    } else {
+        parts.push(format!("queued {}", queues.join(" ")));
     }
     Line::raw(parts.join(" · "))
 }
@@ -508,6 +551,16 @@ mod tests {
                 "shop-api",
                 "backend",
                 &["shop-design"],
+                "",
+                None,
+            ))),
+            now,
+        );
+        d.apply(
+            Msg::Task(Change::Applied(task(
+                "shop-api",
+                "backend",
+                &["shop-design"],
                 "Running",
                 Some("apollo-0"),
             ))),
@@ -546,13 +599,16 @@ mod tests {
         assert!(text.contains("idle"), "Athena has nothing to do: {text}");
         assert!(text.contains("level 0 ██████████ 1/1"), "{text}");
         assert!(text.contains("level 1 ░░░░░░░░░░ 0/1"), "{text}");
-        assert!(text.contains("api: new → Running on apollo-0"), "{text}");
+        assert!(
+            text.contains("12:00 api: new → Running on apollo-0"),
+            "{text}"
+        );
         let footer = lines[23];
         assert!(
             footer.starts_with("tokens 1.5k · cost $0.42 · local 67% (target 80%)"),
             "{footer}"
         );
-        assert!(footer.contains("queues backend 2 qa 2"), "{footer}");
+        assert!(footer.contains("queued backend 2 qa 2"), "{footer}");
         for line in &lines {
             assert!(unicode_width::UnicodeWidthStr::width(*line) <= 80, "{line}");
         }
@@ -572,6 +628,13 @@ mod tests {
         for name in ["design", "api", "tests"] {
             assert!(text.contains(&format!(" {name} ")), "{name}: {text}");
         }
+    }
+
+    #[test]
+    fn long_feed_lines_wrap_by_display_width() {
+        assert_eq!(wrap("abcdef", 4), ["abcd", "ef"]);
+        assert_eq!(wrap("🌞🌞🌞", 4), ["🌞🌞", "🌞"]);
+        assert_eq!(wrap("", 4), [""]);
     }
 
     #[test]

@@ -193,6 +193,7 @@ fn main() -> ExitCode {
         },
         tls: false,
         hold: None,
+        apply_command: None,
     };
     match run.run(&env) {
         Ok(outcome) => {

@@ -5,6 +5,15 @@
 use serde_json::json;
 use wiremock::{Mock, MockServer, ResponseTemplate, matchers};
 
+/// `target/<profile>`, where the workspace's binaries are built next to the tests.
+pub fn bin_dir() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .and_then(std::path::Path::parent)
+        .unwrap()
+        .to_path_buf()
+}
+
 /// The local model server a run uses when the fixture at `url` plays the model.
 pub fn fixture_server(url: &str) -> aios_e2e::local::ModelServer {
     aios_e2e::local::ModelServer {

@@ -1,0 +1,291 @@
+//! The `aios` command line as a person uses it, on the local control plane. Hermes
+//! applies a Project (`aios new --brief … --apply`, its model a scripted fixture); the
+//! operator and one agent process per role run it while `aios watch` runs inside tmux;
+//! then `aios get` and `aios describe` read the finished run.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use aios_crds::ProjectPhase;
+use aios_e2e::local::{LocalRun, Operator, REPOSITORY_PLACEHOLDER};
+use serde_json::{Value, json};
+use wiremock::{Mock, matchers};
+
+mod support;
+
+/// `aios` with the environment's kubeconfig, in `namespace`; its stdout, or a panic
+/// with its stderr.
+fn aios(namespace: &str, args: &[&str]) -> String {
+    let env = aios_e2e::shared_with_crds();
+    let output = Command::new(support::bin_dir().join("aios"))
+        .args(args)
+        .args(["-n", namespace])
+        .env("KUBECONFIG", &env.kubeconfig)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "aios {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// What tmux shows of `session`.
+fn capture(session: &str) -> String {
+    let output = Command::new("tmux")
+        .args(["capture-pane", "-p", "-t", session])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Kills the tmux session when dropped, a failed assertion included.
+struct Session(String);
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .status();
+    }
+}
+
+/// Starts `aios watch` in a detached 80×24 tmux session.
+fn watch_in_tmux(namespace: &str, work: &Path) -> Session {
+    let env = aios_e2e::shared_with_crds();
+    let name = format!("aios-watch-{}", std::process::id());
+    let command = format!(
+        "KUBECONFIG={} {} watch -n {namespace} 2>{}",
+        env.kubeconfig.display(),
+        support::bin_dir().join("aios").display(),
+        work.join("watch.err").display()
+    );
+    let status = Command::new("tmux")
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            &name,
+            "-x",
+            "80",
+            "-y",
+            "24",
+            &command,
+        ])
+        .env("TERM", "xterm-256color")
+        .status()
+        .unwrap();
+    assert!(status.success(), "tmux new-session");
+    Session(name)
+}
+
+/// The providers file Hermes reads: the fixture, as the agents' list names it.
+fn providers_file(dir: &Path, url: &str) -> PathBuf {
+    let path = dir.join("hermes-providers.json");
+    let list = json!([{
+        "name": "local", "type": "Ollama", "tier": "Local", "priority": 1, "endpoint": url,
+        "models": [{"name": "fixture", "maxComplexity": "High"}]
+    }]);
+    std::fs::write(&path, list.to_string()).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hermes_applies_a_project_the_agents_run_while_aios_watch_shows_it() {
+    let fixture = support::model_fixture("127.0.0.1").await;
+    // Hermes' draft: the manifest's parts, with the test command the person named.
+    Mock::given(matchers::method("POST"))
+        .and(matchers::path("/api/chat"))
+        .and(matchers::body_string_contains("You are Hermes"))
+        .respond_with(support::answer(&json!({
+            "name": "greeter",
+            "description": "A Python module hello.py with greet(name) returning 'Hello, <name>!', and its pytest test.",
+            "testCommand": ""
+        })))
+        .mount(&fixture)
+        .await;
+    let env = aios_e2e::shared_with_crds();
+    let namespace = env.create_namespace("cli").unwrap();
+    let amqp_url = env.create_vhost(&namespace).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let providers = providers_file(work.path(), &fixture.uri());
+    let aios_bin = support::bin_dir().join("aios");
+    let run = LocalRun {
+        namespace: namespace.clone(),
+        amqp_url,
+        bin_dir: support::bin_dir(),
+        work_dir: work.path().to_path_buf(),
+        models: vec![support::fixture_server(&fixture.uri())],
+        project: String::new(),
+        timeout: Duration::from_secs(180),
+        verbose: true,
+        operator_kubeconfig: None,
+        operator_env: Vec::new(),
+        agents_in_pods: false,
+        operator: Operator::Process,
+        tls: false,
+        hold: None,
+        apply_command: Some(
+            [
+                aios_bin.to_str().unwrap(),
+                "new",
+                "--brief",
+                "A greeting module in Python",
+                "--repo",
+                REPOSITORY_PLACEHOLDER,
+                "--providers",
+                providers.to_str().unwrap(),
+                "--apply",
+                "-n",
+                &namespace,
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        ),
+    };
+
+    let session = watch_in_tmux(&namespace, work.path());
+    // What the live view showed while the Project ran, sampled every 300 ms.
+    let frames = Arc::new(Mutex::new(Vec::<String>::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (frames, done, name) = (frames.clone(), done.clone(), session.0.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                frames.lock().unwrap().push(capture(&name));
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    let outcome = tokio::task::spawn_blocking(move || run.run(env))
+        .await
+        .unwrap()
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(
+        outcome.project.metadata.name.as_deref(),
+        Some("greeter"),
+        "Hermes named it"
+    );
+    let status = outcome.project.status.as_ref().unwrap();
+    assert_eq!(status.phase, Some(ProjectPhase::Succeeded));
+    let managers = env_kubectl(&[
+        "-n",
+        &namespace,
+        "get",
+        "project",
+        "greeter",
+        "--show-managed-fields",
+        "-o",
+        "jsonpath={.metadata.managedFields[*].manager}",
+    ]);
+    assert!(
+        managers.split_whitespace().any(|m| m == "aios-cli"),
+        "applied by Hermes: {managers}"
+    );
+
+    // The live view reaches Succeeded on its own (a watch, no polling).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = capture(&session.0);
+    while !last
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .contains("Succeeded")
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(300));
+        last = capture(&session.0);
+    }
+    done.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let header = last.lines().next().unwrap_or_default().to_owned();
+    assert!(
+        header.starts_with(&format!("AIOS {namespace}/greeter  Succeeded  2/2")),
+        "{last}\n(stderr: {})",
+        std::fs::read_to_string(work.path().join("watch.err")).unwrap_or_default()
+    );
+    for persona in ["Apollo", "Aphrodite", "Athena", "Hephaestus"] {
+        assert!(last.contains(persona), "{persona}'s panel: {last}");
+    }
+    assert!(
+        last.lines().count() <= 24 && last.lines().all(|l| l.chars().count() <= 80),
+        "{last}"
+    );
+    let frames = frames.lock().unwrap();
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.contains("feed") && f.contains("→ Succeeded")),
+        "the feed showed transitions: {}",
+        frames.last().cloned().unwrap_or_default()
+    );
+    drop(session);
+
+    // `aios get tasks -o json` is what kubectl reads.
+    let ours: Value =
+        serde_json::from_str(&aios(&namespace, &["get", "tasks", "-o", "json"])).unwrap();
+    let kubectl: Value = serde_json::from_str(&env_kubectl(&[
+        "-n", &namespace, "get", "tasks", "-o", "json",
+    ]))
+    .unwrap();
+    assert_eq!(ours["kind"], "List");
+    assert_eq!(ours["items"].as_array().unwrap().len(), 3);
+    assert_eq!(ours["items"], kubectl["items"]);
+
+    let table = aios(&namespace, &["get", "projects"]);
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("greeter   Succeeded   2/2"),
+        "{table}"
+    );
+
+    // `aios describe` shows every Task once, in dependency order.
+    let text = aios(&namespace, &["describe", "project", "greeter"]);
+    let steps: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("├─") || l.trim_start().starts_with("└─"))
+        .collect();
+    assert_eq!(steps.len(), 3, "{text}");
+    let position = |name: &str| {
+        steps
+            .iter()
+            .position(|l| l.contains(&format!("✔ {name} ")))
+            .unwrap_or_else(|| panic!("{name}: {text}"))
+    };
+    assert!(
+        position("plan") < position("program") && position("program") < position("test"),
+        "{text}"
+    );
+    assert!(text.contains("Local ratio:  100%"), "{text}");
+
+    // One frame for scripts.
+    let frame = aios(
+        &namespace,
+        &[
+            "watch", "greeter", "--once", "--width", "100", "--height", "30",
+        ],
+    );
+    assert_eq!(frame.lines().count(), 30);
+    assert!(
+        frame.starts_with(&format!("AIOS {namespace}/greeter  Succeeded")),
+        "{frame}"
+    );
+}
+
+fn env_kubectl(args: &[&str]) -> String {
+    aios_e2e::shared_with_crds().kubectl(args).unwrap()
+}
