@@ -75,7 +75,9 @@ const CONNECTION_SECRET: &str = "aios-agent-connections";
 const PROVIDER_READY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What a run needs.
-#[derive(Debug, Clone)]
+/// What a run is: unset fields (`..LocalRun::default()`) mean a local operator process,
+/// agents as local processes, no TLS, no hold, and `kubectl apply` of the Project.
+#[derive(Debug, Clone, Default)]
 pub struct LocalRun {
     /// The namespace everything goes into (created if missing).
     pub namespace: String,
@@ -158,9 +160,10 @@ struct Connections {
 }
 
 /// Where a run's operator runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Operator {
     /// A local process the run starts and stops.
+    #[default]
     Process,
     /// In the cluster, installed apart (a test's Helm release, say): none is started.
     InCluster,

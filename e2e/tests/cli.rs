@@ -9,14 +9,14 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use aios_crds::ProjectPhase;
-use aios_e2e::local::{LocalRun, Operator, REPOSITORY_PLACEHOLDER};
+use aios_e2e::local::{LocalRun, REPOSITORY_PLACEHOLDER};
 use serde_json::{Value, json};
 use wiremock::{Mock, matchers};
 
@@ -101,41 +101,20 @@ fn providers_file(dir: &Path, url: &str) -> PathBuf {
     path
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hermes_applies_a_project_the_agents_run_while_aios_watch_shows_it() {
-    let fixture = support::model_fixture("127.0.0.1").await;
-    // Hermes' draft: the manifest's parts, with the test command the person named.
-    Mock::given(matchers::method("POST"))
-        .and(matchers::path("/api/chat"))
-        .and(matchers::body_string_contains("You are Hermes"))
-        .respond_with(support::answer(&json!({
-            "name": "greeter",
-            "description": "A Python module hello.py with greet(name) returning 'Hello, <name>!', and its pytest test.",
-            "testCommand": ""
-        })))
-        .mount(&fixture)
-        .await;
+/// A run whose Project Hermes applies: `aios new --brief … --repo … --apply`, its model
+/// the fixture at `model_url`.
+fn hermes_run(namespace: &str, work: &Path, model_url: &str) -> LocalRun {
     let env = aios_e2e::shared_with_crds();
-    let namespace = env.create_namespace("cli").unwrap();
-    let amqp_url = env.create_vhost(&namespace).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let providers = providers_file(work.path(), &fixture.uri());
+    let providers = providers_file(work, model_url);
     let aios_bin = support::bin_dir().join("aios");
-    let run = LocalRun {
-        namespace: namespace.clone(),
-        amqp_url,
+    LocalRun {
+        namespace: namespace.to_owned(),
+        amqp_url: env.create_vhost(namespace).unwrap(),
         bin_dir: support::bin_dir(),
-        work_dir: work.path().to_path_buf(),
-        models: vec![support::fixture_server(&fixture.uri())],
-        project: String::new(),
+        work_dir: work.to_path_buf(),
+        models: vec![support::fixture_server(model_url)],
         timeout: Duration::from_secs(180),
         verbose: true,
-        operator_kubeconfig: None,
-        operator_env: Vec::new(),
-        agents_in_pods: false,
-        operator: Operator::Process,
-        tls: false,
-        hold: None,
         apply_command: Some(
             [
                 aios_bin.to_str().unwrap(),
@@ -148,26 +127,67 @@ async fn hermes_applies_a_project_the_agents_run_while_aios_watch_shows_it() {
                 providers.to_str().unwrap(),
                 "--apply",
                 "-n",
-                &namespace,
+                namespace,
             ]
             .map(str::to_owned)
             .to_vec(),
         ),
-    };
+        ..LocalRun::default()
+    }
+}
+
+/// Samples what tmux shows of `session` every 300 ms until `done`.
+fn sample(session: &str, done: &Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<String>> {
+    let (done, name) = (done.clone(), session.to_owned());
+    std::thread::spawn(move || {
+        let mut frames = Vec::new();
+        while !done.load(Ordering::Relaxed) {
+            frames.push(capture(&name));
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        frames
+    })
+}
+
+/// Waits until the live view's header says Succeeded; the last frame.
+fn until_succeeded(session: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = capture(session);
+    while !last
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .contains("Succeeded")
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(300));
+        last = capture(session);
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hermes_applies_a_project_the_agents_run_while_aios_watch_shows_it() {
+    let fixture = support::model_fixture("127.0.0.1").await;
+    // Hermes' draft: the manifest's parts; nobody named a test command.
+    Mock::given(matchers::method("POST"))
+        .and(matchers::path("/api/chat"))
+        .and(matchers::body_string_contains("You are Hermes"))
+        .respond_with(support::answer(&json!({
+            "name": "greeter",
+            "description": "A Python module hello.py with greet(name) returning 'Hello, <name>!', and its pytest test.",
+            "testCommand": ""
+        })))
+        .mount(&fixture)
+        .await;
+    let env = aios_e2e::shared_with_crds();
+    let namespace = env.create_namespace("cli").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let run = hermes_run(&namespace, work.path(), &fixture.uri());
 
     let session = watch_in_tmux(&namespace, work.path());
-    // What the live view showed while the Project ran, sampled every 300 ms.
-    let frames = Arc::new(Mutex::new(Vec::<String>::new()));
     let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (frames, done, name) = (frames.clone(), done.clone(), session.0.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                frames.lock().unwrap().push(capture(&name));
-                std::thread::sleep(Duration::from_millis(300));
-            }
-        })
-    };
+    let sampler = sample(&session.0, &done);
     let outcome = tokio::task::spawn_blocking(move || run.run(env))
         .await
         .unwrap()
@@ -195,20 +215,10 @@ async fn hermes_applies_a_project_the_agents_run_while_aios_watch_shows_it() {
     );
 
     // The live view reaches Succeeded on its own (a watch, no polling).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = capture(&session.0);
-    while !last
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .contains("Succeeded")
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(300));
-        last = capture(&session.0);
-    }
+    let last = until_succeeded(&session.0);
     done.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
+    let frames = sampler.join().unwrap();
+    drop(session);
     let header = last.lines().next().unwrap_or_default().to_owned();
     assert!(
         header.starts_with(&format!("AIOS {namespace}/greeter  Succeeded  2/2")),
@@ -222,7 +232,6 @@ async fn hermes_applies_a_project_the_agents_run_while_aios_watch_shows_it() {
         last.lines().count() <= 24 && last.lines().all(|l| l.chars().count() <= 80),
         "{last}"
     );
-    let frames = frames.lock().unwrap();
     assert!(
         frames
             .iter()
@@ -230,20 +239,23 @@ async fn hermes_applies_a_project_the_agents_run_while_aios_watch_shows_it() {
         "the feed showed transitions: {}",
         frames.last().cloned().unwrap_or_default()
     );
-    drop(session);
+    the_views_read_the_finished_run(&namespace);
+}
 
+/// `aios get`, `describe`, `watch --once` and `kubectl aios` on the finished run.
+fn the_views_read_the_finished_run(namespace: &str) {
     // `aios get tasks -o json` is what kubectl reads.
     let ours: Value =
-        serde_json::from_str(&aios(&namespace, &["get", "tasks", "-o", "json"])).unwrap();
+        serde_json::from_str(&aios(namespace, &["get", "tasks", "-o", "json"])).unwrap();
     let kubectl: Value = serde_json::from_str(&env_kubectl(&[
-        "-n", &namespace, "get", "tasks", "-o", "json",
+        "-n", namespace, "get", "tasks", "-o", "json",
     ]))
     .unwrap();
     assert_eq!(ours["kind"], "List");
     assert_eq!(ours["items"].as_array().unwrap().len(), 3);
     assert_eq!(ours["items"], kubectl["items"]);
 
-    let table = aios(&namespace, &["get", "projects"]);
+    let table = aios(namespace, &["get", "projects"]);
     assert!(
         table
             .lines()
@@ -254,7 +266,7 @@ async fn hermes_applies_a_project_the_agents_run_while_aios_watch_shows_it() {
     );
 
     // `aios describe` shows every Task once, in dependency order.
-    let text = aios(&namespace, &["describe", "project", "greeter"]);
+    let text = aios(namespace, &["describe", "project", "greeter"]);
     let steps: Vec<&str> = text
         .lines()
         .filter(|l| l.trim_start().starts_with("├─") || l.trim_start().starts_with("└─"))
@@ -274,7 +286,7 @@ async fn hermes_applies_a_project_the_agents_run_while_aios_watch_shows_it() {
 
     // One frame for scripts.
     let frame = aios(
-        &namespace,
+        namespace,
         &[
             "watch", "greeter", "--once", "--width", "100", "--height", "30",
         ],
@@ -283,6 +295,32 @@ async fn hermes_applies_a_project_the_agents_run_while_aios_watch_shows_it() {
     assert!(
         frame.starts_with(&format!("AIOS {namespace}/greeter  Succeeded")),
         "{frame}"
+    );
+
+    // As a kubectl plugin: `kubectl aios …` runs `kubectl-aios` from PATH.
+    let plugins = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        support::bin_dir().join("aios"),
+        plugins.path().join("kubectl-aios"),
+    )
+    .unwrap();
+    let env = aios_e2e::shared_with_crds();
+    let path = format!(
+        "{}:{}",
+        plugins.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let output = Command::new(&env.kubectl)
+        .args(["aios", "get", "projects", "-n", namespace])
+        .env("KUBECONFIG", &env.kubeconfig)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("greeter   Succeeded"),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
     );
 }
 

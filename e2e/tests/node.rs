@@ -18,7 +18,7 @@
 mod support;
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     sync::Mutex,
     time::{Duration, Instant},
 };

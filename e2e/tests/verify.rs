@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use aios_crds::{ProjectPhase, TaskPhase, VerificationPhase, conditions};
 use aios_e2e::local::{LocalError, LocalRun, ModelServer, Operator, Outcome};

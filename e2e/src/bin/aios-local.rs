@@ -183,17 +183,13 @@ fn main() -> ExitCode {
         project,
         timeout: Duration::from_secs(args.timeout_seconds),
         verbose: true,
-        operator_kubeconfig: None,
-        operator_env: Vec::new(),
         agents_in_pods: args.pods,
         operator: if args.pods {
             Operator::Chart
         } else {
             Operator::Process
         },
-        tls: false,
-        hold: None,
-        apply_command: None,
+        ..LocalRun::default()
     };
     match run.run(&env) {
         Ok(outcome) => {
