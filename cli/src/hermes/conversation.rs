@@ -7,7 +7,7 @@ use std::{
     io::{BufRead, Write},
 };
 
-use aios_crds::{Complexity, Project, bus::ModelHints};
+use aios_crds::{Complexity, bus::ModelHints};
 use aios_models::{
     llm::{Call, ChatMessage, ChatRequest, Llm, Role},
     memory::{Filter, Memory},
@@ -15,7 +15,7 @@ use aios_models::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::manifest::{self, Draft, Facts};
+use super::manifest::{self, Draft, Facts, Manifest};
 use crate::CliError;
 
 /// The most clarifying questions Hermes asks.
@@ -117,7 +117,11 @@ impl<'a> Hermes<'a> {
     }
 
     /// The Project the model drafts from `facts`, checked against the CRD's schema.
-    pub async fn draft(&mut self, facts: &Facts, recalled: &[String]) -> Result<Project, CliError> {
+    pub async fn draft(
+        &mut self,
+        facts: &Facts,
+        recalled: &[String],
+    ) -> Result<Manifest, CliError> {
         let mut known = String::new();
         for (q, a) in &facts.answers {
             let _ = writeln!(known, "Q: {q}\nA: {a}");
@@ -232,7 +236,7 @@ pub async fn converse(
     interactive: bool,
     input: &mut impl BufRead,
     prompts: &mut impl Write,
-) -> Result<Project, CliError> {
+) -> Result<Manifest, CliError> {
     if facts.brief.trim().is_empty() {
         if !interactive {
             return Err(CliError::Usage(
@@ -261,6 +265,11 @@ pub async fn converse(
     }
     let (recalled, unavailable) = hermes.recall(&facts.namespace, &facts.brief).await;
     match (&unavailable, recalled.len()) {
+        (Some(_), _) if hermes.memory.is_none() => writeln!(
+            prompts,
+            "Hermes: (no memory store named: --memory-dir, or QDRANT_URL for the agents' shared \
+             memory; no earlier projects recalled)"
+        )?,
         (Some(why), _) => writeln!(
             prompts,
             "Hermes: (memory unavailable, going without it: {why})"
@@ -416,7 +425,8 @@ mod tests {
         let mut prompts = Vec::new();
         let project = converse(&mut hermes, seed(), true, &mut input, &mut prompts)
             .await
-            .unwrap();
+            .unwrap()
+            .project;
         let said = String::from_utf8(prompts).unwrap();
         assert!(
             said.contains("Hermes: What should the agents build?"),
@@ -465,7 +475,8 @@ mod tests {
             &mut Vec::new(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .project;
         assert_eq!(project.metadata.name.as_deref(), Some("todo-api"));
         assert!(project.spec.verify.is_none(), "nobody named a test command");
         let requests = model.requests();
@@ -510,6 +521,32 @@ mod tests {
         );
         assert!(text.contains("\"Todo API\""), "{text}");
         assert!(model.requests()[1].messages[3].content.contains("Todo API"));
+    }
+
+    #[tokio::test]
+    async fn a_hostile_draft_cannot_widen_the_manifest_or_escape_the_output_directory() {
+        // Extra fields (a spec of its own) and a path for a name: both refused, twice.
+        let hostile =
+            r#"{"name": "../../etc/cron.d/x", "description": "d", "spec": {"suspend": true}}"#;
+        let traversal = r#"{"name": "../../etc/cron.d/x", "description": "d"}"#;
+        let model = Script::new(&[hostile, traversal]);
+        let mut hermes = Hermes::new(&model, None);
+        let mut facts = seed();
+        facts.brief = "A todo API".into();
+        facts.repository = "https://git.example/todo.git".into();
+        let err = converse(
+            &mut hermes,
+            facts,
+            false,
+            &mut "".as_bytes(),
+            &mut Vec::new(),
+        )
+        .await
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("is not a DNS label"), "{text}");
+        let repair = &model.requests()[1].messages[3].content;
+        assert!(repair.contains("unknown field `spec`"), "{repair}");
     }
 
     #[tokio::test]

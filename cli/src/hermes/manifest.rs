@@ -53,6 +53,17 @@ pub struct Draft {
     pub test_command: Option<String>,
 }
 
+/// A manifest Hermes proposes: only the fields the user and the model set (the API
+/// server fills the defaults, and a server-side apply owns no more than was said), and
+/// its typed form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    /// What is printed, written and applied.
+    pub object: Value,
+    /// The same, as the Project it is.
+    pub project: Project,
+}
+
 /// The JSON schema the model's draft must match.
 pub fn draft_schema() -> Value {
     json!({
@@ -70,7 +81,7 @@ pub fn draft_schema() -> Value {
 /// The Project `draft` and `facts` make, or every problem with it. The user's choices
 /// win over the model's; a test command is only kept when the user named it (a model
 /// must not invent what decides whether the delivered code works).
-pub fn build(draft: &Draft, facts: &Facts) -> Result<Project, Vec<String>> {
+pub fn build(draft: &Draft, facts: &Facts) -> Result<Manifest, Vec<String>> {
     let mut problems = Vec::new();
     let name = facts
         .name
@@ -111,7 +122,8 @@ pub fn build(draft: &Draft, facts: &Facts) -> Result<Project, Vec<String>> {
     if !problems.is_empty() {
         return Err(problems);
     }
-    serde_json::from_value(object).map_err(|e| vec![e.to_string()])
+    let project = serde_json::from_value(object.clone()).map_err(|e| vec![e.to_string()])?;
+    Ok(Manifest { object, project })
 }
 
 /// The problems the Project CRD's OpenAPI schema finds in `object`.
@@ -151,13 +163,8 @@ pub fn validate(object: &Value) -> Vec<String> {
 }
 
 /// The manifest as YAML, as `kubectl apply -f` takes it.
-pub fn to_yaml(project: &Project) -> Result<String, serde_yaml_ng::Error> {
-    let mut value = serde_json::to_value(project)
-        .map_err(<serde_yaml_ng::Error as serde::ser::Error>::custom)?;
-    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.retain(|_, v| !v.is_null());
-    }
-    serde_yaml_ng::to_string(&value)
+pub fn to_yaml(manifest: &Manifest) -> Result<String, serde_yaml_ng::Error> {
+    serde_yaml_ng::to_string(&manifest.object)
 }
 
 #[cfg(test)]
@@ -184,7 +191,9 @@ mod tests {
 
     #[test]
     fn a_good_draft_becomes_a_project_the_schema_accepts() {
-        let project = build(&draft("todo-api", Some("python3 -m pytest -q")), &facts()).unwrap();
+        let project = build(&draft("todo-api", Some("python3 -m pytest -q")), &facts())
+            .unwrap()
+            .project;
         assert_eq!(project.metadata.name.as_deref(), Some("todo-api"));
         assert_eq!(project.spec.repository.url, "https://git.example/todo.git");
         assert_eq!(project.spec.verify.unwrap().command, "python3 -m pytest -q");
@@ -193,16 +202,21 @@ mod tests {
             yaml.starts_with("apiVersion: aios.dev/v1alpha1\nkind: Project\n"),
             "{yaml}"
         );
+        assert!(!yaml.contains("policy:"), "only what was said: {yaml}");
     }
 
     #[test]
     fn a_test_command_the_user_never_named_is_dropped() {
         let mut f = facts();
         f.brief = "A todo API".to_owned();
-        let project = build(&draft("todo-api", Some("rm -rf / && pytest")), &f).unwrap();
+        let project = build(&draft("todo-api", Some("rm -rf / && pytest")), &f)
+            .unwrap()
+            .project;
         assert!(project.spec.verify.is_none());
         f.test_command = Some("make test".to_owned());
-        let project = build(&draft("todo-api", Some("pytest")), &f).unwrap();
+        let project = build(&draft("todo-api", Some("pytest")), &f)
+            .unwrap()
+            .project;
         assert_eq!(project.spec.verify.unwrap().command, "make test");
     }
 

@@ -125,7 +125,7 @@ pub async fn run(cli: &Cli, args: &NewArgs, out: &mut (impl Write + Send)) -> Re
     let interactive =
         std::io::stdin().is_terminal() && (args.brief.is_none() || args.repo.is_none());
     let mut stderr = std::io::stderr();
-    let project = conversation::converse(
+    let manifest = conversation::converse(
         &mut hermes,
         facts,
         interactive,
@@ -133,18 +133,18 @@ pub async fn run(cli: &Cli, args: &NewArgs, out: &mut (impl Write + Send)) -> Re
         &mut stderr,
     )
     .await?;
-    deliver(&project, args, cluster.as_ref(), out).await
+    deliver(&manifest, args, cluster.as_ref(), out).await
 }
 
 /// Prints, writes and applies the manifest as asked.
 async fn deliver(
-    project: &Project,
+    manifest: &manifest::Manifest,
     args: &NewArgs,
     cluster: Option<&Cluster>,
     out: &mut (impl Write + Send),
 ) -> Result<(), CliError> {
-    let yaml = manifest::to_yaml(project)?;
-    let name = project.name_any();
+    let yaml = manifest::to_yaml(manifest)?;
+    let name = manifest.project.name_any();
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(format!("{name}.yaml"));
@@ -153,7 +153,7 @@ async fn deliver(
     }
     match args.output {
         Some(ManifestFormat::Json) => {
-            serde_json::to_writer_pretty(&mut *out, project)?;
+            serde_json::to_writer_pretty(&mut *out, &manifest.object)?;
             writeln!(out)?;
         }
         Some(ManifestFormat::Yaml) => out.write_all(yaml.as_bytes())?,
@@ -164,7 +164,7 @@ async fn deliver(
         let cluster =
             cluster.ok_or_else(|| CliError::Usage("--apply needs a cluster".to_owned()))?;
         let api: Api<Project> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
-        api.patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(project))
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&manifest.object))
             .await
             .map_err(|e| match &e {
                 kube::Error::Api(status) if status.code == 409 => CliError::Forbidden(format!(

@@ -631,6 +631,50 @@ mod tests {
     }
 
     #[test]
+    fn busy_agents_get_the_panels_that_fit() {
+        let now: Timestamp = NOW.parse().unwrap();
+        let mut d = dashboard();
+        for (name, persona, role) in [
+            ("aphrodite", "Aphrodite", "frontend"),
+            ("hephaestus", "Hephaestus", "devops"),
+            ("hera", "Hera", "cto"),
+        ] {
+            d.apply(Msg::Agent(Change::Applied(agent(name, persona, role))), now);
+        }
+        d.apply(
+            Msg::Task(Change::Applied(task("shop-plan", "cto", &[], "", None))),
+            now,
+        );
+        d.apply(
+            Msg::Task(Change::Applied(task(
+                "shop-plan",
+                "cto",
+                &[],
+                "Running",
+                Some("hera-0"),
+            ))),
+            now,
+        );
+        let text = render_text(&d, now, 80, 24, Palette::new(true));
+        let panels = text.lines().nth(1).unwrap();
+        assert_eq!(
+            panels.matches('┐').count(),
+            4,
+            "four fit in 80 columns: {text}"
+        );
+        assert!(
+            panels.contains("Hera") && panels.contains("Apollo"),
+            "the busy ones: {text}"
+        );
+        let wide = render_text(&d, now, 200, 50, Palette::new(true));
+        assert_eq!(
+            wide.lines().nth(1).unwrap().matches('┐').count(),
+            5,
+            "{wide}"
+        );
+    }
+
+    #[test]
     fn long_feed_lines_wrap_by_display_width() {
         assert_eq!(wrap("abcdef", 4), ["abcd", "ef"]);
         assert_eq!(wrap("🌞🌞🌞", 4), ["🌞🌞", "🌞"]);
