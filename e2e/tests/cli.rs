@@ -186,6 +186,15 @@ async fn hermes_applies_a_project_the_agents_run_while_aios_watch_shows_it() {
     let run = hermes_run(&namespace, work.path(), &fixture.uri());
 
     let session = watch_in_tmux(&namespace, work.path());
+    // `aios get projects --watch` prints each change as a row, from before the Project exists.
+    let env = aios_e2e::shared_with_crds();
+    let mut get_watch = Command::new(support::bin_dir().join("aios"))
+        .args(["get", "projects", "--watch", "-n", &namespace])
+        .env("KUBECONFIG", &env.kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let done = Arc::new(AtomicBool::new(false));
     let sampler = sample(&session.0, &done);
     let outcome = tokio::task::spawn_blocking(move || run.run(env))
@@ -219,6 +228,7 @@ async fn hermes_applies_a_project_the_agents_run_while_aios_watch_shows_it() {
     done.store(true, Ordering::Relaxed);
     let frames = sampler.join().unwrap();
     drop(session);
+    println!("aios watch, at the end of the run:\n{last}");
     let header = last.lines().next().unwrap_or_default().to_owned();
     assert!(
         header.starts_with(&format!("AIOS {namespace}/greeter  Succeeded  2/2")),
@@ -239,7 +249,48 @@ async fn hermes_applies_a_project_the_agents_run_while_aios_watch_shows_it() {
         "the feed showed transitions: {}",
         frames.last().cloned().unwrap_or_default()
     );
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = get_watch.kill();
+    let rows = String::from_utf8(get_watch.wait_with_output().unwrap().stdout).unwrap();
+    assert!(
+        rows.lines().any(|l| l.starts_with("greeter   Planning")),
+        "{rows}"
+    );
+    assert!(
+        rows.lines()
+            .any(|l| l.starts_with("greeter   Succeeded   2/2")),
+        "{rows}"
+    );
     the_views_read_the_finished_run(&namespace);
+    errors_name_the_object_and_exit_with_their_code(&namespace);
+}
+
+/// What a script sees when something is wrong: a message naming the object and what
+/// to do, and the exit code of the kind of error.
+fn errors_name_the_object_and_exit_with_their_code(namespace: &str) {
+    let env = aios_e2e::shared_with_crds();
+    let run = |args: &[&str]| {
+        let output = Command::new(support::bin_dir().join("aios"))
+            .args(args)
+            .env("KUBECONFIG", &env.kubeconfig)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["describe", "project", "nope", "-n", namespace]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("project nope not found in namespace") && err.contains("aios get projects"),
+        "{err}"
+    );
+    let (code, err) = run(&["get", "projects", "--context", "no-such-context"]);
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("no-such-context"), "{err}");
+    let (code, _) = run(&["get", "pods"]);
+    assert_eq!(code, Some(2), "bad usage");
 }
 
 /// `aios get`, `describe`, `watch --once` and `kubectl aios` on the finished run.

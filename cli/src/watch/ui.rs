@@ -338,20 +338,37 @@ fn draw_feed(frame: &mut Frame<'_>, area: Rect, d: &Dashboard, palette: Palette)
     );
 }
 
-/// `text` in rows of at most `width` columns.
+/// `text` in rows of at most `width` columns, broken between words where it can be.
 fn wrap(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(1);
+    let w = |s: &str| unicode_width::UnicodeWidthStr::width(s);
     let mut rows = vec![String::new()];
-    let mut used = 0;
-    for c in text.chars() {
-        let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
-        if used + w > width.max(1) {
-            rows.push(String::new());
-            used = 0;
+    for word in text.split(' ') {
+        let row = rows.last_mut().map_or(0, |r| w(r));
+        let gap = usize::from(row > 0);
+        if row + gap + w(word) <= width {
+            if let Some(r) = rows.last_mut() {
+                if gap == 1 {
+                    r.push(' ');
+                }
+                r.push_str(word);
+            }
+            continue;
         }
-        if let Some(row) = rows.last_mut() {
-            row.push(c);
+        // The word starts a row of its own, cut where it is wider than a row.
+        rows.push(String::new());
+        for c in word.chars() {
+            let cw = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+            if rows.last().map_or(0, |r| w(r)) + cw > width {
+                rows.push(String::new());
+            }
+            if let Some(r) = rows.last_mut() {
+                r.push(c);
+            }
         }
-        used += w;
+    }
+    if rows.len() > 1 && rows[0].is_empty() {
+        rows.remove(0);
     }
     rows
 }
@@ -679,6 +696,11 @@ mod tests {
         assert_eq!(wrap("abcdef", 4), ["abcd", "ef"]);
         assert_eq!(wrap("🌞🌞🌞", 4), ["🌞🌞", "🌞"]);
         assert_eq!(wrap("", 4), [""]);
+        assert_eq!(
+            wrap("test: Queued → Running on qa-local", 20),
+            ["test: Queued →", "Running on qa-local"]
+        );
+        assert_eq!(wrap("a verylongword", 6), ["a", "verylo", "ngword"]);
     }
 
     #[test]
