@@ -40,6 +40,15 @@ pub struct Scope {
     pub selector: Option<String>,
 }
 
+impl Scope {
+    fn params(&self) -> ListParams {
+        match &self.selector {
+            Some(selector) => ListParams::default().labels(selector),
+            None => ListParams::default(),
+        }
+    }
+}
+
 impl Cluster {
     /// Connects with the kubeconfig's `context` (its current one when `None`), in
     /// `namespace` when given.
@@ -83,10 +92,7 @@ impl Cluster {
             + std::fmt::Debug,
         <K as Resource>::DynamicType: Default,
     {
-        let mut params = ListParams::default();
-        if let Some(selector) = &scope.selector {
-            params = params.labels(selector);
-        }
+        let params = scope.params();
         let mut items = self
             .api::<K>(scope.all_namespaces)
             .list(&params)
@@ -110,10 +116,7 @@ impl Cluster {
         } else {
             Api::namespaced_with(self.client.clone(), &self.namespace, &resource)
         };
-        let mut params = ListParams::default();
-        if let Some(selector) = &scope.selector {
-            params = params.labels(selector);
-        }
+        let params = scope.params();
         let mut items = api
             .list(&params)
             .await

@@ -27,12 +27,20 @@ pub async fn get(
     }
 }
 
-async fn get_kind<K>(
-    cluster: &Cluster,
-    args: &GetArgs,
-    out: &mut (impl Write + Send),
-) -> Result<(), CliError>
-where
+/// A kind `aios get` lists, prints and watches.
+trait Listed:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + table::Columns
+    + Clone
+    + DeserializeOwned
+    + serde::Serialize
+    + std::fmt::Debug
+    + Send
+    + 'static
+{
+}
+
+impl<K> Listed for K where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + table::Columns
         + Clone
@@ -40,7 +48,17 @@ where
         + serde::Serialize
         + std::fmt::Debug
         + Send
-        + 'static,
+        + 'static
+{
+}
+
+async fn get_kind<K>(
+    cluster: &Cluster,
+    args: &GetArgs,
+    out: &mut (impl Write + Send),
+) -> Result<(), CliError>
+where
+    K: Listed,
 {
     let scope = Scope {
         all_namespaces: args.all_namespaces,
@@ -169,14 +187,7 @@ async fn follow<K>(
     out: &mut (impl Write + Send),
 ) -> Result<(), CliError>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + table::Columns
-        + Clone
-        + DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug
-        + Send
-        + 'static,
+    K: Listed,
 {
     let mut stream = std::pin::pin!(cluster.watch::<K>(scope));
     let mut initial = true;

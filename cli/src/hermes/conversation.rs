@@ -403,6 +403,28 @@ mod tests {
         }
     }
 
+    /// What a script gives: a brief and a repository, nothing to ask.
+    fn given() -> Facts {
+        Facts {
+            brief: "A todo API".into(),
+            repository: "https://git.example/todo.git".into(),
+            ..seed()
+        }
+    }
+
+    /// The conversation without a terminal.
+    async fn unattended(model: &Script, facts: Facts) -> Result<Manifest, CliError> {
+        let mut hermes = Hermes::new(model, None);
+        converse(
+            &mut hermes,
+            facts,
+            false,
+            &mut "".as_bytes(),
+            &mut Vec::new(),
+        )
+        .await
+    }
+
     fn seed() -> Facts {
         Facts {
             branch: "main".into(),
@@ -463,20 +485,7 @@ mod tests {
     #[tokio::test]
     async fn an_unusable_answer_gets_one_repair_request_naming_its_problems() {
         let model = Script::new(&["Sure! Here is your project: todo", DRAFT]);
-        let mut hermes = Hermes::new(&model, None);
-        let mut facts = seed();
-        facts.brief = "A todo API".into();
-        facts.repository = "https://git.example/todo.git".into();
-        let project = converse(
-            &mut hermes,
-            facts,
-            false,
-            &mut "".as_bytes(),
-            &mut Vec::new(),
-        )
-        .await
-        .unwrap()
-        .project;
+        let project = unattended(&model, given()).await.unwrap().project;
         assert_eq!(project.metadata.name.as_deref(), Some("todo-api"));
         assert!(project.spec.verify.is_none(), "nobody named a test command");
         let requests = model.requests();
@@ -500,19 +509,7 @@ mod tests {
     async fn a_draft_the_schema_refuses_twice_is_a_clear_error() {
         let bad = r#"{"name": "Todo API", "description": "x"}"#;
         let model = Script::new(&[bad, bad, DRAFT]);
-        let mut hermes = Hermes::new(&model, None);
-        let mut facts = seed();
-        facts.brief = "A todo API".into();
-        facts.repository = "https://git.example/todo.git".into();
-        let err = converse(
-            &mut hermes,
-            facts,
-            false,
-            &mut "".as_bytes(),
-            &mut Vec::new(),
-        )
-        .await
-        .unwrap_err();
+        let err = unattended(&model, given()).await.unwrap_err();
         assert_eq!(err.exit_code(), 5);
         let text = err.to_string();
         assert!(
@@ -530,19 +527,7 @@ mod tests {
             r#"{"name": "../../etc/cron.d/x", "description": "d", "spec": {"suspend": true}}"#;
         let traversal = r#"{"name": "../../etc/cron.d/x", "description": "d"}"#;
         let model = Script::new(&[hostile, traversal]);
-        let mut hermes = Hermes::new(&model, None);
-        let mut facts = seed();
-        facts.brief = "A todo API".into();
-        facts.repository = "https://git.example/todo.git".into();
-        let err = converse(
-            &mut hermes,
-            facts,
-            false,
-            &mut "".as_bytes(),
-            &mut Vec::new(),
-        )
-        .await
-        .unwrap_err();
+        let err = unattended(&model, given()).await.unwrap_err();
         let text = err.to_string();
         assert!(text.contains("is not a DNS label"), "{text}");
         let repair = &model.requests()[1].messages[3].content;
@@ -552,18 +537,11 @@ mod tests {
     #[tokio::test]
     async fn without_a_terminal_the_repository_must_be_given() {
         let model = Script::new(&[DRAFT]);
-        let mut hermes = Hermes::new(&model, None);
-        let mut facts = seed();
-        facts.brief = "A todo API".into();
-        let err = converse(
-            &mut hermes,
-            facts,
-            false,
-            &mut "".as_bytes(),
-            &mut Vec::new(),
-        )
-        .await
-        .unwrap_err();
+        let facts = Facts {
+            repository: String::new(),
+            ..given()
+        };
+        let err = unattended(&model, facts).await.unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("--repo"), "{err}");
         assert!(

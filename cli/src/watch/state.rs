@@ -293,53 +293,24 @@ mod tests {
         NOW.parse().unwrap()
     }
 
+    fn api(phase: &str, agent: Option<&str>) -> Msg {
+        Msg::Task(Change::Applied(task(
+            "shop-api",
+            "backend",
+            &[],
+            phase,
+            agent,
+        )))
+    }
+
     #[test]
     fn a_task_changing_phase_is_one_feed_line_and_a_repeat_is_none() {
         let mut d = Dashboard::new("team-a", None);
-        d.apply(
-            Msg::Task(Change::Applied(task("shop-api", "backend", &[], "", None))),
-            now(),
-        );
-        d.apply(
-            Msg::Task(Change::Applied(task(
-                "shop-api",
-                "backend",
-                &[],
-                "Queued",
-                None,
-            ))),
-            now(),
-        );
-        d.apply(
-            Msg::Task(Change::Applied(task(
-                "shop-api",
-                "backend",
-                &[],
-                "Running",
-                Some("apollo-0"),
-            ))),
-            now(),
-        );
-        d.apply(
-            Msg::Task(Change::Applied(task(
-                "shop-api",
-                "backend",
-                &[],
-                "Running",
-                Some("apollo-0"),
-            ))),
-            now(),
-        );
-        d.apply(
-            Msg::Task(Change::Applied(task(
-                "shop-api",
-                "backend",
-                &[],
-                "Failed",
-                Some("apollo-0"),
-            ))),
-            now(),
-        );
+        d.apply(api("", None), now());
+        d.apply(api("Queued", None), now());
+        d.apply(api("Running", Some("apollo-0")), now());
+        d.apply(api("Running", Some("apollo-0")), now());
+        d.apply(api("Failed", Some("apollo-0")), now());
         let lines: Vec<&str> = d.feed.iter().map(|l| l.text.as_str()).collect();
         assert_eq!(
             lines,
