@@ -4,8 +4,9 @@
 # what the local verification sandbox runs the sample Project's tests with: Python's
 # pytest, prlimit and unshare (util-linux); and the tools the observability and GitOps
 # tests run as their users do: Prometheus and promtool (package `prometheus`) and Lua 5.1
-# (Argo CD runs its health checks with gopher-lua, a Lua 5.1); and tmux, the terminal the
-# live view (`aios watch`) is tested in.
+# (Argo CD runs its health checks with gopher-lua, a Lua 5.1); tmux, the terminal the
+# live view (`aios watch`) is tested in; and faketime, which runs an operator replica
+# with its clock skewed in the leader election's test.
 # The packages' own services are not started: the environment runs its own instances
 # on loopback with fresh state.
 set -euo pipefail
@@ -19,6 +20,7 @@ command -v prlimit >/dev/null 2>&1 && command -v unshare >/dev/null 2>&1 || miss
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v lua5.1 >/dev/null 2>&1 || missing+=(lua5.1)
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+command -v faketime >/dev/null 2>&1 || missing+=(faketime)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -2,6 +2,11 @@
 //! replicas exactly one dispatches. A replica leads while it renews the Lease; one that
 //! cannot renew within the lease duration stops leading (and the process exits), and a
 //! standby takes over once the Lease has expired.
+//!
+//! Expiry is judged as client-go judges it: from when this replica last saw the Lease's
+//! record change, on its own monotonic clock. The holder's `renewTime` is another
+//! machine's wall clock; compared with ours it would let a standby whose clock runs ahead
+//! take a Lease its holder still renews.
 
 use std::{
     sync::{Arc, Mutex},
@@ -97,12 +102,54 @@ pub enum LeaderError {
     ShuttingDown,
 }
 
+/// What identifies one renewal of a Lease: any change to it is a sign of life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    holder: Option<String>,
+    renew_time: Option<MicroTime>,
+    transitions: Option<i32>,
+}
+
+impl Record {
+    fn of(spec: &LeaseSpec) -> Self {
+        Self {
+            holder: spec.holder_identity.clone().filter(|h| !h.is_empty()),
+            renew_time: spec.renew_time.clone(),
+            transitions: spec.lease_transitions,
+        }
+    }
+}
+
+/// A Lease record and when this replica first saw it, on its monotonic clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Observed {
+    record: Record,
+    at: Instant,
+}
+
+/// What this replica knows of `record` at `now`, given what it saw before: the same
+/// record keeps the time it was first seen; a changed one is seen now.
+fn observe(before: Option<Observed>, record: Record, now: Instant) -> Observed {
+    match before {
+        Some(before) if before.record == record => before,
+        _ => Observed { record, at: now },
+    }
+}
+
+/// Whether a Lease held by someone else has expired: its record has not changed for
+/// its whole duration, as this replica has watched it. A replica that has just started
+/// (or just seen a renewal) waits a full duration, whatever the clocks say.
+fn expired(observed: &Observed, duration: Duration, now: Instant) -> bool {
+    now.saturating_duration_since(observed.at) >= duration
+}
+
 /// Runs an election.
 #[derive(Debug, Clone)]
 pub struct Elector {
     api: Api<Lease>,
     config: ElectionConfig,
     leadership: Leadership,
+    observed: Arc<Mutex<Option<Observed>>>,
 }
 
 impl Elector {
@@ -117,6 +164,7 @@ impl Elector {
             api,
             config,
             leadership,
+            observed: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -208,12 +256,16 @@ impl Elector {
         let duration = Duration::from_secs(
             u64::try_from(spec.lease_duration_seconds.unwrap_or(seconds).max(1)).unwrap_or(1),
         );
-        let expired = spec.renew_time.as_ref().is_none_or(|t| {
-            jiff::SignedDuration::try_from(duration)
-                .ok()
-                .and_then(|d| t.0.checked_add(d).ok())
-                .is_none_or(|end| end < now)
-        });
+        let expired = {
+            let mut observed = self
+                .observed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let seen = observe(observed.take(), Record::of(spec), Instant::now());
+            let expired = expired(&seen, duration, Instant::now());
+            *observed = Some(seen);
+            expired
+        };
         let mine = holder.as_deref() == Some(me.as_str());
         if !(mine || holder.is_none() || expired) {
             return Ok(false);
@@ -281,5 +333,70 @@ pub async fn label_leader_pod(client: &kube::Client, namespace: &str, pod: &str)
         Err(err) => {
             tracing::info!(%pod, error = %err, "could not label this replica's pod as the leader (not a pod?)");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(holder: &str, renewed: &str) -> Record {
+        Record {
+            holder: Some(holder.to_owned()),
+            renew_time: Some(MicroTime(renewed.parse().unwrap())),
+            transitions: Some(0),
+        }
+    }
+
+    #[test]
+    fn a_lease_renewed_as_we_watch_never_expires_whatever_its_clock_says() {
+        let start = Instant::now();
+        let duration = Duration::from_secs(15);
+        // The holder's clock is a day behind ours: its renewTime looks long past.
+        let mut seen = observe(None, record("op-a", "2026-12-04T00:00:00Z"), start);
+        for second in 1..=60 {
+            let now = start + Duration::from_secs(second);
+            let renewed = format!("2026-12-04T00:00:{:02}Z", second % 60);
+            seen = observe(Some(seen), record("op-a", &renewed), now);
+            assert!(!expired(&seen, duration, now), "at {second}s");
+        }
+    }
+
+    #[test]
+    fn a_lease_that_stops_changing_expires_one_duration_after_we_first_saw_it() {
+        let start = Instant::now();
+        let duration = Duration::from_secs(15);
+        // Its renewTime is in our future (the holder's clock runs ahead): irrelevant.
+        let still = record("op-a", "2099-01-01T00:00:00Z");
+        let mut seen = observe(None, still.clone(), start);
+        for second in [1, 7, 14] {
+            let now = start + Duration::from_secs(second);
+            seen = observe(Some(seen), still.clone(), now);
+            assert!(!expired(&seen, duration, now), "at {second}s");
+        }
+        let now = start + Duration::from_secs(15);
+        seen = observe(Some(seen), still, now);
+        assert!(expired(&seen, duration, now));
+        // A renewal seen later starts the count again.
+        let later = start + Duration::from_secs(16);
+        seen = observe(Some(seen), record("op-a", "2099-01-01T00:00:02Z"), later);
+        assert!(!expired(&seen, duration, later + Duration::from_secs(14)));
+        assert!(expired(&seen, duration, later + Duration::from_secs(15)));
+    }
+
+    #[test]
+    fn a_replica_that_just_started_waits_a_full_duration_even_for_an_old_lease() {
+        let start = Instant::now();
+        let seen = observe(None, record("gone", "2000-01-01T00:00:00Z"), start);
+        assert!(!expired(
+            &seen,
+            Duration::from_secs(15),
+            start + Duration::from_secs(14)
+        ));
+        assert!(expired(
+            &seen,
+            Duration::from_secs(15),
+            start + Duration::from_secs(15)
+        ));
     }
 }

@@ -122,6 +122,46 @@ async fn of_two_replicas_only_the_leader_dispatches_and_the_other_takes_over() {
     assert_eq!(agents.received().len(), 9, "nothing was dispatched twice");
 }
 
+/// A standby whose clock runs 60 s ahead (under `faketime`) sees the leader's renewTime
+/// as long past; it must judge expiry by what it watches change, and not take the Lease
+/// while the leader renews it. Once the leader is gone, it takes over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_whose_clock_runs_a_minute_ahead_does_not_take_a_live_lease() {
+    let mut h = Harness::new("skew");
+    let a = h.start_operator("op-a");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while h.metric(a, "aios_leader") < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "op-a never led");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let b = h.start_operator_under("op-b", "info", &["faketime", "-f", "+60s"]);
+    // Three lease durations (6 s each): a wall-clock judge would have taken it at once.
+    for _ in 0..36 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            h.jsonpath("lease/aios-operator", "{.spec.holderIdentity}"),
+            "op-a"
+        );
+        assert!(
+            h.metric(b, "aios_leader") < 1.0,
+            "op-b leads beside op-a: {}",
+            aios_e2e::process::log_tail(&h.operators[b].log, 20)
+        );
+    }
+    let skewed = h.jsonpath("lease/aios-operator", "{.spec.renewTime}");
+    assert!(!skewed.is_empty());
+    h.kill_operator(a);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while h.jsonpath("lease/aios-operator", "{.spec.holderIdentity}") != "op-b" {
+        assert!(std::time::Instant::now() < deadline, "op-b never took over");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        aios_e2e::process::log_tail(&h.operators[b].log, 200).contains("leading"),
+        "op-b says it leads"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_the_operator_cleanly_and_releases_the_lease() {
     let mut h = Harness::new("sigterm");

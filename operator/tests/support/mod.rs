@@ -98,6 +98,17 @@ impl Harness {
 
     /// Starts an operator replica with `RUST_LOG` set to `filter`.
     pub fn start_operator_logging(&mut self, identity: &str, filter: &str) -> usize {
+        self.start_operator_under(identity, filter, &[])
+    }
+
+    /// Starts an operator replica run by `wrapper` (a command and its arguments, the
+    /// operator's path appended), e.g. `faketime -f +60s`.
+    pub fn start_operator_under(
+        &mut self,
+        identity: &str,
+        filter: &str,
+        wrapper: &[&str],
+    ) -> usize {
         let http_port = process::free_port().unwrap();
         let log = self
             .env
@@ -109,7 +120,16 @@ impl Harness {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_aios-operator"))
+        let binary = env!("CARGO_BIN_EXE_aios-operator");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .env("KUBECONFIG", &self.env.kubeconfig)
             .env("AIOS_AMQP_URL", &self.amqp_url)
             .envs(self.env.redis_url.iter().map(|url| ("AIOS_REDIS_URL", url)))
