@@ -75,6 +75,8 @@ pub struct Context {
     pub cancel_marks: Option<crate::cancels::CancelMarks>,
     /// The key of the tokens dispatches carry and events must return.
     pub attempt_key: Arc<crate::tokens::AttemptKey>,
+    /// The objects whose reconciles keep failing, and how long each waits.
+    pub backoffs: Arc<crate::backoff::Backoffs>,
 }
 
 impl std::fmt::Debug for Context {
@@ -84,19 +86,46 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    /// Counts a failed reconcile of `object` by `controller` and logs why, so a refused
-    /// permission or an invalid object is visible in the log and not only as a metric.
-    /// Conflicts and standby passes are expected and logged at debug level.
-    pub fn reconcile_failed(&self, controller: &str, object: &str, error: &crate::hera::Error) {
+    /// Counts a failed reconcile of `object` (`namespace/name`) by `controller`, logs
+    /// why (a refused permission or an invalid object is visible in the log, not only as
+    /// a metric) and says when to try again: a conflict at once (the cache will have
+    /// caught up), a standby's pass after `usual`, and anything else after the object's
+    /// own backoff, which grows with its failures in a row ([`crate::backoff`]).
+    pub fn retry_after(
+        &self,
+        controller: &'static str,
+        object: &str,
+        error: &crate::hera::Error,
+        usual: std::time::Duration,
+    ) -> std::time::Duration {
         let category = error.category();
         self.metrics
             .reconcile_errors
             .with_label_values(&[controller, category])
             .inc();
-        if matches!(category, "conflict" | "not_leader") {
-            tracing::debug!(controller, object, error = %error, "reconcile retried");
-        } else {
-            tracing::warn!(controller, object, error = %error, "reconcile failed; retrying");
+        match category {
+            "conflict" => {
+                tracing::debug!(controller, object, error = %error, "reconcile retried");
+                crate::backoff::FIRST
+            }
+            "not_leader" => {
+                tracing::debug!(controller, object, error = %error, "reconcile retried");
+                usual
+            }
+            _ => {
+                let (delay, failures) =
+                    self.backoffs
+                        .failed(controller, object, category, error.to_string());
+                tracing::warn!(controller, object, error = %error, failures, retry_in = ?delay, "reconcile failed; backing off");
+                delay
+            }
+        }
+    }
+
+    /// Forgets `object`'s failures after a successful reconcile.
+    pub fn reconciled(&self, controller: &'static str, object: &str) {
+        if self.backoffs.succeeded(controller, object) {
+            tracing::info!(controller, object, "reconcile succeeded after failures");
         }
     }
 

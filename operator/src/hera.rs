@@ -732,15 +732,13 @@ async fn publish_event(
         .await;
 }
 
-/// What to do after a failed reconcile: a conflict is retried at once (the cache will
-/// have caught up); anything else is retried with a short backoff.
+/// What to do after a failed reconcile: see [`Context::retry_after`].
 #[allow(clippy::needless_pass_by_value)] // the signature kube's controller takes
 pub fn error_policy(project: Arc<Project>, error: &Error, ctx: Arc<Context>) -> ControllerAction {
-    ctx.reconcile_failed("project", &project.name_any(), error);
-    match error {
-        Error::Kube(kube::Error::Api(s)) if s.code == 409 => {
-            ControllerAction::requeue(Duration::from_millis(200))
-        }
-        _ => ControllerAction::requeue(Duration::from_secs(5)),
-    }
+    ControllerAction::requeue(ctx.retry_after(
+        "project",
+        &crate::backoff::key(project.as_ref()),
+        error,
+        Duration::from_secs(5),
+    ))
 }

@@ -80,6 +80,7 @@ async fn metrics(State(health): State<Health>) -> String {
             snapshot.projects = projects.state();
         }
         snapshot.queues = health.queues.lock().map(|q| q.clone()).unwrap_or_default();
+        snapshot.failing = ctx.backoffs.snapshot();
     }
     health.metrics.render(observe::families(&snapshot))
 }

@@ -6,6 +6,7 @@
 //! several replicas runs them.
 
 pub mod agents;
+pub mod backoff;
 pub mod bus;
 pub mod cancels;
 pub mod context;
@@ -348,6 +349,26 @@ fn election(config: &Config, identity: &str) -> ElectionConfig {
 
 /// Starts everything under supervision in `tasks`: the probes, the election (this
 /// waits until this replica leads), the bus, the caches and the controllers.
+/// Waits until this replica leads, then keeps the Lease under supervision.
+async fn lead(
+    client: &Client,
+    config: &Config,
+    identity: &str,
+    health: &Health,
+    shutdown: &CancellationToken,
+    tasks: &mut Supervised,
+) -> Result<Elector, RunError> {
+    let elector = Elector::new(client.clone(), election(config, identity));
+    elector.acquire(shutdown).await?;
+    health.leading.store(true, Ordering::Relaxed);
+    if let Some(pod) = &config.identity {
+        leader::label_leader_pod(client, &config.lease_namespace, pod).await;
+    }
+    let (keeper, shutdown) = (elector.clone(), shutdown.clone());
+    tasks.spawn(async move { Ok(keeper.keep(&shutdown).await?) });
+    Ok(elector)
+}
+
 async fn start(
     config: &Config,
     shutdown: &CancellationToken,
@@ -364,16 +385,7 @@ async fn start(
         tasks.spawn(async move { Ok(http::serve(addr, health, shutdown).await?) });
     }
 
-    let elector = Elector::new(client.clone(), election(config, &identity));
-    elector.acquire(shutdown).await?;
-    health.leading.store(true, Ordering::Relaxed);
-    if let Some(pod) = &config.identity {
-        leader::label_leader_pod(&client, &config.lease_namespace, pod).await;
-    }
-    {
-        let (elector, shutdown) = (elector.clone(), shutdown.clone());
-        tasks.spawn(async move { Ok(elector.keep(&shutdown).await?) });
-    }
+    let elector = lead(&client, config, &identity, &health, shutdown, tasks).await?;
 
     let attempt_key = tokens::AttemptKey::load_or_create(
         &client,
@@ -425,6 +437,7 @@ async fn start(
         cancel_marks,
         sandbox: sandbox(config, &client),
         attempt_key: Arc::new(attempt_key),
+        backoffs: Arc::default(),
     });
     {
         let ctx = ctx.clone();
@@ -631,7 +644,11 @@ fn spawn_controllers(
         )
         .reconcile_all_on(agent_rx)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-        .run(hera::reconcile, hera::error_policy, ctx.clone())
+        .run(
+            |o, c| backoff::resetting("project", o, c, hera::reconcile),
+            hera::error_policy,
+            ctx.clone(),
+        )
         .for_each(|_| async {});
     tasks.spawn(async move {
         projects.await;
@@ -639,12 +656,41 @@ fn spawn_controllers(
     });
     let task_controller = Controller::new(api::<Task>(client, ns), watcher::Config::default())
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-        .run(tasks::reconcile, tasks::error_policy, ctx.clone())
+        .run(
+            |o, c| backoff::resetting("task", o, c, tasks::reconcile),
+            tasks::error_policy,
+            ctx.clone(),
+        )
         .for_each(|_| async {});
     tasks.spawn(async move {
         task_controller.await;
         Err(RunError::TaskEnded("the Task controller"))
     });
+    spawn_workload_controllers(client, ns, &ctx, shutdown, tasks);
+    {
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            events::consume_events(ctx, shutdown).await?;
+            Err(RunError::TaskEnded("the event consumer"))
+        });
+    }
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        events::consume_dead_letters(ctx, shutdown).await?;
+        Err(RunError::TaskEnded("the dead-letter consumer"))
+    });
+    project_store
+}
+
+/// Starts the Agent controller (agent pools) and the ModelProvider controller (model
+/// servers) under supervision.
+fn spawn_workload_controllers(
+    client: &Client,
+    ns: Option<&str>,
+    ctx: &Arc<Context>,
+    shutdown: &CancellationToken,
+    tasks: &mut Supervised,
+) {
     let agents = ctx.agents.clone();
     let managed = format!(
         "{}={}",
@@ -667,7 +713,11 @@ fn spawn_controllers(
     // Task events come in bursts; one pass a second per pool is enough.
     .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))
     .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-    .run(pools::reconcile, pools::error_policy, ctx.clone())
+    .run(
+        |o, c| backoff::resetting("agent", o, c, pools::reconcile),
+        pools::error_policy,
+        ctx.clone(),
+    )
     .for_each(|_| async {});
     tasks.spawn(async move {
         pools.await;
@@ -688,23 +738,14 @@ fn spawn_controllers(
         move |secret| serving::providers_naming(&providers_of_secret, &secret),
     )
     .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-    .run(serving::reconcile, serving::error_policy, ctx.clone())
+    .run(
+        |o, c| backoff::resetting("model_provider", o, c, serving::reconcile),
+        serving::error_policy,
+        ctx.clone(),
+    )
     .for_each(|_| async {});
     tasks.spawn(async move {
         serving.await;
         Err(RunError::TaskEnded("the ModelProvider controller"))
     });
-    {
-        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            events::consume_events(ctx, shutdown).await?;
-            Err(RunError::TaskEnded("the event consumer"))
-        });
-    }
-    let shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        events::consume_dead_letters(ctx, shutdown).await?;
-        Err(RunError::TaskEnded("the dead-letter consumer"))
-    });
-    project_store
 }

@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub providers: Vec<Arc<ModelProvider>>,
     /// The role queues that could be read.
     pub queues: Vec<QueueDepth>,
+    /// The objects whose last reconcile failed.
+    pub failing: Vec<(&'static str, String, crate::backoff::Failing)>,
 }
 
 /// One role queue's depth.
@@ -96,7 +98,28 @@ pub fn families(snapshot: &Snapshot) -> Vec<MetricFamily> {
         pools_and_providers(&g, snapshot);
         queues(&g, &snapshot.queues);
     }
+    failing(&g, &snapshot.failing);
     registry.gather()
+}
+
+/// Objects backing off after failed reconciles: how many per controller, and the
+/// longest run of failures (object names are not labels: they are unbounded).
+fn failing(g: &Gauges<'_>, failing: &[(&'static str, String, crate::backoff::Failing)]) {
+    let objects = g.int(
+        "aios_reconcile_failing_objects",
+        "Objects whose last reconcile failed, backing off, by controller",
+        &["controller"],
+    );
+    let longest = g.int(
+        "aios_reconcile_consecutive_failures_max",
+        "The most failures in a row of any one object, by controller",
+        &["controller"],
+    );
+    for (controller, _, f) in failing {
+        objects.with_label_values(&[*controller]).inc();
+        let max = longest.with_label_values(&[*controller]);
+        max.set(max.get().max(i64::from(f.count)));
+    }
 }
 
 fn tasks_and_projects(g: &Gauges<'_>, snapshot: &Snapshot) {

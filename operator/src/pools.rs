@@ -315,6 +315,10 @@ fn status_differs(a: &AgentStatus, b: &AgentStatus) -> bool {
 /// Retries a failed reconcile after a short wait.
 #[allow(clippy::needless_pass_by_value)] // the signature kube's controller takes
 pub fn error_policy(agent: Arc<Agent>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.reconcile_failed("agent", &agent.name_any(), error);
-    Action::requeue(Duration::from_secs(2))
+    Action::requeue(ctx.retry_after(
+        "agent",
+        &crate::backoff::key(agent.as_ref()),
+        error,
+        Duration::from_secs(2),
+    ))
 }

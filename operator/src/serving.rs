@@ -393,6 +393,10 @@ pub async fn publish_provider_list(
 /// Retries a failed reconcile after a short wait.
 #[allow(clippy::needless_pass_by_value)] // the signature kube's controller takes
 pub fn error_policy(provider: Arc<ModelProvider>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.reconcile_failed("model_provider", &provider.name_any(), error);
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(ctx.retry_after(
+        "model_provider",
+        &crate::backoff::key(provider.as_ref()),
+        error,
+        Duration::from_secs(5),
+    ))
 }

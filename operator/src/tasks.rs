@@ -49,6 +49,10 @@ pub async fn reconcile(task: Arc<Task>, ctx: Arc<Context>) -> Result<Action, Err
 /// Retries a failed finalizer update after a short wait.
 #[allow(clippy::needless_pass_by_value)] // the signature kube's controller takes
 pub fn error_policy(task: Arc<Task>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.reconcile_failed("task", &task.name_any(), error);
-    Action::requeue(Duration::from_secs(2))
+    Action::requeue(ctx.retry_after(
+        "task",
+        &crate::backoff::key(task.as_ref()),
+        error,
+        Duration::from_secs(2),
+    ))
 }

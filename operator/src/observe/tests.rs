@@ -107,6 +107,14 @@ fn the_caches_become_gauges_with_bounded_labels() {
             unacked: Some(2),
             consumers: 1,
         }],
+        failing: {
+            let backoffs = crate::backoff::Backoffs::default();
+            for _ in 0..3 {
+                backoffs.failed("agent", "team-a/apollo", "kube", "forbidden".into());
+            }
+            backoffs.failed("agent", "team-a/athena", "kube", "forbidden".into());
+            backoffs.snapshot()
+        },
     };
     let text = text(&snapshot);
     for line in [
@@ -130,6 +138,8 @@ fn the_caches_become_gauges_with_bounded_labels() {
         r#"aios_queue_messages{namespace="team-a",role="backend",state="ready"} 4"#,
         r#"aios_queue_messages{namespace="team-a",role="backend",state="unacked"} 2"#,
         r#"aios_queue_consumers{namespace="team-a",role="backend"} 1"#,
+        r#"aios_reconcile_failing_objects{controller="agent"} 2"#,
+        r#"aios_reconcile_consecutive_failures_max{controller="agent"} 3"#,
     ] {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }
