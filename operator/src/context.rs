@@ -77,6 +77,9 @@ pub struct Context {
     pub attempt_key: Arc<crate::tokens::AttemptKey>,
     /// The objects whose reconciles keep failing, and how long each waits.
     pub backoffs: Arc<crate::backoff::Backoffs>,
+    /// Cache of every Project, once the Project controller has started (the bus
+    /// consumers read the policies of the Tasks they report on from it).
+    pub projects: Arc<tokio::sync::OnceCell<Store<aios_crds::Project>>>,
 }
 
 impl std::fmt::Debug for Context {

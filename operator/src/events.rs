@@ -173,13 +173,26 @@ fn event_type(kind: &TaskEventKind) -> &'static str {
     }
 }
 
-/// The retry rules of `task`, from its Project (defaults if the Project is gone).
+/// `task`'s Project from the cache, once there is one.
+fn cached_project(ctx: &Context, task: &Task) -> Option<Arc<aios_crds::Project>> {
+    let namespace = task.namespace()?;
+    ctx.projects
+        .get()?
+        .get(&kube::runtime::reflector::ObjectRef::new(&task.spec.project).within(&namespace))
+}
+
+/// The retry rules of `task`, from its Project (the cache's; read from the API server
+/// before the cache exists; defaults if the Project is gone).
 async fn policy_for(ctx: &Context, task: &Task) -> Result<lifecycle::TaskPolicy, kube::Error> {
     let namespace = task.namespace().unwrap_or_default();
-    let project = ctx
-        .project_api(&namespace)
-        .get_opt(&task.spec.project)
-        .await?;
+    let project = match cached_project(ctx, task) {
+        Some(project) => Some(project.as_ref().clone()),
+        None => {
+            ctx.project_api(&namespace)
+                .get_opt(&task.spec.project)
+                .await?
+        }
+    };
     let defaults = project.as_ref().map_or_else(TaskDefaults::default, |p| {
         p.spec.policy.task_defaults.clone()
     });
@@ -310,15 +323,19 @@ fn authentic(
     false
 }
 
-async fn handle_event(ctx: &Context, delivery: &Delivery) -> Result<Outcome, HandleError> {
+/// An event worth handling, or what became of it: undecodable (an error), for no Task
+/// the cache knows, forged, or a heartbeat the cache shows to be needless (no API call
+/// at all).
+async fn admit(
+    ctx: &Context,
+    delivery: &Delivery,
+) -> Result<Result<TaskEvent, Outcome>, HandleError> {
     let event = TaskEvent::decode(&delivery.data)?;
     let kind = event_type(&event.kind);
+    let count = |outcome: &str| ctx.metrics.events.with_label_values(&[kind, outcome]).inc();
     let Some(cached) = cached_task(ctx, &event.task) else {
-        ctx.metrics
-            .events
-            .with_label_values(&[kind, "ignored"])
-            .inc();
-        return Ok(Outcome::Ignored);
+        count("ignored");
+        return Ok(Err(Outcome::Ignored));
     };
     if !authentic(
         ctx,
@@ -329,12 +346,24 @@ async fn handle_event(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Han
         &event.agent,
         delivery,
     ) {
-        ctx.metrics
-            .events
-            .with_label_values(&[kind, "rejected"])
-            .inc();
-        return Ok(Outcome::Rejected);
+        count("rejected");
+        return Ok(Err(Outcome::Rejected));
     }
+    if matches!(event.kind, TaskEventKind::Heartbeat)
+        && lifecycle::heartbeat_needless(&cached, &policy_for(ctx, &cached).await?, &event)
+    {
+        count("coalesced");
+        return Ok(Err(Outcome::Ignored));
+    }
+    Ok(Ok(event))
+}
+
+async fn handle_event(ctx: &Context, delivery: &Delivery) -> Result<Outcome, HandleError> {
+    let event = match admit(ctx, delivery).await? {
+        Ok(event) => event,
+        Err(outcome) => return Ok(outcome),
+    };
+    let kind = event_type(&event.kind);
     let api: Api<Task> = ctx.task_api(&event.task.namespace);
     let mut refused: Option<String> = None;
     for _ in 0..WRITE_ATTEMPTS {

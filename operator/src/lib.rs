@@ -438,6 +438,7 @@ async fn start(
         sandbox: sandbox(config, &client),
         attempt_key: Arc::new(attempt_key),
         backoffs: Arc::default(),
+        projects: health.projects.clone(),
     });
     {
         let ctx = ctx.clone();

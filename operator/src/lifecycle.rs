@@ -269,6 +269,26 @@ pub fn apply_poison(
     ))
 }
 
+/// Whether a heartbeat for `task`'s running attempt can go unrecorded: the recorded one
+/// is younger than half the heartbeat timeout. Agents beat every quarter of it (at least
+/// every 5 s), so the recorded time is never older than three quarters of the timeout
+/// while the agent lives, and a dead one is still found out within the timeout; the API
+/// server sees one write per half timeout instead of one per beat.
+pub fn heartbeat_needless(task: &Task, policy: &TaskPolicy, event: &TaskEvent) -> bool {
+    let status = task.status.as_ref();
+    matches!(event.kind, TaskEventKind::Heartbeat)
+        && status.and_then(|s| s.phase) == Some(TaskPhase::Running)
+        && i32::try_from(event.attempt).ok() == status.map(|s| s.attempt)
+        && status
+            .and_then(|s| s.last_heartbeat_time.as_ref())
+            .is_some_and(|last| {
+                jiff::SignedDuration::try_from(policy.heartbeat_timeout / 2)
+                    .ok()
+                    .and_then(|half| last.0.checked_add(half).ok())
+                    .is_some_and(|due| event.at < due)
+            })
+}
+
 /// The task's status after an agent's event, or `None` when the event changes nothing:
 /// it is for another Task object (uid), an older attempt, a duplicate, or the task has
 /// already finished. Delivery is at least once, so this must be idempotent.
@@ -291,6 +311,9 @@ pub fn apply_event(
     match &event.kind {
         TaskEventKind::Started | TaskEventKind::Heartbeat => {
             if phase == TaskPhase::Running {
+                if heartbeat_needless(task, policy, event) {
+                    return None;
+                }
                 // Only the heartbeat time moves, never backwards (events can reorder), and
                 // the start time stays whoever reports: a redelivered copy on a second
                 // agent must not push the attempt's deadline out.
@@ -547,6 +570,39 @@ mod tests {
     }
 
     #[test]
+    fn a_heartbeat_is_recorded_once_per_half_timeout_and_never_for_another_attempt() {
+        let mut t = task("shop-api", &[]);
+        t.status = Some(queued(&t, 2, ts(0)));
+        let p = policy(2); // heartbeat timeout 60 s: one write per 30 s
+        t.status = apply_event(&t, &p, &event(&t, 2, TaskEventKind::Started, 5), ts(5));
+        let beat = |t: &Task, at: i64| event(t, 2, TaskEventKind::Heartbeat, at);
+        for at in [10, 20, 34] {
+            assert!(heartbeat_needless(&t, &p, &beat(&t, at)), "{at}");
+            assert_eq!(apply_event(&t, &p, &beat(&t, at), ts(at)), None, "{at}");
+        }
+        assert!(!heartbeat_needless(&t, &p, &beat(&t, 35)));
+        t.status = apply_event(&t, &p, &beat(&t, 35), ts(35));
+        assert_eq!(
+            t.status.as_ref().unwrap().last_heartbeat_time,
+            Some(Time(ts(35)))
+        );
+        assert!(heartbeat_needless(&t, &p, &beat(&t, 64)));
+        assert!(!heartbeat_needless(&t, &p, &beat(&t, 65)));
+        // Another attempt's beat is never taken for this one's.
+        assert!(!heartbeat_needless(
+            &t,
+            &p,
+            &event(&t, 3, TaskEventKind::Heartbeat, 40)
+        ));
+        // Nor is a start: it moves the phase.
+        assert!(!heartbeat_needless(
+            &t,
+            &p,
+            &event(&t, 2, TaskEventKind::Started, 40)
+        ));
+    }
+
+    #[test]
     fn events_move_the_task_and_duplicates_or_stale_ones_change_nothing() {
         let mut t = task("shop-api", &[]);
         t.status = Some(queued(&t, 2, ts(0)));
@@ -568,11 +624,11 @@ mod tests {
         );
 
         let beat =
-            apply_event(&t, &p, &event(&t, 2, TaskEventKind::Heartbeat, 20), ts(20)).unwrap();
-        assert_eq!(beat.last_heartbeat_time, Some(Time(ts(20))));
+            apply_event(&t, &p, &event(&t, 2, TaskEventKind::Heartbeat, 40), ts(40)).unwrap();
+        assert_eq!(beat.last_heartbeat_time, Some(Time(ts(40))));
         t.status = Some(beat);
         assert_eq!(
-            apply_event(&t, &p, &event(&t, 2, TaskEventKind::Heartbeat, 15), ts(21)),
+            apply_event(&t, &p, &event(&t, 2, TaskEventKind::Heartbeat, 35), ts(41)),
             None,
             "reordered heartbeat"
         );
