@@ -728,3 +728,73 @@ async fn a_project_naming_a_secret_not_labelled_for_git_is_never_dispatched() {
         "a dispatch carrying the credential reached an agent"
     );
 }
+
+/// Agents beat every half second; the heartbeat timeout is 10 s. The operator records a
+/// beat at most once per 5 s per task (the rest cost no API call), and the tasks stay
+/// Running well past the timeout: what it records is always recent enough.
+#[tokio::test(flavor = "multi_thread")]
+async fn heartbeats_keep_tasks_alive_with_one_write_per_half_timeout() {
+    let h = Harness::running("beats", &["backend"]).await;
+    let agents =
+        FakeAgents::start(&h, &["backend"], Duration::from_millis(10), |_| Reply::Hang).await;
+    let tasks = (0..5)
+        .map(|i| format!("    - name: t{i}\n      title: Task {i}\n      role: backend\n"))
+        .collect::<Vec<_>>()
+        .concat();
+    h.apply(&format!(
+        "apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: beats\nspec:\n  description: Long tasks\n  repository:\n    url: file:///tmp/beats.git\n  policy:\n    maxParallelTasks: 5\n    taskDefaults:\n      heartbeatTimeoutSeconds: 10\n  tasks:\n{tasks}"
+    ));
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while agents.received().len() < 5
+        || (0..5).any(|i| h.jsonpath(&format!("task/beats-t{i}"), "{.status.phase}") != "Running")
+    {
+        assert!(std::time::Instant::now() < deadline, "five tasks running");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let bus = aios_bus::Bus::connect(
+        &h.amqp_url,
+        None,
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let dispatches: Vec<_> = agents.received().into_iter().map(|r| r.dispatch).collect();
+    for _ in 0..30 {
+        for dispatch in &dispatches {
+            bus.publish_event(&support::event(
+                dispatch,
+                "fake-backend",
+                aios_crds::bus::TaskEventKind::Heartbeat,
+            ))
+            .await
+            .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for i in 0..5 {
+        assert_eq!(
+            h.jsonpath(&format!("task/beats-t{i}"), "{.status.phase}"),
+            "Running",
+            "t{i} is alive after 15 s of beats with a 10 s timeout"
+        );
+    }
+    let applied = h.metric(
+        0,
+        r#"aios_task_events_total{outcome="applied",type="heartbeat"}"#,
+    );
+    let coalesced = h.metric(
+        0,
+        r#"aios_task_events_total{outcome="coalesced",type="heartbeat"}"#,
+    );
+    // 15 s of beats: at most four writes a task (one per 5 s, and one at the edge).
+    assert!(applied <= 20.0, "{applied} heartbeats written");
+    assert!(
+        applied >= 10.0,
+        "{applied}: beats were recorded as time went on"
+    );
+    assert!(
+        (applied + coalesced - 150.0).abs() < 0.5,
+        "every beat counted once: {applied} + {coalesced}"
+    );
+    bus.close().await;
+}
