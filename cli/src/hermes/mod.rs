@@ -231,3 +231,81 @@ async fn open_memory(args: &NewArgs, router: Arc<Router>) -> Option<Box<dyn Memo
         Box::new(memory::NoMemory)
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn manifest() -> manifest::Manifest {
+        let facts = manifest::Facts {
+            brief: "A todo API".into(),
+            repository: "https://git.example/todo.git".into(),
+            branch: "main".into(),
+            namespace: "team-a".into(),
+            ..manifest::Facts::default()
+        };
+        let draft = manifest::Draft {
+            name: "todo-api".into(),
+            description: "A todo API in Python.".into(),
+            test_command: None,
+        };
+        manifest::build(&draft, &facts).unwrap()
+    }
+
+    fn args(line: &[&str]) -> NewArgs {
+        let cli = Cli::try_parse_from(line).unwrap();
+        match cli.command {
+            crate::Command::New(args) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn out_writes_the_manifest_for_gitops_and_prints_nothing_unless_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let out_dir = dir.path().join("manifests");
+        let out_arg = out_dir.to_str().unwrap();
+        let mut printed = Vec::new();
+        deliver(
+            &manifest(),
+            &args(&["aios", "new", "--out", out_arg]),
+            None,
+            &mut printed,
+        )
+        .await
+        .unwrap();
+        assert!(printed.is_empty());
+        let written = std::fs::read_to_string(out_dir.join("todo-api.yaml")).unwrap();
+        let back: Project = serde_yaml_ng::from_str(&written).unwrap();
+        assert_eq!(back.spec.repository.url, "https://git.example/todo.git");
+
+        let mut printed = Vec::new();
+        deliver(
+            &manifest(),
+            &args(&["aios", "new", "-o", "json"]),
+            None,
+            &mut printed,
+        )
+        .await
+        .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&printed).unwrap();
+        assert_eq!(json["metadata"]["name"], "todo-api");
+        assert!(json["spec"].get("policy").is_none(), "only what was said");
+    }
+
+    #[tokio::test]
+    async fn apply_without_a_cluster_is_a_usage_error_and_writes_nothing() {
+        let mut printed = Vec::new();
+        let err = deliver(
+            &manifest(),
+            &args(&["aios", "new", "--apply"]),
+            None,
+            &mut printed,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+}
