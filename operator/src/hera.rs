@@ -77,7 +77,7 @@ impl Error {
 
 /// Which Project a Task belongs to, for triggering Hera on Task changes (owned or not).
 #[allow(clippy::needless_pass_by_value)] // the signature kube's `watches` mapper takes
-pub fn project_of(task: Task) -> Option<kube::runtime::reflector::ObjectRef<Project>> {
+pub fn project_of(task: &Task) -> Option<kube::runtime::reflector::ObjectRef<Project>> {
     Some(kube::runtime::reflector::ObjectRef::new(&task.spec.project).within(&task.namespace()?))
 }
 

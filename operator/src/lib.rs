@@ -32,6 +32,7 @@ pub mod tasks;
 mod testing;
 pub mod tokens;
 pub mod verify;
+pub mod watches;
 
 use std::{
     collections::HashMap,
@@ -40,14 +41,14 @@ use std::{
     time::Duration,
 };
 
-use aios_crds::{Agent, ModelProvider, Project, Task};
+use aios_crds::Project;
 use clap::Parser;
 use futures::{StreamExt, channel::mpsc};
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
+
 use kube::{
     Api, Client,
     runtime::{
-        Controller, WatchStreamExt,
+        Controller,
         events::{Recorder, Reporter},
         reflector, watcher,
     },
@@ -399,14 +400,15 @@ async fn start(
     let queue_source = queue_source(config, &bus)?;
     let cancel_marks = cancel_marks(config, ca.as_ref())?;
 
-    let Caches {
+    let watches::Caches {
         tasks: task_store,
         agents: agent_store,
         providers: provider_store,
         credentials,
         agent_wakeups: agent_rx,
         provider_deletions,
-    } = start_caches(&client, config, &bus, shutdown, tasks).await?;
+        triggers,
+    } = watches::start_caches(&client, config, &bus, shutdown, tasks).await?;
 
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -465,7 +467,7 @@ async fn start(
         depths,
         shutdown.clone(),
     ));
-    let projects = spawn_controllers(&client, config, ctx, agent_rx, shutdown, tasks);
+    let projects = spawn_controllers(&client, config, ctx, agent_rx, triggers, shutdown, tasks);
     let _ = health.projects.set(projects);
     health.synced.store(true, Ordering::Relaxed);
     Ok(())
@@ -499,135 +501,13 @@ fn queue_source(config: &Config, bus: &Arc<Bus>) -> Result<observe::QueueSource,
 
 type Supervised = JoinSet<Result<(), RunError>>;
 
-/// The operator's caches, synced.
-struct Caches {
-    tasks: reflector::Store<Task>,
-    agents: reflector::Store<Agent>,
-    providers: reflector::Store<ModelProvider>,
-    /// The Secrets labelled as credentials.
-    credentials: reflector::Store<Secret>,
-    /// A message each time an Agent or a ModelProvider appears or changes.
-    agent_wakeups: mpsc::UnboundedReceiver<()>,
-    /// The namespace of each deleted ModelProvider.
-    provider_deletions: mpsc::UnboundedReceiver<String>,
-}
-
-/// Starts the caches of Tasks and Agents and waits for them to sync. Agents also
-/// declare their role's queue as they appear, and wake every Project (a plan may wait
-/// on a role): the returned receiver carries those wake-ups.
-async fn start_caches(
-    client: &Client,
-    config: &Config,
-    bus: &Arc<Bus>,
-    shutdown: &CancellationToken,
-    tasks: &mut Supervised,
-) -> Result<Caches, RunError> {
-    let ns = config.watch_namespace.as_deref();
-    let (task_store, task_writer) = reflector::store();
-    let task_stream = reflector(
-        task_writer,
-        watcher(api::<Task>(client, ns), watcher::Config::default()).default_backoff(),
-    )
-    .take_until(shutdown.clone().cancelled_owned());
-    tasks.spawn(async move {
-        task_stream.for_each(|_| async {}).await;
-        Err(RunError::TaskEnded("the Task watch"))
-    });
-    let (agent_store, agent_writer) = reflector::store();
-    let (agent_tx, agent_rx) = mpsc::unbounded::<()>();
-    let provider_wakeups = agent_tx.clone();
-    {
-        let bus = bus.clone();
-        let agents = reflector(
-            agent_writer,
-            watcher(api::<Agent>(client, ns), watcher::Config::default()).default_backoff(),
-        )
-        .applied_objects()
-        .take_until(shutdown.clone().cancelled_owned());
-        tasks.spawn(async move {
-            agents
-                .for_each(|agent| {
-                    let (bus, agent_tx) = (bus.clone(), agent_tx.clone());
-                    async move {
-                        if let Ok(agent) = agent {
-                            if let Err(err) = bus.ensure_role_queue(&kube::ResourceExt::namespace(&agent).unwrap_or_default(), agent.spec.role.as_str()).await {
-                                tracing::warn!(error = %err, role = %agent.spec.role, "declaring the role queue failed");
-                            }
-                            let _ = agent_tx.unbounded_send(());
-                        }
-                    }
-                })
-                .await;
-            Err(RunError::TaskEnded("the Agent watch"))
-        });
-    }
-    task_store
-        .wait_until_ready()
-        .await
-        .map_err(|_| RunError::TaskEnded("the Task cache"))?;
-    agent_store
-        .wait_until_ready()
-        .await
-        .map_err(|_| RunError::TaskEnded("the Agent cache"))?;
-    // ModelProviders: their reconciles read each other's status for the agents' list.
-    let (provider_store, provider_writer) = reflector::store();
-    let provider_stream = reflector(
-        provider_writer,
-        watcher(api::<ModelProvider>(client, ns), watcher::Config::default()).default_backoff(),
-    )
-    .take_until(shutdown.clone().cancelled_owned());
-    // A deleted provider has no reconcile; its namespace's list is rewritten instead.
-    // Every provider change also wakes the Projects: Tasks may wait for a provider.
-    let (deleted_tx, deleted_rx) = mpsc::unbounded::<String>();
-    tasks.spawn(async move {
-        provider_stream
-            .for_each(|event| {
-                let _ = provider_wakeups.unbounded_send(());
-                if let Ok(watcher::Event::Delete(provider)) = event
-                    && let Some(namespace) = provider.metadata.namespace
-                {
-                    let _ = deleted_tx.unbounded_send(namespace);
-                }
-                async {}
-            })
-            .await;
-        Err(RunError::TaskEnded("the ModelProvider watch"))
-    });
-    provider_store
-        .wait_until_ready()
-        .await
-        .map_err(|_| RunError::TaskEnded("the ModelProvider cache"))?;
-    // Secrets: only those labelled as credentials are ever read.
-    let (credentials, credential_writer) = reflector::store();
-    let credential_stream = reflector(
-        credential_writer,
-        watcher(api::<Secret>(client, ns), credentials::watch_config()).default_backoff(),
-    )
-    .take_until(shutdown.clone().cancelled_owned());
-    tasks.spawn(async move {
-        credential_stream.for_each(|_| async {}).await;
-        Err(RunError::TaskEnded("the credential Secret watch"))
-    });
-    credentials
-        .wait_until_ready()
-        .await
-        .map_err(|_| RunError::TaskEnded("the credential Secret cache"))?;
-    Ok(Caches {
-        tasks: task_store,
-        agents: agent_store,
-        providers: provider_store,
-        credentials,
-        agent_wakeups: agent_rx,
-        provider_deletions: deleted_rx,
-    })
-}
-
 /// Starts Hera, the Task controller and the two bus consumers under supervision.
 fn spawn_controllers(
     client: &Client,
     config: &Config,
     ctx: Arc<Context>,
     agent_rx: mpsc::UnboundedReceiver<()>,
+    triggers: watches::Triggers,
     shutdown: &CancellationToken,
     tasks: &mut Supervised,
 ) -> reflector::Store<Project> {
@@ -638,11 +518,8 @@ fn spawn_controllers(
     );
     let project_store = project_controller.store();
     let projects = project_controller
-        .watches(
-            api::<Task>(client, ns),
-            watcher::Config::default(),
-            hera::project_of,
-        )
+        .watches_shared_stream(triggers.tasks_for_projects, |task| hera::project_of(&task))
+        .reconcile_on(triggers.deleted_tasks)
         .reconcile_all_on(agent_rx)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(
@@ -655,19 +532,31 @@ fn spawn_controllers(
         projects.await;
         Err(RunError::TaskEnded("the Project controller"))
     });
-    let task_controller = Controller::new(api::<Task>(client, ns), watcher::Config::default())
-        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-        .run(
-            |o, c| backoff::resetting("task", o, c, tasks::reconcile),
-            tasks::error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| async {});
+    let task_controller =
+        Controller::for_shared_stream(triggers.tasks_for_tasks, ctx.tasks.clone())
+            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+            .run(
+                |o, c| backoff::resetting("task", o, c, tasks::reconcile),
+                tasks::error_policy,
+                ctx.clone(),
+            )
+            .for_each(|_| async {});
     tasks.spawn(async move {
         task_controller.await;
         Err(RunError::TaskEnded("the Task controller"))
     });
-    spawn_workload_controllers(client, ns, &ctx, shutdown, tasks);
+    let workload = watches::WorkloadTriggers {
+        tasks: triggers.tasks_for_pools,
+        agents: triggers.agents,
+        providers: triggers.providers,
+        secrets: triggers.secrets,
+        deployments_for_pools: triggers.deployments_for_pools,
+        deployments_for_serving: triggers.deployments_for_serving,
+        deleted_pools: triggers.deleted_pools,
+        deleted_servers: triggers.deleted_servers,
+        deleted_secrets: triggers.deleted_secrets,
+    };
+    spawn_workload_controllers(&ctx, workload, shutdown, tasks);
     {
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
         tasks.spawn(async move {
@@ -686,65 +575,48 @@ fn spawn_controllers(
 /// Starts the Agent controller (agent pools) and the ModelProvider controller (model
 /// servers) under supervision.
 fn spawn_workload_controllers(
-    client: &Client,
-    ns: Option<&str>,
     ctx: &Arc<Context>,
+    triggers: watches::WorkloadTriggers,
     shutdown: &CancellationToken,
     tasks: &mut Supervised,
 ) {
     let agents = ctx.agents.clone();
-    let managed = format!(
-        "{}={}",
-        aios_crds::names::labels::MANAGED_BY,
-        aios_crds::names::labels::MANAGED_BY_VALUE
-    );
-    let pools = Controller::new(
-        api::<Agent>(client, ns),
-        watcher::Config::default().any_semantic(),
-    )
-    .owns(
-        api::<Deployment>(client, ns),
-        watcher::Config::default().labels(&managed),
-    )
-    .watches(
-        api::<Task>(client, ns),
-        watcher::Config::default(),
-        move |task| pools::agents_for_task(&agents, &task),
-    )
-    // Task events come in bursts; one pass a second per pool is enough.
-    .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))
-    .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-    .run(
-        |o, c| backoff::resetting("agent", o, c, pools::reconcile),
-        pools::error_policy,
-        ctx.clone(),
-    )
-    .for_each(|_| async {});
+    let pools = Controller::for_shared_stream(triggers.agents, ctx.agents.clone())
+        .owns_shared_stream(triggers.deployments_for_pools)
+        .watches_shared_stream(triggers.tasks, move |task| {
+            pools::agents_for_task(&agents, &task)
+        })
+        .reconcile_on(triggers.deleted_pools)
+        // Task events come in bursts; one pass a second per pool is enough.
+        .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(
+            |o, c| backoff::resetting("agent", o, c, pools::reconcile),
+            pools::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
     tasks.spawn(async move {
         pools.await;
         Err(RunError::TaskEnded("the Agent controller"))
     });
-    let providers_of_secret = ctx.providers.clone();
-    let serving = Controller::new(
-        api::<ModelProvider>(client, ns),
-        watcher::Config::default().any_semantic(),
-    )
-    .owns(
-        api::<Deployment>(client, ns),
-        watcher::Config::default().labels(&managed),
-    )
-    .watches(
-        api::<Secret>(client, ns),
-        credentials::watch_config(),
-        move |secret| serving::providers_naming(&providers_of_secret, &secret),
-    )
-    .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-    .run(
-        |o, c| backoff::resetting("model_provider", o, c, serving::reconcile),
-        serving::error_policy,
-        ctx.clone(),
-    )
-    .for_each(|_| async {});
+    let (naming, naming_deleted) = (ctx.providers.clone(), ctx.providers.clone());
+    let serving = Controller::for_shared_stream(triggers.providers, ctx.providers.clone())
+        .owns_shared_stream(triggers.deployments_for_serving)
+        .watches_shared_stream(triggers.secrets, move |secret| {
+            serving::providers_naming(&naming, &secret)
+        })
+        .reconcile_on(triggers.deleted_servers)
+        .reconcile_on(triggers.deleted_secrets.flat_map(move |secret| {
+            futures::stream::iter(serving::providers_naming(&naming_deleted, &secret))
+        }))
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(
+            |o, c| backoff::resetting("model_provider", o, c, serving::reconcile),
+            serving::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
     tasks.spawn(async move {
         serving.await;
         Err(RunError::TaskEnded("the ModelProvider controller"))

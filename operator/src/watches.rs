@@ -1,0 +1,351 @@
+//! One watch per kind. Each kind the operator reads is listed and watched once, into
+//! one store every controller and handler reads; the controllers it triggers subscribe
+//! to that watch (kube's shared streams) instead of opening watches of their own.
+//!
+//! A subscription only hears objects that appear or change. Deletions, which some
+//! controllers act on (a deleted Task, a deleted owned Deployment), reach them through
+//! the `on_event` hook, which sees every event of the watch.
+
+use futures::StreamExt;
+use kube::{
+    Api, Resource,
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, ReflectHandle, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+
+use std::sync::Arc;
+
+use aios_crds::{Agent, ModelProvider, Project, Task};
+use futures::channel::mpsc;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
+use kube::Client;
+use tokio_util::sync::CancellationToken as Shutdown;
+
+use crate::{Config, RunError, Supervised, api, bus::Bus, credentials, hera};
+
+/// How many changes a subscriber may lag behind before the watch waits for it.
+pub const SUBSCRIBER_BUFFER: usize = 4096;
+
+/// A kind's store and its controllers' subscriptions.
+pub(crate) struct Watched<K: Resource + Clone + 'static>
+where
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    /// Every object of the kind, as the watch last saw it.
+    pub store: Store<K>,
+    /// One stream of changed objects per subscriber, in the order asked for.
+    pub subscriptions: Vec<ReflectHandle<K>>,
+}
+
+/// Starts the one watch of `K` with `subscribers` subscriptions, `on_event` seeing
+/// every event, under supervision as `what`; waits until its store is synced.
+pub(crate) async fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    subscribers: usize,
+    mut on_event: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    what: &'static str,
+    shutdown: &Shutdown,
+    tasks: &mut Supervised,
+) -> Result<Watched<K>, RunError>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
+    let subscriptions = (0..subscribers)
+        .map(|_| writer.subscribe().ok_or(RunError::TaskEnded(what)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let stream = watcher(api, config)
+        .default_backoff()
+        .reflect_shared(writer)
+        .take_until(shutdown.clone().cancelled_owned());
+    tasks.spawn(async move {
+        stream
+            .for_each(|event| {
+                if let Ok(event) = &event {
+                    on_event(event);
+                }
+                async {}
+            })
+            .await;
+        Err(RunError::TaskEnded(what))
+    });
+    store
+        .wait_until_ready()
+        .await
+        .map_err(|_| RunError::TaskEnded(what))?;
+    Ok(Watched {
+        store,
+        subscriptions,
+    })
+}
+
+/// The operator's caches, synced: one watch per kind (see [`watches`]).
+pub(crate) struct Caches {
+    pub tasks: reflector::Store<Task>,
+    pub agents: reflector::Store<Agent>,
+    pub providers: reflector::Store<ModelProvider>,
+    /// The Secrets labelled as credentials.
+    pub credentials: reflector::Store<Secret>,
+    /// A message each time an Agent or a ModelProvider appears or changes.
+    pub agent_wakeups: mpsc::UnboundedReceiver<()>,
+    /// The namespace of each deleted ModelProvider.
+    pub provider_deletions: mpsc::UnboundedReceiver<String>,
+    /// What wakes the controllers.
+    pub triggers: Triggers,
+}
+
+/// The controllers' subscriptions to the shared watches, and the deletions they act on.
+pub(crate) struct Triggers {
+    pub tasks_for_projects: ReflectHandle<Task>,
+    pub tasks_for_tasks: ReflectHandle<Task>,
+    pub tasks_for_pools: ReflectHandle<Task>,
+    pub agents: ReflectHandle<Agent>,
+    pub providers: ReflectHandle<ModelProvider>,
+    pub secrets: ReflectHandle<Secret>,
+    pub deployments_for_pools: ReflectHandle<Deployment>,
+    pub deployments_for_serving: ReflectHandle<Deployment>,
+    /// The Project of each deleted Task.
+    pub deleted_tasks: mpsc::UnboundedReceiver<reflector::ObjectRef<Project>>,
+    /// The Agents whose Deployment was deleted.
+    pub deleted_pools: mpsc::UnboundedReceiver<reflector::ObjectRef<Agent>>,
+    /// The ModelProviders whose Deployment was deleted.
+    pub deleted_servers: mpsc::UnboundedReceiver<reflector::ObjectRef<ModelProvider>>,
+    /// Deleted credential Secrets: the providers naming them are probed again.
+    pub deleted_secrets: mpsc::UnboundedReceiver<Secret>,
+}
+
+/// Starts the one watch of each kind the controllers share and waits for them to sync.
+/// Agents also declare their role's queue as they appear, and wake every Project (a plan
+/// may wait on a role), as does every ModelProvider change.
+pub(crate) async fn start_caches(
+    client: &Client,
+    config: &Config,
+    bus: &Arc<Bus>,
+    shutdown: &Shutdown,
+    tasks: &mut Supervised,
+) -> Result<Caches, RunError> {
+    let ns = config.watch_namespace.as_deref();
+    let (deleted_task_tx, deleted_tasks) = mpsc::unbounded();
+    let watched_tasks = watch(
+        api::<Task>(client, ns),
+        watcher::Config::default(),
+        3,
+        move |event| {
+            if let watcher::Event::Delete(task) = event
+                && let Some(project) = hera::project_of(task)
+            {
+                let _ = deleted_task_tx.unbounded_send(project);
+            }
+        },
+        "the Task watch",
+        shutdown,
+        tasks,
+    )
+    .await?;
+    let (agent_tx, agent_rx) = mpsc::unbounded::<()>();
+    let provider_wakeups = agent_tx.clone();
+    let watched_agents = watch_agents(client, ns, bus, agent_tx, shutdown, tasks).await?;
+    // A deleted provider has no reconcile; its namespace's list is rewritten instead.
+    // Every provider change also wakes the Projects: Tasks may wait for a provider.
+    let (deleted_tx, deleted_rx) = mpsc::unbounded::<String>();
+    let watched_providers = watch(
+        api::<ModelProvider>(client, ns),
+        watcher::Config::default(),
+        1,
+        move |event| {
+            let _ = provider_wakeups.unbounded_send(());
+            if let watcher::Event::Delete(provider) = event
+                && let Some(namespace) = provider.metadata.namespace.clone()
+            {
+                let _ = deleted_tx.unbounded_send(namespace);
+            }
+        },
+        "the ModelProvider watch",
+        shutdown,
+        tasks,
+    )
+    .await?;
+    // Secrets: only those labelled as credentials are ever read.
+    let (deleted_secret_tx, deleted_secrets) = mpsc::unbounded();
+    let watched_secrets = watch(
+        api::<Secret>(client, ns),
+        credentials::watch_config(),
+        1,
+        move |event| {
+            if let watcher::Event::Delete(secret) = event {
+                let _ = deleted_secret_tx.unbounded_send(secret.clone());
+            }
+        },
+        "the credential Secret watch",
+        shutdown,
+        tasks,
+    )
+    .await?;
+    let (watched_deployments, deleted_pools, deleted_servers) =
+        watch_deployments(client, ns, shutdown, tasks).await?;
+    let mut task_subs = watched_tasks.subscriptions.into_iter();
+    let mut deployment_subs = watched_deployments.subscriptions.into_iter();
+    let missing = || RunError::TaskEnded("a subscription");
+    let triggers = Triggers {
+        tasks_for_projects: task_subs.next().ok_or_else(missing)?,
+        tasks_for_tasks: task_subs.next().ok_or_else(missing)?,
+        tasks_for_pools: task_subs.next().ok_or_else(missing)?,
+        agents: watched_agents
+            .subscriptions
+            .into_iter()
+            .next()
+            .ok_or_else(missing)?,
+        providers: watched_providers
+            .subscriptions
+            .into_iter()
+            .next()
+            .ok_or_else(missing)?,
+        secrets: watched_secrets
+            .subscriptions
+            .into_iter()
+            .next()
+            .ok_or_else(missing)?,
+        deployments_for_pools: deployment_subs.next().ok_or_else(missing)?,
+        deployments_for_serving: deployment_subs.next().ok_or_else(missing)?,
+        deleted_tasks,
+        deleted_pools,
+        deleted_servers,
+        deleted_secrets,
+    };
+    Ok(Caches {
+        tasks: watched_tasks.store,
+        agents: watched_agents.store,
+        providers: watched_providers.store,
+        credentials: watched_secrets.store,
+        agent_wakeups: agent_rx,
+        provider_deletions: deleted_rx,
+        triggers,
+    })
+}
+
+/// What wakes the Agent and ModelProvider controllers.
+pub(crate) struct WorkloadTriggers {
+    pub tasks: ReflectHandle<Task>,
+    pub agents: ReflectHandle<Agent>,
+    pub providers: ReflectHandle<ModelProvider>,
+    pub secrets: ReflectHandle<Secret>,
+    pub deployments_for_pools: ReflectHandle<Deployment>,
+    pub deployments_for_serving: ReflectHandle<Deployment>,
+    pub deleted_pools: mpsc::UnboundedReceiver<reflector::ObjectRef<Agent>>,
+    pub deleted_servers: mpsc::UnboundedReceiver<reflector::ObjectRef<ModelProvider>>,
+    pub deleted_secrets: mpsc::UnboundedReceiver<Secret>,
+}
+
+/// The one watch of Agents: each Agent that appears or changes has its role's queue
+/// declared and wakes every Project (a plan may wait on a role).
+async fn watch_agents(
+    client: &Client,
+    ns: Option<&str>,
+    bus: &Arc<Bus>,
+    agent_tx: mpsc::UnboundedSender<()>,
+    shutdown: &Shutdown,
+    tasks: &mut Supervised,
+) -> Result<Watched<Agent>, RunError> {
+    let (appeared_tx, appeared) = mpsc::unbounded::<Agent>();
+    let watched = watch(
+        api::<Agent>(client, ns),
+        watcher::Config::default(),
+        1,
+        move |event| {
+            if let watcher::Event::Apply(agent) | watcher::Event::InitApply(agent) = event {
+                let _ = appeared_tx.unbounded_send(agent.clone());
+            }
+        },
+        "the Agent watch",
+        shutdown,
+        tasks,
+    )
+    .await?;
+    {
+        let bus = bus.clone();
+        let appeared = appeared.take_until(shutdown.clone().cancelled_owned());
+        tasks.spawn(async move {
+            appeared
+                .for_each(|agent| {
+                    let (bus, agent_tx) = (bus.clone(), agent_tx.clone());
+                    async move {
+                        if let Err(err) = bus.ensure_role_queue(&kube::ResourceExt::namespace(&agent).unwrap_or_default(), agent.spec.role.as_str()).await {
+                            tracing::warn!(error = %err, role = %agent.spec.role, "declaring the role queue failed");
+                        }
+                        let _ = agent_tx.unbounded_send(());
+                    }
+                })
+                .await;
+            Ok(())
+        });
+    }
+    Ok(watched)
+}
+
+/// The one watch of the Deployments the operator made (agent pools and model servers),
+/// and the owners of those deleted: Agents, then ModelProviders.
+#[allow(clippy::type_complexity)] // a watch and its two deletion streams
+async fn watch_deployments(
+    client: &Client,
+    ns: Option<&str>,
+    shutdown: &Shutdown,
+    tasks: &mut Supervised,
+) -> Result<
+    (
+        Watched<Deployment>,
+        mpsc::UnboundedReceiver<reflector::ObjectRef<Agent>>,
+        mpsc::UnboundedReceiver<reflector::ObjectRef<ModelProvider>>,
+    ),
+    RunError,
+> {
+    // The Deployments the operator made: agent pools and model servers.
+    let managed = format!(
+        "{}={}",
+        aios_crds::names::labels::MANAGED_BY,
+        aios_crds::names::labels::MANAGED_BY_VALUE
+    );
+    let (deleted_pool_tx, deleted_pools) = mpsc::unbounded();
+    let (deleted_server_tx, deleted_servers) = mpsc::unbounded();
+    let watched_deployments = watch(
+        api::<Deployment>(client, ns),
+        watcher::Config::default().labels(&managed),
+        2,
+        move |event| {
+            let watcher::Event::Delete(deployment) = event else {
+                return;
+            };
+            let namespace = deployment.metadata.namespace.clone().unwrap_or_default();
+            for owner in deployment.metadata.owner_references.iter().flatten() {
+                match owner.kind.as_str() {
+                    "Agent" => {
+                        let _ = deleted_pool_tx.unbounded_send(
+                            reflector::ObjectRef::new(&owner.name).within(&namespace),
+                        );
+                    }
+                    "ModelProvider" => {
+                        let _ = deleted_server_tx.unbounded_send(
+                            reflector::ObjectRef::new(&owner.name).within(&namespace),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        },
+        "the Deployment watch",
+        shutdown,
+        tasks,
+    )
+    .await?;
+    Ok((watched_deployments, deleted_pools, deleted_servers))
+}
