@@ -54,7 +54,11 @@ pub struct Harness {
 
 impl Harness {
     pub fn new(prefix: &str) -> Self {
-        let env = env();
+        Self::new_in(env(), prefix)
+    }
+
+    /// A test's world on `env` (an environment of the test's own, say).
+    pub fn new_in(env: &'static Environment, prefix: &str) -> Self {
         let ns = env.create_namespace(prefix).unwrap();
         let amqp_url = env.create_vhost(&ns).unwrap();
         Self {
