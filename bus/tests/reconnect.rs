@@ -11,7 +11,6 @@ use aios_crds::{
     bus::{ObjectRef, SCHEMA_VERSION, TaskCancel},
     names::bus as names,
 };
-use aios_e2e::{EnvOptions, Environment};
 use futures::StreamExt;
 use lapin::options::BasicAckOptions;
 use tokio_util::sync::CancellationToken;
@@ -69,18 +68,7 @@ async fn delivered(url: &str, control: &mut lapin::Consumer, message: &TaskCance
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agents_control_queue_comes_back_after_a_broker_restart() {
-    let mut env = tokio::task::spawn_blocking(|| {
-        Environment::start(&EnvOptions {
-            controller_manager: false,
-            redis: false,
-            // Stopped by a watchdog when this process exits, a failed assertion included.
-            owner_pid: Some(std::process::id()),
-            ..EnvOptions::default()
-        })
-        .unwrap()
-    })
-    .await
-    .unwrap();
+    let mut env = aios_e2e::own().await;
     let url = env.amqp_url.clone().unwrap();
     let shutdown = CancellationToken::new();
     let agent = Bus::connect(&url, None, &shutdown).await.unwrap();

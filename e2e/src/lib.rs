@@ -45,6 +45,24 @@ pub fn shared() -> &'static Environment {
     }
 }
 
+/// An environment of the caller's own — the control plane without its controller
+/// manager, and RabbitMQ — for a test that must not share one: it restarts a server, or
+/// counts what the API server is asked. A watchdog stops it when this process exits, a
+/// failed assertion included. Panics with the reason when it cannot start.
+pub async fn own() -> Environment {
+    tokio::task::spawn_blocking(|| {
+        Environment::start(&EnvOptions {
+            controller_manager: false,
+            redis: false,
+            owner_pid: Some(std::process::id()),
+            ..EnvOptions::default()
+        })
+        .unwrap_or_else(|err| panic!("starting an environment: {err}"))
+    })
+    .await
+    .unwrap_or_else(|err| panic!("starting an environment: {err}"))
+}
+
 /// [`shared`], with the AIOS CRDs installed (once per process).
 pub fn shared_with_crds() -> &'static Environment {
     static CRDS: OnceLock<Result<(), String>> = OnceLock::new();

@@ -9,7 +9,7 @@ mod support;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use aios_e2e::{EnvOptions, Environment};
+use aios_e2e::Environment;
 use support::Harness;
 
 /// The kinds the operator reads, as the API server names their resources.
@@ -45,17 +45,7 @@ fn by_resource(env: &Environment, metric: &str, verb: &str) -> BTreeMap<&'static
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operator_lists_and_watches_each_kind_once() {
-    let env = tokio::task::spawn_blocking(|| {
-        Environment::start(&EnvOptions {
-            controller_manager: false,
-            redis: false,
-            owner_pid: Some(std::process::id()),
-            ..EnvOptions::default()
-        })
-        .unwrap()
-    })
-    .await
-    .unwrap();
+    let env = aios_e2e::own().await;
     env.install_crds().unwrap();
     let env: &'static Environment = Box::leak(Box::new(env));
     let mut h = Harness::new_in(env, "watches");
