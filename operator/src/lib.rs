@@ -44,7 +44,6 @@ use std::{
 use aios_crds::Project;
 use clap::Parser;
 use futures::{StreamExt, channel::mpsc};
-
 use kube::{
     Api, Client,
     runtime::{
@@ -348,8 +347,6 @@ fn election(config: &Config, identity: &str) -> ElectionConfig {
     }
 }
 
-/// Starts everything under supervision in `tasks`: the probes, the election (this
-/// waits until this replica leads), the bus, the caches and the controllers.
 /// Waits until this replica leads, then keeps the Lease under supervision.
 async fn lead(
     client: &Client,
@@ -370,6 +367,8 @@ async fn lead(
     Ok(elector)
 }
 
+/// Starts everything under supervision in `tasks`: the probes, the election (this
+/// waits until this replica leads), the bus, the caches and the controllers.
 async fn start(
     config: &Config,
     shutdown: &CancellationToken,
