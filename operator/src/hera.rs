@@ -311,17 +311,69 @@ fn run_plan(
     let roles = ctx.served_roles(&namespace);
     let gate = |task: &Task| {
         if !roles.contains(task.spec.role.as_str()) {
-            return Some(format!(
-                "waiting for an Agent that serves role {}",
-                task.spec.role
-            ));
+            return Some(waiting_for_role(task.spec.role.as_str()));
         }
         let complexity = task.spec.complexity;
-        (!crate::providers::can_take(providers.iter().map(AsRef::as_ref), complexity)).then(|| {
-            format!("waiting for a ready model provider that can take a {complexity:?} task")
-        })
+        (!crate::providers::can_take(providers.iter().map(AsRef::as_ref), complexity))
+            .then(|| format!("{WAITING_FOR_PROVIDER} that can take a {complexity:?} task"))
     };
     plan_run_gated(project, work, hold, &gate, now)
+}
+
+/// How a ready Task waiting for an Agent of its role says so.
+pub fn waiting_for_role(role: &str) -> String {
+    format!("waiting for an Agent that serves role {role}")
+}
+
+/// How a ready Task waiting for a model provider begins to say so.
+pub const WAITING_FOR_PROVIDER: &str = "waiting for a ready model provider";
+
+/// What appeared or changed that a Project's Tasks may wait for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wake {
+    /// An Agent serving `role` in `namespace`.
+    Role {
+        /// The Agent's namespace.
+        namespace: String,
+        /// The role it serves.
+        role: String,
+    },
+    /// A ModelProvider in `namespace`.
+    Provider {
+        /// The provider's namespace.
+        namespace: String,
+    },
+}
+
+/// The Projects with a Task that waits for what `wake` names (its status message says
+/// so): only they are reconciled, not every Project of the operator.
+pub fn projects_waiting<'a>(
+    tasks: impl IntoIterator<Item = &'a Task>,
+    wake: &Wake,
+) -> std::collections::HashSet<kube::runtime::reflector::ObjectRef<Project>> {
+    let (namespace, waits) = match wake {
+        Wake::Role { namespace, role } => (namespace, Some(waiting_for_role(role))),
+        Wake::Provider { namespace } => (namespace, None),
+    };
+    tasks
+        .into_iter()
+        .filter(|t| t.namespace().as_deref() == Some(namespace.as_str()))
+        .filter(|t| {
+            let status = t.status.as_ref();
+            let pending = status
+                .and_then(|s| s.phase)
+                .is_none_or(|p| p == aios_crds::TaskPhase::Pending);
+            let message = status
+                .and_then(|s| s.message.as_deref())
+                .unwrap_or_default();
+            pending
+                && match &waits {
+                    Some(role) => message == role,
+                    None => message.starts_with(WAITING_FOR_PROVIDER),
+                }
+        })
+        .filter_map(project_of)
+        .collect()
 }
 
 /// Names of the Tasks a pass works on.
@@ -741,4 +793,66 @@ pub fn error_policy(project: Arc<Project>, error: &Error, ctx: Arc<Context>) -> 
         error,
         Duration::from_secs(5),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use aios_crds::TaskPhase;
+
+    use super::*;
+    use crate::testing::{task, with_phase};
+
+    fn waiting(name: &str, message: &str) -> Task {
+        let mut t = with_phase(task(name, &[]), TaskPhase::Pending);
+        if let Some(status) = t.status.as_mut() {
+            status.message = Some(message.to_owned());
+        }
+        t
+    }
+
+    #[test]
+    fn a_wake_names_only_the_projects_with_a_task_waiting_for_it() {
+        let mut other_project = waiting("b", &waiting_for_role("qa"));
+        other_project.spec.project = "blog".into();
+        let mut elsewhere = waiting("c", &waiting_for_role("qa"));
+        elsewhere.metadata.namespace = Some("team-b".into());
+        let running = with_phase(task("d", &[]), TaskPhase::Running);
+        let tasks = [
+            waiting("a", &waiting_for_role("qa")),
+            other_project,
+            elsewhere,
+            running,
+            waiting(
+                "e",
+                &format!("{WAITING_FOR_PROVIDER} that can take a High task"),
+            ),
+        ];
+        let role = |role: &str| Wake::Role {
+            namespace: "team-a".into(),
+            role: role.into(),
+        };
+        let mut names: Vec<String> = projects_waiting(&tasks, &role("qa"))
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["blog", "shop"]);
+        assert!(projects_waiting(&tasks, &role("backend")).is_empty());
+        let providers = projects_waiting(
+            &tasks,
+            &Wake::Provider {
+                namespace: "team-a".into(),
+            },
+        );
+        assert_eq!(providers.len(), 1, "only the task waiting for a provider");
+        assert!(
+            projects_waiting(
+                &tasks,
+                &Wake::Provider {
+                    namespace: "team-c".into()
+                }
+            )
+            .is_empty()
+        );
+    }
 }

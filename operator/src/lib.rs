@@ -505,7 +505,7 @@ fn spawn_controllers(
     client: &Client,
     config: &Config,
     ctx: Arc<Context>,
-    agent_rx: mpsc::UnboundedReceiver<()>,
+    agent_rx: mpsc::UnboundedReceiver<hera::Wake>,
     triggers: watches::Triggers,
     shutdown: &CancellationToken,
     tasks: &mut Supervised,
@@ -516,10 +516,19 @@ fn spawn_controllers(
         watcher::Config::default().any_semantic(),
     );
     let project_store = project_controller.store();
+    let waiting = ctx.tasks.clone();
     let projects = project_controller
         .watches_shared_stream(triggers.tasks_for_projects, |task| hera::project_of(&task))
         .reconcile_on(triggers.deleted_tasks)
-        .reconcile_all_on(agent_rx)
+        // An Agent or a provider that appears or changes wakes only the Projects with
+        // a Task waiting for it.
+        .reconcile_on(agent_rx.flat_map(move |wake| {
+            let tasks = waiting.state();
+            futures::stream::iter(hera::projects_waiting(
+                tasks.iter().map(AsRef::as_ref),
+                &wake,
+            ))
+        }))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(
             |o, c| backoff::resetting("project", o, c, hera::reconcile),

@@ -97,8 +97,8 @@ pub(crate) struct Caches {
     pub providers: reflector::Store<ModelProvider>,
     /// The Secrets labelled as credentials.
     pub credentials: reflector::Store<Secret>,
-    /// A message each time an Agent or a ModelProvider appears or changes.
-    pub agent_wakeups: mpsc::UnboundedReceiver<()>,
+    /// What each Agent or ModelProvider that appears or changes may wake.
+    pub agent_wakeups: mpsc::UnboundedReceiver<hera::Wake>,
     /// The namespace of each deleted ModelProvider.
     pub provider_deletions: mpsc::UnboundedReceiver<String>,
     /// What wakes the controllers.
@@ -126,8 +126,8 @@ pub(crate) struct Triggers {
 }
 
 /// Starts the one watch of each kind the controllers share and waits for them to sync.
-/// Agents also declare their role's queue as they appear, and wake every Project (a plan
-/// may wait on a role), as does every ModelProvider change.
+/// Agents also declare their role's queue as they appear; Agents and ModelProviders wake
+/// the Projects with Tasks waiting for them.
 pub(crate) async fn start_caches(
     client: &Client,
     config: &Config,
@@ -153,29 +153,11 @@ pub(crate) async fn start_caches(
         tasks,
     )
     .await?;
-    let (agent_tx, agent_rx) = mpsc::unbounded::<()>();
+    let (agent_tx, agent_rx) = mpsc::unbounded::<hera::Wake>();
     let provider_wakeups = agent_tx.clone();
     let watched_agents = watch_agents(client, ns, bus, agent_tx, shutdown, tasks).await?;
-    // A deleted provider has no reconcile; its namespace's list is rewritten instead.
-    // Every provider change also wakes the Projects: Tasks may wait for a provider.
-    let (deleted_tx, deleted_rx) = mpsc::unbounded::<String>();
-    let watched_providers = watch(
-        api::<ModelProvider>(client, ns),
-        watcher::Config::default(),
-        1,
-        move |event| {
-            let _ = provider_wakeups.unbounded_send(());
-            if let watcher::Event::Delete(provider) = event
-                && let Some(namespace) = provider.metadata.namespace.clone()
-            {
-                let _ = deleted_tx.unbounded_send(namespace);
-            }
-        },
-        "the ModelProvider watch",
-        shutdown,
-        tasks,
-    )
-    .await?;
+    let (watched_providers, deleted_rx) =
+        watch_providers(client, ns, provider_wakeups, shutdown, tasks).await?;
     // Secrets: only those labelled as credentials are ever read.
     let (deleted_secret_tx, deleted_secrets) = mpsc::unbounded();
     let watched_secrets = watch(
@@ -248,12 +230,12 @@ pub(crate) struct WorkloadTriggers {
 }
 
 /// The one watch of Agents: each Agent that appears or changes has its role's queue
-/// declared and wakes every Project (a plan may wait on a role).
+/// declared and wakes the Projects with Tasks waiting for an Agent of that role.
 async fn watch_agents(
     client: &Client,
     ns: Option<&str>,
     bus: &Arc<Bus>,
-    agent_tx: mpsc::UnboundedSender<()>,
+    agent_tx: mpsc::UnboundedSender<hera::Wake>,
     shutdown: &Shutdown,
     tasks: &mut Supervised,
 ) -> Result<Watched<Agent>, RunError> {
@@ -283,7 +265,10 @@ async fn watch_agents(
                         if let Err(err) = bus.ensure_role_queue(&kube::ResourceExt::namespace(&agent).unwrap_or_default(), agent.spec.role.as_str()).await {
                             tracing::warn!(error = %err, role = %agent.spec.role, "declaring the role queue failed");
                         }
-                        let _ = agent_tx.unbounded_send(());
+                        let _ = agent_tx.unbounded_send(hera::Wake::Role {
+                            namespace: kube::ResourceExt::namespace(&agent).unwrap_or_default(),
+                            role: agent.spec.role.to_string(),
+                        });
                     }
                 })
                 .await;
@@ -348,4 +333,44 @@ async fn watch_deployments(
     )
     .await?;
     Ok((watched_deployments, deleted_pools, deleted_servers))
+}
+
+/// The one watch of ModelProviders: each change wakes the Projects with Tasks waiting
+/// for a provider; the namespace of each deleted one is sent on (its list is rewritten:
+/// a deleted provider has no reconcile).
+async fn watch_providers(
+    client: &Client,
+    ns: Option<&str>,
+    provider_wakeups: mpsc::UnboundedSender<hera::Wake>,
+    shutdown: &Shutdown,
+    tasks: &mut Supervised,
+) -> Result<(Watched<ModelProvider>, mpsc::UnboundedReceiver<String>), RunError> {
+    // A deleted provider has no reconcile; its namespace's list is rewritten instead.
+    // Every provider change also wakes the Projects with Tasks waiting for a provider.
+    let (deleted_tx, deleted_rx) = mpsc::unbounded::<String>();
+    let watched_providers = watch(
+        api::<ModelProvider>(client, ns),
+        watcher::Config::default(),
+        1,
+        move |event| {
+            if let watcher::Event::Apply(provider)
+            | watcher::Event::InitApply(provider)
+            | watcher::Event::Delete(provider) = event
+            {
+                let _ = provider_wakeups.unbounded_send(hera::Wake::Provider {
+                    namespace: provider.metadata.namespace.clone().unwrap_or_default(),
+                });
+            }
+            if let watcher::Event::Delete(provider) = event
+                && let Some(namespace) = provider.metadata.namespace.clone()
+            {
+                let _ = deleted_tx.unbounded_send(namespace);
+            }
+        },
+        "the ModelProvider watch",
+        shutdown,
+        tasks,
+    )
+    .await?;
+    Ok((watched_providers, deleted_rx))
 }

@@ -798,3 +798,53 @@ async fn heartbeats_keep_tasks_alive_with_one_write_per_half_timeout() {
     );
     bus.close().await;
 }
+
+/// An Agent that appears or changes wakes only the Projects with a Task waiting for its
+/// role: with twenty finished Projects, a change to an Agent nobody waits for reconciles
+/// none of them, and the Agent a Project waits for gets its Task dispatched.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_wakes_only_the_projects_waiting_for_its_role() {
+    let h = Harness::running("wake", &["backend"]).await;
+    let agents = FakeAgents::start(&h, &["backend", "qa"], Duration::from_millis(10), |d| {
+        Reply::Succeed(done(d))
+    })
+    .await;
+    for i in 0..20 {
+        h.apply(&single(&format!("idle{i}")));
+    }
+    for i in 0..20 {
+        h.wait_for_phase(&format!("idle{i}"), "Succeeded", TIMEOUT)
+            .await;
+    }
+    h.apply(&single("waits").replace("role: backend", "role: qa"));
+    h.wait_for_value(
+        "task/waits-only",
+        "{.status.message}",
+        "waiting for an Agent that serves role qa",
+        TIMEOUT,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let projects = r#"aios_reconciles_total{controller="project"}"#;
+    let before = h.metric(0, projects);
+
+    // Nobody waits for a backend Agent.
+    h.kubectl(&["label", "agent", "backend", "touched=yes"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = h.metric(0, projects);
+    assert!(
+        (after - before).abs() < 0.5,
+        "{} Project reconciles for an Agent nobody waits for",
+        after - before
+    );
+
+    // The qa Agent appears: the waiting Project runs.
+    h.apply_agents(&["qa"]);
+    h.wait_for_phase("waits", "Succeeded", TIMEOUT).await;
+    assert!(agents.order().contains(&"waits-only".to_owned()));
+    let woken = h.metric(0, projects) - after;
+    assert!(
+        woken < 15.0,
+        "{woken} Project reconciles to run one waiting Project"
+    );
+}
