@@ -44,6 +44,8 @@ pub struct Context {
     pub bus: Arc<Bus>,
     /// Cache of every Task.
     pub tasks: Store<Task>,
+    /// The Tasks' names by Project, and by role and phase.
+    pub task_index: Arc<crate::index::TaskIndex>,
     /// Cache of every Agent.
     pub agents: Store<Agent>,
     /// Metrics.
@@ -134,10 +136,17 @@ impl Context {
 
     /// The Tasks of Project `project` in `namespace`, from the cache.
     pub fn project_tasks(&self, namespace: &str, project: &str) -> Vec<Arc<Task>> {
-        self.tasks
-            .state()
+        self.tasks_named(namespace, self.task_index.of_project(namespace, project))
+    }
+
+    /// The cached Tasks of `namespace` named `names` (those still cached).
+    pub fn tasks_named(&self, namespace: &str, names: Vec<String>) -> Vec<Arc<Task>> {
+        names
             .into_iter()
-            .filter(|t| t.namespace().as_deref() == Some(namespace) && t.spec.project == project)
+            .filter_map(|name| {
+                self.tasks
+                    .get(&kube::runtime::reflector::ObjectRef::new(&name).within(namespace))
+            })
             .collect()
     }
 

@@ -15,6 +15,7 @@ pub mod dispatch;
 pub mod events;
 pub mod hera;
 pub mod http;
+pub mod index;
 pub mod kstatus;
 pub mod leader;
 pub mod lifecycle;
@@ -401,6 +402,7 @@ async fn start(
 
     let watches::Caches {
         tasks: task_store,
+        task_index,
         agents: agent_store,
         providers: provider_store,
         credentials,
@@ -413,6 +415,7 @@ async fn start(
         client: client.clone(),
         bus,
         tasks: task_store,
+        task_index,
         agents: agent_store,
         metrics: health.metrics.clone(),
         leadership: elector.leadership(),

@@ -243,19 +243,16 @@ struct Demand {
 /// Tasks of `role` in `namespace` on the bus (queued) and with an agent (running).
 fn role_demand(ctx: &Context, namespace: &str, role: &str) -> Demand {
     let mut demand = Demand::default();
-    for task in ctx.tasks.state() {
-        if task.namespace().as_deref() != Some(namespace) || task.spec.role != role {
-            continue;
-        }
-        match phase(&task) {
-            TaskPhase::Queued => demand.queued += 1,
-            TaskPhase::Running => {
-                demand.running += 1;
-                if let Some(agent) = task.status.as_ref().and_then(|s| s.agent.clone()) {
-                    *demand.running_by_agent.entry(agent).or_default() += 1;
-                }
-            }
-            _ => {}
+    let queued = ctx.task_index.of_role(namespace, role, TaskPhase::Queued);
+    demand.queued = i32::try_from(queued.len()).unwrap_or(i32::MAX);
+    let running = ctx.tasks_named(
+        namespace,
+        ctx.task_index.of_role(namespace, role, TaskPhase::Running),
+    );
+    for task in running.iter().filter(|t| phase(t) == TaskPhase::Running) {
+        demand.running += 1;
+        if let Some(agent) = task.status.as_ref().and_then(|s| s.agent.clone()) {
+            *demand.running_by_agent.entry(agent).or_default() += 1;
         }
     }
     demand

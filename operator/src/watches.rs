@@ -93,6 +93,7 @@ where
 /// The operator's caches, synced: one watch per kind (see [`watches`]).
 pub(crate) struct Caches {
     pub tasks: reflector::Store<Task>,
+    pub task_index: Arc<crate::index::TaskIndex>,
     pub agents: reflector::Store<Agent>,
     pub providers: reflector::Store<ModelProvider>,
     /// The Secrets labelled as credentials.
@@ -137,11 +138,14 @@ pub(crate) async fn start_caches(
 ) -> Result<Caches, RunError> {
     let ns = config.watch_namespace.as_deref();
     let (deleted_task_tx, deleted_tasks) = mpsc::unbounded();
+    let task_index = Arc::new(crate::index::TaskIndex::default());
+    let indexing = task_index.clone();
     let watched_tasks = watch(
         api::<Task>(client, ns),
         watcher::Config::default(),
         3,
         move |event| {
+            indexing.apply(event);
             if let watcher::Event::Delete(task) = event
                 && let Some(project) = hera::project_of(task)
             {
@@ -207,6 +211,7 @@ pub(crate) async fn start_caches(
     };
     Ok(Caches {
         tasks: watched_tasks.store,
+        task_index,
         agents: watched_agents.store,
         providers: watched_providers.store,
         credentials: watched_secrets.store,
