@@ -42,11 +42,14 @@ where
 }
 
 /// Starts the one watch of `K` with `subscribers` subscriptions, `on_event` seeing
-/// every event, under supervision as `what`; waits until its store is synced.
+/// every event, under supervision as `what`. Waits until its store is synced when the
+/// operator cannot work without it (`synced`); a watch that only triggers controllers
+/// does not hold the others up (without the permission to list it, only the controllers
+/// it triggers are affected).
 pub(crate) async fn watch<K>(
-    api: Api<K>,
-    config: watcher::Config,
+    (api, config): (Api<K>, watcher::Config),
     subscribers: usize,
+    synced: bool,
     mut on_event: impl FnMut(&watcher::Event<K>) + Send + 'static,
     what: &'static str,
     shutdown: &Shutdown,
@@ -80,10 +83,12 @@ where
             .await;
         Err(RunError::TaskEnded(what))
     });
-    store
-        .wait_until_ready()
-        .await
-        .map_err(|_| RunError::TaskEnded(what))?;
+    if synced {
+        store
+            .wait_until_ready()
+            .await
+            .map_err(|_| RunError::TaskEnded(what))?;
+    }
     Ok(Watched {
         store,
         subscriptions,
@@ -141,9 +146,9 @@ pub(crate) async fn start_caches(
     let task_index = Arc::new(crate::index::TaskIndex::default());
     let indexing = task_index.clone();
     let watched_tasks = watch(
-        api::<Task>(client, ns),
-        watcher::Config::default(),
+        (api::<Task>(client, ns), watcher::Config::default()),
         3,
+        true,
         move |event| {
             indexing.apply(event);
             if let watcher::Event::Delete(task) = event
@@ -165,9 +170,9 @@ pub(crate) async fn start_caches(
     // Secrets: only those labelled as credentials are ever read.
     let (deleted_secret_tx, deleted_secrets) = mpsc::unbounded();
     let watched_secrets = watch(
-        api::<Secret>(client, ns),
-        credentials::watch_config(),
+        (api::<Secret>(client, ns), credentials::watch_config()),
         1,
+        true,
         move |event| {
             if let watcher::Event::Delete(secret) = event {
                 let _ = deleted_secret_tx.unbounded_send(secret.clone());
@@ -246,9 +251,9 @@ async fn watch_agents(
 ) -> Result<Watched<Agent>, RunError> {
     let (appeared_tx, appeared) = mpsc::unbounded::<Agent>();
     let watched = watch(
-        api::<Agent>(client, ns),
-        watcher::Config::default(),
+        (api::<Agent>(client, ns), watcher::Config::default()),
         1,
+        true,
         move |event| {
             if let watcher::Event::Apply(agent) | watcher::Event::InitApply(agent) = event {
                 let _ = appeared_tx.unbounded_send(agent.clone());
@@ -308,9 +313,12 @@ async fn watch_deployments(
     let (deleted_pool_tx, deleted_pools) = mpsc::unbounded();
     let (deleted_server_tx, deleted_servers) = mpsc::unbounded();
     let watched_deployments = watch(
-        api::<Deployment>(client, ns),
-        watcher::Config::default().labels(&managed),
+        (
+            api::<Deployment>(client, ns),
+            watcher::Config::default().labels(&managed),
+        ),
         2,
+        false,
         move |event| {
             let watcher::Event::Delete(deployment) = event else {
                 return;
@@ -354,9 +362,9 @@ async fn watch_providers(
     // Every provider change also wakes the Projects with Tasks waiting for a provider.
     let (deleted_tx, deleted_rx) = mpsc::unbounded::<String>();
     let watched_providers = watch(
-        api::<ModelProvider>(client, ns),
-        watcher::Config::default(),
+        (api::<ModelProvider>(client, ns), watcher::Config::default()),
         1,
+        true,
         move |event| {
             if let watcher::Event::Apply(provider)
             | watcher::Event::InitApply(provider)
