@@ -556,18 +556,7 @@ fn spawn_controllers(
         task_controller.await;
         Err(RunError::TaskEnded("the Task controller"))
     });
-    let workload = watches::WorkloadTriggers {
-        tasks: triggers.tasks_for_pools,
-        agents: triggers.agents,
-        providers: triggers.providers,
-        secrets: triggers.secrets,
-        deployments_for_pools: triggers.deployments_for_pools,
-        deployments_for_serving: triggers.deployments_for_serving,
-        deleted_pools: triggers.deleted_pools,
-        deleted_servers: triggers.deleted_servers,
-        deleted_secrets: triggers.deleted_secrets,
-    };
-    spawn_workload_controllers(&ctx, workload, shutdown, tasks);
+    spawn_workload_controllers(&ctx, triggers.workload, shutdown, tasks);
     {
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
         tasks.spawn(async move {

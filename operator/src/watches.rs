@@ -115,20 +115,10 @@ pub(crate) struct Caches {
 pub(crate) struct Triggers {
     pub tasks_for_projects: ReflectHandle<Task>,
     pub tasks_for_tasks: ReflectHandle<Task>,
-    pub tasks_for_pools: ReflectHandle<Task>,
-    pub agents: ReflectHandle<Agent>,
-    pub providers: ReflectHandle<ModelProvider>,
-    pub secrets: ReflectHandle<Secret>,
-    pub deployments_for_pools: ReflectHandle<Deployment>,
-    pub deployments_for_serving: ReflectHandle<Deployment>,
     /// The Project of each deleted Task.
     pub deleted_tasks: mpsc::UnboundedReceiver<reflector::ObjectRef<Project>>,
-    /// The Agents whose Deployment was deleted.
-    pub deleted_pools: mpsc::UnboundedReceiver<reflector::ObjectRef<Agent>>,
-    /// The ModelProviders whose Deployment was deleted.
-    pub deleted_servers: mpsc::UnboundedReceiver<reflector::ObjectRef<ModelProvider>>,
-    /// Deleted credential Secrets: the providers naming them are probed again.
-    pub deleted_secrets: mpsc::UnboundedReceiver<Secret>,
+    /// What wakes the Agent and ModelProvider controllers.
+    pub workload: WorkloadTriggers,
 }
 
 /// Starts the one watch of each kind the controllers share and waits for them to sync.
@@ -188,31 +178,22 @@ pub(crate) async fn start_caches(
     let mut task_subs = watched_tasks.subscriptions.into_iter();
     let mut deployment_subs = watched_deployments.subscriptions.into_iter();
     let missing = || RunError::TaskEnded("a subscription");
-    let triggers = Triggers {
-        tasks_for_projects: task_subs.next().ok_or_else(missing)?,
-        tasks_for_tasks: task_subs.next().ok_or_else(missing)?,
-        tasks_for_pools: task_subs.next().ok_or_else(missing)?,
-        agents: watched_agents
-            .subscriptions
-            .into_iter()
-            .next()
-            .ok_or_else(missing)?,
-        providers: watched_providers
-            .subscriptions
-            .into_iter()
-            .next()
-            .ok_or_else(missing)?,
-        secrets: watched_secrets
-            .subscriptions
-            .into_iter()
-            .next()
-            .ok_or_else(missing)?,
+    let workload = WorkloadTriggers {
+        tasks: task_subs.next().ok_or_else(missing)?,
+        agents: first(watched_agents.subscriptions).ok_or_else(missing)?,
+        providers: first(watched_providers.subscriptions).ok_or_else(missing)?,
+        secrets: first(watched_secrets.subscriptions).ok_or_else(missing)?,
         deployments_for_pools: deployment_subs.next().ok_or_else(missing)?,
         deployments_for_serving: deployment_subs.next().ok_or_else(missing)?,
-        deleted_tasks,
         deleted_pools,
         deleted_servers,
         deleted_secrets,
+    };
+    let triggers = Triggers {
+        tasks_for_projects: task_subs.next().ok_or_else(missing)?,
+        tasks_for_tasks: task_subs.next().ok_or_else(missing)?,
+        deleted_tasks,
+        workload,
     };
     Ok(Caches {
         tasks: watched_tasks.store,
@@ -224,6 +205,14 @@ pub(crate) async fn start_caches(
         provider_deletions: deleted_rx,
         triggers,
     })
+}
+
+/// The first of `handles`.
+fn first<K: Resource + Clone + 'static>(handles: Vec<ReflectHandle<K>>) -> Option<ReflectHandle<K>>
+where
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    handles.into_iter().next()
 }
 
 /// What wakes the Agent and ModelProvider controllers.
