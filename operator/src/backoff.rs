@@ -48,15 +48,11 @@ pub fn delay(failures: u32) -> Duration {
         .map_or(MAX, |d| d.min(MAX))
 }
 
-/// One failing object.
+/// One failing object (its errors are in the log, each as it happens).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failing {
     /// Failures in a row.
     pub count: u32,
-    /// The category of the last error (bounded, for metrics).
-    pub category: &'static str,
-    /// The last error, for the log.
-    pub error: String,
 }
 
 /// The objects whose last reconcile failed, by controller and `namespace/name`.
@@ -74,24 +70,12 @@ impl Backoffs {
 
     /// Counts a failure of `object`; how long to wait before its next reconcile, and how
     /// many failures in a row it has now.
-    pub fn failed(
-        &self,
-        controller: &'static str,
-        object: &str,
-        category: &'static str,
-        error: String,
-    ) -> (Duration, u32) {
+    pub fn failed(&self, controller: &'static str, object: &str) -> (Duration, u32) {
         let mut failing = self.failing();
         let entry = failing
             .entry((controller, object.to_owned()))
-            .or_insert(Failing {
-                count: 0,
-                category,
-                error: String::new(),
-            });
+            .or_insert(Failing { count: 0 });
         entry.count = entry.count.saturating_add(1);
-        entry.category = category;
-        entry.error = error;
         (delay(entry.count), entry.count)
     }
 
@@ -132,32 +116,17 @@ mod tests {
     #[test]
     fn failures_count_per_object_and_a_success_resets_them() {
         let b = Backoffs::default();
+        assert_eq!(b.failed("agent", "team-a/apollo"), (FIRST, 1));
+        assert_eq!(b.failed("agent", "team-a/apollo").1, 2);
+        assert_eq!(b.failed("agent", "team-a/athena").1, 1, "another object");
         assert_eq!(
-            b.failed("agent", "team-a/apollo", "kube", "forbidden".into()),
-            (FIRST, 1)
-        );
-        assert_eq!(
-            b.failed("agent", "team-a/apollo", "kube", "forbidden".into())
-                .1,
-            2
-        );
-        assert_eq!(
-            b.failed("agent", "team-a/athena", "kube", "forbidden".into())
-                .1,
-            1,
-            "another object"
-        );
-        assert_eq!(
-            b.failed("project", "team-a/apollo", "kube", "x".into()).1,
+            b.failed("project", "team-a/apollo").1,
             1,
             "another controller"
         );
         assert_eq!(b.snapshot().len(), 3);
         assert!(b.succeeded("agent", "team-a/apollo"));
         assert!(!b.succeeded("agent", "team-a/apollo"));
-        assert_eq!(
-            b.failed("agent", "team-a/apollo", "kube", "again".into()),
-            (FIRST, 1)
-        );
+        assert_eq!(b.failed("agent", "team-a/apollo"), (FIRST, 1));
     }
 }

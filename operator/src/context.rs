@@ -118,9 +118,7 @@ impl Context {
                 usual
             }
             _ => {
-                let (delay, failures) =
-                    self.backoffs
-                        .failed(controller, object, category, error.to_string());
+                let (delay, failures) = self.backoffs.failed(controller, object);
                 tracing::warn!(controller, object, error = %error, failures, retry_in = ?delay, "reconcile failed; backing off");
                 delay
             }

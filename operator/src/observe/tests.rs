@@ -110,9 +110,9 @@ fn the_caches_become_gauges_with_bounded_labels() {
         failing: {
             let backoffs = crate::backoff::Backoffs::default();
             for _ in 0..3 {
-                backoffs.failed("agent", "team-a/apollo", "kube", "forbidden".into());
+                backoffs.failed("agent", "team-a/apollo");
             }
-            backoffs.failed("agent", "team-a/athena", "kube", "forbidden".into());
+            backoffs.failed("agent", "team-a/athena");
             backoffs.snapshot()
         },
     };
