@@ -761,10 +761,7 @@ impl Environment {
     /// Stops every process this environment started and removes its directory.
     pub fn stop(&self) -> Result<(), EnvError> {
         self.stop_processes();
-        if self.dir.exists() {
-            fs::remove_dir_all(&self.dir).map_err(io_err("removing", &self.dir))?;
-        }
-        Ok(())
+        process::remove_dir_settled(&self.dir).map_err(io_err("removing", &self.dir))
     }
 
     fn stop_processes(&self) {

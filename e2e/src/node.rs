@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::process::{self, ProcessError, ServerProcess};
+use crate::process::{self, ProcessError, ServerProcess, kill_all, processes_mentioning};
 
 /// The node's name.
 pub const NODE_NAME: &str = "aios-node";
@@ -267,34 +267,6 @@ fn running_kubelet() -> Option<u32> {
         .map(|(pid, _)| pid)
 }
 
-/// Pids and command lines of the processes whose command line contains `needle`.
-fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != std::process::id())
-        .filter_map(|pid| {
-            let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-            cmdline.contains(needle).then_some((pid, cmdline))
-        })
-        .collect()
-}
-
-fn kill_all(pids: impl IntoIterator<Item = u32>) {
-    for pid in pids {
-        if let Ok(pid) = i32::try_from(pid) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
-
 /// Removes everything a node leaves behind, whether it stopped or crashed: the node's
 /// processes and the containers' (by the kubelet's cgroups), the containers' mounts
 /// and network namespaces, kube-proxy's and the node's iptables rules, the bridge, and
@@ -364,7 +336,7 @@ pub fn clean(kube_proxy: Option<&Path>) -> Vec<String> {
         left.push(format!("network device {BRIDGE}"));
     }
     for dir in [STATE_DIR, RUN_DIR] {
-        if Path::new(dir).exists() && fs::remove_dir_all(dir).is_err() {
+        if process::remove_dir_settled(Path::new(dir)).is_err() {
             left.push(dir.to_owned());
         }
     }

@@ -289,3 +289,85 @@ pub fn redis_ping(port: u16) -> bool {
 pub fn amqp_handshake(port: u16) -> bool {
     exchange(port, b"AMQP\x00\x00\x09\x01").is_some_and(|reply| reply.first() == Some(&1))
 }
+
+/// Pids and command lines of the processes (other than this one) whose command line
+/// contains `needle`.
+pub(crate) fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    other_processes()
+        .filter_map(|pid| {
+            let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+            cmdline.contains(needle).then_some((pid, cmdline))
+        })
+        .collect()
+}
+
+/// Pids and command lines of the processes (other than this one) that have a file open
+/// under `dir` or work in it.
+fn processes_holding(dir: &Path) -> Vec<(u32, String)> {
+    let under = |link: PathBuf| fs::read_link(link).is_ok_and(|target| target.starts_with(dir));
+    other_processes()
+        .filter(|pid| {
+            under(PathBuf::from(format!("/proc/{pid}/cwd")))
+                || fs::read_dir(format!("/proc/{pid}/fd"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|fd| under(fd.path()))
+        })
+        .map(|pid| {
+            let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            (pid, String::from_utf8_lossy(&raw).replace('\0', " "))
+        })
+        .collect()
+}
+
+fn other_processes() -> impl Iterator<Item = u32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id())
+}
+
+/// Sends SIGKILL to each of `pids`.
+pub(crate) fn kill_all(pids: impl IntoIterator<Item = u32>) {
+    for pid in pids {
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Removes `dir` and everything in it, ending first whatever still holds it: a process
+/// that outlived its stop (a grandchild in another process group, a shim) can still be
+/// writing there, and would make the removal fail. A removal that fails all the same is
+/// tried again; the last failure names what held the directory.
+pub fn remove_dir_settled(dir: &Path) -> std::io::Result<()> {
+    const ATTEMPTS: u32 = 5;
+    for attempt in 1..=ATTEMPTS {
+        let holders = processes_holding(dir);
+        kill_all(holders.iter().map(|(pid, _)| *pid));
+        if !holders.is_empty() {
+            thread::sleep(Duration::from_millis(100));
+        }
+        let err = match fs::remove_dir_all(dir) {
+            Ok(()) => return Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => err,
+        };
+        if attempt == ATTEMPTS {
+            let held: Vec<String> = processes_holding(dir)
+                .iter()
+                .map(|(pid, cmdline)| format!("{pid} ({cmdline})"))
+                .collect();
+            return Err(std::io::Error::new(
+                err.kind(),
+                format!("{err}; still held by: [{}]", held.join(", ")),
+            ));
+        }
+        thread::sleep(Duration::from_millis(200) * attempt);
+    }
+    Ok(())
+}

@@ -236,3 +236,28 @@ fn building_without_a_go_toolchain_says_so() {
     );
     fs::remove_dir_all(cache).unwrap();
 }
+
+/// A process that outlived its stop and still writes into the environment's directory
+/// (its own session, so no process-group signal reached it) does not keep the
+/// directory from going: the removal ends it and tries again.
+#[test]
+fn a_straggler_still_writing_does_not_keep_the_directory() {
+    let dir = tempfile_dir("straggler");
+    fs::create_dir_all(dir.join("logs")).unwrap();
+    let mut writer = Command::new("setsid")
+        .args([
+            "sh",
+            "-c",
+            "exec 3>\"$0/logs/own.log\"; i=0; while :; do i=$((i+1)); echo x > \"$0/logs/$i\"; done",
+        ])
+        .arg(&dir)
+        .spawn()
+        .unwrap();
+    while fs::read_dir(dir.join("logs")).unwrap().count() < 100 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    process::remove_dir_settled(&dir).unwrap();
+    assert!(!dir.exists(), "{} is gone", dir.display());
+    let status = writer.wait().unwrap();
+    assert!(!status.success(), "the writer was ended: {status}");
+}
