@@ -1,12 +1,14 @@
-//! How the operator scales: a Project of N tasks in layers of 100 (each task depending on
+//! How the operator scales: Projects of tasks in layers of 100 (each task depending on
 //! every task of the layer before: 10 layers for 1,000 tasks, 100 for 10,000) run by an
-//! instant responder, on the local control plane. Prints wall time, API writes per task, dispatch latency and the operator's
-//! peak memory, beside the floor: the time the same number of status writes takes from
-//! a bare client loop.
+//! instant responder, on the local control plane. Prints, per run: wall time, API writes
+//! per task (by verb and subresource), dispatch latency, the operator's peak memory and
+//! the API server's requests a second; beside two floors: the time the same number of
+//! status writes takes from a bare client one at a time, and with the operator's
+//! concurrency.
 //!
 //! ```text
-//! cargo bench -p aios-operator --bench scale                   # 1,000 and 10,000 tasks
-//! AIOS_BENCH_SIZES=1000 cargo bench -p aios-operator --bench scale
+//! cargo bench -p aios-operator --bench scale      # 1,000, 10,000, and 20 Projects x 500 at once
+//! AIOS_BENCH_SIZES=1000,4x250 cargo bench -p aios-operator --bench scale
 //! ```
 
 #![allow(
@@ -30,7 +32,7 @@ use aios_crds::{Project, Task};
 use futures::{StreamExt, stream};
 use kube::{
     Api, Client,
-    api::{Patch, PatchParams, PostParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
 use serde_json::json;
@@ -38,6 +40,9 @@ use support::{FakeAgents, Harness, Reply, done};
 
 /// Tasks per layer; a Project of N tasks has N / WIDTH layers.
 const WIDTH: usize = 100;
+/// How many writes the concurrent floor keeps in flight: the event consumer's
+/// concurrency, the larger of the operator's two (a Project pass runs 16 at once).
+const FLOOR_CONCURRENCY: usize = 32;
 
 async fn client(h: &Harness) -> Client {
     let kubeconfig = Kubeconfig::read_from(&h.env.kubeconfig).unwrap();
@@ -47,23 +52,46 @@ async fn client(h: &Harness) -> Client {
     Client::try_from(config).unwrap()
 }
 
-fn task_name(layer: usize, i: usize) -> String {
-    format!("big-l{layer}-t{i}")
+fn task_name(project: &str, layer: usize, i: usize) -> String {
+    format!("{project}-l{layer}-t{i}")
 }
 
-/// Writes to Tasks (not reads) the API server has served, from its own metrics.
-fn task_writes(h: &Harness) -> f64 {
+/// The Project and layer of a task named by [`task_name`].
+fn project_and_layer(name: &str) -> Option<(&str, usize)> {
+    let (project, rest) = name.split_once("-l")?;
+    let layer = rest.split('-').next()?.parse().ok()?;
+    Some((project, layer))
+}
+
+/// The API server's request counts, by `(resource, subresource, verb)`, from its metrics.
+fn requests(h: &Harness) -> BTreeMap<(String, String, String), f64> {
     let metrics = h.env.kubectl(&["get", "--raw", "/metrics"]).unwrap();
-    metrics
+    let label = |line: &str, name: &str| -> String {
+        line.split_once(&format!("{name}=\""))
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(value, _)| value.to_owned())
+            .unwrap_or_default()
+    };
+    let mut counts = BTreeMap::new();
+    for line in metrics
         .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{") && l.contains("resource=\"tasks\""))
-        .filter(|l| {
-            ["POST", "PUT", "PATCH", "APPLY", "DELETE"]
-                .iter()
-                .any(|v| l.contains(&format!("verb=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
+        let key = (
+            label(line, "resource"),
+            label(line, "subresource"),
+            label(line, "verb"),
+        );
+        *counts.entry(key).or_insert(0.0) += value;
+    }
+    counts
+}
+
+fn is_write(verb: &str) -> bool {
+    ["POST", "PUT", "PATCH", "APPLY", "DELETE"].contains(&verb)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -83,31 +111,171 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-async fn run(total: usize) {
-    let width = WIDTH;
-    let layers = (total / WIDTH).max(1);
-    let total = layers * width;
-    let mut h = Harness::new(&format!("bench-{total}"));
+/// A run's shape: `projects` Projects of `tasks` tasks each, all unsuspended at once.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    projects: usize,
+    tasks: usize,
+}
+
+impl Shape {
+    fn parse(text: &str) -> Option<Self> {
+        let (projects, tasks) = match text.split_once('x') {
+            Some((projects, tasks)) => (projects.trim().parse().ok()?, tasks.trim().parse().ok()?),
+            None => (1, text.trim().parse().ok()?),
+        };
+        Some(Self { projects, tasks })
+    }
+
+    fn layers(self) -> usize {
+        (self.tasks / WIDTH).max(1)
+    }
+
+    fn total(self) -> usize {
+        self.projects * self.layers() * WIDTH
+    }
+
+    fn label(self) -> String {
+        if self.projects == 1 {
+            format!(
+                "{} tasks ({} layers of {WIDTH})",
+                self.total(),
+                self.layers()
+            )
+        } else {
+            format!(
+                "{} Projects x {} tasks ({} layers of {WIDTH} each) at once",
+                self.projects,
+                self.layers() * WIDTH,
+                self.layers()
+            )
+        }
+    }
+}
+
+/// The Tasks of Project `project`, in layers of [`WIDTH`], each task depending on every
+/// task of the layer before.
+fn project_tasks(project: &str, layers: usize) -> Vec<Task> {
+    (0..layers)
+        .flat_map(|layer| (0..WIDTH).map(move |i| (layer, i)))
+        .map(|(layer, i)| {
+            let deps: Vec<String> = if layer == 0 {
+                Vec::new()
+            } else {
+                (0..WIDTH).map(|j| task_name(project, layer - 1, j)).collect()
+            };
+            serde_json::from_value(json!({
+                "apiVersion": "aios.dev/v1alpha1", "kind": "Task",
+                "metadata": {"name": task_name(project, layer, i)},
+                "spec": {"project": project, "title": format!("layer {layer} task {i}"), "role": "backend", "dependsOn": deps}
+            }))
+            .unwrap()
+        })
+        .collect()
+}
+
+/// Waits until every Project of the namespace has succeeded.
+async fn wait_all_succeeded(projects: &Api<Project>, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(3 * 3600);
+    loop {
+        let list = projects.list(&ListParams::default()).await.unwrap();
+        let done = list
+            .items
+            .iter()
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.phase.as_ref())
+                    .map(|p| format!("{p:?}"))
+                    .as_deref()
+                    == Some("Succeeded")
+            })
+            .count();
+        if done == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done}/{count} Projects succeeded"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Dispatch latencies: from the last success in a Project's layer to each dispatch of
+/// the next layer.
+fn dispatch_latencies(agents: &FakeAgents) -> Vec<Duration> {
+    let finished = agents.finished.lock().unwrap().clone();
+    let mut layer_done: BTreeMap<(String, usize), Instant> = BTreeMap::new();
+    for (name, at) in &finished {
+        let Some((project, layer)) = project_and_layer(name) else {
+            continue;
+        };
+        let entry = layer_done.entry((project.to_owned(), layer)).or_insert(*at);
+        *entry = (*entry).max(*at);
+    }
+    let mut latencies: Vec<Duration> = agents
+        .received()
+        .iter()
+        .filter_map(|r| {
+            let (project, layer) = project_and_layer(&r.dispatch.task.name)?;
+            let ready = layer_done.get(&(project.to_owned(), layer.checked_sub(1)?))?;
+            Some(r.at.saturating_duration_since(*ready))
+        })
+        .collect();
+    latencies.sort();
+    latencies
+}
+
+/// `writes` status writes to the Tasks of Project `project`, `concurrency` at a time.
+async fn floor(
+    tasks: &Api<Task>,
+    project: &str,
+    layers: usize,
+    writes: usize,
+    concurrency: usize,
+) -> Duration {
+    let start = Instant::now();
+    stream::iter(0..writes)
+        .for_each_concurrent(concurrency, |n| {
+            let tasks = tasks.clone();
+            async move {
+                let name = task_name(project, (n / WIDTH) % layers, n % WIDTH);
+                let patch = json!({"apiVersion": "aios.dev/v1alpha1", "kind": "Task", "status": {"message": format!("floor write {n}")}});
+                tasks
+                    .patch_status(&name, &PatchParams::apply("aios-bench").force(), &Patch::Apply(patch))
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+    start.elapsed()
+}
+
+/// What one run measured.
+struct Figures {
+    wall: Duration,
+}
+
+async fn run(shape: Shape) -> Figures {
+    let layers = shape.layers();
+    let total = shape.total();
+    let mut h = Harness::new(&format!("bench-{}x{}", shape.projects, layers * WIDTH));
     h.apply_agents(&["backend"]);
     h.serve_models().await;
     let client = client(&h).await;
     let tasks: Api<Task> = Api::namespaced(client.clone(), &h.ns);
     let projects: Api<Project> = Api::namespaced(client.clone(), &h.ns);
+    let names: Vec<String> = (0..shape.projects).map(|p| format!("big{p}")).collect();
 
-    // The Project starts suspended; its Tasks are created apart (an empty plan).
-    h.apply("apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: big\nspec:\n  description: A big one\n  repository:\n    url: file:///tmp/big.git\n  suspend: true\n  policy:\n    maxParallelTasks: 1000\n  tasks: []\n");
+    // Each Project starts suspended; its Tasks are created apart (an empty plan).
     let created = Instant::now();
-    let specs: Vec<Task> = (0..layers)
-        .flat_map(|layer| (0..width).map(move |i| (layer, i)))
-        .map(|(layer, i)| {
-            let deps: Vec<String> = if layer == 0 { Vec::new() } else { (0..width).map(|j| task_name(layer - 1, j)).collect() };
-            serde_json::from_value(json!({
-                "apiVersion": "aios.dev/v1alpha1", "kind": "Task",
-                "metadata": {"name": task_name(layer, i)},
-                "spec": {"project": "big", "title": format!("layer {layer} task {i}"), "role": "backend", "dependsOn": deps}
-            }))
-            .unwrap()
-        })
+    for name in &names {
+        h.apply(&format!("apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: {name}\nspec:\n  description: A big one\n  repository:\n    url: file:///tmp/{name}.git\n  suspend: true\n  policy:\n    maxParallelTasks: 1000\n  tasks: []\n"));
+    }
+    let specs: Vec<Task> = names
+        .iter()
+        .flat_map(|name| project_tasks(name, layers))
         .collect();
     stream::iter(specs)
         .for_each_concurrent(32, |t| {
@@ -128,82 +296,61 @@ async fn run(total: usize) {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await; // the operator syncs its caches
-    let writes_before = task_writes(&h);
+    let before = requests(&h);
 
     let start = Instant::now();
-    projects
-        .patch(
-            "big",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"suspend": false}})),
-        )
-        .await
-        .unwrap();
-    h.wait_for_phase("big", "Succeeded", Duration::from_secs(3600))
-        .await;
-    let wall = start.elapsed();
-    let writes = task_writes(&h) - writes_before;
-    let rss = peak_rss_mib(h.operator_pid(operator));
-
-    // Dispatch latency: from the last success in a layer to each dispatch of the next.
-    let received = agents.received();
-    let finished = agents.finished.lock().unwrap().clone();
-    let mut layer_done: BTreeMap<usize, Instant> = BTreeMap::new();
-    for (name, at) in &finished {
-        let layer: usize = name
-            .trim_start_matches("big-l")
-            .split('-')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let entry = layer_done.entry(layer).or_insert(*at);
-        *entry = (*entry).max(*at);
-    }
-    let mut latencies: Vec<Duration> = received
-        .iter()
-        .filter_map(|r| {
-            let layer: usize = r
-                .dispatch
-                .task
-                .name
-                .trim_start_matches("big-l")
-                .split('-')
-                .next()?
-                .parse()
-                .ok()?;
-            let ready = layer.checked_sub(1).and_then(|l| layer_done.get(&l))?;
-            Some(r.at.saturating_duration_since(*ready))
-        })
-        .collect();
-    latencies.sort();
-
-    // The floor: the same number of status writes from a bare client loop.
-    let floor_writes = writes.round() as usize;
-    let floor_start = Instant::now();
-    for n in 0..floor_writes {
-        let name = task_name(n % layers, n % width);
-        let patch = json!({"apiVersion": "aios.dev/v1alpha1", "kind": "Task", "status": {"message": format!("floor write {n}")}});
-        tasks
-            .patch_status(
-                &name,
-                &PatchParams::apply("aios-bench").force(),
-                &Patch::Apply(patch),
+    for name in &names {
+        projects
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"suspend": false}})),
             )
             .await
             .unwrap();
     }
-    let floor = floor_start.elapsed();
+    wait_all_succeeded(&projects, names.len()).await;
+    let wall = start.elapsed();
+    let after = requests(&h);
+    let rss = peak_rss_mib(h.operator_pid(operator));
+    let latencies = dispatch_latencies(&agents);
 
-    println!("tasks: {total} ({layers} layers of {width})");
-    println!(
-        "  wall time, unsuspend to Succeeded: {:.1} s",
-        wall.as_secs_f64()
-    );
+    let delta = |key: &(String, String, String)| {
+        after.get(key).copied().unwrap_or(0.0) - before.get(key).copied().unwrap_or(0.0)
+    };
+    let task_writes: Vec<((String, String), f64)> = after
+        .keys()
+        .filter(|(resource, _, verb)| resource == "tasks" && is_write(verb))
+        .map(|key| ((key.2.clone(), key.1.clone()), delta(key)))
+        .filter(|(_, n)| *n > 0.0)
+        .collect();
+    let writes: f64 = task_writes.iter().map(|(_, n)| n).sum();
+    let all_requests: f64 = after.keys().map(delta).sum();
+
+    // The floors: the same number of status writes from a bare client, one at a time,
+    // then with the operator's concurrency.
+    let floor_writes = writes.round() as usize;
+    let sequential = floor(&tasks, &names[0], layers, floor_writes, 1).await;
+    let concurrent = floor(&tasks, &names[0], layers, floor_writes, FLOOR_CONCURRENCY).await;
+
+    let seconds = wall.as_secs_f64();
+    println!("{}", shape.label());
+    println!("  wall time, unsuspend to Succeeded: {seconds:.1} s");
     println!(
         "  API writes to Tasks: {writes:.0} ({:.2} per task)",
         writes / total as f64
     );
+    for ((verb, subresource), n) in &task_writes {
+        let what = if subresource.is_empty() {
+            "tasks".to_owned()
+        } else {
+            format!("tasks/{subresource}")
+        };
+        println!(
+            "    {verb} {what}: {n:.0} ({:.2} per task)",
+            n / total as f64
+        );
+    }
     println!(
         "  dispatch latency, dependency success to dependent dispatch: p50 {:.0} ms, p99 {:.0} ms (n={})",
         percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
@@ -212,26 +359,54 @@ async fn run(total: usize) {
     );
     println!("  operator peak RSS: {rss:.1} MiB");
     println!(
-        "  floor, {floor_writes} status writes from a bare client loop: {:.1} s",
-        floor.as_secs_f64()
+        "  API requests during the run: {all_requests:.0} ({:.0} a second, the benchmark's own polling included)",
+        all_requests / seconds.max(f64::EPSILON)
     );
     println!(
-        "  wall time / floor: {:.2}",
-        wall.as_secs_f64() / floor.as_secs_f64().max(f64::EPSILON)
+        "  floor, {floor_writes} status writes from a bare sequential client: {:.1} s (wall / floor {:.2})",
+        sequential.as_secs_f64(),
+        seconds / sequential.as_secs_f64().max(f64::EPSILON)
     );
+    println!(
+        "  floor, the same writes {FLOOR_CONCURRENCY} at a time: {:.1} s (wall / floor {:.2})",
+        concurrent.as_secs_f64(),
+        seconds / concurrent.as_secs_f64().max(f64::EPSILON)
+    );
+    Figures { wall }
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::var("AIOS_BENCH_SIZES")
-        .unwrap_or_else(|_| "1000,10000".to_owned())
+    let shapes: Vec<Shape> = std::env::var("AIOS_BENCH_SIZES")
+        .unwrap_or_else(|_| "1000,10000,20x500".to_owned())
         .split(',')
-        .filter_map(|s| s.trim().parse().ok())
+        .filter_map(Shape::parse)
         .collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    for total in sizes {
-        runtime.block_on(run(total));
+    let mut walls: Vec<(Shape, Duration)> = Vec::new();
+    for shape in shapes {
+        let figures = runtime.block_on(run(shape));
+        walls.push((shape, figures.wall));
+    }
+    let single = |total: usize| {
+        walls
+            .iter()
+            .find(|(s, _)| s.projects == 1 && s.total() == total)
+            .map(|(_, wall)| wall.as_secs_f64())
+    };
+    if let (Some(small), Some(large)) = (single(1_000), single(10_000)) {
+        println!("t(10,000) / t(1,000): {:.1}", large / small);
+    }
+    for (shape, wall) in walls.iter().filter(|(s, _)| s.projects > 1) {
+        if let Some(large) = single(shape.total()) {
+            println!(
+                "{} / {} tasks in one Project: {:.2}",
+                shape.label(),
+                shape.total(),
+                wall.as_secs_f64() / large
+            );
+        }
     }
 }

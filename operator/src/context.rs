@@ -82,6 +82,8 @@ pub struct Context {
     /// Cache of every Project, once the Project controller has started (the bus
     /// consumers read the policies of the Tasks they report on from it).
     pub projects: Arc<tokio::sync::OnceCell<Store<aios_crds::Project>>>,
+    /// The explicit plans already validated, by Project and generation.
+    pub plans: Arc<crate::plan::ValidatedPlans>,
 }
 
 impl std::fmt::Debug for Context {

@@ -29,7 +29,7 @@ use crate::{
         FEEDBACK_SEPARATOR, dispatch_message, is_planning_task, planning_task, planning_task_name,
     },
     lifecycle::{self, phase, task_policy},
-    plan::{EXPLICIT_PLAN, dropped_dependencies, judge_plan, plan_tasks, validate_plan},
+    plan::{PlanError, ValidatedPlan, dropped_dependencies, judge_plan, missing_tasks, plan_tasks},
     rollup::{PlanState, budget_exceeded, differs, project_status, refused_plan, total_usage},
     schedule::{Action, Hold, RunPlan, plan_run_gated},
     tokens::Attempt,
@@ -105,6 +105,7 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
     if project.meta().deletion_timestamp.is_some() {
         // Tasks are owned: the garbage collector deletes them, and the Task
         // controller cancels what they have in flight.
+        ctx.plans.forget(&project.uid().unwrap_or_default());
         return Ok(ControllerAction::await_change());
     }
     let namespace = project.namespace().unwrap_or_default();
@@ -121,14 +122,14 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
         // An empty list: no planning, and the Tasks that name this Project (created by
         // a tool or through GitOps) are the work.
         Some(explicit) if explicit.is_empty() => (PlanState::Explicit, work_of(&all, false)),
-        Some(explicit) => match validate_plan(&name, explicit, None, &EXPLICIT_PLAN) {
+        Some(explicit) => match ctx.plans.explicit(project, explicit).as_ref() {
             Ok(plan) => {
-                ensure_tasks(ctx, &all, plan_tasks(project, &plan, None, &[])).await?;
+                create_missing(ctx, project, &all, plan, None, &[]).await?;
                 (PlanState::Explicit, work_of(&all, false))
             }
             Err(errors) => (
                 PlanState::Invalid {
-                    message: join(&errors),
+                    message: join(errors),
                 },
                 WorkNames::new(),
             ),
@@ -388,21 +389,33 @@ fn work_of(all: &[Arc<Task>], planning: bool) -> WorkNames {
         .collect()
 }
 
-/// Creates the Tasks of `desired` that do not exist yet, several at once (a plan may
-/// have a thousand).
-async fn ensure_tasks(
+/// Creates the Tasks of `plan` that do not exist yet, several at once (a plan may have
+/// a thousand). Once they all exist, as on every pass after the first, nothing is built.
+async fn create_missing(
     ctx: &Context,
+    project: &Project,
     existing: &[Arc<Task>],
-    desired: Vec<Task>,
+    plan: &ValidatedPlan,
+    plan_attempt: Option<i32>,
+    dropped: &[PlanError],
 ) -> Result<(), Error> {
-    let missing: Vec<Task> = desired
+    let missing = missing_tasks(
+        &project.name_any(),
+        plan,
+        existing.iter().map(AsRef::as_ref),
+    );
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let desired = plan_tasks(project, plan, plan_attempt, dropped)
         .into_iter()
-        .filter(|task| {
-            let name = task.name_any();
-            !existing.iter().any(|t| t.name_any() == name)
-        })
-        .collect();
-    let results: Vec<Result<(), Error>> = stream::iter(missing)
+        .filter(|task| missing.contains(task.metadata.name.as_deref().unwrap_or_default()));
+    create_tasks(ctx, desired).await
+}
+
+/// Creates `tasks`, several at once.
+async fn create_tasks(ctx: &Context, tasks: impl IntoIterator<Item = Task>) -> Result<(), Error> {
+    let results: Vec<Result<(), Error>> = stream::iter(tasks)
         .map(|task| async move { apply_task(ctx, &task).await })
         .buffer_unordered(ACTION_CONCURRENCY)
         .collect()
@@ -437,7 +450,7 @@ async fn plan_with_hera(
     let namespace = project.namespace().unwrap_or_default();
     let planner_name = planning_task_name(&name);
     let Some(planner) = all.iter().find(|t| t.name_any() == planner_name) else {
-        ensure_tasks(ctx, all, vec![planning_task(project)]).await?;
+        create_tasks(ctx, [planning_task(project)]).await?;
         return Ok((PlanState::Planning, WorkNames::new()));
     };
     let planner_status = planner.status.clone().unwrap_or_default();
@@ -454,15 +467,13 @@ async fn plan_with_hera(
             && let Ok(plan) = ctx.load_plan(&namespace, plan_ref).await?
             && let Ok(accepted) = judge_plan(&name, &plan, None)
         {
-            ensure_tasks(
+            create_missing(
                 ctx,
+                project,
                 all,
-                plan_tasks(
-                    project,
-                    &accepted.plan,
-                    Some(planner_status.attempt),
-                    &accepted.dropped,
-                ),
+                &accepted.plan,
+                Some(planner_status.attempt),
+                &accepted.dropped,
             )
             .await?;
         }
@@ -536,15 +547,13 @@ async fn plan_verdict(
     };
     let message = match checked {
         Ok(accepted) => {
-            ensure_tasks(
+            create_missing(
                 ctx,
+                project,
                 all,
-                plan_tasks(
-                    project,
-                    &accepted.plan,
-                    Some(planner_status.attempt),
-                    &accepted.dropped,
-                ),
+                &accepted.plan,
+                Some(planner_status.attempt),
+                &accepted.dropped,
             )
             .await?;
             if !accepted.dropped.is_empty() {

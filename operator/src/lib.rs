@@ -442,6 +442,7 @@ async fn start(
         sandbox: sandbox(config, &client),
         attempt_key: Arc::new(attempt_key),
         backoffs: Arc::default(),
+        plans: Arc::default(),
         projects: health.projects.clone(),
     });
     {

@@ -7,7 +7,10 @@
 //! named after the plan's digest (the same plan gives the same objects, another plan
 //! other objects), and the Task's `status.result.planRef` names them with the digest.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+};
 
 use aios_crds::{
     PlannedTask, Project, Task, TaskSpec,
@@ -100,6 +103,71 @@ pub fn plan_tasks(
                 status: None,
             }
         })
+        .collect()
+}
+
+/// The verdict on a Project's explicit plan (`spec.tasks`): the plan, or its problems.
+pub type Verdict = Arc<Result<ValidatedPlan, Vec<PlanError>>>;
+
+/// Explicit plans already judged, by Project uid, with the generation each was judged
+/// at: a Project's spec changes only with its generation, so its plan is validated once
+/// per generation rather than on every pass.
+#[derive(Debug, Default)]
+pub struct ValidatedPlans(Mutex<HashMap<String, (i64, Verdict)>>);
+
+impl ValidatedPlans {
+    /// The verdict on `project`'s explicit plan `tasks`, judged now only if this
+    /// generation of the Project was not judged yet.
+    pub fn explicit(&self, project: &Project, tasks: &[PlannedTask]) -> Verdict {
+        let judge = || {
+            Arc::new(validate_plan(
+                &project.name_any(),
+                tasks,
+                None,
+                &EXPLICIT_PLAN,
+            ))
+        };
+        let (Some(uid), Some(generation)) = (project.uid(), project.metadata.generation) else {
+            return judge();
+        };
+        let mut plans = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match plans.get(&uid) {
+            Some((judged, verdict)) if *judged == generation => verdict.clone(),
+            _ => {
+                let verdict = judge();
+                plans.insert(uid, (generation, verdict.clone()));
+                verdict
+            }
+        }
+    }
+
+    /// Forgets the plan of the Project with uid `uid` (it is being deleted).
+    pub fn forget(&self, uid: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(uid);
+    }
+}
+
+/// The names of the Task objects of `plan` (a plan of Project `project`) that are not
+/// among `existing`.
+pub fn missing_tasks<'a>(
+    project: &str,
+    plan: &ValidatedPlan,
+    existing: impl IntoIterator<Item = &'a Task>,
+) -> std::collections::HashSet<String> {
+    let existing: std::collections::HashSet<&str> = existing
+        .into_iter()
+        .filter_map(|t| t.metadata.name.as_deref())
+        .collect();
+    plan.tasks
+        .iter()
+        .map(|planned| task_object_name(project, planned.name.as_str()))
+        .filter(|name| !existing.contains(name.as_str()))
         .collect()
 }
 
@@ -607,5 +675,40 @@ mod tests {
             "api, docs, test in dependency order"
         );
         assert_eq!(dropped_dependencies(&tasks), accepted.dropped);
+    }
+
+    #[test]
+    fn an_explicit_plan_is_judged_once_per_generation() {
+        let plans = ValidatedPlans::default();
+        let mut project = crate::testing::project("shop");
+        let good = [task("api", "backend", &[])];
+        let first = plans.explicit(&project, &good);
+        assert!(first.is_ok());
+        // Another pass over the same generation gets the same verdict, not a new one.
+        assert!(Arc::ptr_eq(&first, &plans.explicit(&project, &good)));
+        // A new generation is judged again: its plan now has a cycle.
+        project.metadata.generation = Some(2);
+        let cyclic = [task("a", "backend", &["b"]), task("b", "backend", &["a"])];
+        assert!(plans.explicit(&project, &cyclic).is_err());
+        plans.forget(&project.uid().unwrap());
+        assert!(plans.explicit(&project, &good).is_ok());
+    }
+
+    #[test]
+    fn only_the_plan_tasks_without_an_object_are_missing() {
+        let project = crate::testing::project("shop");
+        let plan = validate_plan(
+            "shop",
+            &[task("api", "backend", &[]), task("ui", "backend", &["api"])],
+            None,
+            &EXPLICIT_PLAN,
+        )
+        .unwrap();
+        let objects = plan_tasks(&project, &plan, None, &[]);
+        assert_eq!(
+            missing_tasks("shop", &plan, &objects[..1]),
+            std::collections::HashSet::from([objects[1].name_any()])
+        );
+        assert!(missing_tasks("shop", &plan, &objects).is_empty());
     }
 }
