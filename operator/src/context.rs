@@ -84,6 +84,8 @@ pub struct Context {
     pub projects: Arc<tokio::sync::OnceCell<Store<aios_crds::Project>>>,
     /// The explicit plans already validated, by Project and generation.
     pub plans: Arc<crate::plan::ValidatedPlans>,
+    /// One lane of writes per Task with writes in flight.
+    pub lanes: Arc<crate::lanes::Lanes>,
 }
 
 impl std::fmt::Debug for Context {

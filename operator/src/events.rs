@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     bus::BusError,
     context::{Context, write_task_status},
+    lanes::{Place, Turn},
     lifecycle::{self, apply_event, refuse_outcome, task_policy},
     plan::stored_plan,
     tokens::{Attempt, Verdict},
@@ -358,12 +359,45 @@ async fn admit(
     Ok(Ok(event))
 }
 
+/// Waits for `event`'s turn in its Task's lane (one write at a time per Task, see
+/// [`crate::lanes`]): the place and the turn, to hold while writing, and for an outcome,
+/// when a Started event folded into it said the attempt started. `None` when `event` is
+/// a Started event whose outcome followed at once: it is written with the outcome.
+async fn take_turn<'a>(
+    ctx: &'a Context,
+    event: &TaskEvent,
+) -> Option<(Place<'a>, Turn, Option<Timestamp>)> {
+    let place = ctx.lanes.enter(&event.task.uid);
+    let outcome = matches!(
+        event.kind,
+        TaskEventKind::Succeeded { .. } | TaskEventKind::Failed { .. }
+    );
+    if outcome {
+        place.announce_outcome(event.attempt);
+    }
+    if matches!(event.kind, TaskEventKind::Started)
+        && place.folds_into_outcome(event.attempt, event.at).await
+    {
+        return None;
+    }
+    let turn = place.turn().await;
+    let started_at = outcome.then(|| place.take_outcome(event.attempt)).flatten();
+    Some((place, turn, started_at))
+}
+
 async fn handle_event(ctx: &Context, delivery: &Delivery) -> Result<Outcome, HandleError> {
     let event = match admit(ctx, delivery).await? {
         Ok(event) => event,
         Err(outcome) => return Ok(outcome),
     };
     let kind = event_type(&event.kind);
+    let Some((_place, _turn, started_at)) = take_turn(ctx, &event).await else {
+        ctx.metrics
+            .events
+            .with_label_values(&[kind, "folded"])
+            .inc();
+        return Ok(Outcome::Ignored);
+    };
     let api: Api<Task> = ctx.task_api(&event.task.namespace);
     let mut refused: Option<String> = None;
     for _ in 0..WRITE_ATTEMPTS {
@@ -386,13 +420,16 @@ async fn handle_event(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Han
                 _ => return Err(err.into()),
             },
         };
-        let Some(status) = status else {
+        let Some(mut status) = status else {
             ctx.metrics
                 .events
                 .with_label_values(&[kind, "ignored"])
                 .inc();
             return Ok(Outcome::Ignored);
         };
+        if let Some(at) = started_at {
+            lifecycle::started_at(&mut status, event.attempt, at);
+        }
         match write_task_status(&api, &task, &status).await {
             Ok(_) => {
                 let outcome = if refused.is_some() {

@@ -660,6 +660,12 @@ async fn dispatch(
     }
     let namespace = project.namespace().unwrap_or_default();
     let api = ctx.task_api(&namespace);
+    // The agent's first event about this attempt waits until Queued is written, rather
+    // than race it.
+    let place = ctx
+        .lanes
+        .enter(task.metadata.uid.as_deref().unwrap_or_default());
+    let _turn = place.turn().await;
     let mut current = task.clone();
     if !task
         .finalizers()

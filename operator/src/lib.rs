@@ -17,6 +17,7 @@ pub mod hera;
 pub mod http;
 pub mod index;
 pub mod kstatus;
+pub mod lanes;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
@@ -443,6 +444,7 @@ async fn start(
         attempt_key: Arc::new(attempt_key),
         backoffs: Arc::default(),
         plans: Arc::default(),
+        lanes: Arc::default(),
         projects: health.projects.clone(),
     });
     {

@@ -394,6 +394,15 @@ pub fn apply_event(
     Some(status)
 }
 
+/// Records when attempt `attempt` started, from a Started event written with its outcome
+/// (see [`crate::lanes`]), if `status` is that attempt's and has no start time.
+pub fn started_at(status: &mut TaskStatus, attempt: u32, at: Timestamp) {
+    let same = u32::try_from(status.attempt).is_ok_and(|a| a == attempt);
+    if same && status.start_time.is_none() {
+        status.start_time = Some(Time(at));
+    }
+}
+
 /// `status` (with the result recorded) once the live attempt delivered `result`, which
 /// `command` must now verify: delivered, not done.
 fn verifying(status: &mut TaskStatus, result: &TaskResult, command: &str, now: Timestamp) {

@@ -25,9 +25,11 @@ pub struct Metrics {
     pub dispatches: IntCounterVec,
     /// Bus publish failures by message kind and error category.
     pub publish_failures: IntCounterVec,
-    /// Agent events consumed, by event type and outcome (applied; ignored; refused: the
-    /// API server refused the outcome and the attempt failed with its message instead;
-    /// dropped: that was refused too; malformed, unsupported_version).
+    /// Agent events consumed, by event type and outcome (applied; ignored; coalesced: a
+    /// heartbeat the status did not need; folded: a Started event written with its
+    /// attempt's outcome instead; refused: the API server refused the outcome and the
+    /// attempt failed with its message instead; dropped: that was refused too;
+    /// malformed, unsupported_version).
     pub events: IntCounterVec,
     /// Messages rejected for want of their attempt's token, by message kind and reason
     /// (`missing_token`, `bad_token`).

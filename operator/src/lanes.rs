@@ -1,0 +1,179 @@
+//! One lane per Task for the writes its attempts cause: a dispatch's Queued and the
+//! events agents report about it are written one after another, so they never race
+//! each other into a conflict (each would otherwise cost a failed write, a read and
+//! another write). A Started event whose attempt's outcome arrives within
+//! [`FOLD_WINDOW`] is folded into that outcome: the outcome is written once, with the
+//! start time, and Running never is (the attempt is already over).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use jiff::Timestamp;
+use tokio::sync::{Mutex as AsyncMutex, Notify, OwnedMutexGuard};
+
+/// How long a Started event waits for its attempt's outcome before it is written.
+pub const FOLD_WINDOW: Duration = Duration::from_millis(50);
+
+/// The lanes, by Task uid; a lane lives while someone is in it.
+#[derive(Debug, Default)]
+pub struct Lanes(Mutex<HashMap<String, Arc<Lane>>>);
+
+/// One Task's lane.
+#[derive(Debug, Default)]
+pub struct Lane {
+    turn: Arc<AsyncMutex<()>>,
+    /// The attempts whose outcome has arrived and waits for its turn.
+    outcomes: Mutex<HashSet<u32>>,
+    /// When a folded Started event said each attempt started.
+    started: Mutex<HashMap<u32, Timestamp>>,
+    announced: Notify,
+}
+
+/// A place in a Task's lane; the lane is dropped with its last place.
+#[derive(Debug)]
+pub struct Place<'a> {
+    lanes: &'a Lanes,
+    uid: String,
+    lane: Arc<Lane>,
+}
+
+/// A turn in a lane: the holder writes, the others wait.
+pub type Turn = OwnedMutexGuard<()>;
+
+impl Lanes {
+    /// A place in the lane of the Task with uid `uid`.
+    pub fn enter(&self, uid: &str) -> Place<'_> {
+        let lane = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(uid.to_owned())
+            .or_default()
+            .clone();
+        Place {
+            lanes: self,
+            uid: uid.to_owned(),
+            lane,
+        }
+    }
+
+    /// How many lanes are open.
+    pub fn open(&self) -> usize {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}
+
+impl Place<'_> {
+    /// Waits for this place's turn.
+    pub async fn turn(&self) -> Turn {
+        self.lane.turn.clone().lock_owned().await
+    }
+
+    /// Says that the outcome of `attempt` has arrived, before waiting for its turn.
+    pub fn announce_outcome(&self, attempt: u32) {
+        self.lane.lock_outcomes().insert(attempt);
+        self.lane.announced.notify_waiters();
+    }
+
+    /// Whether the outcome of `attempt` arrives within [`FOLD_WINDOW`] (or already
+    /// has); if so, `started_at` is kept for it, and the Started event need not be
+    /// written.
+    pub async fn folds_into_outcome(&self, attempt: u32, started_at: Timestamp) -> bool {
+        let arrived = || self.lane.lock_outcomes().contains(&attempt);
+        let wait = async {
+            loop {
+                let announced = self.lane.announced.notified();
+                if arrived() {
+                    return;
+                }
+                announced.await;
+            }
+        };
+        if tokio::time::timeout(FOLD_WINDOW, wait).await.is_err() {
+            return false;
+        }
+        self.lane
+            .started
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(attempt, started_at);
+        true
+    }
+
+    /// The outcome of `attempt` has had its turn: when a folded Started event said it
+    /// started, if one did.
+    pub fn take_outcome(&self, attempt: u32) -> Option<Timestamp> {
+        self.lane.lock_outcomes().remove(&attempt);
+        self.lane
+            .started
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&attempt)
+    }
+}
+
+impl Lane {
+    fn lock_outcomes(&self) -> std::sync::MutexGuard<'_, HashSet<u32>> {
+        self.outcomes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        let mut lanes = self.lanes.0.lock().unwrap_or_else(PoisonError::into_inner);
+        // This place and the map hold the lane: nobody else is in it.
+        if Arc::strong_count(&self.lane) == 2 {
+            lanes.remove(&self.uid);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_started_event_folds_into_an_outcome_that_follows_it() {
+        let lanes = Lanes::default();
+        let started = lanes.enter("uid-a");
+        let outcome = lanes.enter("uid-a");
+        let at = Timestamp::from_second(1_800_000_000).unwrap();
+        let (folded, ()) = tokio::join!(started.folds_into_outcome(1, at), async {
+            // After the Started event has begun waiting.
+            tokio::task::yield_now().await;
+            outcome.announce_outcome(1);
+        });
+        assert!(folded);
+        assert_eq!(outcome.take_outcome(1), Some(at));
+        // Another attempt's outcome folds nothing.
+        outcome.announce_outcome(2);
+        assert!(!started.folds_into_outcome(3, at).await);
+        assert_eq!(outcome.take_outcome(2), None);
+    }
+
+    #[tokio::test]
+    async fn writes_to_one_task_take_turns_and_the_lane_goes_with_its_last_place() {
+        let lanes = Lanes::default();
+        let first = lanes.enter("uid-a");
+        let second = lanes.enter("uid-a");
+        let other = lanes.enter("uid-b");
+        let turn = first.turn().await;
+        // The same Task waits; another Task does not.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), second.turn())
+                .await
+                .is_err()
+        );
+        let _other_turn = other.turn().await;
+        drop(turn);
+        let _second_turn = second.turn().await;
+        assert_eq!(lanes.open(), 2);
+        drop((first, other));
+        assert_eq!(lanes.open(), 1);
+        drop(second);
+        assert_eq!(lanes.open(), 0);
+    }
+}
