@@ -13,7 +13,7 @@ use aios_crds::{
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
-use crate::lifecycle::{condition, set_condition};
+use crate::task::lifecycle::{condition, set_condition};
 
 /// What an object's status says of it, in kstatus's terms.
 #[derive(Debug, Clone, PartialEq, Eq)]

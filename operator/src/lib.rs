@@ -4,37 +4,27 @@
 //! agents' reports into Task status; the Agent controller scales each role's pool and
 //! the ModelProvider controller deploys and probes model servers. Only the leader of
 //! several replicas runs them.
+//!
+//! One module per controller, each with its pure desired-state and status code beside
+//! its reconcile: [`project`] (Hera: plan, schedule, roll-up, dispatch messages),
+//! [`task`] (the lifecycle, the agents' events, cancels, attempt tokens), [`agent`]
+//! (pools), [`provider`] (model servers, credentials) and [`verify`]. The shared
+//! runtime — watches and indexes, the context, bus, leader election, backoff, metrics,
+//! HTTP — is [`runtime`]; this file only wires them together.
 
-pub mod agents;
-pub mod backoff;
-pub mod bus;
-pub mod cancels;
-pub mod context;
-pub mod credentials;
-pub mod dispatch;
-pub mod events;
-pub mod hera;
-pub mod http;
-pub mod index;
+pub mod agent;
+mod error;
 pub mod kstatus;
-pub mod lanes;
-pub mod leader;
-pub mod lifecycle;
-pub mod metrics;
-pub mod observe;
-pub mod plan;
 pub mod pods;
-pub mod pools;
-pub mod providers;
-pub mod rollup;
-pub mod schedule;
-pub mod serving;
-pub mod tasks;
+pub mod project;
+pub mod provider;
+pub mod runtime;
+pub mod task;
 #[cfg(test)]
 mod testing;
-pub mod tokens;
 pub mod verify;
-pub mod watches;
+
+pub use error::Error;
 
 use std::{
     collections::HashMap,
@@ -58,11 +48,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    bus::Bus,
-    context::Context,
-    http::Health,
-    leader::{ElectionConfig, Elector},
-    metrics::Metrics,
+    runtime::bus::Bus,
+    runtime::context::Context,
+    runtime::http::Health,
+    runtime::leader::{ElectionConfig, Elector},
+    runtime::metrics::Metrics,
 };
 
 /// The operator's configuration, from flags and the environment.
@@ -138,16 +128,16 @@ pub struct Config {
     pub http_addr: SocketAddr,
 
     /// The agent image for Agents that do not name one.
-    #[arg(long, env = "AIOS_AGENT_IMAGE", default_value_t = agents::AgentRuntime::default().image)]
+    #[arg(long, env = "AIOS_AGENT_IMAGE", default_value_t = agent::objects::AgentRuntime::default().image)]
     pub agent_image: String,
 
     /// The Ollama image for `serve` ModelProviders that do not name one.
-    #[arg(long, env = "AIOS_MODEL_SERVER_IMAGE", default_value = providers::DEFAULT_OLLAMA_IMAGE)]
+    #[arg(long, env = "AIOS_MODEL_SERVER_IMAGE", default_value = provider::objects::DEFAULT_OLLAMA_IMAGE)]
     pub model_server_image: String,
 
     /// The Secret, in each Agent's namespace, with the agents' connection settings
     /// (keys `amqpUrl`, `redisUrl`, optional `qdrantUrl`, `qdrantApiKey` and `caCert`).
-    #[arg(long, env = "AIOS_AGENT_CONNECTION_SECRET", default_value_t = agents::AgentRuntime::default().connection_secret)]
+    #[arg(long, env = "AIOS_AGENT_CONNECTION_SECRET", default_value_t = agent::objects::AgentRuntime::default().connection_secret)]
     pub agent_connection_secret: String,
 
     /// Where agent pods reach this operator's HTTP port (`http://host:port`, the
@@ -210,14 +200,14 @@ fn sandbox(config: &Config, client: &Client) -> Arc<dyn verify::Sandbox> {
 fn cancel_marks(
     config: &Config,
     ca: Option<&aios_bus::CaBundle>,
-) -> Result<Option<cancels::CancelMarks>, RunError> {
+) -> Result<Option<task::cancels::CancelMarks>, RunError> {
     let Some(url) = &config.redis_url else {
         tracing::warn!(
             "no Redis URL (AIOS_REDIS_URL): cancels reach only the agents connected when they are sent"
         );
         return Ok(None);
     };
-    cancels::CancelMarks::new(url, ca)
+    task::cancels::CancelMarks::new(url, ca)
         .map(Some)
         .map_err(RunError::Tls)
 }
@@ -233,13 +223,13 @@ pub enum RunError {
     Http(#[from] std::io::Error),
     /// The key of attempt tokens could not be had.
     #[error(transparent)]
-    TokenKey(#[from] tokens::KeyError),
+    TokenKey(#[from] task::tokens::KeyError),
     /// Leadership was lost or could not be kept.
     #[error(transparent)]
-    Leader(#[from] leader::LeaderError),
+    Leader(#[from] runtime::leader::LeaderError),
     /// The bus failed.
     #[error(transparent)]
-    Bus(#[from] bus::BusError),
+    Bus(#[from] runtime::bus::BusError),
     /// A critical task ended unexpectedly.
     #[error("{0} stopped unexpectedly")]
     TaskEnded(&'static str),
@@ -362,7 +352,7 @@ async fn lead(
     elector.acquire(shutdown).await?;
     health.leading.store(true, Ordering::Relaxed);
     if let Some(pod) = &config.identity {
-        leader::label_leader_pod(client, &config.lease_namespace, pod).await;
+        runtime::leader::label_leader_pod(client, &config.lease_namespace, pod).await;
     }
     let (keeper, shutdown) = (elector.clone(), shutdown.clone());
     tasks.spawn(async move { Ok(keeper.keep(&shutdown).await?) });
@@ -384,12 +374,12 @@ async fn start(
     };
     {
         let (health, shutdown, addr) = (health.clone(), shutdown.clone(), config.http_addr);
-        tasks.spawn(async move { Ok(http::serve(addr, health, shutdown).await?) });
+        tasks.spawn(async move { Ok(runtime::http::serve(addr, health, shutdown).await?) });
     }
 
     let elector = lead(&client, config, &identity, &health, shutdown, tasks).await?;
 
-    let attempt_key = tokens::AttemptKey::load_or_create(
+    let attempt_key = task::tokens::AttemptKey::load_or_create(
         &client,
         &config.lease_namespace,
         &config.token_key_secret,
@@ -401,7 +391,7 @@ async fn start(
     let queue_source = queue_source(config, &bus)?;
     let cancel_marks = cancel_marks(config, ca.as_ref())?;
 
-    let watches::Caches {
+    let runtime::watches::Caches {
         tasks: task_store,
         task_index,
         agents: agent_store,
@@ -410,7 +400,7 @@ async fn start(
         agent_wakeups: agent_rx,
         provider_deletions,
         triggers,
-    } = watches::start_caches(&client, config, &bus, shutdown, tasks).await?;
+    } = runtime::watches::start_caches(&client, config, &bus, shutdown, tasks).await?;
 
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -430,13 +420,13 @@ async fn start(
         expectations: Arc::new(Mutex::new(HashMap::new())),
         providers: provider_store,
         credentials,
-        http: serving::probe_client(),
+        http: provider::probe_client(),
         provider_probe_interval: Duration::from_secs(config.provider_probe_seconds.max(1)),
-        agent_runtime: agents::AgentRuntime {
+        agent_runtime: agent::objects::AgentRuntime {
             image: config.agent_image.clone(),
             connection_secret: config.agent_connection_secret.clone(),
             credential_url: config.agent_credential_url.clone(),
-            ..agents::AgentRuntime::default()
+            ..agent::objects::AgentRuntime::default()
         },
         model_server_image: config.model_server_image.clone(),
         cancel_marks,
@@ -455,7 +445,7 @@ async fn start(
                 .for_each(|namespace| {
                     let ctx = ctx.clone();
                     async move {
-                        if let Err(err) = serving::publish_provider_list(&ctx, &namespace, None).await {
+                        if let Err(err) = provider::publish_provider_list(&ctx, &namespace, None).await {
                             tracing::warn!(error = %err, %namespace, "rewriting the provider list failed");
                         }
                     }
@@ -466,7 +456,7 @@ async fn start(
     }
     let _ = health.context.set(ctx.clone());
     let (agents, depths) = (ctx.agents.clone(), health.queues.clone());
-    tasks.spawn(observe::follow_queues(
+    tasks.spawn(runtime::observe::follow_queues(
         queue_source,
         agents,
         depths,
@@ -480,7 +470,10 @@ async fn start(
 
 /// Where the metrics read queue depths: the management API when configured (it must be
 /// a valid URL), else the bus.
-fn queue_source(config: &Config, bus: &Arc<Bus>) -> Result<observe::QueueSource, RunError> {
+fn queue_source(
+    config: &Config,
+    bus: &Arc<Bus>,
+) -> Result<runtime::observe::QueueSource, RunError> {
     let management = match &config.rabbitmq_management_url {
         None => None,
         Some(url) => {
@@ -495,10 +488,10 @@ fn queue_source(config: &Config, bus: &Arc<Bus>) -> Result<observe::QueueSource,
                 .map_err(|e| {
                     RunError::Config(format!("building the management API client: {e}"))
                 })?;
-            Some((http, url, observe::vhost_of(&config.amqp_url)))
+            Some((http, url, runtime::observe::vhost_of(&config.amqp_url)))
         }
     };
-    Ok(observe::QueueSource {
+    Ok(runtime::observe::QueueSource {
         bus: bus.clone(),
         management,
     })
@@ -511,8 +504,8 @@ fn spawn_controllers(
     client: &Client,
     config: &Config,
     ctx: Arc<Context>,
-    agent_rx: mpsc::UnboundedReceiver<hera::Wake>,
-    triggers: watches::Triggers,
+    agent_rx: mpsc::UnboundedReceiver<project::Wake>,
+    triggers: runtime::watches::Triggers,
     shutdown: &CancellationToken,
     tasks: &mut Supervised,
 ) -> reflector::Store<Project> {
@@ -524,21 +517,23 @@ fn spawn_controllers(
     let project_store = project_controller.store();
     let waiting = ctx.tasks.clone();
     let projects = project_controller
-        .watches_shared_stream(triggers.tasks_for_projects, |task| hera::project_of(&task))
+        .watches_shared_stream(triggers.tasks_for_projects, |task| {
+            project::project_of(&task)
+        })
         .reconcile_on(triggers.deleted_tasks)
         // An Agent or a provider that appears or changes wakes only the Projects with
         // a Task waiting for it.
         .reconcile_on(agent_rx.flat_map(move |wake| {
             let tasks = waiting.state();
-            futures::stream::iter(hera::projects_waiting(
+            futures::stream::iter(project::projects_waiting(
                 tasks.iter().map(AsRef::as_ref),
                 &wake,
             ))
         }))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(
-            |o, c| backoff::resetting("project", o, c, hera::reconcile),
-            hera::error_policy,
+            |o, c| runtime::backoff::resetting("project", o, c, project::reconcile),
+            project::error_policy,
             ctx.clone(),
         )
         .for_each(|_| async {});
@@ -550,8 +545,8 @@ fn spawn_controllers(
         Controller::for_shared_stream(triggers.tasks_for_tasks, ctx.tasks.clone())
             .graceful_shutdown_on(shutdown.clone().cancelled_owned())
             .run(
-                |o, c| backoff::resetting("task", o, c, tasks::reconcile),
-                tasks::error_policy,
+                |o, c| runtime::backoff::resetting("task", o, c, task::reconcile),
+                task::error_policy,
                 ctx.clone(),
             )
             .for_each(|_| async {});
@@ -563,13 +558,13 @@ fn spawn_controllers(
     {
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
         tasks.spawn(async move {
-            events::consume_events(ctx, shutdown).await?;
+            task::events::consume_events(ctx, shutdown).await?;
             Err(RunError::TaskEnded("the event consumer"))
         });
     }
     let shutdown = shutdown.clone();
     tasks.spawn(async move {
-        events::consume_dead_letters(ctx, shutdown).await?;
+        task::events::consume_dead_letters(ctx, shutdown).await?;
         Err(RunError::TaskEnded("the dead-letter consumer"))
     });
     project_store
@@ -579,7 +574,7 @@ fn spawn_controllers(
 /// servers) under supervision.
 fn spawn_workload_controllers(
     ctx: &Arc<Context>,
-    triggers: watches::WorkloadTriggers,
+    triggers: runtime::watches::WorkloadTriggers,
     shutdown: &CancellationToken,
     tasks: &mut Supervised,
 ) {
@@ -587,15 +582,15 @@ fn spawn_workload_controllers(
     let pools = Controller::for_shared_stream(triggers.agents, ctx.agents.clone())
         .owns_shared_stream(triggers.deployments_for_pools)
         .watches_shared_stream(triggers.tasks, move |task| {
-            pools::agents_for_task(&agents, &task)
+            agent::agents_for_task(&agents, &task)
         })
         .reconcile_on(triggers.deleted_pools)
         // Task events come in bursts; one pass a second per pool is enough.
         .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(
-            |o, c| backoff::resetting("agent", o, c, pools::reconcile),
-            pools::error_policy,
+            |o, c| runtime::backoff::resetting("agent", o, c, agent::reconcile),
+            agent::error_policy,
             ctx.clone(),
         )
         .for_each(|_| async {});
@@ -607,16 +602,16 @@ fn spawn_workload_controllers(
     let serving = Controller::for_shared_stream(triggers.providers, ctx.providers.clone())
         .owns_shared_stream(triggers.deployments_for_serving)
         .watches_shared_stream(triggers.secrets, move |secret| {
-            serving::providers_naming(&naming, &secret)
+            provider::providers_naming(&naming, &secret)
         })
         .reconcile_on(triggers.deleted_servers)
         .reconcile_on(triggers.deleted_secrets.flat_map(move |secret| {
-            futures::stream::iter(serving::providers_naming(&naming_deleted, &secret))
+            futures::stream::iter(provider::providers_naming(&naming_deleted, &secret))
         }))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(
-            |o, c| backoff::resetting("model_provider", o, c, serving::reconcile),
-            serving::error_policy,
+            |o, c| runtime::backoff::resetting("model_provider", o, c, provider::reconcile),
+            provider::error_policy,
             ctx.clone(),
         )
         .for_each(|_| async {});

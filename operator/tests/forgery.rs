@@ -12,7 +12,7 @@ use aios_crds::{
     TaskResult, Usage,
     bus::{ObjectRef, TaskDispatch, TaskEvent, TaskEventKind, TaskOutput},
 };
-use aios_operator::bus::Bus;
+use aios_operator::runtime::bus::Bus;
 use support::{FakeAgents, Harness, Reply, single};
 use tokio_util::sync::CancellationToken;
 

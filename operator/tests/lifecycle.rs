@@ -488,7 +488,7 @@ async fn duplicate_and_stale_events_change_nothing() {
 
     let dispatch = agents.received()[0].dispatch.clone();
     let stop = tokio_util::sync::CancellationToken::new();
-    let bus = aios_operator::bus::Bus::connect(&h.amqp_url, None, &stop)
+    let bus = aios_operator::runtime::bus::Bus::connect(&h.amqp_url, None, &stop)
         .await
         .unwrap();
     let again = TaskEventKind::Succeeded {

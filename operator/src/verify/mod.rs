@@ -34,7 +34,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{Resource, ResourceExt};
 
-use crate::{lifecycle::set_condition, plan::sha256_hex};
+use crate::{project::plan::sha256_hex, task::lifecycle::set_condition};
 
 /// One verification run: what to check out and what to run, with the limits.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,7 +121,7 @@ pub fn command(verify: &Verify, task: Option<&TaskSpec>) -> String {
 pub fn required(project: Option<&Project>, task: &Task, files_written: bool) -> bool {
     project.is_some_and(|p| p.spec.verify.is_some())
         && files_written
-        && !crate::dispatch::is_planning_task(task)
+        && !crate::project::dispatch::is_planning_task(task)
         && !is_fix(task)
 }
 
@@ -598,7 +598,7 @@ pub fn fix_task(
 pub fn fix_state(task: &Task) -> FixState {
     let status = task.status.as_ref();
     FixState {
-        phase: crate::lifecycle::phase(task),
+        phase: crate::task::lifecycle::phase(task),
         commit: status
             .and_then(|s| s.result.as_ref())
             .and_then(|r| r.commit.clone()),

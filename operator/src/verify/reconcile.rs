@@ -12,9 +12,10 @@ use kube::{Resource, ResourceExt};
 
 use super::{Fixes, Outcome, Run, SandboxError, Step, fix_state, fix_task, run_id, start, step};
 use crate::{
-    context::{Context, write_task_status},
-    hera::{Error, apply_task},
-    lifecycle::phase,
+    Error,
+    project::apply_task,
+    runtime::context::{Context, write_task_status},
+    task::lifecycle::phase,
 };
 
 impl From<SandboxError> for Error {

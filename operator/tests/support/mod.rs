@@ -21,7 +21,7 @@ use aios_crds::{
     names::bus::role_queue,
 };
 use aios_e2e::{Environment, process};
-use aios_operator::bus::Bus;
+use aios_operator::runtime::bus::Bus;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use tokio_util::sync::CancellationToken;

@@ -1,7 +1,7 @@
 //! The operator's Prometheus metrics, all prefixed `aios_`. Label values are bounded:
 //! controller names, error categories, phases, roles and namespaces. The gauges read
 //! from the caches on each scrape (tasks, projects, pools, providers, queues) are in
-//! [`crate::observe`].
+//! [`crate::runtime::observe`].
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,

@@ -395,7 +395,7 @@ pub fn apply_event(
 }
 
 /// Records when attempt `attempt` started, from a Started event written with its outcome
-/// (see [`crate::lanes`]), if `status` is that attempt's and has no start time.
+/// (see [`crate::task::lanes`]), if `status` is that attempt's and has no start time.
 pub fn started_at(status: &mut TaskStatus, attempt: u32, at: Timestamp) {
     let same = u32::try_from(status.attempt).is_ok_and(|a| a == attempt);
     if same && status.start_time.is_none() {

@@ -19,7 +19,7 @@ use aios_crds::{Agent, ModelProvider, Project, Task, names};
 use kube::ResourceExt;
 use prometheus::{GaugeVec, IntGaugeVec, Opts, Registry, proto::MetricFamily};
 
-use crate::{bus::Bus, lifecycle::phase};
+use crate::{runtime::bus::Bus, task::lifecycle::phase};
 
 /// What one scrape reads.
 #[derive(Debug, Default)]
@@ -37,7 +37,7 @@ pub struct Snapshot {
     /// The role queues that could be read.
     pub queues: Vec<QueueDepth>,
     /// The objects whose last reconcile failed.
-    pub failing: Vec<(&'static str, String, crate::backoff::Failing)>,
+    pub failing: Vec<(&'static str, String, crate::runtime::backoff::Failing)>,
 }
 
 /// One role queue's depth.
@@ -104,7 +104,7 @@ pub fn families(snapshot: &Snapshot) -> Vec<MetricFamily> {
 
 /// Objects backing off after failed reconciles: how many per controller, and the
 /// longest run of failures (object names are not labels: they are unbounded).
-fn failing(g: &Gauges<'_>, failing: &[(&'static str, String, crate::backoff::Failing)]) {
+fn failing(g: &Gauges<'_>, failing: &[(&'static str, String, crate::runtime::backoff::Failing)]) {
     let objects = g.int(
         "aios_reconcile_failing_objects",
         "Objects whose last reconcile failed, backing off, by controller",

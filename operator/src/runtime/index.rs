@@ -1,6 +1,6 @@
 //! Indexes kept beside the Task store, so reconcilers look up what they need instead
 //! of scanning every Task of the cluster: Task names by Project, and by role and phase.
-//! Fed by the one Task watch ([`crate::watches`]) with every event it sees, a re-list
+//! Fed by the one Task watch ([`crate::runtime::watches`]) with every event it sees, a re-list
 //! included (the index is rebuilt beside the old one and swapped in when the list is
 //! complete, as the store is).
 

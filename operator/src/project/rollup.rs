@@ -13,7 +13,7 @@ use kube::ResourceExt;
 
 use crate::{
     kstatus::{self, set_health},
-    lifecycle::{condition, phase, set_condition},
+    task::lifecycle::{condition, phase, set_condition},
 };
 
 /// Where the Project's plan stands.
@@ -580,7 +580,7 @@ mod tests {
     fn a_task_that_failed_its_verification_fails_the_project_with_that_reason() {
         let mut failed = with_phase(task("a", &[]), Failed);
         let status = failed.status.as_mut().unwrap();
-        crate::lifecycle::set_condition(
+        crate::task::lifecycle::set_condition(
             &mut status.conditions,
             "Succeeded",
             "False",

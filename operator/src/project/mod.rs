@@ -5,6 +5,11 @@
 //! fetch (caches) → plan (pure validation) → run plan (pure scheduling) → apply (bus and
 //! Task writes) → Project status (pure roll-up, one server-side apply when it changed).
 
+pub mod dispatch;
+pub mod plan;
+pub mod rollup;
+pub mod schedule;
+
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use aios_crds::{
@@ -23,57 +28,25 @@ use kube::{
 use serde_json::json;
 
 use crate::{
-    bus::BusError,
-    context::{Context, set_task_finalizer, write_task_status},
-    dispatch::{
+    Error,
+    project::dispatch::{
         FEEDBACK_SEPARATOR, dispatch_message, is_planning_task, planning_task, planning_task_name,
     },
-    lifecycle::{self, phase, task_policy},
-    plan::{PlanError, ValidatedPlan, dropped_dependencies, judge_plan, missing_tasks, plan_tasks},
-    rollup::{PlanState, budget_exceeded, differs, project_status, refused_plan, total_usage},
-    schedule::{Action, Hold, RunPlan, plan_run_gated},
-    tokens::Attempt,
+    project::plan::{
+        PlanError, ValidatedPlan, dropped_dependencies, judge_plan, missing_tasks, plan_tasks,
+    },
+    project::rollup::{
+        PlanState, budget_exceeded, differs, project_status, refused_plan, total_usage,
+    },
+    project::schedule::{Action, Hold, RunPlan, plan_run_gated},
+    runtime::context::{Context, set_task_finalizer, write_task_status},
+    task::lifecycle::{self, phase, task_policy},
+    task::tokens::Attempt,
     verify,
 };
 
 /// How often a pass looks at a verification run in progress.
 const VERIFY_POLL: Duration = Duration::from_secs(2);
-
-/// Why a reconcile failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A Kubernetes API call failed.
-    #[error("kubernetes api: {0}")]
-    Kube(#[source] kube::Error),
-    /// Publishing to the bus failed.
-    #[error("bus: {0}")]
-    Bus(#[from] BusError),
-    /// This replica does not lead.
-    #[error("not the leader")]
-    NotLeader,
-    /// A cancel could not be made durable.
-    #[error(transparent)]
-    CancelMark(#[from] crate::cancels::CancelError),
-}
-
-impl From<kube::Error> for Error {
-    fn from(e: kube::Error) -> Self {
-        Self::Kube(e)
-    }
-}
-
-impl Error {
-    /// A bounded label for metrics.
-    pub fn category(&self) -> &'static str {
-        match self {
-            Self::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
-            Self::Kube(_) => "kube",
-            Self::Bus(e) => e.category(),
-            Self::NotLeader => "not_leader",
-            Self::CancelMark(_) => "redis",
-        }
-    }
-}
 
 /// Which Project a Task belongs to, for triggering Hera on Task changes (owned or not).
 #[allow(clippy::needless_pass_by_value)] // the signature kube's `watches` mapper takes
@@ -315,7 +288,7 @@ fn run_plan(
             return Some(waiting_for_role(task.spec.role.as_str()));
         }
         let complexity = task.spec.complexity;
-        (!crate::providers::can_take(providers.iter().map(AsRef::as_ref), complexity))
+        (!crate::provider::objects::can_take(providers.iter().map(AsRef::as_ref), complexity))
             .then(|| format!("{WAITING_FOR_PROVIDER} that can take a {complexity:?} task"))
     };
     plan_run_gated(project, work, hold, &gate, now)
@@ -678,7 +651,7 @@ async fn dispatch(
     }
     let policy = task_policy(task, &project.spec.policy.task_defaults);
     if let Some((reason, message)) =
-        crate::credentials::refuse_repository_credential(&ctx.credentials, project)
+        crate::provider::credentials::refuse_repository_credential(&ctx.credentials, project)
     {
         tracing::warn!(task = %task.name_any(), %reason, %message, "not dispatching: the repository credential may not be used");
         let status = lifecycle::fail_attempt(&current, &policy, reason, &message, false, now);
@@ -804,7 +777,7 @@ async fn publish_event(
 pub fn error_policy(project: Arc<Project>, error: &Error, ctx: Arc<Context>) -> ControllerAction {
     ControllerAction::requeue(ctx.retry_after(
         "project",
-        &crate::backoff::key(project.as_ref()),
+        &crate::runtime::backoff::key(project.as_ref()),
         error,
         Duration::from_secs(5),
     ))

@@ -25,7 +25,7 @@ use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
 use kube::Client;
 use tokio_util::sync::CancellationToken as Shutdown;
 
-use crate::{Config, RunError, Supervised, api, bus::Bus, credentials, hera};
+use crate::{Config, RunError, Supervised, api, project, provider::credentials, runtime::bus::Bus};
 
 /// How many changes a subscriber may lag behind before the watch waits for it.
 pub const SUBSCRIBER_BUFFER: usize = 4096;
@@ -101,13 +101,13 @@ where
 /// The operator's caches, synced: one watch per kind (see [`watches`]).
 pub(crate) struct Caches {
     pub tasks: reflector::Store<Task>,
-    pub task_index: Arc<crate::index::TaskIndex>,
+    pub task_index: Arc<crate::runtime::index::TaskIndex>,
     pub agents: reflector::Store<Agent>,
     pub providers: reflector::Store<ModelProvider>,
     /// The Secrets labelled as credentials.
     pub credentials: reflector::Store<Secret>,
     /// What each Agent or ModelProvider that appears or changes may wake.
-    pub agent_wakeups: mpsc::UnboundedReceiver<hera::Wake>,
+    pub agent_wakeups: mpsc::UnboundedReceiver<project::Wake>,
     /// The namespace of each deleted ModelProvider.
     pub provider_deletions: mpsc::UnboundedReceiver<String>,
     /// What wakes the controllers.
@@ -136,7 +136,7 @@ pub(crate) async fn start_caches(
 ) -> Result<Caches, RunError> {
     let ns = config.watch_namespace.as_deref();
     let (deleted_task_tx, deleted_tasks) = mpsc::unbounded();
-    let task_index = Arc::new(crate::index::TaskIndex::default());
+    let task_index = Arc::new(crate::runtime::index::TaskIndex::default());
     let indexing = task_index.clone();
     let watched_tasks = watch(
         (api::<Task>(client, ns), watcher::Config::default()),
@@ -145,7 +145,7 @@ pub(crate) async fn start_caches(
         move |event| {
             indexing.apply(event);
             if let watcher::Event::Delete(task) = event
-                && let Some(project) = hera::project_of(task)
+                && let Some(project) = project::project_of(task)
             {
                 let _ = deleted_task_tx.unbounded_send(project);
             }
@@ -155,7 +155,7 @@ pub(crate) async fn start_caches(
         tasks,
     )
     .await?;
-    let (agent_tx, agent_rx) = mpsc::unbounded::<hera::Wake>();
+    let (agent_tx, agent_rx) = mpsc::unbounded::<project::Wake>();
     let provider_wakeups = agent_tx.clone();
     let watched_agents = watch_agents(client, ns, bus, agent_tx, shutdown, tasks).await?;
     let (watched_providers, deleted_rx) =
@@ -237,7 +237,7 @@ async fn watch_agents(
     client: &Client,
     ns: Option<&str>,
     bus: &Arc<Bus>,
-    agent_tx: mpsc::UnboundedSender<hera::Wake>,
+    agent_tx: mpsc::UnboundedSender<project::Wake>,
     shutdown: &Shutdown,
     tasks: &mut Supervised,
 ) -> Result<Watched<Agent>, RunError> {
@@ -267,7 +267,7 @@ async fn watch_agents(
                         if let Err(err) = bus.ensure_role_queue(&kube::ResourceExt::namespace(&agent).unwrap_or_default(), agent.spec.role.as_str()).await {
                             tracing::warn!(error = %err, role = %agent.spec.role, "declaring the role queue failed");
                         }
-                        let _ = agent_tx.unbounded_send(hera::Wake::Role {
+                        let _ = agent_tx.unbounded_send(project::Wake::Role {
                             namespace: kube::ResourceExt::namespace(&agent).unwrap_or_default(),
                             role: agent.spec.role.to_string(),
                         });
@@ -346,7 +346,7 @@ async fn watch_deployments(
 async fn watch_providers(
     client: &Client,
     ns: Option<&str>,
-    provider_wakeups: mpsc::UnboundedSender<hera::Wake>,
+    provider_wakeups: mpsc::UnboundedSender<project::Wake>,
     shutdown: &Shutdown,
     tasks: &mut Supervised,
 ) -> Result<(Watched<ModelProvider>, mpsc::UnboundedReceiver<String>), RunError> {
@@ -362,7 +362,7 @@ async fn watch_providers(
             | watcher::Event::InitApply(provider)
             | watcher::Event::Delete(provider) = event
             {
-                let _ = provider_wakeups.unbounded_send(hera::Wake::Provider {
+                let _ = provider_wakeups.unbounded_send(project::Wake::Provider {
                     namespace: provider.metadata.namespace.clone().unwrap_or_default(),
                 });
             }

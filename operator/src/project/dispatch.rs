@@ -15,7 +15,7 @@ use aios_crds::{
 use jiff::Timestamp;
 use kube::{Resource, ResourceExt, api::ObjectMeta};
 
-use crate::lifecycle::{TaskPolicy, after, condition};
+use crate::task::lifecycle::{TaskPolicy, after, condition};
 
 /// The role that plans Projects.
 pub const PLANNING_ROLE: &str = "cto";
@@ -188,7 +188,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        lifecycle::{fail_attempt, task_policy},
+        task::lifecycle::{fail_attempt, task_policy},
         testing::{project, task, ts, with_phase},
     };
 
@@ -239,7 +239,7 @@ mod tests {
         planner.metadata.uid = Some("uid-plan".into());
         assert_eq!(planner.metadata.name.as_deref(), Some("shop-plan"));
         assert!(is_planning_task(&planner));
-        planner.status = Some(crate::lifecycle::queued(&planner, 1, ts(0)));
+        planner.status = Some(crate::task::lifecycle::queued(&planner, 1, ts(0)));
         let policy = task_policy(&planner, &TaskDefaults::default());
         planner.status = Some(fail_attempt(
             &planner,

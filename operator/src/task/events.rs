@@ -6,7 +6,7 @@
 //! would be refused the same way forever: the attempt fails with the API server's
 //! message (reason `ResultRefused`), and the task's retry policy takes it from there.
 //!
-//! Nothing is believed without the attempt's token (see [`crate::tokens`]): an event
+//! Nothing is believed without the attempt's token (see [`crate::task::tokens`]): an event
 //! or a dead letter whose token is missing or is not its attempt's changes nothing, is
 //! counted in `aios_rejected_messages_total` and logged with what it claimed to be.
 
@@ -29,12 +29,12 @@ use lapin::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    bus::BusError,
-    context::{Context, write_task_status},
-    lanes::{Place, Turn},
-    lifecycle::{self, apply_event, refuse_outcome, task_policy},
-    plan::stored_plan,
-    tokens::{Attempt, Verdict},
+    project::plan::stored_plan,
+    runtime::bus::BusError,
+    runtime::context::{Context, write_task_status},
+    task::lanes::{Place, Turn},
+    task::lifecycle::{self, apply_event, refuse_outcome, task_policy},
+    task::tokens::{Attempt, Verdict},
 };
 
 /// How many messages are handled at once.
@@ -360,7 +360,7 @@ async fn admit(
 }
 
 /// Waits for `event`'s turn in its Task's lane (one write at a time per Task, see
-/// [`crate::lanes`]): the place and the turn, to hold while writing, and for an outcome,
+/// [`crate::task::lanes`]): the place and the turn, to hold while writing, and for an outcome,
 /// when a Started event folded into it said the attempt started. `None` when `event` is
 /// a Started event whose outcome followed at once: it is written with the outcome.
 async fn take_turn<'a>(

@@ -23,9 +23,9 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    bus::Bus,
-    metrics::Metrics,
-    observe::{self, QueueDepth, Snapshot},
+    runtime::bus::Bus,
+    runtime::metrics::Metrics,
+    runtime::observe::{self, QueueDepth, Snapshot},
 };
 
 /// What the probes and the metrics endpoint read.
@@ -45,7 +45,7 @@ pub struct Health {
     pub metrics: Metrics,
     /// The controllers' shared state, once this replica leads and its caches synced:
     /// the credential endpoint answers from it.
-    pub context: Arc<OnceCell<Arc<crate::context::Context>>>,
+    pub context: Arc<OnceCell<Arc<crate::runtime::context::Context>>>,
 }
 
 impl Health {
@@ -101,7 +101,7 @@ async fn readyz(State(health): State<Health>) -> (StatusCode, &'static str) {
 }
 
 /// An agent's request for a credential its attempt needs (see
-/// [`crate::credentials::give`]): 200 with the value; 403 refused, saying why; 503 when
+/// [`crate::provider::credentials::give`]): 200 with the value; 403 refused, saying why; 503 when
 /// this replica does not lead (the agent asks again) or the credential cannot be had now.
 async fn credential(
     State(health): State<Health>,
@@ -118,21 +118,22 @@ async fn credential(
             Some("this operator replica does not lead; ask again".to_owned()),
         );
     };
-    let (status, value, refused, outcome) = match crate::credentials::give(ctx, &request).await {
-        Ok(value) => (StatusCode::OK, Some(value), None, "given"),
-        Err(err @ crate::credentials::GiveError::Refused(_)) => (
-            StatusCode::FORBIDDEN,
-            None,
-            Some(err.to_string()),
-            "refused",
-        ),
-        Err(err) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            None,
-            Some(err.to_string()),
-            "unavailable",
-        ),
-    };
+    let (status, value, refused, outcome) =
+        match crate::provider::credentials::give(ctx, &request).await {
+            Ok(value) => (StatusCode::OK, Some(value), None, "given"),
+            Err(err @ crate::provider::credentials::GiveError::Refused(_)) => (
+                StatusCode::FORBIDDEN,
+                None,
+                Some(err.to_string()),
+                "refused",
+            ),
+            Err(err) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                Some(err.to_string()),
+                "unavailable",
+            ),
+        };
     ctx.metrics
         .credential_requests
         .with_label_values(&[purpose.as_str(), outcome])

@@ -108,7 +108,7 @@ fn the_caches_become_gauges_with_bounded_labels() {
             consumers: 1,
         }],
         failing: {
-            let backoffs = crate::backoff::Backoffs::default();
+            let backoffs = crate::runtime::backoff::Backoffs::default();
             for _ in 0..3 {
                 backoffs.failed("agent", "team-a/apollo");
             }

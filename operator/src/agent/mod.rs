@@ -5,6 +5,8 @@
 //! fetch (caches) → desired state (pure, `agents`) → apply (server-side, in order) →
 //! status (pure, one patch when it changed).
 
+pub mod objects;
+
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use aios_crds::{
@@ -27,11 +29,11 @@ use kube::{
 use serde_json::json;
 
 use crate::{
-    agents::{AgentChildren, agent_children, deletion_cost_changes, pod_selector, scale},
-    context::{Context, server_side_apply},
-    hera::Error,
+    Error,
+    agent::objects::{AgentChildren, agent_children, deletion_cost_changes, pod_selector, scale},
     kstatus::{Health, set_health},
-    lifecycle::phase,
+    runtime::context::{Context, server_side_apply},
+    task::lifecycle::phase,
 };
 
 /// How long to wait before looking again at a pool nothing is happening to.
@@ -188,7 +190,7 @@ fn refused(err: &kube::Error) -> Option<&str> {
 fn pool_status(
     agent: &Agent,
     previous: &AgentStatus,
-    decision: &crate::agents::Scale,
+    decision: &crate::agent::objects::Scale,
     last: Option<(i32, Option<Timestamp>)>,
     ready: i32,
     demand: &Demand,
@@ -314,7 +316,7 @@ fn status_differs(a: &AgentStatus, b: &AgentStatus) -> bool {
 pub fn error_policy(agent: Arc<Agent>, error: &Error, ctx: Arc<Context>) -> Action {
     Action::requeue(ctx.retry_after(
         "agent",
-        &crate::backoff::key(agent.as_ref()),
+        &crate::runtime::backoff::key(agent.as_ref()),
         error,
         Duration::from_secs(2),
     ))

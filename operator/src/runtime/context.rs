@@ -25,11 +25,11 @@ use kube::{
 use serde_json::json;
 
 use crate::{
-    bus::Bus,
     kstatus,
-    leader::Leadership,
-    metrics::Metrics,
-    plan::{PlanReadError, read_plan},
+    project::plan::{PlanReadError, read_plan},
+    runtime::bus::Bus,
+    runtime::leader::Leadership,
+    runtime::metrics::Metrics,
 };
 
 /// The longest Event note the API server takes, in bytes.
@@ -45,7 +45,7 @@ pub struct Context {
     /// Cache of every Task.
     pub tasks: Store<Task>,
     /// The Tasks' names by Project, and by role and phase.
-    pub task_index: Arc<crate::index::TaskIndex>,
+    pub task_index: Arc<crate::runtime::index::TaskIndex>,
     /// Cache of every Agent.
     pub agents: Store<Agent>,
     /// Metrics.
@@ -59,13 +59,13 @@ pub struct Context {
     /// could publish the same attempt again or overfill `maxParallelTasks`.
     pub expectations: Arc<Mutex<HashMap<String, i32>>>,
     /// How agent pods are configured.
-    pub agent_runtime: crate::agents::AgentRuntime,
+    pub agent_runtime: crate::agent::objects::AgentRuntime,
     /// The Ollama image for `serve` providers that name none.
     pub model_server_image: String,
     /// Cache of every ModelProvider.
     pub providers: Store<aios_crds::ModelProvider>,
     /// Cache of the Secrets labelled as credentials: the only Secrets the operator
-    /// reads (see [`crate::credentials`]).
+    /// reads (see [`crate::provider::credentials`]).
     pub credentials: Store<k8s_openapi::api::core::v1::Secret>,
     /// Where verification runs.
     pub sandbox: Arc<dyn crate::verify::Sandbox>,
@@ -74,18 +74,18 @@ pub struct Context {
     /// How often a ready model provider is probed again.
     pub provider_probe_interval: std::time::Duration,
     /// Where cancels are marked for agents that did not hear them; none without Redis.
-    pub cancel_marks: Option<crate::cancels::CancelMarks>,
+    pub cancel_marks: Option<crate::task::cancels::CancelMarks>,
     /// The key of the tokens dispatches carry and events must return.
-    pub attempt_key: Arc<crate::tokens::AttemptKey>,
+    pub attempt_key: Arc<crate::task::tokens::AttemptKey>,
     /// The objects whose reconciles keep failing, and how long each waits.
-    pub backoffs: Arc<crate::backoff::Backoffs>,
+    pub backoffs: Arc<crate::runtime::backoff::Backoffs>,
     /// Cache of every Project, once the Project controller has started (the bus
     /// consumers read the policies of the Tasks they report on from it).
     pub projects: Arc<tokio::sync::OnceCell<Store<aios_crds::Project>>>,
     /// The explicit plans already validated, by Project and generation.
-    pub plans: Arc<crate::plan::ValidatedPlans>,
+    pub plans: Arc<crate::project::plan::ValidatedPlans>,
     /// One lane of writes per Task with writes in flight.
-    pub lanes: Arc<crate::lanes::Lanes>,
+    pub lanes: Arc<crate::task::lanes::Lanes>,
 }
 
 impl std::fmt::Debug for Context {
@@ -99,12 +99,12 @@ impl Context {
     /// why (a refused permission or an invalid object is visible in the log, not only as
     /// a metric) and says when to try again: a conflict at once (the cache will have
     /// caught up), a standby's pass after `usual`, and anything else after the object's
-    /// own backoff, which grows with its failures in a row ([`crate::backoff`]).
+    /// own backoff, which grows with its failures in a row ([`crate::runtime::backoff`]).
     pub fn retry_after(
         &self,
         controller: &'static str,
         object: &str,
-        error: &crate::hera::Error,
+        error: &crate::Error,
         usual: std::time::Duration,
     ) -> std::time::Duration {
         let category = error.category();
@@ -115,7 +115,7 @@ impl Context {
         match category {
             "conflict" => {
                 tracing::debug!(controller, object, error = %error, "reconcile retried");
-                crate::backoff::FIRST
+                crate::runtime::backoff::FIRST
             }
             "not_leader" => {
                 tracing::debug!(controller, object, error = %error, "reconcile retried");
@@ -234,7 +234,7 @@ impl Context {
         }
     }
 
-    /// Keeps a plan in its ConfigMaps (see [`crate::plan::stored_plan`]), by server-side
+    /// Keeps a plan in its ConfigMaps (see [`crate::project::plan::stored_plan`]), by server-side
     /// apply: applying the same plan again changes nothing.
     pub async fn store_plan(&self, config_maps: &[ConfigMap]) -> Result<(), kube::Error> {
         for cm in config_maps {

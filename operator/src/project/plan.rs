@@ -513,7 +513,7 @@ mod tests {
     }
 
     fn planner() -> Task {
-        let mut planner = crate::dispatch::planning_task(&crate::testing::project("shop"));
+        let mut planner = crate::project::dispatch::planning_task(&crate::testing::project("shop"));
         planner.metadata.uid = Some("uid-shop-plan".into());
         planner
     }

@@ -210,22 +210,22 @@ pub enum GiveError {
 /// allows the use ([`check`]). Everything is read from the operator's caches but the
 /// Project, which is read from the API server.
 pub async fn give(
-    ctx: &crate::context::Context,
+    ctx: &crate::runtime::context::Context,
     request: &aios_crds::credentials::CredentialRequest,
 ) -> Result<String, GiveError> {
     use aios_crds::credentials::Purpose;
     let refused = |why: String| GiveError::Refused(why);
-    let Some(task) = crate::events::cached_task(ctx, &request.task) else {
+    let Some(task) = crate::task::events::cached_task(ctx, &request.task) else {
         return Err(refused(format!(
             "no Task {}/{} with that uid",
             request.task.namespace, request.task.name
         )));
     };
     let verdict = ctx.attempt_key.verify(
-        &crate::tokens::Attempt::of(&task, request.attempt),
+        &crate::task::tokens::Attempt::of(&task, request.attempt),
         &request.token,
     );
-    if verdict != crate::tokens::Verdict::Valid {
+    if verdict != crate::task::tokens::Verdict::Valid {
         ctx.metrics
             .rejected_messages
             .with_label_values(&["CredentialRequest", verdict.label()])
@@ -240,7 +240,7 @@ pub async fn give(
     }
     let current = task.status.as_ref().map_or(0, |s| s.attempt);
     if i64::from(request.attempt) != i64::from(current)
-        || crate::lifecycle::phase(&task).is_terminal()
+        || crate::task::lifecycle::phase(&task).is_terminal()
     {
         return Err(refused(format!(
             "attempt {} is not the running attempt of Task {}/{}",

@@ -9,7 +9,7 @@ use aios_crds::{Project, Task, TaskPhase, conditions::reasons};
 use jiff::Timestamp;
 use kube::ResourceExt;
 
-use crate::lifecycle::{after, phase, task_policy};
+use crate::task::lifecycle::{after, phase, task_policy};
 
 /// One thing the reconciler must do to a task.
 #[derive(Debug, Clone, PartialEq, Eq)]

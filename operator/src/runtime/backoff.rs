@@ -25,12 +25,12 @@ pub fn key(object: &impl kube::ResourceExt) -> String {
 pub async fn resetting<K, A, Fut>(
     controller: &'static str,
     object: std::sync::Arc<K>,
-    ctx: std::sync::Arc<crate::context::Context>,
-    reconcile: impl FnOnce(std::sync::Arc<K>, std::sync::Arc<crate::context::Context>) -> Fut,
-) -> Result<A, crate::hera::Error>
+    ctx: std::sync::Arc<crate::runtime::context::Context>,
+    reconcile: impl FnOnce(std::sync::Arc<K>, std::sync::Arc<crate::runtime::context::Context>) -> Fut,
+) -> Result<A, crate::Error>
 where
     K: kube::ResourceExt,
-    Fut: std::future::Future<Output = Result<A, crate::hera::Error>>,
+    Fut: std::future::Future<Output = Result<A, crate::Error>>,
 {
     let key = key(object.as_ref());
     let result = reconcile(object, ctx.clone()).await;

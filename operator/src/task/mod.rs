@@ -3,15 +3,22 @@
 //! with an attempt in flight, the agents are told to drop the attempt before the Task
 //! goes; once the Task has finished, the finalizer is removed.
 
+pub mod cancels;
+pub mod events;
+pub mod lanes;
+pub mod lifecycle;
+pub mod tokens;
+
 use std::{sync::Arc, time::Duration};
 
 use aios_crds::{Task, names::finalizers};
 use kube::{ResourceExt, runtime::controller::Action};
 
 use crate::{
-    context::{Context, set_task_finalizer},
-    hera::{Error, cancel},
-    lifecycle::phase,
+    Error,
+    project::cancel,
+    runtime::context::{Context, set_task_finalizer},
+    task::lifecycle::phase,
 };
 
 /// Reconciles one Task's finalizer.
@@ -51,7 +58,7 @@ pub async fn reconcile(task: Arc<Task>, ctx: Arc<Context>) -> Result<Action, Err
 pub fn error_policy(task: Arc<Task>, error: &Error, ctx: Arc<Context>) -> Action {
     Action::requeue(ctx.retry_after(
         "task",
-        &crate::backoff::key(task.as_ref()),
+        &crate::runtime::backoff::key(task.as_ref()),
         error,
         Duration::from_secs(2),
     ))

@@ -5,6 +5,9 @@
 //! fetch → desired state (pure, `providers`) → apply → probe (I/O, bounded by a timeout)
 //! → status (pure, one patch when it changed) → the namespace's provider list.
 
+pub mod credentials;
+pub mod objects;
+
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use aios_crds::{
@@ -31,13 +34,13 @@ use kube::{
 use serde_json::json;
 
 use crate::{
-    context::{Context, server_side_apply},
-    hera::Error,
+    Error,
     kstatus::{Health, set_health},
-    lifecycle::{condition, set_condition},
-    providers::{
+    provider::objects::{
         ServeChildren, models_path, parse_models, provider_endpoint, provider_list, serve_children,
     },
+    runtime::context::{Context, server_side_apply},
+    task::lifecycle::{condition, set_condition},
 };
 
 /// How long a probe may take.
@@ -110,11 +113,11 @@ pub fn providers_naming(
 }
 
 /// The provider's API key, if it names one and its Secret allows this use: labelled
-/// for models, with the endpoint's host among its hosts (see [`crate::credentials`]).
+/// for models, with the endpoint's host among its hosts (see [`crate::provider::credentials`]).
 fn api_key(
     ctx: &Context,
     provider: &ModelProvider,
-) -> Result<Option<String>, crate::credentials::CredentialError> {
+) -> Result<Option<String>, crate::provider::credentials::CredentialError> {
     let Some(endpoint) = provider.spec.endpoint.as_ref() else {
         return Ok(None);
     };
@@ -122,11 +125,11 @@ fn api_key(
         return Ok(None);
     };
     let namespace = provider.namespace().unwrap_or_default();
-    crate::credentials::fetch(
+    crate::provider::credentials::fetch(
         &ctx.credentials,
         &namespace,
         reference,
-        crate::credentials::Use::Model,
+        crate::provider::credentials::Use::Model,
         &endpoint.url,
     )
     .map(Some)
@@ -139,7 +142,7 @@ async fn probe_provider(
     provider: &ModelProvider,
     endpoint: Option<&str>,
 ) -> Result<Vec<String>, (&'static str, String)> {
-    use crate::credentials::{CredentialError, REFUSED, UNAVAILABLE};
+    use crate::provider::credentials::{CredentialError, REFUSED, UNAVAILABLE};
     let Some(url) = endpoint else {
         return Err((
             "Unreachable",
@@ -395,7 +398,7 @@ pub async fn publish_provider_list(
 pub fn error_policy(provider: Arc<ModelProvider>, error: &Error, ctx: Arc<Context>) -> Action {
     Action::requeue(ctx.retry_after(
         "model_provider",
-        &crate::backoff::key(provider.as_ref()),
+        &crate::runtime::backoff::key(provider.as_ref()),
         error,
         Duration::from_secs(5),
     ))
