@@ -555,6 +555,28 @@ fn spawn_controllers(
         Err(RunError::TaskEnded("the Task controller"))
     });
     spawn_workload_controllers(&ctx, triggers.workload, shutdown, tasks);
+    // Deleted Tasks' attempts: cancelled as the watch sees them go, and swept for those
+    // no operator saw go.
+    {
+        let ctx = ctx.clone();
+        let deletions = triggers
+            .deleted_attempts
+            .take_until(shutdown.clone().cancelled_owned());
+        tasks.spawn(async move {
+            deletions
+                .for_each(|attempt| task::cancel_deleted(&ctx, attempt))
+                .await;
+            Err(RunError::TaskEnded("the deleted Task canceller"))
+        });
+    }
+    {
+        let (ctx, namespace) = (ctx.clone(), config.watch_namespace.clone());
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            task::keep_sweeping(ctx, namespace, shutdown).await;
+            Err(RunError::TaskEnded("the sweep of attempts in flight"))
+        });
+    }
     {
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
         tasks.spawn(async move {

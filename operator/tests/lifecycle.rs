@@ -91,7 +91,7 @@ async fn a_diamond_plan_runs_in_dependency_order_to_succeeded() {
     );
     assert!(
         api.metadata.finalizers.unwrap_or_default().is_empty(),
-        "the cancel finalizer is removed once done"
+        "no finalizer: attempts in flight are recorded in Redis instead"
     );
 
     assert_eq!(h.jsonpath("project/shop", "{.status.progress}"), "4/4");
@@ -643,19 +643,21 @@ async fn deleting_a_project_cancels_what_is_in_flight() {
     h.apply(&single("gone"));
     h.wait_for_value("task/gone-only", "{.status.phase}", "Running", TIMEOUT)
         .await;
-    assert_eq!(
-        h.jsonpath("task/gone-only", "{.metadata.finalizers[0]}"),
-        "aios.dev/cancel-in-flight"
-    );
     h.kubectl(&["delete", "project", "gone", "--wait=false"]);
     h.kubectl(&["wait", "--for=delete", "task/gone-only", "--timeout=60s"]);
-    let cancels = agents.cancels.lock().unwrap().clone();
-    assert!(
-        cancels
+    // The watch saw the Task go: the agents hear at once.
+    let start = std::time::Instant::now();
+    loop {
+        let cancels = agents.cancels.lock().unwrap().clone();
+        if cancels
             .iter()
-            .any(|c| c.task.name == "gone-only" && c.attempt == 1),
-        "{cancels:?}"
-    );
+            .any(|c| c.task.name == "gone-only" && c.attempt == 1)
+        {
+            break;
+        }
+        assert!(start.elapsed() < TIMEOUT, "{cancels:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

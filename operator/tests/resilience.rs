@@ -184,22 +184,18 @@ async fn sigterm_stops_the_operator_cleanly_and_releases_the_lease() {
     );
 }
 
-/// A Task deleted while its dispatch waits, with no agent connected to hear the cancel
-/// on the bus: the operator marks the attempt cancelled in the agents' Redis (the key
-/// every worker checks before it starts an attempt) before it lets the Task go.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_task_deleted_while_no_agent_listens_is_marked_cancelled_before_it_goes() {
-    let h = Harness::running("cancel-mark", &["backend"]).await;
-    h.apply(&wide("idle", 1));
-    h.wait_for_value("task/idle-part-0", "{.status.phase}", "Queued", TIMEOUT)
-        .await;
-    let task = h.task("idle-part-0");
-    let attempt = format!(
+/// The attempt id (`<task uid>-<attempt>`) of Task `name` as it is now.
+fn attempt_of(h: &Harness, name: &str) -> String {
+    let task = h.task(name);
+    format!(
         "{}-{}",
         task.metadata.uid.clone().unwrap(),
         task.status.as_ref().unwrap().attempt
-    );
-    h.kubectl(&["delete", "project", "idle", "--wait=false"]);
+    )
+}
+
+/// Waits until no Task is left in `h`'s namespace.
+async fn wait_no_tasks(h: &Harness) {
     let start = std::time::Instant::now();
     while !h
         .env
@@ -211,18 +207,102 @@ async fn a_task_deleted_while_no_agent_listens_is_marked_cancelled_before_it_goe
         assert!(start.elapsed() < TIMEOUT, "the Task was never let go");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A connection to the environment's Redis (the agents' and the operator's).
+async fn redis(h: &Harness) -> redis::aio::MultiplexedConnection {
     let redis = redis::Client::open(h.env.redis_url.clone().unwrap()).unwrap();
-    let mut connection = redis.get_multiplexed_async_connection().await.unwrap();
-    let key = aios_crds::names::redis::cancel_key(&attempt);
-    let ttl: i64 = redis::cmd("TTL")
-        .arg(&key)
-        .query_async(&mut connection)
+    redis.get_multiplexed_async_connection().await.unwrap()
+}
+
+/// Waits until `attempt` is marked cancelled for longer than a dispatch waits, and no
+/// longer recorded in flight in `h`'s namespace.
+async fn wait_cancel_mark(h: &Harness, attempt: &str) {
+    let mut connection = redis(h).await;
+    let key = aios_crds::names::redis::cancel_key(attempt);
+    let start = std::time::Instant::now();
+    loop {
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let recorded: bool = redis::cmd("HEXISTS")
+            .arg(format!("aios:inflight:{}", h.ns))
+            .arg(attempt)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if ttl > 24 * 3600 && !recorded {
+            return;
+        }
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "{key} (TTL {ttl} s) never marked the attempt cancelled, or it is still recorded in flight ({recorded})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A Task deleted while its dispatch waits, with no agent connected to hear the cancel
+/// on the bus: the operator marks the attempt cancelled in the agents' Redis (the key
+/// every worker checks before it starts an attempt), and the Task carries no finalizer
+/// for it — the attempt was recorded in flight in Redis when it was dispatched.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_deleted_while_no_agent_listens_is_marked_cancelled() {
+    let h = Harness::running("cancel-mark", &["backend"]).await;
+    h.apply(&wide("idle", 1));
+    h.wait_for_value("task/idle-part-0", "{.status.phase}", "Queued", TIMEOUT)
+        .await;
+    assert_eq!(h.jsonpath("task/idle-part-0", "{.metadata.finalizers}"), "");
+    let attempt = attempt_of(&h, "idle-part-0");
+    let recorded: Option<String> = redis::cmd("HGET")
+        .arg(format!("aios:inflight:{}", h.ns))
+        .arg(&attempt)
+        .query_async(&mut redis(&h).await)
         .await
         .unwrap();
-    assert!(
-        ttl > 24 * 3600,
-        "{key} marks the attempt cancelled for longer than a dispatch waits (TTL {ttl} s)"
+    assert_eq!(
+        recorded.as_deref(),
+        Some("idle-part-0"),
+        "recorded in flight"
     );
+    h.kubectl(&["delete", "project", "idle", "--wait=false"]);
+    wait_no_tasks(&h).await;
+    wait_cancel_mark(&h, &attempt).await;
+}
+
+/// A Task deleted while no operator runs: the operator that comes back finds the
+/// attempt recorded in flight with no Task, cancels it (the mark agents check, and the
+/// fanout), and forgets the record.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_deleted_while_the_operator_is_down_is_cancelled_when_it_comes_back() {
+    let mut h = Harness::running("down-delete", &["backend"]).await;
+    let agents = FakeAgents::start(&h, &["backend"], Duration::ZERO, |_| Reply::Hang).await;
+    h.apply(&wide("orphan", 1));
+    h.wait_for_value("task/orphan-part-0", "{.status.phase}", "Running", TIMEOUT)
+        .await;
+    let attempt = attempt_of(&h, "orphan-part-0");
+    h.kill_operator(0);
+    h.kubectl(&["delete", "project", "orphan", "--wait=false"]);
+    wait_no_tasks(&h).await;
+    assert!(
+        agents.cancels.lock().unwrap().is_empty(),
+        "nothing was cancelled while no operator ran"
+    );
+    h.start_operator("op-2");
+    wait_cancel_mark(&h, &attempt).await;
+    let start = std::time::Instant::now();
+    while !agents
+        .cancels
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|c| c.attempt_id().message_id() == attempt)
+    {
+        assert!(start.elapsed() < TIMEOUT, "the agents were never told");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A plan (as an agent reports it) of `width` independent backend tasks and a qa task

@@ -14,9 +14,8 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use aios_crds::{
     Project, ProjectPhase, Task, TaskPhase,
-    bus::{ObjectRef, SCHEMA_VERSION, TaskCancel},
     conditions::reasons,
-    names::{GROUP, VERSION, field_managers, finalizers},
+    names::{GROUP, VERSION, field_managers},
 };
 use futures::{StreamExt, stream};
 use jiff::Timestamp;
@@ -39,9 +38,13 @@ use crate::{
         PlanState, budget_exceeded, differs, project_status, refused_plan, total_usage,
     },
     project::schedule::{Action, Hold, RunPlan, plan_run_gated},
-    runtime::context::{Context, set_task_finalizer, write_task_status},
-    task::lifecycle::{self, phase, task_policy},
-    task::tokens::Attempt,
+    runtime::context::{Context, write_task_status},
+    task::{
+        cancel,
+        cancels::Recorded,
+        lifecycle::{self, phase, task_policy},
+        tokens::Attempt,
+    },
     verify,
 };
 
@@ -639,23 +642,13 @@ async fn dispatch(
         .lanes
         .enter(task.metadata.uid.as_deref().unwrap_or_default());
     let _turn = place.turn().await;
-    let mut current = task.clone();
-    if !task
-        .finalizers()
-        .iter()
-        .any(|f| f == finalizers::TASK_CANCEL)
-    {
-        current = set_task_finalizer(&api, &task.name_any(), true).await?;
-        // Keep the status we decided on; only the metadata moved on.
-        current.status.clone_from(&task.status);
-    }
     let policy = task_policy(task, &project.spec.policy.task_defaults);
     if let Some((reason, message)) =
         crate::provider::credentials::refuse_repository_credential(&ctx.credentials, project)
     {
         tracing::warn!(task = %task.name_any(), %reason, %message, "not dispatching: the repository credential may not be used");
-        let status = lifecycle::fail_attempt(&current, &policy, reason, &message, false, now);
-        write_task_status(&api, &current, &status).await?;
+        let status = lifecycle::fail_attempt(task, &policy, reason, &message, false, now);
+        write_task_status(&api, task, &status).await?;
         return Ok(());
     }
     let role = task.spec.role.to_string();
@@ -670,6 +663,18 @@ async fn dispatch(
         now,
     );
     message.token = ctx.attempt_key.sign(&Attempt::of(task, message.attempt));
+    // Recorded before it is published: if the Task is deleted while no operator
+    // watches, the sweep finds the attempt and cancels it (`crate::task::sweep`).
+    if let Some(marks) = &ctx.cancel_marks {
+        marks
+            .record(&Recorded {
+                namespace: namespace.clone(),
+                name: task.name_any(),
+                uid: message.task.uid.clone(),
+                attempt,
+            })
+            .await?;
+    }
     if let Err(err) = ctx.bus.publish_dispatch(&message).await {
         ctx.metrics
             .publish_failures
@@ -708,42 +713,11 @@ async fn dispatch(
             .with_label_values(&[&role])
             .observe(seconds);
     }
-    if let Err(err) =
-        write_task_status(&api, &current, &lifecycle::queued(task, attempt, now)).await
-    {
+    if let Err(err) = write_task_status(&api, task, &lifecycle::queued(task, attempt, now)).await {
         // Without the record the next pass publishes the same attempt again (same
         // message id, which consumers deduplicate) rather than wait on a phantom.
         ctx.forget_dispatch(&task.metadata.uid.clone().unwrap_or_default());
         return Err(err.into());
-    }
-    Ok(())
-}
-
-/// Cancels the in-flight attempt of `task`: marks it cancelled in the agents' Redis
-/// (every worker checks the mark before it starts an attempt and while it works on one),
-/// then tells the connected agents at once on the bus. A mark that cannot be written is
-/// an error, for the caller to retry; a failed publish is only logged (the mark stands).
-pub async fn cancel(ctx: &Context, task: &Task, reason: &str) -> Result<(), Error> {
-    let attempt = task.status.as_ref().map_or(0, |s| s.attempt);
-    let message = TaskCancel {
-        schema_version: SCHEMA_VERSION,
-        task: ObjectRef {
-            namespace: task.namespace().unwrap_or_default(),
-            name: task.name_any(),
-            uid: task.metadata.uid.clone().unwrap_or_default(),
-        },
-        attempt: u32::try_from(attempt).unwrap_or(0),
-        reason: reason.to_owned(),
-    };
-    if let Some(marks) = &ctx.cancel_marks {
-        marks.mark(&message.attempt_id().message_id()).await?;
-    }
-    if let Err(err) = ctx.bus.publish_cancel(&message).await {
-        ctx.metrics
-            .publish_failures
-            .with_label_values(&["TaskCancel", err.category()])
-            .inc();
-        tracing::warn!(error = %err, task = %task.name_any(), "publishing a cancel failed");
     }
     Ok(())
 }

@@ -120,6 +120,8 @@ pub(crate) struct Triggers {
     pub tasks_for_tasks: ReflectHandle<Task>,
     /// The Project of each deleted Task.
     pub deleted_tasks: mpsc::UnboundedReceiver<reflector::ObjectRef<Project>>,
+    /// The attempt in flight of each deleted Task that had one.
+    pub deleted_attempts: mpsc::UnboundedReceiver<crate::task::cancels::Recorded>,
     /// What wakes the Agent and ModelProvider controllers.
     pub workload: WorkloadTriggers,
 }
@@ -136,6 +138,7 @@ pub(crate) async fn start_caches(
 ) -> Result<Caches, RunError> {
     let ns = config.watch_namespace.as_deref();
     let (deleted_task_tx, deleted_tasks) = mpsc::unbounded();
+    let (deleted_attempt_tx, deleted_attempts) = mpsc::unbounded();
     let task_index = Arc::new(crate::runtime::index::TaskIndex::default());
     let indexing = task_index.clone();
     let watched_tasks = watch(
@@ -144,10 +147,13 @@ pub(crate) async fn start_caches(
         true,
         move |event| {
             indexing.apply(event);
-            if let watcher::Event::Delete(task) = event
-                && let Some(project) = project::project_of(task)
-            {
-                let _ = deleted_task_tx.unbounded_send(project);
+            if let watcher::Event::Delete(task) = event {
+                if let Some(project) = project::project_of(task) {
+                    let _ = deleted_task_tx.unbounded_send(project);
+                }
+                if let Some(attempt) = crate::task::deleted_in_flight(task) {
+                    let _ = deleted_attempt_tx.unbounded_send(attempt);
+                }
             }
         },
         "the Task watch",
@@ -196,6 +202,7 @@ pub(crate) async fn start_caches(
         tasks_for_projects: task_subs.next().ok_or_else(missing)?,
         tasks_for_tasks: task_subs.next().ok_or_else(missing)?,
         deleted_tasks,
+        deleted_attempts,
         workload,
     };
     Ok(Caches {
