@@ -203,7 +203,7 @@ fn cancel_marks(
 ) -> Result<Option<task::cancels::CancelMarks>, RunError> {
     let Some(url) = &config.redis_url else {
         tracing::warn!(
-            "no Redis URL (AIOS_REDIS_URL): cancels reach only the agents connected when they are sent"
+            "no Redis URL (AIOS_REDIS_URL): cancels reach only the agents connected when they are sent, and a Task deleted while no operator runs keeps its attempt"
         );
         return Ok(None);
     };
