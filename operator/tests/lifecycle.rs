@@ -4,9 +4,10 @@
 
 mod support;
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use aios_crds::{TaskPhase, TaskResult};
+use kube::ResourceExt;
 use support::{FakeAgents, Harness, Reply, done, plan_reply, single};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -728,6 +729,106 @@ async fn a_project_naming_a_secret_not_labelled_for_git_is_never_dispatched() {
     assert!(
         agents.received().is_empty(),
         "a dispatch carrying the credential reached an agent"
+    );
+}
+
+/// A hundred running tasks beating every 2 s for 25 s, with a 60 s heartbeat timeout:
+/// no beat is due to be recorded (one is, at most, every half timeout), so no Task is
+/// written at all — each keeps its resourceVersion — and every beat is counted as
+/// coalesced, none as applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hundred_tasks_heartbeating_cause_no_task_writes() {
+    const TASKS: usize = 100;
+    let h = Harness::running("quiet-beats", &["backend"]).await;
+    let agents = FakeAgents::start(&h, &["backend"], Duration::ZERO, |_| Reply::Hang).await;
+    let tasks = (0..TASKS)
+        .map(|i| format!("    - name: t{i}\n      title: Task {i}\n      role: backend\n"))
+        .collect::<Vec<_>>()
+        .concat();
+    h.apply(&format!(
+        "apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: quiet\nspec:\n  description: Long tasks\n  repository:\n    url: file:///tmp/quiet.git\n  policy:\n    maxParallelTasks: {TASKS}\n    taskDefaults:\n      heartbeatTimeoutSeconds: 60\n  tasks:\n{tasks}"
+    ));
+    let versions = || -> BTreeMap<String, (String, String)> {
+        h.tasks()
+            .into_iter()
+            .map(|t| {
+                let phase = format!("{:?}", t.status.as_ref().and_then(|s| s.phase));
+                (
+                    t.name_any(),
+                    (t.resource_version().unwrap_or_default(), phase),
+                )
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + TIMEOUT * 2;
+    let before = loop {
+        let now = versions();
+        if now.len() == TASKS && now.values().all(|(_, phase)| phase == "Some(Running)") {
+            break now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{TASKS} tasks running"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let bus = aios_bus::Bus::connect(
+        &h.amqp_url,
+        None,
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let dispatches: Vec<_> = agents.received().into_iter().map(|r| r.dispatch).collect();
+    assert_eq!(dispatches.len(), TASKS);
+    let coalesced_before = h.metric(
+        0,
+        r#"aios_task_events_total{outcome="coalesced",type="heartbeat"}"#,
+    );
+    let rounds: u32 = 13;
+    for _ in 0..rounds {
+        for dispatch in &dispatches {
+            bus.publish_event(&support::event(
+                dispatch,
+                "fake-backend",
+                aios_crds::bus::TaskEventKind::Heartbeat,
+            ))
+            .await
+            .unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    // Every beat was handled (counted) before the versions are compared.
+    let expected = f64::from(rounds) * f64::from(u32::try_from(TASKS).unwrap());
+    let start = std::time::Instant::now();
+    let coalesced = loop {
+        let coalesced = h.metric(
+            0,
+            r#"aios_task_events_total{outcome="coalesced",type="heartbeat"}"#,
+        ) - coalesced_before;
+        if coalesced >= expected || start.elapsed() > TIMEOUT {
+            break coalesced;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        (coalesced - expected).abs() < 0.5,
+        "{coalesced} of {expected} beats coalesced"
+    );
+    let applied = h.metric(
+        0,
+        r#"aios_task_events_total{outcome="applied",type="heartbeat"}"#,
+    );
+    assert!(applied < 0.5, "{applied} beats were written");
+    let after = versions();
+    let written: Vec<&String> = before
+        .iter()
+        .filter(|(name, version)| after.get(*name) != Some(version))
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        written.is_empty(),
+        "Tasks written while they only beat: {written:?}"
     );
 }
 

@@ -17,7 +17,7 @@ use aios_crds::{
     conditions::reasons,
     names::{GROUP, VERSION, field_managers},
 };
-use futures::{StreamExt, future::Either, stream};
+use futures::{StreamExt, stream};
 use jiff::Timestamp;
 use kube::{
     Resource, ResourceExt,
@@ -42,7 +42,6 @@ use crate::{
     task::{
         cancel,
         cancels::Recorded,
-        lanes::{Place, Turn},
         lifecycle::{self, phase, task_policy},
         tokens::Attempt,
     },
@@ -127,7 +126,16 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
         run_plan(project, ctx, &work, &all_refs, now)
     };
     let by_name: BTreeMap<String, &Task> = all.iter().map(|t| (t.name_any(), t.as_ref())).collect();
-    let results = run_actions(project, ctx, &run.actions, &by_name, now).await;
+    // Each action touches a different Task, so they run side by side.
+    let pending: Vec<_> = run
+        .actions
+        .iter()
+        .map(|action| execute(project, ctx, action, &by_name, now))
+        .collect();
+    let results: Vec<Result<(), Error>> = stream::iter(pending)
+        .buffer_unordered(ACTION_CONCURRENCY)
+        .collect()
+        .await;
     for err in results.iter().filter_map(|r| r.as_ref().err()) {
         tracing::warn!(error = %err, "a task action failed");
     }
@@ -606,90 +614,34 @@ async fn execute(
             let Some(task) = by_name.get(task) else {
                 return Ok(());
             };
-            if let Some(published) = publish(project, ctx, task, *attempt, by_name, now).await? {
-                record_queued(ctx, published, now).await?;
-            }
+            dispatch(project, ctx, task, *attempt, by_name, now).await?;
         }
     }
     Ok(())
 }
 
-/// Runs a pass's actions, each Task's side by side with the others'. Dispatches are
-/// published first, all of them, and only then recorded Queued: the dependents of a
-/// task that just succeeded reach their agents within the pass, not one status write
-/// after another.
-async fn run_actions(
+/// Publishes attempt `attempt` of `task`, then records it Queued. If the process dies
+/// between the two, the next pass publishes the same attempt again, with the same
+/// message id, which consumers recognise.
+async fn dispatch(
     project: &Project,
     ctx: &Context,
-    actions: &[Action],
-    by_name: &BTreeMap<String, &Task>,
-    now: Timestamp,
-) -> Vec<Result<(), Error>> {
-    // The futures are made first and then run: a closure inside the stream would not
-    // be general enough over lifetimes for the controller's Send bound.
-    let mut publishing = Vec::new();
-    let mut others = Vec::new();
-    for action in actions {
-        match action {
-            Action::Dispatch { task, attempt } => {
-                if let Some(task) = by_name.get(task) {
-                    publishing.push(publish(project, ctx, task, *attempt, by_name, now));
-                }
-            }
-            other => others.push(execute(project, ctx, other, by_name, now)),
-        }
-    }
-    let published: Vec<Result<Option<Published<'_>>, Error>> = stream::iter(publishing)
-        .buffer_unordered(ACTION_CONCURRENCY)
-        .collect()
-        .await;
-    let mut results = Vec::new();
-    let mut writes = Vec::new();
-    for outcome in published {
-        match outcome {
-            Ok(Some(published)) => writes.push(Either::Left(record_queued(ctx, published, now))),
-            Ok(None) => results.push(Ok(())),
-            Err(err) => results.push(Err(err)),
-        }
-    }
-    writes.extend(others.into_iter().map(Either::Right));
-    let writes = stream::iter(writes).buffer_unordered(ACTION_CONCURRENCY);
-    results.extend(writes.collect::<Vec<_>>().await);
-    results
-}
-
-/// A dispatch published whose Queued status is still to be written. It holds the
-/// Task's lane until then: the agent's first event about the attempt waits for Queued
-/// rather than race it. (The turn is declared first, so it is released before the
-/// place.)
-struct Published<'a> {
-    _turn: Turn,
-    _place: Place<'a>,
-    task: &'a Task,
-    attempt: i32,
-}
-
-/// Publishes attempt `attempt` of `task`, to be recorded Queued next
-/// ([`record_queued`]). If the process dies between the two, the next pass publishes
-/// the same attempt again, with the same message id, which consumers recognise. `None`
-/// when the attempt failed instead (its repository credential may not be used).
-async fn publish<'a>(
-    project: &Project,
-    ctx: &'a Context,
-    task: &'a Task,
+    task: &Task,
     attempt: i32,
     by_name: &BTreeMap<String, &Task>,
     now: Timestamp,
-) -> Result<Option<Published<'a>>, Error> {
+) -> Result<(), Error> {
     if !ctx.leadership.is_current() {
         return Err(Error::NotLeader);
     }
     let namespace = project.namespace().unwrap_or_default();
     let api = ctx.task_api(&namespace);
+    // The agent's first event about this attempt waits until Queued is written, rather
+    // than race it.
     let place = ctx
         .lanes
         .enter(task.metadata.uid.as_deref().unwrap_or_default());
-    let turn = place.turn().await;
+    let _turn = place.turn().await;
     let policy = task_policy(task, &project.spec.policy.task_defaults);
     if let Some((reason, message)) =
         crate::provider::credentials::refuse_repository_credential(&ctx.credentials, project)
@@ -697,7 +649,7 @@ async fn publish<'a>(
         tracing::warn!(task = %task.name_any(), %reason, %message, "not dispatching: the repository credential may not be used");
         let status = lifecycle::fail_attempt(task, &policy, reason, &message, false, now);
         write_task_status(&api, task, &status).await?;
-        return Ok(None);
+        return Ok(());
     }
     let role = task.spec.role.to_string();
     let mut message = dispatch_message(
@@ -761,23 +713,7 @@ async fn publish<'a>(
             .with_label_values(&[&role])
             .observe(seconds);
     }
-    Ok(Some(Published {
-        _turn: turn,
-        _place: place,
-        task,
-        attempt,
-    }))
-}
-
-/// Records a published dispatch Queued, and releases its Task's lane.
-async fn record_queued(
-    ctx: &Context,
-    published: Published<'_>,
-    now: Timestamp,
-) -> Result<(), Error> {
-    let Published { task, attempt, .. } = &published;
-    let api = ctx.task_api(&task.namespace().unwrap_or_default());
-    if let Err(err) = write_task_status(&api, task, &lifecycle::queued(task, *attempt, now)).await {
+    if let Err(err) = write_task_status(&api, task, &lifecycle::queued(task, attempt, now)).await {
         // Without the record the next pass publishes the same attempt again (same
         // message id, which consumers deduplicate) rather than wait on a phantom.
         ctx.forget_dispatch(&task.metadata.uid.clone().unwrap_or_default());
