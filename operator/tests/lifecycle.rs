@@ -732,6 +732,31 @@ async fn a_project_naming_a_secret_not_labelled_for_git_is_never_dispatched() {
     );
 }
 
+/// Sends a heartbeat for every dispatch `agents` took, `rounds` times, `every` apart.
+async fn beat(h: &Harness, agents: &FakeAgents, rounds: u32, every: Duration) {
+    let bus = aios_bus::Bus::connect(
+        &h.amqp_url,
+        None,
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let dispatches: Vec<_> = agents.received().into_iter().map(|r| r.dispatch).collect();
+    for _ in 0..rounds {
+        for dispatch in &dispatches {
+            bus.publish_event(&support::event(
+                dispatch,
+                "fake-backend",
+                aios_crds::bus::TaskEventKind::Heartbeat,
+            ))
+            .await
+            .unwrap();
+        }
+        tokio::time::sleep(every).await;
+    }
+    bus.close().await;
+}
+
 /// A hundred running tasks beating every 2 s for 25 s, with a 60 s heartbeat timeout:
 /// no beat is due to be recorded (one is, at most, every half timeout), so no Task is
 /// written at all — each keeps its resourceVersion — and every beat is counted as
@@ -772,32 +797,13 @@ async fn a_hundred_tasks_heartbeating_cause_no_task_writes() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let bus = aios_bus::Bus::connect(
-        &h.amqp_url,
-        None,
-        &tokio_util::sync::CancellationToken::new(),
-    )
-    .await
-    .unwrap();
-    let dispatches: Vec<_> = agents.received().into_iter().map(|r| r.dispatch).collect();
-    assert_eq!(dispatches.len(), TASKS);
+    assert_eq!(agents.received().len(), TASKS);
     let coalesced_before = h.metric(
         0,
         r#"aios_task_events_total{outcome="coalesced",type="heartbeat"}"#,
     );
     let rounds: u32 = 13;
-    for _ in 0..rounds {
-        for dispatch in &dispatches {
-            bus.publish_event(&support::event(
-                dispatch,
-                "fake-backend",
-                aios_crds::bus::TaskEventKind::Heartbeat,
-            ))
-            .await
-            .unwrap();
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+    beat(&h, &agents, rounds, Duration::from_secs(2)).await;
     // Every beat was handled (counted) before the versions are compared.
     let expected = f64::from(rounds) * f64::from(u32::try_from(TASKS).unwrap());
     let start = std::time::Instant::now();
@@ -854,26 +860,7 @@ async fn heartbeats_keep_tasks_alive_with_one_write_per_half_timeout() {
         assert!(std::time::Instant::now() < deadline, "five tasks running");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let bus = aios_bus::Bus::connect(
-        &h.amqp_url,
-        None,
-        &tokio_util::sync::CancellationToken::new(),
-    )
-    .await
-    .unwrap();
-    let dispatches: Vec<_> = agents.received().into_iter().map(|r| r.dispatch).collect();
-    for _ in 0..30 {
-        for dispatch in &dispatches {
-            bus.publish_event(&support::event(
-                dispatch,
-                "fake-backend",
-                aios_crds::bus::TaskEventKind::Heartbeat,
-            ))
-            .await
-            .unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    beat(&h, &agents, 30, Duration::from_millis(500)).await;
     for i in 0..5 {
         assert_eq!(
             h.jsonpath(&format!("task/beats-t{i}"), "{.status.phase}"),
@@ -899,7 +886,6 @@ async fn heartbeats_keep_tasks_alive_with_one_write_per_half_timeout() {
         (applied + coalesced - 150.0).abs() < 0.5,
         "every beat counted once: {applied} + {coalesced}"
     );
-    bus.close().await;
 }
 
 /// An Agent that appears or changes wakes only the Projects with a Task waiting for its
