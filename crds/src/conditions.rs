@@ -55,6 +55,10 @@ pub mod reasons {
     pub const RESULT_REFUSED: &str = "ResultRefused";
     /// The model budget is spent.
     pub const BUDGET_EXCEEDED: &str = "BudgetExceeded";
+    /// The operator's passes over the object keep failing on something a person must
+    /// fix (a permission refused, an object the API server or an admission webhook will
+    /// not take); the message is the API server's.
+    pub const RECONCILE_FAILED: &str = "ReconcileFailed";
     /// Work is in flight.
     pub const RUNNING: &str = "Running";
     /// Delivered work is being verified, or fixed after a failed verification.

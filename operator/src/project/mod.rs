@@ -69,9 +69,57 @@ pub async fn reconcile(
     project: Arc<Project>,
     ctx: Arc<Context>,
 ) -> Result<ControllerAction, Error> {
-    ctx.metrics
+    let result = ctx
+        .metrics
         .time_reconcile("project", reconcile_inner(&project, &ctx))
-        .await
+        .await;
+    if let Err(err) = &result
+        && let Some(message) = actionable(err)
+    {
+        // Backoff keeps retrying; the Project says why, for a person to act.
+        let status = stalled_status(&project, &message, Timestamp::now());
+        if let Err(write) = write_project_status(&ctx, &project, &status).await {
+            tracing::warn!(error = %write, "recording a failing pass on the Project failed");
+        }
+    }
+    result
+}
+
+/// The API server's message for `error` when a person must act for the pass to succeed:
+/// a permission refused (403: RBAC, a quota), an object the API server or an admission
+/// webhook will not take (400, 422). `None` for what passes by itself (conflicts, a
+/// standby, the network, a server error).
+pub fn actionable(error: &Error) -> Option<String> {
+    match error {
+        Error::Kube(kube::Error::Api(status)) if matches!(status.code, 400 | 403 | 422) => {
+            Some(format!(
+                "the API server refused a write ({}): {}",
+                status.code, status.message
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// `project`'s status with its health saying that its passes keep failing with
+/// `message`: Stalled, reason `ReconcileFailed`. The next pass that succeeds writes the
+/// health its phase calls for.
+pub fn stalled_status(
+    project: &Project,
+    message: &str,
+    now: Timestamp,
+) -> aios_crds::ProjectStatus {
+    let mut status = project.status.clone().unwrap_or_default();
+    crate::kstatus::set_health(
+        &mut status.conditions,
+        &crate::kstatus::Health::Stalled {
+            reason: reasons::RECONCILE_FAILED.to_owned(),
+            message: message.to_owned(),
+        },
+        project.metadata.generation,
+        now,
+    );
+    status
 }
 
 async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerAction, Error> {
@@ -763,6 +811,47 @@ mod tests {
 
     use super::*;
     use crate::testing::{task, with_phase};
+
+    fn api_error(code: u16) -> Error {
+        Error::Kube(kube::Error::Api(Box::new(
+            kube::core::Status::failure("tasks.aios.dev is forbidden", "Forbidden").with_code(code),
+        )))
+    }
+
+    #[test]
+    fn a_refusal_a_person_must_fix_stalls_the_project_until_a_pass_succeeds() {
+        assert!(
+            actionable(&api_error(409)).is_none(),
+            "a conflict passes by itself"
+        );
+        assert!(actionable(&api_error(500)).is_none());
+        assert!(actionable(&Error::NotLeader).is_none());
+        let message = actionable(&api_error(403)).unwrap();
+        assert!(message.contains("forbidden"), "{message}");
+
+        let project = crate::testing::project("shop");
+        let now = crate::testing::ts(0);
+        let stalled = stalled_status(&project, &message, now);
+        let stalled_condition =
+            lifecycle::condition(&stalled.conditions, aios_crds::conditions::STALLED).unwrap();
+        assert_eq!(
+            (
+                stalled_condition.status.as_str(),
+                stalled_condition.reason.as_str()
+            ),
+            ("True", reasons::RECONCILE_FAILED)
+        );
+        assert_eq!(stalled_condition.message, message);
+        // A pass that succeeds computes the health from the phase again.
+        let mut recovered = project.clone();
+        recovered.status = Some(stalled);
+        let work = [task("api", &[])];
+        let refs: Vec<&Task> = work.iter().collect();
+        let status = project_status(&recovered, &refs, &refs, &PlanState::Explicit, None, now);
+        let stalled_condition =
+            lifecycle::condition(&status.conditions, aios_crds::conditions::STALLED).unwrap();
+        assert_eq!(stalled_condition.status, "False");
+    }
 
     fn waiting(name: &str, message: &str) -> Task {
         let mut t = with_phase(task(name, &[]), TaskPhase::Pending);
