@@ -1,7 +1,7 @@
 //! `aios-operator`: the controllers that turn AIOS resources into work. Hera (the
 //! Project controller) plans Projects into Tasks and dispatches ready Tasks over
-//! RabbitMQ; the Task controller owns the cancel finalizer; the event consumers turn
-//! agents' reports into Task status; the Agent controller scales each role's pool and
+//! RabbitMQ; the Task side cancels the attempts of deleted Tasks; the event consumers
+//! turn agents' reports into Task status; the Agent controller scales each role's pool and
 //! the ModelProvider controller deploys and probes model servers. Only the leader of
 //! several replicas runs them.
 //!

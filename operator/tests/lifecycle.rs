@@ -732,6 +732,52 @@ async fn a_project_naming_a_secret_not_labelled_for_git_is_never_dispatched() {
     );
 }
 
+/// A Task an earlier version dispatched carries the cancel finalizer (owned by the
+/// operator's finalizer field manager). Deleting it (with its Project) still cancels its
+/// attempt, and the finalizer is removed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_with_the_finalizer_of_an_earlier_version_is_still_cancelled_and_let_go() {
+    let h = Harness::running("legacy", &["backend"]).await;
+    let agents = FakeAgents::start(&h, &["backend"], Duration::ZERO, |_| Reply::Hang).await;
+    h.apply(&single("legacy"));
+    h.wait_for_value("task/legacy-only", "{.status.phase}", "Running", TIMEOUT)
+        .await;
+    h.env
+        .kubectl_with_input(
+            &[
+                "apply",
+                "-n",
+                &h.ns,
+                "--server-side",
+                "--field-manager=aios-operator/finalizer",
+                "-f",
+                "-",
+            ],
+            Some(
+                "apiVersion: aios.dev/v1alpha1\nkind: Task\nmetadata:\n  name: legacy-only\n  finalizers: [aios.dev/cancel-in-flight]\n",
+            ),
+        )
+        .unwrap();
+    assert_eq!(
+        h.jsonpath("task/legacy-only", "{.metadata.finalizers[0]}"),
+        "aios.dev/cancel-in-flight"
+    );
+    // The Project goes, so Hera does not make its Task again.
+    h.kubectl(&["delete", "project", "legacy", "--wait=false"]);
+    h.kubectl(&["wait", "--for=delete", "task/legacy-only", "--timeout=60s"]);
+    let start = std::time::Instant::now();
+    while !agents
+        .cancels
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|c| c.task.name == "legacy-only")
+    {
+        assert!(start.elapsed() < TIMEOUT, "the attempt was never cancelled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Sends a heartbeat for every dispatch `agents` took, `rounds` times, `every` apart.
 async fn beat(h: &Harness, agents: &FakeAgents, rounds: u32, every: Duration) {
     let bus = aios_bus::Bus::connect(

@@ -8,7 +8,7 @@ use std::{
 
 use aios_crds::{
     Agent, PlannedTask, Project, Task, TaskStatus,
-    names::{GROUP, VERSION, field_managers, finalizers},
+    names::{GROUP, VERSION, field_managers},
     task::PlanRef,
     text::{self, Shape},
 };
@@ -300,21 +300,13 @@ pub async fn write_task_status(
     .await
 }
 
-/// Adds or removes the operator's cancel finalizer on a Task.
-pub async fn set_task_finalizer(
-    api: &Api<Task>,
-    task: &str,
-    present: bool,
-) -> Result<Task, kube::Error> {
-    let finalizers: Vec<&str> = if present {
-        vec![finalizers::TASK_CANCEL]
-    } else {
-        Vec::new()
-    };
+/// Removes the cancel finalizer an earlier version put on a Task: the finalizer's field
+/// manager applies no finalizers, which drops the one it owns.
+pub async fn remove_task_finalizer(api: &Api<Task>, task: &str) -> Result<Task, kube::Error> {
     let patch = json!({
         "apiVersion": format!("{GROUP}/{VERSION}"),
         "kind": "Task",
-        "metadata": {"name": task, "finalizers": finalizers},
+        "metadata": {"name": task, "finalizers": Vec::<&str>::new()},
     });
     api.patch(
         task,

@@ -28,7 +28,7 @@ use kube::{ResourceExt, runtime::controller::Action};
 
 use crate::{
     Error,
-    runtime::context::{Context, set_task_finalizer},
+    runtime::context::{Context, remove_task_finalizer},
     task::{cancels::Recorded, lifecycle::phase},
 };
 
@@ -60,7 +60,7 @@ pub async fn reconcile(task: Arc<Task>, ctx: Arc<Context>) -> Result<Action, Err
         cancel(&ctx, &task, "the Task was deleted").await?;
     }
     let api = ctx.task_api(&task.namespace().unwrap_or_default());
-    match set_task_finalizer(&api, &task.name_any(), false).await {
+    match remove_task_finalizer(&api, &task.name_any()).await {
         Ok(_) => Ok(Action::await_change()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(Action::await_change()),
         Err(err) => Err(err.into()),
