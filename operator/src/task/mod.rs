@@ -236,21 +236,15 @@ pub async fn keep_sweeping(
     namespace: Option<String>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let mut led = false;
     loop {
+        // Checked every second while standing by, so a replica that starts leading
+        // sweeps at once.
         let wait = if ctx.leadership.is_current() {
             if let Err(err) = sweep(&ctx, namespace.as_deref()).await {
                 tracing::warn!(error = %err, "sweeping the attempts in flight failed");
             }
-            let wait = if led {
-                SWEEP_INTERVAL
-            } else {
-                Duration::from_secs(1)
-            };
-            led = true;
-            wait
+            SWEEP_INTERVAL
         } else {
-            led = false;
             Duration::from_secs(1)
         };
         tokio::select! {
