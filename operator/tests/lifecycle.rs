@@ -647,18 +647,9 @@ async fn deleting_a_project_cancels_what_is_in_flight() {
     h.kubectl(&["delete", "project", "gone", "--wait=false"]);
     h.kubectl(&["wait", "--for=delete", "task/gone-only", "--timeout=60s"]);
     // The watch saw the Task go: the agents hear at once.
-    let start = std::time::Instant::now();
-    loop {
-        let cancels = agents.cancels.lock().unwrap().clone();
-        if cancels
-            .iter()
-            .any(|c| c.task.name == "gone-only" && c.attempt == 1)
-        {
-            break;
-        }
-        assert!(start.elapsed() < TIMEOUT, "{cancels:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    agents
+        .wait_for_cancel(TIMEOUT, |c| c.task.name == "gone-only" && c.attempt == 1)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -765,17 +756,9 @@ async fn a_task_with_the_finalizer_of_an_earlier_version_is_still_cancelled_and_
     // The Project goes, so Hera does not make its Task again.
     h.kubectl(&["delete", "project", "legacy", "--wait=false"]);
     h.kubectl(&["wait", "--for=delete", "task/legacy-only", "--timeout=60s"]);
-    let start = std::time::Instant::now();
-    while !agents
-        .cancels
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|c| c.task.name == "legacy-only")
-    {
-        assert!(start.elapsed() < TIMEOUT, "the attempt was never cancelled");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    agents
+        .wait_for_cancel(TIMEOUT, |c| c.task.name == "legacy-only")
+        .await;
 }
 
 /// Sends a heartbeat for every dispatch `agents` took, `rounds` times, `every` apart.

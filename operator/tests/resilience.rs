@@ -292,17 +292,9 @@ async fn a_task_deleted_while_the_operator_is_down_is_cancelled_when_it_comes_ba
     );
     h.start_operator("op-2");
     wait_cancel_mark(&h, &attempt).await;
-    let start = std::time::Instant::now();
-    while !agents
-        .cancels
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|c| c.attempt_id().message_id() == attempt)
-    {
-        assert!(start.elapsed() < TIMEOUT, "the agents were never told");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    agents
+        .wait_for_cancel(TIMEOUT, |c| c.attempt_id().message_id() == attempt)
+        .await;
 }
 
 /// A plan (as an agent reports it) of `width` independent backend tasks and a qa task

@@ -164,15 +164,22 @@ impl CancelMarks {
         .await
     }
 
-    /// Forgets the records of `attempts` (they are over, or cancelled).
+    /// Forgets the records of `attempts` (they are over, or cancelled): one command per
+    /// namespace.
     pub async fn forget(&self, attempts: &[Recorded]) -> Result<(), CancelError> {
+        let mut by_namespace: std::collections::BTreeMap<&str, Vec<String>> =
+            std::collections::BTreeMap::new();
         for attempt in attempts {
+            by_namespace
+                .entry(attempt.namespace.as_str())
+                .or_default()
+                .push(attempt.id());
+        }
+        for (namespace, ids) in by_namespace {
             let mut command = redis::cmd("HDEL");
-            command
-                .arg(in_flight_key(&attempt.namespace))
-                .arg(attempt.id());
+            command.arg(in_flight_key(namespace)).arg(&ids);
             self.run::<()>(
-                || format!("forgetting attempt {} in flight", attempt.id()),
+                || format!("forgetting {} attempts in flight in {namespace}", ids.len()),
                 &command,
             )
             .await?;

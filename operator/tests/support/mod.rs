@@ -483,6 +483,23 @@ impl FakeAgents {
             .map(|r| r.dispatch.task.name.clone())
             .collect()
     }
+
+    /// Waits until a cancel the agents heard matches `wanted`, failing with the cancels
+    /// heard when none does within `timeout`.
+    pub async fn wait_for_cancel(&self, timeout: Duration, wanted: impl Fn(&TaskCancel) -> bool) {
+        let start = Instant::now();
+        loop {
+            let cancels = self.cancels.lock().unwrap().clone();
+            if cancels.iter().any(&wanted) {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "no such cancel within {timeout:?}: {cancels:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 impl Drop for FakeAgents {
