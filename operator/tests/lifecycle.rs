@@ -636,6 +636,68 @@ async fn a_result_the_api_server_refuses_fails_the_attempt_with_its_message_and_
     );
 }
 
+/// An admission policy that refuses every Task of the namespace: Hera's writes are
+/// refused (422), so the Project is `Stalled` with reason `ReconcileFailed` and the API
+/// server's message, for a person to act. Once the policy goes, the next pass creates
+/// the Tasks, the Project runs to `Succeeded`, and it is no longer Stalled.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_whose_tasks_the_api_server_refuses_is_stalled_until_a_person_acts() {
+    let h = Harness::running("frozen", &["backend"]).await;
+    let _agents = FakeAgents::start(&h, &["backend"], Duration::from_millis(10), |d| {
+        Reply::Succeed(done(d))
+    })
+    .await;
+    let policy = format!("{}-no-tasks", h.ns);
+    h.apply(&format!(
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata:\n  name: {policy}\nspec:\n  failurePolicy: Fail\n  matchConstraints:\n    resourceRules:\n      - apiGroups: [aios.dev]\n        apiVersions: ['*']\n        operations: [CREATE]\n        resources: [tasks]\n  validations:\n    - expression: 'false'\n      message: Tasks are frozen in this namespace\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata:\n  name: {policy}\nspec:\n  policyName: {policy}\n  validationActions: [Deny]\n  matchResources:\n    namespaceSelector:\n      matchLabels:\n        kubernetes.io/metadata.name: {}\n",
+        h.ns
+    ));
+    // The API server takes a moment to enforce a new policy: wait until it refuses.
+    let probe = "apiVersion: aios.dev/v1alpha1\nkind: Task\nmetadata:\n  name: probe\nspec:\n  project: nowhere\n  title: Probe\n  role: backend\n";
+    let start = std::time::Instant::now();
+    loop {
+        let refused = h.env.kubectl_with_input(
+            &["apply", "--dry-run=server", "-n", &h.ns, "-f", "-"],
+            Some(probe),
+        );
+        match refused {
+            Err(err) if err.to_string().contains("frozen") => break,
+            Err(err) => panic!("the probe failed otherwise: {err}"),
+            Ok(_) => {}
+        }
+        assert!(start.elapsed() < TIMEOUT, "the policy is never enforced");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    h.apply("apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: cold\nspec:\n  description: Two tasks\n  repository:\n    url: file:///tmp/cold.git\n  tasks:\n    - name: one\n      title: One\n      role: backend\n    - name: two\n      title: Two\n      role: backend\n      dependsOn: [one]\n");
+    let stalled = |field: &str| {
+        h.jsonpath(
+            "project/cold",
+            &format!("{{.status.conditions[?(@.type==\"Stalled\")].{field}}}"),
+        )
+    };
+    h.wait_for_value(
+        "project/cold",
+        "{.status.conditions[?(@.type==\"Stalled\")].reason}",
+        "ReconcileFailed",
+        TIMEOUT,
+    )
+    .await;
+    assert_eq!(stalled("status"), "True");
+    let message = stalled("message");
+    assert!(
+        message.contains("422") && message.contains("Tasks are frozen in this namespace"),
+        "the API server's refusal: {message}"
+    );
+    assert!(h.tasks().is_empty(), "no Task got past the policy");
+
+    h.kubectl(&["delete", "validatingadmissionpolicybinding", &policy]);
+    h.kubectl(&["delete", "validatingadmissionpolicy", &policy]);
+    h.wait_for_phase("cold", "Succeeded", TIMEOUT).await;
+    assert_eq!(stalled("status"), "False", "{}", stalled("message"));
+    assert_eq!(h.tasks().len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_a_project_cancels_what_is_in_flight() {
     let h = Harness::running("delete", &["backend"]).await;

@@ -176,6 +176,21 @@ fn expirations(project: &Project, tasks: &[&Task], now: Timestamp, plan: &mut Ru
     }
 }
 
+/// How many dependencies a waiting Task's message names; the rest are counted.
+const NAMED_DEPENDENCIES: usize = 5;
+
+/// What a Task whose dependencies have not all succeeded says it waits for: its first
+/// few dependencies by name, then how many more (a task may depend on hundreds, and the
+/// message is read in `kubectl get tasks`).
+fn waiting_for(dependencies: &[String]) -> String {
+    let named = dependencies.len().min(NAMED_DEPENDENCIES);
+    let mut message = format!("waiting for {}", dependencies[..named].join(", "));
+    if dependencies.len() > named {
+        message.push_str(&format!(" and {} more", dependencies.len() - named));
+    }
+    message
+}
+
 fn dispatches(
     tasks: &[&Task],
     capacity: usize,
@@ -197,7 +212,7 @@ fn dispatches(
             if task.status.is_none() && task.metadata.deletion_timestamp.is_none() {
                 plan.actions.push(Action::Wait {
                     task: task.name_any(),
-                    message: format!("waiting for {}", task.spec.depends_on.join(", ")),
+                    message: waiting_for(&task.spec.depends_on),
                 });
             }
             continue;
@@ -358,6 +373,21 @@ mod tests {
                 task: "a".into(),
                 attempt: 1
             }]
+        );
+    }
+
+    #[test]
+    fn a_waiting_message_names_a_few_dependencies_and_counts_the_rest() {
+        let names = |n: usize| (0..n).map(|i| format!("t{i}")).collect::<Vec<_>>();
+        assert_eq!(waiting_for(&names(2)), "waiting for t0, t1");
+        assert_eq!(
+            waiting_for(&names(5)),
+            "waiting for t0, t1, t2, t3, t4",
+            "five are all named"
+        );
+        assert_eq!(
+            waiting_for(&names(100)),
+            "waiting for t0, t1, t2, t3, t4 and 95 more"
         );
     }
 
