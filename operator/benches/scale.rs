@@ -9,6 +9,7 @@
 //! ```text
 //! cargo bench -p aios-operator --bench scale      # 1,000, 10,000, and 20 Projects x 500 at once
 //! AIOS_BENCH_SIZES=1000,4x250 cargo bench -p aios-operator --bench scale
+//! AIOS_BENCH_FLOORS=0 AIOS_BENCH_SIZES=10000 cargo bench ...  # without the floors
 //! ```
 
 #![allow(
@@ -102,11 +103,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index]
 }
 
-fn peak_rss_mib(pid: u32) -> f64 {
+/// A memory figure of process `pid` in MiB: `VmHWM` (its peak RSS) or `VmRSS` (now).
+fn memory_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -295,7 +297,17 @@ async fn run(shape: Shape) -> Figures {
         Reply::Succeed(done(d))
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await; // the operator syncs its caches
+    // The operator syncs its caches: every Task is in its task gauge.
+    let syncing = Instant::now();
+    while (h.metric(operator, "aios_tasks{") - total as f64).abs() > 0.5 {
+        assert!(
+            syncing.elapsed() < Duration::from_secs(300),
+            "the operator never cached the {total} tasks"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let pid = h.operator_pid(operator);
+    let synced = (memory_mib(pid, "VmRSS"), memory_mib(pid, "VmHWM"));
     let before = requests(&h);
 
     let start = Instant::now();
@@ -312,7 +324,7 @@ async fn run(shape: Shape) -> Figures {
     wait_all_succeeded(&projects, names.len()).await;
     let wall = start.elapsed();
     let after = requests(&h);
-    let rss = peak_rss_mib(h.operator_pid(operator));
+    let (rss, settled) = (memory_mib(pid, "VmHWM"), memory_mib(pid, "VmRSS"));
     let latencies = dispatch_latencies(&agents);
 
     let delta = |key: &(String, String, String)| {
@@ -329,9 +341,17 @@ async fn run(shape: Shape) -> Figures {
 
     // The floors: the same number of status writes from a bare client, one at a time,
     // then with the operator's concurrency.
+    // `AIOS_BENCH_FLOORS=0` leaves them out, for a quicker look at the other figures.
     let floor_writes = writes.round() as usize;
-    let sequential = floor(&tasks, &names[0], layers, floor_writes, 1).await;
-    let concurrent = floor(&tasks, &names[0], layers, floor_writes, FLOOR_CONCURRENCY).await;
+    let floors = std::env::var("AIOS_BENCH_FLOORS").map_or(true, |v| v != "0");
+    let (sequential, concurrent) = if floors {
+        (
+            floor(&tasks, &names[0], layers, floor_writes, 1).await,
+            floor(&tasks, &names[0], layers, floor_writes, FLOOR_CONCURRENCY).await,
+        )
+    } else {
+        (Duration::ZERO, Duration::ZERO)
+    };
 
     let seconds = wall.as_secs_f64();
     println!("{}", shape.label());
@@ -357,11 +377,18 @@ async fn run(shape: Shape) -> Figures {
         percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
         latencies.len()
     );
-    println!("  operator peak RSS: {rss:.1} MiB");
+    println!(
+        "  operator peak RSS: {rss:.1} MiB (before the run, its caches synced: {:.1} MiB, peak {:.1} MiB; after it: {settled:.1} MiB)",
+        synced.0, synced.1
+    );
     println!(
         "  API requests during the run: {all_requests:.0} ({:.0} a second, the benchmark's own polling included)",
         all_requests / seconds.max(f64::EPSILON)
     );
+    if !floors {
+        println!("  floors not measured (AIOS_BENCH_FLOORS=0)");
+        return Figures { wall };
+    }
     println!(
         "  floor, {floor_writes} status writes from a bare sequential client: {:.1} s (wall / floor {:.2})",
         sequential.as_secs_f64(),
