@@ -213,11 +213,14 @@ fn recalled_text(recalled: &[String]) -> String {
 }
 
 /// Asks `question` on `prompts` and reads one line of `input`; `None` at end of input.
+/// The question is a model's: its control and bidirectional characters are removed
+/// before it reaches the terminal (`aios_crds::text`).
 pub fn ask_person(
     question: &str,
     input: &mut impl BufRead,
     prompts: &mut impl Write,
 ) -> Result<Option<String>, CliError> {
+    let question = aios_crds::text::sanitize(question, aios_crds::text::Shape::Lines);
     write!(prompts, "{question}\n> ")?;
     prompts.flush()?;
     let mut line = String::new();
@@ -547,6 +550,33 @@ mod tests {
         assert!(
             model.requests().is_empty(),
             "no model call for a usage error"
+        );
+    }
+
+    /// A hostile model asks a question full of terminal escapes: the person's terminal
+    /// sees its words only.
+    #[tokio::test]
+    async fn a_models_question_reaches_the_terminal_without_control_characters() {
+        let model = Script::new(&[
+            r#"{"questions": ["\u001b]0;pwned\u0007Which \u202eframework?\u001b[2J"]}"#,
+            DRAFT,
+        ]);
+        let mut hermes = Hermes::new(&model, None);
+        let mut input = "A todo API\nhttps://git.example/todo.git\nFastAPI\n".as_bytes();
+        let mut prompts = Vec::new();
+        converse(&mut hermes, seed(), true, &mut input, &mut prompts)
+            .await
+            .unwrap();
+        let said = String::from_utf8(prompts).unwrap();
+        assert!(
+            said.contains("Hermes: ]0;pwnedWhich framework?[2J\n> "),
+            "{said:?}"
+        );
+        assert!(
+            !said
+                .chars()
+                .any(|c| (c.is_control() && c != '\n') || aios_crds::text::is_bidi_control(c)),
+            "{said:?}"
         );
     }
 

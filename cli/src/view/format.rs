@@ -64,7 +64,8 @@ pub fn percent(ratio: f64) -> String {
 
 /// The first line of `text`, at most `max` characters (an ellipsis marks the cut).
 pub fn line(text: &str, max: usize) -> String {
-    let first = text.lines().next().unwrap_or_default().trim();
+    let first = readable(text.lines().next().unwrap_or_default());
+    let first = first.as_str();
     if first.chars().count() <= max {
         first.to_owned()
     } else {
@@ -72,6 +73,13 @@ pub fn line(text: &str, max: usize) -> String {
         cut.push('…');
         cut
     }
+}
+
+/// `text` as one line fit for a terminal: what the cluster holds was written by agents
+/// and the models behind them, and whoever else may write a status, so control and
+/// bidirectional characters are removed here too (`aios_crds::text`), whatever wrote it.
+pub fn readable(text: &str) -> String {
+    aios_crds::text::sanitize(text, aios_crds::text::Shape::Line)
 }
 
 /// A commit as people quote it: its first seven characters.
@@ -82,6 +90,11 @@ pub fn short_commit(commit: &str) -> &str {
 /// Lays `rows` out as kubectl does: upper-case headers, columns padded to their widest
 /// cell and three spaces apart, no trailing spaces.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| readable(cell)).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -154,6 +167,25 @@ mod tests {
         assert_eq!(
             text,
             "NAME          PHASE\na             Running\nlonger-name   -\n"
+        );
+    }
+
+    /// A status written by a hostile agent, or by anyone able to write one: its escapes
+    /// and bidirectional controls never reach the terminal, and columns still line up.
+    #[test]
+    fn cells_and_lines_reach_the_terminal_without_control_characters() {
+        let hostile = "\u{1b}]0;pwned\u{7}tests\u{202E} fail\u{1b}[2J";
+        assert_eq!(line(hostile, 80), "]0;pwnedtests fail[2J");
+        let text = table(
+            &["name", "message"],
+            &[
+                vec!["a".into(), hostile.into()],
+                vec!["b\tc".into(), "fine".into()],
+            ],
+        );
+        assert_eq!(
+            text,
+            "NAME   MESSAGE\na      ]0;pwnedtests fail[2J\nb c    fine\n"
         );
     }
 }

@@ -184,11 +184,11 @@ const NAMED_DEPENDENCIES: usize = 5;
 /// message is read in `kubectl get tasks`).
 fn waiting_for(dependencies: &[String]) -> String {
     let named = dependencies.len().min(NAMED_DEPENDENCIES);
-    let mut message = format!("waiting for {}", dependencies[..named].join(", "));
-    if dependencies.len() > named {
-        message.push_str(&format!(" and {} more", dependencies.len() - named));
+    let first = dependencies[..named].join(", ");
+    match dependencies.len() - named {
+        0 => format!("waiting for {first}"),
+        more => format!("waiting for {first} and {more} more"),
     }
-    message
 }
 
 fn dispatches(

@@ -10,6 +10,7 @@ use aios_crds::{
     bus::{TaskEvent, TaskEventKind},
     conditions::{self, reasons},
     project::{Backoff, TaskDefaults},
+    text::{self, Shape},
 };
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -302,6 +303,7 @@ pub fn apply_event(
     if !is_live_attempt(task, &event.task.uid, attempt) {
         return None;
     }
+    let event = &readable(event);
     let current = task.status.clone().unwrap_or_default();
     let phase = current.phase.unwrap_or_default();
     let mut status = current.clone();
@@ -392,6 +394,38 @@ pub fn apply_event(
         TaskEventKind::Unknown => return None,
     }
     Some(status)
+}
+
+/// `event` with the text an agent wrote (and a model, through it) made fit for the
+/// records people read, `kubectl get`, `aios describe` and `aios watch` among them (see
+/// [`aios_crds::text`]): the agent's name, a failure's reason and message, and a
+/// result's summary, notes, files and commit lose their control and bidirectional
+/// characters. Lengths are left alone: what the API server will not take fails the
+/// attempt as `ResultRefused`, with its message.
+fn readable(event: &TaskEvent) -> TaskEvent {
+    let line = |text: &str| text::sanitize(text, Shape::Line);
+    let lines = |text: &str| text::sanitize(text, Shape::Lines);
+    let mut event = event.clone();
+    event.agent = line(&event.agent);
+    match &mut event.kind {
+        TaskEventKind::Succeeded { output, .. } => {
+            let result = &mut output.result;
+            result.summary = lines(&result.summary);
+            result.notes = result.notes.as_deref().map(lines);
+            result.commit = result.commit.as_deref().map(line);
+            for file in &mut result.files {
+                *file = line(file);
+            }
+        }
+        TaskEventKind::Failed {
+            reason, message, ..
+        } => {
+            *reason = line(reason);
+            *message = lines(message);
+        }
+        TaskEventKind::Started | TaskEventKind::Heartbeat | TaskEventKind::Unknown => {}
+    }
+    event
 }
 
 /// Records when attempt `attempt` started, from a Started event written with its outcome
@@ -609,6 +643,86 @@ mod tests {
             &p,
             &event(&t, 2, TaskEventKind::Started, 40)
         ));
+    }
+
+    /// A hostile agent (or the model behind it) writes terminal escapes and
+    /// bidirectional controls into what it reports: none reaches the status.
+    #[test]
+    fn what_an_agent_reports_reaches_the_status_without_control_characters() {
+        const TITLE: &str = "\u{1b}]0;pwned\u{7}";
+        const CLEAR: &str = "\u{1b}[2J\u{1b}[H";
+        let hostile = |text: &str| format!("{TITLE}{text}\u{202E}{CLEAR}\r");
+        let readable = |text: &str| {
+            !text
+                .chars()
+                .any(|c| (c.is_control() && c != '\n' && c != '\t') || text::is_bidi_control(c))
+        };
+        let mut t = task("shop-api", &[]);
+        t.status = Some(queued(&t, 1, ts(0)));
+        let p = policy(0);
+        let mut started = event(&t, 1, TaskEventKind::Started, 1);
+        started.agent = hostile("apollo");
+        let running = apply_event(&t, &p, &started, ts(1)).unwrap();
+        let texts = |s: &TaskStatus| {
+            let mut all = vec![
+                s.agent.clone().unwrap_or_default(),
+                s.message.clone().unwrap_or_default(),
+            ];
+            for c in &s.conditions {
+                all.extend([c.reason.clone(), c.message.clone()]);
+            }
+            if let Some(r) = &s.result {
+                all.push(r.summary.clone());
+                all.extend(r.notes.clone());
+                all.extend(r.commit.clone());
+                all.extend(r.files.clone());
+            }
+            all
+        };
+        for text in texts(&running) {
+            assert!(readable(&text), "{text:?}");
+        }
+        t.status = Some(running);
+
+        let delivered = TaskEventKind::Succeeded {
+            output: TaskResult {
+                summary: hostile("built\nit"),
+                notes: Some(hostile("note")),
+                commit: Some(hostile("abc123")),
+                files: vec![hostile("src/main.rs")],
+                ..TaskResult::default()
+            }
+            .into(),
+            usage: Usage::default(),
+        };
+        let ok = apply_event(&t, &p, &event(&t, 1, delivered, 2), ts(2)).unwrap();
+        for text in texts(&ok) {
+            assert!(readable(&text), "{text:?}");
+        }
+        let result = ok.result.as_ref().unwrap();
+        assert_eq!(
+            result.summary, "]0;pwnedbuilt\nit[2J[H",
+            "the text itself stays"
+        );
+        assert_eq!(result.files, ["]0;pwnedsrc/main.rs[2J[H"]);
+
+        let failed = TaskEventKind::Failed {
+            reason: hostile("Broken"),
+            message: hostile("tests\tfailed"),
+            retryable: false,
+            usage: Usage::default(),
+        };
+        let gone = apply_event(&t, &p, &event(&t, 1, failed, 2), ts(2)).unwrap();
+        assert_eq!(gone.phase, Some(TaskPhase::Failed));
+        for text in texts(&gone) {
+            assert!(readable(&text), "{text:?}");
+        }
+        assert!(
+            condition(&gone.conditions, "Succeeded")
+                .unwrap()
+                .message
+                .contains("tests\tfailed")
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ use aios_crds::{
     limits,
     names::{annotations, labels},
     project::Repository,
+    text::{self, Shape},
     verify::OUTPUT_MAX_CHARS,
 };
 use futures::future::BoxFuture;
@@ -232,8 +233,16 @@ pub fn step(
     done.phase = outcome.phase;
     done.exit_code = outcome.exit_code;
     done.duration_ms = Some(i64::try_from(outcome.duration.as_millis()).unwrap_or(i64::MAX));
-    done.output = Some(tail(&outcome.output, OUTPUT_MAX_CHARS));
-    done.message.clone_from(&outcome.message);
+    // The output is what the delivered code printed: fit it for people to read (see
+    // `aios_crds::text`) before it reaches the status, the Events and the fix task.
+    done.output = Some(tail(
+        &text::sanitize(&outcome.output, Shape::Lines),
+        OUTPUT_MAX_CHARS,
+    ));
+    done.message = outcome
+        .message
+        .as_deref()
+        .map(|m| text::sanitize(m, Shape::Lines));
     if outcome.commit.is_some() {
         done.commit.clone_from(&outcome.commit);
     }
@@ -248,7 +257,7 @@ pub fn step(
             reason: reasons::VERIFICATION_ERROR,
             message: format!(
                 "the verification could not run{on}: {}",
-                outcome.message.as_deref().unwrap_or("no reason given")
+                done.message.as_deref().unwrap_or("no reason given")
             ),
             status: done,
         },

@@ -106,6 +106,34 @@ fn a_timeout_is_its_own_reason_and_an_error_is_never_fixed() {
     assert!(message.contains("no such branch"), "{message}");
 }
 
+/// The delivered code prints what it likes, terminal escapes included: the status, and
+/// the message a person reads, keep its text without them.
+#[test]
+fn what_the_delivered_code_printed_is_recorded_without_control_characters() {
+    let printed = "\u{1b}[31mFAILED\u{1b}[0m test_it\u{202E}\r\n\u{1b}]0;pwned\u{7}1 failed\n";
+    let o = outcome(VerificationPhase::Failed, Some(1), printed);
+    let Step::Failed {
+        message, status, ..
+    } = step(&running(3), None, Some(&o), 3, true, ts(5))
+    else {
+        panic!("rounds ran out");
+    };
+    let output = status.output.unwrap();
+    assert_eq!(output, "[31mFAILED[0m test_it\n]0;pwned1 failed\n");
+    assert!(message.ends_with(&output), "{message}");
+
+    let mut broken = outcome(VerificationPhase::Error, None, "");
+    broken.message = Some("checkout failed: \u{1b}[2J\u{9b}gone".to_owned());
+    let Step::Failed {
+        message, status, ..
+    } = step(&running(0), None, Some(&broken), 3, true, ts(5))
+    else {
+        panic!("an error is final");
+    };
+    assert_eq!(status.message.as_deref(), Some("checkout failed: [2Jgone"));
+    assert!(message.ends_with("checkout failed: [2Jgone"), "{message}");
+}
+
 #[test]
 fn a_run_in_progress_or_a_fix_in_progress_waits() {
     assert_eq!(step(&running(0), None, None, 3, true, ts(1)), Step::Wait);
