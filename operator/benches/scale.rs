@@ -10,6 +10,7 @@
 //! cargo bench -p aios-operator --bench scale      # 1,000, 10,000, and 20 Projects x 500 at once
 //! AIOS_BENCH_SIZES=1000,4x250 cargo bench -p aios-operator --bench scale
 //! AIOS_BENCH_FLOORS=0 AIOS_BENCH_SIZES=10000 cargo bench ...  # without the floors
+//! AIOS_BENCH_OPERATOR_WRAPPER="heaptrack -o /tmp/operator" cargo bench ...  # profiled
 //! ```
 
 #![allow(
@@ -292,7 +293,11 @@ async fn run(shape: Shape) -> Figures {
         created.elapsed().as_secs_f64()
     );
 
-    let operator = h.start_operator_logging("bench", "warn");
+    // `AIOS_BENCH_OPERATOR_WRAPPER="heaptrack -o /tmp/operator"` runs the operator under
+    // a profiler (its figures are then the profiled process's).
+    let wrapper = std::env::var("AIOS_BENCH_OPERATOR_WRAPPER").unwrap_or_default();
+    let wrapper: Vec<&str> = wrapper.split_whitespace().collect();
+    let operator = h.start_operator_under("bench", "warn", &wrapper);
     let agents = FakeAgents::start(&h, &["backend"], Duration::ZERO, |d| {
         Reply::Succeed(done(d))
     })
