@@ -65,7 +65,7 @@ pub fn percent(ratio: f64) -> String {
 /// The first line of `text`, at most `max` characters (an ellipsis marks the cut).
 pub fn line(text: &str, max: usize) -> String {
     let first = readable(text.lines().next().unwrap_or_default());
-    let first = first.as_str();
+    let first = first.trim();
     if first.chars().count() <= max {
         first.to_owned()
     } else {
@@ -77,9 +77,10 @@ pub fn line(text: &str, max: usize) -> String {
 
 /// `text` as one line fit for a terminal: what the cluster holds was written by agents
 /// and the models behind them, and whoever else may write a status, so control and
-/// bidirectional characters are removed here too (`aios_crds::text`), whatever wrote it.
+/// bidirectional characters are removed here too (`aios_crds::text`), whatever wrote it;
+/// line breaks and tabs become spaces. Leading spaces stay (a tree's indentation).
 pub fn readable(text: &str) -> String {
-    aios_crds::text::sanitize(text, aios_crds::text::Shape::Line)
+    aios_crds::text::sanitize(text, aios_crds::text::Shape::Lines).replace(['\n', '\t'], " ")
 }
 
 /// A commit as people quote it: its first seven characters.
@@ -181,11 +182,12 @@ mod tests {
             &[
                 vec!["a".into(), hostile.into()],
                 vec!["b\tc".into(), "fine".into()],
+                vec!["  d".into(), "indented".into()],
             ],
         );
         assert_eq!(
             text,
-            "NAME   MESSAGE\na      ]0;pwnedtests fail[2J\nb c    fine\n"
+            "NAME   MESSAGE\na      ]0;pwnedtests fail[2J\nb c    fine\n  d    indented\n"
         );
     }
 }
