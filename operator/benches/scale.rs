@@ -294,7 +294,8 @@ async fn run(shape: Shape) -> Figures {
     );
 
     // `AIOS_BENCH_OPERATOR_WRAPPER="heaptrack -o /tmp/operator"` runs the operator under
-    // a profiler (its figures are then the profiled process's).
+    // a profiler. The memory figures are then the wrapper process's, not the operator's:
+    // read the profile instead.
     let wrapper = std::env::var("AIOS_BENCH_OPERATOR_WRAPPER").unwrap_or_default();
     let wrapper: Vec<&str> = wrapper.split_whitespace().collect();
     let operator = h.start_operator_under("bench", "warn", &wrapper);

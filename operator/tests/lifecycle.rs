@@ -934,16 +934,12 @@ async fn a_hundred_tasks_heartbeating_cause_no_task_writes() {
 
 /// The operator's count of heartbeat events by outcome.
 fn heartbeat_outcomes(h: &Harness) -> BTreeMap<String, f64> {
-    let text =
-        aios_e2e::process::http_get(h.operators[0].http_port, "/metrics").unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with("aios_task_events_total{") && l.contains(r#"type="heartbeat""#))
-        .filter_map(|l| {
-            let outcome = l.split(r#"outcome=""#).nth(1)?.split('"').next()?;
-            let value = l.rsplit(' ').next()?.parse::<f64>().ok()?;
-            Some((outcome.to_string(), value))
-        })
-        .collect()
+    h.metric_by(
+        0,
+        "aios_task_events_total",
+        r#"type="heartbeat""#,
+        "outcome",
+    )
 }
 
 /// Agents beat every half second; the heartbeat timeout is 10 s. The operator records a

@@ -5,7 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     fs::File,
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -203,6 +203,21 @@ impl Harness {
             .filter(|l| l.starts_with(name) && !l.starts_with('#'))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// The values of metric `name` on operator `i`, by the value of its label `by`,
+    /// among the series whose labels include `with` (e.g. `type="heartbeat"`).
+    pub fn metric_by(&self, i: usize, name: &str, with: &str, by: &str) -> BTreeMap<String, f64> {
+        let text = process::http_get(self.operators[i].http_port, "/metrics").unwrap_or_default();
+        let label = format!("{by}=\"");
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(with))
+            .filter_map(|l| {
+                let value = l.split(label.as_str()).nth(1)?.split('"').next()?;
+                let count = l.rsplit(' ').next()?.parse::<f64>().ok()?;
+                Some((value.to_string(), count))
+            })
+            .collect()
     }
 
     pub fn kubectl(&self, args: &[&str]) -> String {
