@@ -510,6 +510,25 @@ pub struct TaskCounts {
     pub cancelled: i32,
 }
 
+impl TaskCounts {
+    /// Counts `n` more tasks in `phase` (fewer when `n` is negative).
+    pub fn add(&mut self, phase: crate::TaskPhase, n: i32) {
+        use crate::TaskPhase;
+        let slot = match phase {
+            TaskPhase::Pending => &mut self.pending,
+            TaskPhase::Queued => &mut self.queued,
+            TaskPhase::Running => &mut self.running,
+            TaskPhase::Verifying => &mut self.verifying,
+            TaskPhase::Succeeded => &mut self.succeeded,
+            TaskPhase::Failed => &mut self.failed,
+            TaskPhase::Skipped => &mut self.skipped,
+            TaskPhase::Cancelled => &mut self.cancelled,
+        };
+        *slot += n;
+        self.total += n;
+    }
+}
+
 impl Project {
     /// The plan's task by name, when the Project carries an explicit plan.
     pub fn spec_task(&self, name: &str) -> Option<&PlannedTask> {

@@ -230,6 +230,43 @@ fn dispatch_latencies(agents: &FakeAgents) -> Vec<Duration> {
     latencies
 }
 
+/// Per layer after the first: how long after its dependencies' last success the first
+/// dispatch came (the wait for the pass), and how long the layer's dispatches took from
+/// first to last (the pass's own pace).
+fn layer_gaps(agents: &FakeAgents) -> (Vec<Duration>, Vec<Duration>) {
+    let finished = agents.finished.lock().unwrap().clone();
+    let mut done: BTreeMap<(String, usize), Instant> = BTreeMap::new();
+    for (name, at) in &finished {
+        if let Some((project, layer)) = project_and_layer(name) {
+            let entry = done.entry((project.to_owned(), layer)).or_insert(*at);
+            *entry = (*entry).max(*at);
+        }
+    }
+    let mut dispatched: BTreeMap<(String, usize), (Instant, Instant)> = BTreeMap::new();
+    for r in agents.received() {
+        if let Some((project, layer)) = project_and_layer(&r.dispatch.task.name) {
+            let entry = dispatched
+                .entry((project.to_owned(), layer))
+                .or_insert((r.at, r.at));
+            *entry = (entry.0.min(r.at), entry.1.max(r.at));
+        }
+    }
+    let (mut waits, mut spreads) = (Vec::new(), Vec::new());
+    for ((project, layer), (first, last)) in &dispatched {
+        let Some(ready) = layer
+            .checked_sub(1)
+            .and_then(|before| done.get(&(project.clone(), before)))
+        else {
+            continue;
+        };
+        waits.push(first.saturating_duration_since(*ready));
+        spreads.push(last.saturating_duration_since(*first));
+    }
+    waits.sort();
+    spreads.sort();
+    (waits, spreads)
+}
+
 /// `writes` status writes to the Tasks of Project `project`, `concurrency` at a time.
 async fn floor(
     tasks: &Api<Task>,
@@ -332,6 +369,14 @@ async fn run(shape: Shape) -> Figures {
     let after = requests(&h);
     let (rss, settled) = (memory_mib(pid, "VmHWM"), memory_mib(pid, "VmRSS"));
     let latencies = dispatch_latencies(&agents);
+    let (waits, spreads) = layer_gaps(&agents);
+    let queued = h.metric_by(operator, "aios_task_queued_writes_total", "", "outcome");
+    let started = h.metric_by(
+        operator,
+        "aios_task_events_total",
+        "type=\"started\"",
+        "outcome",
+    );
 
     let delta = |key: &(String, String, String)| {
         after.get(key).copied().unwrap_or(0.0) - before.get(key).copied().unwrap_or(0.0)
@@ -377,11 +422,19 @@ async fn run(shape: Shape) -> Figures {
             n / total as f64
         );
     }
+    println!("    Queued {queued:?}; Started events {started:?}");
     println!(
         "  dispatch latency, dependency success to dependent dispatch: p50 {:.0} ms, p99 {:.0} ms (n={})",
         percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
         percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
         latencies.len()
+    );
+    println!(
+        "    of which, per layer: last dependency's success to the first dispatch p50 {:.0} ms, p99 {:.0} ms; first to last dispatch p50 {:.0} ms, p99 {:.0} ms",
+        percentile(&waits, 0.50).as_secs_f64() * 1000.0,
+        percentile(&waits, 0.99).as_secs_f64() * 1000.0,
+        percentile(&spreads, 0.50).as_secs_f64() * 1000.0,
+        percentile(&spreads, 0.99).as_secs_f64() * 1000.0,
     );
     println!(
         "  operator peak RSS: {rss:.1} MiB (before the run, its caches synced: {:.1} MiB, peak {:.1} MiB; after it: {settled:.1} MiB)",

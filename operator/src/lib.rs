@@ -27,9 +27,8 @@ pub mod verify;
 pub use error::Error;
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -417,7 +416,6 @@ async fn start(
                 instance: Some(identity),
             },
         ),
-        expectations: Arc::new(Mutex::new(HashMap::new())),
         providers: provider_store,
         credentials,
         http: provider::probe_client(),

@@ -16,6 +16,7 @@ use aios_crds::{
     Project, ProjectPhase, Task, TaskPhase,
     conditions::reasons,
     names::{GROUP, VERSION, field_managers},
+    project::TaskCounts,
 };
 use futures::{StreamExt, stream};
 use jiff::Timestamp;
@@ -35,13 +36,17 @@ use crate::{
         PlanError, ValidatedPlan, dropped_dependencies, judge_plan, missing_tasks, plan_tasks,
     },
     project::rollup::{
-        PlanState, budget_exceeded, differs, project_status, refused_plan, total_usage,
+        PlanState, budget_exceeded, differs, project_status_counted, refused_plan, total_usage,
     },
     project::schedule::{Action, Hold, RunPlan, plan_run_gated},
-    runtime::context::{Context, write_task_status},
+    runtime::{
+        context::{Context, write_task_status},
+        index::ProjectTasks,
+    },
     task::{
         cancel,
         cancels::Recorded,
+        lanes::Place,
         lifecycle::{self, phase, task_policy},
         tokens::Attempt,
     },
@@ -135,11 +140,11 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
     let namespace = project.namespace().unwrap_or_default();
     let name = project.name_any();
     let now = Timestamp::now();
-    let all: Vec<Arc<Task>> = ctx
-        .project_tasks(&namespace, &name)
-        .iter()
-        .map(|t| ctx.with_expectations(t))
-        .collect();
+    let ProjectTasks {
+        tasks: all,
+        work: work_counts,
+        planning: planning_counts,
+    } = ctx.project_tasks(&namespace, &name);
 
     // Plan.
     let (plan_state, work_names) = match &project.spec.tasks {
@@ -165,6 +170,12 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
         .map(AsRef::as_ref)
         .filter(|t| work_names.contains(&t.name_any()))
         .collect();
+    // The work's counts, kept by the index: the planning task's while it is the work.
+    let work_counts = match work.first() {
+        None => TaskCounts::default(),
+        Some(t) if is_planning_task(t) => planning_counts,
+        Some(_) => work_counts,
+    };
 
     // Run.
     let all_refs: Vec<&Task> = all.iter().map(AsRef::as_ref).collect();
@@ -174,22 +185,7 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
         run_plan(project, ctx, &work, &all_refs, now)
     };
     let by_name: BTreeMap<String, &Task> = all.iter().map(|t| (t.name_any(), t.as_ref())).collect();
-    // Each action touches a different Task, so they run side by side. Each action's
-    // future (about 6 KiB) is made only when its turn comes: made all at once, the
-    // first pass over 10,000 waiting Tasks held 60 MiB of them.
-    let mut first_error: Option<Error> = None;
-    // (By index: a closure taking `&Action` trips rustc's check that the pass is Send.)
-    let mut results = stream::iter(
-        (0..run.actions.len()).map(|i| execute(project, ctx, &run.actions[i], &by_name, now)),
-    )
-    .buffer_unordered(ACTION_CONCURRENCY);
-    while let Some(result) = results.next().await {
-        if let Err(err) = result {
-            tracing::warn!(error = %err, "a task action failed");
-            first_error.get_or_insert(err);
-        }
-    }
-    drop(results);
+    let mut first_error = run_actions(project, ctx, &run.actions, &by_name, now).await;
 
     // Verify: the delivered work of each Verifying task, then the branch head.
     let (final_check, verifying, verify_error) =
@@ -197,8 +193,9 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
     first_error = first_error.or(verify_error);
 
     // Status.
-    let mut status = project_status(
+    let mut status = project_status_counted(
         project,
+        &work_counts,
         &work,
         &all_refs,
         &plan_state,
@@ -223,6 +220,51 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
     } else {
         wake
     }))
+}
+
+/// Carries out a pass's `actions`, several at once (each touches a different Task):
+/// the first error, if any. Each action's future (about 6 KiB) is made only when its
+/// turn comes: made all at once, the first pass over 10,000 waiting Tasks held 60 MiB
+/// of them.
+async fn run_actions(
+    project: &Project,
+    ctx: &Context,
+    actions: &[Action],
+    by_name: &BTreeMap<String, &Task>,
+    now: Timestamp,
+) -> Option<Error> {
+    let mut first_error: Option<Error> = None;
+    let mut published = Vec::new();
+    // (By index: a closure taking `&Action` trips rustc's check that the pass is Send.)
+    let mut results =
+        stream::iter((0..actions.len()).map(|i| execute(project, ctx, &actions[i], by_name, now)))
+            .buffer_unordered(ACTION_CONCURRENCY);
+    while let Some(result) = results.next().await {
+        match result {
+            Ok(dispatched) => published.extend(dispatched),
+            Err(err) => {
+                tracing::warn!(error = %err, "a task action failed");
+                first_error.get_or_insert(err);
+            }
+        }
+    }
+    drop(results);
+    // Every dispatch of the pass is on the bus before the first is recorded Queued: the
+    // last of a hundred ready Tasks does not wait for ninety-nine status writes.
+    let mut recorded = stream::iter((0..published.len()).filter_map(|i| {
+        let task = by_name.get(&published[i].task)?;
+        Some(record_queued(ctx, task, &published[i], now))
+    }))
+    .buffer_unordered(ACTION_CONCURRENCY);
+    while let Some(result) = recorded.next().await {
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "recording a dispatch Queued failed");
+            first_error.get_or_insert(err);
+        }
+    }
+    drop(recorded);
+    drop(published);
+    first_error
 }
 
 /// Writes `status` when it differs from the Project's, with the Events its changes call
@@ -612,13 +654,15 @@ async fn plan_verdict(
     })
 }
 
-async fn execute(
+/// Carries out `action`; a dispatch is only published here, and returned to be recorded
+/// Queued ([`record_queued`]) once the pass has published all of its dispatches.
+async fn execute<'a>(
     project: &Project,
-    ctx: &Context,
+    ctx: &'a Context,
     action: &Action,
     by_name: &BTreeMap<String, &Task>,
     now: Timestamp,
-) -> Result<(), Error> {
+) -> Result<Option<Published<'a>>, Error> {
     let namespace = project.namespace().unwrap_or_default();
     let api = ctx.task_api(&namespace);
     let defaults = &project.spec.policy.task_defaults;
@@ -629,7 +673,7 @@ async fn execute(
             message,
         } => {
             let Some(task) = by_name.get(task) else {
-                return Ok(());
+                return Ok(None);
             };
             let policy = task_policy(task, defaults);
             let status = lifecycle::fail_attempt(task, &policy, reason, message, true, now);
@@ -641,13 +685,13 @@ async fn execute(
         }
         Action::Skip { task, dependency } => {
             let Some(task) = by_name.get(task) else {
-                return Ok(());
+                return Ok(None);
             };
             write_task_status(&api, task, &lifecycle::skipped(task, dependency, now)).await?;
         }
         Action::Wait { task, message } => {
             let Some(task) = by_name.get(task) else {
-                return Ok(());
+                return Ok(None);
             };
             let mut status = task.status.clone().unwrap_or_default();
             status.phase.get_or_insert(aios_crds::TaskPhase::Pending);
@@ -656,50 +700,57 @@ async fn execute(
         }
         Action::Cancel { task, message } => {
             let Some(task) = by_name.get(task) else {
-                return Ok(());
+                return Ok(None);
             };
             write_task_status(&api, task, &lifecycle::cancelled(task, message, now)).await?;
         }
         Action::Dispatch { task, attempt } => {
             let Some(task) = by_name.get(task) else {
-                return Ok(());
+                return Ok(None);
             };
-            dispatch(project, ctx, task, *attempt, by_name, now).await?;
+            return dispatch(project, ctx, task, *attempt, by_name, now).await;
         }
     }
-    Ok(())
+    Ok(None)
 }
 
-/// Publishes attempt `attempt` of `task`, then records it Queued. If the process dies
-/// between the two, the next pass publishes the same attempt again, with the same
-/// message id, which consumers recognise.
-async fn dispatch(
+/// A dispatch published and not yet recorded Queued.
+struct Published<'a> {
+    task: String,
+    attempt: i32,
+    /// The Task's lane, kept open from before publishing, so that it knows whether the
+    /// agent reports on the attempt before Queued is written.
+    place: Place<'a>,
+}
+
+/// Publishes attempt `attempt` of `task`, recorded in flight first; the pass then records
+/// it Queued ([`record_queued`]). If the process dies between the two, the next pass
+/// publishes the same attempt again, with the same message id, which consumers
+/// recognise.
+async fn dispatch<'a>(
     project: &Project,
-    ctx: &Context,
+    ctx: &'a Context,
     task: &Task,
     attempt: i32,
     by_name: &BTreeMap<String, &Task>,
     now: Timestamp,
-) -> Result<(), Error> {
+) -> Result<Option<Published<'a>>, Error> {
     if !ctx.leadership.is_current() {
         return Err(Error::NotLeader);
     }
     let namespace = project.namespace().unwrap_or_default();
-    let api = ctx.task_api(&namespace);
-    // The agent's first event about this attempt waits until Queued is written, rather
-    // than race it.
     let place = ctx
         .lanes
         .enter(task.metadata.uid.as_deref().unwrap_or_default());
-    let _turn = place.turn().await;
     let policy = task_policy(task, &project.spec.policy.task_defaults);
     if let Some((reason, message)) =
         crate::provider::credentials::refuse_repository_credential(&ctx.credentials, project)
     {
         tracing::warn!(task = %task.name_any(), %reason, %message, "not dispatching: the repository credential may not be used");
         let status = lifecycle::fail_attempt(task, &policy, reason, &message, false, now);
-        write_task_status(&api, task, &status).await?;
-        return Ok(());
+        let _turn = place.turn().await;
+        write_task_status(&ctx.task_api(&namespace), task, &status).await?;
+        return Ok(None);
     }
     let role = task.spec.role.to_string();
     let mut message = dispatch_message(
@@ -732,7 +783,7 @@ async fn dispatch(
             .inc();
         return Err(err.into());
     }
-    ctx.expect_dispatch(&task.metadata.uid.clone().unwrap_or_default(), attempt);
+    ctx.expect_dispatch(task, attempt);
     ctx.metrics.dispatches.with_label_values(&[&role]).inc();
     let ready_since = task
         .spec
@@ -763,13 +814,49 @@ async fn dispatch(
             .with_label_values(&[&role])
             .observe(seconds);
     }
-    if let Err(err) = write_task_status(&api, task, &lifecycle::queued(task, attempt, now)).await {
-        // Without the record the next pass publishes the same attempt again (same
-        // message id, which consumers deduplicate) rather than wait on a phantom.
-        ctx.forget_dispatch(&task.metadata.uid.clone().unwrap_or_default());
-        return Err(err.into());
+    Ok(Some(Published {
+        task: task.name_any(),
+        attempt,
+        place,
+    }))
+}
+
+/// Records the published attempt of `task` Queued, unless the agent has reported on it
+/// already: its Running or its outcome, written in the Task's lane, says more.
+async fn record_queued(
+    ctx: &Context,
+    task: &Task,
+    published: &Published<'_>,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let _turn = published.place.turn().await;
+    if published
+        .place
+        .reported(u32::try_from(published.attempt).unwrap_or_default())
+    {
+        ctx.metrics
+            .queued_writes
+            .with_label_values(&["superseded"])
+            .inc();
+        return Ok(());
     }
-    Ok(())
+    let api = ctx.task_api(&task.namespace().unwrap_or_default());
+    match write_task_status(&api, task, &lifecycle::queued(task, published.attempt, now)).await {
+        Ok(written) => {
+            published.place.wrote(written);
+            ctx.metrics
+                .queued_writes
+                .with_label_values(&["written"])
+                .inc();
+            Ok(())
+        }
+        Err(err) => {
+            // Without the record the next pass publishes the same attempt again (same
+            // message id, which consumers deduplicate) rather than wait on a phantom.
+            ctx.forget_dispatch(task);
+            Err(err.into())
+        }
+    }
 }
 
 async fn publish_phase_event(ctx: &Context, project: &Project, status: &aios_crds::ProjectStatus) {
@@ -849,7 +936,14 @@ mod tests {
         recovered.status = Some(stalled);
         let work = [task("api", &[])];
         let refs: Vec<&Task> = work.iter().collect();
-        let status = project_status(&recovered, &refs, &refs, &PlanState::Explicit, None, now);
+        let status = crate::project::rollup::project_status(
+            &recovered,
+            &refs,
+            &refs,
+            &PlanState::Explicit,
+            None,
+            now,
+        );
         let stalled_condition =
             lifecycle::condition(&status.conditions, aios_crds::conditions::STALLED).unwrap();
         assert_eq!(stalled_condition.status, "False");

@@ -72,23 +72,12 @@ pub fn total_usage<'a>(tasks: impl IntoIterator<Item = &'a Task>) -> Usage {
     total
 }
 
-fn count(tasks: &[&Task]) -> TaskCounts {
-    let mut counts = TaskCounts {
-        total: i32::try_from(tasks.len()).unwrap_or(i32::MAX),
-        ..TaskCounts::default()
-    };
+/// How many of `tasks` are in each phase, counted from scratch (the pass keeps these
+/// counts as the watch changes them: [`crate::runtime::index::TaskIndex::project`]).
+pub fn count(tasks: &[&Task]) -> TaskCounts {
+    let mut counts = TaskCounts::default();
     for task in tasks {
-        let slot = match phase(task) {
-            TaskPhase::Pending => &mut counts.pending,
-            TaskPhase::Queued => &mut counts.queued,
-            TaskPhase::Running => &mut counts.running,
-            TaskPhase::Verifying => &mut counts.verifying,
-            TaskPhase::Succeeded => &mut counts.succeeded,
-            TaskPhase::Failed => &mut counts.failed,
-            TaskPhase::Skipped => &mut counts.skipped,
-            TaskPhase::Cancelled => &mut counts.cancelled,
-        };
-        *slot += 1;
+        counts.add(phase(task), 1);
     }
     counts
 }
@@ -103,12 +92,26 @@ pub fn project_status(
     verification: Option<&VerificationStatus>,
     now: Timestamp,
 ) -> ProjectStatus {
+    project_status_counted(project, &count(work), work, all, plan, verification, now)
+}
+
+/// [`project_status`], with `work`'s counts by phase already kept (the pass's come from
+/// the index, which keeps them as the watch changes Tasks).
+pub fn project_status_counted(
+    project: &Project,
+    work_counts: &TaskCounts,
+    work: &[&Task],
+    all: &[&Task],
+    plan: &PlanState,
+    verification: Option<&VerificationStatus>,
+    now: Timestamp,
+) -> ProjectStatus {
     let previous = project.status.clone().unwrap_or_default();
     let planning = matches!(plan, PlanState::Planning | PlanState::Replanning { .. });
     let counts = if planning {
         TaskCounts::default()
     } else {
-        count(work)
+        work_counts.clone()
     };
     let usage = total_usage(all.iter().copied());
     let (phase, reason, message) = decide_phase(project, work, &counts, plan, verification);

@@ -1,10 +1,7 @@
 //! What every controller shares: the API client, the bus, the caches, the metrics, and
 //! the leadership handle; plus the writes they all make.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    sync::{Arc, Mutex},
-};
+use std::{collections::BTreeSet, sync::Arc};
 
 use aios_crds::{
     Agent, PlannedTask, Project, Task, TaskStatus,
@@ -54,10 +51,6 @@ pub struct Context {
     pub leadership: Leadership,
     /// Kubernetes Events for transitions people care about.
     pub recorder: Recorder,
-    /// Dispatches published whose status the cache may not show yet: task uid →
-    /// attempt. The cache lags behind our own writes; without this a quick second pass
-    /// could publish the same attempt again or overfill `maxParallelTasks`.
-    pub expectations: Arc<Mutex<HashMap<String, i32>>>,
     /// How agent pods are configured.
     pub agent_runtime: crate::agent::objects::AgentRuntime,
     /// The Ollama image for `serve` providers that name none.
@@ -136,9 +129,14 @@ impl Context {
         }
     }
 
-    /// The Tasks of Project `project` in `namespace`, from the cache.
-    pub fn project_tasks(&self, namespace: &str, project: &str) -> Vec<Arc<Task>> {
-        self.tasks_named(namespace, self.task_index.of_project(namespace, project))
+    /// The Tasks of Project `project` in `namespace`, as a pass should see them, with
+    /// their counts (see [`crate::runtime::index`]).
+    pub fn project_tasks(
+        &self,
+        namespace: &str,
+        project: &str,
+    ) -> crate::runtime::index::ProjectTasks {
+        self.task_index.project(namespace, project)
     }
 
     /// The cached Tasks of `namespace` named `names` (those still cached).
@@ -182,35 +180,15 @@ impl Context {
         Api::namespaced(self.client.clone(), namespace)
     }
 
-    /// Records that attempt `attempt` of the task with `uid` was published.
-    pub fn expect_dispatch(&self, uid: &str, attempt: i32) {
-        self.lock_expectations().insert(uid.to_owned(), attempt);
+    /// Records that attempt `attempt` of `task` was published (see
+    /// [`TaskIndex::expect_dispatch`](crate::runtime::index::TaskIndex::expect_dispatch)).
+    pub fn expect_dispatch(&self, task: &Task, attempt: i32) {
+        self.task_index.expect_dispatch(task, attempt);
     }
 
     /// Drops the record of a dispatch whose Queued status could not be written.
-    pub fn forget_dispatch(&self, uid: &str) {
-        self.lock_expectations().remove(uid);
-    }
-
-    /// `task` as the cache should soon show it: Queued with the attempt we published,
-    /// if the cache has not caught up with a dispatch yet.
-    pub fn with_expectations(&self, task: &Arc<Task>) -> Arc<Task> {
-        let uid = task.metadata.uid.clone().unwrap_or_default();
-        let mut expectations = self.lock_expectations();
-        let Some(&attempt) = expectations.get(&uid) else {
-            return task.clone();
-        };
-        let seen = task.status.as_ref().map_or(0, |s| s.attempt);
-        if seen >= attempt {
-            expectations.remove(&uid);
-            return task.clone();
-        }
-        let mut expected = Task::clone(task);
-        let status = expected.status.get_or_insert_with(TaskStatus::default);
-        status.attempt = attempt;
-        status.phase = Some(aios_crds::TaskPhase::Queued);
-        status.next_attempt_time = None;
-        Arc::new(expected)
+    pub fn forget_dispatch(&self, task: &Task) {
+        self.task_index.forget_dispatch(task);
     }
 
     /// Publishes a Kubernetes Event about `object`; a failure is logged, never fatal
@@ -258,12 +236,6 @@ impl Context {
             parts.push(api.get_opt(name).await?);
         }
         Ok(read_plan(plan_ref, &parts))
-    }
-
-    fn lock_expectations(&self) -> std::sync::MutexGuard<'_, HashMap<String, i32>> {
-        self.expectations
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -25,6 +25,9 @@ pub struct Metrics {
     pub dispatches: IntCounterVec,
     /// Bus publish failures by message kind and error category.
     pub publish_failures: IntCounterVec,
+    /// Dispatches recorded Queued (`written`), or not because the agent had reported on
+    /// the attempt first (`superseded`).
+    pub queued_writes: IntCounterVec,
     /// Agent events consumed, by event type and outcome (applied; ignored; coalesced: a
     /// heartbeat the status did not need; folded: a Started event written with its
     /// attempt's outcome instead; refused: the API server refused the outcome and the
@@ -112,6 +115,11 @@ impl Metrics {
                 "aios_bus_publish_failures_total",
                 "Bus publish failures by message kind and error category",
                 &["kind", "category"],
+            ),
+            queued_writes: counter(
+                "aios_task_queued_writes_total",
+                "Dispatches recorded Queued, or superseded by the agent's own report",
+                &["outcome"],
             ),
             events: counter(
                 "aios_task_events_total",

@@ -50,7 +50,7 @@ pub(crate) async fn watch<K>(
     (api, config): (Api<K>, watcher::Config),
     subscribers: usize,
     synced: bool,
-    mut on_event: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    mut on_event: impl FnMut(&watcher::Event<K>, &Store<K>) + Send + 'static,
     what: &'static str,
     shutdown: &Shutdown,
     tasks: &mut Supervised,
@@ -75,11 +75,12 @@ where
         .modify(|object| object.managed_fields_mut().clear())
         .reflect_shared(writer)
         .take_until(shutdown.clone().cancelled_owned());
+    let applied = store.clone();
     tasks.spawn(async move {
         stream
             .for_each(|event| {
                 if let Ok(event) = &event {
-                    on_event(event);
+                    on_event(event, &applied);
                 }
                 async {}
             })
@@ -145,8 +146,8 @@ pub(crate) async fn start_caches(
         (api::<Task>(client, ns), watcher::Config::default()),
         3,
         true,
-        move |event| {
-            indexing.apply(event);
+        move |event, store| {
+            indexing.apply(event, store);
             if let watcher::Event::Delete(task) = event {
                 if let Some(project) = project::project_of(task) {
                     let _ = deleted_task_tx.unbounded_send(project);
@@ -172,7 +173,7 @@ pub(crate) async fn start_caches(
         (api::<Secret>(client, ns), credentials::watch_config()),
         1,
         true,
-        move |event| {
+        move |event, _| {
             if let watcher::Event::Delete(secret) = event {
                 let _ = deleted_secret_tx.unbounded_send(secret.clone());
             }
@@ -253,7 +254,7 @@ async fn watch_agents(
         (api::<Agent>(client, ns), watcher::Config::default()),
         1,
         true,
-        move |event| {
+        move |event, _| {
             if let watcher::Event::Apply(agent) | watcher::Event::InitApply(agent) = event {
                 let _ = appeared_tx.unbounded_send(agent.clone());
             }
@@ -318,7 +319,7 @@ async fn watch_deployments(
         ),
         2,
         false,
-        move |event| {
+        move |event, _| {
             let watcher::Event::Delete(deployment) = event else {
                 return;
             };
@@ -364,7 +365,7 @@ async fn watch_providers(
         (api::<ModelProvider>(client, ns), watcher::Config::default()),
         1,
         true,
-        move |event| {
+        move |event, _| {
             if let watcher::Event::Apply(provider)
             | watcher::Event::InitApply(provider)
             | watcher::Event::Delete(provider) = event

@@ -26,6 +26,7 @@ use lapin::{
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions},
 };
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -37,8 +38,12 @@ use crate::{
     task::tokens::{Attempt, Verdict},
 };
 
-/// How many messages are handled at once.
-const CONCURRENCY: usize = 32;
+/// How many messages are in hand at once. A Started event waiting for its attempt's
+/// outcome (see [`crate::task::lanes`]) holds one without writing, so there are many
+/// more than [`WRITERS`]: the outcome it waits for must be able to arrive.
+const IN_HAND: usize = 256;
+/// How many messages write to the API server at once.
+const WRITERS: usize = 32;
 /// How many times a handler retries a status write that lost a race.
 const WRITE_ATTEMPTS: usize = 8;
 
@@ -77,7 +82,7 @@ pub async fn consume_events(
         shutdown,
         names::OPERATOR_EVENTS_QUEUE,
         "aios-operator-events",
-        |ctx, delivery| async move { handle_event(&ctx, &delivery).await },
+        |ctx, delivery, writers| async move { handle_event(&ctx, &delivery, &writers).await },
     )
     .await
 }
@@ -92,7 +97,7 @@ pub async fn consume_dead_letters(
         shutdown,
         names::DEAD_LETTER_QUEUE,
         "aios-operator-dead-letters",
-        |ctx, delivery| async move { handle_dead_letter(&ctx, &delivery).await },
+        |ctx, delivery, writers| async move { handle_dead_letter(&ctx, &delivery, &writers).await },
     )
     .await
 }
@@ -105,18 +110,20 @@ async fn consume<F, Fut>(
     handler: F,
 ) -> Result<(), BusError>
 where
-    F: Fn(Arc<Context>, Arc<Delivery>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Arc<Context>, Arc<Delivery>, Arc<Semaphore>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Outcome, HandleError>> + Send,
 {
     let consumer = ctx
         .bus
-        .consume(queue, tag, u16::try_from(CONCURRENCY * 2).unwrap_or(64))
+        .consume(queue, tag, u16::try_from(IN_HAND * 2).unwrap_or(u16::MAX))
         .await?;
+    let writers = Arc::new(Semaphore::new(WRITERS));
     let consumption = consumer
         .take_until(shutdown.cancelled_owned())
-        .for_each_concurrent(CONCURRENCY, |delivery| {
+        .for_each_concurrent(IN_HAND, |delivery| {
             let ctx = ctx.clone();
             let handler = handler.clone();
+            let writers = writers.clone();
             async move {
                 let delivery = match delivery {
                     Ok(d) => d,
@@ -125,7 +132,10 @@ where
                         return;
                     }
                 };
-                settle(ctx, delivery, handler).await;
+                settle(ctx, delivery, |ctx, delivery| {
+                    handler(ctx, delivery, writers.clone())
+                })
+                .await;
             }
         });
     consumption.await;
@@ -368,6 +378,7 @@ async fn take_turn<'a>(
     event: &TaskEvent,
 ) -> Option<(Place<'a>, Turn, Option<Timestamp>)> {
     let place = ctx.lanes.enter(&event.task.uid);
+    place.announce_report(event.attempt);
     let outcome = matches!(
         event.kind,
         TaskEventKind::Succeeded { .. } | TaskEventKind::Failed { .. }
@@ -385,23 +396,53 @@ async fn take_turn<'a>(
     Some((place, turn, started_at))
 }
 
-async fn handle_event(ctx: &Context, delivery: &Delivery) -> Result<Outcome, HandleError> {
+/// The Task a write starts from: `known` if there is one, else the Task as the API
+/// server has it (`None` when it is gone), and whether it was read from the API server.
+async fn current(
+    api: &Api<Task>,
+    known: Option<Task>,
+    name: &str,
+) -> Result<Option<(Task, bool)>, kube::Error> {
+    if let Some(task) = known {
+        return Ok(Some((task, false)));
+    }
+    Ok(api.get_opt(name).await?.map(|task| (task, true)))
+}
+
+/// Waits for a place among the [`WRITERS`] (`None` only if the semaphore were closed,
+/// which it never is).
+async fn write_permit(writers: &Semaphore) -> Option<SemaphorePermit<'_>> {
+    writers.acquire().await.ok()
+}
+
+async fn handle_event(
+    ctx: &Context,
+    delivery: &Delivery,
+    writers: &Semaphore,
+) -> Result<Outcome, HandleError> {
     let event = match admit(ctx, delivery).await? {
         Ok(event) => event,
         Err(outcome) => return Ok(outcome),
     };
     let kind = event_type(&event.kind);
-    let Some((_place, _turn, started_at)) = take_turn(ctx, &event).await else {
+    let Some((place, _turn, started_at)) = take_turn(ctx, &event).await else {
         ctx.metrics
             .events
             .with_label_values(&[kind, "folded"])
             .inc();
         return Ok(Outcome::Ignored);
     };
+    let _permit = write_permit(writers).await;
     let api: Api<Task> = ctx.task_api(&event.task.namespace);
     let mut refused: Option<String> = None;
+    // The first try starts from the Task as this lane's last write left it, or as the
+    // cache shows it; one that is out of date costs a conflict, then the Task is read.
+    let mut known = place
+        .written()
+        .or_else(|| cached_task(ctx, &event.task))
+        .map(|t| Task::clone(&t));
     for _ in 0..WRITE_ATTEMPTS {
-        let Some(task) = api.get_opt(&event.task.name).await? else {
+        let Some((task, read)) = current(&api, known.take(), &event.task.name).await? else {
             ctx.metrics
                 .events
                 .with_label_values(&[kind, "ignored"])
@@ -421,6 +462,13 @@ async fn handle_event(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Han
             },
         };
         let Some(mut status) = status else {
+            if !read
+                && !lifecycle::attempt_over(&task, i32::try_from(event.attempt).unwrap_or(i32::MAX))
+            {
+                // A copy that may be out of date says the event changes nothing, but not
+                // that its attempt is over: ask the API server.
+                continue;
+            }
             ctx.metrics
                 .events
                 .with_label_values(&[kind, "ignored"])
@@ -431,7 +479,8 @@ async fn handle_event(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Han
             lifecycle::started_at(&mut status, event.attempt, at);
         }
         match write_task_status(&api, &task, &status).await {
-            Ok(_) => {
+            Ok(written) => {
+                place.wrote(written);
                 let outcome = if refused.is_some() {
                     "refused"
                 } else {
@@ -476,7 +525,12 @@ async fn handle_event(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Han
     )))
 }
 
-async fn handle_dead_letter(ctx: &Context, delivery: &Delivery) -> Result<Outcome, HandleError> {
+async fn handle_dead_letter(
+    ctx: &Context,
+    delivery: &Delivery,
+    writers: &Semaphore,
+) -> Result<Outcome, HandleError> {
+    let _permit = write_permit(writers).await;
     let dispatch = TaskDispatch::decode(&delivery.data)?;
     let Some(cached) = cached_task(ctx, &dispatch.task) else {
         return Ok(Outcome::Ignored);

@@ -4,6 +4,11 @@
 //! another write). A Started event whose attempt's outcome arrives within
 //! [`FOLD_WINDOW`] is folded into that outcome: the outcome is written once, with the
 //! start time, and Running never is (the attempt is already over).
+//!
+//! A lane also remembers, while anyone is in it, which attempts an agent has reported
+//! on (a dispatch's Queued is not written once the agent's own report is in: Running or
+//! the outcome says more) and the Task as its last write left it (the next writer starts
+//! from that copy rather than read the Task again).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -11,6 +16,7 @@ use std::{
     time::Duration,
 };
 
+use aios_crds::Task;
 use jiff::Timestamp;
 use tokio::sync::{Mutex as AsyncMutex, Notify, OwnedMutexGuard};
 
@@ -30,6 +36,10 @@ pub struct Lane {
     /// When a folded Started event said each attempt started.
     started: Mutex<HashMap<u32, Timestamp>>,
     announced: Notify,
+    /// The attempts an agent has reported on.
+    reported: Mutex<HashSet<u32>>,
+    /// The Task as the lane's last write left it.
+    written: Mutex<Option<Arc<Task>>>,
 }
 
 /// A place in a Task's lane; the lane is dropped with its last place.
@@ -70,6 +80,43 @@ impl Place<'_> {
     /// Waits for this place's turn.
     pub async fn turn(&self) -> Turn {
         self.lane.turn.clone().lock_owned().await
+    }
+
+    /// Says that an agent has reported on `attempt`, before waiting for its turn.
+    pub fn announce_report(&self, attempt: u32) {
+        self.lane
+            .reported
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(attempt);
+    }
+
+    /// Whether an agent has reported on `attempt` while this lane was open.
+    pub fn reported(&self, attempt: u32) -> bool {
+        self.lane
+            .reported
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&attempt)
+    }
+
+    /// Remembers `task` as a write in this lane left it.
+    pub fn wrote(&self, task: Task) {
+        *self
+            .lane
+            .written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(task));
+    }
+
+    /// The Task as the last write in this lane left it, if one was made while the lane
+    /// was open.
+    pub fn written(&self) -> Option<Arc<Task>> {
+        self.lane
+            .written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Says that the outcome of `attempt` has arrived, before waiting for its turn.

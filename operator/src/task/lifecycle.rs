@@ -237,6 +237,19 @@ fn is_live_attempt(task: &Task, uid: &str, attempt: i32) -> bool {
         || (attempt == status.attempt + 1 && phase == TaskPhase::Pending)
 }
 
+/// Whether `task` shows attempt `attempt` over (a later attempt, or this one no longer
+/// in flight). Attempts only move forward, so even an old copy of the Task that shows
+/// this is right: nothing an agent reports about that attempt can change the Task.
+pub fn attempt_over(task: &Task, attempt: i32) -> bool {
+    let seen = task.status.as_ref().map_or(0, |s| s.attempt);
+    attempt <= seen
+        && !is_live_attempt(
+            task,
+            task.metadata.uid.as_deref().unwrap_or_default(),
+            attempt,
+        )
+}
+
 /// The task's status after the bus dead-lettered the dispatch of `attempt`: that
 /// attempt fails for good with reason `PoisonMessage` (no agent could take it, and
 /// another copy would fare no better). `None` when the attempt is not the live one.
@@ -527,6 +540,28 @@ mod tests {
             at: ts(at),
             kind,
         }
+    }
+
+    #[test]
+    fn an_attempt_is_over_once_a_copy_shows_it_ended_or_a_later_one() {
+        let at = |phase: TaskPhase, attempt: i32| {
+            let mut t = crate::testing::with_phase(task("a", &[]), phase);
+            t.status.as_mut().unwrap().attempt = attempt;
+            t
+        };
+        let running = at(TaskPhase::Running, 2);
+        assert!(attempt_over(&running, 1));
+        assert!(!attempt_over(&running, 2));
+        assert!(
+            !attempt_over(&running, 3),
+            "not dispatched yet, as far as this copy knows"
+        );
+        assert!(attempt_over(&at(TaskPhase::Succeeded, 2), 2));
+        // Failed and waiting for its retry: attempt 2 is over, attempt 3 is next.
+        let retrying = at(TaskPhase::Pending, 2);
+        assert!(attempt_over(&retrying, 2));
+        assert!(!attempt_over(&retrying, 3));
+        assert!(!attempt_over(&task("a", &[]), 1), "never dispatched");
     }
 
     #[test]

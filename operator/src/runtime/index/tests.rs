@@ -1,0 +1,373 @@
+use std::collections::BTreeMap;
+
+use aios_crds::names::labels;
+use kube::runtime::reflector::{self, store::Writer};
+use proptest::prelude::*;
+
+use super::*;
+use crate::{
+    project::rollup::count,
+    testing::{task, with_phase},
+};
+
+/// A store and its writer, and the index fed as the watch feeds it.
+struct Fed {
+    store: Store<Task>,
+    writer: Writer<Task>,
+    index: TaskIndex,
+}
+
+impl Fed {
+    fn new() -> Self {
+        let (store, writer) = reflector::store();
+        Self {
+            store,
+            writer,
+            index: TaskIndex::default(),
+        }
+    }
+
+    fn feed(&mut self, event: &watcher::Event<Task>) {
+        self.writer.apply_watcher_event(event);
+        self.index.apply(event, &self.store);
+    }
+
+    fn relist(&mut self, tasks: impl IntoIterator<Item = Task>) {
+        self.feed(&watcher::Event::Init);
+        for task in tasks {
+            self.feed(&watcher::Event::InitApply(task));
+        }
+        self.feed(&watcher::Event::InitDone);
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.index
+            .project("team-a", "shop")
+            .tasks
+            .iter()
+            .map(|t| t.name_any())
+            .collect()
+    }
+}
+
+#[test]
+fn a_task_moving_between_phases_moves_between_entries() {
+    let mut fed = Fed::new();
+    fed.feed(&watcher::Event::Apply(task("a", &[])));
+    fed.feed(&watcher::Event::Apply(task("b", &[])));
+    assert_eq!(fed.names(), ["a", "b"]);
+    assert_eq!(fed.index.project("team-a", "shop").work.pending, 2);
+    assert_eq!(
+        fed.index.of_role("team-a", "backend", TaskPhase::Pending),
+        ["a", "b"]
+    );
+
+    fed.feed(&watcher::Event::Apply(with_phase(
+        task("a", &[]),
+        TaskPhase::Queued,
+    )));
+    assert_eq!(
+        fed.index.of_role("team-a", "backend", TaskPhase::Pending),
+        ["b"]
+    );
+    assert_eq!(
+        fed.index.of_role("team-a", "backend", TaskPhase::Queued),
+        ["a"]
+    );
+    fed.feed(&watcher::Event::Apply(with_phase(
+        task("a", &[]),
+        TaskPhase::Running,
+    )));
+    assert!(
+        fed.index
+            .of_role("team-a", "backend", TaskPhase::Queued)
+            .is_empty()
+    );
+    assert_eq!(
+        fed.index.of_role("team-a", "backend", TaskPhase::Running),
+        ["a"]
+    );
+    let shop = fed.index.project("team-a", "shop");
+    assert_eq!(fed.names(), ["a", "b"], "still the Project's");
+    assert_eq!(
+        (shop.work.running, shop.work.pending, shop.work.total),
+        (1, 1, 2)
+    );
+
+    fed.feed(&watcher::Event::Delete(task("b", &[])));
+    assert_eq!(fed.names(), ["a"]);
+    assert!(
+        fed.index
+            .of_role("team-a", "backend", TaskPhase::Pending)
+            .is_empty()
+    );
+    assert_eq!(fed.index.project("team-a", "shop").work.total, 1);
+    assert!(
+        fed.index.project("team-b", "shop").tasks.is_empty(),
+        "another namespace"
+    );
+}
+
+#[test]
+fn the_index_shares_the_stores_copy_of_each_task() {
+    let mut fed = Fed::new();
+    fed.feed(&watcher::Event::Apply(task("a", &[])));
+    let indexed = fed.index.project("team-a", "shop").tasks.remove(0);
+    let stored = fed
+        .store
+        .get(&reflector::ObjectRef::new("a").within("team-a"))
+        .unwrap();
+    assert!(Arc::ptr_eq(&indexed, &stored));
+}
+
+#[test]
+fn a_relist_replaces_the_index_when_it_is_complete() {
+    let mut fed = Fed::new();
+    fed.feed(&watcher::Event::Apply(task("gone", &[])));
+    fed.feed(&watcher::Event::Init);
+    fed.feed(&watcher::Event::InitApply(task("kept", &[])));
+    assert_eq!(fed.names(), ["gone"], "until the list is done");
+    fed.feed(&watcher::Event::InitDone);
+    assert_eq!(fed.names(), ["kept"]);
+    assert_eq!(fed.index.project("team-a", "shop").work.total, 1);
+}
+
+#[test]
+fn a_dispatch_counts_as_queued_until_the_watch_shows_it() {
+    let mut fed = Fed::new();
+    let a = task("a", &[]);
+    fed.feed(&watcher::Event::Apply(a.clone()));
+    fed.index.expect_dispatch(&a, 1);
+
+    let shop = fed.index.project("team-a", "shop");
+    assert_eq!((shop.work.queued, shop.work.pending), (1, 0));
+    let seen = shop.tasks[0].status.clone().unwrap();
+    assert_eq!((seen.phase, seen.attempt), (Some(TaskPhase::Queued), 1));
+    assert_eq!(
+        fed.index.of_role("team-a", "backend", TaskPhase::Queued),
+        ["a"]
+    );
+
+    // A change the watch shows that is not the dispatch keeps it expected.
+    let mut touched = a.clone();
+    touched.metadata.labels = Some([("x".to_owned(), "y".to_owned())].into());
+    fed.feed(&watcher::Event::Apply(touched));
+    assert_eq!(fed.index.project("team-a", "shop").work.queued, 1);
+    // So does a re-list made before the Queued write.
+    fed.relist([a.clone()]);
+    assert_eq!(fed.index.project("team-a", "shop").work.queued, 1);
+
+    // The watch shows the attempt running: the expectation is spent.
+    let mut running = with_phase(a.clone(), TaskPhase::Running);
+    running.status.as_mut().unwrap().attempt = 1;
+    fed.feed(&watcher::Event::Apply(running));
+    let shop = fed.index.project("team-a", "shop");
+    assert_eq!((shop.work.running, shop.work.queued), (1, 0));
+    // A later copy showing the attempt failed back to Pending is not Queued again.
+    let mut retry = a.clone();
+    retry.status = Some(TaskStatus {
+        phase: Some(TaskPhase::Pending),
+        attempt: 1,
+        ..TaskStatus::default()
+    });
+    fed.feed(&watcher::Event::Apply(retry));
+    assert_eq!(fed.index.project("team-a", "shop").work.pending, 1);
+}
+
+#[test]
+fn a_forgotten_dispatch_and_another_tasks_dispatch_change_nothing() {
+    let mut fed = Fed::new();
+    let a = task("a", &[]);
+    fed.feed(&watcher::Event::Apply(a.clone()));
+    fed.index.expect_dispatch(&a, 1);
+    fed.index.forget_dispatch(&a);
+    assert_eq!(fed.index.project("team-a", "shop").work.pending, 1);
+
+    // A Task deleted and made again under the same name is another Task.
+    let mut other = a.clone();
+    other.metadata.uid = Some("uid-other".into());
+    fed.index.expect_dispatch(&other, 1);
+    assert_eq!(fed.index.project("team-a", "shop").work.pending, 1);
+    fed.index.expect_dispatch(&a, 1);
+    fed.feed(&watcher::Event::Delete(a.clone()));
+    fed.feed(&watcher::Event::Apply(other));
+    let shop = fed.index.project("team-a", "shop");
+    assert_eq!((shop.work.pending, shop.work.queued), (1, 0));
+}
+
+/// One change the watch or a pass makes, on task `i` of [`TASKS`].
+#[derive(Debug, Clone)]
+enum Change {
+    /// The watch shows task `i` (made again under its name with `generation`) in
+    /// `phase` at `attempt`.
+    Apply {
+        i: usize,
+        generation: u8,
+        phase: TaskPhase,
+        attempt: i32,
+    },
+    Delete(usize),
+    /// A pass publishes the attempt after the one the watch shows.
+    Dispatch(usize),
+    /// ... and cannot record it Queued.
+    Forget(usize),
+    /// The watch lists again; the Tasks not in `kept` were deleted meanwhile.
+    Relist(Vec<bool>),
+}
+
+/// Tasks the changes are drawn from: two Projects, each with a planning task.
+const TASKS: usize = 12;
+
+fn phases() -> impl Strategy<Value = TaskPhase> {
+    prop_oneof![
+        Just(TaskPhase::Pending),
+        Just(TaskPhase::Queued),
+        Just(TaskPhase::Running),
+        Just(TaskPhase::Verifying),
+        Just(TaskPhase::Succeeded),
+        Just(TaskPhase::Failed),
+        Just(TaskPhase::Skipped),
+        Just(TaskPhase::Cancelled),
+    ]
+}
+
+fn changes() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        4 => (0..TASKS, 0..2u8, phases(), 0..3i32).prop_map(|(i, generation, phase, attempt)| {
+            Change::Apply { i, generation, phase, attempt }
+        }),
+        1 => (0..TASKS).prop_map(Change::Delete),
+        2 => (0..TASKS).prop_map(Change::Dispatch),
+        1 => (0..TASKS).prop_map(Change::Forget),
+        1 => proptest::collection::vec(any::<bool>(), TASKS).prop_map(Change::Relist),
+    ]
+}
+
+/// Task `i` of a random DAG: in Project `shop` or `blog`, depending on some of the tasks
+/// before it; the first of each Project plans it.
+fn dag_task(i: usize, generation: u8, deps: &[Vec<usize>]) -> Task {
+    let dependencies: Vec<String> = deps[i].iter().map(|d| format!("t{d}")).collect();
+    let refs: Vec<&str> = dependencies.iter().map(String::as_str).collect();
+    let mut t = task(&format!("t{i}"), &refs);
+    t.metadata.uid = Some(format!("uid-{i}-{generation}"));
+    if i % 2 == 1 {
+        t.spec.project = "blog".into();
+    }
+    if i < 2 {
+        t.metadata.labels = Some([(labels::PLANNING.to_owned(), "true".to_owned())].into());
+    }
+    t
+}
+
+/// What the index should hold, kept the plain way: every Task the watch shows, and the
+/// attempt published for it that the watch does not show yet.
+#[derive(Default)]
+struct Model {
+    tasks: BTreeMap<usize, (Task, Option<i32>)>,
+}
+
+impl Model {
+    fn attempt(task: &Task) -> i32 {
+        task.status.as_ref().map_or(0, |s| s.attempt)
+    }
+
+    fn apply(&mut self, i: usize, task: Task) {
+        let expected = self
+            .tasks
+            .get(&i)
+            .filter(|(before, _)| before.metadata.uid == task.metadata.uid)
+            .and_then(|(_, expected)| *expected)
+            .filter(|&e| e > Self::attempt(&task));
+        self.tasks.insert(i, (task, expected));
+    }
+
+    /// Every Task of `project` as a pass should see it.
+    fn seen(&self, project: &str) -> Vec<Task> {
+        self.tasks
+            .values()
+            .filter(|(t, _)| t.spec.project == project)
+            .map(|(t, expected)| {
+                let mut t = t.clone();
+                if let Some(attempt) = expected {
+                    let status = t.status.get_or_insert_with(TaskStatus::default);
+                    status.attempt = *attempt;
+                    status.phase = Some(TaskPhase::Queued);
+                    status.next_attempt_time = None;
+                }
+                t
+            })
+            .collect()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The counts the index keeps as changes arrive equal a count from scratch of the
+    /// Tasks as a pass sees them, after every change.
+    #[test]
+    fn kept_counts_equal_a_count_from_scratch(
+        deps in proptest::collection::vec(proptest::collection::vec(0..TASKS, 0..4), TASKS),
+        script in proptest::collection::vec(changes(), 1..60),
+    ) {
+        // Only earlier tasks: a DAG.
+        let deps: Vec<Vec<usize>> = deps
+            .iter()
+            .enumerate()
+            .map(|(i, d)| d.iter().copied().filter(|&d| d < i).collect())
+            .collect();
+        let mut fed = Fed::new();
+        let mut model = Model::default();
+        for change in script {
+            match change {
+                Change::Apply { i, generation, phase, attempt } => {
+                    let mut t = dag_task(i, generation, &deps);
+                    t.status = Some(TaskStatus { phase: Some(phase), attempt, ..TaskStatus::default() });
+                    fed.feed(&watcher::Event::Apply(t.clone()));
+                    model.apply(i, t);
+                }
+                Change::Delete(i) => {
+                    if let Some((t, _)) = model.tasks.remove(&i) {
+                        fed.feed(&watcher::Event::Delete(t));
+                    }
+                }
+                Change::Dispatch(i) => {
+                    if let Some((t, expected)) = model.tasks.get_mut(&i) {
+                        let attempt = Model::attempt(t) + 1;
+                        fed.index.expect_dispatch(t, attempt);
+                        *expected = Some(attempt);
+                    }
+                }
+                Change::Forget(i) => {
+                    if let Some((t, expected)) = model.tasks.get_mut(&i) {
+                        fed.index.forget_dispatch(t);
+                        *expected = None;
+                    }
+                }
+                Change::Relist(kept) => {
+                    model.tasks.retain(|i, _| kept[*i]);
+                    fed.relist(model.tasks.values().map(|(t, _)| t.clone()).collect::<Vec<_>>());
+                }
+            }
+            for project in ["shop", "blog"] {
+                let kept = fed.index.project("team-a", project);
+                let seen = model.seen(project);
+                let (planning, work): (Vec<&Task>, Vec<&Task>) =
+                    seen.iter().partition(|t| is_planning_task(t));
+                prop_assert_eq!(&kept.work, &count(&work), "{} work", project);
+                prop_assert_eq!(&kept.planning, &count(&planning), "{} planning", project);
+                let kept_tasks: Vec<(String, Option<TaskStatus>)> =
+                    kept.tasks.iter().map(|t| (t.name_any(), t.status.clone())).collect();
+                let mut seen_tasks: Vec<(String, Option<TaskStatus>)> =
+                    seen.iter().map(|t| (t.name_any(), t.status.clone())).collect();
+                seen_tasks.sort_by(|a, b| a.0.cmp(&b.0));
+                prop_assert_eq!(kept_tasks, seen_tasks);
+            }
+            let queued: usize = ["shop", "blog"]
+                .iter()
+                .map(|p| model.seen(p).iter().filter(|t| t.status.as_ref().and_then(|s| s.phase) == Some(TaskPhase::Queued)).count())
+                .sum();
+            prop_assert_eq!(fed.index.of_role("team-a", "backend", TaskPhase::Queued).len(), queued);
+        }
+    }
+}
