@@ -31,9 +31,9 @@ pub struct Lanes(Mutex<HashMap<String, Arc<Lane>>>);
 #[derive(Debug, Default)]
 pub struct Lane {
     turn: Arc<AsyncMutex<()>>,
-    /// The attempts whose outcome has arrived and waits for its turn.
+    /// The attempts whose outcome has arrived while the lane was open.
     outcomes: Mutex<HashSet<u32>>,
-    /// When a folded Started event said each attempt started.
+    /// When a Started event waiting to fold said each attempt started.
     started: Mutex<HashMap<u32, Timestamp>>,
     announced: Notify,
     /// The attempts an agent has reported on.
@@ -126,9 +126,12 @@ impl Place<'_> {
     }
 
     /// Whether the outcome of `attempt` arrives within [`FOLD_WINDOW`] (or already
-    /// has); if so, `started_at` is kept for it, and the Started event need not be
-    /// written.
+    /// has); if so, the Started event need not be written, and `started_at` is left for
+    /// the outcome to take when it is written ([`Place::take_outcome`]). The start time
+    /// is offered before waiting, so an outcome that takes its turn at once, before this
+    /// event wakes, still takes it.
     pub async fn folds_into_outcome(&self, attempt: u32, started_at: Timestamp) -> bool {
+        self.lock_started().insert(attempt, started_at);
         let arrived = || self.lane.lock_outcomes().contains(&attempt);
         let wait = async {
             loop {
@@ -139,26 +142,25 @@ impl Place<'_> {
                 announced.await;
             }
         };
-        if tokio::time::timeout(FOLD_WINDOW, wait).await.is_err() {
-            return false;
+        if tokio::time::timeout(FOLD_WINDOW, wait).await.is_ok() {
+            return true;
         }
-        self.lane
-            .started
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(attempt, started_at);
-        true
+        // No outcome in time: the Started event is written after all, unless an outcome
+        // took the start time meanwhile.
+        self.lock_started().remove(&attempt).is_none()
     }
 
-    /// The outcome of `attempt` has had its turn: when a folded Started event said it
+    /// The outcome of `attempt` is being written: when a folded Started event said it
     /// started, if one did.
     pub fn take_outcome(&self, attempt: u32) -> Option<Timestamp> {
-        self.lane.lock_outcomes().remove(&attempt);
+        self.lock_started().remove(&attempt)
+    }
+
+    fn lock_started(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Timestamp>> {
         self.lane
             .started
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&attempt)
     }
 }
 
@@ -199,6 +201,24 @@ mod tests {
         outcome.announce_outcome(2);
         assert!(!started.folds_into_outcome(3, at).await);
         assert_eq!(outcome.take_outcome(2), None);
+    }
+
+    #[tokio::test]
+    async fn an_outcome_written_before_the_started_event_wakes_still_takes_its_start_time() {
+        let lanes = Lanes::default();
+        let started = lanes.enter("uid-a");
+        let outcome = lanes.enter("uid-a");
+        let at = Timestamp::from_second(1_800_000_000).unwrap();
+        let (folded, taken) = tokio::join!(started.folds_into_outcome(1, at), async {
+            tokio::task::yield_now().await;
+            // The outcome arrives, takes its turn at once and is written, all before
+            // the Started event's task runs again.
+            outcome.announce_outcome(1);
+            let _turn = outcome.turn().await;
+            outcome.take_outcome(1)
+        });
+        assert!(folded);
+        assert_eq!(taken, Some(at));
     }
 
     #[tokio::test]
