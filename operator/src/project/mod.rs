@@ -39,10 +39,7 @@ use crate::{
         PlanState, budget_exceeded, differs, project_status_counted, refused_plan, total_usage,
     },
     project::schedule::{Action, Hold, RunPlan, plan_run_gated},
-    runtime::{
-        context::{Context, write_task_status},
-        index::ProjectTasks,
-    },
+    runtime::{context::Context, index::ProjectTasks},
     task::{
         cancel,
         cancels::Recorded,
@@ -646,7 +643,7 @@ async fn plan_verdict(
         lifecycle::fail_attempt(planner, &policy, reasons::PLAN_INVALID, &message, true, now);
     let final_ = status.phase == Some(TaskPhase::Failed);
     status.result = None;
-    write_task_status(&ctx.task_api(&namespace), planner, &status).await?;
+    ctx.write_task(planner, &status).await?;
     Ok(if final_ {
         PlanState::Invalid { message }
     } else {
@@ -663,8 +660,6 @@ async fn execute<'a>(
     by_name: &BTreeMap<String, &Task>,
     now: Timestamp,
 ) -> Result<Option<Published<'a>>, Error> {
-    let namespace = project.namespace().unwrap_or_default();
-    let api = ctx.task_api(&namespace);
     let defaults = &project.spec.policy.task_defaults;
     match action {
         Action::Expire {
@@ -681,13 +676,14 @@ async fn execute<'a>(
             // drop it, durably, before the status moves on (a failed mark is retried by
             // the next pass, which finds the attempt expired again).
             cancel(ctx, task, message).await?;
-            write_task_status(&api, task, &status).await?;
+            ctx.write_task(task, &status).await?;
         }
         Action::Skip { task, dependency } => {
             let Some(task) = by_name.get(task) else {
                 return Ok(None);
             };
-            write_task_status(&api, task, &lifecycle::skipped(task, dependency, now)).await?;
+            ctx.write_task(task, &lifecycle::skipped(task, dependency, now))
+                .await?;
         }
         Action::Wait { task, message } => {
             let Some(task) = by_name.get(task) else {
@@ -696,13 +692,14 @@ async fn execute<'a>(
             let mut status = task.status.clone().unwrap_or_default();
             status.phase.get_or_insert(aios_crds::TaskPhase::Pending);
             status.message = Some(message.clone());
-            write_task_status(&api, task, &status).await?;
+            ctx.write_task(task, &status).await?;
         }
         Action::Cancel { task, message } => {
             let Some(task) = by_name.get(task) else {
                 return Ok(None);
             };
-            write_task_status(&api, task, &lifecycle::cancelled(task, message, now)).await?;
+            ctx.write_task(task, &lifecycle::cancelled(task, message, now))
+                .await?;
         }
         Action::Dispatch { task, attempt } => {
             let Some(task) = by_name.get(task) else {
@@ -749,7 +746,7 @@ async fn dispatch<'a>(
         tracing::warn!(task = %task.name_any(), %reason, %message, "not dispatching: the repository credential may not be used");
         let status = lifecycle::fail_attempt(task, &policy, reason, &message, false, now);
         let _turn = place.turn().await;
-        write_task_status(&ctx.task_api(&namespace), task, &status).await?;
+        ctx.write_task(task, &status).await?;
         return Ok(None);
     }
     let role = task.spec.role.to_string();
@@ -840,8 +837,10 @@ async fn record_queued(
             .inc();
         return Ok(());
     }
-    let api = ctx.task_api(&task.namespace().unwrap_or_default());
-    match write_task_status(&api, task, &lifecycle::queued(task, published.attempt, now)).await {
+    match ctx
+        .write_task(task, &lifecycle::queued(task, published.attempt, now))
+        .await
+    {
         Ok(written) => {
             published.place.wrote(written);
             ctx.metrics

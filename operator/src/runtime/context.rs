@@ -180,6 +180,20 @@ impl Context {
         Api::namespaced(self.client.clone(), namespace)
     }
 
+    /// Writes `status` to `task` as [`write_task_status`] does, for a pass: the index
+    /// keeps the written copy until the watch shows it ([`TaskIndex::wrote`]), so the
+    /// next pass starts from it.
+    ///
+    /// [`TaskIndex::wrote`]: crate::runtime::index::TaskIndex::wrote
+    pub async fn write_task(&self, task: &Task, status: &TaskStatus) -> Result<Task, kube::Error> {
+        let api = self.task_api(&task.namespace().unwrap_or_default());
+        let mut written = write_task_status(&api, task, status).await?;
+        // As the watch's copies are kept.
+        written.managed_fields_mut().clear();
+        self.task_index.wrote(task, written.clone());
+        Ok(written)
+    }
+
     /// Records that attempt `attempt` of `task` was published (see
     /// [`TaskIndex::expect_dispatch`](crate::runtime::index::TaskIndex::expect_dispatch)).
     pub fn expect_dispatch(&self, task: &Task, attempt: i32) {

@@ -7,10 +7,12 @@
 //! Task rather than keeping its own. A re-list rebuilds the index from the store once
 //! the list is complete, as the store swaps in its new contents then.
 //!
-//! The index also holds the dispatches the operator has published but the watch does
-//! not show yet ([`TaskIndex::expect_dispatch`]): such a Task is seen, filed and
-//! counted as Queued with the published attempt until the watch shows that attempt, so
-//! a pass that runs before the watch has caught up never publishes it twice.
+//! The index also holds what the operator has done that the watch does not show yet, so
+//! a pass that runs before the watch has caught up neither repeats it nor trips over it:
+//! the dispatches it has published ([`TaskIndex::expect_dispatch`]: such a Task is seen,
+//! filed and counted as Queued with the published attempt until the watch shows that
+//! attempt), and the status a pass has written ([`TaskIndex::wrote`]: the Task is seen
+//! as written until the watch shows any change to it).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -31,6 +33,13 @@ type Name = (String, String);
 /// A Project's namespace and name.
 type ProjectKey = (String, String);
 
+/// A copy of a Task a pass wrote, and the resourceVersion of the copy it wrote over.
+#[derive(Debug, Clone)]
+struct Written {
+    over: String,
+    task: Arc<Task>,
+}
+
 /// One Task, as filed.
 #[derive(Debug, Clone)]
 struct Filed {
@@ -39,6 +48,8 @@ struct Filed {
     project: String,
     role: String,
     planning: bool,
+    /// A write the watch does not show yet.
+    written: Option<Written>,
     /// An attempt published that the watch does not show yet.
     expected: Option<i32>,
 }
@@ -49,18 +60,24 @@ impl Filed {
             project: task.spec.project.clone(),
             role: task.spec.role.to_string(),
             planning: is_planning_task(&task),
+            written: None,
             expected: None,
             task,
         }
+    }
+
+    /// The newest copy: the one a pass wrote while the watch does not show it yet.
+    fn current(&self) -> &Arc<Task> {
+        self.written.as_ref().map_or(&self.task, |w| &w.task)
     }
 
     fn uid(&self) -> &str {
         self.task.metadata.uid.as_deref().unwrap_or_default()
     }
 
-    /// The attempt the watch shows.
+    /// The attempt the newest copy shows.
     fn attempt(&self) -> i32 {
-        self.task.status.as_ref().map_or(0, |s| s.attempt)
+        self.current().status.as_ref().map_or(0, |s| s.attempt)
     }
 
     /// The phase the Task is filed and counted under.
@@ -68,20 +85,32 @@ impl Filed {
         if self.expected.is_some() {
             return TaskPhase::Queued;
         }
-        self.task
+        self.current()
             .status
             .as_ref()
             .and_then(|s| s.phase)
             .unwrap_or_default()
     }
 
+    /// Keeps from `before` (the same Task, filed from an older copy) what this copy does
+    /// not show yet: a write, while the watch shows no change since the copy it was
+    /// written over (any other change came after it, since a write is conditional on the
+    /// copy it starts from); and a published attempt.
+    fn carry(&mut self, before: Self) {
+        let seen = self.task.resource_version();
+        self.written = before
+            .written
+            .filter(|w| Some(w.over.as_str()) == seen.as_deref());
+        self.expected = before.expected.filter(|&attempt| attempt > self.attempt());
+    }
+
     /// The Task as a pass should see it: Queued with the published attempt while the
     /// watch has not shown it.
     fn seen(&self) -> Arc<Task> {
         let Some(attempt) = self.expected else {
-            return self.task.clone();
+            return self.current().clone();
         };
-        let mut expected = Task::clone(&self.task);
+        let mut expected = Task::clone(self.current());
         let status = expected.status.get_or_insert_with(TaskStatus::default);
         status.attempt = attempt;
         status.phase = Some(TaskPhase::Queued);
@@ -152,16 +181,14 @@ impl Entries {
         Some(filed)
     }
 
-    /// Files the store's copy of a Task; a published attempt the copy does not show yet
-    /// stays expected.
+    /// Files the store's copy of a Task, keeping what the copy does not show yet.
     fn apply(&mut self, task: Arc<Task>) {
         let name = (task.namespace().unwrap_or_default(), task.name_any());
         let before = self.unfile(&name);
         let mut filed = Filed::new(task);
-        filed.expected = before
-            .filter(|b| b.uid() == filed.uid())
-            .and_then(|b| b.expected)
-            .filter(|&attempt| attempt > filed.attempt());
+        if let Some(before) = before.filter(|b| b.uid() == filed.uid()) {
+            filed.carry(before);
+        }
         self.file(name, filed);
     }
 
@@ -214,16 +241,11 @@ impl TaskIndex {
                 let mut built = Entries::default();
                 for task in store.state() {
                     let name = (task.namespace().unwrap_or_default(), task.name_any());
-                    let expected = live.of.get(&name).and_then(|f| {
-                        let uid = f.uid().to_owned();
-                        f.expected.map(|attempt| (uid, attempt))
-                    });
-                    built.apply(task);
-                    if let Some((uid, attempt)) = expected {
-                        built.refile(name, &uid, |f| {
-                            f.expected = (attempt > f.attempt()).then_some(attempt);
-                        });
+                    let mut filed = Filed::new(task);
+                    if let Some(before) = live.of.remove(&name).filter(|b| b.uid() == filed.uid()) {
+                        filed.carry(before);
                     }
+                    built.file(name, filed);
                 }
                 *live = built;
             }
@@ -269,6 +291,28 @@ impl TaskIndex {
         lock(&self.live).refile(name, &uid, |f| {
             if attempt > f.attempt() {
                 f.expected = Some(attempt);
+            }
+        });
+    }
+
+    /// Records that a pass wrote `written` over `base` (the copy the write started from):
+    /// until the watch shows a change to the Task, it is seen as written, so the next
+    /// pass neither repeats the write nor starts another from the old copy.
+    pub fn wrote(&self, base: &Task, written: Task) {
+        let name = (base.namespace().unwrap_or_default(), base.name_any());
+        let uid = base.metadata.uid.clone().unwrap_or_default();
+        let Some(base_version) = base.resource_version() else {
+            return;
+        };
+        lock(&self.live).refile(name, &uid, |f| {
+            // Written over the newest copy (the store's, or one written before it that
+            // the watch does not show yet); what the watch must move past is the store's.
+            if f.current().resource_version().as_deref() == Some(base_version.as_str()) {
+                f.written = Some(Written {
+                    over: f.task.resource_version().unwrap_or_default(),
+                    task: Arc::new(written),
+                });
+                f.expected = f.expected.filter(|&attempt| attempt > f.attempt());
             }
         });
     }

@@ -406,7 +406,7 @@ impl FakeAgents {
         for role in roles {
             bus.ensure_role_queue(&h.ns, role).await.unwrap();
             let consumer = bus
-                .consume(&role_queue(&h.ns, role), &format!("fake-{role}"), 128)
+                .consume(&role_queue(&h.ns, role), &format!("fake-{role}"), 512)
                 .await
                 .unwrap();
             let (bus, received, seen, reply, stop) = (
@@ -421,7 +421,9 @@ impl FakeAgents {
             tokio::spawn(async move {
                 consumer
                     .take_until(stop.cancelled_owned())
-                    .for_each_concurrent(64, |delivery| {
+                    // Many at once: each answer waits for the broker's confirms, and an
+                    // "instant" responder must not become a benchmark's queue.
+                    .for_each_concurrent(256, |delivery| {
                         let (bus, received, seen, reply, agent) = (
                             bus.clone(),
                             received.clone(),

@@ -195,6 +195,48 @@ fn a_forgotten_dispatch_and_another_tasks_dispatch_change_nothing() {
     assert_eq!((shop.work.pending, shop.work.queued), (1, 0));
 }
 
+fn at_version(mut task: Task, version: &str) -> Task {
+    task.metadata.resource_version = Some(version.to_owned());
+    task
+}
+
+#[test]
+fn a_pass_sees_what_it_wrote_until_the_watch_shows_a_change() {
+    let mut fed = Fed::new();
+    let a = at_version(task("a", &[]), "1");
+    fed.feed(&watcher::Event::Apply(a.clone()));
+
+    // A pass writes "waiting": the next pass sees the written copy, not the stale one.
+    let waiting = at_version(with_phase(a.clone(), TaskPhase::Pending), "2");
+    let mut waiting = waiting;
+    waiting.status.as_mut().unwrap().message = Some("waiting for b".into());
+    fed.index.wrote(&a, waiting.clone());
+    let seen = fed.index.project("team-a", "shop").tasks.remove(0);
+    assert_eq!(seen.resource_version().as_deref(), Some("2"));
+    // A second write over the written copy is kept too.
+    let queued = at_version(with_phase(waiting.clone(), TaskPhase::Queued), "3");
+    fed.index.wrote(&waiting, queued);
+    let shop = fed.index.project("team-a", "shop");
+    assert_eq!(shop.tasks[0].resource_version().as_deref(), Some("3"));
+    assert_eq!((shop.work.queued, shop.work.pending), (1, 0));
+    // A write over a copy that is no longer the newest says nothing.
+    fed.index.wrote(
+        &a,
+        at_version(with_phase(a.clone(), TaskPhase::Failed), "4"),
+    );
+    assert_eq!(fed.index.project("team-a", "shop").work.failed, 0);
+
+    // A re-list that still shows the old copy keeps the written one.
+    fed.relist([a.clone()]);
+    assert_eq!(fed.index.project("team-a", "shop").work.queued, 1);
+    // The watch shows a change: its copy is the newest from then on.
+    let running = at_version(with_phase(a.clone(), TaskPhase::Running), "5");
+    fed.feed(&watcher::Event::Apply(running));
+    let shop = fed.index.project("team-a", "shop");
+    assert_eq!(shop.tasks[0].resource_version().as_deref(), Some("5"));
+    assert_eq!((shop.work.running, shop.work.queued), (1, 0));
+}
+
 /// One change the watch or a pass makes, on task `i` of [`TASKS`].
 #[derive(Debug, Clone)]
 enum Change {
@@ -209,6 +251,8 @@ enum Change {
     Delete(usize),
     /// A pass publishes the attempt after the one the watch shows.
     Dispatch(usize),
+    /// A pass writes `phase` over the newest copy, at its attempt or `.2` after it.
+    Write(usize, TaskPhase, i32),
     /// ... and cannot record it Queued.
     Forget(usize),
     /// The watch lists again; the Tasks not in `kept` were deleted meanwhile.
@@ -238,6 +282,7 @@ fn changes() -> impl Strategy<Value = Change> {
         }),
         1 => (0..TASKS).prop_map(Change::Delete),
         2 => (0..TASKS).prop_map(Change::Dispatch),
+        2 => (0..TASKS, phases(), 0..2i32).prop_map(|(i, phase, later)| Change::Write(i, phase, later)),
         1 => (0..TASKS).prop_map(Change::Forget),
         1 => proptest::collection::vec(any::<bool>(), TASKS).prop_map(Change::Relist),
     ]
@@ -259,11 +304,28 @@ fn dag_task(i: usize, generation: u8, deps: &[Vec<usize>]) -> Task {
     t
 }
 
-/// What the index should hold, kept the plain way: every Task the watch shows, and the
-/// attempt published for it that the watch does not show yet.
+/// One Task as the model holds it: the watch's copy, a copy a pass wrote over the copy
+/// with resourceVersion `.0` that the watch does not show yet, and the attempt
+/// published that it does not show yet.
+#[derive(Clone)]
+struct Held {
+    task: Task,
+    written: Option<(String, Task)>,
+    expected: Option<i32>,
+}
+
+impl Held {
+    fn current(&self) -> &Task {
+        self.written.as_ref().map_or(&self.task, |(_, w)| w)
+    }
+}
+
+/// What the index should hold, kept the plain way.
 #[derive(Default)]
 struct Model {
-    tasks: BTreeMap<usize, (Task, Option<i32>)>,
+    tasks: BTreeMap<usize, Held>,
+    /// The last resourceVersion given out.
+    version: u64,
 }
 
 impl Model {
@@ -271,26 +333,41 @@ impl Model {
         task.status.as_ref().map_or(0, |s| s.attempt)
     }
 
+    fn next_version(&mut self) -> String {
+        self.version += 1;
+        self.version.to_string()
+    }
+
     fn apply(&mut self, i: usize, task: Task) {
-        let expected = self
+        let before = self
             .tasks
-            .get(&i)
-            .filter(|(before, _)| before.metadata.uid == task.metadata.uid)
-            .and_then(|(_, expected)| *expected)
-            .filter(|&e| e > Self::attempt(&task));
-        self.tasks.insert(i, (task, expected));
+            .remove(&i)
+            .filter(|b| b.task.metadata.uid == task.metadata.uid);
+        let mut held = Held {
+            task,
+            written: None,
+            expected: None,
+        };
+        if let Some(before) = before {
+            held.written = before
+                .written
+                .filter(|(over, _)| Some(over) == held.task.metadata.resource_version.as_ref());
+            let attempt = Self::attempt(held.current());
+            held.expected = before.expected.filter(|&e| e > attempt);
+        }
+        self.tasks.insert(i, held);
     }
 
     /// Every Task of `project` as a pass should see it.
     fn seen(&self, project: &str) -> Vec<Task> {
         self.tasks
             .values()
-            .filter(|(t, _)| t.spec.project == project)
-            .map(|(t, expected)| {
-                let mut t = t.clone();
-                if let Some(attempt) = expected {
+            .filter(|h| h.task.spec.project == project)
+            .map(|h| {
+                let mut t = h.current().clone();
+                if let Some(attempt) = h.expected {
                     let status = t.status.get_or_insert_with(TaskStatus::default);
-                    status.attempt = *attempt;
+                    status.attempt = attempt;
                     status.phase = Some(TaskPhase::Queued);
                     status.next_attempt_time = None;
                 }
@@ -322,31 +399,49 @@ proptest! {
             match change {
                 Change::Apply { i, generation, phase, attempt } => {
                     let mut t = dag_task(i, generation, &deps);
+                    t.metadata.resource_version = Some(model.next_version());
                     t.status = Some(TaskStatus { phase: Some(phase), attempt, ..TaskStatus::default() });
                     fed.feed(&watcher::Event::Apply(t.clone()));
                     model.apply(i, t);
                 }
                 Change::Delete(i) => {
-                    if let Some((t, _)) = model.tasks.remove(&i) {
-                        fed.feed(&watcher::Event::Delete(t));
+                    if let Some(held) = model.tasks.remove(&i) {
+                        fed.feed(&watcher::Event::Delete(held.task));
                     }
                 }
                 Change::Dispatch(i) => {
-                    if let Some((t, expected)) = model.tasks.get_mut(&i) {
-                        let attempt = Model::attempt(t) + 1;
-                        fed.index.expect_dispatch(t, attempt);
-                        *expected = Some(attempt);
+                    if let Some(held) = model.tasks.get_mut(&i) {
+                        let attempt = Model::attempt(held.current()) + 1;
+                        fed.index.expect_dispatch(&held.task, attempt);
+                        held.expected = Some(attempt);
+                    }
+                }
+                Change::Write(i, phase, later) => {
+                    let version = model.next_version();
+                    if let Some(held) = model.tasks.get_mut(&i) {
+                        let base = held.current().clone();
+                        let mut written = base.clone();
+                        written.metadata.resource_version = Some(version);
+                        let status = written.status.get_or_insert_with(TaskStatus::default);
+                        status.phase = Some(phase);
+                        status.attempt += later;
+                        fed.index.wrote(&base, written.clone());
+                        let over = held.task.metadata.resource_version.clone().unwrap_or_default();
+                        held.written = Some((over, written));
+                        let attempt = Model::attempt(held.current());
+                        held.expected = held.expected.filter(|&e| e > attempt);
                     }
                 }
                 Change::Forget(i) => {
-                    if let Some((t, expected)) = model.tasks.get_mut(&i) {
-                        fed.index.forget_dispatch(t);
-                        *expected = None;
+                    if let Some(held) = model.tasks.get_mut(&i) {
+                        fed.index.forget_dispatch(&held.task);
+                        held.expected = None;
                     }
                 }
                 Change::Relist(kept) => {
                     model.tasks.retain(|i, _| kept[*i]);
-                    fed.relist(model.tasks.values().map(|(t, _)| t.clone()).collect::<Vec<_>>());
+                    let listed: Vec<Task> = model.tasks.values().map(|h| h.task.clone()).collect();
+                    fed.relist(listed);
                 }
             }
             for project in ["shop", "blog"] {
