@@ -259,8 +259,6 @@ async fn run_actions(
             first_error.get_or_insert(err);
         }
     }
-    drop(recorded);
-    drop(published);
     first_error
 }
 
@@ -841,8 +839,7 @@ async fn record_queued(
         .write_task(task, &lifecycle::queued(task, published.attempt, now))
         .await
     {
-        Ok(written) => {
-            published.place.wrote(written);
+        Ok(_) => {
             ctx.metrics
                 .queued_writes
                 .with_label_values(&["written"])

@@ -180,9 +180,9 @@ impl Context {
         Api::namespaced(self.client.clone(), namespace)
     }
 
-    /// Writes `status` to `task` as [`write_task_status`] does, for a pass: the index
-    /// keeps the written copy until the watch shows it ([`TaskIndex::wrote`]), so the
-    /// next pass starts from it.
+    /// Writes `status` to `task` as [`write_task_status`] does; the index keeps the
+    /// written copy until the watch shows it ([`TaskIndex::wrote`]), so the next pass or
+    /// event starts from it.
     ///
     /// [`TaskIndex::wrote`]: crate::runtime::index::TaskIndex::wrote
     pub async fn write_task(&self, task: &Task, status: &TaskStatus) -> Result<Task, kube::Error> {

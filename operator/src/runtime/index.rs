@@ -11,7 +11,7 @@
 //! a pass that runs before the watch has caught up neither repeats it nor trips over it:
 //! the dispatches it has published ([`TaskIndex::expect_dispatch`]: such a Task is seen,
 //! filed and counted as Queued with the published attempt until the watch shows that
-//! attempt), and the status a pass has written ([`TaskIndex::wrote`]: the Task is seen
+//! attempt), and the status it has written ([`TaskIndex::wrote`]: the Task is seen
 //! as written until the watch shows any change to it).
 
 use std::{
@@ -283,6 +283,16 @@ impl TaskIndex {
             .unwrap_or_default()
     }
 
+    /// The newest copy of the Task `namespace`/`name` with uid `uid`: the last write the
+    /// operator made that the watch does not show yet, else the store's.
+    pub fn newest(&self, namespace: &str, name: &str, uid: &str) -> Option<Arc<Task>> {
+        lock(&self.live)
+            .of
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .filter(|f| f.uid() == uid)
+            .map(|f| f.current().clone())
+    }
+
     /// Records that attempt `attempt` of `task` was published: until the watch shows it,
     /// the Task is seen and counted as Queued with it.
     pub fn expect_dispatch(&self, task: &Task, attempt: i32) {
@@ -295,9 +305,9 @@ impl TaskIndex {
         });
     }
 
-    /// Records that a pass wrote `written` over `base` (the copy the write started from):
-    /// until the watch shows a change to the Task, it is seen as written, so the next
-    /// pass neither repeats the write nor starts another from the old copy.
+    /// Records that the operator wrote `written` over `base` (the copy the write started
+    /// from): until the watch shows a change to the Task, it is seen as written, so the
+    /// next pass neither repeats the write nor starts another from the old copy.
     pub fn wrote(&self, base: &Task, written: Task) {
         let name = (base.namespace().unwrap_or_default(), base.name_any());
         let uid = base.metadata.uid.clone().unwrap_or_default();

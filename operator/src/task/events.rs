@@ -425,7 +425,7 @@ async fn handle_event(
         Err(outcome) => return Ok(outcome),
     };
     let kind = event_type(&event.kind);
-    let Some((place, _turn, started_at)) = take_turn(ctx, &event).await else {
+    let Some((_place, _turn, started_at)) = take_turn(ctx, &event).await else {
         ctx.metrics
             .events
             .with_label_values(&[kind, "folded"])
@@ -435,11 +435,12 @@ async fn handle_event(
     let _permit = write_permit(writers).await;
     let api: Api<Task> = ctx.task_api(&event.task.namespace);
     let mut refused: Option<String> = None;
-    // The first try starts from the Task as this lane's last write left it, or as the
-    // cache shows it; one that is out of date costs a conflict, then the Task is read.
-    let mut known = place
-        .written()
-        .or_else(|| cached_task(ctx, &event.task))
+    // The first try starts from the newest copy the operator has (its own last write the
+    // watch does not show yet, or the cache's); one that is out of date costs a
+    // conflict, then the Task is read.
+    let mut known = ctx
+        .task_index
+        .newest(&event.task.namespace, &event.task.name, &event.task.uid)
         .map(|t| Task::clone(&t));
     for _ in 0..WRITE_ATTEMPTS {
         let Some((task, read)) = current(&api, known.take(), &event.task.name).await? else {
@@ -478,9 +479,8 @@ async fn handle_event(
         if let Some(at) = started_at {
             lifecycle::started_at(&mut status, event.attempt, at);
         }
-        match write_task_status(&api, &task, &status).await {
-            Ok(written) => {
-                place.wrote(written);
+        match ctx.write_task(&task, &status).await {
+            Ok(_) => {
                 let outcome = if refused.is_some() {
                     "refused"
                 } else {

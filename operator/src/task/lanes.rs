@@ -6,9 +6,8 @@
 //! start time, and Running never is (the attempt is already over).
 //!
 //! A lane also remembers, while anyone is in it, which attempts an agent has reported
-//! on (a dispatch's Queued is not written once the agent's own report is in: Running or
-//! the outcome says more) and the Task as its last write left it (the next writer starts
-//! from that copy rather than read the Task again).
+//! on: a dispatch's Queued is not written once the agent's own report is in (Running or
+//! the outcome says more).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -16,7 +15,6 @@ use std::{
     time::Duration,
 };
 
-use aios_crds::Task;
 use jiff::Timestamp;
 use tokio::sync::{Mutex as AsyncMutex, Notify, OwnedMutexGuard};
 
@@ -38,8 +36,6 @@ pub struct Lane {
     announced: Notify,
     /// The attempts an agent has reported on.
     reported: Mutex<HashSet<u32>>,
-    /// The Task as the lane's last write left it.
-    written: Mutex<Option<Arc<Task>>>,
 }
 
 /// A place in a Task's lane; the lane is dropped with its last place.
@@ -98,25 +94,6 @@ impl Place<'_> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .contains(&attempt)
-    }
-
-    /// Remembers `task` as a write in this lane left it.
-    pub fn wrote(&self, task: Task) {
-        *self
-            .lane
-            .written
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(task));
-    }
-
-    /// The Task as the last write in this lane left it, if one was made while the lane
-    /// was open.
-    pub fn written(&self) -> Option<Arc<Task>> {
-        self.lane
-            .written
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
     }
 
     /// Says that the outcome of `attempt` has arrived, before waiting for its turn.

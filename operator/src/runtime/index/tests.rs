@@ -213,6 +213,9 @@ fn a_pass_sees_what_it_wrote_until_the_watch_shows_a_change() {
     fed.index.wrote(&a, waiting.clone());
     let seen = fed.index.project("team-a", "shop").tasks.remove(0);
     assert_eq!(seen.resource_version().as_deref(), Some("2"));
+    let newest = fed.index.newest("team-a", "a", "uid-a").unwrap();
+    assert_eq!(newest.resource_version().as_deref(), Some("2"));
+    assert!(fed.index.newest("team-a", "a", "uid-other").is_none());
     // A second write over the written copy is kept too.
     let queued = at_version(with_phase(waiting.clone(), TaskPhase::Queued), "3");
     fed.index.wrote(&waiting, queued);
