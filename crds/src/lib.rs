@@ -25,4 +25,6 @@ pub use common::{Complexity, DnsLabel, Tier, Usage};
 pub use model_provider::{ModelProvider, ModelProviderSpec, ModelProviderStatus, ProviderType};
 pub use project::{PlannedTask, Project, ProjectPhase, ProjectSpec, ProjectStatus};
 pub use task::{Task, TaskPhase, TaskResult, TaskSpec, TaskStatus};
+/// The string type of a Task's `dependsOn` entries.
+pub use compact_str::CompactString;
 pub use verify::{VerificationPhase, VerificationStatus, Verify};

@@ -1,5 +1,6 @@
 //! `Task`: one unit of work for one role.
 
+use crate::CompactString;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -54,12 +55,15 @@ pub struct TaskSpec {
 
     /// Names of Tasks of the same Project, in the same namespace, that must succeed
     /// before this one is dispatched.
+    // A `CompactString` each: the operator caches every Task, and a name of up to 24
+    // bytes then needs no allocation of its own.
     #[serde(default)]
     #[schemars(
+        with = "Vec<String>",
         length(max = limits::TASK_DEPENDENCIES_MAX),
         inner(length(min = 1, max = limits::DEPENDENCY_NAME_MAX_LEN))
     )]
-    pub depends_on: Vec<String>,
+    pub depends_on: Vec<CompactString>,
 
     /// How hard the task is; the router picks a model able to take it.
     #[serde(default)]

@@ -26,10 +26,11 @@ pub fn dependency_order(tasks: &[Task]) -> Vec<(usize, &Task)> {
     loop {
         let before = remaining.len();
         remaining.retain(|t| {
-            let deps: Vec<&String> = t
+            let deps: Vec<&str> = t
                 .spec
                 .depends_on
                 .iter()
+                .map(|d| d.as_str())
                 .filter(|d| by_name.contains_key(*d))
                 .collect();
             if deps.iter().all(|d| level.contains_key(*d)) {

@@ -124,7 +124,7 @@ pub fn dispatch_message(
         .spec
         .depends_on
         .iter()
-        .filter_map(|name| tasks_by_name.get(name))
+        .filter_map(|name| tasks_by_name.get(name.as_str()))
         .map(|dep| {
             let result = dep
                 .status

@@ -784,7 +784,7 @@ async fn dispatch<'a>(
         .spec
         .depends_on
         .iter()
-        .filter_map(|d| by_name.get(d))
+        .filter_map(|d| by_name.get(d.as_str()))
         .filter_map(|d| {
             d.status
                 .as_ref()

@@ -90,7 +90,7 @@ pub fn plan_tasks(
                     depends_on: planned
                         .depends_on
                         .iter()
-                        .map(|d| task_object_name(&project_name, d.as_str()))
+                        .map(|d| task_object_name(&project_name, d.as_str()).into())
                         .collect(),
                     complexity: planned.complexity,
                     acceptance_criteria: planned.acceptance_criteria.clone(),

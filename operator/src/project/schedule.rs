@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use aios_crds::{Project, Task, TaskPhase, conditions::reasons};
+use aios_crds::{CompactString, Project, Task, TaskPhase, conditions::reasons};
 use jiff::Timestamp;
 use kube::ResourceExt;
 
@@ -182,7 +182,7 @@ const NAMED_DEPENDENCIES: usize = 5;
 /// What a Task whose dependencies have not all succeeded says it waits for: its first
 /// few dependencies by name, then how many more (a task may depend on hundreds, and the
 /// message is read in `kubectl get tasks`).
-fn waiting_for(dependencies: &[String]) -> String {
+fn waiting_for(dependencies: &[CompactString]) -> String {
     let named = dependencies.len().min(NAMED_DEPENDENCIES);
     let first = dependencies[..named].join(", ");
     match dependencies.len() - named {
@@ -203,7 +203,7 @@ fn dispatches(
     for task in tasks.iter().filter(|t| phase(t) == TaskPhase::Pending) {
         let deps_done = task.spec.depends_on.iter().all(|d| {
             by_name
-                .get(d)
+                .get(d.as_str())
                 .is_some_and(|dep| phase(dep) == TaskPhase::Succeeded)
         });
         if !deps_done {
@@ -282,12 +282,12 @@ fn skips(tasks: &[&Task]) -> Vec<Action> {
             if dead.contains_key(&name) {
                 continue;
             }
-            if let Some(dep) = task.spec.depends_on.iter().find(|d| dead.contains_key(*d)) {
+            if let Some(dep) = task.spec.depends_on.iter().find(|d| dead.contains_key(d.as_str())) {
                 actions.push(Action::Skip {
                     task: name.clone(),
-                    dependency: dep.clone(),
+                    dependency: dep.to_string(),
                 });
-                dead.insert(name, dep.clone());
+                dead.insert(name, dep.to_string());
                 changed = true;
             }
         }
@@ -378,7 +378,7 @@ mod tests {
 
     #[test]
     fn a_waiting_message_names_a_few_dependencies_and_counts_the_rest() {
-        let names = |n: usize| (0..n).map(|i| format!("t{i}")).collect::<Vec<_>>();
+        let names = |n: usize| (0..n).map(|i| format!("t{i}").into()).collect::<Vec<_>>();
         assert_eq!(waiting_for(&names(2)), "waiting for t0, t1");
         assert_eq!(
             waiting_for(&names(5)),

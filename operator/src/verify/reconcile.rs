@@ -163,7 +163,7 @@ async fn advance_task(
                 .spec
                 .depends_on
                 .iter()
-                .filter_map(|d| by_name.get(d).copied())
+                .filter_map(|d| by_name.get(d.as_str()).copied())
                 .collect();
             let output = verification.output.clone().unwrap_or_default();
             let fixer = super::fixer(task, &dependencies, &output);
