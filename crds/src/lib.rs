@@ -22,9 +22,9 @@ pub mod verify;
 
 pub use agent::{Agent, AgentSpec, AgentStatus};
 pub use common::{Complexity, DnsLabel, Tier, Usage};
+/// The string type of a Task's `dependsOn` entries.
+pub use compact_str::CompactString;
 pub use model_provider::{ModelProvider, ModelProviderSpec, ModelProviderStatus, ProviderType};
 pub use project::{PlannedTask, Project, ProjectPhase, ProjectSpec, ProjectStatus};
 pub use task::{Task, TaskPhase, TaskResult, TaskSpec, TaskStatus};
-/// The string type of a Task's `dependsOn` entries.
-pub use compact_str::CompactString;
 pub use verify::{VerificationPhase, VerificationStatus, Verify};

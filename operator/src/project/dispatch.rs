@@ -114,7 +114,7 @@ pub fn dispatch_message(
     task: &Task,
     attempt: i32,
     policy: &TaskPolicy,
-    tasks_by_name: &BTreeMap<String, &Task>,
+    tasks_by_name: &BTreeMap<&str, &Task>,
     served_roles: &BTreeSet<String>,
     preferred_providers: Vec<String>,
     now: Timestamp,
@@ -204,7 +204,7 @@ mod tests {
             ..TaskResult::default()
         });
         let qa = task("shop-qa", &["shop-api"]);
-        let by_name = BTreeMap::from([("shop-api".to_owned(), &api), ("shop-qa".to_owned(), &qa)]);
+        let by_name = BTreeMap::from([("shop-api", &api), ("shop-qa", &qa)]);
         let policy = task_policy(&qa, &TaskDefaults::default());
         let d = dispatch_message(
             &p,

@@ -144,20 +144,20 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
     } = ctx.project_tasks(&namespace, &name);
 
     // Plan.
-    let (plan_state, work_names) = match &project.spec.tasks {
+    let (plan_state, work) = match &project.spec.tasks {
         // An empty list: no planning, and the Tasks that name this Project (created by
         // a tool or through GitOps) are the work.
-        Some(explicit) if explicit.is_empty() => (PlanState::Explicit, work_of(&all, false)),
+        Some(explicit) if explicit.is_empty() => (PlanState::Explicit, Work::Tasks),
         Some(explicit) => match ctx.plans.explicit(project, explicit).as_ref() {
             Ok(plan) => {
                 create_missing(ctx, project, &all, plan, None, &[]).await?;
-                (PlanState::Explicit, work_of(&all, false))
+                (PlanState::Explicit, Work::Tasks)
             }
             Err(errors) => (
                 PlanState::Invalid {
                     message: join(errors),
                 },
-                WorkNames::new(),
+                Work::Nothing,
             ),
         },
         None => plan_with_hera(project, ctx, &all, now).await?,
@@ -165,7 +165,7 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
     let work: Vec<&Task> = all
         .iter()
         .map(AsRef::as_ref)
-        .filter(|t| work_names.contains(&t.name_any()))
+        .filter(|t| work.contains(t))
         .collect();
     // The work's counts, kept by the index: the planning task's while it is the work.
     let work_counts = match work.first() {
@@ -181,7 +181,10 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
     } else {
         run_plan(project, ctx, &work, &all_refs, now)
     };
-    let by_name: BTreeMap<String, &Task> = all.iter().map(|t| (t.name_any(), t.as_ref())).collect();
+    let by_name: BTreeMap<&str, &Task> = all
+        .iter()
+        .map(|t| (t.metadata.name.as_deref().unwrap_or_default(), t.as_ref()))
+        .collect();
     let mut first_error = run_actions(project, ctx, &run.actions, &by_name, now).await;
 
     // Verify: the delivered work of each Verifying task, then the branch head.
@@ -227,7 +230,7 @@ async fn run_actions(
     project: &Project,
     ctx: &Context,
     actions: &[Action],
-    by_name: &BTreeMap<String, &Task>,
+    by_name: &BTreeMap<&str, &Task>,
     now: Timestamp,
 ) -> Option<Error> {
     let mut first_error: Option<Error> = None;
@@ -249,7 +252,7 @@ async fn run_actions(
     // Every dispatch of the pass is on the bus before the first is recorded Queued: the
     // last of a hundred ready Tasks does not wait for ninety-nine status writes.
     let mut recorded = stream::iter((0..published.len()).filter_map(|i| {
-        let task = by_name.get(&published[i].task)?;
+        let task = by_name.get(published[i].task.as_str())?;
         Some(record_queued(ctx, task, &published[i], now))
     }))
     .buffer_unordered(ACTION_CONCURRENCY);
@@ -313,7 +316,7 @@ async fn verify_pass(
     ctx: &Context,
     plan_state: &PlanState,
     work: &[&Task],
-    by_name: &BTreeMap<String, &Task>,
+    by_name: &BTreeMap<&str, &Task>,
     now: Timestamp,
 ) -> (Option<aios_crds::VerificationStatus>, bool, Option<Error>) {
     let mut first_error = None;
@@ -440,16 +443,23 @@ pub fn projects_waiting<'a>(
         .collect()
 }
 
-/// Names of the Tasks a pass works on.
-type WorkNames = std::collections::HashSet<String>;
+/// The Tasks a pass works on.
+enum Work {
+    Nothing,
+    /// Every Task of the Project but the planning one.
+    Tasks,
+    /// Only the planning Task of this name.
+    Planner(String),
+}
 
-/// Names of the tasks that make up the work: every task but the planning one, or only
-/// the planning one.
-fn work_of(all: &[Arc<Task>], planning: bool) -> WorkNames {
-    all.iter()
-        .filter(|t| is_planning_task(t) == planning)
-        .map(|t| t.name_any())
-        .collect()
+impl Work {
+    fn contains(&self, task: &Task) -> bool {
+        match self {
+            Work::Nothing => false,
+            Work::Tasks => !is_planning_task(task),
+            Work::Planner(name) => task.metadata.name.as_ref() == Some(name),
+        }
+    }
 }
 
 /// Creates the Tasks of `plan` that do not exist yet, several at once (a plan may have
@@ -508,20 +518,24 @@ async fn plan_with_hera(
     ctx: &Context,
     all: &[Arc<Task>],
     now: Timestamp,
-) -> Result<(PlanState, WorkNames), Error> {
+) -> Result<(PlanState, Work), Error> {
     let name = project.name_any();
     let namespace = project.namespace().unwrap_or_default();
     let planner_name = planning_task_name(&name);
     let Some(planner) = all.iter().find(|t| t.name_any() == planner_name) else {
         create_tasks(ctx, [planning_task(project)]).await?;
-        return Ok((PlanState::Planning, WorkNames::new()));
+        return Ok((PlanState::Planning, Work::Nothing));
     };
     let planner_status = planner.status.clone().unwrap_or_default();
     let plan_ref = planner_status
         .result
         .as_ref()
         .and_then(|r| r.plan_ref.as_ref());
-    let accepted = work_of(all, false);
+    let accepted: Vec<&Task> = all
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|t| Work::Tasks.contains(t))
+        .collect();
     if !accepted.is_empty() {
         // Tasks from an accepted plan exist: finish creating them if a crash left some
         // out, and never re-plan (Agents may have changed since).
@@ -540,15 +554,11 @@ async fn plan_with_hera(
             )
             .await?;
         }
-        let dropped = dropped_dependencies(
-            all.iter()
-                .map(AsRef::as_ref)
-                .filter(|t| accepted.contains(&t.name_any())),
-        );
+        let dropped = dropped_dependencies(accepted.iter().copied());
         let dropped = (!dropped.is_empty()).then(|| join(&dropped));
-        return Ok((PlanState::Planned { dropped }, accepted));
+        return Ok((PlanState::Planned { dropped }, Work::Tasks));
     }
-    let planner_only = WorkNames::from([planner_name]);
+    let planner_only = Work::Planner(planner_name);
     let refused =
         lifecycle::condition(&planner_status.conditions, aios_crds::conditions::SUCCEEDED)
             .filter(|c| c.reason == reasons::PLAN_INVALID)
@@ -655,7 +665,7 @@ async fn execute<'a>(
     project: &Project,
     ctx: &'a Context,
     action: &Action,
-    by_name: &BTreeMap<String, &Task>,
+    by_name: &BTreeMap<&str, &Task>,
     now: Timestamp,
 ) -> Result<Option<Published<'a>>, Error> {
     let defaults = &project.spec.policy.task_defaults;
@@ -665,7 +675,7 @@ async fn execute<'a>(
             reason,
             message,
         } => {
-            let Some(task) = by_name.get(task) else {
+            let Some(task) = by_name.get(task.as_str()) else {
                 return Ok(None);
             };
             let policy = task_policy(task, defaults);
@@ -677,14 +687,14 @@ async fn execute<'a>(
             ctx.write_task(task, &status).await?;
         }
         Action::Skip { task, dependency } => {
-            let Some(task) = by_name.get(task) else {
+            let Some(task) = by_name.get(task.as_str()) else {
                 return Ok(None);
             };
             ctx.write_task(task, &lifecycle::skipped(task, dependency, now))
                 .await?;
         }
         Action::Wait { task, message } => {
-            let Some(task) = by_name.get(task) else {
+            let Some(task) = by_name.get(task.as_str()) else {
                 return Ok(None);
             };
             let mut status = task.status.clone().unwrap_or_default();
@@ -693,14 +703,14 @@ async fn execute<'a>(
             ctx.write_task(task, &status).await?;
         }
         Action::Cancel { task, message } => {
-            let Some(task) = by_name.get(task) else {
+            let Some(task) = by_name.get(task.as_str()) else {
                 return Ok(None);
             };
             ctx.write_task(task, &lifecycle::cancelled(task, message, now))
                 .await?;
         }
         Action::Dispatch { task, attempt } => {
-            let Some(task) = by_name.get(task) else {
+            let Some(task) = by_name.get(task.as_str()) else {
                 return Ok(None);
             };
             return dispatch(project, ctx, task, *attempt, by_name, now).await;
@@ -727,7 +737,7 @@ async fn dispatch<'a>(
     ctx: &'a Context,
     task: &Task,
     attempt: i32,
-    by_name: &BTreeMap<String, &Task>,
+    by_name: &BTreeMap<&str, &Task>,
     now: Timestamp,
 ) -> Result<Option<Published<'a>>, Error> {
     if !ctx.leadership.is_current() {

@@ -3,7 +3,7 @@
 //! dispatch (dependencies succeeded, concurrency free, not suspended, budget left;
 //! higher priority first, then creation order), and when to look again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aios_crds::{CompactString, Project, Task, TaskPhase, conditions::reasons};
 use jiff::Timestamp;
@@ -198,7 +198,10 @@ fn dispatches(
     now: Timestamp,
     plan: &mut RunPlan,
 ) {
-    let by_name: BTreeMap<String, &Task> = tasks.iter().map(|t| (t.name_any(), *t)).collect();
+    let by_name: BTreeMap<&str, &Task> = tasks
+        .iter()
+        .map(|t| (t.metadata.name.as_deref().unwrap_or_default(), *t))
+        .collect();
     let mut ready: Vec<&Task> = Vec::new();
     for task in tasks.iter().filter(|t| phase(t) == TaskPhase::Pending) {
         let deps_done = task.spec.depends_on.iter().all(|d| {
@@ -250,7 +253,7 @@ fn dispatches(
                     .creation_timestamp
                     .cmp(&b.metadata.creation_timestamp)
             })
-            .then_with(|| a.name_any().cmp(&b.name_any()))
+            .then_with(|| a.metadata.name.cmp(&b.metadata.name))
     });
     for task in ready.into_iter().take(capacity) {
         let attempt = task.status.as_ref().map_or(0, |s| s.attempt) + 1;
@@ -264,7 +267,10 @@ fn dispatches(
 /// Pending tasks with a dependency that failed, was skipped or was cancelled, including
 /// everything downstream of them, found in one pass.
 fn skips(tasks: &[&Task]) -> Vec<Action> {
-    let mut dead: BTreeMap<String, String> = tasks
+    fn name(task: &Task) -> &str {
+        task.metadata.name.as_deref().unwrap_or_default()
+    }
+    let mut dead: BTreeSet<&str> = tasks
         .iter()
         .filter(|t| {
             matches!(
@@ -272,22 +278,26 @@ fn skips(tasks: &[&Task]) -> Vec<Action> {
                 TaskPhase::Failed | TaskPhase::Skipped | TaskPhase::Cancelled
             )
         })
-        .map(|t| (t.name_any(), t.name_any()))
+        .map(|t| name(t))
         .collect();
     let mut actions = Vec::new();
-    loop {
+    while !dead.is_empty() {
         let mut changed = false;
         for task in tasks.iter().filter(|t| phase(t) == TaskPhase::Pending) {
-            let name = task.name_any();
-            if dead.contains_key(&name) {
+            if dead.contains(name(task)) {
                 continue;
             }
-            if let Some(dep) = task.spec.depends_on.iter().find(|d| dead.contains_key(d.as_str())) {
+            if let Some(dep) = task
+                .spec
+                .depends_on
+                .iter()
+                .find(|d| dead.contains(d.as_str()))
+            {
                 actions.push(Action::Skip {
-                    task: name.clone(),
+                    task: name(task).to_owned(),
                     dependency: dep.to_string(),
                 });
-                dead.insert(name, dep.to_string());
+                dead.insert(name(task));
                 changed = true;
             }
         }

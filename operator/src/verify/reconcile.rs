@@ -99,7 +99,7 @@ pub async fn advance_tasks(
     project: &Project,
     ctx: &Context,
     work: &[&Task],
-    by_name: &BTreeMap<String, &Task>,
+    by_name: &BTreeMap<&str, &Task>,
     now: Timestamp,
 ) -> Result<bool, Error> {
     let Some(verify) = &project.spec.verify else {
@@ -128,7 +128,7 @@ async fn advance_task(
     verify: &Verify,
     ctx: &Context,
     task: &Task,
-    by_name: &BTreeMap<String, &Task>,
+    by_name: &BTreeMap<&str, &Task>,
     now: Timestamp,
 ) -> Result<bool, Error> {
     let Some(current) = task.status.as_ref().and_then(|s| s.verification.clone()) else {
@@ -137,7 +137,7 @@ async fn advance_task(
     let fix = current
         .fix_task
         .as_ref()
-        .and_then(|name| by_name.get(name))
+        .and_then(|name| by_name.get(name.as_str()))
         .map(|t| fix_state(t));
     let run = run_for(project, verify, task, &current);
     let outcome = poll(ctx, run.as_ref(), &current).await?;
@@ -211,7 +211,7 @@ pub async fn advance_final(
     project: &Project,
     ctx: &Context,
     work: &[&Task],
-    by_name: &BTreeMap<String, &Task>,
+    by_name: &BTreeMap<&str, &Task>,
     now: Timestamp,
 ) -> Result<(Option<VerificationStatus>, bool), Error> {
     let Some(verify) = &project.spec.verify else {
@@ -233,7 +233,7 @@ pub async fn advance_final(
     let fix = current
         .fix_task
         .as_ref()
-        .and_then(|name| by_name.get(name))
+        .and_then(|name| by_name.get(name.as_str()))
         .map(|t| fix_state(t));
     let run = run_for(project, verify, project, &current);
     let outcome = poll(ctx, run.as_ref(), &current).await?;
