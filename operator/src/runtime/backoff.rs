@@ -86,6 +86,11 @@ impl Backoffs {
             .is_some()
     }
 
+    /// Whether any object of `controller` is failing.
+    pub fn any(&self, controller: &'static str) -> bool {
+        self.failing().keys().any(|(c, _)| *c == controller)
+    }
+
     /// Every failing object: controller, `namespace/name` and its failures.
     pub fn snapshot(&self) -> Vec<(&'static str, String, Failing)> {
         let mut all: Vec<_> = self
@@ -125,6 +130,7 @@ mod tests {
             "another controller"
         );
         assert_eq!(b.snapshot().len(), 3);
+        assert!(b.any("project") && !b.any("task-events"));
         assert!(b.succeeded("agent", "team-a/apollo"));
         assert!(!b.succeeded("agent", "team-a/apollo"));
         assert_eq!(b.failed("agent", "team-a/apollo"), (FIRST, 1));

@@ -5,6 +5,11 @@
 //! none). What the API server refuses as invalid is not retried by redelivery, which
 //! would be refused the same way forever: the attempt fails with the API server's
 //! message (reason `ResultRefused`), and the task's retry policy takes it from there.
+//! Any other failure (the API server unreachable, a refusal not recognised) returns the
+//! message to the queue after a delay that doubles per Task from 200 ms to
+//! [`RETRY_MAX`], so a message that keeps failing costs little; the Task is counted in
+//! `aios_reconcile_failing_objects{controller="task-events"}` until one of its messages
+//! is handled.
 //!
 //! Nothing is believed without the attempt's token (see [`crate::task::tokens`]): an event
 //! or a dead letter whose token is missing or is not its attempt's changes nothing, is
@@ -50,6 +55,12 @@ const IN_HAND: usize = 2048;
 const WRITERS: usize = 32;
 /// How many times a handler retries a status write that lost a race.
 const WRITE_ATTEMPTS: usize = 8;
+/// Whose failures these are, in the per-object backoff (see [`crate::runtime::backoff`]).
+const CONSUMER: &str = "task-events";
+/// The longest a failing message waits before it goes back to the queue: well inside a
+/// heartbeat timeout, so an outcome held back while the API server was away is written
+/// soon after it is back.
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// What handling one message came to.
 #[derive(Debug)]
@@ -155,6 +166,9 @@ where
     match handler(ctx.clone(), delivery.clone()).await {
         Ok(outcome) => {
             tracing::debug!(?outcome, "message handled");
+            if ctx.backoffs.any(CONSUMER) {
+                ctx.reconciled(CONSUMER, &about(&delivery.data));
+            }
             let _ = delivery.ack(BasicAckOptions::default()).await;
         }
         Err(HandleError::Decode(err)) => {
@@ -166,8 +180,12 @@ where
             let _ = delivery.ack(BasicAckOptions::default()).await;
         }
         Err(HandleError::Kube(err)) => {
-            tracing::warn!(error = %err, "handling a message failed; it will be redelivered");
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            let task = about(&delivery.data);
+            let (delay, failures) = ctx.backoffs.failed(CONSUMER, &task);
+            let delay = delay.min(RETRY_MAX);
+            tracing::warn!(task, error = %err, failures, retry_in = ?delay,
+                "handling a message failed; it goes back to the queue");
+            tokio::time::sleep(delay).await;
             let _ = delivery
                 .nack(BasicNackOptions {
                     requeue: true,
@@ -176,6 +194,18 @@ where
                 .await;
         }
     }
+}
+
+/// The Task a message is about, `namespace/name` (events and dispatches both name it),
+/// or an empty string for a body that names none.
+fn about(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct About {
+        task: ObjectRef,
+    }
+    serde_json::from_slice::<About>(body)
+        .map(|m| format!("{}/{}", m.task.namespace, m.task.name))
+        .unwrap_or_default()
 }
 
 fn event_type(kind: &TaskEventKind) -> &'static str {
@@ -593,6 +623,14 @@ mod tests {
 
     fn api_error(code: u16, message: &str) -> kube::Error {
         kube::Error::Api(Box::new(Status::failure(message, "").with_code(code)))
+    }
+
+    #[test]
+    fn a_failing_message_is_backed_off_under_the_task_it_names() {
+        let event = br#"{"schemaVersion":1,"project":"shop","task":{"namespace":"team-a","name":"shop-api","uid":"u1"},"attempt":2,"kind":{"type":"started"}}"#;
+        assert_eq!(about(event), "team-a/shop-api");
+        assert_eq!(about(b"not json"), "", "a body naming no Task");
+        assert_eq!(about(br#"{"task":"shop-api"}"#), "");
     }
 
     #[test]
