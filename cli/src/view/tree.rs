@@ -30,7 +30,7 @@ pub fn dependency_order(tasks: &[Task]) -> Vec<(usize, &Task)> {
                 .spec
                 .depends_on
                 .iter()
-                .map(|d| d.as_str())
+                .map(aios_crds::CompactString::as_str)
                 .filter(|d| by_name.contains_key(*d))
                 .collect();
             if deps.iter().all(|d| level.contains_key(*d)) {
