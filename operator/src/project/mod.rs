@@ -183,7 +183,7 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
     };
     let by_name: BTreeMap<&str, &Task> = all
         .iter()
-        .map(|t| (t.metadata.name.as_deref().unwrap_or_default(), t.as_ref()))
+        .map(|t| (lifecycle::name_of(t), t.as_ref()))
         .collect();
     let mut first_error = run_actions(project, ctx, &run.actions, &by_name, now).await;
 
@@ -482,7 +482,7 @@ async fn create_missing(
     }
     let desired = plan_tasks(project, plan, plan_attempt, dropped)
         .into_iter()
-        .filter(|task| missing.contains(task.metadata.name.as_deref().unwrap_or_default()));
+        .filter(|task| missing.contains(lifecycle::name_of(task)));
     create_tasks(ctx, desired).await
 }
 

@@ -9,7 +9,7 @@ use aios_crds::{CompactString, Project, Task, TaskPhase, conditions::reasons};
 use jiff::Timestamp;
 use kube::ResourceExt;
 
-use crate::task::lifecycle::{after, phase, task_policy};
+use crate::task::lifecycle::{after, name_of, phase, task_policy};
 
 /// One thing the reconciler must do to a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,10 +198,7 @@ fn dispatches(
     now: Timestamp,
     plan: &mut RunPlan,
 ) {
-    let by_name: BTreeMap<&str, &Task> = tasks
-        .iter()
-        .map(|t| (t.metadata.name.as_deref().unwrap_or_default(), *t))
-        .collect();
+    let by_name: BTreeMap<&str, &Task> = tasks.iter().map(|t| (name_of(t), *t)).collect();
     let mut ready: Vec<&Task> = Vec::new();
     for task in tasks.iter().filter(|t| phase(t) == TaskPhase::Pending) {
         let deps_done = task.spec.depends_on.iter().all(|d| {
@@ -267,9 +264,6 @@ fn dispatches(
 /// Pending tasks with a dependency that failed, was skipped or was cancelled, including
 /// everything downstream of them, found in one pass.
 fn skips(tasks: &[&Task]) -> Vec<Action> {
-    fn name(task: &Task) -> &str {
-        task.metadata.name.as_deref().unwrap_or_default()
-    }
     let mut dead: BTreeSet<&str> = tasks
         .iter()
         .filter(|t| {
@@ -278,13 +272,13 @@ fn skips(tasks: &[&Task]) -> Vec<Action> {
                 TaskPhase::Failed | TaskPhase::Skipped | TaskPhase::Cancelled
             )
         })
-        .map(|t| name(t))
+        .map(|t| name_of(t))
         .collect();
     let mut actions = Vec::new();
     while !dead.is_empty() {
         let mut changed = false;
         for task in tasks.iter().filter(|t| phase(t) == TaskPhase::Pending) {
-            if dead.contains(name(task)) {
+            if dead.contains(name_of(task)) {
                 continue;
             }
             if let Some(dep) = task
@@ -294,10 +288,10 @@ fn skips(tasks: &[&Task]) -> Vec<Action> {
                 .find(|d| dead.contains(d.as_str()))
             {
                 actions.push(Action::Skip {
-                    task: name(task).to_owned(),
+                    task: name_of(task).to_owned(),
                     dependency: dep.to_string(),
                 });
-                dead.insert(name(task));
+                dead.insert(name_of(task));
                 changed = true;
             }
         }

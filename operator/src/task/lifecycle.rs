@@ -82,6 +82,11 @@ pub fn ceil_to_second(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second().saturating_add(1)).unwrap_or(Timestamp::MAX)
 }
 
+/// A Task's name, borrowed (`ResourceExt::name_any` makes a copy).
+pub fn name_of(task: &Task) -> &str {
+    task.metadata.name.as_deref().unwrap_or_default()
+}
+
 /// Sets condition `type_`, keeping its transition time when the status is unchanged.
 pub fn set_condition(
     conditions: &mut Vec<Condition>,
