@@ -180,11 +180,12 @@ where
             let _ = delivery.ack(BasicAckOptions::default()).await;
         }
         Err(HandleError::Kube(err)) => {
+            // Counted, logged and backed off per Task as a failed reconcile is; the
+            // message goes back to the queue after the delay.
             let task = about(&delivery.data);
-            let (delay, failures) = ctx.backoffs.failed(CONSUMER, &task);
-            let delay = delay.min(RETRY_MAX);
-            tracing::warn!(task, error = %err, failures, retry_in = ?delay,
-                "handling a message failed; it goes back to the queue");
+            let delay = ctx
+                .retry_after(CONSUMER, &task, &err.into(), RETRY_MAX)
+                .min(RETRY_MAX);
             tokio::time::sleep(delay).await;
             let _ = delivery
                 .nack(BasicNackOptions {
