@@ -433,6 +433,7 @@ async fn start(
         backoffs: Arc::default(),
         plans: Arc::default(),
         lanes: Arc::default(),
+        waiting: Arc::default(),
         projects: health.projects.clone(),
     });
     {
@@ -573,6 +574,13 @@ fn spawn_controllers(
         tasks.spawn(async move {
             task::keep_sweeping(ctx, namespace, shutdown).await;
             Err(RunError::TaskEnded("the sweep of attempts in flight"))
+        });
+    }
+    {
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            project::waiting::keep_writing(ctx, shutdown).await;
+            Err(RunError::TaskEnded("the writer of what waiting Tasks say"))
         });
     }
     {

@@ -79,6 +79,8 @@ pub struct Context {
     pub plans: Arc<crate::project::plan::ValidatedPlans>,
     /// One lane of writes per Task with writes in flight.
     pub lanes: Arc<crate::task::lanes::Lanes>,
+    /// What waiting Tasks say, handed over by passes to be written beside them.
+    pub waiting: Arc<crate::project::waiting::WaitingWrites>,
 }
 
 impl std::fmt::Debug for Context {

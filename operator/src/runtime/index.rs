@@ -293,6 +293,16 @@ impl TaskIndex {
             .map(|f| f.current().clone())
     }
 
+    /// The Task `namespace`/`name` with uid `uid` as a pass would see it now: its newest
+    /// copy, Queued with an attempt published that the watch does not show yet.
+    pub fn seen(&self, namespace: &str, name: &str, uid: &str) -> Option<Arc<Task>> {
+        lock(&self.live)
+            .of
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .filter(|f| f.uid() == uid)
+            .map(Filed::seen)
+    }
+
     /// Records that attempt `attempt` of `task` was published: until the watch shows it,
     /// the Task is seen and counted as Queued with it.
     pub fn expect_dispatch(&self, task: &Task, attempt: i32) {

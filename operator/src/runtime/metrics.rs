@@ -28,6 +28,10 @@ pub struct Metrics {
     /// Dispatches recorded Queued (`written`), or not because the agent had reported on
     /// the attempt first (`superseded`).
     pub queued_writes: IntCounterVec,
+    /// What waiting Tasks say, written beside the passes, by outcome (`written`;
+    /// `skipped`: the Task no longer waited or said so already; `conflict`: it changed
+    /// meanwhile; `failed`).
+    pub waiting_writes: IntCounterVec,
     /// Agent events consumed, by event type and outcome (applied; ignored; coalesced: a
     /// heartbeat the status did not need; folded: a Started event written with its
     /// attempt's outcome instead; refused: the API server refused the outcome and the
@@ -119,6 +123,11 @@ impl Metrics {
             queued_writes: counter(
                 "aios_task_queued_writes_total",
                 "Dispatches recorded Queued, or superseded by the agent's own report",
+                &["outcome"],
+            ),
+            waiting_writes: counter(
+                "aios_task_waiting_writes_total",
+                "What waiting Tasks say, written beside the Project passes, by outcome",
                 &["outcome"],
             ),
             events: counter(

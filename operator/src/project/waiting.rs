@@ -1,0 +1,202 @@
+//! What a waiting Task says (Pending, and what it waits for), written beside the pass
+//! rather than in it. A pass over a Project of thousands of new Tasks has thousands of
+//! these to write; made in the pass they held it, and with it the dispatch of every
+//! Task that became ready meanwhile, for as long as the writes took (a minute at 10,000
+//! Tasks). The pass hands them here and goes on; they are written a few at a time, each
+//! in its Task's lane and from the newest copy of the Task, and only if the Task still
+//! waits when its turn comes (one dispatched meanwhile is left alone).
+//!
+//! Nothing is lost if a write fails or the process stops: the next pass hands the Task
+//! over again while its status does not say it waits.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use aios_crds::{Task, TaskPhase, TaskStatus};
+use futures::{StreamExt, stream};
+use kube::ResourceExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{runtime::context::Context, task::lifecycle::phase};
+
+/// How many waiting statuses are written at once, over all Projects.
+const AT_ONCE: usize = 16;
+
+/// A waiting status handed over: which Task, and what it waits for. A few hundred
+/// bytes; the write itself (several KiB of future) is made only when its turn comes.
+#[derive(Debug)]
+struct Handed {
+    namespace: String,
+    name: String,
+    uid: String,
+    message: String,
+}
+
+/// The waiting statuses handed over and not yet written.
+#[derive(Debug)]
+pub struct WaitingWrites {
+    /// By Task uid: one handed over is not handed over again until written.
+    handed: Mutex<HashSet<String>>,
+    queue: mpsc::UnboundedSender<Handed>,
+    /// The other end of `queue`, until [`keep_writing`] takes it.
+    writer: Mutex<Option<mpsc::UnboundedReceiver<Handed>>>,
+}
+
+impl Default for WaitingWrites {
+    fn default() -> Self {
+        let (queue, writer) = mpsc::unbounded_channel();
+        Self {
+            handed: Mutex::default(),
+            queue,
+            writer: Mutex::new(Some(writer)),
+        }
+    }
+}
+
+impl WaitingWrites {
+    fn hand(&self, uid: &str) -> bool {
+        self.handed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(uid.to_owned())
+    }
+
+    fn done(&self, uid: &str) {
+        self.handed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(uid);
+    }
+}
+
+/// The status that says `task` waits, with `message`: `None` once it does not wait
+/// (dispatched, finished, being deleted) or says so already.
+pub fn waiting_status(task: &Task, message: &str) -> Option<TaskStatus> {
+    if task.metadata.deletion_timestamp.is_some() || phase(task) != TaskPhase::Pending {
+        return None;
+    }
+    let mut status = task.status.clone().unwrap_or_default();
+    if status.phase.is_some() && status.message.as_deref() == Some(message) {
+        return None;
+    }
+    status.phase = Some(TaskPhase::Pending);
+    status.message = Some(message.to_owned());
+    Some(status)
+}
+
+/// Has `task`'s status say it waits, with `message`, soon; nothing if that is already
+/// on its way.
+pub fn write_soon(ctx: &Context, task: &Task, message: String) {
+    let Some(uid) = task.metadata.uid.clone() else {
+        return;
+    };
+    if !ctx.waiting.hand(&uid) {
+        return;
+    }
+    let handed = Handed {
+        namespace: task.namespace().unwrap_or_default(),
+        name: task.name_any(),
+        uid,
+        message,
+    };
+    if let Err(mpsc::error::SendError(handed)) = ctx.waiting.queue.send(handed) {
+        // Shutting down: the next operator's pass hands it over again.
+        ctx.waiting.done(&handed.uid);
+    }
+}
+
+/// Writes the waiting statuses handed over, [`AT_ONCE`] at a time, until `shutdown`.
+pub async fn keep_writing(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let Some(mut writer) = ctx
+        .waiting
+        .writer
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    else {
+        return;
+    };
+    stream::poll_fn(|cx| writer.poll_recv(cx))
+        .take_until(shutdown.cancelled_owned())
+        .for_each_concurrent(AT_ONCE, |handed| {
+            let ctx = ctx.clone();
+            async move {
+                let outcome = write(&ctx, &handed).await;
+                ctx.waiting.done(&handed.uid);
+                ctx.metrics
+                    .waiting_writes
+                    .with_label_values(&[outcome])
+                    .inc();
+            }
+        })
+        .await;
+}
+
+/// Writes the waiting status `handed` over if its Task still waits: how that went, for
+/// the metric.
+async fn write(ctx: &Context, handed: &Handed) -> &'static str {
+    let Handed {
+        namespace,
+        name,
+        uid,
+        message,
+    } = handed;
+    let place = ctx.lanes.enter(uid);
+    let _turn = place.turn().await;
+    // As a pass would see it now: a Task dispatched meanwhile is seen Queued.
+    let Some(task) = ctx.task_index.seen(namespace, name, uid) else {
+        return "skipped";
+    };
+    let Some(status) = waiting_status(&task, message) else {
+        return "skipped";
+    };
+    match ctx.write_task(&task, &status).await {
+        Ok(_) => "written",
+        // The Task changed since the copy: the next pass looks at it again.
+        Err(kube::Error::Api(s)) if s.code == 409 => "conflict",
+        Err(err) => {
+            tracing::warn!(task = %name, %namespace, error = %err, "writing what a task waits for failed; the next pass hands it over again");
+            "failed"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{task, with_phase};
+
+    #[test]
+    fn a_task_without_status_is_written_pending_with_what_it_waits_for() {
+        let t = task("b", &["a"]);
+        let status = waiting_status(&t, "waiting for a").unwrap();
+        assert_eq!(status.phase, Some(TaskPhase::Pending));
+        assert_eq!(status.message.as_deref(), Some("waiting for a"));
+    }
+
+    #[test]
+    fn a_task_that_says_so_already_or_no_longer_waits_is_left_alone() {
+        let mut said = task("b", &["a"]);
+        said.status = waiting_status(&said, "waiting for a");
+        assert_eq!(waiting_status(&said, "waiting for a"), None);
+        assert!(
+            waiting_status(&said, "waiting for an Agent").is_some(),
+            "a new reason is news"
+        );
+        for moved_on in [TaskPhase::Queued, TaskPhase::Running, TaskPhase::Succeeded] {
+            assert_eq!(
+                waiting_status(&with_phase(task("b", &["a"]), moved_on), "waiting for a"),
+                None,
+                "{moved_on:?}"
+            );
+        }
+        let mut going = task("b", &["a"]);
+        going.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+        );
+        assert_eq!(waiting_status(&going, "waiting for a"), None);
+    }
+}
