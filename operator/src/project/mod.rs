@@ -894,13 +894,18 @@ async fn record_queued(
             .inc();
         return Ok(());
     }
-    // From the newest copy, as the events are written: what a waiting Task said may have
-    // been written (beside the pass) since the pass's copy.
-    let newest = ctx.task_index.newest(
-        &task.namespace().unwrap_or_default(),
-        lifecycle::name_of(task),
-        task.metadata.uid.as_deref().unwrap_or_default(),
-    );
+    // Written over the copy the dispatch was decided on, so that anything since (an
+    // outcome, another attempt) makes the write fail rather than be overwritten. One
+    // change is no news: what a waiting Task says, written beside the pass; a newer copy
+    // that differs only by that is started from.
+    let newest = ctx
+        .task_index
+        .newest(
+            &task.namespace().unwrap_or_default(),
+            lifecycle::name_of(task),
+            task.metadata.uid.as_deref().unwrap_or_default(),
+        )
+        .filter(|newest| waiting::only_waiting_since(task, newest));
     let task = newest.as_deref().unwrap_or(task);
     match ctx
         .write_task(task, &lifecycle::queued(task, published.attempt, now))

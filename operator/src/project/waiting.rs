@@ -87,6 +87,24 @@ pub fn waiting_status(task: &Task, message: &str) -> Option<TaskStatus> {
     Some(status)
 }
 
+/// Whether `newer`, a later copy of `task`, differs from it in its status by no more
+/// than what a waiting Task says: still Pending, at the same attempt, with the same
+/// backoff, and no more than the phase and the message (and the conditions and
+/// generation written with them) changed.
+pub fn only_waiting_since(task: &Task, newer: &Task) -> bool {
+    let comparable = |t: &Task| {
+        let mut status = t.status.clone().unwrap_or_default();
+        status.phase = None;
+        status.message = None;
+        status.conditions = Vec::new();
+        status.observed_generation = None;
+        status
+    };
+    phase(newer) == TaskPhase::Pending
+        && newer.metadata.deletion_timestamp == task.metadata.deletion_timestamp
+        && comparable(newer) == comparable(task)
+}
+
 /// Has `task`'s status say it waits, with `message`, soon; nothing if that is already
 /// on its way.
 pub fn write_soon(ctx: &Context, task: &Task, message: String) {
@@ -166,6 +184,8 @@ async fn write(ctx: &Context, handed: &Handed) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
     use super::*;
     use crate::testing::{task, with_phase};
 
@@ -175,6 +195,31 @@ mod tests {
         let status = waiting_status(&t, "waiting for a").unwrap();
         assert_eq!(status.phase, Some(TaskPhase::Pending));
         assert_eq!(status.message.as_deref(), Some("waiting for a"));
+    }
+
+    #[test]
+    fn only_a_waiting_status_since_the_copy_is_no_news() {
+        let bare = task("b", &["a"]);
+        let mut waiting = bare.clone();
+        waiting.status = waiting_status(&bare, "waiting for a");
+        waiting.status.as_mut().unwrap().conditions = vec![Condition {
+            type_: "Ready".into(),
+            status: "False".into(),
+            reason: "Pending".into(),
+            message: "waiting for a".into(),
+            last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+            observed_generation: Some(1),
+        }];
+        assert!(only_waiting_since(&bare, &waiting));
+        assert!(only_waiting_since(&bare, &bare));
+
+        // An outcome, or a later attempt that failed back to Pending, is news.
+        let mut finished = with_phase(bare.clone(), TaskPhase::Succeeded);
+        finished.status.as_mut().unwrap().completion_time = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        assert!(!only_waiting_since(&bare, &finished));
+        let mut retried = waiting.clone();
+        retried.status.as_mut().unwrap().attempt = 1;
+        assert!(!only_waiting_since(&bare, &retried));
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! the dispatches it has published ([`TaskIndex::expect_dispatch`]: such a Task is seen,
 //! filed and counted as Queued with the published attempt until the watch shows that
 //! attempt), and the status it has written ([`TaskIndex::wrote`]: the Task is seen
-//! as written until the watch shows any change to it).
+//! as written until the watch shows any change to it but the operator's own writes
+//! leading up to it).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -33,12 +34,19 @@ type Name = (String, String);
 /// A Project's namespace and name.
 type ProjectKey = (String, String);
 
-/// A copy of a Task a pass wrote, and the resourceVersion of the copy it wrote over.
+/// A copy of a Task the operator wrote, and the resourceVersions the watch may still
+/// show before it without that being news: the store's when the first of the writes
+/// the watch does not show yet started, and each of those writes' own but the last.
 #[derive(Debug, Clone)]
 struct Written {
-    over: String,
+    over: Vec<String>,
     task: Arc<Task>,
 }
+
+/// At most this many writes are chained over a copy the watch does not show yet; with
+/// more, the oldest is let go (the watch showing it then counts as news, and the next
+/// write starts from the store's copy, at the cost of a conflict).
+const CHAINED: usize = 8;
 
 /// One Task, as filed.
 #[derive(Debug, Clone)]
@@ -93,14 +101,12 @@ impl Filed {
     }
 
     /// Keeps from `before` (the same Task, filed from an older copy) what this copy does
-    /// not show yet: a write, while the watch shows no change since the copy it was
-    /// written over (any other change came after it, since a write is conditional on the
-    /// copy it starts from); and a published attempt.
+    /// not show yet: a write, while the watch shows no change but the writes leading up
+    /// to it (any other change came after it, since a write is conditional on the copy it
+    /// starts from); and a published attempt.
     fn carry(&mut self, before: Self) {
-        let seen = self.task.resource_version();
-        self.written = before
-            .written
-            .filter(|w| Some(w.over.as_str()) == seen.as_deref());
+        let seen = self.task.resource_version().unwrap_or_default();
+        self.written = before.written.filter(|w| w.over.contains(&seen));
         self.expected = before.expected.filter(|&attempt| attempt > self.attempt());
     }
 
@@ -325,11 +331,22 @@ impl TaskIndex {
             return;
         };
         lock(&self.live).refile(name, &uid, |f| {
-            // Written over the newest copy (the store's, or one written before it that
-            // the watch does not show yet); what the watch must move past is the store's.
+            // Written over the newest copy: the store's, or one written before it that the
+            // watch does not show yet, which the watch may then show on the way to this.
             if f.current().resource_version().as_deref() == Some(base_version.as_str()) {
+                let over = match f.written.take() {
+                    Some(before) => {
+                        let mut over = before.over;
+                        over.push(base_version);
+                        if over.len() > CHAINED {
+                            over.remove(0);
+                        }
+                        over
+                    }
+                    None => vec![base_version],
+                };
                 f.written = Some(Written {
-                    over: f.task.resource_version().unwrap_or_default(),
+                    over,
                     task: Arc::new(written),
                 });
                 f.expected = f.expected.filter(|&attempt| attempt > f.attempt());

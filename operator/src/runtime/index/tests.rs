@@ -222,6 +222,13 @@ fn a_pass_sees_what_it_wrote_until_the_watch_shows_a_change() {
     let shop = fed.index.project("team-a", "shop");
     assert_eq!(shop.tasks[0].resource_version().as_deref(), Some("3"));
     assert_eq!((shop.work.queued, shop.work.pending), (1, 0));
+    // The watch shows the first of the two writes: the second is still the newest.
+    fed.feed(&watcher::Event::Apply(waiting.clone()));
+    let shop = fed.index.project("team-a", "shop");
+    assert_eq!(shop.tasks[0].resource_version().as_deref(), Some("3"));
+    assert_eq!((shop.work.queued, shop.work.pending), (1, 0));
+    let newest = fed.index.newest("team-a", "a", "uid-a").unwrap();
+    assert_eq!(newest.resource_version().as_deref(), Some("3"));
     // A write over a copy that is no longer the newest says nothing.
     fed.index.wrote(
         &a,
@@ -313,7 +320,7 @@ fn dag_task(i: usize, generation: u8, deps: &[Vec<usize>]) -> Task {
 #[derive(Clone)]
 struct Held {
     task: Task,
-    written: Option<(String, Task)>,
+    written: Option<(Vec<String>, Task)>,
     expected: Option<i32>,
 }
 
@@ -352,9 +359,9 @@ impl Model {
             expected: None,
         };
         if let Some(before) = before {
-            held.written = before
-                .written
-                .filter(|(over, _)| Some(over) == held.task.metadata.resource_version.as_ref());
+            held.written = before.written.filter(|(over, _)| {
+                over.contains(held.task.metadata.resource_version.as_ref().unwrap())
+            });
             let attempt = Self::attempt(held.current());
             held.expected = before.expected.filter(|&e| e > attempt);
         }
@@ -429,7 +436,16 @@ proptest! {
                         status.phase = Some(phase);
                         status.attempt += later;
                         fed.index.wrote(&base, written.clone());
-                        let over = held.task.metadata.resource_version.clone().unwrap_or_default();
+                        let over = match held.written.take() {
+                            Some((mut over, before)) => {
+                                over.push(before.metadata.resource_version.unwrap_or_default());
+                                if over.len() > 8 {
+                                    over.remove(0);
+                                }
+                                over
+                            }
+                            None => vec![held.task.metadata.resource_version.clone().unwrap_or_default()],
+                        };
                         held.written = Some((over, written));
                         let attempt = Model::attempt(held.current());
                         held.expected = held.expected.filter(|&e| e > attempt);
