@@ -1041,3 +1041,94 @@ async fn an_agent_wakes_only_the_projects_waiting_for_its_role() {
         "{woken} Project reconciles to run one waiting Project"
     );
 }
+
+/// A pass over many new Tasks that wait dispatches the ready one at once: what the
+/// waiting ones say (Pending, and what they wait for) is written beside the pass, and
+/// all of it is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ready_task_goes_out_before_what_the_waiting_ones_say_is_written() {
+    const WAITING: usize = 300;
+    let all = f64::from(u32::try_from(WAITING).unwrap());
+    let h = Harness::running("fanout", &["backend"]).await;
+    // The root's answer comes late enough for every waiting status to be written first.
+    let agents = FakeAgents::start(&h, &["backend"], Duration::from_secs(8), |d| {
+        Reply::Succeed(done(d))
+    })
+    .await;
+    // An explicit plan holds at most 100 tasks: these are made apart, as the scale
+    // benchmark makes them.
+    h.apply("apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: fan\nspec:\n  description: One root, many leaves\n  repository:\n    url: file:///tmp/fan.git\n  suspend: true\n  policy:\n    maxParallelTasks: 1000\n  tasks: []\n");
+    let task = |name: &str, depends_on: &str| {
+        format!(
+            "apiVersion: aios.dev/v1alpha1\nkind: Task\nmetadata:\n  name: {name}\nspec:\n  project: fan\n  title: {name}\n  role: backend\n  dependsOn: [{depends_on}]\n"
+        )
+    };
+    let mut tasks = vec![task("root", "")];
+    tasks.extend((0..WAITING).map(|i| task(&format!("leaf{i}"), "root")));
+    h.apply(&tasks.join("---\n"));
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while h.kubectl(&["get", "tasks", "-o", "name"]).lines().count() < WAITING + 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the Tasks were never all made"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let written = r#"aios_task_waiting_writes_total{outcome="written"}"#;
+    assert!(h.metric(0, written) < 0.5, "nothing waits while suspended");
+
+    h.kubectl(&[
+        "patch",
+        "project",
+        "fan",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"suspend":false}}"#,
+    ]);
+    while !agents.order().contains(&"root".to_owned()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the root was never dispatched"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let when_dispatched = h.metric(0, written);
+    assert!(
+        when_dispatched < all,
+        "the root went out only after all {when_dispatched} waiting statuses were written"
+    );
+
+    // Every leaf says what it waits for, before the root's answer.
+    h.wait_for_value(
+        "task/leaf299",
+        "{.status.message}",
+        "waiting for root",
+        TIMEOUT,
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while h.metric(0, written) < all {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {WAITING} waiting statuses written",
+            h.metric(0, written)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let phases = h.kubectl(&[
+        "get",
+        "tasks",
+        "-o",
+        "jsonpath={range .items[*]}{.status.phase}/{.status.message}{\"\\n\"}{end}",
+    ]);
+    let waiting = phases
+        .lines()
+        .filter(|l| *l == "Pending/waiting for root")
+        .count();
+    assert_eq!(waiting, WAITING, "{phases}");
+    assert_eq!(agents.order(), ["root"], "the leaves wait for the root");
+
+    h.wait_for_phase("fan", "Succeeded", TIMEOUT).await;
+}

@@ -262,7 +262,7 @@ async fn run_actions(
     .buffer_unordered(DISPATCH_CONCURRENCY);
     while let Some(result) = results.next().await {
         match result {
-            Ok(dispatched) => published.extend(dispatched),
+            Ok(sent) => published.extend(sent),
             Err(err) => {
                 tracing::warn!(error = %err, "dispatching a task failed");
                 first_error.get_or_insert(err);

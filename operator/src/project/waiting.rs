@@ -22,8 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{runtime::context::Context, task::lifecycle::phase};
 
-/// How many waiting statuses are written at once, over all Projects.
-const AT_ONCE: usize = 16;
+/// How many waiting statuses are written at once, over all Projects: a small share of
+/// the API server beside the event consumer's 32 outcome writes, which are what the
+/// next dispatches wait for.
+const AT_ONCE: usize = 4;
 
 /// A waiting status handed over: which Task, and what it waits for. A few hundred
 /// bytes; the write itself (several KiB of future) is made only when its turn comes.
