@@ -231,8 +231,9 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
 /// Carries out a pass's `actions`, several at once (each touches a different Task):
 /// the first error, if any. What waiting Tasks say is handed over to be written beside
 /// the pass; dispatches go first, many at once; then the dispatches are recorded Queued
-/// and the other actions (status writes) are carried out, a few at a time. Each action's future (about 6 KiB) is made only when its turn comes: made all
-/// at once, the first pass over 10,000 waiting Tasks held 60 MiB of them.
+/// and the other actions (status writes) are carried out, a few at a time. Each
+/// action's future (about 6 KiB) is made only when its turn comes: made all at once,
+/// the first pass over 10,000 waiting Tasks held 60 MiB of them.
 async fn run_actions(
     project: &Project,
     ctx: &Context,

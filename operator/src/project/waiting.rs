@@ -166,6 +166,11 @@ async fn write(ctx: &Context, handed: &Handed) -> &'static str {
     } = handed;
     let place = ctx.lanes.enter(uid);
     let _turn = place.turn().await;
+    // Handed over by a pass of this replica while it led; the next leader's passes hand
+    // over what is still unsaid.
+    if !ctx.leadership.is_current() {
+        return "skipped";
+    }
     // As a pass would see it now: a Task dispatched meanwhile is seen Queued.
     let Some(task) = ctx.task_index.seen(namespace, name, uid) else {
         return "skipped";
