@@ -182,6 +182,8 @@ async fn write(ctx: &Context, handed: &Handed) -> &'static str {
         Ok(_) => "written",
         // The Task changed since the copy: the next pass looks at it again.
         Err(kube::Error::Api(s)) if s.code == 409 => "conflict",
+        // It is gone: nothing waits.
+        Err(kube::Error::Api(s)) if s.code == 404 => "skipped",
         Err(err) => {
             tracing::warn!(task = %name, %namespace, error = %err, "writing what a task waits for failed; the next pass hands it over again");
             "failed"

@@ -29,8 +29,8 @@ pub struct Metrics {
     /// the attempt first (`superseded`).
     pub queued_writes: IntCounterVec,
     /// What waiting Tasks say, written beside the passes, by outcome (`written`;
-    /// `skipped`: the Task no longer waited or said so already, or this replica no longer
-    /// leads; `conflict`: it changed meanwhile; `failed`).
+    /// `skipped`: the Task no longer waited, said so already or was gone, or this
+    /// replica no longer leads; `conflict`: it changed meanwhile; `failed`).
     pub waiting_writes: IntCounterVec,
     /// Agent events consumed, by event type and outcome (applied; ignored; coalesced: a
     /// heartbeat the status did not need; folded: a Started event written with its
