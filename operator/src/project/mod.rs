@@ -719,11 +719,8 @@ async fn execute<'a>(
             ctx.write_task(task, &lifecycle::skipped(task, dependency, now))
                 .await?;
         }
-        Action::Wait { task, message } => {
-            if let Some(task) = by_name.get(task.as_str()) {
-                waiting::write_soon(ctx, task, message.clone());
-            }
-        }
+        // Handed to the waiting-status writer by `run_actions`, never carried out here.
+        Action::Wait { .. } => {}
         Action::Cancel { task, message } => {
             let Some(task) = by_name.get(task.as_str()) else {
                 return Ok(None);
