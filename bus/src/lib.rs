@@ -515,9 +515,9 @@ impl Bus {
     }
 
     /// A consumer of `queue` on a channel of its own, with manual acks and `prefetch`
-    /// unacknowledged messages at most. A consume the broker refuses is asked again on a
-    /// new channel (after the connection recovers, if it was lost), up to
-    /// [`CONSUME_ATTEMPTS`] times in all.
+    /// unacknowledged messages at most. A consume the broker refuses, or one asked while
+    /// the connection is being recovered, is asked again on a new channel once the
+    /// connection is back, up to [`CONSUME_ATTEMPTS`] times in all.
     pub async fn consume(
         &self,
         queue: &str,
@@ -526,41 +526,70 @@ impl Bus {
     ) -> Result<Consumer, BusError> {
         let mut attempt = 1;
         loop {
-            let channel = self
-                .connection
-                .create_channel()
-                .await
-                .map_err(amqp("opening a channel"))?;
-            channel
-                .basic_qos(prefetch, BasicQosOptions::default())
-                .await
-                .map_err(amqp("setting the prefetch"))?;
-            let asked = channel
-                .basic_consume(
-                    queue.into(),
-                    tag.into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await;
-            let err = match asked {
+            let (err, channel) = match self.consume_once(queue, tag, prefetch).await {
                 Ok(consumer) => return Ok(consumer),
-                Err(err) => err,
+                Err(failed) => failed,
             };
             if attempt >= CONSUME_ATTEMPTS {
                 return Err(amqp(format!("consuming {queue}"))(err));
             }
             // A broker under load may refuse a consume of a quorum queue whose members
             // have not settled (INTERNAL_ERROR, which closes the connection; the client
-            // reconnects) or close the channel: the consume is asked again on a new one.
+            // reconnects) or close the channel; and the connection may be recovering
+            // from such a close when a channel is asked for. The consume is asked again
+            // on a new channel once the connection is back.
             tracing::warn!(queue, attempt, error = %err, "consuming failed; asking again");
-            if let Ok(Ok(())) =
-                tokio::time::timeout(PUBLISH_TIMEOUT, channel.wait_for_recovery(err)).await
-            {
-                let _ = channel.close(200, "asking again".into()).await;
+            match channel {
+                Some(channel) => {
+                    if let Ok(Ok(())) =
+                        tokio::time::timeout(PUBLISH_TIMEOUT, channel.wait_for_recovery(err)).await
+                    {
+                        let _ = channel.close(200, "asking again".into()).await;
+                    }
+                }
+                None => self.wait_for_connection(PUBLISH_TIMEOUT).await,
             }
             tokio::time::sleep(Duration::from_millis(250) * attempt).await;
             attempt += 1;
+        }
+    }
+
+    /// One consume: the error and, when one was opened, the channel it came on.
+    async fn consume_once(
+        &self,
+        queue: &str,
+        tag: &str,
+        prefetch: u16,
+    ) -> Result<Consumer, (lapin::Error, Option<Channel>)> {
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(|err| (err, None))?;
+        let asked = async {
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await?;
+            channel
+                .basic_consume(
+                    queue.into(),
+                    tag.into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        };
+        asked.await.map_err(|err| (err, Some(channel.clone())))
+    }
+
+    /// Waits, at most `limit`, while the connection is being recovered (reconnecting, or
+    /// connecting again).
+    async fn wait_for_connection(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let recovering =
+            |status: &lapin::ConnectionStatus| status.reconnecting() || status.connecting();
+        while recovering(self.connection.status()) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }

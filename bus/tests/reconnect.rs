@@ -1,6 +1,7 @@
 //! The bus across a broker restart, on an environment of the test's own (the restart
 //! would disturb anyone sharing it): a control consumer hears cancels again once its
-//! connection is back.
+//! connection is back, and a consume asked while the connection is being recovered is
+//! served once it is back.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
@@ -67,7 +68,7 @@ async fn delivered(url: &str, control: &mut lapin::Consumer, message: &TaskCance
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agents_control_queue_comes_back_after_a_broker_restart() {
+async fn an_agents_consumers_come_back_after_a_broker_restart() {
     let mut env = aios_e2e::own().await;
     let url = env.amqp_url.clone().unwrap();
     let shutdown = CancellationToken::new();
@@ -75,12 +76,30 @@ async fn an_agents_control_queue_comes_back_after_a_broker_restart() {
     let mut control = agent.consume_control("apollo-0-control").await.unwrap();
     delivered(&url, &mut control, &cancel(1)).await;
 
-    let env = tokio::task::spawn_blocking(move || {
+    agent.ensure_role_queue("team-a", "apollo").await.unwrap();
+
+    let restarting = tokio::task::spawn_blocking(move || {
         env.restart_rabbitmq().unwrap();
         env
-    })
-    .await
-    .unwrap();
+    });
+    // A consume asked while the broker is down, the connection recovering: asked again
+    // once the connection is back, not failed at once for the channel it cannot open.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while agent.is_connected() {
+        assert!(Instant::now() < deadline, "the connection never dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let consumed = agent
+        .consume(&names::role_queue("team-a", "apollo"), "apollo-0", 1)
+        .await;
+    let env = restarting.await.unwrap();
+    let _consumer =
+        consumed.expect("a consume asked during the recovery is served once it is back");
+    let (_, consumers) = agent
+        .queue_depth(&names::role_queue("team-a", "apollo"))
+        .await
+        .unwrap();
+    assert_eq!(consumers, 1, "the role queue has its consumer");
     // The same consumer, once its connection recovers: its queue is declared and bound
     // again (a broker-named one would be refused).
     delivered(&url, &mut control, &cancel(2)).await;
