@@ -876,22 +876,30 @@ async fn dispatch<'a>(
 }
 
 /// Records the published attempt of `task` Queued, unless the agent has reported on it
-/// already: its Running or its outcome, written in the Task's lane, says more.
+/// already: its Running or its outcome, written in the Task's lane, says more. A report
+/// that is in before the record's turn comes is not waited for: the pass ends without
+/// waiting for the agents' reports to be written, so the next pass (the dependents of
+/// those reports) is not held up by them.
 async fn record_queued(
     ctx: &Context,
     task: &Task,
     published: &Published<'_>,
     now: Timestamp,
 ) -> Result<(), Error> {
-    let _turn = published.place.turn().await;
-    if published
-        .place
-        .reported(u32::try_from(published.attempt).unwrap_or_default())
-    {
+    let attempt = u32::try_from(published.attempt).unwrap_or_default();
+    let superseded = || {
         ctx.metrics
             .queued_writes
             .with_label_values(&["superseded"])
             .inc();
+    };
+    if published.place.reported(attempt) {
+        superseded();
+        return Ok(());
+    }
+    let _turn = published.place.turn().await;
+    if published.place.reported(attempt) {
+        superseded();
         return Ok(());
     }
     // Written over the copy the dispatch was decided on, so that anything since (an
