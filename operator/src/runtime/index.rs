@@ -13,11 +13,13 @@
 //! filed and counted as Queued with the published attempt until the watch shows that
 //! attempt), and the status it has written ([`TaskIndex::wrote`]: the Task is seen
 //! as written until the watch shows any change to it but the operator's own writes
-//! leading up to it).
+//! leading up to it). And, for the dispatch delay metric, when this replica first knew
+//! each Task's success recorded ([`TaskIndex::succeeded_since`]).
 
 use std::{
     collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex},
+    time::Instant,
 };
 
 use aios_crds::{Task, TaskPhase, TaskStatus, project::TaskCounts};
@@ -60,6 +62,10 @@ struct Filed {
     written: Option<Written>,
     /// An attempt published that the watch does not show yet.
     expected: Option<i32>,
+    /// When this replica first knew the newest copy's success recorded (its own write of
+    /// it returned, or the watch showed it); `None` while the newest copy has not
+    /// succeeded.
+    succeeded_at: Option<Instant>,
 }
 
 impl Filed {
@@ -70,6 +76,7 @@ impl Filed {
             planning: is_planning_task(&task),
             written: None,
             expected: None,
+            succeeded_at: None,
             task,
         }
     }
@@ -108,6 +115,22 @@ impl Filed {
         let seen = self.task.resource_version().unwrap_or_default();
         self.written = before.written.filter(|w| w.over.contains(&seen));
         self.expected = before.expected.filter(|&attempt| attempt > self.attempt());
+        self.succeeded_at = before.succeeded_at;
+    }
+
+    /// Dates the newest copy's success, if it has succeeded and was not dated yet.
+    fn date_success(&mut self) {
+        let succeeded = self
+            .current()
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_some_and(|p| p == TaskPhase::Succeeded);
+        self.succeeded_at = if succeeded {
+            self.succeeded_at.or_else(|| Some(Instant::now()))
+        } else {
+            None
+        };
     }
 
     /// The Task as a pass should see it: Queued with the published attempt while the
@@ -141,7 +164,8 @@ struct Entries {
 }
 
 impl Entries {
-    fn file(&mut self, name: Name, filed: Filed) {
+    fn file(&mut self, name: Name, mut filed: Filed) {
+        filed.date_success();
         let (namespace, task) = &name;
         let phase = filed.phase();
         let tally = self
@@ -307,6 +331,27 @@ impl TaskIndex {
             .get(&(namespace.to_owned(), name.to_owned()))
             .filter(|f| f.uid() == uid)
             .map(Filed::seen)
+    }
+
+    /// When this replica first knew the last of `namespace`'s Tasks `names` succeeded
+    /// (each one's success written by it, or shown by the watch): `None` unless all have.
+    pub fn succeeded_since<'a>(
+        &self,
+        namespace: &str,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Option<Instant> {
+        let live = lock(&self.live);
+        names
+            .into_iter()
+            .map(|name| {
+                live.of
+                    .get(&(namespace.to_owned(), name.to_owned()))
+                    .and_then(|f| f.succeeded_at)
+            })
+            .try_fold(None, |latest: Option<Instant>, at| {
+                Some(latest.max(Some(at?)))
+            })
+            .flatten()
     }
 
     /// Records that attempt `attempt` of `task` was published: until the watch shows it,

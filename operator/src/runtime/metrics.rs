@@ -21,6 +21,10 @@ pub struct Metrics {
     /// Seconds from a task becoming ready (its last dependency's success, or its
     /// creation) to its dispatch being confirmed by the broker.
     pub dispatch_latency: HistogramVec,
+    /// Seconds from this replica knowing a task's last dependency succeeded (its success
+    /// written, or shown by the watch) to the task's dispatch being confirmed: the
+    /// operator's own share of the dispatch latency, without the outcome's write.
+    pub dispatch_delay: HistogramVec,
     /// Dispatches published, by role.
     pub dispatches: IntCounterVec,
     /// Bus publish failures by message kind and error category.
@@ -107,6 +111,12 @@ impl Metrics {
             dispatch_latency: histogram(
                 "aios_dispatch_latency_seconds",
                 "From a task becoming ready to its dispatch being confirmed",
+                &["role"],
+                latency_buckets.clone(),
+            ),
+            dispatch_delay: histogram(
+                "aios_dispatch_delay_seconds",
+                "From a task's last dependency's success being recorded to its dispatch being confirmed",
                 &["role"],
                 latency_buckets,
             ),

@@ -85,6 +85,21 @@ impl Place<'_> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(attempt);
+        self.lane.announced.notify_waiters();
+    }
+
+    /// Whether an agent reports on `attempt` (or has) by `deadline`.
+    pub async fn reported_by(&self, attempt: u32, deadline: tokio::time::Instant) -> bool {
+        let wait = async {
+            loop {
+                let announced = self.lane.announced.notified();
+                if self.reported(attempt) {
+                    return;
+                }
+                announced.await;
+            }
+        };
+        tokio::time::timeout_at(deadline, wait).await.is_ok()
     }
 
     /// Whether an agent has reported on `attempt` while this lane was open.
@@ -196,6 +211,27 @@ mod tests {
         });
         assert!(folded);
         assert_eq!(taken, Some(at));
+    }
+
+    #[tokio::test]
+    async fn a_report_is_waited_for_until_a_deadline() {
+        let lanes = Lanes::default();
+        let dispatch = lanes.enter("uid-a");
+        let report = lanes.enter("uid-a");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let (reported, ()) = tokio::join!(dispatch.reported_by(1, deadline), async {
+            tokio::task::yield_now().await;
+            report.announce_report(1);
+        });
+        assert!(reported, "the report came before the deadline");
+        // Already in: no wait. Another attempt's report is not it.
+        assert!(dispatch.reported_by(1, tokio::time::Instant::now()).await);
+        let soon = tokio::time::Instant::now() + Duration::from_millis(20);
+        assert!(!dispatch.reported_by(2, soon).await);
+        assert!(
+            tokio::time::Instant::now() >= soon,
+            "waited until the deadline"
+        );
     }
 
     #[tokio::test]

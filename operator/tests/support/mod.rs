@@ -213,7 +213,13 @@ impl Harness {
         text.lines()
             .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(with))
             .filter_map(|l| {
-                let value = l.split(label.as_str()).nth(1)?.split('"').next()?;
+                // The label itself, not one whose name ends with it (`le` in `role`).
+                let labels = l.split_once('{')?.1;
+                let value = labels
+                    .split(',')
+                    .find_map(|pair| pair.strip_prefix(label.as_str()))?
+                    .split('"')
+                    .next()?;
                 let count = l.rsplit(' ').next()?.parse::<f64>().ok()?;
                 Some((value.to_string(), count))
             })

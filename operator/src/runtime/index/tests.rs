@@ -247,6 +247,45 @@ fn a_pass_sees_what_it_wrote_until_the_watch_shows_a_change() {
     assert_eq!((shop.work.running, shop.work.queued), (1, 0));
 }
 
+#[test]
+fn a_success_is_dated_from_when_it_was_first_known_recorded() {
+    let mut fed = Fed::new();
+    let a = at_version(task("a", &[]), "1");
+    let b = at_version(task("b", &[]), "1");
+    fed.feed(&watcher::Event::Apply(a.clone()));
+    fed.feed(&watcher::Event::Apply(b.clone()));
+    let since = |fed: &Fed| fed.index.succeeded_since("team-a", ["a", "b"]);
+    assert!(since(&fed).is_none(), "neither has succeeded");
+
+    // The operator's own write of a's success dates it; the watch showing it later
+    // does not move the date.
+    let before = Instant::now();
+    let a_done = at_version(with_phase(a.clone(), TaskPhase::Succeeded), "2");
+    fed.index.wrote(&a, a_done.clone());
+    assert!(since(&fed).is_none(), "b has not succeeded");
+    let a_at = fed.index.succeeded_since("team-a", ["a"]).unwrap();
+    assert!(a_at >= before);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    fed.feed(&watcher::Event::Apply(a_done));
+    assert_eq!(fed.index.succeeded_since("team-a", ["a"]), Some(a_at));
+
+    // b's success, shown by the watch first, is the later: both are known from then.
+    fed.feed(&watcher::Event::Apply(at_version(
+        with_phase(b.clone(), TaskPhase::Succeeded),
+        "2",
+    )));
+    let both = since(&fed).unwrap();
+    assert!(both > a_at, "the last of the two");
+    // A retry of b (its success undone) undates it; a missing name has no date.
+    fed.feed(&watcher::Event::Apply(at_version(
+        with_phase(b, TaskPhase::Pending),
+        "3",
+    )));
+    assert!(since(&fed).is_none());
+    assert!(fed.index.succeeded_since("team-a", ["a", "gone"]).is_none());
+    assert!(fed.index.succeeded_since("team-a", []).is_none());
+}
+
 /// One change the watch or a pass makes, on task `i` of [`TASKS`].
 #[derive(Debug, Clone)]
 enum Change {
