@@ -434,7 +434,6 @@ async fn start(
         plans: Arc::default(),
         lanes: Arc::default(),
         waiting: Arc::default(),
-        nudges: Arc::default(),
         projects: health.projects.clone(),
     });
     {
@@ -521,8 +520,6 @@ fn spawn_controllers(
             project::project_of(&task)
         })
         .reconcile_on(triggers.deleted_tasks)
-        // An agent's outcome written: its Project's pass, before the watch shows it.
-        .reconcile_on(ctx.nudges.take())
         // An Agent or a provider that appears or changes wakes only the Projects with
         // a Task waiting for it.
         .reconcile_on(agent_rx.flat_map(move |wake| {

@@ -6,7 +6,6 @@
 //! Task writes) → Project status (pure roll-up, one server-side apply when it changed).
 
 pub mod dispatch;
-pub mod nudges;
 pub mod plan;
 pub mod rollup;
 pub mod schedule;

@@ -81,8 +81,6 @@ pub struct Context {
     pub lanes: Arc<crate::task::lanes::Lanes>,
     /// What waiting Tasks say, handed over by passes to be written beside them.
     pub waiting: Arc<crate::project::waiting::WaitingWrites>,
-    /// The Project passes the operator asks for itself, on writing an agent's outcome.
-    pub nudges: Arc<crate::project::nudges::Nudges>,
 }
 
 impl std::fmt::Debug for Context {

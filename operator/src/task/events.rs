@@ -18,7 +18,7 @@
 use std::{sync::Arc, time::Duration};
 
 use aios_crds::{
-    Task, TaskPhase, TaskStatus,
+    Task, TaskStatus,
     bus::{DecodeError, Message, ObjectRef, TaskDispatch, TaskEvent, TaskEventKind, TaskOutput},
     conditions::reasons,
     names::bus as names,
@@ -516,10 +516,6 @@ async fn handle_event(
         }
         match ctx.write_task(&task, &status).await {
             Ok(_) => {
-                // An outcome (not a start) is what the Project's next pass acts on.
-                if status.phase != Some(TaskPhase::Running) {
-                    ctx.nudges.nudge(&task);
-                }
                 let outcome = if refused.is_some() {
                     "refused"
                 } else {
