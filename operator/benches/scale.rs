@@ -130,10 +130,9 @@ fn bucketed(buckets: &BTreeMap<String, f64>, p: f64, bound: f64) -> (String, f64
         });
     let within = counts
         .iter()
-        .filter(|c| c.0 <= bound + f64::EPSILON)
-        .map(|c| c.1)
-        .last()
-        .unwrap_or(0.0);
+        .rev()
+        .find(|c| c.0 <= bound + f64::EPSILON)
+        .map_or(0.0, |c| c.1);
     (under, within / total)
 }
 

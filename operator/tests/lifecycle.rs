@@ -1132,9 +1132,9 @@ async fn the_ready_task_goes_out_before_what_the_waiting_ones_say_is_written() {
 
     h.wait_for_phase("fan", "Succeeded", TIMEOUT).await;
     // Each leaf's dispatch is dated from when the operator knew the root's success.
-    assert_eq!(
-        h.metric(0, "aios_dispatch_delay_seconds_count"),
-        all,
-        "the dispatch delay of every leaf"
+    let dated = h.metric(0, "aios_dispatch_delay_seconds_count");
+    assert!(
+        (dated - all).abs() < 0.5,
+        "the dispatch delay of every leaf: {dated}"
     );
 }

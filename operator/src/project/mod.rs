@@ -851,10 +851,13 @@ async fn dispatch<'a>(
     }
     ctx.expect_dispatch(task, attempt);
     ctx.metrics.dispatches.with_label_values(&[&role]).inc();
-    if let Some(since) = ctx
-        .task_index
-        .succeeded_since(&namespace, task.spec.depends_on.iter().map(|d| d.as_str()))
-    {
+    if let Some(since) = ctx.task_index.succeeded_since(
+        &namespace,
+        task.spec
+            .depends_on
+            .iter()
+            .map(aios_crds::CompactString::as_str),
+    ) {
         ctx.metrics
             .dispatch_delay
             .with_label_values(&[&role])

@@ -71,6 +71,16 @@ impl Default for Metrics {
     }
 }
 
+/// Buckets of the histograms of reconciles and dispatches, in seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Buckets of the verification runs' durations, in seconds.
+const VERIFICATION_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
@@ -80,17 +90,12 @@ impl Metrics {
             must(registry.register(Box::new(c.clone())));
             c
         };
-        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
-            let h = must(HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(buckets),
-                labels,
-            ));
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+            let h = must(HistogramVec::new(opts, labels));
             must(registry.register(Box::new(h.clone())));
             h
         };
-        let latency_buckets = vec![
-            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ];
         Self {
             reconciles: counter(
                 "aios_reconciles_total",
@@ -106,19 +111,19 @@ impl Metrics {
                 "aios_reconcile_duration_seconds",
                 "Reconcile duration by controller",
                 &["controller"],
-                latency_buckets.clone(),
+                LATENCY_BUCKETS,
             ),
             dispatch_latency: histogram(
                 "aios_dispatch_latency_seconds",
                 "From a task becoming ready to its dispatch being confirmed",
                 &["role"],
-                latency_buckets.clone(),
+                LATENCY_BUCKETS,
             ),
             dispatch_delay: histogram(
                 "aios_dispatch_delay_seconds",
                 "From a task's last dependency's success being recorded to its dispatch being confirmed",
                 &["role"],
-                latency_buckets,
+                LATENCY_BUCKETS,
             ),
             dispatches: counter(
                 "aios_dispatches_total",
@@ -164,9 +169,7 @@ impl Metrics {
                 "aios_verification_duration_seconds",
                 "How long verification runs took, by kind and outcome",
                 &["kind", "outcome"],
-                vec![
-                    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
-                ],
+                VERIFICATION_BUCKETS,
             ),
             plan_rejections: counter(
                 "aios_plan_rejections_total",
