@@ -434,6 +434,7 @@ async fn start(
         plans: Arc::default(),
         lanes: Arc::default(),
         waiting: Arc::default(),
+        dispatch_permits: Arc::new(tokio::sync::Semaphore::new(project::DISPATCH_CONCURRENCY)),
         projects: health.projects.clone(),
     });
     {

@@ -81,6 +81,9 @@ pub struct Context {
     pub lanes: Arc<crate::task::lanes::Lanes>,
     /// What waiting Tasks say, handed over by passes to be written beside them.
     pub waiting: Arc<crate::project::waiting::WaitingWrites>,
+    /// Dispatches being published, over all passes
+    /// ([`crate::project::DISPATCH_CONCURRENCY`] at most).
+    pub dispatch_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Context {
