@@ -808,8 +808,6 @@ async fn dispatch<'a>(
         return Err(Error::NotLeader);
     }
     let namespace = project.namespace().unwrap_or_default();
-    // Never closed; held until the dispatch is confirmed or has failed.
-    let _permit = ctx.dispatch_permits.acquire().await.ok();
     let place = ctx
         .lanes
         .enter(task.metadata.uid.as_deref().unwrap_or_default());
@@ -835,6 +833,8 @@ async fn dispatch<'a>(
         now,
     );
     message.token = ctx.attempt_key.sign(&Attempt::of(task, message.attempt));
+    // Never closed; held until the dispatch is confirmed or has failed.
+    let _permit = ctx.dispatch_permits.acquire().await.ok();
     // Recorded before it is published: if the Task is deleted while no operator
     // watches, the sweep finds the attempt and cancels it (`crate::task::sweep`).
     if let Some(marks) = &ctx.cancel_marks {

@@ -90,10 +90,15 @@ impl Place<'_> {
 
     /// Whether an agent reports on `attempt` (or has) by `deadline`.
     pub async fn reported_by(&self, attempt: u32, deadline: tokio::time::Instant) -> bool {
+        self.announced_by(deadline, || self.reported(attempt)).await
+    }
+
+    /// Whether `said` holds by `deadline`, looked at again on each announcement.
+    async fn announced_by(&self, deadline: tokio::time::Instant, said: impl Fn() -> bool) -> bool {
         let wait = async {
             loop {
                 let announced = self.lane.announced.notified();
-                if self.reported(attempt) {
+                if said() {
                     return;
                 }
                 announced.await;
@@ -124,17 +129,9 @@ impl Place<'_> {
     /// event wakes, still takes it.
     pub async fn folds_into_outcome(&self, attempt: u32, started_at: Timestamp) -> bool {
         self.lock_started().insert(attempt, started_at);
+        let deadline = tokio::time::Instant::now() + FOLD_WINDOW;
         let arrived = || self.lane.lock_outcomes().contains(&attempt);
-        let wait = async {
-            loop {
-                let announced = self.lane.announced.notified();
-                if arrived() {
-                    return;
-                }
-                announced.await;
-            }
-        };
-        if tokio::time::timeout(FOLD_WINDOW, wait).await.is_ok() {
+        if self.announced_by(deadline, arrived).await {
             return true;
         }
         // No outcome in time: the Started event is written after all, unless an outcome
