@@ -81,9 +81,8 @@ pub enum ProcessError {
     NoPort(#[source] std::io::Error),
 }
 
-/// Starts `program` in the directory of `log`, its output appended to `log`, in a process
-/// group of its own so a terminal's Ctrl-C reaches only the process that owns the
-/// environment.
+/// Starts `program` with its output appended to `log`, in a process group of its own so
+/// a terminal's Ctrl-C reaches only the process that owns the environment.
 pub fn spawn(
     name: &str,
     program: &Path,
@@ -101,15 +100,7 @@ pub fn spawn(
         .open(log)
         .map_err(log_err)?;
     let err = out.try_clone().map_err(log_err)?;
-    // In its log's directory, not the caller's: what a server leaves where it runs (a
-    // broker's crash dump when a test restarts it) stays with the environment, out of
-    // the source tree a test runs in.
-    let dir = log.parent().filter(|d| !d.as_os_str().is_empty());
-    let mut command = Command::new(program);
-    if let Some(dir) = dir {
-        command.current_dir(dir);
-    }
-    let child = command
+    let child = Command::new(program)
         .args(args)
         .envs(envs.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
