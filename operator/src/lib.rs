@@ -434,6 +434,7 @@ async fn start(
         plans: Arc::default(),
         lanes: Arc::default(),
         waiting: Arc::default(),
+        project_statuses: Arc::default(),
         dispatch_permits: Arc::new(tokio::sync::Semaphore::new(project::DISPATCH_CONCURRENCY)),
         projects: health.projects.clone(),
     });
@@ -582,6 +583,13 @@ fn spawn_controllers(
         tasks.spawn(async move {
             project::waiting::keep_writing(ctx, shutdown).await;
             Err(RunError::TaskEnded("the writer of what waiting Tasks say"))
+        });
+    }
+    {
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            project::status::keep_writing(ctx, shutdown).await;
+            Err(RunError::TaskEnded("the writer of Project statuses"))
         });
     }
     {

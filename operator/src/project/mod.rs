@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod plan;
 pub mod rollup;
 pub mod schedule;
+pub mod status;
 pub mod waiting;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -36,9 +37,7 @@ use crate::{
     project::plan::{
         PlanError, ValidatedPlan, dropped_dependencies, judge_plan, missing_tasks, plan_tasks,
     },
-    project::rollup::{
-        PlanState, budget_exceeded, differs, project_status_counted, refused_plan, total_usage,
-    },
+    project::rollup::{PlanState, budget_exceeded, project_status_counted, total_usage},
     project::schedule::{Action, Hold, RunPlan, plan_run_gated},
     runtime::{context::Context, index::ProjectTasks},
     task::{
@@ -95,10 +94,9 @@ pub async fn reconcile(
         && let Some(message) = actionable(err)
     {
         // Backoff keeps retrying; the Project says why, for a person to act.
-        let status = stalled_status(&project, &message, Timestamp::now());
-        if let Err(write) = write_project_status(&ctx, &project, &status).await {
-            tracing::warn!(error = %write, "recording a failing pass on the Project failed");
-        }
+        let decided = decided(&ctx, &project);
+        let status = stalled_status(&decided, &message, Timestamp::now());
+        ctx.project_statuses.hand(&project, status);
     }
     result
 }
@@ -140,16 +138,32 @@ pub fn stalled_status(
     status
 }
 
-async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerAction, Error> {
+/// `project` as this replica's passes see it: with the newest status it decided, until
+/// the cache shows it (see [`status`]).
+fn decided<'a>(ctx: &Context, project: &'a Project) -> std::borrow::Cow<'a, Project> {
+    match ctx.project_statuses.current(project) {
+        Some(status) => std::borrow::Cow::Owned(Project {
+            status: Some(status),
+            ..project.clone()
+        }),
+        None => std::borrow::Cow::Borrowed(project),
+    }
+}
+
+async fn reconcile_inner(cached: &Project, ctx: &Context) -> Result<ControllerAction, Error> {
     if !ctx.leadership.is_current() {
         return Err(Error::NotLeader);
     }
-    if project.meta().deletion_timestamp.is_some() {
+    if cached.meta().deletion_timestamp.is_some() {
         // Tasks are owned: the garbage collector deletes them, and the Task
         // controller cancels what they have in flight.
-        ctx.plans.forget(&project.uid().unwrap_or_default());
+        let uid = cached.uid().unwrap_or_default();
+        ctx.plans.forget(&uid);
+        ctx.project_statuses.forget(&uid);
         return Ok(ControllerAction::await_change());
     }
+    let decided = decided(ctx, cached);
+    let project = decided.as_ref();
     let namespace = project.namespace().unwrap_or_default();
     let name = project.name_any();
     let now = Timestamp::now();
@@ -221,7 +235,9 @@ async fn reconcile_inner(project: &Project, ctx: &Context) -> Result<ControllerA
     if let Some(planner) = all.iter().find(|t| is_planning_task(t)) {
         status.plan_attempts = planner.status.as_ref().map_or(0, |s| s.attempt);
     }
-    write_project_status(ctx, project, &status).await?;
+    // Written beside the pass: the next pass, which may have Tasks to dispatch, does not
+    // wait for it.
+    ctx.project_statuses.hand(cached, status);
     if let Some(err) = first_error {
         return Err(err);
     }
@@ -304,50 +320,6 @@ async fn run_actions(
         }
     }
     first_error
-}
-
-/// Writes `status` when it differs from the Project's, with the Events its changes call
-/// for.
-async fn write_project_status(
-    ctx: &Context,
-    project: &Project,
-    status: &aios_crds::ProjectStatus,
-) -> Result<(), Error> {
-    let previous = project.status.clone().unwrap_or_default();
-    if differs(&previous, status) {
-        let patch = json!({
-            "apiVersion": format!("{GROUP}/{VERSION}"),
-            "kind": "Project",
-            "status": status,
-        });
-        ctx.project_api(&project.namespace().unwrap_or_default())
-            .patch_status(
-                &project.name_any(),
-                &PatchParams::apply(field_managers::PROJECT).force(),
-                &Patch::Apply(patch),
-            )
-            .await?;
-        // One Warning per refused plan, whoever refused it (Hera's verdict, or a plan too
-        // large to keep).
-        if let Some(problems) = refused_plan(&previous, status) {
-            ctx.metrics
-                .plan_rejections
-                .with_label_values(&[&project.namespace().unwrap_or_default()])
-                .inc();
-            publish_event(
-                ctx,
-                project,
-                EventType::Warning,
-                reasons::PLAN_INVALID,
-                problems,
-            )
-            .await;
-        }
-        if previous.phase != status.phase {
-            publish_phase_event(ctx, project, status).await;
-        }
-    }
-    Ok(())
 }
 
 /// Advances the verifications: the Project's final one to record, whether a run is in

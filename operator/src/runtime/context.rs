@@ -81,6 +81,8 @@ pub struct Context {
     pub lanes: Arc<crate::task::lanes::Lanes>,
     /// What waiting Tasks say, handed over by passes to be written beside them.
     pub waiting: Arc<crate::project::waiting::WaitingWrites>,
+    /// The Project statuses passes decided, handed over to be written beside them.
+    pub project_statuses: Arc<crate::project::status::StatusWrites>,
     /// Dispatches being published, over all passes
     /// ([`crate::project::DISPATCH_CONCURRENCY`] at most).
     pub dispatch_permits: Arc<tokio::sync::Semaphore>,

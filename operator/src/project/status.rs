@@ -1,0 +1,425 @@
+//! The Project status, written beside the pass rather than in it. A status write waits
+//! in the API server's queue behind the event consumer's outcome writes (50 to 200 ms
+//! under load): awaited in the pass, it held every pass that long, and with it the next
+//! pass, the one that dispatches the Tasks that just became ready. The pass hands its
+//! status here and ends; the writer keeps one write in flight per Project, writes only
+//! the newest status handed (the ones handed meanwhile are superseded, never written),
+//! and no more often than every [`MIN_INTERVAL`] unless the phase changes.
+//!
+//! Until the cache shows what this replica wrote, a pass starts from the newest status
+//! this replica decided ([`StatusWrites::current`]), not from the cache's older copy:
+//! conditions keep their transition times and a verification its round. Only the
+//! leader writes a Project's status, and a replica that loses its lease stops, so what
+//! it decided is never older than what the API server holds.
+//!
+//! Nothing is lost if a write fails or the process stops: a failed write is tried again
+//! with the Project's own backoff, and the next leader's first pass computes the status
+//! again from the Tasks.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use aios_crds::{
+    Project, ProjectStatus,
+    conditions::reasons,
+    names::{GROUP, VERSION, field_managers},
+};
+use futures::{StreamExt, stream};
+use kube::{
+    ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::events::EventType,
+};
+use serde_json::json;
+use tokio::{sync::mpsc, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Error,
+    project::{publish_event, publish_phase_event, rollup::differs, rollup::refused_plan},
+    runtime::context::Context,
+};
+
+/// The least time between two writes of one Project's status, unless its phase
+/// changes: its progress shows a few times a second, not once per pass.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How many Projects' statuses are written at once.
+const AT_ONCE: usize = 8;
+
+/// What this replica decided about one Project's status.
+#[derive(Debug, Clone, Default)]
+struct Entry {
+    /// The newest copy of the Project a pass handed a status for.
+    project: Option<Arc<Project>>,
+    /// The status the cache held when the first status was handed.
+    base: Option<ProjectStatus>,
+    /// Handed over and not yet written.
+    desired: Option<ProjectStatus>,
+    /// The last status this replica wrote.
+    written: Option<ProjectStatus>,
+    /// When it was written.
+    written_at: Option<Instant>,
+    /// A writer has it: it is queued, waiting for its interval, or being written.
+    queued: bool,
+}
+
+impl Entry {
+    /// What the API server holds, as far as this replica knows.
+    fn stored(&self) -> Option<&ProjectStatus> {
+        self.written.as_ref().or(self.base.as_ref())
+    }
+}
+
+/// What the writer does next for one Project.
+#[derive(Debug, Clone, PartialEq)]
+enum Next {
+    /// Nothing new to write.
+    Settled,
+    /// Write again after this long (the interval since the last write).
+    WaitFor(Duration),
+    /// Write this status now.
+    Write(Box<ProjectStatus>),
+}
+
+/// The writer's decision for `entry` at `now`: pure, for the tests.
+fn next(entry: &Entry, now: Instant) -> Next {
+    let Some(desired) = &entry.desired else {
+        return Next::Settled;
+    };
+    let stored = entry.stored();
+    if stored.is_some_and(|s| !differs(s, desired)) {
+        return Next::Settled;
+    }
+    let phase_changes = stored.and_then(|s| s.phase) != desired.phase;
+    if let Some(at) = entry.written_at
+        && !phase_changes
+    {
+        let due = at + MIN_INTERVAL;
+        if due > now {
+            return Next::WaitFor(due - now);
+        }
+    }
+    Next::Write(Box::new(desired.clone()))
+}
+
+/// The statuses passes handed over, by Project uid.
+#[derive(Debug)]
+pub struct StatusWrites {
+    entries: Mutex<HashMap<String, Entry>>,
+    queue: mpsc::UnboundedSender<String>,
+    /// The other end of `queue`, until [`keep_writing`] takes it.
+    writer: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+}
+
+impl Default for StatusWrites {
+    fn default() -> Self {
+        let (queue, writer) = mpsc::unbounded_channel();
+        Self {
+            entries: Mutex::default(),
+            queue,
+            writer: Mutex::new(Some(writer)),
+        }
+    }
+}
+
+impl StatusWrites {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The status a pass over `project` (the cache's copy) starts from: the newest this
+    /// replica decided, while the cache does not show it yet; `None` to use the cache's.
+    /// An entry the cache has caught up with, with nothing pending, is forgotten here.
+    pub fn current(&self, project: &Project) -> Option<ProjectStatus> {
+        let uid = project.metadata.uid.as_deref()?;
+        let mut entries = self.entries();
+        let entry = entries.get(uid)?;
+        if let Some(desired) = &entry.desired {
+            return Some(desired.clone());
+        }
+        let written = entry.written.as_ref()?;
+        let caught_up = project
+            .status
+            .as_ref()
+            .is_some_and(|cached| !differs(cached, written));
+        if caught_up && !entry.queued {
+            entries.remove(uid);
+            return None;
+        }
+        Some(written.clone())
+    }
+
+    /// Hands over `status` for `project` (the cache's copy) to be written soon; nothing
+    /// is written if it says what is stored already.
+    pub fn hand(&self, project: &Project, status: ProjectStatus) {
+        let Some(uid) = project.metadata.uid.clone() else {
+            return;
+        };
+        let mut entries = self.entries();
+        let entry = entries.entry(uid.clone()).or_insert_with(|| Entry {
+            base: project.status.clone(),
+            ..Entry::default()
+        });
+        if entry.stored().is_some_and(|s| !differs(s, &status)) {
+            entry.desired = None;
+            return;
+        }
+        entry.project = Some(Arc::new(project.clone()));
+        entry.desired = Some(status);
+        if !entry.queued {
+            entry.queued = true;
+            if self.queue.send(uid.clone()).is_err() {
+                // Shutting down: the next operator's pass computes it again.
+                entries.remove(&uid);
+            }
+        }
+    }
+
+    /// Forgets a Project that is going away.
+    pub fn forget(&self, uid: &str) {
+        self.entries().remove(uid);
+    }
+}
+
+/// Writes the statuses handed over, [`AT_ONCE`] Projects at a time, until `shutdown`.
+pub async fn keep_writing(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let Some(mut writer) = ctx
+        .project_statuses
+        .writer
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    else {
+        return;
+    };
+    stream::poll_fn(|cx| writer.poll_recv(cx))
+        .take_until(shutdown.cancelled_owned())
+        .for_each_concurrent(AT_ONCE, |uid| {
+            let ctx = ctx.clone();
+            async move { settle(&ctx, &uid).await }
+        })
+        .await;
+}
+
+/// Writes Project `uid`'s newest status until nothing newer is handed over.
+async fn settle(ctx: &Context, uid: &str) {
+    loop {
+        let decision = {
+            let mut entries = ctx.project_statuses.entries();
+            let Some(entry) = entries.get_mut(uid) else {
+                return;
+            };
+            match next(entry, Instant::now()) {
+                Next::Settled => {
+                    entry.desired = None;
+                    entry.queued = false;
+                    return;
+                }
+                Next::WaitFor(wait) => Err(wait),
+                Next::Write(status) => {
+                    let Some(project) = entry.project.clone() else {
+                        entries.remove(uid);
+                        return;
+                    };
+                    Ok((
+                        project,
+                        *status,
+                        entry.stored().cloned().unwrap_or_default(),
+                    ))
+                }
+            }
+        };
+        let (project, status, previous) = match decision {
+            Ok(write) => write,
+            Err(wait) => {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
+        // Handed over while this replica led; the next leader computes it again.
+        if !ctx.leadership.is_current() {
+            ctx.project_statuses.forget(uid);
+            return;
+        }
+        let key = crate::runtime::backoff::key(project.as_ref());
+        match write(ctx, &project, &status).await {
+            Ok(()) => {
+                ctx.reconciled("project-status", &key);
+                if let Some(entry) = ctx.project_statuses.entries().get_mut(uid) {
+                    entry.written = Some(status.clone());
+                    entry.written_at = Some(Instant::now());
+                    if entry.desired.as_ref().is_some_and(|d| !differs(d, &status)) {
+                        entry.desired = None;
+                    }
+                }
+                announce(ctx, &project, &previous, &status).await;
+            }
+            // Gone: nothing to say about it.
+            Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => {
+                ctx.project_statuses.forget(uid);
+                return;
+            }
+            Err(err) => {
+                let delay = ctx.retry_after("project-status", &key, &err, Duration::ZERO);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Writes `status` on `project` by server-side apply.
+async fn write(ctx: &Context, project: &Project, status: &ProjectStatus) -> Result<(), Error> {
+    let patch = json!({
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "kind": "Project",
+        "status": status,
+    });
+    ctx.project_api(&project.namespace().unwrap_or_default())
+        .patch_status(
+            &project.name_any(),
+            &PatchParams::apply(field_managers::PROJECT).force(),
+            &Patch::Apply(patch),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The Events and metrics a written status calls for, against the one stored before.
+async fn announce(
+    ctx: &Context,
+    project: &Project,
+    previous: &ProjectStatus,
+    status: &ProjectStatus,
+) {
+    // One Warning per refused plan, whoever refused it (Hera's verdict, or a plan too
+    // large to keep).
+    if let Some(problems) = refused_plan(previous, status) {
+        ctx.metrics
+            .plan_rejections
+            .with_label_values(&[&project.namespace().unwrap_or_default()])
+            .inc();
+        publish_event(
+            ctx,
+            project,
+            EventType::Warning,
+            reasons::PLAN_INVALID,
+            problems,
+        )
+        .await;
+    }
+    if previous.phase != status.phase {
+        publish_phase_event(ctx, project, status).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aios_crds::ProjectPhase;
+
+    use super::*;
+
+    fn status(phase: ProjectPhase, progress: &str) -> ProjectStatus {
+        ProjectStatus {
+            phase: Some(phase),
+            progress: Some(progress.to_owned()),
+            ..ProjectStatus::default()
+        }
+    }
+
+    #[test]
+    fn only_news_is_written_and_progress_no_more_often_than_the_interval() {
+        let t0 = Instant::now();
+        let mut entry = Entry {
+            base: Some(status(ProjectPhase::Running, "1/10")),
+            desired: Some(status(ProjectPhase::Running, "1/10")),
+            ..Entry::default()
+        };
+        assert_eq!(next(&entry, t0), Next::Settled, "what is stored already");
+
+        entry.desired = Some(status(ProjectPhase::Running, "2/10"));
+        assert_eq!(
+            next(&entry, t0),
+            Next::Write(Box::new(status(ProjectPhase::Running, "2/10"))),
+            "nothing written yet: at once"
+        );
+
+        entry.written = entry.desired.take();
+        entry.written_at = Some(t0);
+        entry.desired = Some(status(ProjectPhase::Running, "3/10"));
+        assert_eq!(
+            next(&entry, t0 + Duration::from_millis(100)),
+            Next::WaitFor(MIN_INTERVAL - Duration::from_millis(100))
+        );
+        assert_eq!(
+            next(&entry, t0 + MIN_INTERVAL),
+            Next::Write(Box::new(status(ProjectPhase::Running, "3/10")))
+        );
+
+        entry.desired = Some(status(ProjectPhase::Succeeded, "10/10"));
+        assert_eq!(
+            next(&entry, t0 + Duration::from_millis(1)),
+            Next::Write(Box::new(status(ProjectPhase::Succeeded, "10/10"))),
+            "a phase change is written at once"
+        );
+    }
+
+    fn project(uid: &str, cached: Option<ProjectStatus>) -> Project {
+        let mut p = crate::testing::project("shop");
+        p.metadata.uid = Some(uid.to_owned());
+        p.status = cached;
+        p
+    }
+
+    #[test]
+    fn a_pass_starts_from_what_was_decided_until_the_cache_shows_it() {
+        let writes = StatusWrites::default();
+        let old = project("u1", Some(status(ProjectPhase::Running, "1/10")));
+        assert_eq!(writes.current(&old), None, "nothing decided: the cache's");
+
+        writes.hand(&old, status(ProjectPhase::Running, "2/10"));
+        assert_eq!(
+            writes.current(&old),
+            Some(status(ProjectPhase::Running, "2/10")),
+            "handed, not yet written"
+        );
+
+        // Written; the cache still shows the older copy.
+        {
+            let mut entries = writes.entries();
+            let entry = entries.get_mut("u1").unwrap();
+            entry.written = entry.desired.take();
+            entry.queued = false;
+        }
+        assert_eq!(
+            writes.current(&old),
+            Some(status(ProjectPhase::Running, "2/10"))
+        );
+        // The cache caught up: the entry is forgotten.
+        let fresh = project("u1", Some(status(ProjectPhase::Running, "2/10")));
+        assert_eq!(writes.current(&fresh), None);
+        assert!(writes.entries().is_empty());
+    }
+
+    #[test]
+    fn handing_over_what_is_stored_queues_nothing() {
+        let writes = StatusWrites::default();
+        let p = project("u1", Some(status(ProjectPhase::Running, "1/10")));
+        writes.hand(&p, status(ProjectPhase::Running, "1/10"));
+        let mut queue = writes.writer.lock().unwrap().take().unwrap();
+        assert!(queue.try_recv().is_err(), "nothing to write");
+
+        writes.hand(&p, status(ProjectPhase::Running, "2/10"));
+        writes.hand(&p, status(ProjectPhase::Running, "3/10"));
+        assert_eq!(queue.try_recv().ok().as_deref(), Some("u1"));
+        assert!(queue.try_recv().is_err(), "queued once while it waits");
+        assert_eq!(
+            writes.current(&p),
+            Some(status(ProjectPhase::Running, "3/10")),
+            "the newest handed is the one written"
+        );
+    }
+}
