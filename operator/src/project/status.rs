@@ -352,7 +352,7 @@ mod tests {
         entry.desired = Some(status(ProjectPhase::Running, "3/10"));
         assert_eq!(
             next(&entry, t0 + Duration::from_millis(100)),
-            Next::WaitFor(MIN_INTERVAL - Duration::from_millis(100))
+            Next::WaitFor(Duration::from_millis(150))
         );
         assert_eq!(
             next(&entry, t0 + MIN_INTERVAL),
