@@ -1131,6 +1131,15 @@ async fn the_ready_task_goes_out_before_what_the_waiting_ones_say_is_written() {
     assert_eq!(agents.order(), ["root"], "the leaves wait for the root");
 
     h.wait_for_phase("fan", "Succeeded", TIMEOUT).await;
+    // The Project status is written beside the passes, only the newest of those handed
+    // over: the one that lands last counts every task.
+    h.wait_for_value(
+        "project/fan",
+        "{.status.progress}",
+        &format!("{}/{}", WAITING + 1, WAITING + 1),
+        Duration::from_secs(5),
+    )
+    .await;
     // Each leaf's dispatch is dated from when the operator knew the root's success.
     let dated = h.metric(0, "aios_dispatch_delay_seconds_count");
     assert!(

@@ -27,20 +27,19 @@ use aios_crds::{
     conditions::reasons,
     names::{GROUP, VERSION, field_managers},
 };
-use futures::{StreamExt, stream};
 use kube::{
     ResourceExt,
     api::{Patch, PatchParams},
     runtime::events::EventType,
 };
 use serde_json::json;
-use tokio::{sync::mpsc, time::Instant};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     Error,
     project::{publish_event, publish_phase_event, rollup::differs, rollup::refused_plan},
-    runtime::context::Context,
+    runtime::{context::Context, handover::Handover},
 };
 
 /// The least time between two writes of one Project's status, unless its phase
@@ -107,23 +106,10 @@ fn next(entry: &Entry, now: Instant) -> Next {
 }
 
 /// The statuses passes handed over, by Project uid.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct StatusWrites {
     entries: Mutex<HashMap<String, Entry>>,
-    queue: mpsc::UnboundedSender<String>,
-    /// The other end of `queue`, until [`keep_writing`] takes it.
-    writer: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
-}
-
-impl Default for StatusWrites {
-    fn default() -> Self {
-        let (queue, writer) = mpsc::unbounded_channel();
-        Self {
-            entries: Mutex::default(),
-            queue,
-            writer: Mutex::new(Some(writer)),
-        }
-    }
+    queue: Handover<String>,
 }
 
 impl StatusWrites {
@@ -187,18 +173,9 @@ impl StatusWrites {
 
 /// Writes the statuses handed over, [`AT_ONCE`] Projects at a time, until `shutdown`.
 pub async fn keep_writing(ctx: Arc<Context>, shutdown: CancellationToken) {
-    let Some(mut writer) = ctx
-        .project_statuses
-        .writer
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
-    else {
-        return;
-    };
-    stream::poll_fn(|cx| writer.poll_recv(cx))
-        .take_until(shutdown.cancelled_owned())
-        .for_each_concurrent(AT_ONCE, |uid| {
+    ctx.project_statuses
+        .queue
+        .drain(AT_ONCE, shutdown, |uid| {
             let ctx = ctx.clone();
             async move { settle(&ctx, &uid).await }
         })
@@ -409,7 +386,7 @@ mod tests {
         let writes = StatusWrites::default();
         let p = project("u1", Some(status(ProjectPhase::Running, "1/10")));
         writes.hand(&p, status(ProjectPhase::Running, "1/10"));
-        let mut queue = writes.writer.lock().unwrap().take().unwrap();
+        let mut queue = writes.queue.take().unwrap();
         assert!(queue.try_recv().is_err(), "nothing to write");
 
         writes.hand(&p, status(ProjectPhase::Running, "2/10"));

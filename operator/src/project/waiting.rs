@@ -15,12 +15,13 @@ use std::{
 };
 
 use aios_crds::{Task, TaskPhase, TaskStatus};
-use futures::{StreamExt, stream};
 use kube::ResourceExt;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{runtime::context::Context, task::lifecycle::phase};
+use crate::{
+    runtime::{context::Context, handover::Handover},
+    task::lifecycle::phase,
+};
 
 /// How many waiting statuses are written at once, over all Projects: a small share of
 /// the API server beside the event consumer's 32 outcome writes, which are what the
@@ -38,24 +39,11 @@ struct Handed {
 }
 
 /// The waiting statuses handed over and not yet written.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct WaitingWrites {
     /// By Task uid: one handed over is not handed over again until written.
     handed: Mutex<HashSet<String>>,
-    queue: mpsc::UnboundedSender<Handed>,
-    /// The other end of `queue`, until [`keep_writing`] takes it.
-    writer: Mutex<Option<mpsc::UnboundedReceiver<Handed>>>,
-}
-
-impl Default for WaitingWrites {
-    fn default() -> Self {
-        let (queue, writer) = mpsc::unbounded_channel();
-        Self {
-            handed: Mutex::default(),
-            queue,
-            writer: Mutex::new(Some(writer)),
-        }
-    }
+    queue: Handover<Handed>,
 }
 
 impl WaitingWrites {
@@ -122,7 +110,7 @@ pub fn write_soon(ctx: &Context, task: &Task, message: String) {
         uid,
         message,
     };
-    if let Err(mpsc::error::SendError(handed)) = ctx.waiting.queue.send(handed) {
+    if let Err(handed) = ctx.waiting.queue.send(handed) {
         // Shutting down: the next operator's pass hands it over again.
         ctx.waiting.done(&handed.uid);
     }
@@ -130,18 +118,9 @@ pub fn write_soon(ctx: &Context, task: &Task, message: String) {
 
 /// Writes the waiting statuses handed over, [`AT_ONCE`] at a time, until `shutdown`.
 pub async fn keep_writing(ctx: Arc<Context>, shutdown: CancellationToken) {
-    let Some(mut writer) = ctx
-        .waiting
-        .writer
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
-    else {
-        return;
-    };
-    stream::poll_fn(|cx| writer.poll_recv(cx))
-        .take_until(shutdown.cancelled_owned())
-        .for_each_concurrent(AT_ONCE, |handed| {
+    ctx.waiting
+        .queue
+        .drain(AT_ONCE, shutdown, |handed| {
             let ctx = ctx.clone();
             async move {
                 let outcome = write(&ctx, &handed).await;
