@@ -182,7 +182,9 @@ pub async fn keep_writing(ctx: Arc<Context>, shutdown: CancellationToken) {
         .await;
 }
 
-/// Writes Project `uid`'s newest status until nothing newer is handed over.
+/// Writes Project `uid`'s newest status, and goes on while news that may be written at
+/// once (a phase change) was handed over meanwhile; queues it again for later when it
+/// must wait.
 async fn settle(ctx: &Context, uid: &str) {
     loop {
         let decision = {
@@ -213,8 +215,8 @@ async fn settle(ctx: &Context, uid: &str) {
         let (project, status, previous) = match decision {
             Ok(write) => write,
             Err(wait) => {
-                tokio::time::sleep(wait).await;
-                continue;
+                later(ctx, uid, wait);
+                return;
             }
         };
         // Handed over while this replica led; the next leader computes it again.
@@ -242,10 +244,25 @@ async fn settle(ctx: &Context, uid: &str) {
             }
             Err(err) => {
                 let delay = ctx.retry_after("project-status", &key, &err, Duration::ZERO);
-                tokio::time::sleep(delay).await;
+                later(ctx, uid, delay);
+                return;
             }
         }
     }
+}
+
+/// Queues Project `uid` again after `wait` (it stays marked queued meanwhile), leaving
+/// the writer free for the other Projects: a Project that always has news, waiting for
+/// its interval or its backoff, never keeps the others' statuses from being written.
+fn later(ctx: &Context, uid: &str, wait: Duration) {
+    let (writes, uid) = (ctx.project_statuses.clone(), uid.to_owned());
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        if let Err(uid) = writes.queue.send(uid) {
+            // Shutting down: the next operator's pass computes it again.
+            writes.forget(&uid);
+        }
+    });
 }
 
 /// Writes `status` on `project` by server-side apply.
