@@ -30,6 +30,16 @@ pub const DELIVERY_LIMIT: i64 = 5;
 /// error.
 const CONSUME_ATTEMPTS: u32 = 4;
 
+/// How long a publish the broker refuses (a negative confirm) waits before each time it
+/// is sent again: a quorum queue refuses messages for a moment while it elects its
+/// leader (a broker just started, or a member lost), and a queue at its length limit
+/// refuses until it is drained. The receivers tell a message sent twice by its id.
+const REPUBLISH_DELAYS: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_millis(400),
+    std::time::Duration::from_millis(1600),
+];
+
 /// What went wrong on the bus.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -491,26 +501,37 @@ impl Bus {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        let confirmation = self
-            .channel()
-            .await?
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                options,
-                &body,
-                properties,
-            )
-            .await
-            .map_err(amqp(format!("publishing {what}")))?
-            .await
-            .map_err(amqp(format!("waiting for the confirm of {what}")))?;
-        if confirmation.is_ack() && confirmation.take_message().is_none() {
-            Ok(())
-        } else {
-            Err(BusError::NotConfirmed {
-                what: what.to_owned(),
-            })
+        let mut delays = REPUBLISH_DELAYS.iter();
+        loop {
+            let confirmation = self
+                .channel()
+                .await?
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    options,
+                    &body,
+                    properties.clone(),
+                )
+                .await
+                .map_err(amqp(format!("publishing {what}")))?
+                .await
+                .map_err(amqp(format!("waiting for the confirm of {what}")))?;
+            let refused = !confirmation.is_ack();
+            // A message that came back found no queue: sending it again will not help.
+            let returned = confirmation.take_message().is_some();
+            match delays.next() {
+                Some(delay) if refused && !returned => {
+                    tracing::warn!(what, retry_in = ?delay, "the broker refused a publish; sending it again");
+                    tokio::time::sleep(*delay).await;
+                }
+                _ if refused || returned => {
+                    return Err(BusError::NotConfirmed {
+                        what: what.to_owned(),
+                    });
+                }
+                _ => return Ok(()),
+            }
         }
     }
 

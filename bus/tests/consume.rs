@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use aios_bus::{Bus, BusError};
@@ -32,13 +34,7 @@ async fn a_refused_consume_is_asked_again_and_takes_a_queue_that_appears_meanwhi
     });
     // The first ask is refused (NOT_FOUND): the queue is declared a second later.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let other = lapin::DefaultConnectionBuilder::new()
-        .unwrap()
-        .with_uri_str(url)
-        .connect()
-        .await
-        .unwrap();
-    let channel = other.create_channel().await.unwrap();
+    let (_other, channel) = support::channel(&url).await;
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),

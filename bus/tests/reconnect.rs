@@ -5,29 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use aios_bus::Bus;
-use aios_crds::{
-    bus::{ObjectRef, SCHEMA_VERSION, TaskCancel},
-    names::bus as names,
-};
+use aios_crds::{bus::TaskCancel, names::bus as names};
 use futures::StreamExt;
 use lapin::options::BasicAckOptions;
 use tokio_util::sync::CancellationToken;
-
-fn cancel(attempt: u32) -> TaskCancel {
-    TaskCancel {
-        schema_version: SCHEMA_VERSION,
-        task: ObjectRef {
-            namespace: "team-a".to_owned(),
-            name: "build".to_owned(),
-            uid: "uid-1".to_owned(),
-        },
-        attempt,
-        reason: "the Task was deleted".to_owned(),
-    }
-}
 
 /// Publishes `cancel` (on a connection of its own, until the broker confirms that a
 /// queue took it) and waits for `control` to receive it.
@@ -74,7 +60,7 @@ async fn an_agents_consumers_come_back_after_a_broker_restart() {
     let shutdown = CancellationToken::new();
     let agent = Bus::connect(&url, None, &shutdown).await.unwrap();
     let mut control = agent.consume_control("apollo-0-control").await.unwrap();
-    delivered(&url, &mut control, &cancel(1)).await;
+    delivered(&url, &mut control, &support::cancel(1)).await;
 
     agent.ensure_role_queue("team-a", "apollo").await.unwrap();
 
@@ -102,7 +88,7 @@ async fn an_agents_consumers_come_back_after_a_broker_restart() {
     assert_eq!(consumers, 1, "the role queue has its consumer");
     // The same consumer, once its connection recovers: its queue is declared and bound
     // again (a broker-named one would be refused).
-    delivered(&url, &mut control, &cancel(2)).await;
+    delivered(&url, &mut control, &support::cancel(2)).await;
     let bindings = env
         .rabbitmqctl(&["list_bindings", "source_name", "destination_name"])
         .unwrap();
