@@ -327,6 +327,15 @@ fn identity(config: &Config) -> String {
         )
 }
 
+/// Where this replica, as `identity`, records Kubernetes Events.
+fn recorder(client: &Client, identity: String) -> Recorder {
+    let reporter = Reporter {
+        controller: "aios-operator".into(),
+        instance: Some(identity),
+    };
+    Recorder::new(client.clone(), reporter)
+}
+
 /// The election this replica takes part in, as `identity`.
 fn election(config: &Config, identity: &str) -> ElectionConfig {
     ElectionConfig {
@@ -409,13 +418,7 @@ async fn start(
         agents: agent_store,
         metrics: health.metrics.clone(),
         leadership: elector.leadership(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "aios-operator".into(),
-                instance: Some(identity),
-            },
-        ),
+        recorder: recorder(&client, identity),
         providers: provider_store,
         credentials,
         http: provider::probe_client(),
@@ -436,6 +439,7 @@ async fn start(
         waiting: Arc::default(),
         project_statuses: Arc::default(),
         dispatch_permits: Arc::new(tokio::sync::Semaphore::new(project::DISPATCH_CONCURRENCY)),
+        urgent: Arc::default(),
         projects: health.projects.clone(),
     });
     {

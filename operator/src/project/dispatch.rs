@@ -15,7 +15,7 @@ use aios_crds::{
 use jiff::Timestamp;
 use kube::{Resource, ResourceExt, api::ObjectMeta};
 
-use crate::task::lifecycle::{TaskPolicy, after, condition};
+use crate::task::lifecycle::{ByName, TaskPolicy, after, condition};
 
 /// The role that plans Projects.
 pub const PLANNING_ROLE: &str = "cto";
@@ -114,7 +114,7 @@ pub fn dispatch_message(
     task: &Task,
     attempt: i32,
     policy: &TaskPolicy,
-    tasks_by_name: &BTreeMap<&str, &Task>,
+    tasks_by_name: &ByName<'_>,
     served_roles: &BTreeSet<String>,
     preferred_providers: Vec<String>,
     now: Timestamp,
@@ -204,7 +204,7 @@ mod tests {
             ..TaskResult::default()
         });
         let qa = task("shop-qa", &["shop-api"]);
-        let by_name = BTreeMap::from([("shop-api", &api), ("shop-qa", &qa)]);
+        let by_name = ByName::from([("shop-api", &api), ("shop-qa", &qa)]);
         let policy = task_policy(&qa, &TaskDefaults::default());
         let d = dispatch_message(
             &p,
@@ -255,7 +255,7 @@ mod tests {
             &planner,
             2,
             &policy,
-            &BTreeMap::new(),
+            &ByName::new(),
             &roles,
             vec![],
             ts(2),

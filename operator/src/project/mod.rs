@@ -12,7 +12,7 @@ pub mod schedule;
 pub mod status;
 pub mod waiting;
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use aios_crds::{
     Project, ProjectPhase, Task, TaskPhase,
@@ -44,7 +44,7 @@ use crate::{
         cancel,
         cancels::Recorded,
         lanes::Place,
-        lifecycle::{self, phase, task_policy},
+        lifecycle::{self, ByName, phase, task_policy},
         tokens::Attempt,
     },
     verify,
@@ -88,7 +88,8 @@ pub async fn reconcile(
 ) -> Result<ControllerAction, Error> {
     let result = ctx
         .metrics
-        .time_reconcile("project", reconcile_inner(&project, &ctx))
+        // Boxed: a pass's future is large (its lookups and sums live across its writes).
+        .time_reconcile("project", Box::pin(reconcile_inner(&project, &ctx)))
         .await;
     if let Err(err) = &result
         && let Some(message) = actionable(err)
@@ -206,15 +207,13 @@ async fn reconcile_inner(cached: &Project, ctx: &Context) -> Result<ControllerAc
 
     // Run.
     let all_refs: Vec<&Task> = all.iter().map(AsRef::as_ref).collect();
+    let usage = total_usage(all_refs.iter().copied());
     let run = if matches!(plan_state, PlanState::Invalid { .. }) {
         RunPlan::default()
     } else {
-        run_plan(project, ctx, &work, &all_refs, now)
+        run_plan(project, ctx, &work, &usage, now)
     };
-    let by_name: BTreeMap<&str, &Task> = all
-        .iter()
-        .map(|t| (lifecycle::name_of(t), t.as_ref()))
-        .collect();
+    let by_name = lifecycle::by_name(all_refs.iter().copied());
     let mut first_error = run_actions(project, ctx, &run.actions, &by_name, now).await;
 
     // Verify: the delivered work of each Verifying task, then the branch head.
@@ -227,7 +226,7 @@ async fn reconcile_inner(cached: &Project, ctx: &Context) -> Result<ControllerAc
         project,
         &work_counts,
         &work,
-        &all_refs,
+        usage,
         &plan_state,
         final_check.as_ref(),
         now,
@@ -264,7 +263,7 @@ async fn run_actions(
     project: &Project,
     ctx: &Context,
     actions: &[Action],
-    by_name: &BTreeMap<&str, &Task>,
+    by_name: &ByName<'_>,
     now: Timestamp,
 ) -> Option<Error> {
     let mut first_error: Option<Error> = None;
@@ -329,7 +328,7 @@ async fn verify_pass(
     ctx: &Context,
     plan_state: &PlanState,
     work: &[&Task],
-    by_name: &BTreeMap<&str, &Task>,
+    by_name: &ByName<'_>,
     now: Timestamp,
 ) -> (Option<aios_crds::VerificationStatus>, bool, Option<Error>) {
     let mut first_error = None;
@@ -370,14 +369,13 @@ fn run_plan(
     project: &Project,
     ctx: &Context,
     work: &[&Task],
-    all: &[&Task],
+    usage: &aios_crds::Usage,
     now: Timestamp,
 ) -> RunPlan {
     let namespace = project.namespace().unwrap_or_default();
-    let usage = total_usage(all.iter().copied());
     let hold = if project.spec.suspend {
         Some(Hold::Suspended)
-    } else if budget_exceeded(project, &usage) {
+    } else if budget_exceeded(project, usage) {
         Some(Hold::BudgetExceeded)
     } else {
         None
@@ -678,7 +676,7 @@ async fn execute<'a>(
     project: &Project,
     ctx: &'a Context,
     action: &Action,
-    by_name: &BTreeMap<&str, &Task>,
+    by_name: &ByName<'_>,
     now: Timestamp,
 ) -> Result<Option<Published<'a>>, Error> {
     let defaults = &project.spec.policy.task_defaults;
@@ -741,7 +739,7 @@ async fn follow_up(
     actions: &[Action],
     published: &[Published<'_>],
     next: After,
-    by_name: &BTreeMap<&str, &Task>,
+    by_name: &ByName<'_>,
     now: Timestamp,
 ) -> Result<(), Error> {
     match next {
@@ -773,7 +771,7 @@ async fn dispatch<'a>(
     ctx: &'a Context,
     task: &Task,
     attempt: i32,
-    by_name: &BTreeMap<&str, &Task>,
+    by_name: &ByName<'_>,
     now: Timestamp,
 ) -> Result<Option<Published<'a>>, Error> {
     if !ctx.leadership.is_current() {

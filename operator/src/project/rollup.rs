@@ -92,16 +92,18 @@ pub fn project_status(
     verification: Option<&VerificationStatus>,
     now: Timestamp,
 ) -> ProjectStatus {
-    project_status_counted(project, &count(work), work, all, plan, verification, now)
+    let usage = total_usage(all.iter().copied());
+    project_status_counted(project, &count(work), work, usage, plan, verification, now)
 }
 
 /// [`project_status`], with `work`'s counts by phase already kept (the pass's come from
-/// the index, which keeps them as the watch changes Tasks).
+/// the index, which keeps them as the watch changes Tasks) and the usage of every task
+/// summed (once a pass: the pass checks the budget with it too).
 pub fn project_status_counted(
     project: &Project,
     work_counts: &TaskCounts,
     work: &[&Task],
-    all: &[&Task],
+    usage: Usage,
     plan: &PlanState,
     verification: Option<&VerificationStatus>,
     now: Timestamp,
@@ -113,7 +115,6 @@ pub fn project_status_counted(
     } else {
         work_counts.clone()
     };
-    let usage = total_usage(all.iter().copied());
     let (phase, reason, message) = decide_phase(project, work, &counts, plan, verification);
 
     let mut conditions = previous.conditions.clone();

@@ -3,13 +3,13 @@
 //! dispatch (dependencies succeeded, concurrency free, not suspended, budget left;
 //! higher priority first, then creation order), and when to look again.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use aios_crds::{CompactString, Project, Task, TaskPhase, conditions::reasons};
 use jiff::Timestamp;
 use kube::ResourceExt;
 
-use crate::task::lifecycle::{after, name_of, phase, task_policy};
+use crate::task::lifecycle::{after, by_name, name_of, phase, task_policy};
 
 /// One thing the reconciler must do to a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,7 +198,7 @@ fn dispatches(
     now: Timestamp,
     plan: &mut RunPlan,
 ) {
-    let by_name: BTreeMap<&str, &Task> = tasks.iter().map(|t| (name_of(t), *t)).collect();
+    let by_name = by_name(tasks.iter().copied());
     let mut ready: Vec<&Task> = Vec::new();
     for task in tasks.iter().filter(|t| phase(t) == TaskPhase::Pending) {
         let deps_done = task.spec.depends_on.iter().all(|d| {

@@ -4,7 +4,9 @@
 //! Task that became ready meanwhile, for as long as the writes took (a minute at 10,000
 //! Tasks). The pass hands them here and goes on; they are written a few at a time, each
 //! in its Task's lane and from the newest copy of the Task, and only if the Task still
-//! waits when its turn comes (one dispatched meanwhile is left alone).
+//! waits when its turn comes (one dispatched meanwhile is left alone). They give way to
+//! the agents' reports, which the next dispatches wait for: each waits, half a second at
+//! most, until no report is being written ([`crate::runtime::urgent`]).
 //!
 //! Nothing is lost if a write fails or the process stops: the next pass hands the Task
 //! over again while its status does not say it waits.
@@ -12,6 +14,7 @@
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex, PoisonError},
+    time::Duration,
 };
 
 use aios_crds::{Task, TaskPhase, TaskStatus};
@@ -27,6 +30,11 @@ use crate::{
 /// the API server beside the event consumer's 32 outcome writes, which are what the
 /// next dispatches wait for.
 const AT_ONCE: usize = 4;
+
+/// How long a waiting status waits for the agents' reports in hand to be written
+/// before it is written anyway ([`crate::runtime::urgent`]): while reports keep coming,
+/// [`AT_ONCE`] waiting statuses are written every this long.
+const YIELD_AT_MOST: Duration = Duration::from_millis(500);
 
 /// A waiting status handed over: which Task, and what it waits for. A few hundred
 /// bytes; the write itself (several KiB of future) is made only when its turn comes.
@@ -123,6 +131,7 @@ pub async fn keep_writing(ctx: Arc<Context>, shutdown: CancellationToken) {
         .drain(AT_ONCE, shutdown, |handed| {
             let ctx = ctx.clone();
             async move {
+                ctx.urgent.quiet(YIELD_AT_MOST).await;
                 let outcome = write(&ctx, &handed).await;
                 ctx.waiting.done(&handed.uid);
                 ctx.metrics

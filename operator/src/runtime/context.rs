@@ -86,6 +86,9 @@ pub struct Context {
     /// Dispatches being published, over all passes
     /// ([`crate::project::DISPATCH_CONCURRENCY`] at most).
     pub dispatch_permits: Arc<tokio::sync::Semaphore>,
+    /// The agents' reports being handled, which writes for people to read let go
+    /// first ([`crate::runtime::urgent`]).
+    pub urgent: Arc<crate::runtime::urgent::Urgent>,
 }
 
 impl std::fmt::Debug for Context {

@@ -17,7 +17,7 @@
 //! each Task's success recorded ([`TaskIndex::succeeded_since`]).
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -148,10 +148,10 @@ impl Filed {
     }
 }
 
-/// A Project's Tasks and their counts by phase.
+/// A Project's Tasks, by name as a pass sees them, and their counts by phase.
 #[derive(Debug, Default)]
 struct Tally {
-    names: BTreeSet<String>,
+    tasks: BTreeMap<String, Arc<Task>>,
     work: TaskCounts,
     planning: TaskCounts,
 }
@@ -172,7 +172,7 @@ impl Entries {
             .by_project
             .entry((namespace.clone(), filed.project.clone()))
             .or_default();
-        tally.names.insert(task.clone());
+        tally.tasks.insert(task.clone(), filed.seen());
         if filed.planning {
             tally.planning.add(phase, 1);
         } else {
@@ -191,13 +191,13 @@ impl Entries {
         let phase = filed.phase();
         let project = (namespace.clone(), filed.project.clone());
         if let Some(tally) = self.by_project.get_mut(&project) {
-            tally.names.remove(task);
+            tally.tasks.remove(task);
             if filed.planning {
                 tally.planning.add(phase, -1);
             } else {
                 tally.work.add(phase, -1);
             }
-            if tally.names.is_empty() {
+            if tally.tasks.is_empty() {
                 self.by_project.remove(&project);
             }
         }
@@ -237,7 +237,8 @@ impl Entries {
 /// What a Project's pass reads: its Tasks as they should be seen, and their counts.
 #[derive(Debug, Default)]
 pub struct ProjectTasks {
-    /// Every Task of the Project, a dispatch the watch does not show yet as Queued.
+    /// Every Task of the Project by name, a dispatch the watch does not show yet as
+    /// Queued.
     pub tasks: Vec<Arc<Task>>,
     /// The counts by phase of its Tasks but the planning task.
     pub work: TaskCounts,
@@ -291,14 +292,8 @@ impl TaskIndex {
         else {
             return ProjectTasks::default();
         };
-        let tasks = tally
-            .names
-            .iter()
-            .filter_map(|name| live.of.get(&(namespace.to_owned(), name.clone())))
-            .map(Filed::seen)
-            .collect();
         ProjectTasks {
-            tasks,
+            tasks: tally.tasks.values().cloned().collect(),
             work: tally.work.clone(),
             planning: tally.planning.clone(),
         }

@@ -12,4 +12,5 @@ pub mod index;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
+pub mod urgent;
 pub mod watches;

@@ -459,6 +459,8 @@ async fn handle_event(
         Ok(event) => event,
         Err(outcome) => return Ok(outcome),
     };
+    // What dispatches wait for: writes for people to read let it go first.
+    let _urgent = ctx.urgent.hold();
     let kind = event_type(&event.kind);
     let Some((_place, _turn, started_at)) = take_turn(ctx, &event).await else {
         ctx.metrics

@@ -87,6 +87,15 @@ pub fn name_of(task: &Task) -> &str {
     task.metadata.name.as_deref().unwrap_or_default()
 }
 
+/// Tasks by name, for a pass's lookups (a hash map: a pass over 10,000 Tasks builds one
+/// and looks up a dependency or more for each Pending Task).
+pub type ByName<'a> = std::collections::HashMap<&'a str, &'a Task>;
+
+/// `tasks` by name.
+pub fn by_name<'a>(tasks: impl IntoIterator<Item = &'a Task>) -> ByName<'a> {
+    tasks.into_iter().map(|t| (name_of(t), t)).collect()
+}
+
 /// Sets condition `type_`, keeping its transition time when the status is unchanged.
 pub fn set_condition(
     conditions: &mut Vec<Condition>,

@@ -2,8 +2,6 @@
 //! and, once every task succeeded, the Project's final verification of its branch head.
 //! The decisions are [`super::step`]'s; this module polls the sandbox and writes.
 
-use std::collections::BTreeMap;
-
 use aios_crds::{Project, Task, TaskPhase, VerificationStatus, Verify};
 use futures::future::join_all;
 use jiff::Timestamp;
@@ -15,7 +13,7 @@ use crate::{
     Error,
     project::apply_task,
     runtime::context::{Context, write_task_status},
-    task::lifecycle::phase,
+    task::lifecycle::{ByName, phase},
 };
 
 impl From<SandboxError> for Error {
@@ -99,7 +97,7 @@ pub async fn advance_tasks(
     project: &Project,
     ctx: &Context,
     work: &[&Task],
-    by_name: &BTreeMap<&str, &Task>,
+    by_name: &ByName<'_>,
     now: Timestamp,
 ) -> Result<bool, Error> {
     let Some(verify) = &project.spec.verify else {
@@ -128,7 +126,7 @@ async fn advance_task(
     verify: &Verify,
     ctx: &Context,
     task: &Task,
-    by_name: &BTreeMap<&str, &Task>,
+    by_name: &ByName<'_>,
     now: Timestamp,
 ) -> Result<bool, Error> {
     let Some(current) = task.status.as_ref().and_then(|s| s.verification.clone()) else {
@@ -211,7 +209,7 @@ pub async fn advance_final(
     project: &Project,
     ctx: &Context,
     work: &[&Task],
-    by_name: &BTreeMap<&str, &Task>,
+    by_name: &ByName<'_>,
     now: Timestamp,
 ) -> Result<(Option<VerificationStatus>, bool), Error> {
     let Some(verify) = &project.spec.verify else {
