@@ -38,7 +38,7 @@ use crate::{
         PlanError, ValidatedPlan, dropped_dependencies, judge_plan, missing_tasks, plan_tasks,
     },
     project::rollup::{PlanState, budget_exceeded, project_status_counted, total_usage},
-    project::schedule::{Action, Hold, RunPlan, plan_run_gated},
+    project::schedule::{Action, Hold, RunPlan, plan_run_gated, waiting_for},
     runtime::{context::Context, index::ProjectTasks},
     task::{
         cancel,
@@ -270,14 +270,27 @@ async fn run_actions(
     let mut published = Vec::new();
     // What waiting Tasks say is written beside the pass (see `waiting`).
     for action in actions {
-        if let Action::Wait { task, message } = action
-            && let Some(task) = by_name.get(task.as_str())
-        {
-            waiting::write_soon(ctx, task, message.clone());
+        match action {
+            Action::Wait { task, message } => {
+                if let Some(task) = by_name.get(task.as_str()) {
+                    waiting::write_soon(ctx, task, || message.clone());
+                }
+            }
+            Action::AwaitDependencies { task } => {
+                if let Some(task) = by_name.get(task.as_str()) {
+                    waiting::write_soon(ctx, task, || waiting_for(&task.spec.depends_on));
+                }
+            }
+            _ => {}
         }
     }
     let (dispatches, writes): (Vec<usize>, Vec<usize>) = (0..actions.len())
-        .filter(|&i| !matches!(actions[i], Action::Wait { .. }))
+        .filter(|&i| {
+            !matches!(
+                actions[i],
+                Action::Wait { .. } | Action::AwaitDependencies { .. }
+            )
+        })
         .partition(|&i| matches!(actions[i], Action::Dispatch { .. }));
     // (By index: a closure taking `&Action` trips rustc's check that the pass is Send.)
     let mut results = stream::iter(
@@ -705,7 +718,7 @@ async fn execute<'a>(
                 .await?;
         }
         // Handed to the waiting-status writer by `run_actions`, never carried out here.
-        Action::Wait { .. } => {}
+        Action::Wait { .. } | Action::AwaitDependencies { .. } => {}
         Action::Cancel { task, message } => {
             let Some(task) = by_name.get(task.as_str()) else {
                 return Ok(None);

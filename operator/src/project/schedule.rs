@@ -37,6 +37,14 @@ pub enum Action {
         /// Why.
         message: String,
     },
+    /// The task waits for its dependencies and has no status yet: say so (what it says,
+    /// [`waiting_for`], is made only when it is written: a pass over a new Project of
+    /// thousands of Tasks hands thousands of these, and the next passes again until
+    /// they are written).
+    AwaitDependencies {
+        /// The task.
+        task: String,
+    },
     /// The task is ready but cannot be dispatched yet; say why in its status.
     Wait {
         /// The task.
@@ -182,7 +190,7 @@ const NAMED_DEPENDENCIES: usize = 5;
 /// What a Task whose dependencies have not all succeeded says it waits for: its first
 /// few dependencies by name, then how many more (a task may depend on hundreds, and the
 /// message is read in `kubectl get tasks`).
-fn waiting_for(dependencies: &[CompactString]) -> String {
+pub fn waiting_for(dependencies: &[CompactString]) -> String {
     let named = dependencies.len().min(NAMED_DEPENDENCIES);
     let first = dependencies[..named].join(", ");
     match dependencies.len() - named {
@@ -210,9 +218,8 @@ fn dispatches(
             // A Task without status reads "done" to kstatus (no conditions, no
             // observedGeneration): say once what it waits for, which sets them.
             if task.status.is_none() && task.metadata.deletion_timestamp.is_none() {
-                plan.actions.push(Action::Wait {
+                plan.actions.push(Action::AwaitDependencies {
                     task: task.name_any(),
-                    message: waiting_for(&task.spec.depends_on),
                 });
             }
             continue;
@@ -402,9 +409,8 @@ mod tests {
         let second = task("second", &["first"]);
         let plan = plan_run(&p, &[&first, &second], None, ts(0));
         assert!(
-            plan.actions.contains(&Action::Wait {
+            plan.actions.contains(&Action::AwaitDependencies {
                 task: "second".into(),
-                message: "waiting for first".into()
             }),
             "{:?}",
             plan.actions
@@ -416,7 +422,7 @@ mod tests {
             !plan
                 .actions
                 .iter()
-                .any(|a| matches!(a, Action::Wait { task, .. } if task == "second")),
+                .any(|a| matches!(a, Action::AwaitDependencies { task } if task == "second")),
             "{:?}",
             plan.actions
         );

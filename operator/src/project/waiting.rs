@@ -55,11 +55,11 @@ pub struct WaitingWrites {
 }
 
 impl WaitingWrites {
+    /// Whether the Task with `uid` is newly handed over (looked up first: a pass hands
+    /// over again every Task whose status does not say it waits yet).
     fn hand(&self, uid: &str) -> bool {
-        self.handed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(uid.to_owned())
+        let mut handed = self.handed.lock().unwrap_or_else(PoisonError::into_inner);
+        !handed.contains(uid) && handed.insert(uid.to_owned())
     }
 
     fn done(&self, uid: &str) {
@@ -103,20 +103,20 @@ pub fn only_waiting_since(task: &Task, newer: &Task) -> bool {
         && comparable(newer) == comparable(task)
 }
 
-/// Has `task`'s status say it waits, with `message`, soon; nothing if that is already
-/// on its way.
-pub fn write_soon(ctx: &Context, task: &Task, message: String) {
-    let Some(uid) = task.metadata.uid.clone() else {
+/// Has `task`'s status say it waits, with `message` (made only if it is not on its way
+/// yet), soon; nothing if that is already on its way.
+pub fn write_soon(ctx: &Context, task: &Task, message: impl FnOnce() -> String) {
+    let Some(uid) = task.metadata.uid.as_deref() else {
         return;
     };
-    if !ctx.waiting.hand(&uid) {
+    if !ctx.waiting.hand(uid) {
         return;
     }
     let handed = Handed {
         namespace: task.namespace().unwrap_or_default(),
         name: task.name_any(),
-        uid,
-        message,
+        uid: uid.to_owned(),
+        message: message(),
     };
     if let Err(handed) = ctx.waiting.queue.send(handed) {
         // Shutting down: the next operator's pass hands it over again.
