@@ -66,8 +66,21 @@ struct Entry {
     written: Option<ProjectStatus>,
     /// When it was written.
     written_at: Option<Instant>,
-    /// A writer has it: it is queued, waiting for its interval, or being written.
+    /// A writer has it: it is queued, parked (waiting for its interval or its backoff),
+    /// or being written.
     queued: bool,
+    /// Parked until a timer queues it again: which timer, and whether it waits out the
+    /// interval (a phase change handed meanwhile queues it at once) or a backoff.
+    parked: Option<Parked>,
+    /// The last timer's number.
+    timers: u64,
+}
+
+/// A parked entry's timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Parked {
+    timer: u64,
+    interval: bool,
 }
 
 impl Entry {
@@ -158,14 +171,44 @@ impl StatusWrites {
             entry.desired = None;
             return;
         }
+        let phase_changes = entry.stored().and_then(|s| s.phase) != status.phase;
         entry.project = Some(Arc::new(project.clone()));
         entry.desired = Some(status);
-        if !entry.queued {
+        // Queued if no writer has it; a phase change is written without waiting out the
+        // interval (its timer, when it fires, finds it no longer parked).
+        let wake = entry.parked.is_some_and(|p| p.interval) && phase_changes;
+        if !entry.queued || wake {
             entry.queued = true;
+            entry.parked = None;
             if self.queue.send(uid.clone()).is_err() {
                 // Shutting down: the next operator's pass computes it again.
                 entries.remove(&uid);
             }
+        }
+    }
+
+    /// Parks Project `uid` for the timer it is given (see [`later`]).
+    fn park(&self, uid: &str, interval: bool) -> Option<u64> {
+        let mut entries = self.entries();
+        let entry = entries.get_mut(uid)?;
+        entry.timers += 1;
+        entry.parked = Some(Parked {
+            timer: entry.timers,
+            interval,
+        });
+        Some(entry.timers)
+    }
+
+    /// Whether timer `timer` of Project `uid` still holds it parked (then it no longer
+    /// does): `false` once a phase change queued it, or it was forgotten.
+    fn unpark(&self, uid: &str, timer: u64) -> bool {
+        let mut entries = self.entries();
+        match entries.get_mut(uid) {
+            Some(entry) if entry.parked.is_some_and(|p| p.timer == timer) => {
+                entry.parked = None;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -219,7 +262,7 @@ async fn settle(ctx: &Context, uid: &str) {
         let (project, status, previous) = match decision {
             Ok(write) => write,
             Err(wait) => {
-                later(ctx, uid, wait);
+                later(ctx, uid, wait, true);
                 return;
             }
         };
@@ -248,20 +291,29 @@ async fn settle(ctx: &Context, uid: &str) {
             }
             Err(err) => {
                 let delay = ctx.retry_after("project-status", &key, &err, Duration::ZERO);
-                later(ctx, uid, delay);
+                later(ctx, uid, delay, false);
                 return;
             }
         }
     }
 }
 
-/// Queues Project `uid` again after `wait` (it stays marked queued meanwhile), leaving
-/// the writer free for the other Projects: a Project that always has news, waiting for
-/// its interval or its backoff, never keeps the others' statuses from being written.
-fn later(ctx: &Context, uid: &str, wait: Duration) {
-    let (writes, uid) = (ctx.project_statuses.clone(), uid.to_owned());
+/// Queues Project `uid` again after `wait` (it stays marked queued meanwhile, parked),
+/// leaving the writer free for the other Projects: a Project that always has news,
+/// waiting for its `interval` or its backoff, never keeps the others' statuses from
+/// being written. A phase change handed while it waits out its interval queues it at
+/// once; this timer then does nothing.
+fn later(ctx: &Context, uid: &str, wait: Duration, interval: bool) {
+    let writes = ctx.project_statuses.clone();
+    let Some(timer) = writes.park(uid, interval) else {
+        return;
+    };
+    let uid = uid.to_owned();
     tokio::spawn(async move {
         tokio::time::sleep(wait).await;
+        if !writes.unpark(&uid, timer) {
+            return;
+        }
         if let Err(uid) = writes.queue.send(uid) {
             // Shutting down: the next operator's pass computes it again.
             writes.forget(&uid);
@@ -400,6 +452,43 @@ mod tests {
         let fresh = project("u1", Some(status(ProjectPhase::Running, "2/10")));
         assert_eq!(writes.current(&fresh), None);
         assert!(writes.entries().is_empty());
+    }
+
+    #[test]
+    fn a_phase_change_is_not_held_by_the_interval_but_is_by_a_backoff() {
+        let writes = StatusWrites::default();
+        let p = project("u1", Some(status(ProjectPhase::Pending, "0/10")));
+        let mut queue = writes.queue.take().unwrap();
+        writes.hand(&p, status(ProjectPhase::Pending, "1/10"));
+        assert_eq!(queue.try_recv().ok().as_deref(), Some("u1"));
+        // Written, then parked to wait out the interval with more progress handed.
+        {
+            let mut entries = writes.entries();
+            let entry = entries.get_mut("u1").unwrap();
+            entry.written = entry.desired.take();
+            entry.written_at = Some(Instant::now());
+        }
+        let timer = writes.park("u1", true).unwrap();
+        writes.hand(&p, status(ProjectPhase::Pending, "2/10"));
+        assert!(queue.try_recv().is_err(), "progress waits for its timer");
+
+        writes.hand(&p, status(ProjectPhase::Running, "2/10"));
+        assert_eq!(
+            queue.try_recv().ok().as_deref(),
+            Some("u1"),
+            "the phase change is queued at once"
+        );
+        assert!(!writes.unpark("u1", timer), "the timer then queues nothing");
+        assert!(queue.try_recv().is_err());
+
+        // Parked for a backoff after a failed write: the phase change waits for it.
+        let timer = writes.park("u1", false).unwrap();
+        writes.hand(&p, status(ProjectPhase::Succeeded, "10/10"));
+        assert!(
+            queue.try_recv().is_err(),
+            "a failing write is not tried sooner"
+        );
+        assert!(writes.unpark("u1", timer), "the backoff's timer queues it");
     }
 
     #[test]
