@@ -11,6 +11,7 @@ pub mod http;
 pub mod index;
 pub mod leader;
 pub mod metrics;
+pub mod notify;
 pub mod observe;
 pub mod urgent;
 pub mod watches;

@@ -38,19 +38,8 @@ impl Urgent {
 
     /// Waits until no urgent write is in hand, or for `at_most`: whether it was quiet.
     pub async fn quiet(&self, at_most: Duration) -> bool {
-        let wait = async {
-            loop {
-                let quiet = self.quiet.notified();
-                tokio::pin!(quiet);
-                // Registered before the count is read: a drop to zero in between is heard.
-                quiet.as_mut().enable();
-                if self.pending() == 0 {
-                    return;
-                }
-                quiet.await;
-            }
-        };
-        tokio::time::timeout(at_most, wait).await.is_ok()
+        let deadline = tokio::time::Instant::now() + at_most;
+        crate::runtime::notify::holds_by(&self.quiet, deadline, || self.pending() == 0).await
     }
 }
 

@@ -18,6 +18,8 @@ use std::{
 use jiff::Timestamp;
 use tokio::sync::{Mutex as AsyncMutex, Notify, OwnedMutexGuard};
 
+use crate::runtime::notify::holds_by;
+
 /// How long a Started event waits for its attempt's outcome before it is written.
 pub const FOLD_WINDOW: Duration = Duration::from_millis(50);
 
@@ -95,16 +97,7 @@ impl Place<'_> {
 
     /// Whether `said` holds by `deadline`, looked at again on each announcement.
     async fn announced_by(&self, deadline: tokio::time::Instant, said: impl Fn() -> bool) -> bool {
-        let wait = async {
-            loop {
-                let announced = self.lane.announced.notified();
-                if said() {
-                    return;
-                }
-                announced.await;
-            }
-        };
-        tokio::time::timeout_at(deadline, wait).await.is_ok()
+        holds_by(&self.lane.announced, deadline, said).await
     }
 
     /// Whether an agent has reported on `attempt` while this lane was open.
