@@ -527,6 +527,16 @@ impl TaskCounts {
         *slot += n;
         self.total += n;
     }
+
+    /// How many tasks have an attempt in flight (Queued or Running).
+    pub fn in_flight(&self) -> i32 {
+        self.queued + self.running
+    }
+
+    /// How many tasks have finished for good (see [`crate::TaskPhase::is_terminal`]).
+    pub fn terminal(&self) -> i32 {
+        self.succeeded + self.failed + self.skipped + self.cancelled
+    }
 }
 
 impl Project {

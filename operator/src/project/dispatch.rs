@@ -204,7 +204,7 @@ mod tests {
             ..TaskResult::default()
         });
         let qa = task("shop-qa", &["shop-api"]);
-        let by_name = ByName::from([("shop-api", &api), ("shop-qa", &qa)]);
+        let by_name = crate::task::lifecycle::by_name([&api, &qa]);
         let policy = task_policy(&qa, &TaskDefaults::default());
         let d = dispatch_message(
             &p,
@@ -255,7 +255,7 @@ mod tests {
             &planner,
             2,
             &policy,
-            &ByName::new(),
+            &ByName::default(),
             &roles,
             vec![],
             ts(2),

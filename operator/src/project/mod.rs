@@ -31,14 +31,12 @@ use serde_json::json;
 
 use crate::{
     Error,
-    project::dispatch::{
-        FEEDBACK_SEPARATOR, dispatch_message, is_planning_task, planning_task, planning_task_name,
-    },
+    project::dispatch::{FEEDBACK_SEPARATOR, dispatch_message, planning_task, planning_task_name},
     project::plan::{
         PlanError, ValidatedPlan, dropped_dependencies, judge_plan, missing_tasks, plan_tasks,
     },
     project::rollup::{PlanState, budget_exceeded, project_status_counted, total_usage},
-    project::schedule::{Action, Hold, RunPlan, plan_run_gated, waiting_for},
+    project::schedule::{Action, Hold, RunPlan, Tasks, plan_run_gated, waiting_for},
     runtime::{context::Context, index::ProjectTasks},
     task::{
         cancel,
@@ -168,11 +166,8 @@ async fn reconcile_inner(cached: &Project, ctx: &Context) -> Result<ControllerAc
     let namespace = project.namespace().unwrap_or_default();
     let name = project.name_any();
     let now = Timestamp::now();
-    let ProjectTasks {
-        tasks: all,
-        work: work_counts,
-        planning: planning_counts,
-    } = ctx.project_tasks(&namespace, &name);
+    let tasks = ctx.project_tasks(&namespace, &name);
+    let all: Vec<&Task> = tasks.tasks.iter().map(AsRef::as_ref).collect();
 
     // Plan.
     let (plan_state, work) = match &project.spec.tasks {
@@ -191,29 +186,24 @@ async fn reconcile_inner(cached: &Project, ctx: &Context) -> Result<ControllerAc
                 Work::Nothing,
             ),
         },
-        None => plan_with_hera(project, ctx, &all, now).await?,
+        None => plan_with_hera(project, ctx, &tasks, &all, now).await?,
     };
-    let work: Vec<&Task> = all
-        .iter()
-        .map(AsRef::as_ref)
-        .filter(|t| work.contains(t))
-        .collect();
-    // The work's counts, kept by the index: the planning task's while it is the work.
-    let work_counts = match work.first() {
-        None => TaskCounts::default(),
-        Some(t) if is_planning_task(t) => planning_counts,
-        Some(_) => work_counts,
-    };
+    let (work, work_counts) = work.select(&tasks);
 
     // Run.
-    let all_refs: Vec<&Task> = all.iter().map(AsRef::as_ref).collect();
-    let usage = total_usage(all_refs.iter().copied());
+    let usage = total_usage(all.iter().copied());
+    let by_name = ByName::sorted(all.iter().copied());
     let run = if matches!(plan_state, PlanState::Invalid { .. }) {
         RunPlan::default()
     } else {
-        run_plan(project, ctx, &work, &usage, now)
+        let work = Tasks {
+            work: &work,
+            counts: &work_counts,
+            by_name: &by_name,
+            handed: &|task| waiting::handed(ctx, task),
+        };
+        run_plan(project, ctx, work, &usage, now)
     };
-    let by_name = lifecycle::by_name(all_refs.iter().copied());
     let mut first_error = run_actions(project, ctx, &run.actions, &by_name, now).await;
 
     // Verify: the delivered work of each Verifying task, then the branch head.
@@ -231,7 +221,7 @@ async fn reconcile_inner(cached: &Project, ctx: &Context) -> Result<ControllerAc
         final_check.as_ref(),
         now,
     );
-    if let Some(planner) = all.iter().find(|t| is_planning_task(t)) {
+    if let Some(planner) = tasks.planning.first() {
         status.plan_attempts = planner.status.as_ref().map_or(0, |s| s.attempt);
     }
     // Written beside the pass: the next pass, which may have Tasks to dispatch, does not
@@ -381,7 +371,7 @@ fn join(errors: &[impl ToString]) -> String {
 fn run_plan(
     project: &Project,
     ctx: &Context,
-    work: &[&Task],
+    work: Tasks<'_>,
     usage: &aios_crds::Usage,
     now: Timestamp,
 ) -> RunPlan {
@@ -477,11 +467,21 @@ enum Work {
 }
 
 impl Work {
-    fn contains(&self, task: &Task) -> bool {
+    /// The work among the Project's `tasks`, and its counts by phase.
+    fn select<'a>(&self, tasks: &'a ProjectTasks) -> (Vec<&'a Task>, TaskCounts) {
         match self {
-            Work::Nothing => false,
-            Work::Tasks => !is_planning_task(task),
-            Work::Planner(name) => task.metadata.name.as_ref() == Some(name),
+            Work::Nothing => (Vec::new(), TaskCounts::default()),
+            Work::Tasks => (tasks.work().collect(), tasks.work_counts.clone()),
+            Work::Planner(name) => {
+                let planner: Vec<&Task> = tasks
+                    .planning
+                    .iter()
+                    .map(AsRef::as_ref)
+                    .filter(|t| t.metadata.name.as_ref() == Some(name))
+                    .collect();
+                let counts = rollup::count(&planner);
+                (planner, counts)
+            }
         }
     }
 }
@@ -491,16 +491,12 @@ impl Work {
 async fn create_missing(
     ctx: &Context,
     project: &Project,
-    existing: &[Arc<Task>],
+    existing: &[&Task],
     plan: &ValidatedPlan,
     plan_attempt: Option<i32>,
     dropped: &[PlanError],
 ) -> Result<(), Error> {
-    let missing = missing_tasks(
-        &project.name_any(),
-        plan,
-        existing.iter().map(AsRef::as_ref),
-    );
+    let missing = missing_tasks(&project.name_any(), plan, existing.iter().copied());
     if missing.is_empty() {
         return Ok(());
     }
@@ -540,13 +536,18 @@ pub async fn apply_task(ctx: &Context, task: &Task) -> Result<(), Error> {
 async fn plan_with_hera(
     project: &Project,
     ctx: &Context,
-    all: &[Arc<Task>],
+    tasks: &ProjectTasks,
+    all: &[&Task],
     now: Timestamp,
 ) -> Result<(PlanState, Work), Error> {
     let name = project.name_any();
     let namespace = project.namespace().unwrap_or_default();
     let planner_name = planning_task_name(&name);
-    let Some(planner) = all.iter().find(|t| t.name_any() == planner_name) else {
+    // Labelled as the planning task, as Hera creates it: found without a sweep.
+    let labelled = tasks.planning.iter().map(AsRef::as_ref);
+    let Some(planner) =
+        (labelled.chain(all.iter().copied())).find(|t| lifecycle::name_of(t) == planner_name)
+    else {
         create_tasks(ctx, [planning_task(project)]).await?;
         return Ok((PlanState::Planning, Work::Nothing));
     };
@@ -555,11 +556,7 @@ async fn plan_with_hera(
         .result
         .as_ref()
         .and_then(|r| r.plan_ref.as_ref());
-    let accepted: Vec<&Task> = all
-        .iter()
-        .map(AsRef::as_ref)
-        .filter(|t| Work::Tasks.contains(t))
-        .collect();
+    let accepted: Vec<&Task> = tasks.work().collect();
     if !accepted.is_empty() {
         // Tasks from an accepted plan exist: finish creating them if a crash left some
         // out, and never re-plan (Agents may have changed since).
@@ -623,7 +620,7 @@ async fn plan_with_hera(
 async fn plan_verdict(
     project: &Project,
     ctx: &Context,
-    all: &[Arc<Task>],
+    all: &[&Task],
     planner: &Task,
     now: Timestamp,
 ) -> Result<PlanState, Error> {

@@ -160,14 +160,22 @@ pub fn missing_tasks<'a>(
     plan: &ValidatedPlan,
     existing: impl IntoIterator<Item = &'a Task>,
 ) -> std::collections::HashSet<String> {
+    // The plan's names of the existing Tasks (an object name less `{project}-`): no
+    // object name is made for a Task that exists, as on every pass once all do.
     let existing: std::collections::HashSet<&str> = existing
         .into_iter()
-        .filter_map(|t| t.metadata.name.as_deref())
+        .filter_map(|t| {
+            t.metadata
+                .name
+                .as_deref()?
+                .strip_prefix(project)?
+                .strip_prefix('-')
+        })
         .collect();
     plan.tasks
         .iter()
+        .filter(|planned| !existing.contains(planned.name.as_str()))
         .map(|planned| task_object_name(project, planned.name.as_str()))
-        .filter(|name| !existing.contains(name.as_str()))
         .collect()
 }
 
@@ -710,5 +718,12 @@ mod tests {
             std::collections::HashSet::from([objects[1].name_any()])
         );
         assert!(missing_tasks("shop", &plan, &objects).is_empty());
+        // Only a Task named `shop-ui` is plan task `ui`'s.
+        let mut stray = objects[1].clone();
+        stray.metadata.name = Some("shopping-ui".into());
+        assert_eq!(
+            missing_tasks("shop", &plan, [&objects[0], &stray]),
+            std::collections::HashSet::from([objects[1].name_any()])
+        );
     }
 }

@@ -5,11 +5,16 @@
 
 use std::collections::BTreeSet;
 
-use aios_crds::{CompactString, Project, Task, TaskPhase, conditions::reasons};
+use aios_crds::{
+    CompactString, Project, Task, TaskPhase, conditions::reasons, project::TaskCounts,
+};
 use jiff::Timestamp;
 use kube::ResourceExt;
 
-use crate::task::lifecycle::{after, by_name, name_of, phase, task_policy};
+use crate::{
+    project::rollup::count,
+    task::lifecycle::{ByName, after, by_name, name_of, phase, task_policy},
+};
 
 /// One thing the reconciler must do to a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,9 +84,44 @@ pub enum Hold {
     BudgetExceeded,
 }
 
+/// The tasks a pass plans over, as the pass has them at hand: a Project's work (its
+/// tasks, without the planning task once the plan exists), the work's counts by phase,
+/// and every task of the Project by name, where dependencies are looked up. A pass at
+/// 10,000 tasks reads each Task once for each sweep over them, so the counts answer
+/// what they can (anything in flight, failed, running?) without one.
+#[derive(Clone, Copy)]
+pub struct Tasks<'a> {
+    /// The work.
+    pub work: &'a [&'a Task],
+    /// `work`'s counts by phase.
+    pub counts: &'a TaskCounts,
+    /// Every task of the Project by name.
+    pub by_name: &'a ByName<'a>,
+    /// Whether what a status-less task waits for is on its way to its status already
+    /// ([`Action::AwaitDependencies`] handed over by an earlier pass and not written
+    /// yet): it is not asked for again.
+    pub handed: &'a dyn Fn(&Task) -> bool,
+}
+
+impl std::fmt::Debug for Tasks<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tasks")
+            .field("work", &self.work.len())
+            .field("counts", self.counts)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Plans one pass over `tasks` (the Project's tasks, without the planning task once
 /// the plan exists).
 pub fn plan_run(project: &Project, tasks: &[&Task], hold: Option<Hold>, now: Timestamp) -> RunPlan {
+    let (counts, by_name) = (count(tasks), by_name(tasks.iter().copied()));
+    let tasks = Tasks {
+        work: tasks,
+        counts: &counts,
+        by_name: &by_name,
+        handed: &|_| false,
+    };
     plan_run_gated(project, tasks, hold, &|_| None, now)
 }
 
@@ -92,29 +132,33 @@ pub type Gate<'a> = &'a dyn Fn(&Task) -> Option<String>;
 /// role, a ready model provider can take the complexity); the others wait, saying why.
 pub fn plan_run_gated(
     project: &Project,
-    tasks: &[&Task],
+    tasks: Tasks<'_>,
     hold: Option<Hold>,
     gate: Gate<'_>,
     now: Timestamp,
 ) -> RunPlan {
+    let Tasks { work, counts, .. } = tasks;
     let mut plan = RunPlan::default();
     // 1. Running attempts past their deadline or silent for too long. These are handled
     // alone: their new status changes everything below, and the write triggers a pass.
-    expirations(project, tasks, now, &mut plan);
-    if !plan.actions.is_empty() {
-        return plan;
+    if counts.running > 0 {
+        expirations(project, work, now, &mut plan);
+        if !plan.actions.is_empty() {
+            return plan;
+        }
     }
 
     // 2. Failure handling, with Argo Workflows' meaning of failFast.
-    let in_flight = tasks.iter().filter(|t| phase(t).is_in_flight()).count();
+    let in_flight = usize::try_from(counts.in_flight()).unwrap_or_default();
+    let failed = counts.failed > 0;
     if project.spec.policy.fail_fast {
-        if let Some(first) = tasks.iter().find(|t| phase(t) == TaskPhase::Failed) {
+        if failed && let Some(first) = work.iter().find(|t| phase(t) == TaskPhase::Failed) {
             if in_flight == 0 {
                 let message = format!(
                     "not run: the project failed because task {} failed",
                     first.name_any()
                 );
-                for task in tasks.iter().filter(|t| phase(t) == TaskPhase::Pending) {
+                for task in work.iter().filter(|t| phase(t) == TaskPhase::Pending) {
                     plan.actions.push(Action::Cancel {
                         task: task.name_any(),
                         message: message.clone(),
@@ -123,8 +167,8 @@ pub fn plan_run_gated(
             }
             return plan;
         }
-    } else {
-        plan.actions.extend(skips(tasks));
+    } else if failed || counts.skipped > 0 || counts.cancelled > 0 {
+        plan.actions.extend(skips(work));
         if !plan.actions.is_empty() {
             return plan;
         }
@@ -133,7 +177,8 @@ pub fn plan_run_gated(
     // 3. Dispatch.
     if hold.is_none() {
         let max = usize::try_from(project.spec.policy.max_parallel_tasks.max(1)).unwrap_or(1);
-        dispatches(tasks, max.saturating_sub(in_flight), gate, now, &mut plan);
+        let capacity = max.saturating_sub(in_flight);
+        dispatches(tasks, capacity, gate, now, &mut plan);
     }
     plan
 }
@@ -200,15 +245,20 @@ pub fn waiting_for(dependencies: &[CompactString]) -> String {
 }
 
 fn dispatches(
-    tasks: &[&Task],
+    tasks: Tasks<'_>,
     capacity: usize,
     gate: Gate<'_>,
     now: Timestamp,
     plan: &mut RunPlan,
 ) {
-    let by_name = by_name(tasks.iter().copied());
+    let Tasks {
+        work,
+        by_name,
+        handed,
+        ..
+    } = tasks;
     let mut ready: Vec<&Task> = Vec::new();
-    for task in tasks.iter().filter(|t| phase(t) == TaskPhase::Pending) {
+    for task in work.iter().filter(|t| phase(t) == TaskPhase::Pending) {
         let deps_done = task.spec.depends_on.iter().all(|d| {
             by_name
                 .get(d.as_str())
@@ -217,7 +267,8 @@ fn dispatches(
         if !deps_done {
             // A Task without status reads "done" to kstatus (no conditions, no
             // observedGeneration): say once what it waits for, which sets them.
-            if task.status.is_none() && task.metadata.deletion_timestamp.is_none() {
+            if task.status.is_none() && task.metadata.deletion_timestamp.is_none() && !handed(task)
+            {
                 plan.actions.push(Action::AwaitDependencies {
                     task: task.name_any(),
                 });
@@ -329,6 +380,17 @@ mod tests {
             .collect()
     }
 
+    fn gated(p: &Project, tasks: &[&Task], gate: Gate<'_>, now: Timestamp) -> RunPlan {
+        let (counts, by_name) = (count(tasks), by_name(tasks.iter().copied()));
+        let tasks = Tasks {
+            work: tasks,
+            counts: &counts,
+            by_name: &by_name,
+            handed: &|_| false,
+        };
+        plan_run_gated(p, tasks, None, gate, now)
+    }
+
     fn diamond(phases: [TaskPhase; 4]) -> Vec<Task> {
         vec![
             with_phase(task("design", &[]), phases[0]),
@@ -415,6 +477,17 @@ mod tests {
             "{:?}",
             plan.actions
         );
+        // Handed over to be written, it is not asked for again meanwhile.
+        let (counts, by_name) = (count(&[&first, &second]), by_name([&first, &second]));
+        let tasks = Tasks {
+            work: &[&first, &second],
+            counts: &counts,
+            by_name: &by_name,
+            handed: &|t| name_of(t) == "second",
+        };
+        let plan = plan_run_gated(&p, tasks, None, &|_| None, ts(0));
+        assert_eq!(dispatched(&plan), ["first"]);
+        assert_eq!(plan.actions.len(), 1, "{:?}", plan.actions);
         // Once it has a status, nothing more is written until it can run.
         let waiting = with_phase(second.clone(), Pending);
         let plan = plan_run(&p, &[&first, &waiting], None, ts(0));
@@ -438,7 +511,7 @@ mod tests {
             (t.spec.complexity > Complexity::Medium)
                 .then(|| format!("no provider takes {:?}", t.spec.complexity))
         };
-        let plan = plan_run_gated(&p, &[&hard, &easy], None, &only_medium, ts(0));
+        let plan = gated(&p, &[&hard, &easy], &only_medium, ts(0));
         assert_eq!(dispatched(&plan), ["easy"]);
         let Some(Action::Wait { task, message }) = plan
             .actions
@@ -450,7 +523,7 @@ mod tests {
         assert_eq!(task, "hard");
         assert!(message.contains("High"), "{message}");
         hard.status.get_or_insert_with(Default::default).message = Some(message.clone());
-        let again = plan_run_gated(&p, &[&hard], None, &only_medium, ts(1));
+        let again = gated(&p, &[&hard], &only_medium, ts(1));
         assert!(
             again.actions.is_empty(),
             "the message is written once: {again:?}"

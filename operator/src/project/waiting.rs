@@ -62,6 +62,14 @@ impl WaitingWrites {
         !handed.contains(uid) && handed.insert(uid.to_owned())
     }
 
+    /// Whether the Task with `uid` is handed over and not written yet.
+    fn holds(&self, uid: &str) -> bool {
+        self.handed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(uid)
+    }
+
     fn done(&self, uid: &str) {
         self.handed
             .lock()
@@ -101,6 +109,14 @@ pub fn only_waiting_since(task: &Task, newer: &Task) -> bool {
     phase(newer) == TaskPhase::Pending
         && newer.metadata.deletion_timestamp == task.metadata.deletion_timestamp
         && comparable(newer) == comparable(task)
+}
+
+/// Whether what `task` waits for is handed over to be written and not written yet.
+pub fn handed(ctx: &Context, task: &Task) -> bool {
+    task.metadata
+        .uid
+        .as_deref()
+        .is_some_and(|uid| ctx.waiting.holds(uid))
 }
 
 /// Has `task`'s status say it waits, with `message` (made only if it is not on its way

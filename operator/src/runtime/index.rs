@@ -148,12 +148,23 @@ impl Filed {
     }
 }
 
-/// A Project's Tasks, by name as a pass sees them, and their counts by phase.
+/// A Project's Tasks by name as a pass sees them (each marked if it is a planning
+/// task), and their counts by phase, its planning task apart.
 #[derive(Debug, Default)]
 struct Tally {
-    tasks: BTreeMap<String, Arc<Task>>,
+    tasks: BTreeMap<String, (Arc<Task>, bool)>,
     work: TaskCounts,
     planning: TaskCounts,
+}
+
+impl Tally {
+    fn counts(&mut self, planning: bool) -> &mut TaskCounts {
+        if planning {
+            &mut self.planning
+        } else {
+            &mut self.work
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -172,12 +183,10 @@ impl Entries {
             .by_project
             .entry((namespace.clone(), filed.project.clone()))
             .or_default();
-        tally.tasks.insert(task.clone(), filed.seen());
-        if filed.planning {
-            tally.planning.add(phase, 1);
-        } else {
-            tally.work.add(phase, 1);
-        }
+        tally
+            .tasks
+            .insert(task.clone(), (filed.seen(), filed.planning));
+        tally.counts(filed.planning).add(phase, 1);
         self.by_role_phase
             .entry((namespace.clone(), filed.role.clone(), phase))
             .or_default()
@@ -192,11 +201,7 @@ impl Entries {
         let project = (namespace.clone(), filed.project.clone());
         if let Some(tally) = self.by_project.get_mut(&project) {
             tally.tasks.remove(task);
-            if filed.planning {
-                tally.planning.add(phase, -1);
-            } else {
-                tally.work.add(phase, -1);
-            }
+            tally.counts(filed.planning).add(phase, -1);
             if tally.tasks.is_empty() {
                 self.by_project.remove(&project);
             }
@@ -235,15 +240,27 @@ impl Entries {
 }
 
 /// What a Project's pass reads: its Tasks as they should be seen, and their counts.
+/// A dispatch the watch does not show yet is seen Queued.
 #[derive(Debug, Default)]
 pub struct ProjectTasks {
-    /// Every Task of the Project by name, a dispatch the watch does not show yet as
-    /// Queued.
+    /// Every Task of the Project, in name order.
     pub tasks: Vec<Arc<Task>>,
-    /// The counts by phase of its Tasks but the planning task.
-    pub work: TaskCounts,
-    /// The counts by phase of its planning task.
-    pub planning: TaskCounts,
+    /// Those of `tasks` that are planning tasks (a Project planned by Hera has one).
+    pub planning: Vec<Arc<Task>>,
+    /// The counts by phase of the Tasks but the planning tasks.
+    pub work_counts: TaskCounts,
+    /// The counts by phase of the planning tasks.
+    pub planning_counts: TaskCounts,
+}
+
+impl ProjectTasks {
+    /// The Tasks but the planning tasks, in name order.
+    pub fn work(&self) -> impl Iterator<Item = &Task> {
+        self.tasks
+            .iter()
+            .filter(|t| !self.planning.iter().any(|p| Arc::ptr_eq(p, t)))
+            .map(AsRef::as_ref)
+    }
 }
 
 /// Each Project's Tasks with their counts, Task names by role and phase, and the
@@ -292,10 +309,20 @@ impl TaskIndex {
         else {
             return ProjectTasks::default();
         };
+        let mut planning = Vec::new();
+        let tasks = (tally.tasks.values())
+            .map(|(task, is_planning)| {
+                if *is_planning {
+                    planning.push(task.clone());
+                }
+                task.clone()
+            })
+            .collect();
         ProjectTasks {
-            tasks: tally.tasks.values().cloned().collect(),
-            work: tally.work.clone(),
-            planning: tally.planning.clone(),
+            tasks,
+            planning,
+            work_counts: tally.work.clone(),
+            planning_counts: tally.planning.clone(),
         }
     }
 

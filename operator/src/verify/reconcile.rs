@@ -136,7 +136,7 @@ async fn advance_task(
         .fix_task
         .as_ref()
         .and_then(|name| by_name.get(name.as_str()))
-        .map(|t| fix_state(t));
+        .map(fix_state);
     let run = run_for(project, verify, task, &current);
     let outcome = poll(ctx, run.as_ref(), &current).await?;
     if let Some(outcome) = &outcome {
@@ -161,7 +161,7 @@ async fn advance_task(
                 .spec
                 .depends_on
                 .iter()
-                .filter_map(|d| by_name.get(d.as_str()).copied())
+                .filter_map(|d| by_name.get(d.as_str()))
                 .collect();
             let output = verification.output.clone().unwrap_or_default();
             let fixer = super::fixer(task, &dependencies, &output);
@@ -232,7 +232,7 @@ pub async fn advance_final(
         .fix_task
         .as_ref()
         .and_then(|name| by_name.get(name.as_str()))
-        .map(|t| fix_state(t));
+        .map(fix_state);
     let run = run_for(project, verify, project, &current);
     let outcome = poll(ctx, run.as_ref(), &current).await?;
     if let Some(outcome) = &outcome {

@@ -56,7 +56,7 @@ fn a_task_moving_between_phases_moves_between_entries() {
     fed.feed(&watcher::Event::Apply(task("a", &[])));
     fed.feed(&watcher::Event::Apply(task("b", &[])));
     assert_eq!(fed.names(), ["a", "b"]);
-    assert_eq!(fed.index.project("team-a", "shop").work.pending, 2);
+    assert_eq!(fed.index.project("team-a", "shop").work_counts.pending, 2);
     assert_eq!(
         fed.index.of_role("team-a", "backend", TaskPhase::Pending),
         ["a", "b"]
@@ -90,7 +90,11 @@ fn a_task_moving_between_phases_moves_between_entries() {
     let shop = fed.index.project("team-a", "shop");
     assert_eq!(fed.names(), ["a", "b"], "still the Project's");
     assert_eq!(
-        (shop.work.running, shop.work.pending, shop.work.total),
+        (
+            shop.work_counts.running,
+            shop.work_counts.pending,
+            shop.work_counts.total
+        ),
         (1, 1, 2)
     );
 
@@ -101,7 +105,7 @@ fn a_task_moving_between_phases_moves_between_entries() {
             .of_role("team-a", "backend", TaskPhase::Pending)
             .is_empty()
     );
-    assert_eq!(fed.index.project("team-a", "shop").work.total, 1);
+    assert_eq!(fed.index.project("team-a", "shop").work_counts.total, 1);
     assert!(
         fed.index.project("team-b", "shop").tasks.is_empty(),
         "another namespace"
@@ -129,7 +133,7 @@ fn a_relist_replaces_the_index_when_it_is_complete() {
     assert_eq!(fed.names(), ["gone"], "until the list is done");
     fed.feed(&watcher::Event::InitDone);
     assert_eq!(fed.names(), ["kept"]);
-    assert_eq!(fed.index.project("team-a", "shop").work.total, 1);
+    assert_eq!(fed.index.project("team-a", "shop").work_counts.total, 1);
 }
 
 #[test]
@@ -140,7 +144,7 @@ fn a_dispatch_counts_as_queued_until_the_watch_shows_it() {
     fed.index.expect_dispatch(&a, 1);
 
     let shop = fed.index.project("team-a", "shop");
-    assert_eq!((shop.work.queued, shop.work.pending), (1, 0));
+    assert_eq!((shop.work_counts.queued, shop.work_counts.pending), (1, 0));
     let seen = shop.tasks[0].status.clone().unwrap();
     assert_eq!((seen.phase, seen.attempt), (Some(TaskPhase::Queued), 1));
     assert_eq!(
@@ -152,17 +156,17 @@ fn a_dispatch_counts_as_queued_until_the_watch_shows_it() {
     let mut touched = a.clone();
     touched.metadata.labels = Some([("x".to_owned(), "y".to_owned())].into());
     fed.feed(&watcher::Event::Apply(touched));
-    assert_eq!(fed.index.project("team-a", "shop").work.queued, 1);
+    assert_eq!(fed.index.project("team-a", "shop").work_counts.queued, 1);
     // So does a re-list made before the Queued write.
     fed.relist([a.clone()]);
-    assert_eq!(fed.index.project("team-a", "shop").work.queued, 1);
+    assert_eq!(fed.index.project("team-a", "shop").work_counts.queued, 1);
 
     // The watch shows the attempt running: the expectation is spent.
     let mut running = with_phase(a.clone(), TaskPhase::Running);
     running.status.as_mut().unwrap().attempt = 1;
     fed.feed(&watcher::Event::Apply(running));
     let shop = fed.index.project("team-a", "shop");
-    assert_eq!((shop.work.running, shop.work.queued), (1, 0));
+    assert_eq!((shop.work_counts.running, shop.work_counts.queued), (1, 0));
     // A later copy showing the attempt failed back to Pending is not Queued again.
     let mut retry = a.clone();
     retry.status = Some(TaskStatus {
@@ -171,7 +175,7 @@ fn a_dispatch_counts_as_queued_until_the_watch_shows_it() {
         ..TaskStatus::default()
     });
     fed.feed(&watcher::Event::Apply(retry));
-    assert_eq!(fed.index.project("team-a", "shop").work.pending, 1);
+    assert_eq!(fed.index.project("team-a", "shop").work_counts.pending, 1);
 }
 
 #[test]
@@ -181,18 +185,18 @@ fn a_forgotten_dispatch_and_another_tasks_dispatch_change_nothing() {
     fed.feed(&watcher::Event::Apply(a.clone()));
     fed.index.expect_dispatch(&a, 1);
     fed.index.forget_dispatch(&a);
-    assert_eq!(fed.index.project("team-a", "shop").work.pending, 1);
+    assert_eq!(fed.index.project("team-a", "shop").work_counts.pending, 1);
 
     // A Task deleted and made again under the same name is another Task.
     let mut other = a.clone();
     other.metadata.uid = Some("uid-other".into());
     fed.index.expect_dispatch(&other, 1);
-    assert_eq!(fed.index.project("team-a", "shop").work.pending, 1);
+    assert_eq!(fed.index.project("team-a", "shop").work_counts.pending, 1);
     fed.index.expect_dispatch(&a, 1);
     fed.feed(&watcher::Event::Delete(a.clone()));
     fed.feed(&watcher::Event::Apply(other));
     let shop = fed.index.project("team-a", "shop");
-    assert_eq!((shop.work.pending, shop.work.queued), (1, 0));
+    assert_eq!((shop.work_counts.pending, shop.work_counts.queued), (1, 0));
 }
 
 fn at_version(mut task: Task, version: &str) -> Task {
@@ -221,12 +225,12 @@ fn a_pass_sees_what_it_wrote_until_the_watch_shows_a_change() {
     fed.index.wrote(&waiting, queued);
     let shop = fed.index.project("team-a", "shop");
     assert_eq!(shop.tasks[0].resource_version().as_deref(), Some("3"));
-    assert_eq!((shop.work.queued, shop.work.pending), (1, 0));
+    assert_eq!((shop.work_counts.queued, shop.work_counts.pending), (1, 0));
     // The watch shows the first of the two writes: the second is still the newest.
     fed.feed(&watcher::Event::Apply(waiting.clone()));
     let shop = fed.index.project("team-a", "shop");
     assert_eq!(shop.tasks[0].resource_version().as_deref(), Some("3"));
-    assert_eq!((shop.work.queued, shop.work.pending), (1, 0));
+    assert_eq!((shop.work_counts.queued, shop.work_counts.pending), (1, 0));
     let newest = fed.index.newest("team-a", "a", "uid-a").unwrap();
     assert_eq!(newest.resource_version().as_deref(), Some("3"));
     // A write over a copy that is no longer the newest says nothing.
@@ -234,17 +238,17 @@ fn a_pass_sees_what_it_wrote_until_the_watch_shows_a_change() {
         &a,
         at_version(with_phase(a.clone(), TaskPhase::Failed), "4"),
     );
-    assert_eq!(fed.index.project("team-a", "shop").work.failed, 0);
+    assert_eq!(fed.index.project("team-a", "shop").work_counts.failed, 0);
 
     // A re-list that still shows the old copy keeps the written one.
     fed.relist([a.clone()]);
-    assert_eq!(fed.index.project("team-a", "shop").work.queued, 1);
+    assert_eq!(fed.index.project("team-a", "shop").work_counts.queued, 1);
     // The watch shows a change: its copy is the newest from then on.
     let running = at_version(with_phase(a.clone(), TaskPhase::Running), "5");
     fed.feed(&watcher::Event::Apply(running));
     let shop = fed.index.project("team-a", "shop");
     assert_eq!(shop.tasks[0].resource_version().as_deref(), Some("5"));
-    assert_eq!((shop.work.running, shop.work.queued), (1, 0));
+    assert_eq!((shop.work_counts.running, shop.work_counts.queued), (1, 0));
 }
 
 #[test]
@@ -507,14 +511,29 @@ proptest! {
                 let seen = model.seen(project);
                 let (planning, work): (Vec<&Task>, Vec<&Task>) =
                     seen.iter().partition(|t| is_planning_task(t));
-                prop_assert_eq!(&kept.work, &count(&work), "{} work", project);
-                prop_assert_eq!(&kept.planning, &count(&planning), "{} planning", project);
-                let kept_tasks: Vec<(String, Option<TaskStatus>)> =
-                    kept.tasks.iter().map(|t| (t.name_any(), t.status.clone())).collect();
-                let mut seen_tasks: Vec<(String, Option<TaskStatus>)> =
-                    seen.iter().map(|t| (t.name_any(), t.status.clone())).collect();
-                seen_tasks.sort_by(|a, b| a.0.cmp(&b.0));
-                prop_assert_eq!(kept_tasks, seen_tasks);
+                prop_assert_eq!(&kept.work_counts, &count(&work), "{} work", project);
+                prop_assert_eq!(&kept.planning_counts, &count(&planning), "{} planning", project);
+                // Kept in name order.
+                let named = |tasks: &mut dyn Iterator<Item = &Task>, sort: bool| {
+                    let mut named: Vec<(String, Option<TaskStatus>)> =
+                        tasks.map(|t| (t.name_any(), t.status.clone())).collect();
+                    if sort {
+                        named.sort_by(|a, b| a.0.cmp(&b.0));
+                    }
+                    named
+                };
+                prop_assert_eq!(
+                    named(&mut kept.tasks.iter().map(AsRef::as_ref), false),
+                    named(&mut seen.iter(), true)
+                );
+                prop_assert_eq!(
+                    named(&mut kept.work(), false),
+                    named(&mut work.into_iter(), true)
+                );
+                prop_assert_eq!(
+                    named(&mut kept.planning.iter().map(AsRef::as_ref), false),
+                    named(&mut planning.into_iter(), true)
+                );
             }
             let queued: usize = ["shop", "blog"]
                 .iter()
