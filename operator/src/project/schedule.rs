@@ -115,6 +115,17 @@ impl std::fmt::Debug for Tasks<'_> {
 /// Plans one pass over `tasks` (the Project's tasks, without the planning task once
 /// the plan exists).
 pub fn plan_run(project: &Project, tasks: &[&Task], hold: Option<Hold>, now: Timestamp) -> RunPlan {
+    plan_over(project, tasks, hold, &|_| None, now)
+}
+
+/// [`plan_run_gated`] over `tasks` alone, counted and named here.
+fn plan_over(
+    project: &Project,
+    tasks: &[&Task],
+    hold: Option<Hold>,
+    gate: Gate<'_>,
+    now: Timestamp,
+) -> RunPlan {
     let (counts, by_name) = (count(tasks), by_name(tasks.iter().copied()));
     let tasks = Tasks {
         work: tasks,
@@ -122,7 +133,7 @@ pub fn plan_run(project: &Project, tasks: &[&Task], hold: Option<Hold>, now: Tim
         by_name: &by_name,
         handed: &|_| false,
     };
-    plan_run_gated(project, tasks, hold, &|_| None, now)
+    plan_run_gated(project, tasks, hold, gate, now)
 }
 
 /// Why a ready task may not be dispatched yet, if it may not.
@@ -380,17 +391,6 @@ mod tests {
             .collect()
     }
 
-    fn gated(p: &Project, tasks: &[&Task], gate: Gate<'_>, now: Timestamp) -> RunPlan {
-        let (counts, by_name) = (count(tasks), by_name(tasks.iter().copied()));
-        let tasks = Tasks {
-            work: tasks,
-            counts: &counts,
-            by_name: &by_name,
-            handed: &|_| false,
-        };
-        plan_run_gated(p, tasks, None, gate, now)
-    }
-
     fn diamond(phases: [TaskPhase; 4]) -> Vec<Task> {
         vec![
             with_phase(task("design", &[]), phases[0]),
@@ -511,7 +511,7 @@ mod tests {
             (t.spec.complexity > Complexity::Medium)
                 .then(|| format!("no provider takes {:?}", t.spec.complexity))
         };
-        let plan = gated(&p, &[&hard, &easy], &only_medium, ts(0));
+        let plan = plan_over(&p, &[&hard, &easy], None, &only_medium, ts(0));
         assert_eq!(dispatched(&plan), ["easy"]);
         let Some(Action::Wait { task, message }) = plan
             .actions
@@ -523,7 +523,7 @@ mod tests {
         assert_eq!(task, "hard");
         assert!(message.contains("High"), "{message}");
         hard.status.get_or_insert_with(Default::default).message = Some(message.clone());
-        let again = gated(&p, &[&hard], &only_medium, ts(1));
+        let again = plan_over(&p, &[&hard], None, &only_medium, ts(1));
         assert!(
             again.actions.is_empty(),
             "the message is written once: {again:?}"
