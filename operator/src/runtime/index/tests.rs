@@ -513,26 +513,22 @@ proptest! {
                     seen.iter().partition(|t| is_planning_task(t));
                 prop_assert_eq!(&kept.work_counts, &count(&work), "{} work", project);
                 prop_assert_eq!(&kept.planning_counts, &count(&planning), "{} planning", project);
-                // Kept in name order.
-                let named = |tasks: &mut dyn Iterator<Item = &Task>, sort: bool| {
-                    let mut named: Vec<(String, Option<TaskStatus>)> =
-                        tasks.map(|t| (t.name_any(), t.status.clone())).collect();
-                    if sort {
-                        named.sort_by(|a, b| a.0.cmp(&b.0));
-                    }
-                    named
+                // Kept in name order: compared as kept with the model's sorted.
+                let named = |tasks: Vec<&Task>| -> Vec<(String, Option<TaskStatus>)> {
+                    tasks.iter().map(|t| (t.name_any(), t.status.clone())).collect()
+                };
+                let sorted = |mut tasks: Vec<&Task>| {
+                    tasks.sort_by_key(|t| t.name_any());
+                    named(tasks)
                 };
                 prop_assert_eq!(
-                    named(&mut kept.tasks.iter().map(AsRef::as_ref), false),
-                    named(&mut seen.iter(), true)
+                    named(kept.tasks.iter().map(AsRef::as_ref).collect()),
+                    sorted(seen.iter().collect())
                 );
+                prop_assert_eq!(named(kept.work().collect()), sorted(work));
                 prop_assert_eq!(
-                    named(&mut kept.work(), false),
-                    named(&mut work.into_iter(), true)
-                );
-                prop_assert_eq!(
-                    named(&mut kept.planning.iter().map(AsRef::as_ref), false),
-                    named(&mut planning.into_iter(), true)
+                    named(kept.planning.iter().map(AsRef::as_ref).collect()),
+                    sorted(planning)
                 );
             }
             let queued: usize = ["shop", "blog"]
