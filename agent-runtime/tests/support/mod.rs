@@ -244,17 +244,19 @@ impl World {
         mock.mount(&self.llm).await;
     }
 
-    /// Two backend agents given one task each, from the same branch head: each model
-    /// answer (by title) takes a second, so both fetch before either pushes.
+    /// Two backend agents given one task each, from the same branch head. Pushes to
+    /// the repository are held (a `pre-receive` hook waits on a gate file) until the
+    /// model has been asked for both answers, so both agents have checked out the seed
+    /// before either can land, however slow this machine is.
     pub async fn race(
         &mut self,
         one: (&str, Value),
         two: (&str, Value),
     ) -> (Agent, Agent, TaskDispatch, TaskDispatch) {
         for (title, answer) in [&one, &two] {
-            self.answer(title, answer, None, Duration::from_secs(1))
-                .await;
+            self.answer(title, answer, None, Duration::ZERO).await;
         }
+        let gate = self.hold_pushes();
         let first = self.agent("backend", &[]);
         let second = self.agent("backend", &[]);
         first.wait_ready(Duration::from_secs(60)).await;
@@ -263,7 +265,50 @@ impl World {
         let b = self.dispatch(&format!("race-{}-b", self.agents), "backend", two.0);
         self.publish(&a).await;
         self.publish(&b).await;
+        self.wait_for_chats(&[one.0, two.0], Duration::from_secs(60))
+            .await;
+        std::fs::write(&gate, "").unwrap();
         (first, second, a, b)
+    }
+
+    /// Makes every push to the repository wait (up to a minute) until the returned
+    /// file exists.
+    fn hold_pushes(&self) -> PathBuf {
+        let gate = self.dir.path().join("pushes-open");
+        let hook = self.repo.join("hooks").join("pre-receive");
+        std::fs::write(
+            &hook,
+            format!(
+                "#!/bin/sh\ni=0\nwhile [ ! -e '{}' ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\ncat >/dev/null\n",
+                gate.display()
+            ),
+        )
+        .unwrap();
+        let mut permissions = std::fs::metadata(&hook).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+        std::fs::set_permissions(&hook, permissions).unwrap();
+        gate
+    }
+
+    /// Waits until the model has been asked a chat whose body contains each of `markers`.
+    async fn wait_for_chats(&self, markers: &[&str], limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let asked = self.llm.received_requests().await.unwrap_or_default();
+            let all = markers.iter().all(|marker| {
+                asked.iter().any(|r| {
+                    r.url.path() == "/api/chat" && String::from_utf8_lossy(&r.body).contains(marker)
+                })
+            });
+            if all {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the model was not asked for all of {markers:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// A dispatch of a work task for `role`, titled `title`, delivering into the repository.
