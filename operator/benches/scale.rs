@@ -4,7 +4,8 @@
 //! per task (by verb and subresource), dispatch latency, the operator's peak memory and
 //! the API server's requests a second; beside two floors: the time the same number of
 //! status writes takes from a bare client one at a time, and with the operator's
-//! concurrency.
+//! concurrency; and a broker floor: layers of the run's dispatches published and read
+//! back with nothing else in between.
 //!
 //! ```text
 //! cargo bench -p aios-operator --bench scale      # 1,000, 10,000, and 20 Projects x 500 at once
@@ -31,7 +32,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aios_crds::{Project, Task, TaskPhase};
+use aios_crds::{
+    Project, Task, TaskPhase,
+    bus::{Message, TaskDispatch},
+    names::bus::role_queue,
+};
+use aios_operator::{project::DISPATCH_CONCURRENCY, runtime::bus::Bus};
 use futures::{StreamExt, stream};
 use kube::{
     Api, Client,
@@ -39,14 +45,18 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{WatchStreamExt, watcher},
 };
+use lapin::options::BasicAckOptions;
 use serde_json::json;
 use support::{FakeAgents, Harness, Reply, done};
+use tokio_util::sync::CancellationToken;
 
 /// Tasks per layer; a Project of N tasks has N / WIDTH layers.
 const WIDTH: usize = 100;
 /// How many writes the concurrent floor keeps in flight: the event consumer's
 /// concurrency, the larger of the operator's two (a Project pass runs 16 at once).
 const FLOOR_CONCURRENCY: usize = 32;
+/// How many layers of dispatches the broker floor publishes.
+const BROKER_FLOOR_ROUNDS: usize = 20;
 
 async fn client(h: &Harness) -> Client {
     let kubeconfig = Kubeconfig::read_from(&h.env.kubeconfig).unwrap();
@@ -376,6 +386,70 @@ async fn floor(
     start.elapsed()
 }
 
+/// The broker's share of a layer's spread: `rounds` layers of [`WIDTH`] copies of
+/// `sample` (a dispatch of the run, as big as its dispatches), published through the
+/// operator's bus client, [`DISPATCH_CONCURRENCY`] at a time, each waiting for its
+/// confirm, to a quorum role queue of their own, read by a consumer that decodes and
+/// dates each as the fake agents do. Per round, sorted: first delivery to last (what the
+/// run's "first to last dispatch" measures), and first publish to last delivery.
+async fn broker_floor(
+    h: &Harness,
+    sample: &TaskDispatch,
+    rounds: usize,
+) -> (Vec<Duration>, Vec<Duration>) {
+    const ROLE: &str = "brokerfloor";
+    let stop = CancellationToken::new();
+    let bus = Bus::connect(&h.amqp_url, None, &stop).await.unwrap();
+    bus.ensure_role_queue(&h.ns, ROLE).await.unwrap();
+    let consumer = bus
+        .consume(&role_queue(&h.ns, ROLE), "broker-floor", 512)
+        .await
+        .unwrap();
+    let (delivered, mut deliveries) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(consumer.for_each_concurrent(256, move |delivery| {
+        let delivered = delivered.clone();
+        async move {
+            let Ok(delivery) = delivery else { return };
+            let dispatch = TaskDispatch::decode(&delivery.data).unwrap();
+            let _ = delivered.send((dispatch.task.uid, Instant::now()));
+            delivery.ack(BasicAckOptions::default()).await.unwrap();
+        }
+    }));
+    let (mut spreads, mut totals) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let copies: Vec<TaskDispatch> = (0..WIDTH)
+            .map(|i| {
+                let mut copy = sample.clone();
+                copy.task.uid = format!("broker-floor-{round}-{i}");
+                ROLE.clone_into(&mut copy.spec.role);
+                copy
+            })
+            .collect();
+        let start = Instant::now();
+        stream::iter(&copies)
+            .for_each_concurrent(DISPATCH_CONCURRENCY, |copy| {
+                let bus = &bus;
+                async move { bus.publish_dispatch(copy).await.unwrap() }
+            })
+            .await;
+        let mut times = Vec::with_capacity(WIDTH);
+        while times.len() < WIDTH {
+            let (uid, at) = deliveries.recv().await.unwrap();
+            if uid.starts_with(&format!("broker-floor-{round}-")) {
+                times.push(at);
+            }
+        }
+        let (first, last) = (*times.iter().min().unwrap(), *times.iter().max().unwrap());
+        spreads.push(last - first);
+        totals.push(last - start);
+    }
+    reader.abort();
+    stop.cancel();
+    spreads.sort();
+    totals.sort();
+    (spreads, totals)
+}
+
 /// What one run measured.
 struct Figures {
     wall: Duration,
@@ -502,6 +576,16 @@ async fn run(shape: Shape) -> Figures {
     } else {
         (Duration::ZERO, Duration::ZERO)
     };
+    // A dispatch of the last layer: as many dependencies as any.
+    let sample = agents
+        .received()
+        .into_iter()
+        .max_by_key(|r| r.dispatch.dependencies.len())
+        .map(|r| r.dispatch);
+    let broker = match (floors, sample) {
+        (true, Some(sample)) => Some(broker_floor(&h, &sample, BROKER_FLOOR_ROUNDS).await),
+        _ => None,
+    };
 
     let seconds = wall.as_secs_f64();
     println!("{}", shape.label());
@@ -582,6 +666,15 @@ async fn run(shape: Shape) -> Figures {
         concurrent.as_secs_f64(),
         seconds / concurrent.as_secs_f64().max(f64::EPSILON)
     );
+    if let Some((spreads, totals)) = broker {
+        println!(
+            "  broker floor, {BROKER_FLOOR_ROUNDS} layers of {WIDTH} such dispatches published {DISPATCH_CONCURRENCY} at a time with confirms and read back: first to last delivery p50 {:.0} ms, p99 {:.0} ms; first publish to last delivery p50 {:.0} ms, p99 {:.0} ms",
+            percentile(&spreads, 0.50).as_secs_f64() * 1000.0,
+            percentile(&spreads, 0.99).as_secs_f64() * 1000.0,
+            percentile(&totals, 0.50).as_secs_f64() * 1000.0,
+            percentile(&totals, 0.99).as_secs_f64() * 1000.0,
+        );
+    }
     Figures { wall }
 }
 

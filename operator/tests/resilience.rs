@@ -251,25 +251,41 @@ async fn wait_cancel_mark(h: &Harness, attempt: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_deleted_while_no_agent_listens_is_marked_cancelled() {
     let h = Harness::running("cancel-mark", &["backend"]).await;
-    h.apply(&wide("idle", 1));
-    h.wait_for_value("task/idle-part-0", "{.status.phase}", "Queued", TIMEOUT)
+    // Three ready at once: a pass records its dispatches in flight in one write.
+    h.apply(&wide("idle", 3));
+    let mut attempts = Vec::new();
+    for i in 0..3 {
+        let task = format!("idle-part-{i}");
+        h.wait_for_value(
+            &format!("task/{task}"),
+            "{.status.phase}",
+            "Queued",
+            TIMEOUT,
+        )
         .await;
-    assert_eq!(h.jsonpath("task/idle-part-0", "{.metadata.finalizers}"), "");
-    let attempt = attempt_of(&h, "idle-part-0");
-    let recorded: Option<String> = redis::cmd("HGET")
-        .arg(format!("aios:inflight:{}", h.ns))
-        .arg(&attempt)
-        .query_async(&mut redis(&h).await)
-        .await
-        .unwrap();
-    assert_eq!(
-        recorded.as_deref(),
-        Some("idle-part-0"),
-        "recorded in flight"
-    );
+        assert_eq!(
+            h.jsonpath(&format!("task/{task}"), "{.metadata.finalizers}"),
+            ""
+        );
+        let attempt = attempt_of(&h, &task);
+        let recorded: Option<String> = redis::cmd("HGET")
+            .arg(format!("aios:inflight:{}", h.ns))
+            .arg(&attempt)
+            .query_async(&mut redis(&h).await)
+            .await
+            .unwrap();
+        assert_eq!(
+            recorded.as_deref(),
+            Some(task.as_str()),
+            "recorded in flight"
+        );
+        attempts.push(attempt);
+    }
     h.kubectl(&["delete", "project", "idle", "--wait=false"]);
     wait_no_tasks(&h).await;
-    wait_cancel_mark(&h, &attempt).await;
+    for attempt in &attempts {
+        wait_cancel_mark(&h, attempt).await;
+    }
 }
 
 /// A Task deleted while no operator runs: the operator that comes back finds the

@@ -126,18 +126,15 @@ pub fn dispatch_message(
         .iter()
         .filter_map(|name| tasks_by_name.get(name.as_str()))
         .map(|dep| {
-            let result = dep
-                .status
-                .as_ref()
-                .and_then(|s| s.result.clone())
-                .unwrap_or_default();
+            // Only what the agent is told: a result's notes and plan stay behind.
+            let result = dep.status.as_ref().and_then(|s| s.result.as_ref());
             DependencyResult {
                 task: dep.name_any(),
                 title: dep.spec.title.clone(),
                 role: dep.spec.role.to_string(),
-                summary: result.summary,
-                files: result.files,
-                commit: result.commit,
+                summary: result.map(|r| r.summary.clone()).unwrap_or_default(),
+                files: result.map(|r| r.files.clone()).unwrap_or_default(),
+                commit: result.and_then(|r| r.commit.clone()),
             }
         })
         .collect();

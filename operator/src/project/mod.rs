@@ -16,9 +16,10 @@ use std::{sync::Arc, time::Duration};
 
 use aios_crds::{
     Project, ProjectPhase, Task, TaskPhase,
+    bus::TaskDispatch,
     conditions::reasons,
     names::{GROUP, VERSION, field_managers},
-    project::TaskCounts,
+    project::{TaskCounts, TaskDefaults},
 };
 use futures::{StreamExt, stream};
 use jiff::Timestamp;
@@ -67,6 +68,11 @@ const ACTION_CONCURRENCY: usize = 16;
 /// the agents' reports then came too late to leave Queued out or to fold Started (2.6
 /// writes a task and 100 s, against 1.1 and 47 s).
 pub const DISPATCH_CONCURRENCY: usize = 64;
+
+/// How many dispatches a pass makes and records in flight (one Redis write) before it
+/// publishes them: a layer of a hundred ready Tasks goes out after one round trip to
+/// Redis, not a hundred queued behind the agents' reports.
+const DISPATCH_BATCH: usize = 256;
 
 /// How long a pass waits, once, after its last dispatch for the agents to report on its
 /// dispatches before it records the others Queued: a dispatch an agent takes at once is
@@ -282,23 +288,21 @@ async fn run_actions(
             )
         })
         .partition(|&i| matches!(actions[i], Action::Dispatch { .. }));
-    // (By index: a closure taking `&Action` trips rustc's check that the pass is Send.)
-    let mut results = stream::iter(
-        dispatches
-            .into_iter()
-            .map(|i| execute(project, ctx, &actions[i], by_name, now)),
-    )
-    .buffer_unordered(DISPATCH_CONCURRENCY);
-    while let Some(result) = results.next().await {
-        match result {
-            Ok(sent) => published.extend(sent),
-            Err(err) => {
-                tracing::warn!(error = %err, "dispatching a task failed");
-                first_error.get_or_insert(err);
-            }
+    let dispatches: Vec<(&Task, i32)> = dispatches
+        .into_iter()
+        .filter_map(|i| match &actions[i] {
+            Action::Dispatch { task, attempt } => Some((by_name.get(task.as_str())?, *attempt)),
+            _ => None,
+        })
+        .collect();
+    for batch in dispatches.chunks(DISPATCH_BATCH) {
+        let (sent, error) = dispatch_batch(project, ctx, batch, by_name, now).await;
+        published.extend(sent);
+        if let Some(err) = error {
+            tracing::warn!(error = %err, "dispatching a task failed");
+            first_error.get_or_insert(err);
         }
     }
-    drop(results);
     // Every dispatch of the pass is on the bus before the first is recorded Queued, and
     // before any other status write: the last of a hundred ready Tasks waits for none.
     // The agents that take theirs at once have reported by the time the records start.
@@ -680,15 +684,15 @@ async fn plan_verdict(
     })
 }
 
-/// Carries out `action`; a dispatch is only published here, and returned to be recorded
-/// Queued ([`record_queued`]) once the pass has published all of its dispatches.
-async fn execute<'a>(
+/// Carries out `action`, a status write (dispatches are published by
+/// [`dispatch_batch`]).
+async fn execute(
     project: &Project,
-    ctx: &'a Context,
+    ctx: &Context,
     action: &Action,
     by_name: &ByName<'_>,
     now: Timestamp,
-) -> Result<Option<Published<'a>>, Error> {
+) -> Result<(), Error> {
     let defaults = &project.spec.policy.task_defaults;
     match action {
         Action::Expire {
@@ -697,7 +701,7 @@ async fn execute<'a>(
             message,
         } => {
             let Some(task) = by_name.get(task.as_str()) else {
-                return Ok(None);
+                return Ok(());
             };
             let policy = task_policy(task, defaults);
             let status = lifecycle::fail_attempt(task, &policy, reason, message, true, now);
@@ -709,28 +713,23 @@ async fn execute<'a>(
         }
         Action::Skip { task, dependency } => {
             let Some(task) = by_name.get(task.as_str()) else {
-                return Ok(None);
+                return Ok(());
             };
             ctx.write_task(task, &lifecycle::skipped(task, dependency, now))
                 .await?;
         }
-        // Handed to the waiting-status writer by `run_actions`, never carried out here.
-        Action::Wait { .. } | Action::AwaitDependencies { .. } => {}
+        // Handed to the waiting-status writer, or published in batches, by
+        // `run_actions`; never carried out here.
+        Action::Wait { .. } | Action::AwaitDependencies { .. } | Action::Dispatch { .. } => {}
         Action::Cancel { task, message } => {
             let Some(task) = by_name.get(task.as_str()) else {
-                return Ok(None);
+                return Ok(());
             };
             ctx.write_task(task, &lifecycle::cancelled(task, message, now))
                 .await?;
         }
-        Action::Dispatch { task, attempt } => {
-            let Some(task) = by_name.get(task.as_str()) else {
-                return Ok(None);
-            };
-            return dispatch(project, ctx, task, *attempt, by_name, now).await;
-        }
     }
-    Ok(None)
+    Ok(())
 }
 
 /// What a pass does once its dispatches are published, by index.
@@ -757,9 +756,7 @@ async fn follow_up(
             Some(task) => record_queued(ctx, task, &published[i], now).await,
             None => Ok(()),
         },
-        After::Act(i) => execute(project, ctx, &actions[i], by_name, now)
-            .await
-            .map(drop),
+        After::Act(i) => execute(project, ctx, &actions[i], by_name, now).await,
     }
 }
 
@@ -772,61 +769,148 @@ struct Published<'a> {
     place: Place<'a>,
 }
 
-/// Publishes attempt `attempt` of `task`, recorded in flight first; the pass then records
-/// it Queued ([`record_queued`]). If the process dies between the two, the next pass
-/// publishes the same attempt again, with the same message id, which consumers
-/// recognise.
-async fn dispatch<'a>(
+/// A dispatch made and signed, not yet published.
+struct Prepared<'t, 'a> {
+    task: &'t Task,
+    attempt: i32,
+    message: TaskDispatch,
+    /// The Task's lane, entered before publishing (see [`Published::place`]).
+    place: Place<'a>,
+}
+
+/// Publishes `batch` (Tasks and the attempt of each): every dispatch made and signed,
+/// all recorded in flight in one Redis write, then published, up to
+/// [`DISPATCH_CONCURRENCY`] at a time over all passes. Returns those published, for the
+/// pass to record Queued ([`record_queued`]), and the first error. If the process dies
+/// between the publish and the record, the next pass publishes the same attempt again,
+/// with the same message id, which consumers recognise.
+async fn dispatch_batch<'a>(
     project: &Project,
     ctx: &'a Context,
-    task: &Task,
-    attempt: i32,
+    batch: &[(&Task, i32)],
     by_name: &ByName<'_>,
     now: Timestamp,
-) -> Result<Option<Published<'a>>, Error> {
+) -> (Vec<Published<'a>>, Option<Error>) {
     if !ctx.leadership.is_current() {
-        return Err(Error::NotLeader);
+        return (Vec::new(), Some(Error::NotLeader));
     }
-    let namespace = project.namespace().unwrap_or_default();
-    let place = ctx
-        .lanes
-        .enter(task.metadata.uid.as_deref().unwrap_or_default());
-    let policy = task_policy(task, &project.spec.policy.task_defaults);
+    let defaults = &project.spec.policy.task_defaults;
     if let Some((reason, message)) =
         crate::provider::credentials::refuse_repository_credential(&ctx.credentials, project)
     {
-        tracing::warn!(task = %task.name_any(), %reason, %message, "not dispatching: the repository credential may not be used");
-        let status = lifecycle::fail_attempt(task, &policy, reason, &message, false, now);
-        let _turn = place.turn().await;
-        ctx.write_task(task, &status).await?;
-        return Ok(None);
+        tracing::warn!(%reason, %message, tasks = batch.len(), "not dispatching: the repository credential may not be used");
+        // (Futures made first: a closure over the batch's references held in the stream
+        // trips rustc's check that the pass is Send.)
+        let refusals: Vec<_> = batch
+            .iter()
+            .map(|&(task, _)| refuse(ctx, task, defaults, reason, &message, now))
+            .collect();
+        let refusals = stream::iter(refusals)
+            .buffer_unordered(ACTION_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        return (
+            Vec::new(),
+            refusals.into_iter().find_map(Result::err).map(Error::from),
+        );
     }
-    let role = task.spec.role.to_string();
-    let mut message = dispatch_message(
-        project,
-        task,
-        attempt,
-        &policy,
-        by_name,
-        &ctx.served_roles(&namespace),
-        ctx.preferred_providers(&namespace, &role),
-        now,
-    );
-    message.token = ctx.attempt_key.sign(&Attempt::of(task, message.attempt));
-    // Never closed; held until the dispatch is confirmed or has failed.
-    let _permit = ctx.dispatch_permits.acquire().await.ok();
-    // Recorded before it is published: if the Task is deleted while no operator
+    let namespace = project.namespace().unwrap_or_default();
+    let served_roles = ctx.served_roles(&namespace);
+    let prepared: Vec<Prepared<'_, 'a>> = batch
+        .iter()
+        .map(|&(task, attempt)| {
+            let place = ctx
+                .lanes
+                .enter(task.metadata.uid.as_deref().unwrap_or_default());
+            let policy = task_policy(task, defaults);
+            let mut message = dispatch_message(
+                project,
+                task,
+                attempt,
+                &policy,
+                by_name,
+                &served_roles,
+                ctx.preferred_providers(&namespace, task.spec.role.as_str()),
+                now,
+            );
+            message.token = ctx.attempt_key.sign(&Attempt::of(task, message.attempt));
+            Prepared {
+                task,
+                attempt,
+                message,
+                place,
+            }
+        })
+        .collect();
+    // Recorded before they are published: if a Task is deleted while no operator
     // watches, the sweep finds the attempt and cancels it (`crate::task::sweep`).
     if let Some(marks) = &ctx.cancel_marks {
-        marks
-            .record(&Recorded {
+        let records: Vec<Recorded> = prepared
+            .iter()
+            .map(|p| Recorded {
                 namespace: namespace.clone(),
-                name: task.name_any(),
-                uid: message.task.uid.clone(),
-                attempt,
+                name: p.task.name_any(),
+                uid: p.message.task.uid.clone(),
+                attempt: p.attempt,
             })
-            .await?;
+            .collect();
+        if let Err(err) = marks.record(&records).await {
+            return (Vec::new(), Some(err.into()));
+        }
     }
+    let mut published = Vec::with_capacity(prepared.len());
+    let mut first_error = None;
+    let sends: Vec<_> = prepared
+        .into_iter()
+        .map(|prepared| publish(ctx, prepared, &namespace, by_name))
+        .collect();
+    let mut results = stream::iter(sends).buffer_unordered(DISPATCH_CONCURRENCY);
+    while let Some(result) = results.next().await {
+        match result {
+            Ok(sent) => published.push(sent),
+            Err(err) => {
+                first_error.get_or_insert(err);
+            }
+        }
+    }
+    (published, first_error)
+}
+
+/// Fails the attempt of `task` that may not be dispatched (`reason`, `message`), in
+/// the Task's lane.
+async fn refuse(
+    ctx: &Context,
+    task: &Task,
+    defaults: &TaskDefaults,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> Result<(), kube::Error> {
+    let policy = task_policy(task, defaults);
+    let status = lifecycle::fail_attempt(task, &policy, reason, message, false, now);
+    let place = ctx
+        .lanes
+        .enter(task.metadata.uid.as_deref().unwrap_or_default());
+    let _turn = place.turn().await;
+    ctx.write_task(task, &status).await.map(drop)
+}
+
+/// Publishes one prepared dispatch, waiting for the broker's confirm, and counts it.
+async fn publish<'a>(
+    ctx: &'a Context,
+    prepared: Prepared<'_, 'a>,
+    namespace: &str,
+    by_name: &ByName<'_>,
+) -> Result<Published<'a>, Error> {
+    let Prepared {
+        task,
+        attempt,
+        message,
+        place,
+    } = prepared;
+    let role = message.spec.role.as_str();
+    // Never closed; held until the dispatch is confirmed or has failed.
+    let _permit = ctx.dispatch_permits.acquire().await.ok();
     if let Err(err) = ctx.bus.publish_dispatch(&message).await {
         ctx.metrics
             .publish_failures
@@ -835,9 +919,9 @@ async fn dispatch<'a>(
         return Err(err.into());
     }
     ctx.expect_dispatch(task, attempt);
-    ctx.metrics.dispatches.with_label_values(&[&role]).inc();
+    ctx.metrics.dispatches.with_label_values(&[role]).inc();
     if let Some(since) = ctx.task_index.succeeded_since(
-        &namespace,
+        namespace,
         task.spec
             .depends_on
             .iter()
@@ -845,7 +929,7 @@ async fn dispatch<'a>(
     ) {
         ctx.metrics
             .dispatch_delay
-            .with_label_values(&[&role])
+            .with_label_values(&[role])
             .observe(since.elapsed().as_secs_f64());
     }
     let ready_since = task
@@ -874,14 +958,14 @@ async fn dispatch<'a>(
             .max(0.0);
         ctx.metrics
             .dispatch_latency
-            .with_label_values(&[&role])
+            .with_label_values(&[role])
             .observe(seconds);
     }
-    Ok(Some(Published {
+    Ok(Published {
         task: task.name_any(),
         attempt,
         place,
-    }))
+    })
 }
 
 /// Records the published attempt of `task` Queued, unless the agent has reported on it

@@ -150,18 +150,35 @@ impl CancelMarks {
             .await
     }
 
-    /// Records `attempt` of Task `name` in flight.
-    pub async fn record(&self, attempt: &Recorded) -> Result<(), CancelError> {
-        let mut command = redis::cmd("HSET");
-        command
-            .arg(in_flight_key(&attempt.namespace))
-            .arg(attempt.id())
-            .arg(&attempt.name);
-        self.run(
-            || format!("recording attempt {} in flight", attempt.id()),
-            &command,
-        )
-        .await
+    /// Records `attempts` in flight: one command per namespace (a pass records all of
+    /// its dispatches at once, before it publishes any).
+    pub async fn record(&self, attempts: &[Recorded]) -> Result<(), CancelError> {
+        let mut by_namespace: std::collections::BTreeMap<&str, Vec<&Recorded>> =
+            std::collections::BTreeMap::new();
+        for attempt in attempts {
+            by_namespace
+                .entry(attempt.namespace.as_str())
+                .or_default()
+                .push(attempt);
+        }
+        for (namespace, attempts) in by_namespace {
+            let mut command = redis::cmd("HSET");
+            command.arg(in_flight_key(namespace));
+            for attempt in &attempts {
+                command.arg(attempt.id()).arg(&attempt.name);
+            }
+            self.run::<()>(
+                || {
+                    format!(
+                        "recording {} attempts in flight in {namespace}",
+                        attempts.len()
+                    )
+                },
+                &command,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Forgets the records of `attempts` (they are over, or cancelled): one command per
