@@ -61,7 +61,7 @@ pub fn project_of(task: &Task) -> Option<kube::runtime::reflector::ObjectRef<Pro
 /// How many Task status writes (and other actions but dispatches) one pass runs at once.
 const ACTION_CONCURRENCY: usize = 16;
 
-/// How many dispatches are published at once, over all passes (each a Redis write and a
+/// How many dispatches are published at once, over all passes (each waits for a
 /// broker confirm, whose fsyncs the broker shares among the messages waiting for one:
 /// more at once sends a layer of a hundred out faster). Over all passes, not per pass:
 /// 64 a pass let twenty Projects starting together put 1,280 on the broker at once, and
