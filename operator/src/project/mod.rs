@@ -299,7 +299,6 @@ async fn run_actions(
         let (sent, error) = dispatch_batch(project, ctx, batch, by_name, now).await;
         published.extend(sent);
         if let Some(err) = error {
-            tracing::warn!(error = %err, "dispatching a task failed");
             first_error.get_or_insert(err);
         }
     }
@@ -781,9 +780,9 @@ struct Prepared<'t, 'a> {
 /// Publishes `batch` (Tasks and the attempt of each): every dispatch made and signed,
 /// all recorded in flight in one Redis write, then published, up to
 /// [`DISPATCH_CONCURRENCY`] at a time over all passes. Returns those published, for the
-/// pass to record Queued ([`record_queued`]), and the first error. If the process dies
-/// between the publish and the record, the next pass publishes the same attempt again,
-/// with the same message id, which consumers recognise.
+/// pass to record Queued ([`record_queued`]), and the first error (each is logged). If
+/// the process dies between the publish and the record, the next pass publishes the
+/// same attempt again, with the same message id, which consumers recognise.
 async fn dispatch_batch<'a>(
     project: &Project,
     ctx: &'a Context,
@@ -855,6 +854,7 @@ async fn dispatch_batch<'a>(
             })
             .collect();
         if let Err(err) = marks.record(&records).await {
+            tracing::warn!(error = %err, dispatches = records.len(), "not dispatching: the attempts could not be recorded in flight");
             return (Vec::new(), Some(err.into()));
         }
     }
@@ -869,6 +869,7 @@ async fn dispatch_batch<'a>(
         match result {
             Ok(sent) => published.push(sent),
             Err(err) => {
+                tracing::warn!(error = %err, "dispatching a task failed");
                 first_error.get_or_insert(err);
             }
         }
