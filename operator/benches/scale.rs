@@ -116,6 +116,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index]
 }
 
+/// [`percentile`] in milliseconds.
+fn ms(sorted: &[Duration], p: f64) -> f64 {
+    percentile(sorted, p).as_secs_f64() * 1000.0
+}
+
 /// The bucket bound under which share `p` of a histogram's observations fall, from its
 /// cumulative bucket counts by bound (`le`), and the share within `bound` seconds.
 fn bucketed(buckets: &BTreeMap<String, f64>, p: f64, bound: f64) -> (String, f64) {
@@ -608,27 +613,27 @@ async fn run(shape: Shape) -> Figures {
     println!("    Queued {queued:?}; Started events {started:?}");
     println!(
         "  dispatch latency, a dependency's success reported by its agent to dependent dispatch: p50 {:.0} ms, p99 {:.0} ms (n={})",
-        percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
-        percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
+        ms(&latencies, 0.50),
+        ms(&latencies, 0.99),
         latencies.len()
     );
     println!(
         "  dispatch latency, dependency's success recorded (seen on a watch) to dependent dispatch: p50 {:.0} ms, p99 {:.0} ms (n={})",
-        percentile(&from_record, 0.50).as_secs_f64() * 1000.0,
-        percentile(&from_record, 0.99).as_secs_f64() * 1000.0,
+        ms(&from_record, 0.50),
+        ms(&from_record, 0.99),
         from_record.len()
     );
     println!(
         "    of which, per layer: last dependency's success to the first dispatch p50 {:.0} ms, p99 {:.0} ms; first to last dispatch p50 {:.0} ms, p99 {:.0} ms",
-        percentile(&waits, 0.50).as_secs_f64() * 1000.0,
-        percentile(&waits, 0.99).as_secs_f64() * 1000.0,
-        percentile(&spreads, 0.50).as_secs_f64() * 1000.0,
-        percentile(&spreads, 0.99).as_secs_f64() * 1000.0,
+        ms(&waits, 0.50),
+        ms(&waits, 0.99),
+        ms(&spreads, 0.50),
+        ms(&spreads, 0.99),
     );
     println!(
         "    last dependency's success recorded to the first dispatch p50 {:.0} ms, p99 {:.0} ms",
-        percentile(&recorded_waits, 0.50).as_secs_f64() * 1000.0,
-        percentile(&recorded_waits, 0.99).as_secs_f64() * 1000.0,
+        ms(&recorded_waits, 0.50),
+        ms(&recorded_waits, 0.99),
     );
     let ahead = dispatches_ahead_of(&agents, &recorded);
     println!(
@@ -669,10 +674,10 @@ async fn run(shape: Shape) -> Figures {
     if let Some((spreads, totals)) = broker {
         println!(
             "  broker floor, {BROKER_FLOOR_ROUNDS} layers of {WIDTH} such dispatches published {DISPATCH_CONCURRENCY} at a time with confirms and read back: first to last delivery p50 {:.0} ms, p99 {:.0} ms; first publish to last delivery p50 {:.0} ms, p99 {:.0} ms",
-            percentile(&spreads, 0.50).as_secs_f64() * 1000.0,
-            percentile(&spreads, 0.99).as_secs_f64() * 1000.0,
-            percentile(&totals, 0.50).as_secs_f64() * 1000.0,
-            percentile(&totals, 0.99).as_secs_f64() * 1000.0,
+            ms(&spreads, 0.50),
+            ms(&spreads, 0.99),
+            ms(&totals, 0.50),
+            ms(&totals, 0.99),
         );
     }
     Figures { wall }

@@ -153,15 +153,7 @@ impl CancelMarks {
     /// Records `attempts` in flight: one command per namespace (a pass records all of
     /// its dispatches at once, before it publishes any).
     pub async fn record(&self, attempts: &[Recorded]) -> Result<(), CancelError> {
-        let mut by_namespace: std::collections::BTreeMap<&str, Vec<&Recorded>> =
-            std::collections::BTreeMap::new();
-        for attempt in attempts {
-            by_namespace
-                .entry(attempt.namespace.as_str())
-                .or_default()
-                .push(attempt);
-        }
-        for (namespace, attempts) in by_namespace {
+        for (namespace, attempts) in by_namespace(attempts) {
             let mut command = redis::cmd("HSET");
             command.arg(in_flight_key(namespace));
             for attempt in &attempts {
@@ -184,15 +176,8 @@ impl CancelMarks {
     /// Forgets the records of `attempts` (they are over, or cancelled): one command per
     /// namespace.
     pub async fn forget(&self, attempts: &[Recorded]) -> Result<(), CancelError> {
-        let mut by_namespace: std::collections::BTreeMap<&str, Vec<String>> =
-            std::collections::BTreeMap::new();
-        for attempt in attempts {
-            by_namespace
-                .entry(attempt.namespace.as_str())
-                .or_default()
-                .push(attempt.id());
-        }
-        for (namespace, ids) in by_namespace {
+        for (namespace, attempts) in by_namespace(attempts) {
+            let ids: Vec<String> = attempts.iter().map(|a| a.id()).collect();
             let mut command = redis::cmd("HDEL");
             command.arg(in_flight_key(namespace)).arg(&ids);
             self.run::<()>(
@@ -259,4 +244,17 @@ impl CancelMarks {
         keys.dedup();
         Ok(keys)
     }
+}
+
+/// `attempts` grouped by namespace: one Redis hash each.
+fn by_namespace(attempts: &[Recorded]) -> std::collections::BTreeMap<&str, Vec<&Recorded>> {
+    let mut grouped: std::collections::BTreeMap<&str, Vec<&Recorded>> =
+        std::collections::BTreeMap::new();
+    for attempt in attempts {
+        grouped
+            .entry(attempt.namespace.as_str())
+            .or_default()
+            .push(attempt);
+    }
+    grouped
 }
