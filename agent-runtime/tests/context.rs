@@ -152,14 +152,14 @@ fn dispatch(repo: &Path, title: &str, description: &str) -> TaskDispatch {
             acceptance_criteria: vec!["totals start at a given value".to_owned()],
             planning: false,
         },
-        dependencies: vec![DependencyResult {
+        dependencies: vec![std::sync::Arc::new(DependencyResult {
             task: "spec".to_owned(),
             title: "Write the spec".to_owned(),
             role: "backend".to_owned(),
             summary: "Wrote the spec.".to_owned(),
             files: vec!["docs/spec.txt".to_owned()],
             commit: None,
-        }],
+        })],
         models: ModelHints::default(),
         available_roles: Vec::new(),
         plan_feedback: Vec::new(),

@@ -4,6 +4,8 @@
 //! unknown event types, so a newer agent can talk to an older operator and the other
 //! way round within one major schema version.
 
+use std::sync::Arc;
+
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -127,9 +129,10 @@ pub struct TaskDispatch {
     pub repository: Repository,
     /// What to do.
     pub spec: DispatchedTask,
-    /// What the task's dependencies produced, in dependency order.
+    /// What the task's dependencies produced, in dependency order. Shared: the operator
+    /// makes each dependency's result once for all the dependents it dispatches at once.
     #[serde(default)]
-    pub dependencies: Vec<DependencyResult>,
+    pub dependencies: Vec<Arc<DependencyResult>>,
     /// How to route the task's model calls.
     #[serde(default)]
     pub models: ModelHints,

@@ -151,14 +151,14 @@ fn dispatch() -> TaskDispatch {
             acceptance_criteria: vec!["tests pass".into()],
             planning: false,
         },
-        dependencies: vec![DependencyResult {
+        dependencies: vec![std::sync::Arc::new(DependencyResult {
             task: "shop-api".into(),
             title: "Build the API".into(),
             role: "backend".into(),
             summary: "REST API in src/main.rs".into(),
             files: vec!["src/main.rs".into()],
             commit: Some("abc123".into()),
-        }],
+        })],
         models: ModelHints {
             routing: RoutingMode::LocalFirst,
             target_local_ratio: Some(0.85),

@@ -35,12 +35,12 @@ use std::{
 use aios_crds::{
     Project, Task, TaskPhase,
     bus::{Message, TaskDispatch},
-    names::bus::role_queue,
+    names::{bus::role_queue, field_managers},
 };
 use aios_operator::{project::DISPATCH_CONCURRENCY, runtime::bus::Bus};
 use futures::{StreamExt, stream};
 use kube::{
-    Api, Client,
+    Api, Client, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{WatchStreamExt, watcher},
@@ -366,9 +366,13 @@ fn layer_gaps(
     (waits, spreads)
 }
 
-/// `writes` status writes to the Tasks of Project `project`, `concurrency` at a time.
+/// `writes` status writes to the Tasks of Project `project`, `concurrency` at a time,
+/// each as the operator writes a Task's status (server-side apply under its field
+/// manager) and of the same size: the status it wrote last (`statuses`), with a new
+/// message (an unchanged apply is not written to etcd).
 async fn floor(
     tasks: &Api<Task>,
+    statuses: &BTreeMap<String, serde_json::Value>,
     project: &str,
     layers: usize,
     writes: usize,
@@ -378,17 +382,42 @@ async fn floor(
     stream::iter(0..writes)
         .for_each_concurrent(concurrency, |n| {
             let tasks = tasks.clone();
+            let name = task_name(project, (n / WIDTH) % layers, n % WIDTH);
+            let mut status = statuses[&name].clone();
+            status["message"] = json!(format!("floor write {n}"));
             async move {
-                let name = task_name(project, (n / WIDTH) % layers, n % WIDTH);
-                let patch = json!({"apiVersion": "aios.dev/v1alpha1", "kind": "Task", "status": {"message": format!("floor write {n}")}});
+                let patch =
+                    json!({"apiVersion": "aios.dev/v1alpha1", "kind": "Task", "status": status});
                 tasks
-                    .patch_status(&name, &PatchParams::apply("aios-bench").force(), &Patch::Apply(patch))
+                    .patch_status(
+                        &name,
+                        &PatchParams::apply(field_managers::TASK).force(),
+                        &Patch::Apply(patch),
+                    )
                     .await
                     .unwrap();
             }
         })
         .await;
     start.elapsed()
+}
+
+/// The status of each Task of `project`, by name, as the operator last wrote it.
+async fn final_statuses(tasks: &Api<Task>, project: &str) -> BTreeMap<String, serde_json::Value> {
+    tasks
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|t| t.spec.project == project)
+        .map(|t| {
+            (
+                t.name_any(),
+                serde_json::to_value(t.status.unwrap()).unwrap(),
+            )
+        })
+        .collect()
 }
 
 /// The broker's share of a layer's spread: `rounds` layers of [`WIDTH`] copies of
@@ -574,9 +603,18 @@ async fn run(shape: Shape) -> Figures {
     let floor_writes = writes.round() as usize;
     let floors = std::env::var("AIOS_BENCH_FLOORS").map_or(true, |v| v != "0");
     let (sequential, concurrent) = if floors {
+        let statuses = final_statuses(&tasks, &names[0]).await;
         (
-            floor(&tasks, &names[0], layers, floor_writes, 1).await,
-            floor(&tasks, &names[0], layers, floor_writes, FLOOR_CONCURRENCY).await,
+            floor(&tasks, &statuses, &names[0], layers, floor_writes, 1).await,
+            floor(
+                &tasks,
+                &statuses,
+                &names[0],
+                layers,
+                floor_writes,
+                FLOOR_CONCURRENCY,
+            )
+            .await,
         )
     } else {
         (Duration::ZERO, Duration::ZERO)

@@ -15,8 +15,8 @@ use aios_bus::Bus;
 use aios_crds::{
     Complexity,
     bus::{
-        DependencyResult, DispatchedTask, Message, ModelHints, ObjectRef, SCHEMA_VERSION,
-        TaskDispatch, TaskEvent, TaskEventKind,
+        DispatchedTask, Message, ModelHints, ObjectRef, SCHEMA_VERSION, TaskDispatch, TaskEvent,
+        TaskEventKind,
     },
     names::bus as names,
     project::Repository,
@@ -340,7 +340,7 @@ impl World {
                 acceptance_criteria: vec!["it works".to_owned()],
                 planning: false,
             },
-            dependencies: Vec::<DependencyResult>::new(),
+            dependencies: Vec::new(),
             models: ModelHints::default(),
             available_roles: Vec::new(),
             plan_feedback: Vec::new(),

@@ -3,6 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    sync::Arc,
     time::Duration,
 };
 
@@ -107,6 +108,53 @@ pub fn heartbeat_interval(policy: &TaskPolicy) -> u32 {
     u32::try_from((policy.heartbeat_timeout.as_secs() / 4).max(5)).unwrap_or(u32::MAX)
 }
 
+/// Each dependency's result as its dependents are told it, made once for all the
+/// dispatches of a pass (a layer's dependents share their dependencies).
+#[derive(Debug)]
+pub struct DependencyResults<'n, 'a> {
+    by_name: &'n ByName<'a>,
+    made: Vec<Option<Arc<DependencyResult>>>,
+}
+
+impl<'n, 'a> DependencyResults<'n, 'a> {
+    /// Results of the tasks in `by_name`, made as they are first asked for.
+    pub fn new(by_name: &'n ByName<'a>) -> Self {
+        Self {
+            by_name,
+            made: vec![None; by_name.len()],
+        }
+    }
+
+    /// The results of `task`'s dependencies, in its order; a name no task has is left
+    /// out.
+    fn of(&mut self, task: &Task) -> Vec<Arc<DependencyResult>> {
+        task.spec
+            .depends_on
+            .iter()
+            .filter_map(|name| {
+                let (i, dep) = self.by_name.find(name.as_str())?;
+                let made = self.made.get_mut(i)?;
+                Some(Arc::clone(
+                    made.get_or_insert_with(|| Arc::new(dependency_result(dep))),
+                ))
+            })
+            .collect()
+    }
+}
+
+/// What `dep`'s dependents are told of it: its result's notes and plan stay behind.
+fn dependency_result(dep: &Task) -> DependencyResult {
+    let result = dep.status.as_ref().and_then(|s| s.result.as_ref());
+    DependencyResult {
+        task: dep.name_any(),
+        title: dep.spec.title.clone(),
+        role: dep.spec.role.to_string(),
+        summary: result.map(|r| r.summary.clone()).unwrap_or_default(),
+        files: result.map(|r| r.files.clone()).unwrap_or_default(),
+        commit: result.and_then(|r| r.commit.clone()),
+    }
+}
+
 /// Everything an agent needs for attempt `attempt` of `task`.
 #[allow(clippy::too_many_arguments)]
 pub fn dispatch_message(
@@ -114,30 +162,13 @@ pub fn dispatch_message(
     task: &Task,
     attempt: i32,
     policy: &TaskPolicy,
-    tasks_by_name: &ByName<'_>,
+    dependencies: &mut DependencyResults<'_, '_>,
     served_roles: &BTreeSet<String>,
     preferred_providers: Vec<String>,
     now: Timestamp,
 ) -> TaskDispatch {
     let planning = is_planning_task(task);
-    let dependencies = task
-        .spec
-        .depends_on
-        .iter()
-        .filter_map(|name| tasks_by_name.get(name.as_str()))
-        .map(|dep| {
-            // Only what the agent is told: a result's notes and plan stay behind.
-            let result = dep.status.as_ref().and_then(|s| s.result.as_ref());
-            DependencyResult {
-                task: dep.name_any(),
-                title: dep.spec.title.clone(),
-                role: dep.spec.role.to_string(),
-                summary: result.map(|r| r.summary.clone()).unwrap_or_default(),
-                files: result.map(|r| r.files.clone()).unwrap_or_default(),
-                commit: result.and_then(|r| r.commit.clone()),
-            }
-        })
-        .collect();
+    let dependencies = dependencies.of(task);
     TaskDispatch {
         schema_version: SCHEMA_VERSION,
         project: object_ref(project),
@@ -208,7 +239,7 @@ mod tests {
             &qa,
             3,
             &policy,
-            &by_name,
+            &mut DependencyResults::new(&by_name),
             &BTreeSet::new(),
             vec!["ollama".into()],
             ts(0),
@@ -252,7 +283,7 @@ mod tests {
             &planner,
             2,
             &policy,
-            &ByName::default(),
+            &mut DependencyResults::new(&ByName::default()),
             &roles,
             vec![],
             ts(2),

@@ -32,7 +32,9 @@ use serde_json::json;
 
 use crate::{
     Error,
-    project::dispatch::{FEEDBACK_SEPARATOR, dispatch_message, planning_task, planning_task_name},
+    project::dispatch::{
+        DependencyResults, FEEDBACK_SEPARATOR, dispatch_message, planning_task, planning_task_name,
+    },
     project::plan::{
         PlanError, ValidatedPlan, dropped_dependencies, judge_plan, missing_tasks, plan_tasks,
     },
@@ -815,6 +817,7 @@ async fn dispatch_batch<'a>(
     }
     let namespace = project.namespace().unwrap_or_default();
     let served_roles = ctx.served_roles(&namespace);
+    let mut dependencies = DependencyResults::new(by_name);
     let prepared: Vec<Prepared<'_, 'a>> = batch
         .iter()
         .map(|&(task, attempt)| {
@@ -827,7 +830,7 @@ async fn dispatch_batch<'a>(
                 task,
                 attempt,
                 &policy,
-                by_name,
+                &mut dependencies,
                 &served_roles,
                 ctx.preferred_providers(&namespace, task.spec.role.as_str()),
                 now,

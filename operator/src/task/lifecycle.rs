@@ -106,8 +106,23 @@ impl<'a> ByName<'a> {
 
     /// The task named `name`.
     pub fn get(&self, name: &str) -> Option<&'a Task> {
+        self.find(name).map(|(_, task)| task)
+    }
+
+    /// The task named `name` and its place among the tasks, from 0 to [`Self::len`].
+    pub fn find(&self, name: &str) -> Option<(usize, &'a Task)> {
         let i = self.0.binary_search_by(|(n, _)| (*n).cmp(name)).ok()?;
-        Some(self.0[i].1)
+        Some((i, self.0[i].1))
+    }
+
+    /// How many tasks there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
