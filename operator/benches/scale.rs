@@ -39,6 +39,7 @@ use aios_crds::{
 };
 use aios_operator::{project::DISPATCH_CONCURRENCY, runtime::bus::Bus};
 use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
@@ -489,13 +490,36 @@ struct Figures {
     wall: Duration,
 }
 
+/// Runs `shape` in a namespace of its own, then deletes the namespace and waits until
+/// it is gone, so that the next run neither shares the API server with the deletion of
+/// this one's Tasks nor finds them stored.
 async fn run(shape: Shape) -> Figures {
+    let mut h = Harness::new(&format!("bench-{}x{}", shape.projects, shape.total()));
+    let figures = measure(&mut h, shape).await;
+    let namespaces: Api<Namespace> = Api::all(client(&h).await);
+    let ns = h.ns.clone();
+    let deleting = Instant::now();
+    drop(h); // stops the operator and deletes the namespace
+    while namespaces.get_opt(&ns).await.unwrap().is_some() {
+        assert!(
+            deleting.elapsed() < Duration::from_secs(900),
+            "namespace {ns} still there after 15 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "namespace {ns} deleted in {:.1}s",
+        deleting.elapsed().as_secs_f64()
+    );
+    figures
+}
+
+async fn measure(h: &mut Harness, shape: Shape) -> Figures {
     let layers = shape.layers();
     let total = shape.total();
-    let mut h = Harness::new(&format!("bench-{}x{}", shape.projects, layers * WIDTH));
     h.apply_agents(&["backend"]);
     h.serve_models().await;
-    let client = client(&h).await;
+    let client = client(h).await;
     let tasks: Api<Task> = Api::namespaced(client.clone(), &h.ns);
     let projects: Api<Project> = Api::namespaced(client.clone(), &h.ns);
     let names: Vec<String> = (0..shape.projects).map(|p| format!("big{p}")).collect();
@@ -528,10 +552,8 @@ async fn run(shape: Shape) -> Figures {
     let wrapper = std::env::var("AIOS_BENCH_OPERATOR_WRAPPER").unwrap_or_default();
     let wrapper: Vec<&str> = wrapper.split_whitespace().collect();
     let operator = h.start_operator_under("bench", "warn", &wrapper);
-    let agents = FakeAgents::start(&h, &["backend"], Duration::ZERO, |d| {
-        Reply::Succeed(done(d))
-    })
-    .await;
+    let agents =
+        FakeAgents::start(h, &["backend"], Duration::ZERO, |d| Reply::Succeed(done(d))).await;
     // The operator syncs its caches: every Task is in its task gauge.
     let syncing = Instant::now();
     while (h.metric(operator, "aios_tasks{") - total as f64).abs() > 0.5 {
@@ -543,7 +565,7 @@ async fn run(shape: Shape) -> Figures {
     }
     let pid = h.operator_pid(operator);
     let synced = (memory_mib(pid, "VmRSS"), memory_mib(pid, "VmHWM"));
-    let before = requests(&h);
+    let before = requests(h);
     let (recorded, watch) = watch_recorded(tasks.clone());
 
     let start = Instant::now();
@@ -559,7 +581,7 @@ async fn run(shape: Shape) -> Figures {
     }
     wait_all_succeeded(&projects, names.len()).await;
     let wall = start.elapsed();
-    let after = requests(&h);
+    let after = requests(h);
     let (rss, settled) = (memory_mib(pid, "VmHWM"), memory_mib(pid, "VmRSS"));
     watch.abort();
     let reported = agents.finished.lock().unwrap().clone();
@@ -626,7 +648,7 @@ async fn run(shape: Shape) -> Figures {
         .max_by_key(|r| r.dispatch.dependencies.len())
         .map(|r| r.dispatch);
     let broker = match (floors, sample) {
-        (true, Some(sample)) => Some(broker_floor(&h, &sample, BROKER_FLOOR_ROUNDS).await),
+        (true, Some(sample)) => Some(broker_floor(h, &sample, BROKER_FLOOR_ROUNDS).await),
         _ => None,
     };
 

@@ -261,6 +261,47 @@ mod tests {
     }
 
     #[test]
+    fn dependents_dispatched_together_share_each_dependency_s_result() {
+        let p = project("shop");
+        let mut api = with_phase(task("shop-api", &[]), TaskPhase::Succeeded);
+        api.status.as_mut().unwrap().result = Some(TaskResult {
+            summary: "REST API".into(),
+            notes: Some("not for the dependents".into()),
+            ..TaskResult::default()
+        });
+        let db = with_phase(task("shop-db", &[]), TaskPhase::Succeeded);
+        let qa = task("shop-qa", &["shop-api", "shop-gone", "shop-db"]);
+        let docs = task("shop-docs", &["shop-db", "shop-api"]);
+        let by_name = crate::task::lifecycle::by_name([&api, &db, &qa, &docs]);
+        let mut results = DependencyResults::new(&by_name);
+        let mut dispatch = |t: &Task| {
+            let policy = task_policy(t, &TaskDefaults::default());
+            let roles = BTreeSet::new();
+            dispatch_message(&p, t, 1, &policy, &mut results, &roles, vec![], ts(0))
+        };
+        let (qa, docs) = (dispatch(&qa), dispatch(&docs));
+        let names = |d: &TaskDispatch| -> Vec<String> {
+            d.dependencies.iter().map(|r| r.task.clone()).collect()
+        };
+        assert_eq!(
+            names(&qa),
+            ["shop-api", "shop-db"],
+            "in order, the unknown left out"
+        );
+        assert_eq!(names(&docs), ["shop-db", "shop-api"]);
+        assert!(Arc::ptr_eq(&qa.dependencies[0], &docs.dependencies[1]));
+        assert!(Arc::ptr_eq(&qa.dependencies[1], &docs.dependencies[0]));
+        assert_eq!(qa.dependencies[0].summary, "REST API");
+        let wire = serde_json::to_value(&qa).unwrap();
+        assert_eq!(
+            wire["dependencies"][0],
+            serde_json::json!({"task": "shop-api", "title": "do shop-api", "role": "backend",
+                               "summary": "REST API", "files": []}),
+            "each dependency's result is sent whole, as before, without its notes"
+        );
+    }
+
+    #[test]
     fn a_replanning_dispatch_carries_the_roles_and_what_was_wrong() {
         let p = project("shop");
         let mut planner = planning_task(&p);
