@@ -494,7 +494,11 @@ struct Figures {
 /// it is gone, so that the next run neither shares the API server with the deletion of
 /// this one's Tasks nor finds them stored.
 async fn run(shape: Shape) -> Figures {
-    let mut h = Harness::new(&format!("bench-{}x{}", shape.projects, shape.total()));
+    let mut h = Harness::new(&format!(
+        "bench-{}x{}",
+        shape.projects,
+        shape.layers() * WIDTH
+    ));
     let figures = measure(&mut h, shape).await;
     let namespaces: Api<Namespace> = Api::all(client(&h).await);
     let ns = h.ns.clone();
