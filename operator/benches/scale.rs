@@ -41,9 +41,8 @@ use aios_operator::{project::DISPATCH_CONCURRENCY, runtime::bus::Bus};
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
-    Api, Client, ResourceExt,
+    Api, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
-    config::{KubeConfigOptions, Kubeconfig},
     runtime::{WatchStreamExt, watcher},
 };
 use lapin::options::BasicAckOptions;
@@ -58,14 +57,6 @@ const WIDTH: usize = 100;
 const FLOOR_CONCURRENCY: usize = 32;
 /// How many layers of dispatches the broker floor publishes.
 const BROKER_FLOOR_ROUNDS: usize = 20;
-
-async fn client(h: &Harness) -> Client {
-    let kubeconfig = Kubeconfig::read_from(&h.env.kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(config).unwrap()
-}
 
 fn task_name(project: &str, layer: usize, i: usize) -> String {
     format!("{project}-l{layer}-t{i}")
@@ -500,7 +491,7 @@ async fn run(shape: Shape) -> Figures {
         shape.layers() * WIDTH
     ));
     let figures = measure(&mut h, shape).await;
-    let namespaces: Api<Namespace> = Api::all(client(&h).await);
+    let namespaces: Api<Namespace> = Api::all(h.client().await);
     let ns = h.ns.clone();
     let deleting = Instant::now();
     drop(h); // stops the operator and deletes the namespace
@@ -523,7 +514,7 @@ async fn measure(h: &mut Harness, shape: Shape) -> Figures {
     let total = shape.total();
     h.apply_agents(&["backend"]);
     h.serve_models().await;
-    let client = client(h).await;
+    let client = h.client().await;
     let tasks: Api<Task> = Api::namespaced(client.clone(), &h.ns);
     let projects: Api<Project> = Api::namespaced(client.clone(), &h.ns);
     let names: Vec<String> = (0..shape.projects).map(|p| format!("big{p}")).collect();

@@ -4,10 +4,16 @@
 
 mod support;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
-use aios_crds::{TaskPhase, TaskResult};
-use kube::ResourceExt;
+use aios_crds::{Project, ProjectPhase, ProjectStatus, TaskPhase, TaskResult};
+use futures::StreamExt;
+use kube::{Api, ResourceExt, runtime::watcher};
 use support::{FakeAgents, Harness, Reply, done, plan_reply, single};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -1146,4 +1152,107 @@ async fn the_ready_task_goes_out_before_what_the_waiting_ones_say_is_written() {
         (dated - all).abs() < 0.5,
         "the dispatch delay of every leaf: {dated}"
     );
+}
+
+/// A busy Project's status is written at most once a second, whatever the number of
+/// passes, except when its phase changes (written at once); and what is written last is
+/// the whole truth. A chain of forty tasks of a tenth of a second each: a change of the
+/// Project's counts every tenth of a second or so, for about five seconds, each outcome
+/// asking for a pass. Counted on a watch of the Project: every change of its status is
+/// one write.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_project_s_status_is_written_at_most_once_a_second() {
+    const TASKS: usize = 40;
+    let h = Harness::running("status-writes", &["backend"]).await;
+    let _agents = FakeAgents::start(&h, &["backend"], Duration::from_millis(100), |d| {
+        Reply::Succeed(done(d))
+    })
+    .await;
+    let mut tasks = String::new();
+    for i in 0..TASKS {
+        let _ = writeln!(
+            tasks,
+            "    - name: t{i}\n      title: Task {i}\n      role: backend"
+        );
+        if i > 0 {
+            let _ = writeln!(tasks, "      dependsOn: [t{}]", i - 1);
+        }
+    }
+    let projects: Api<Project> = Api::namespaced(h.client().await, &h.ns);
+    // Every change of the status the watch shows, and when; the Project is made once the
+    // watch is listening, so that its first writes are not seen late, all at once.
+    let writes = Arc::new(Mutex::new(Vec::<(Instant, ProjectStatus)>::new()));
+    let (listening, listens) = tokio::sync::oneshot::channel();
+    let watch = tokio::spawn({
+        let writes = writes.clone();
+        let mut listening = Some(listening);
+        let config = watcher::Config::default().fields("metadata.name=busy");
+        watcher(projects.clone(), config).for_each(move |event| {
+            match event {
+                Ok(watcher::Event::InitDone) => {
+                    listening.take().map(|l| l.send(()));
+                }
+                Ok(watcher::Event::Apply(project) | watcher::Event::InitApply(project)) => {
+                    if let Some(status) = project.status {
+                        let mut writes = writes.lock().unwrap();
+                        if writes.last().is_none_or(|(_, last)| *last != status) {
+                            writes.push((Instant::now(), status));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            std::future::ready(())
+        })
+    });
+    listens.await.unwrap();
+    let passes_before = project_passes(&h);
+    h.apply(&format!(
+        "apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: busy\nspec:\n  description: Busy\n  repository:\n    url: file:///tmp/busy.git\n  tasks:\n{tasks}"
+    ));
+    h.wait_for_phase("busy", "Succeeded", TIMEOUT * 2).await;
+    // Anything written after the phase (none expected) would show within the interval.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    watch.abort();
+    let passes = project_passes(&h) - passes_before;
+    let writes = writes.lock().unwrap().clone();
+
+    let (_, last) = writes.last().expect("the status was written");
+    assert_eq!(last.phase, Some(ProjectPhase::Succeeded));
+    let total = i32::try_from(TASKS).unwrap();
+    assert_eq!(
+        (last.tasks.total, last.tasks.succeeded),
+        (total, total),
+        "the last status counts every task: {last:?}"
+    );
+    // A write without a phase change comes a second after the one before at the
+    // earliest: over the span of the writes seen, at most one a second, give or take
+    // one for when the watch showed the first and the last.
+    let span = writes.last().unwrap().0.duration_since(writes[0].0);
+    let gaps: Vec<(Duration, Option<ProjectPhase>)> = writes
+        .windows(2)
+        .map(|pair| (pair[1].0.duration_since(pair[0].0), pair[1].1.phase))
+        .collect();
+    let steady = writes
+        .windows(2)
+        .filter(|pair| pair[1].1.phase == pair[0].1.phase)
+        .count();
+    let steady = u32::try_from(steady).unwrap();
+    assert!(
+        f64::from(steady) <= span.as_secs_f64() + 2.0,
+        "{steady} writes without a phase change over {span:?}; each write's gap from the one before, and its phase: {gaps:?}"
+    );
+    let written = u32::try_from(writes.len()).unwrap();
+    assert!(
+        passes >= 3.0 * f64::from(written),
+        "{passes} passes and {written} status writes over {span:?}: too few passes to show the writes coalesced"
+    );
+}
+
+/// How many Project passes the test's operator has made.
+fn project_passes(h: &Harness) -> f64 {
+    h.metric(
+        0,
+        "aios_reconcile_duration_seconds_count{controller=\"project\"}",
+    )
 }

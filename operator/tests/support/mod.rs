@@ -280,6 +280,16 @@ impl Harness {
         }
     }
 
+    /// A client of the environment's API server, as the test's user.
+    pub async fn client(&self) -> kube::Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.env.kubeconfig).unwrap();
+        let options = kube::config::KubeConfigOptions::default();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
     pub fn task(&self, name: &str) -> Task {
         serde_json::from_str(&self.kubectl(&["get", "task", name, "-o", "json"])).unwrap()
     }
