@@ -282,6 +282,8 @@ impl Harness {
 
     /// A client of the environment's API server, as the test's user.
     pub async fn client(&self) -> kube::Client {
+        // Features unified over the workspace enable more than one provider: pick one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.env.kubeconfig).unwrap();
         let options = kube::config::KubeConfigOptions::default();
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
