@@ -237,10 +237,48 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A port on 127.0.0.1 that nothing listens on right now.
+/// The lowest port [`free_port`] picks.
+const LOWEST_PORT: u16 = 10_000;
+
+/// Above the ports [`free_port`] picks: Kubernetes' default NodePort range starts here.
+const NODE_PORTS: u16 = 30_000;
+
+/// A port on 127.0.0.1 that nothing listens on right now, below the kernel's range for
+/// the local ports of outgoing connections: a port from that range (what binding port 0
+/// gives) may be taken by any process's outgoing connection between the pick and the
+/// server's bind, and the server then fails with "address in use" (seen with RabbitMQ's
+/// management listener while other tests' clients were busy). Picked at random below
+/// the NodePort range too, and tried; the kernel's own pick if none is free.
 pub fn free_port() -> Result<u16, ProcessError> {
+    let below = ephemeral_ports_start().clamp(LOWEST_PORT + 1, NODE_PORTS);
+    let span = u64::from(below - LOWEST_PORT);
+    for _ in 0..64 {
+        let offset = u16::try_from(random() % span).unwrap_or(0);
+        let port = LOWEST_PORT + offset;
+        if TcpListener::bind(loopback(port)).is_ok() {
+            return Ok(port);
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0").map_err(ProcessError::NoPort)?;
     Ok(listener.local_addr().map_err(ProcessError::NoPort)?.port())
+}
+
+/// The first port of the kernel's range for outgoing connections (32768 when unknown).
+fn ephemeral_ports_start() -> u16 {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
+/// A random number, from the standard library's randomly keyed hasher.
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    hasher.write_u128(now.map_or(0, |d| d.as_nanos()));
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -370,4 +408,23 @@ pub fn remove_dir_settled(dir: &Path) -> std::io::Result<()> {
         thread::sleep(Duration::from_millis(200) * attempt);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_free_port_is_below_the_outgoing_connections_range_and_free() {
+        let start = ephemeral_ports_start();
+        assert!(
+            start > LOWEST_PORT,
+            "this machine's range starts at {start}"
+        );
+        for _ in 0..20 {
+            let port = free_port().unwrap();
+            assert!((LOWEST_PORT..start).contains(&port), "{port}");
+            TcpListener::bind(loopback(port)).unwrap();
+        }
+    }
 }
