@@ -251,10 +251,8 @@ const NODE_PORTS: u16 = 30_000;
 /// the NodePort range too, and tried; the kernel's own pick if none is free.
 pub fn free_port() -> Result<u16, ProcessError> {
     let below = ephemeral_ports_start().clamp(LOWEST_PORT + 1, NODE_PORTS);
-    let span = u64::from(below - LOWEST_PORT);
     for _ in 0..64 {
-        let offset = u16::try_from(random() % span).unwrap_or(0);
-        let port = LOWEST_PORT + offset;
+        let port = rand::random_range(LOWEST_PORT..below);
         if TcpListener::bind(loopback(port)).is_ok() {
             return Ok(port);
         }
@@ -269,16 +267,6 @@ fn ephemeral_ports_start() -> u16 {
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse().ok())
         .unwrap_or(32_768)
-}
-
-/// A random number, from the standard library's randomly keyed hasher.
-fn random() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    hasher.write_u128(now.map_or(0, |d| d.as_nanos()));
-    hasher.write_u32(std::process::id());
-    hasher.finish()
 }
 
 fn loopback(port: u16) -> SocketAddr {
