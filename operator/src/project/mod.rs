@@ -196,6 +196,10 @@ async fn reconcile_inner(cached: &Project, ctx: &Context) -> Result<ControllerAc
         },
         None => plan_with_hera(project, ctx, &tasks, &all, now).await?,
     };
+    // The Pending tasks to look at, as the index keeps them, when the work is every
+    // task but the planning ones.
+    let pending: Option<Vec<&Task>> =
+        matches!(work, Work::Tasks).then(|| tasks.pending.iter().map(AsRef::as_ref).collect());
     let (work, work_counts) = work.select(&tasks);
 
     // Run.
@@ -209,6 +213,7 @@ async fn reconcile_inner(cached: &Project, ctx: &Context) -> Result<ControllerAc
             counts: &work_counts,
             by_name: &by_name,
             handed: &|task| waiting::handed(ctx, task),
+            pending: pending.as_deref(),
         };
         run_plan(project, ctx, work, &usage, now)
     };

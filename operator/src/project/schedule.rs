@@ -101,6 +101,11 @@ pub struct Tasks<'a> {
     /// ([`Action::AwaitDependencies`] handed over by an earlier pass and not written
     /// yet): it is not asked for again.
     pub handed: &'a dyn Fn(&Task) -> bool,
+    /// The Pending tasks of `work` a dispatch must be looked for among, when the pass
+    /// knows them ([`crate::runtime::index::ProjectTasks::pending`]: every one whose
+    /// dependencies may all have succeeded, and every one without a status not
+    /// `handed`); `None`: every Pending task of `work`.
+    pub pending: Option<&'a [&'a Task]>,
 }
 
 impl std::fmt::Debug for Tasks<'_> {
@@ -132,6 +137,7 @@ fn plan_over(
         counts: &counts,
         by_name: &by_name,
         handed: &|_| false,
+        pending: None,
     };
     plan_run_gated(project, tasks, hold, gate, now)
 }
@@ -266,10 +272,20 @@ fn dispatches(
         work,
         by_name,
         handed,
+        pending,
         ..
     } = tasks;
+    let every_pending: Vec<&Task>;
+    let pending = if let Some(pending) = pending {
+        pending
+    } else {
+        every_pending = (work.iter().copied())
+            .filter(|t| phase(t) == TaskPhase::Pending)
+            .collect();
+        &every_pending
+    };
     let mut ready: Vec<&Task> = Vec::new();
-    for task in work.iter().filter(|t| phase(t) == TaskPhase::Pending) {
+    for &task in pending.iter().filter(|t| phase(t) == TaskPhase::Pending) {
         let deps_done = task.spec.depends_on.iter().all(|d| {
             by_name
                 .get(d.as_str())
@@ -465,6 +481,43 @@ mod tests {
     }
 
     #[test]
+    fn a_pass_that_knows_the_pending_tasks_to_look_at_looks_at_those_alone() {
+        let p = project("shop");
+        let (a, b, c) = (task("a", &[]), task("b", &[]), task("c", &["a"]));
+        let work = [&a, &b, &c];
+        let (counts, by_name) = (count(&work), by_name(work));
+        let plan = |pending: Option<&[&Task]>| {
+            let tasks = Tasks {
+                work: &work,
+                counts: &counts,
+                by_name: &by_name,
+                handed: &|_| false,
+                pending,
+            };
+            plan_run_gated(&p, tasks, None, &|_| None, ts(0))
+        };
+        // Every Pending task: both ready ones dispatched, `c` told what it waits for.
+        let every = plan(None);
+        assert_eq!(dispatched(&every), ["a", "b"]);
+        assert!(
+            every
+                .actions
+                .contains(&Action::AwaitDependencies { task: "c".into() })
+        );
+        // Only those listed: `b`.
+        assert_eq!(
+            plan(Some(&[&b])).actions,
+            [Action::Dispatch {
+                task: "b".into(),
+                attempt: 1
+            }]
+        );
+        // A listed task no longer Pending is left alone.
+        let queued = with_phase(b.clone(), Queued);
+        assert_eq!(plan(Some(&[&queued])).actions, []);
+    }
+
+    #[test]
     fn a_task_waiting_on_dependencies_gets_a_status_once() {
         let p = project("shop");
         let first = task("first", &[]);
@@ -484,6 +537,7 @@ mod tests {
             counts: &counts,
             by_name: &by_name,
             handed: &|t| name_of(t) == "second",
+            pending: None,
         };
         let plan = plan_run_gated(&p, tasks, None, &|_| None, ts(0));
         assert_eq!(dispatched(&plan), ["first"]);

@@ -11,11 +11,7 @@
 //! Nothing is lost if a write fails or the process stops: the next pass hands the Task
 //! over again while its status does not say it waits.
 
-use std::{
-    collections::HashSet,
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use aios_crds::{Task, TaskPhase, TaskStatus};
 use kube::ResourceExt;
@@ -23,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     runtime::{context::Context, handover::Handover},
-    task::lifecycle::phase,
+    task::lifecycle::{name_of, phase},
 };
 
 /// How many waiting statuses are written at once, over all Projects: a small share of
@@ -46,36 +42,14 @@ struct Handed {
     message: String,
 }
 
-/// The waiting statuses handed over and not yet written.
+/// The waiting statuses handed over and not yet written, in the order handed over.
+/// Which Tasks have one on its way is filed in the Task index ([`TaskIndex::hand`]),
+/// where a pass finds the Tasks that have not.
+///
+/// [`TaskIndex::hand`]: crate::runtime::index::TaskIndex::hand
 #[derive(Debug, Default)]
 pub struct WaitingWrites {
-    /// By Task uid: one handed over is not handed over again until written.
-    handed: Mutex<HashSet<String>>,
     queue: Handover<Handed>,
-}
-
-impl WaitingWrites {
-    /// Whether the Task with `uid` is newly handed over (looked up first: a pass hands
-    /// over again every Task whose status does not say it waits yet).
-    fn hand(&self, uid: &str) -> bool {
-        let mut handed = self.handed.lock().unwrap_or_else(PoisonError::into_inner);
-        !handed.contains(uid) && handed.insert(uid.to_owned())
-    }
-
-    /// Whether the Task with `uid` is handed over and not written yet.
-    fn holds(&self, uid: &str) -> bool {
-        self.handed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(uid)
-    }
-
-    fn done(&self, uid: &str) {
-        self.handed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(uid);
-    }
 }
 
 /// The status that says `task` waits, with `message`: `None` once it does not wait
@@ -113,10 +87,10 @@ pub fn only_waiting_since(task: &Task, newer: &Task) -> bool {
 
 /// Whether what `task` waits for is handed over to be written and not written yet.
 pub fn handed(ctx: &Context, task: &Task) -> bool {
-    task.metadata
-        .uid
-        .as_deref()
-        .is_some_and(|uid| ctx.waiting.holds(uid))
+    task.metadata.uid.as_deref().is_some_and(|uid| {
+        ctx.task_index
+            .holds(&task.namespace().unwrap_or_default(), name_of(task), uid)
+    })
 }
 
 /// Has `task`'s status say it waits, with `message` (made only if it is not on its way
@@ -125,18 +99,20 @@ pub fn write_soon(ctx: &Context, task: &Task, message: impl FnOnce() -> String) 
     let Some(uid) = task.metadata.uid.as_deref() else {
         return;
     };
-    if !ctx.waiting.hand(uid) {
+    let namespace = task.namespace().unwrap_or_default();
+    if !ctx.task_index.hand(&namespace, name_of(task), uid) {
         return;
     }
     let handed = Handed {
-        namespace: task.namespace().unwrap_or_default(),
+        namespace,
         name: task.name_any(),
         uid: uid.to_owned(),
         message: message(),
     };
     if let Err(handed) = ctx.waiting.queue.send(handed) {
         // Shutting down: the next operator's pass hands it over again.
-        ctx.waiting.done(&handed.uid);
+        ctx.task_index
+            .said(&handed.namespace, &handed.name, &handed.uid);
     }
 }
 
@@ -149,7 +125,8 @@ pub async fn keep_writing(ctx: Arc<Context>, shutdown: CancellationToken) {
             async move {
                 ctx.urgent.quiet(YIELD_AT_MOST).await;
                 let outcome = write(&ctx, &handed).await;
-                ctx.waiting.done(&handed.uid);
+                ctx.task_index
+                    .said(&handed.namespace, &handed.name, &handed.uid);
                 ctx.metrics
                     .waiting_writes
                     .with_label_values(&[outcome])

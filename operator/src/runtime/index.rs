@@ -13,8 +13,18 @@
 //! filed and counted as Queued with the published attempt until the watch shows that
 //! attempt), and the status it has written ([`TaskIndex::wrote`]: the Task is seen
 //! as written until the watch shows any change to it but the operator's own writes
-//! leading up to it). And, for the dispatch delay metric, when this replica first knew
-//! each Task's success recorded ([`TaskIndex::succeeded_since`]).
+//! leading up to it), and the waiting statuses handed over to be written
+//! ([`TaskIndex::hand`]). And, for the dispatch delay metric, when this replica first
+//! knew each Task's success recorded ([`TaskIndex::succeeded_since`]).
+//!
+//! Each Project's Pending Tasks a pass must look at to dispatch are kept too
+//! ([`ProjectTasks::pending`]), so a pass over a Project of 10,000 Tasks looks at the
+//! few whose dependencies may all have succeeded (and those without a status that no
+//! waiting status is handed over for) rather than every Pending one. A Pending Task
+//! whose dependencies have not all succeeded is filed under one dependency that has
+//! not ([`Filed::blocked_on`]); only when that one is filed Succeeded is the Task looked
+//! at again, and filed under the next such dependency, or among the ready ones. Each
+//! Task moves along its dependencies once, however many events arrive.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -66,6 +76,12 @@ struct Filed {
     /// it returned, or the watch showed it); `None` while the newest copy has not
     /// succeeded.
     succeeded_at: Option<Instant>,
+    /// A waiting status handed over to be written and not written yet.
+    handed: bool,
+    /// While Pending: the place in its dependencies of one that has not succeeded, under
+    /// which it is filed in its Project's [`Tally::blocked`]; `None` when all have (it
+    /// is then among [`Tally::ready`]) or it is not Pending.
+    blocked_on: Option<usize>,
 }
 
 impl Filed {
@@ -77,8 +93,14 @@ impl Filed {
             written: None,
             expected: None,
             succeeded_at: None,
+            handed: false,
+            blocked_on: None,
             task,
         }
+    }
+
+    fn dependencies(&self) -> &[aios_crds::CompactString] {
+        &self.task.spec.depends_on
     }
 
     /// The newest copy: the one a pass wrote while the watch does not show it yet.
@@ -116,6 +138,17 @@ impl Filed {
         self.written = before.written.filter(|w| w.over.contains(&seen));
         self.expected = before.expected.filter(|&attempt| attempt > self.attempt());
         self.succeeded_at = before.succeeded_at;
+        self.handed = before.handed;
+    }
+
+    /// Whether a pass must look at it to say what it waits for: Pending without a
+    /// status, not being deleted, and nothing handed over to say it yet.
+    fn unsaid(&self) -> bool {
+        let task = self.current();
+        !self.handed
+            && self.expected.is_none()
+            && task.status.is_none()
+            && task.metadata.deletion_timestamp.is_none()
     }
 
     /// Dates the newest copy's success, if it has succeeded and was not dated yet.
@@ -155,6 +188,30 @@ struct Tally {
     tasks: BTreeMap<String, (Arc<Task>, bool)>,
     work: TaskCounts,
     planning: TaskCounts,
+    /// Pending Tasks whose dependencies have all succeeded (and, after a dependency
+    /// went back on its success, perhaps a few whose have not).
+    ready: BTreeSet<String>,
+    /// Pending Tasks a pass must say what they wait for ([`Filed::unsaid`]).
+    unsaid: BTreeSet<String>,
+    /// By dependency: the Pending Tasks filed under it ([`Filed::blocked_on`]), and some
+    /// that were and moved on since (skipped when the dependency succeeds).
+    blocked: HashMap<String, Vec<String>>,
+}
+
+/// Where a Pending Task with `dependencies` stands among the Tasks of its Project:
+/// `Some(place)` of a dependency that has not succeeded, looked for from `from` on and
+/// then from the start; `None` if all have.
+fn first_unmet(
+    tasks: &BTreeMap<String, (Arc<Task>, bool)>,
+    dependencies: &[aios_crds::CompactString],
+    from: usize,
+) -> Option<usize> {
+    let from = from.min(dependencies.len());
+    (from..dependencies.len()).chain(0..from).find(|&i| {
+        tasks
+            .get(dependencies[i].as_str())
+            .is_none_or(|(dep, _)| crate::task::lifecycle::phase(dep) != TaskPhase::Succeeded)
+    })
 }
 
 impl Tally {
@@ -179,31 +236,109 @@ impl Entries {
         filed.date_success();
         let (namespace, task) = &name;
         let phase = filed.phase();
-        let tally = self
-            .by_project
-            .entry((namespace.clone(), filed.project.clone()))
-            .or_default();
+        let project = (namespace.clone(), filed.project.clone());
+        let tally = self.by_project.entry(project.clone()).or_default();
         tally
             .tasks
             .insert(task.clone(), (filed.seen(), filed.planning));
         tally.counts(filed.planning).add(phase, 1);
+        if phase == TaskPhase::Pending {
+            let from = filed.blocked_on.unwrap_or(0);
+            match first_unmet(&tally.tasks, filed.dependencies(), from) {
+                None => {
+                    tally.ready.insert(task.clone());
+                    filed.blocked_on = None;
+                }
+                Some(place) => {
+                    // Already filed there when it was before (see `apply`).
+                    if filed.blocked_on != Some(place) {
+                        let dependency = filed.dependencies()[place].to_string();
+                        tally
+                            .blocked
+                            .entry(dependency)
+                            .or_default()
+                            .push(task.clone());
+                    }
+                    filed.blocked_on = Some(place);
+                }
+            }
+            if filed.unsaid() {
+                tally.unsaid.insert(task.clone());
+            }
+        } else {
+            filed.blocked_on = None;
+        }
         self.by_role_phase
             .entry((namespace.clone(), filed.role.clone(), phase))
             .or_default()
             .insert(task.clone());
-        self.of.insert(name, filed);
+        if phase == TaskPhase::Succeeded {
+            let task = task.clone();
+            self.of.insert(name, filed);
+            self.unblock(&project, &task);
+        } else {
+            self.of.insert(name, filed);
+        }
+    }
+
+    /// Looks again at the Pending Tasks of `project` filed under `dependency`, which has
+    /// just been filed Succeeded: each is filed under its next dependency that has not
+    /// succeeded, or among the ready ones.
+    fn unblock(&mut self, project: &ProjectKey, dependency: &str) {
+        let Some(tally) = self.by_project.get_mut(project) else {
+            return;
+        };
+        let Some(waiting) = tally.blocked.remove(dependency) else {
+            return;
+        };
+        for task in waiting {
+            let key = (project.0.clone(), task);
+            let Some(filed) = self.of.get_mut(&key) else {
+                continue;
+            };
+            let name = key.1;
+            // Moved on since it was filed here.
+            let Some(place) = filed.blocked_on else {
+                continue;
+            };
+            if filed.project != project.1
+                || filed
+                    .dependencies()
+                    .get(place)
+                    .map(aios_crds::CompactString::as_str)
+                    != Some(dependency)
+            {
+                continue;
+            }
+            match first_unmet(&tally.tasks, filed.dependencies(), place) {
+                None => {
+                    tally.ready.insert(name);
+                    filed.blocked_on = None;
+                }
+                Some(next) => {
+                    let next_dependency = filed.dependencies()[next].to_string();
+                    tally.blocked.entry(next_dependency).or_default().push(name);
+                    filed.blocked_on = Some(next);
+                }
+            }
+        }
     }
 
     fn unfile(&mut self, name: &Name) -> Option<Filed> {
-        let filed = self.of.remove(name)?;
+        let mut filed = self.of.remove(name)?;
         let (namespace, task) = name;
         let phase = filed.phase();
         let project = (namespace.clone(), filed.project.clone());
         if let Some(tally) = self.by_project.get_mut(&project) {
             tally.tasks.remove(task);
+            tally.ready.remove(task);
+            tally.unsaid.remove(task);
             tally.counts(filed.planning).add(phase, -1);
             if tally.tasks.is_empty() {
+                // Its Tasks filed under a dependency go with it: filed again, this one
+                // is filed under its dependency anew.
                 self.by_project.remove(&project);
+                filed.blocked_on = None;
             }
         }
         let role_phase = (namespace.clone(), filed.role.clone(), phase);
@@ -222,6 +357,10 @@ impl Entries {
         let before = self.unfile(&name);
         let mut filed = Filed::new(task);
         if let Some(before) = before.filter(|b| b.uid() == filed.uid()) {
+            // Still filed under the same dependency, which has not succeeded since.
+            if before.project == filed.project && before.dependencies() == filed.dependencies() {
+                filed.blocked_on = before.blocked_on;
+            }
             filed.carry(before);
         }
         self.file(name, filed);
@@ -251,6 +390,11 @@ pub struct ProjectTasks {
     pub work_counts: TaskCounts,
     /// The counts by phase of the planning tasks.
     pub planning_counts: TaskCounts,
+    /// The Pending Tasks but the planning tasks that a pass must look at to dispatch, in
+    /// name order: every one whose dependencies have all succeeded, and every one
+    /// without a status that no waiting status is handed over for; perhaps a few more
+    /// (a dependency that went back on its success leaves its dependents here).
+    pub pending: Vec<Arc<Task>>,
 }
 
 impl ProjectTasks {
@@ -318,11 +462,17 @@ impl TaskIndex {
                 task.clone()
             })
             .collect();
+        let pending = (tally.ready.union(&tally.unsaid))
+            .filter_map(|name| tally.tasks.get(name))
+            .filter(|(_, is_planning)| !is_planning)
+            .map(|(task, _)| task.clone())
+            .collect();
         ProjectTasks {
             tasks,
             planning,
             work_counts: tally.work.clone(),
             planning_counts: tally.planning.clone(),
+            pending,
         }
     }
 
@@ -419,6 +569,38 @@ impl TaskIndex {
                 f.expected = f.expected.filter(|&attempt| attempt > f.attempt());
             }
         });
+    }
+
+    /// Records that a waiting status of the Task `namespace`/`name` with uid `uid` is
+    /// handed over to be written: whether it was not already (and the Task is filed).
+    /// Until [`Self::said`], a pass does not hand it over again.
+    pub fn hand(&self, namespace: &str, name: &str, uid: &str) -> bool {
+        let mut live = lock(&self.live);
+        let key = (namespace.to_owned(), name.to_owned());
+        if !live
+            .of
+            .get(&key)
+            .is_some_and(|f| f.uid() == uid && !f.handed)
+        {
+            return false;
+        }
+        live.refile(key, uid, |f| f.handed = true);
+        true
+    }
+
+    /// Whether a waiting status of the Task is handed over and not written yet.
+    pub fn holds(&self, namespace: &str, name: &str, uid: &str) -> bool {
+        lock(&self.live)
+            .of
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .is_some_and(|f| f.uid() == uid && f.handed)
+    }
+
+    /// Records that the waiting status handed over for the Task was written, or not:
+    /// a pass may hand over another.
+    pub fn said(&self, namespace: &str, name: &str, uid: &str) {
+        let key = (namespace.to_owned(), name.to_owned());
+        lock(&self.live).refile(key, uid, |f| f.handed = false);
     }
 
     /// Drops the record of `task`'s dispatch whose Queued status could not be written.

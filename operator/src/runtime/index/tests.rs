@@ -112,6 +112,78 @@ fn a_task_moving_between_phases_moves_between_entries() {
     );
 }
 
+fn pending(fed: &Fed) -> Vec<String> {
+    let shop = fed.index.project("team-a", "shop");
+    shop.pending.iter().map(|t| t.name_any()).collect()
+}
+
+#[test]
+fn a_pass_is_given_the_ready_tasks_and_those_with_nothing_said_yet() {
+    let mut fed = Fed::new();
+    let (a, b, c) = (task("a", &[]), task("b", &["a"]), task("c", &["a", "b"]));
+    for t in [&a, &b, &c] {
+        fed.feed(&watcher::Event::Apply(t.clone()));
+    }
+    // Without a status, each is looked at until what it waits for is handed over.
+    assert_eq!(pending(&fed), ["a", "b", "c"]);
+    assert!(fed.index.hand("team-a", "b", "uid-b"));
+    assert!(
+        !fed.index.hand("team-a", "b", "uid-b"),
+        "handed over already"
+    );
+    assert!(
+        !fed.index.hand("team-a", "c", "uid-other"),
+        "another Task's uid"
+    );
+    assert!(fed.index.holds("team-a", "b", "uid-b"));
+    assert_eq!(pending(&fed), ["a", "c"]);
+    // Not written after all: looked at again.
+    fed.index.said("team-a", "b", "uid-b");
+    assert!(!fed.index.holds("team-a", "b", "uid-b"));
+    assert_eq!(pending(&fed), ["a", "b", "c"]);
+    // Said: each waits with a status now, and only `a` is ready.
+    let (b, c) = (
+        with_phase(b, TaskPhase::Pending),
+        with_phase(c, TaskPhase::Pending),
+    );
+    fed.feed(&watcher::Event::Apply(b.clone()));
+    fed.feed(&watcher::Event::Apply(c.clone()));
+    assert_eq!(pending(&fed), ["a"]);
+
+    // `a` dispatched: nothing to look at; `a` succeeded: `b` is ready, not `c`.
+    fed.index.expect_dispatch(&a, 1);
+    assert!(pending(&fed).is_empty());
+    fed.feed(&watcher::Event::Apply(with_phase(
+        a.clone(),
+        TaskPhase::Succeeded,
+    )));
+    assert_eq!(pending(&fed), ["b"]);
+    fed.feed(&watcher::Event::Apply(with_phase(
+        b.clone(),
+        TaskPhase::Running,
+    )));
+    assert!(pending(&fed).is_empty());
+    fed.feed(&watcher::Event::Apply(with_phase(b, TaskPhase::Succeeded)));
+    assert_eq!(pending(&fed), ["c"]);
+
+    // A relist files each anew, in any order, and finds the same.
+    let listed: Vec<Task> = fed
+        .store
+        .state()
+        .iter()
+        .rev()
+        .map(|t| (**t).clone())
+        .collect();
+    fed.relist(listed);
+    assert_eq!(pending(&fed), ["c"]);
+
+    // A planning task is never the work's.
+    let mut planner = task("plan", &[]);
+    planner.metadata.labels = Some([(labels::PLANNING.to_owned(), "true".to_owned())].into());
+    fed.feed(&watcher::Event::Apply(planner));
+    assert_eq!(pending(&fed), ["c"]);
+}
+
 #[test]
 fn the_index_shares_the_stores_copy_of_each_task() {
     let mut fed = Fed::new();
@@ -298,12 +370,16 @@ enum Change {
     Apply {
         i: usize,
         generation: u8,
-        phase: TaskPhase,
+        /// No status at all when `None`.
+        phase: Option<TaskPhase>,
         attempt: i32,
     },
     Delete(usize),
     /// A pass publishes the attempt after the one the watch shows.
     Dispatch(usize),
+    /// A pass hands over a waiting status of task `i`; the waiting writer is done with it.
+    Hand(usize),
+    Said(usize),
     /// A pass writes `phase` over the newest copy, at its attempt or `.2` after it.
     Write(usize, TaskPhase, i32),
     /// ... and cannot record it Queued.
@@ -316,23 +392,26 @@ enum Change {
 const TASKS: usize = 12;
 
 fn phases() -> impl Strategy<Value = TaskPhase> {
+    // Pending and Succeeded the most: a Task waits, then its dependencies succeed.
     prop_oneof![
-        Just(TaskPhase::Pending),
-        Just(TaskPhase::Queued),
-        Just(TaskPhase::Running),
-        Just(TaskPhase::Verifying),
-        Just(TaskPhase::Succeeded),
-        Just(TaskPhase::Failed),
-        Just(TaskPhase::Skipped),
-        Just(TaskPhase::Cancelled),
+        3 => Just(TaskPhase::Pending),
+        1 => Just(TaskPhase::Queued),
+        1 => Just(TaskPhase::Running),
+        1 => Just(TaskPhase::Verifying),
+        3 => Just(TaskPhase::Succeeded),
+        1 => Just(TaskPhase::Failed),
+        1 => Just(TaskPhase::Skipped),
+        1 => Just(TaskPhase::Cancelled),
     ]
 }
 
 fn changes() -> impl Strategy<Value = Change> {
     prop_oneof![
-        4 => (0..TASKS, 0..2u8, phases(), 0..3i32).prop_map(|(i, generation, phase, attempt)| {
+        4 => (0..TASKS, 0..2u8, proptest::option::of(phases()), 0..3i32).prop_map(|(i, generation, phase, attempt)| {
             Change::Apply { i, generation, phase, attempt }
         }),
+        1 => (0..TASKS).prop_map(Change::Hand),
+        1 => (0..TASKS).prop_map(Change::Said),
         1 => (0..TASKS).prop_map(Change::Delete),
         2 => (0..TASKS).prop_map(Change::Dispatch),
         2 => (0..TASKS, phases(), 0..2i32).prop_map(|(i, phase, later)| Change::Write(i, phase, later)),
@@ -365,6 +444,7 @@ struct Held {
     task: Task,
     written: Option<(Vec<String>, Task)>,
     expected: Option<i32>,
+    handed: bool,
 }
 
 impl Held {
@@ -400,8 +480,10 @@ impl Model {
             task,
             written: None,
             expected: None,
+            handed: false,
         };
         if let Some(before) = before {
+            held.handed = before.handed;
             held.written = before.written.filter(|(over, _)| {
                 over.contains(held.task.metadata.resource_version.as_ref().unwrap())
             });
@@ -453,7 +535,7 @@ proptest! {
                 Change::Apply { i, generation, phase, attempt } => {
                     let mut t = dag_task(i, generation, &deps);
                     t.metadata.resource_version = Some(model.next_version());
-                    t.status = Some(TaskStatus { phase: Some(phase), attempt, ..TaskStatus::default() });
+                    t.status = phase.map(|phase| TaskStatus { phase: Some(phase), attempt, ..TaskStatus::default() });
                     fed.feed(&watcher::Event::Apply(t.clone()));
                     model.apply(i, t);
                 }
@@ -494,6 +576,20 @@ proptest! {
                         held.expected = held.expected.filter(|&e| e > attempt);
                     }
                 }
+                Change::Hand(i) => {
+                    let held = model.tasks.get_mut(&i);
+                    let newly = fed.index.hand("team-a", &format!("t{i}"), &held.as_ref().map_or_else(String::new, |h| h.task.uid().unwrap_or_default()));
+                    prop_assert_eq!(newly, held.as_ref().is_some_and(|h| !h.handed));
+                    if let Some(held) = held {
+                        held.handed = true;
+                    }
+                }
+                Change::Said(i) => {
+                    if let Some(held) = model.tasks.get_mut(&i) {
+                        fed.index.said("team-a", &format!("t{i}"), &held.task.uid().unwrap_or_default());
+                        held.handed = false;
+                    }
+                }
                 Change::Forget(i) => {
                     if let Some(held) = model.tasks.get_mut(&i) {
                         fed.index.forget_dispatch(&held.task);
@@ -525,7 +621,28 @@ proptest! {
                     named(kept.tasks.iter().map(AsRef::as_ref).collect()),
                     sorted(seen.iter().collect())
                 );
-                prop_assert_eq!(named(kept.work().collect()), sorted(work));
+                prop_assert_eq!(named(kept.work().collect()), sorted(work.clone()));
+                // The Pending tasks to look at: among the work's Pending ones, every one
+                // whose dependencies all succeeded and every one with nothing said nor
+                // handed over.
+                let listed: Vec<String> = kept.pending.iter().map(|t| t.name_any()).collect();
+                let is_pending = |t: &Task| crate::task::lifecycle::phase(t) == TaskPhase::Pending;
+                let succeeded = |name: &str| seen.iter().any(|t| t.name_any() == name
+                    && crate::task::lifecycle::phase(t) == TaskPhase::Succeeded);
+                for t in &work {
+                    let name = t.name_any();
+                    let i: usize = name[1..].parse().unwrap();
+                    let ready = t.spec.depends_on.iter().all(|d| succeeded(d));
+                    let unsaid = t.status.is_none() && !model.tasks[&i].handed;
+                    if is_pending(t) && (ready || unsaid) {
+                        prop_assert!(listed.contains(&name), "{} in {:?}", name, listed);
+                    }
+                }
+                for name in &listed {
+                    let t = work.iter().find(|t| &t.name_any() == name);
+                    prop_assert!(t.is_some_and(|t| is_pending(t)), "{} is Pending work", name);
+                }
+                prop_assert!(listed.is_sorted(), "{:?}", listed);
                 prop_assert_eq!(
                     named(kept.planning.iter().map(AsRef::as_ref).collect()),
                     sorted(planning)
