@@ -5,7 +5,9 @@
 //! the API server's requests a second; beside two floors: the time the same number of
 //! status writes takes from a bare client one at a time, and with the operator's
 //! concurrency; and a broker floor: layers of the run's dispatches published and read
-//! back with nothing else in between.
+//! back with nothing else in between. And where the CPU went, during the run and the
+//! concurrent floor: by process (the API server, etcd, RabbitMQ, the operator, the
+//! benchmark's own agents), and the machine's time stolen by its host.
 //!
 //! ```text
 //! cargo bench -p aios-operator --bench scale      # 1,000, 10,000, and 20 Projects x 500 at once
@@ -151,6 +153,111 @@ fn memory_mib(pid: u32, field: &str) -> f64 {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// CPU time so far, in seconds, of every process of this machine by pid (with its
+/// name), and of the machine as a whole: busy, idle and stolen (taken by the host for
+/// other guests), from `/proc`.
+#[derive(Debug, Clone, Default)]
+struct Cpu {
+    processes: HashMap<u32, (String, f64)>,
+    busy: f64,
+    idle: f64,
+    stolen: f64,
+}
+
+impl Cpu {
+    fn now() -> Self {
+        static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+        let ticks = *TICKS.get_or_init(|| {
+            let out = std::process::Command::new("getconf")
+                .arg("CLK_TCK")
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        });
+        let mut cpu = Self::default();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // `pid (name) state ppid ...`: the name may hold spaces; utime and stime are
+            // the 12th and 13th fields after it.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            let time = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+            if let (Some(user), Some(system)) = (time(11), time(12)) {
+                let name = stat[open + 1..close].to_owned();
+                cpu.processes.insert(pid, (name, (user + system) / ticks));
+            }
+        }
+        let stat = std::fs::read_to_string("/proc/stat").unwrap();
+        let total: Vec<f64> = stat
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().unwrap())
+            .collect();
+        // user nice system idle iowait irq softirq steal
+        cpu.busy = (total[0] + total[1] + total[2] + total[5] + total[6]) / ticks;
+        cpu.idle = (total[3] + total[4]) / ticks;
+        cpu.stolen = total[7] / ticks;
+        cpu
+    }
+
+    /// The CPU seconds spent since `before`, by process name, most first (the processes
+    /// alive at both ends), and the machine's.
+    fn since(&self, before: &Self) -> (Vec<(String, f64)>, Self) {
+        let mut by_name: HashMap<String, f64> = HashMap::new();
+        for (pid, (name, seconds)) in &self.processes {
+            if let Some((_, earlier)) = before.processes.get(pid) {
+                *by_name.entry(name.clone()).or_default() += seconds - earlier;
+            }
+        }
+        let mut spent: Vec<(String, f64)> =
+            by_name.into_iter().filter(|(_, s)| *s >= 0.05).collect();
+        spent.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let machine = Self {
+            processes: HashMap::new(),
+            busy: self.busy - before.busy,
+            idle: self.idle - before.idle,
+            stolen: self.stolen - before.stolen,
+        };
+        (spent, machine)
+    }
+
+    /// The CPU spent since `before`, in a line: by process, then the machine's.
+    fn line(&self, before: &Self) -> String {
+        let (spent, machine) = self.since(before);
+        let processes: Vec<String> = spent
+            .iter()
+            .take(8)
+            .map(|(name, seconds)| format!("{name} {seconds:.1}"))
+            .collect();
+        format!(
+            "{}; the machine busy {:.1}, idle {:.1}, stolen by the host {:.1}",
+            processes.join(", "),
+            machine.busy,
+            machine.idle,
+            machine.stolen
+        )
+    }
+
+    /// The CPU seconds process `name` spent since `before`.
+    fn of(&self, before: &Self, name: &str) -> f64 {
+        self.since(before)
+            .0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0.0, |(_, seconds)| *seconds)
+    }
 }
 
 /// A run's shape: `projects` Projects of `tasks` tasks each, all unsuspended at once.
@@ -563,6 +670,7 @@ async fn measure(h: &mut Harness, shape: Shape) -> Figures {
     let before = requests(h);
     let (recorded, watch) = watch_recorded(tasks.clone());
 
+    let cpu_before = Cpu::now();
     let start = Instant::now();
     for name in &names {
         projects
@@ -576,6 +684,7 @@ async fn measure(h: &mut Harness, shape: Shape) -> Figures {
     }
     wait_all_succeeded(&projects, names.len()).await;
     let wall = start.elapsed();
+    let cpu_after = Cpu::now();
     let after = requests(h);
     let (rss, settled) = (memory_mib(pid, "VmHWM"), memory_mib(pid, "VmRSS"));
     watch.abort();
@@ -619,22 +728,22 @@ async fn measure(h: &mut Harness, shape: Shape) -> Figures {
     // `AIOS_BENCH_FLOORS=0` leaves them out, for a quicker look at the other figures.
     let floor_writes = writes.round() as usize;
     let floors = std::env::var("AIOS_BENCH_FLOORS").map_or(true, |v| v != "0");
-    let (sequential, concurrent) = if floors {
+    let (sequential, concurrent, floor_cpu) = if floors {
         let statuses = final_statuses(&tasks, &names[0]).await;
-        (
-            floor(&tasks, &statuses, &names[0], layers, floor_writes, 1).await,
-            floor(
-                &tasks,
-                &statuses,
-                &names[0],
-                layers,
-                floor_writes,
-                FLOOR_CONCURRENCY,
-            )
-            .await,
+        let sequential = floor(&tasks, &statuses, &names[0], layers, floor_writes, 1).await;
+        let cpu_floor = Cpu::now();
+        let concurrent = floor(
+            &tasks,
+            &statuses,
+            &names[0],
+            layers,
+            floor_writes,
+            FLOOR_CONCURRENCY,
         )
+        .await;
+        (sequential, concurrent, Some((cpu_floor, Cpu::now())))
     } else {
-        (Duration::ZERO, Duration::ZERO)
+        (Duration::ZERO, Duration::ZERO, None)
     };
     // A dispatch of the last layer: as many dependencies as any.
     let sample = agents
@@ -712,6 +821,26 @@ async fn measure(h: &mut Harness, shape: Shape) -> Figures {
         "  API requests during the run: {all_requests:.0} ({:.0} a second, the benchmark's own polling included)",
         all_requests / seconds.max(f64::EPSILON)
     );
+    println!(
+        "  CPU seconds during the run, by process: {}",
+        cpu_after.line(&cpu_before)
+    );
+    let api_server_per_write =
+        |before: &Cpu, after: &Cpu| after.of(before, "kube-apiserver") * 1000.0 / writes.max(1.0);
+    println!(
+        "    the API server's CPU per Task write: {:.2} ms (all its requests during the run, over the writes to Tasks)",
+        api_server_per_write(&cpu_before, &cpu_after)
+    );
+    if let Some((before, after)) = &floor_cpu {
+        println!(
+            "  CPU seconds during the concurrent floor, by process: {}",
+            after.line(before)
+        );
+        println!(
+            "    the API server's CPU per write: {:.2} ms",
+            api_server_per_write(before, after)
+        );
+    }
     if !floors {
         println!("  floors not measured (AIOS_BENCH_FLOORS=0)");
         return Figures { wall };
