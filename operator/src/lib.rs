@@ -522,10 +522,11 @@ fn spawn_controllers(
     let project_store = project_controller.store();
     let waiting = ctx.tasks.clone();
     let projects = project_controller
-        .watches_shared_stream(triggers.tasks_for_projects, |task| {
-            project::project_of(&task)
-        })
-        .reconcile_on(triggers.deleted_tasks)
+        .reconcile_on(triggers.projects_now)
+        .reconcile_on(project::soon::coalesced(
+            triggers.projects_soon,
+            project::soon::SOON,
+        ))
         // An Agent or a provider that appears or changes wakes only the Projects with
         // a Task waiting for it.
         .reconcile_on(agent_rx.flat_map(move |wake| {

@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod plan;
 pub mod rollup;
 pub mod schedule;
+pub mod soon;
 pub mod status;
 pub mod waiting;
 

@@ -44,7 +44,7 @@ use crate::project::dispatch::is_planning_task;
 type Name = (String, String);
 
 /// A Project's namespace and name.
-type ProjectKey = (String, String);
+pub type ProjectKey = (String, String);
 
 /// A copy of a Task the operator wrote, and the resourceVersions the watch may still
 /// show before it without that being news: the store's when the first of the writes
@@ -224,6 +224,52 @@ impl Tally {
     }
 }
 
+/// How soon a Task's change needs its Project's pass ([`TaskIndex::apply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    /// At once: the change may let the pass do something (dispatch, skip, verify,
+    /// finish the Project, forget a deleted Task).
+    Now,
+    /// Soon ([`crate::project::SOON`]): the change can only move the Project's status,
+    /// which is written at most about that often anyway ([`Urgency::of`]).
+    Soon,
+}
+
+impl Urgency {
+    /// How soon `after`, the watch's copy of a Task whose copy before it was `before`,
+    /// needs its Project's pass. Soon, when nothing but the status moved and it moved
+    /// along the way an attempt goes: a status that says the same phase (a waiting
+    /// message, a heartbeat, usage), an attempt recorded Queued or Running, and a
+    /// success, when `tally` (after it) shows no Task ready to go (dependents it made
+    /// ready are), another still in flight (whose outcome brings the next pass) and it
+    /// is not a planning task. Anything else now: a new or changed spec, a deletion, a
+    /// failure, a retry, a verification.
+    fn of(before: &Task, after: &Task, tally: &Tally, planning: bool) -> Self {
+        use TaskPhase::{Pending, Queued, Running, Succeeded};
+        let same = before.metadata.generation == after.metadata.generation
+            && before.metadata.deletion_timestamp == after.metadata.deletion_timestamp;
+        let (from, to) = (
+            crate::task::lifecycle::phase(before),
+            crate::task::lifecycle::phase(after),
+        );
+        let routine = match (from, to) {
+            _ if from == to => true,
+            (Pending, Queued | Running) | (Queued, Running) => true,
+            (_, Succeeded) => {
+                !planning
+                    && tally.ready.is_empty()
+                    && tally.work.in_flight() + tally.work.verifying > 0
+            }
+            _ => false,
+        };
+        if same && routine {
+            Self::Soon
+        } else {
+            Self::Now
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Entries {
     of: HashMap<Name, Filed>,
@@ -351,19 +397,29 @@ impl Entries {
         Some(filed)
     }
 
-    /// Files the store's copy of a Task, keeping what the copy does not show yet.
-    fn apply(&mut self, task: Arc<Task>) {
+    /// Files the store's copy of a Task, keeping what the copy does not show yet: how
+    /// soon its Project's pass is needed.
+    fn apply(&mut self, task: Arc<Task>) -> Urgency {
         let name = (task.namespace().unwrap_or_default(), task.name_any());
         let before = self.unfile(&name);
-        let mut filed = Filed::new(task);
+        let mut filed = Filed::new(task.clone());
+        let mut was = None;
         if let Some(before) = before.filter(|b| b.uid() == filed.uid()) {
             // Still filed under the same dependency, which has not succeeded since.
             if before.project == filed.project && before.dependencies() == filed.dependencies() {
                 filed.blocked_on = before.blocked_on;
             }
+            was = Some((before.task.clone(), before.project.clone()));
             filed.carry(before);
         }
+        let (project, planning) = ((name.0.clone(), filed.project.clone()), filed.planning);
         self.file(name, filed);
+        match (was, self.by_project.get(&project)) {
+            (Some((before, from)), Some(tally)) if from == project.1 => {
+                Urgency::of(&before, &task, tally, planning)
+            }
+            _ => Urgency::Now,
+        }
     }
 
     /// Refiles the Task `name` with `change` made to it, when it is the one with `uid`.
@@ -415,21 +471,38 @@ pub struct TaskIndex {
 }
 
 impl TaskIndex {
-    /// Files what `event` says, once `store` has applied it.
-    pub fn apply(&self, event: &watcher::Event<Task>, store: &Store<Task>) {
+    /// Files what `event` says, once `store` has applied it: the Projects whose pass it
+    /// calls for, and how soon (every Project's at once after a re-list).
+    pub fn apply(
+        &self,
+        event: &watcher::Event<Task>,
+        store: &Store<Task>,
+    ) -> Vec<(ProjectKey, Urgency)> {
         match event {
             watcher::Event::Apply(task) => {
-                if let Some(copy) = store.get(&kube::runtime::reflector::ObjectRef::from(task)) {
-                    lock(&self.live).apply(copy);
-                }
+                let Some(copy) = store.get(&kube::runtime::reflector::ObjectRef::from(task)) else {
+                    return Vec::new();
+                };
+                let project = (
+                    copy.namespace().unwrap_or_default(),
+                    copy.spec.project.clone(),
+                );
+                let urgency = lock(&self.live).apply(copy);
+                vec![(project, urgency)]
             }
             watcher::Event::Delete(task) => {
                 lock(&self.live).unfile(&(task.namespace().unwrap_or_default(), task.name_any()));
+                let project = (
+                    task.namespace().unwrap_or_default(),
+                    task.spec.project.clone(),
+                );
+                vec![(project, Urgency::Now)]
             }
             // The store swaps in the listed Tasks at the list's end.
-            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+            watcher::Event::Init | watcher::Event::InitApply(_) => Vec::new(),
             watcher::Event::InitDone => {
                 let mut live = lock(&self.live);
+                let mut projects: BTreeSet<ProjectKey> = live.by_project.keys().cloned().collect();
                 let mut built = Entries::default();
                 for task in store.state() {
                     let name = (task.namespace().unwrap_or_default(), task.name_any());
@@ -439,7 +512,9 @@ impl TaskIndex {
                     }
                     built.file(name, filed);
                 }
+                projects.extend(built.by_project.keys().cloned());
                 *live = built;
+                projects.into_iter().map(|p| (p, Urgency::Now)).collect()
             }
         }
     }

@@ -25,7 +25,11 @@ use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
 use kube::Client;
 use tokio_util::sync::CancellationToken as Shutdown;
 
-use crate::{Config, RunError, Supervised, api, project, provider::credentials, runtime::bus::Bus};
+use crate::{
+    Config, RunError, Supervised, api, project,
+    provider::credentials,
+    runtime::{bus::Bus, index::Urgency},
+};
 
 /// How many changes a subscriber may lag behind before the watch waits for it.
 pub const SUBSCRIBER_BUFFER: usize = 4096;
@@ -117,10 +121,11 @@ pub(crate) struct Caches {
 
 /// The controllers' subscriptions to the shared watches, and the deletions they act on.
 pub(crate) struct Triggers {
-    pub tasks_for_projects: ReflectHandle<Task>,
     pub tasks_for_tasks: ReflectHandle<Task>,
-    /// The Project of each deleted Task.
-    pub deleted_tasks: mpsc::UnboundedReceiver<reflector::ObjectRef<Project>>,
+    /// The Projects whose pass a Task's change calls for now ([`Urgency::Now`]).
+    pub projects_now: mpsc::UnboundedReceiver<reflector::ObjectRef<Project>>,
+    /// The Projects whose pass a Task's change calls for soon ([`Urgency::Soon`]).
+    pub projects_soon: mpsc::UnboundedReceiver<reflector::ObjectRef<Project>>,
     /// The attempt in flight of each deleted Task that had one.
     pub deleted_attempts: mpsc::UnboundedReceiver<crate::task::cancels::Recorded>,
     /// What wakes the Agent and ModelProvider controllers.
@@ -138,20 +143,26 @@ pub(crate) async fn start_caches(
     tasks: &mut Supervised,
 ) -> Result<Caches, RunError> {
     let ns = config.watch_namespace.as_deref();
-    let (deleted_task_tx, deleted_tasks) = mpsc::unbounded();
+    let (now_tx, projects_now) = mpsc::unbounded();
+    let (soon_tx, projects_soon) = mpsc::unbounded();
     let (deleted_attempt_tx, deleted_attempts) = mpsc::unbounded();
     let task_index = Arc::new(crate::runtime::index::TaskIndex::default());
     let indexing = task_index.clone();
     let watched_tasks = watch(
         (api::<Task>(client, ns), watcher::Config::default()),
-        3,
+        2,
         true,
         move |event, store| {
-            indexing.apply(event, store);
+            // Each Task's change wakes its Project, now or soon (the one Task watch:
+            // the Project controller has no subscription of its own).
+            for ((namespace, project), urgency) in indexing.apply(event, store) {
+                let project = reflector::ObjectRef::new(&project).within(&namespace);
+                let _ = match urgency {
+                    Urgency::Now => now_tx.unbounded_send(project),
+                    Urgency::Soon => soon_tx.unbounded_send(project),
+                };
+            }
             if let watcher::Event::Delete(task) = event {
-                if let Some(project) = project::project_of(task) {
-                    let _ = deleted_task_tx.unbounded_send(project);
-                }
                 if let Some(attempt) = crate::task::deleted_in_flight(task) {
                     let _ = deleted_attempt_tx.unbounded_send(attempt);
                 }
@@ -200,9 +211,9 @@ pub(crate) async fn start_caches(
         deleted_secrets,
     };
     let triggers = Triggers {
-        tasks_for_projects: task_subs.next().ok_or_else(missing)?,
         tasks_for_tasks: task_subs.next().ok_or_else(missing)?,
-        deleted_tasks,
+        projects_now,
+        projects_soon,
         deleted_attempts,
         workload,
     };

@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 
 use aios_crds::names::labels;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::reflector::{self, store::Writer};
 use proptest::prelude::*;
 
@@ -27,17 +28,25 @@ impl Fed {
         }
     }
 
-    fn feed(&mut self, event: &watcher::Event<Task>) {
+    fn feed(&mut self, event: &watcher::Event<Task>) -> Vec<(ProjectKey, Urgency)> {
         self.writer.apply_watcher_event(event);
-        self.index.apply(event, &self.store);
+        self.index.apply(event, &self.store)
     }
 
-    fn relist(&mut self, tasks: impl IntoIterator<Item = Task>) {
+    /// How soon the Project's pass is called for by the watch showing `task`.
+    fn urgency(&mut self, task: &Task) -> Urgency {
+        let woken = self.feed(&watcher::Event::Apply(task.clone()));
+        assert_eq!(woken.len(), 1, "{woken:?}");
+        assert_eq!(woken[0].0, ("team-a".to_owned(), task.spec.project.clone()));
+        woken[0].1
+    }
+
+    fn relist(&mut self, tasks: impl IntoIterator<Item = Task>) -> Vec<(ProjectKey, Urgency)> {
         self.feed(&watcher::Event::Init);
         for task in tasks {
             self.feed(&watcher::Event::InitApply(task));
         }
-        self.feed(&watcher::Event::InitDone);
+        self.feed(&watcher::Event::InitDone)
     }
 
     fn names(&self) -> Vec<String> {
@@ -182,6 +191,76 @@ fn a_pass_is_given_the_ready_tasks_and_those_with_nothing_said_yet() {
     planner.metadata.labels = Some([(labels::PLANNING.to_owned(), "true".to_owned())].into());
     fed.feed(&watcher::Event::Apply(planner));
     assert_eq!(pending(&fed), ["c"]);
+}
+
+#[test]
+fn only_a_change_that_can_move_nothing_but_the_status_waits_for_the_pass() {
+    use TaskPhase::{Failed, Pending, Queued, Running, Succeeded};
+    let mut fed = Fed::new();
+    let (a, b, c) = (task("a", &[]), task("b", &[]), task("c", &["a", "b"]));
+    // New Tasks: now.
+    for t in [&a, &b, &c] {
+        assert_eq!(fed.urgency(t), Urgency::Now, "{}", t.name_any());
+    }
+    // What a waiting Task says, and attempts recorded Queued and Running: soon.
+    assert_eq!(fed.urgency(&with_phase(c.clone(), Pending)), Urgency::Soon);
+    assert_eq!(fed.urgency(&with_phase(a.clone(), Queued)), Urgency::Soon);
+    assert_eq!(fed.urgency(&with_phase(a.clone(), Running)), Urgency::Soon);
+    assert_eq!(fed.urgency(&with_phase(b.clone(), Running)), Urgency::Soon);
+    // A heartbeat: soon.
+    let mut beat = with_phase(a.clone(), Running);
+    beat.status.as_mut().unwrap().last_heartbeat_time = Some(Time(crate::testing::ts(5)));
+    assert_eq!(fed.urgency(&beat), Urgency::Soon);
+    // `a` succeeds while `b` runs and `c` still waits for `b`: soon.
+    assert_eq!(
+        fed.urgency(&with_phase(a.clone(), Succeeded)),
+        Urgency::Soon
+    );
+    // `b` succeeds and makes `c` ready: now.
+    assert_eq!(fed.urgency(&with_phase(b.clone(), Succeeded)), Urgency::Now);
+
+    // The last Task in flight succeeding (the Project may be done): now.
+    let mut fed = Fed::new();
+    fed.feed(&watcher::Event::Apply(with_phase(a.clone(), Running)));
+    fed.feed(&watcher::Event::Apply(with_phase(b.clone(), Running)));
+    assert_eq!(
+        fed.urgency(&with_phase(a.clone(), Succeeded)),
+        Urgency::Soon
+    );
+    assert_eq!(fed.urgency(&with_phase(b.clone(), Succeeded)), Urgency::Now);
+
+    // A failure, a retry, a changed spec, a deletion: now.
+    let mut fed = Fed::new();
+    fed.feed(&watcher::Event::Apply(with_phase(a.clone(), Running)));
+    fed.feed(&watcher::Event::Apply(with_phase(b.clone(), Running)));
+    assert_eq!(fed.urgency(&with_phase(a.clone(), Failed)), Urgency::Now);
+    assert_eq!(fed.urgency(&with_phase(a.clone(), Pending)), Urgency::Now);
+    let mut edited = with_phase(b.clone(), Running);
+    edited.metadata.generation = Some(2);
+    assert_eq!(fed.urgency(&edited), Urgency::Now);
+    let mut going = edited.clone();
+    going.metadata.deletion_timestamp = Some(Time(crate::testing::ts(9)));
+    assert_eq!(fed.urgency(&going), Urgency::Now);
+    let woken = fed.feed(&watcher::Event::Delete(going));
+    assert_eq!(
+        woken,
+        [(("team-a".to_owned(), "shop".to_owned()), Urgency::Now)]
+    );
+
+    // A planning task's success: now (the plan it made is accepted in the next pass).
+    let mut planner = with_phase(task("plan", &[]), Running);
+    planner.metadata.labels = Some([(labels::PLANNING.to_owned(), "true".to_owned())].into());
+    fed.feed(&watcher::Event::Apply(planner.clone()));
+    assert_eq!(fed.urgency(&with_phase(planner, Succeeded)), Urgency::Now);
+
+    // A re-list: every Project's pass now, those gone included.
+    let mut other = task("x", &[]);
+    other.spec.project = "blog".into();
+    fed.feed(&watcher::Event::Apply(other));
+    let mut woken = fed.relist([task("y", &[])]);
+    woken.sort_by(|a, b| a.0.cmp(&b.0));
+    let now = |p: &str| (("team-a".to_owned(), p.to_owned()), Urgency::Now);
+    assert_eq!(woken, [now("blog"), now("shop")]);
 }
 
 #[test]
