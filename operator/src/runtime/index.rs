@@ -402,7 +402,8 @@ impl Entries {
     fn apply(&mut self, task: Arc<Task>) -> Urgency {
         let name = (task.namespace().unwrap_or_default(), task.name_any());
         let before = self.unfile(&name);
-        let mut filed = Filed::new(task.clone());
+        let after = Arc::clone(&task);
+        let mut filed = Filed::new(task);
         let mut was = None;
         if let Some(before) = before.filter(|b| b.uid() == filed.uid()) {
             // Still filed under the same dependency, which has not succeeded since.
@@ -416,7 +417,7 @@ impl Entries {
         self.file(name, filed);
         match (was, self.by_project.get(&project)) {
             (Some((before, from)), Some(tally)) if from == project.1 => {
-                Urgency::of(&before, &task, tally, planning)
+                Urgency::of(&before, &after, tally, planning)
             }
             _ => Urgency::Now,
         }

@@ -162,10 +162,10 @@ pub(crate) async fn start_caches(
                     Urgency::Soon => soon_tx.unbounded_send(project),
                 };
             }
-            if let watcher::Event::Delete(task) = event {
-                if let Some(attempt) = crate::task::deleted_in_flight(task) {
-                    let _ = deleted_attempt_tx.unbounded_send(attempt);
-                }
+            if let watcher::Event::Delete(task) = event
+                && let Some(attempt) = crate::task::deleted_in_flight(task)
+            {
+                let _ = deleted_attempt_tx.unbounded_send(attempt);
             }
         },
         "the Task watch",
