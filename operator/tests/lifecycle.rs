@@ -1259,6 +1259,74 @@ async fn a_busy_project_s_status_is_written_at_most_once_a_second() {
     );
 }
 
+/// A Task's outcome that can only move its Project's status wakes the Project within a
+/// second, with the others of that second; one that readies a dependent wakes it at
+/// once. Sixty tasks run at once and answer together; a sixty-first depends on them all.
+/// Their sixty outcomes wake the Project a few times (they woke it once each before);
+/// the last of them, which readies the sixty-first, wakes it at once: its dispatch is
+/// within 250 ms of the operator knowing the last success (coalesced with the others,
+/// it would wait up to a second: three times in four longer than that).
+#[tokio::test(flavor = "multi_thread")]
+async fn outcomes_that_only_move_the_status_wake_the_project_a_few_times() {
+    const TASKS: usize = 60;
+    let h = Harness::running("soon", &["backend"]).await;
+    let agents = FakeAgents::start(&h, &["backend"], Duration::from_millis(300), |d| {
+        Reply::Succeed(done(d))
+    })
+    .await;
+    // Made apart from the Project (an empty plan): a plan's task has 20 dependencies
+    // at most, a Task more.
+    h.apply(
+        "apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: soon\nspec:\n  description: Wide\n  repository:\n    url: file:///tmp/soon.git\n  suspend: true\n  policy:\n    maxParallelTasks: 100\n  tasks: []\n",
+    );
+    let task = |name: &str, deps: &[String]| {
+        format!(
+            "apiVersion: aios.dev/v1alpha1\nkind: Task\nmetadata:\n  name: {name}\nspec:\n  project: soon\n  title: Do {name}\n  role: backend\n  dependsOn: [{}]\n",
+            deps.join(", ")
+        )
+    };
+    let all: Vec<String> = (0..TASKS).map(|i| format!("t{i}")).collect();
+    let mut documents: Vec<String> = all.iter().map(|name| task(name, &[])).collect();
+    documents.push(task("last", &all));
+    h.apply(&documents.join("---\n"));
+    // The Tasks counted by the Project: the passes they call for done.
+    h.wait_for_value(
+        "project/soon",
+        "{.status.progress}",
+        &format!("0/{}", TASKS + 1),
+        TIMEOUT,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let passes_before = project_passes(&h);
+    h.kubectl(&[
+        "patch",
+        "project",
+        "soon",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"suspend":false}}"#,
+    ]);
+    h.wait_for_phase("soon", "Succeeded", TIMEOUT).await;
+    let passes = project_passes(&h) - passes_before;
+    assert_eq!(agents.order().last().map(String::as_str), Some("last"));
+    // The unsuspension's pass, a few a second while the sixty run (recorded Queued and
+    // Running, then their outcomes), the one that dispatches `last`, and its outcome's.
+    assert!(
+        passes <= 12.0,
+        "{passes} Project passes for {TASKS} outcomes and one dispatch after them"
+    );
+    // Only `last` has dependencies: the one dispatch dated.
+    let buckets = h.metric_by(0, "aios_dispatch_delay_seconds_bucket", "", "le");
+    let within = buckets.get("0.25").copied().unwrap_or_default();
+    let dated = h.metric(0, "aios_dispatch_delay_seconds_count");
+    assert!(
+        (dated - 1.0).abs() < 0.5 && (within - 1.0).abs() < 0.5,
+        "{within} of {dated} dispatches after their dependencies within 250 ms: {buckets:?}"
+    );
+}
+
 /// How many Project passes the test's operator has made.
 fn project_passes(h: &Harness) -> f64 {
     h.metric(
