@@ -220,9 +220,14 @@ fn only_a_change_that_can_move_nothing_but_the_status_waits_for_the_pass() {
     assert_eq!(fed.urgency(&with_phase(b.clone(), Succeeded)), Urgency::Now);
 
     // The last Task in flight succeeding (the Project may be done): now.
-    let mut fed = Fed::new();
-    fed.feed(&watcher::Event::Apply(with_phase(a.clone(), Running)));
-    fed.feed(&watcher::Event::Apply(with_phase(b.clone(), Running)));
+    let running = |tasks: [&Task; 2]| {
+        let mut fed = Fed::new();
+        for t in tasks {
+            fed.feed(&watcher::Event::Apply(with_phase(t.clone(), Running)));
+        }
+        fed
+    };
+    let mut fed = running([&a, &b]);
     assert_eq!(
         fed.urgency(&with_phase(a.clone(), Succeeded)),
         Urgency::Soon
@@ -230,9 +235,7 @@ fn only_a_change_that_can_move_nothing_but_the_status_waits_for_the_pass() {
     assert_eq!(fed.urgency(&with_phase(b.clone(), Succeeded)), Urgency::Now);
 
     // A failure, a retry, a changed spec, a deletion: now.
-    let mut fed = Fed::new();
-    fed.feed(&watcher::Event::Apply(with_phase(a.clone(), Running)));
-    fed.feed(&watcher::Event::Apply(with_phase(b.clone(), Running)));
+    let mut fed = running([&a, &b]);
     assert_eq!(fed.urgency(&with_phase(a.clone(), Failed)), Urgency::Now);
     assert_eq!(fed.urgency(&with_phase(a.clone(), Pending)), Urgency::Now);
     let mut edited = with_phase(b.clone(), Running);
