@@ -19,7 +19,7 @@ pub fn coalesced<T>(
     every: Duration,
 ) -> impl Stream<Item = T> + Send + 'static
 where
-    T: Eq + Hash + Clone + Send + 'static,
+    T: Eq + Hash + Send + 'static,
 {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -22,7 +22,7 @@
 //! few whose dependencies may all have succeeded (and those without a status that no
 //! waiting status is handed over for) rather than every Pending one. A Pending Task
 //! whose dependencies have not all succeeded is filed under one dependency that has
-//! not ([`Filed::blocked_on`]); only when that one is filed Succeeded is the Task looked
+//! not (`Filed::blocked_on`); only when that one is filed Succeeded is the Task looked
 //! at again, and filed under the next such dependency, or among the ready ones. Each
 //! Task moves along its dependencies once, however many events arrive.
 
@@ -230,8 +230,8 @@ pub enum Urgency {
     /// At once: the change may let the pass do something (dispatch, skip, verify,
     /// finish the Project, forget a deleted Task).
     Now,
-    /// Soon ([`crate::project::SOON`]): the change can only move the Project's status,
-    /// which is written at most about that often anyway ([`Urgency::of`]).
+    /// Soon ([`crate::project::soon::SOON`]): the change can only move the Project's status,
+    /// which is written at most about that often anyway (`Urgency::of`).
     Soon,
 }
 
