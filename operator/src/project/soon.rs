@@ -33,8 +33,9 @@ where
                     return Some((next, (asked, waiting, due, tick)));
                 }
                 tokio::select! {
-                    // What was asked for before the period ended goes out with it.
+                    // The period's end first: a steady stream of asks cannot hold it off.
                     biased;
+                    _ = tick.tick() => due.extend(waiting.drain()),
                     item = asked.next() => match item {
                         Some(item) => {
                             waiting.insert(item);
@@ -42,7 +43,6 @@ where
                         None if waiting.is_empty() => return None,
                         None => due.extend(waiting.drain()),
                     },
-                    _ = tick.tick() => due.extend(waiting.drain()),
                 }
             }
         },
