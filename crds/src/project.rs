@@ -103,7 +103,7 @@ fn default_branch() -> String {
 /// bounds here are an explicit plan's; the operator holds Hera's plan to larger ones.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.dependsOn) || !self.dependsOn.exists(d, d == self.name)").message("a task cannot depend on itself"))]
+#[x_kube(validation = Rule::new("!has(self.dependsOn) || !(self.name in self.dependsOn)").message("a task cannot depend on itself"))]
 pub struct PlannedTask {
     /// The task's name within the plan, a DNS label. The Task object is named
     /// `<project>-<name>`.

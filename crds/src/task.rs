@@ -31,7 +31,7 @@ use crate::{
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     selectable = ".spec.project",
     selectable = ".spec.role",
-    validation = Rule::new("!has(self.spec.dependsOn) || !self.spec.dependsOn.exists(d, d == self.metadata.name)").message("a task cannot depend on itself").field_path(".spec.dependsOn")
+    validation = Rule::new("!has(self.spec.dependsOn) || !(self.metadata.name in self.spec.dependsOn)").message("a task cannot depend on itself").field_path(".spec.dependsOn")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TaskSpec {
