@@ -8,6 +8,7 @@
 
 use std::{
     env, fs,
+    os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -197,7 +198,11 @@ pub struct Environment {
 }
 
 impl Environment {
-    /// Starts an environment. On failure, whatever was started is stopped again.
+    /// Starts an environment. On failure, whatever was started is stopped again; the
+    /// directory stays, for its logs.
+    ///
+    /// The directory is the owner's alone (mode 0700): it holds the admin kubeconfig and
+    /// the servers' keys.
     pub fn start(options: &EnvOptions) -> Result<Self, EnvError> {
         let dir = match &options.dir {
             Some(dir) if dir.exists() => {
@@ -206,6 +211,11 @@ impl Environment {
             Some(dir) => dir.clone(),
             None => unique_temp_dir(),
         };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_err("creating", &dir))?;
         fs::create_dir_all(dir.join("logs")).map_err(io_err("creating", &dir))?;
         let bin = binaries::controlplane_bin_dir()?;
         let mut env = Self {

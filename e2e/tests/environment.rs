@@ -80,6 +80,9 @@ fn stop_ends_only_its_own_processes_and_removes_its_state() {
     })
     .unwrap();
     assert!(dir.join("state.json").exists());
+    // The admin kubeconfig and the servers' keys are the owner's alone.
+    let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the state directory's mode is {mode:o}");
     let loaded = Environment::load(&dir).unwrap();
     assert_eq!(loaded.processes, second.processes);
     let names: Vec<_> = second.processes.iter().map(|p| p.name.as_str()).collect();
@@ -126,8 +129,16 @@ fn an_existing_state_directory_is_refused() {
 
 #[test]
 fn a_missing_binary_is_a_clear_error() {
+    let scratch = tempfile_dir("missing");
+    let state = scratch.join("state");
     let out = aios_env(
-        &["start", "--no-rabbitmq", "--no-redis"],
+        &[
+            "start",
+            "--no-rabbitmq",
+            "--no-redis",
+            "--dir",
+            state.to_str().unwrap(),
+        ],
         Path::new("/nonexistent/aios-bin"),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -136,6 +147,7 @@ fn a_missing_binary_is_a_clear_error() {
         stderr.contains("starting etcd (/nonexistent/aios-bin/etcd) failed"),
         "{stderr}"
     );
+    fs::remove_dir_all(scratch).unwrap();
 }
 
 #[test]
@@ -145,7 +157,17 @@ fn a_server_that_exits_at_once_is_reported_with_its_log() {
         &bin,
         "echo 'listen tcp 127.0.0.1:2379: bind: address already in use' >&2; exit 1",
     );
-    let out = aios_env(&["start", "--no-rabbitmq", "--no-redis"], &bin);
+    let state = bin.join("state");
+    let out = aios_env(
+        &[
+            "start",
+            "--no-rabbitmq",
+            "--no-redis",
+            "--dir",
+            state.to_str().unwrap(),
+        ],
+        &bin,
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -155,6 +177,17 @@ fn a_server_that_exits_at_once_is_reported_with_its_log() {
     assert!(
         stderr.contains("address already in use"),
         "the log's tail is shown: {stderr}"
+    );
+    // The log named stays to be read; the rest of the start was undone.
+    let log = state.join("logs").join("etcd.log");
+    assert!(
+        stderr.contains(log.to_str().unwrap()),
+        "the log named is the one in the state directory: {stderr}"
+    );
+    assert!(
+        fs::read_to_string(&log)
+            .unwrap()
+            .contains("address already in use")
     );
     fs::remove_dir_all(bin).unwrap();
 }
