@@ -323,32 +323,30 @@ fn project_tasks(project: &str, layers: usize) -> Vec<Task> {
         .collect()
 }
 
-/// Waits until every Project of the namespace has succeeded.
+/// Waits until every Project of the namespace has succeeded, as a watch shows them: the
+/// run ends when the last success is seen, not at the next poll after it.
 async fn wait_all_succeeded(projects: &Api<Project>, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(3 * 3600);
-    loop {
-        let list = projects.list(&ListParams::default()).await.unwrap();
-        let done = list
-            .items
-            .iter()
-            .filter(|p| {
-                p.status
-                    .as_ref()
-                    .and_then(|s| s.phase.as_ref())
-                    .map(|p| format!("{p:?}"))
-                    .as_deref()
-                    == Some("Succeeded")
-            })
-            .count();
-        if done == count {
-            return;
+    let mut succeeded = std::collections::HashSet::new();
+    let mut events =
+        std::pin::pin!(watcher(projects.clone(), watcher::Config::default()).applied_objects());
+    let all = async {
+        while let Some(event) = events.next().await {
+            let Ok(project) = event else { continue };
+            let phase = project.status.as_ref().and_then(|s| s.phase.as_ref());
+            let name = project.name_any();
+            if phase.map(|p| format!("{p:?}")).as_deref() == Some("Succeeded") {
+                succeeded.insert(name);
+            } else {
+                succeeded.remove(&name);
+            }
+            if succeeded.len() == count {
+                return;
+            }
         }
-        assert!(
-            Instant::now() < deadline,
-            "{done}/{count} Projects succeeded"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(3 * 3600), all)
+        .await
+        .unwrap_or_else(|_| panic!("{}/{count} Projects succeeded", succeeded.len()));
 }
 
 /// When each Task was first seen `Succeeded` on a watch of the API server, by name: when
