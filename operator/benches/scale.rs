@@ -816,7 +816,7 @@ async fn measure(h: &mut Harness, shape: Shape) -> Figures {
         synced.0, synced.1
     );
     println!(
-        "  API requests during the run: {all_requests:.0} ({:.0} a second, the benchmark's own polling included)",
+        "  API requests during the run: {all_requests:.0} ({:.0} a second, the benchmark's own watches included)",
         all_requests / seconds.max(f64::EPSILON)
     );
     println!(
