@@ -692,6 +692,53 @@ mod tests {
     }
 
     #[test]
+    fn hostile_text_reaches_the_frame_without_its_controls() {
+        // The summary and the message are the agent's (and its model's) to write, an
+        // Event anyone's with RBAC on Events: bidirectional controls would reorder what
+        // a reader sees, escape sequences and other controls would rewrite the
+        // terminal. The frame (and `aios watch --once`) keeps the words, not those.
+        let now: Timestamp = NOW.parse().unwrap();
+        let mut d = dashboard();
+        let mut hostile = task("shop-design", "backend", &[], "Succeeded", Some("apollo-0"));
+        let status = hostile.status.as_mut().unwrap();
+        status.result.as_mut().unwrap().summary = "report\u{202E}fdp.exe\u{1b}[2J".into();
+        status.message = Some("done\u{2066}\u{200F}\u{7}\r over".into());
+        hostile.spec.title = "The \u{061C}design\u{202D} task".into();
+        d.apply(Msg::Task(Change::Applied(hostile)), now);
+        let event =
+            serde_json::from_value::<k8s_openapi::api::core::v1::Event>(serde_json::json!({
+                "metadata": {"name": "e1", "namespace": "team-a", "uid": "e1"},
+                "involvedObject": {"kind": "Project", "name": "shop", "namespace": "team-a"},
+                "reason": "Planned", "type": "Normal", "count": 1, "lastTimestamp": NOW,
+                "message": "planned\u{202E}hs.txt\u{1b}]0;owned\u{7} tasks"
+            }))
+            .unwrap();
+        d.apply(Msg::Event(Box::new(event)), now);
+        let feed = render_text(&d, now, 200, 50, Palette::new(true));
+        d.apply(Msg::Key(Press::Details), now);
+        let details = render_text(&d, now, 200, 50, Palette::new(true));
+        for (text, words) in [
+            (&feed, &["planned", "hs.txt", "tasks"][..]),
+            (
+                &details,
+                &["fdp.exe", "done", "over", "The design task"][..],
+            ),
+        ] {
+            for word in words {
+                assert!(text.contains(word), "{word}: {text}");
+            }
+            let smuggled: Vec<char> = text
+                .chars()
+                .filter(|&c| (c.is_control() && c != '\n') || aios_crds::text::is_bidi_control(c))
+                .collect();
+            assert!(
+                smuggled.is_empty(),
+                "{smuggled:?} reached the frame: {text}"
+            );
+        }
+    }
+
+    #[test]
     fn long_feed_lines_wrap_by_display_width() {
         assert_eq!(wrap("abcdef", 4), ["abcd", "ef"]);
         assert_eq!(wrap("🌞🌞🌞", 4), ["🌞🌞", "🌞"]);
