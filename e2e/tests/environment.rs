@@ -21,6 +21,20 @@ fn aios_env(args: &[&str], bin_dir: &Path) -> Output {
         .unwrap()
 }
 
+/// `aios-env start` of the control plane alone (no brokers), its state in `state`, with
+/// `extra` arguments.
+fn start_control_plane(bin_dir: &Path, state: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "start",
+        "--no-rabbitmq",
+        "--no-redis",
+        "--dir",
+        state.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    aios_env(&args, bin_dir)
+}
+
 /// A directory of fake control-plane binaries, each running `script`.
 fn fake_binaries(dir: &Path, script: &str) {
     fs::create_dir_all(dir).unwrap();
@@ -131,16 +145,7 @@ fn an_existing_state_directory_is_refused() {
 fn a_missing_binary_is_a_clear_error() {
     let scratch = tempfile_dir("missing");
     let state = scratch.join("state");
-    let out = aios_env(
-        &[
-            "start",
-            "--no-rabbitmq",
-            "--no-redis",
-            "--dir",
-            state.to_str().unwrap(),
-        ],
-        Path::new("/nonexistent/aios-bin"),
-    );
+    let out = start_control_plane(Path::new("/nonexistent/aios-bin"), &state, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -158,16 +163,7 @@ fn a_server_that_exits_at_once_is_reported_with_its_log() {
         "echo 'listen tcp 127.0.0.1:2379: bind: address already in use' >&2; exit 1",
     );
     let state = bin.join("state");
-    let out = aios_env(
-        &[
-            "start",
-            "--no-rabbitmq",
-            "--no-redis",
-            "--dir",
-            state.to_str().unwrap(),
-        ],
-        &bin,
-    );
+    let out = start_control_plane(&bin, &state, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -197,18 +193,7 @@ fn a_server_that_never_becomes_ready_times_out_and_is_stopped() {
     let bin = tempfile_dir("hangs");
     fake_binaries(&bin, "echo 'waiting for peers'; sleep 300");
     let state = bin.join("state");
-    let out = aios_env(
-        &[
-            "start",
-            "--no-rabbitmq",
-            "--no-redis",
-            "--ready-timeout",
-            "2",
-            "--dir",
-            state.to_str().unwrap(),
-        ],
-        &bin,
-    );
+    let out = start_control_plane(&bin, &state, &["--ready-timeout", "2"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
