@@ -29,13 +29,13 @@
 mod support;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use aios_crds::{
-    Project, Task, TaskPhase,
+    Project, ProjectPhase, Task, TaskPhase,
     bus::{Message, TaskDispatch},
     names::{bus::role_queue, field_managers},
 };
@@ -326,15 +326,15 @@ fn project_tasks(project: &str, layers: usize) -> Vec<Task> {
 /// Waits until every Project of the namespace has succeeded, as a watch shows them: the
 /// run ends when the last success is seen, not at the next poll after it.
 async fn wait_all_succeeded(projects: &Api<Project>, count: usize) {
-    let mut succeeded = std::collections::HashSet::new();
+    let mut succeeded = HashSet::new();
     let mut events =
         std::pin::pin!(watcher(projects.clone(), watcher::Config::default()).applied_objects());
     let all = async {
         while let Some(event) = events.next().await {
             let Ok(project) = event else { continue };
-            let phase = project.status.as_ref().and_then(|s| s.phase.as_ref());
+            let phase = project.status.as_ref().and_then(|s| s.phase);
             let name = project.name_any();
-            if phase.map(|p| format!("{p:?}")).as_deref() == Some("Succeeded") {
+            if phase == Some(ProjectPhase::Succeeded) {
                 succeeded.insert(name);
             } else {
                 succeeded.remove(&name);

@@ -43,18 +43,15 @@ use crate::{
     task::tokens::{Attempt, Verdict},
 };
 
-/// How many messages are in hand at once, many more than [`WRITERS`]: the consumer's
-/// prefetch, so every message the broker has handed over is being handled, none parked
-/// in the client's buffer. A Started event waiting for its attempt's outcome (see
-/// [`crate::task::lanes`]) holds one without writing, and the outcome it waits for must
-/// be able to arrive. And the operator learns that an agent reported when the message
-/// is in hand, not when it is written: with thousands of tasks running at once, a wide
-/// window lets a pass leave out the Queued writes and a Started event fold into its
-/// outcome even while the writes queue up (20 Projects of 500 at once: 3.4 writes a task
-/// with 256 in hand, 1.8 with 2,048). A prefetch twice the messages in hand parked
-/// the rest where nothing announced them: 20 Projects of 500 at once, a wave of 4,000
-/// events, fell into Queued and Running written for most tasks (2.41 writes a task,
-/// 108 s) in one run of two.
+/// How many messages are in hand at once, many more than [`WRITERS`]: also the
+/// consumer's prefetch, so every message the broker has handed over is being handled
+/// and none waits unannounced in the client's buffer. A Started event waiting for its
+/// attempt's outcome (see [`crate::task::lanes`]) holds one without writing, and the
+/// outcome it waits for must be able to arrive. And the operator learns that an agent
+/// reported when the message is in hand, not when it is written: with thousands of
+/// tasks running at once, a wide window lets a pass leave out the Queued writes and a
+/// Started event fold into its outcome even while the writes queue up (the README's
+/// "Scale" has the figures).
 const IN_HAND: usize = 4096;
 /// How many messages write to the API server at once.
 const WRITERS: usize = 32;
