@@ -403,7 +403,9 @@ async fn start(
         tasks: task_store,
         task_index,
         agents: agent_store,
+        agents_by_role,
         providers: provider_store,
+        providers_by_namespace,
         credentials,
         agent_wakeups: agent_rx,
         provider_deletions,
@@ -416,10 +418,12 @@ async fn start(
         tasks: task_store,
         task_index,
         agents: agent_store,
+        agents_by_role,
         metrics: health.metrics.clone(),
         leadership: elector.leadership(),
         recorder: recorder(&client, identity),
         providers: provider_store,
+        providers_by_namespace,
         credentials,
         http: provider::probe_client(),
         provider_probe_interval: Duration::from_secs(config.provider_probe_seconds.max(1)),
@@ -520,7 +524,7 @@ fn spawn_controllers(
         watcher::Config::default().any_semantic(),
     );
     let project_store = project_controller.store();
-    let waiting = ctx.tasks.clone();
+    let waiting = ctx.task_index.clone();
     let projects = project_controller
         .reconcile_on(triggers.projects_now)
         .reconcile_on(project::soon::coalesced(
@@ -530,11 +534,12 @@ fn spawn_controllers(
         // An Agent or a provider that appears or changes wakes only the Projects with
         // a Task waiting for it.
         .reconcile_on(agent_rx.flat_map(move |wake| {
-            let tasks = waiting.state();
-            futures::stream::iter(project::projects_waiting(
-                tasks.iter().map(AsRef::as_ref),
-                &wake,
-            ))
+            futures::stream::iter(
+                waiting
+                    .projects_waiting(&wake)
+                    .into_iter()
+                    .map(|(namespace, name)| reflector::ObjectRef::new(&name).within(&namespace)),
+            )
         }))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(
@@ -620,12 +625,13 @@ fn spawn_workload_controllers(
     shutdown: &CancellationToken,
     tasks: &mut Supervised,
 ) {
-    let agents = ctx.agents.clone();
+    let by_role = ctx.agents_by_role.clone();
     let pools = Controller::for_shared_stream(triggers.agents, ctx.agents.clone())
         .owns_shared_stream(triggers.deployments_for_pools)
-        .watches_shared_stream(triggers.tasks, move |task| {
-            agent::agents_for_task(&agents, &task)
-        })
+        // A Task reaches its role's Agents only when it moves their demand.
+        .reconcile_on(triggers.demand_moved.flat_map(move |(namespace, role)| {
+            futures::stream::iter(agent::agents_of_role(&by_role, &namespace, &role))
+        }))
         .reconcile_on(triggers.deleted_pools)
         // Task events come in bursts; one pass a second per pool is enough.
         .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))
@@ -640,7 +646,10 @@ fn spawn_workload_controllers(
         pools.await;
         Err(RunError::TaskEnded("the Agent controller"))
     });
-    let (naming, naming_deleted) = (ctx.providers.clone(), ctx.providers.clone());
+    let (naming, naming_deleted) = (
+        ctx.providers_by_namespace.clone(),
+        ctx.providers_by_namespace.clone(),
+    );
     let serving = Controller::for_shared_stream(triggers.providers, ctx.providers.clone())
         .owns_shared_stream(triggers.deployments_for_serving)
         .watches_shared_stream(triggers.secrets, move |secret| {

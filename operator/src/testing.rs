@@ -1,12 +1,33 @@
 //! Builders for unit-test fixtures, with non-default names.
 
-use aios_crds::{Project, Task, TaskPhase, TaskStatus};
+use aios_crds::{Agent, ModelProvider, Project, Task, TaskPhase, TaskStatus};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// `secs` seconds after a fixed instant.
 pub fn ts(secs: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + secs).expect("in range")
+}
+
+/// An Agent named `name` in `namespace` serving `role`.
+pub fn agent(namespace: &str, name: &str, role: &str) -> Agent {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "aios.dev/v1alpha1", "kind": "Agent",
+        "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{namespace}-{name}")},
+        "spec": {"role": role, "persona": {"name": "Apollo"}},
+    }))
+    .expect("valid agent")
+}
+
+/// A local Ollama ModelProvider named `name` in `namespace`, serving model `coder`.
+pub fn provider(namespace: &str, name: &str) -> ModelProvider {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "aios.dev/v1alpha1", "kind": "ModelProvider",
+        "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{namespace}-{name}")},
+        "spec": {"type": "Ollama", "tier": "Local", "models": [{"name": "coder"}],
+                 "endpoint": {"url": "http://127.0.0.1:11434"}},
+    }))
+    .expect("valid provider")
 }
 
 /// A Project named `name` in namespace `team-a`, with default policy and no plan.

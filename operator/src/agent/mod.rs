@@ -39,17 +39,16 @@ use crate::{
 /// How long to wait before looking again at a pool nothing is happening to.
 const RESYNC: Duration = Duration::from_secs(300);
 
-/// The Agents serving the role of `task` in its namespace: a Task's phase changes the
-/// demand on them.
-pub fn agents_for_task(
-    agents: &kube::runtime::reflector::Store<Agent>,
-    task: &aios_crds::Task,
+/// The Agents serving `role` in `namespace`: a Task of the role entering or leaving
+/// Queued or Running moves the demand on them.
+pub fn agents_of_role(
+    by_role: &crate::runtime::grouped::AgentsByRole,
+    namespace: &str,
+    role: &str,
 ) -> Vec<ObjectRef<Agent>> {
-    let namespace = task.namespace();
-    agents
-        .state()
+    by_role
+        .in_group(namespace, role)
         .iter()
-        .filter(|a| a.namespace() == namespace && a.spec.role == task.spec.role.as_str())
         .map(|a| ObjectRef::from_obj(a.as_ref()))
         .collect()
 }

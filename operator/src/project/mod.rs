@@ -394,12 +394,7 @@ fn run_plan(
     } else {
         None
     };
-    let providers: Vec<Arc<aios_crds::ModelProvider>> = ctx
-        .providers
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
-        .collect();
+    let providers = ctx.providers_of(&namespace);
     let roles = ctx.served_roles(&namespace);
     let gate = |task: &Task| {
         if !roles.contains(task.spec.role.as_str()) {
@@ -421,7 +416,7 @@ pub fn waiting_for_role(role: &str) -> String {
 pub const WAITING_FOR_PROVIDER: &str = "waiting for a ready model provider";
 
 /// What appeared or changed that a Project's Tasks may wait for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Wake {
     /// An Agent serving `role` in `namespace`.
     Role {
@@ -437,35 +432,28 @@ pub enum Wake {
     },
 }
 
-/// The Projects with a Task that waits for what `wake` names (its status message says
-/// so): only they are reconciled, not every Project of the operator.
-pub fn projects_waiting<'a>(
-    tasks: impl IntoIterator<Item = &'a Task>,
-    wake: &Wake,
-) -> std::collections::HashSet<kube::runtime::reflector::ObjectRef<Project>> {
-    let (namespace, waits) = match wake {
-        Wake::Role { namespace, role } => (namespace, Some(waiting_for_role(role))),
-        Wake::Provider { namespace } => (namespace, None),
-    };
-    tasks
-        .into_iter()
-        .filter(|t| t.namespace().as_deref() == Some(namespace.as_str()))
-        .filter(|t| {
-            let status = t.status.as_ref();
-            let pending = status
-                .and_then(|s| s.phase)
-                .is_none_or(|p| p == aios_crds::TaskPhase::Pending);
-            let message = status
-                .and_then(|s| s.message.as_deref())
-                .unwrap_or_default();
-            pending
-                && match &waits {
-                    Some(role) => message == role,
-                    None => message.starts_with(WAITING_FOR_PROVIDER),
-                }
-        })
-        .filter_map(project_of)
-        .collect()
+impl Wake {
+    /// What `task` waits for, as its status message says: a Pending Task waiting for an
+    /// Agent of its role, or for a model provider of its namespace. `None` for any other.
+    pub fn awaited_by(task: &Task) -> Option<Self> {
+        let status = task.status.as_ref()?;
+        if status.phase.is_some_and(|p| p != TaskPhase::Pending) {
+            return None;
+        }
+        let message = status.message.as_deref()?;
+        let namespace = task.namespace().unwrap_or_default();
+        let role = task.spec.role.as_str();
+        if message == waiting_for_role(role) {
+            Some(Self::Role {
+                namespace,
+                role: role.to_owned(),
+            })
+        } else if message.starts_with(WAITING_FOR_PROVIDER) {
+            Some(Self::Provider { namespace })
+        } else {
+            None
+        }
+    }
 }
 
 /// The Tasks a pass works on.
@@ -1137,48 +1125,43 @@ mod tests {
     }
 
     #[test]
-    fn a_wake_names_only_the_projects_with_a_task_waiting_for_it() {
-        let mut other_project = waiting("b", &waiting_for_role("qa"));
-        other_project.spec.project = "blog".into();
-        let mut elsewhere = waiting("c", &waiting_for_role("qa"));
-        elsewhere.metadata.namespace = Some("team-b".into());
-        let running = with_phase(task("d", &[]), TaskPhase::Running);
-        let tasks = [
-            waiting("a", &waiting_for_role("qa")),
-            other_project,
-            elsewhere,
-            running,
-            waiting(
-                "e",
-                &format!("{WAITING_FOR_PROVIDER} that can take a High task"),
-            ),
-        ];
+    fn a_pending_task_waits_for_what_its_message_says() {
         let role = |role: &str| Wake::Role {
             namespace: "team-a".into(),
             role: role.into(),
         };
-        let mut names: Vec<String> = projects_waiting(&tasks, &role("qa"))
-            .into_iter()
-            .map(|r| r.name)
-            .collect();
-        names.sort();
-        assert_eq!(names, ["blog", "shop"]);
-        assert!(projects_waiting(&tasks, &role("backend")).is_empty());
-        let providers = projects_waiting(
-            &tasks,
-            &Wake::Provider {
-                namespace: "team-a".into(),
-            },
+        let provider = Wake::Provider {
+            namespace: "team-a".into(),
+        };
+        assert_eq!(
+            Wake::awaited_by(&waiting("a", &waiting_for_role("backend"))),
+            Some(role("backend"))
         );
-        assert_eq!(providers.len(), 1, "only the task waiting for a provider");
-        assert!(
-            projects_waiting(
-                &tasks,
-                &Wake::Provider {
-                    namespace: "team-c".into()
-                }
-            )
-            .is_empty()
+        // The message names another role than the Task's: not a wait for that role.
+        assert_eq!(
+            Wake::awaited_by(&waiting("a", &waiting_for_role("qa"))),
+            None
         );
+        assert_eq!(
+            Wake::awaited_by(&waiting(
+                "e",
+                &format!("{WAITING_FOR_PROVIDER} that can take a High task")
+            )),
+            Some(provider)
+        );
+        let mut elsewhere = waiting("c", &waiting_for_role("backend"));
+        elsewhere.metadata.namespace = Some("team-b".into());
+        assert_eq!(
+            Wake::awaited_by(&elsewhere),
+            Some(Wake::Role {
+                namespace: "team-b".into(),
+                role: "backend".into()
+            })
+        );
+        let mut running = with_phase(task("d", &[]), TaskPhase::Running);
+        running.status.as_mut().unwrap().message = Some(waiting_for_role("backend"));
+        assert_eq!(Wake::awaited_by(&running), None, "no longer Pending");
+        assert_eq!(Wake::awaited_by(&waiting("f", "waiting for api")), None);
+        assert_eq!(Wake::awaited_by(&task("g", &[])), None, "no status");
     }
 }

@@ -284,10 +284,8 @@ pub async fn give(
                 request.secret.name, request.secret.key
             )));
             for endpoint in ctx
-                .providers
-                .state()
+                .providers_of(namespace)
                 .iter()
-                .filter(|p| p.namespace().as_deref() == Some(namespace))
                 .filter_map(|p| p.spec.endpoint.clone())
                 .filter(|e| e.credentials_ref.as_ref() == Some(&request.secret))
             {

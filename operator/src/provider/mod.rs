@@ -26,10 +26,7 @@ use k8s_openapi::{
 use kube::{
     Api, Resource, ResourceExt,
     api::{ObjectMeta, Patch, PatchParams},
-    runtime::{
-        controller::Action,
-        reflector::{ObjectRef, Store},
-    },
+    runtime::{controller::Action, reflector::ObjectRef},
 };
 use serde_json::json;
 
@@ -92,15 +89,13 @@ pub async fn probe(
 /// The ModelProviders of `secret`'s namespace whose `credentialsRef` names it: a
 /// credential Secret that appears or changes has them probed again at once.
 pub fn providers_naming(
-    providers: &Store<ModelProvider>,
+    providers: &crate::runtime::grouped::ProvidersByNamespace,
     secret: &Secret,
 ) -> Vec<ObjectRef<ModelProvider>> {
-    let namespace = secret.namespace();
     let name = secret.name_any();
     providers
-        .state()
+        .in_namespace(&secret.namespace().unwrap_or_default())
         .iter()
-        .filter(|p| p.namespace() == namespace)
         .filter(|p| {
             p.spec
                 .endpoint
@@ -361,12 +356,9 @@ pub async fn publish_provider_list(
 ) -> Result<(), Error> {
     let updated_name = updated.map(ResourceExt::name_any);
     let others: Vec<Arc<ModelProvider>> = ctx
-        .providers
-        .state()
+        .providers_of(namespace)
         .into_iter()
-        .filter(|p| {
-            p.namespace().as_deref() == Some(namespace) && Some(p.name_any()) != updated_name
-        })
+        .filter(|p| Some(p.name_any()) != updated_name)
         .collect();
     let list = provider_list(others.iter().map(AsRef::as_ref).chain(updated));
     let json =

@@ -45,6 +45,8 @@ pub struct Context {
     pub task_index: Arc<crate::runtime::index::TaskIndex>,
     /// Cache of every Agent.
     pub agents: Store<Agent>,
+    /// The Agents by namespace and role.
+    pub agents_by_role: Arc<crate::runtime::grouped::AgentsByRole>,
     /// Metrics.
     pub metrics: Metrics,
     /// Whether this replica leads.
@@ -57,6 +59,8 @@ pub struct Context {
     pub model_server_image: String,
     /// Cache of every ModelProvider.
     pub providers: Store<aios_crds::ModelProvider>,
+    /// The ModelProviders by namespace.
+    pub providers_by_namespace: Arc<crate::runtime::grouped::ProvidersByNamespace>,
     /// Cache of the Secrets labelled as credentials: the only Secrets the operator
     /// reads (see [`crate::provider::credentials`]).
     pub credentials: Store<k8s_openapi::api::core::v1::Secret>,
@@ -162,22 +166,22 @@ impl Context {
 
     /// The roles the Agents of `namespace` serve.
     pub fn served_roles(&self, namespace: &str) -> BTreeSet<String> {
-        self.agents
-            .state()
-            .iter()
-            .filter(|a| a.namespace().as_deref() == Some(namespace))
-            .map(|a| a.spec.role.to_string())
-            .collect()
+        self.agents_by_role.groups(namespace)
     }
 
-    /// The preferred providers of the Agent serving `role` in `namespace`.
+    /// The preferred providers of the Agent serving `role` in `namespace` (the first by
+    /// name, if several do).
     pub fn preferred_providers(&self, namespace: &str, role: &str) -> Vec<String> {
-        self.agents
-            .state()
-            .iter()
-            .find(|a| a.namespace().as_deref() == Some(namespace) && a.spec.role == role)
+        self.agents_by_role
+            .in_group(namespace, role)
+            .first()
             .and_then(|a| a.spec.models.as_ref().map(|m| m.providers.clone()))
             .unwrap_or_default()
+    }
+
+    /// The ModelProviders of `namespace`.
+    pub fn providers_of(&self, namespace: &str) -> Vec<Arc<aios_crds::ModelProvider>> {
+        self.providers_by_namespace.in_namespace(namespace)
     }
 
     /// The Task API of `namespace`.

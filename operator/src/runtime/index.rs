@@ -38,7 +38,7 @@ use kube::{
     runtime::{reflector::Store, watcher},
 };
 
-use crate::project::dispatch::is_planning_task;
+use crate::project::{Wake, dispatch::is_planning_task};
 
 /// A Task's namespace and name.
 type Name = (String, String);
@@ -78,6 +78,9 @@ struct Filed {
     succeeded_at: Option<Instant>,
     /// A waiting status handed over to be written and not written yet.
     handed: bool,
+    /// While Pending: what its status message says it waits for, under which it is
+    /// filed in [`Entries::waiting`].
+    wait: Option<Wake>,
     /// While Pending: the place in its dependencies of one that has not succeeded, under
     /// which it is filed in its Project's [`Tally::blocked`]; `None` when all have (it
     /// is then among [`Tally::ready`]) or it is not Pending.
@@ -95,6 +98,7 @@ impl Filed {
             succeeded_at: None,
             handed: false,
             blocked_on: None,
+            wait: None,
             task,
         }
     }
@@ -275,6 +279,17 @@ struct Entries {
     of: HashMap<Name, Filed>,
     by_project: HashMap<ProjectKey, Tally>,
     by_role_phase: HashMap<(String, String, TaskPhase), BTreeSet<String>>,
+    /// By what they wait for: the Projects with Pending Tasks waiting for it, and how
+    /// many Tasks each.
+    waiting: HashMap<Wake, HashMap<String, usize>>,
+    /// The roles (namespace, role) whose demand moved since they were last taken: a
+    /// Task of the role entered or left Queued or Running.
+    moved: BTreeSet<(String, String)>,
+}
+
+/// Whether a Task in `phase` is demand on its role's Agent: on the bus, or with an agent.
+fn demand(phase: TaskPhase) -> bool {
+    matches!(phase, TaskPhase::Queued | TaskPhase::Running)
 }
 
 impl Entries {
@@ -311,8 +326,18 @@ impl Entries {
             if filed.unsaid() {
                 tally.unsaid.insert(task.clone());
             }
+            filed.wait = Wake::awaited_by(filed.current());
         } else {
             filed.blocked_on = None;
+            filed.wait = None;
+        }
+        if let Some(wake) = &filed.wait {
+            *self
+                .waiting
+                .entry(wake.clone())
+                .or_default()
+                .entry(filed.project.clone())
+                .or_default() += 1;
         }
         self.by_role_phase
             .entry((namespace.clone(), filed.role.clone(), phase))
@@ -394,7 +419,48 @@ impl Entries {
                 self.by_role_phase.remove(&role_phase);
             }
         }
+        if let Some(wake) = filed.wait.take()
+            && let Some(projects) = self.waiting.get_mut(&wake)
+        {
+            if let Some(count) = projects.get_mut(&filed.project) {
+                *count -= 1;
+                if *count == 0 {
+                    projects.remove(&filed.project);
+                }
+            }
+            if projects.is_empty() {
+                self.waiting.remove(&wake);
+            }
+        }
         Some(filed)
+    }
+
+    /// Unfiles the Task `name` for good (deleted): its role's demand moved if it was
+    /// demand.
+    fn remove(&mut self, name: &Name) {
+        if let Some(filed) = self.unfile(name)
+            && demand(filed.phase())
+        {
+            self.moved.insert((name.0.clone(), filed.role));
+        }
+    }
+
+    /// Notes the move of a Task of `namespace` from `before` to `after` (its role and
+    /// phase as filed before, if it was, and as filed now).
+    fn note_move(
+        &mut self,
+        namespace: &str,
+        before: Option<(String, TaskPhase)>,
+        after: (String, TaskPhase),
+    ) {
+        if before.as_ref() == Some(&after) {
+            return;
+        }
+        for (role, phase) in before.into_iter().chain([after]) {
+            if demand(phase) {
+                self.moved.insert((namespace.to_owned(), role));
+            }
+        }
     }
 
     /// Files the store's copy of a Task, keeping what the copy does not show yet: how
@@ -402,6 +468,7 @@ impl Entries {
     fn apply(&mut self, task: Arc<Task>) -> Urgency {
         let name = (task.namespace().unwrap_or_default(), task.name_any());
         let before = self.unfile(&name);
+        let filed_as = before.as_ref().map(|b| (b.role.clone(), b.phase()));
         let after = Arc::clone(&task);
         let mut filed = Filed::new(task);
         let mut was = None;
@@ -414,7 +481,9 @@ impl Entries {
             filed.carry(before);
         }
         let (project, planning) = ((name.0.clone(), filed.project.clone()), filed.planning);
+        let filed_now = (filed.role.clone(), filed.phase());
         self.file(name, filed);
+        self.note_move(&project.0, filed_as, filed_now);
         match (was, self.by_project.get(&project)) {
             (Some((before, from)), Some(tally)) if from == project.1 => {
                 Urgency::of(&before, &after, tally, planning)
@@ -428,10 +497,13 @@ impl Entries {
         let Some(mut filed) = self.unfile(&name) else {
             return;
         };
+        let filed_as = Some((filed.role.clone(), filed.phase()));
         if filed.uid() == uid {
             change(&mut filed);
         }
+        let (namespace, filed_now) = (name.0.clone(), (filed.role.clone(), filed.phase()));
         self.file(name, filed);
+        self.note_move(&namespace, filed_as, filed_now);
     }
 }
 
@@ -464,14 +536,42 @@ impl ProjectTasks {
     }
 }
 
-/// Each Project's Tasks with their counts, Task names by role and phase, and the
-/// dispatches the watch does not show yet.
+/// Each Project's Tasks with their counts, Task names by role and phase, the Projects
+/// with Tasks waiting for an Agent or a model provider, and the dispatches the watch does
+/// not show yet.
 #[derive(Debug, Default)]
 pub struct TaskIndex {
     live: Mutex<Entries>,
+    /// Where each role whose demand moved is sent (namespace, role), if anywhere.
+    demand: Option<futures::channel::mpsc::UnboundedSender<(String, String)>>,
 }
 
 impl TaskIndex {
+    /// An empty index that sends each role whose demand moves (a Task of it entered or
+    /// left Queued or Running, as the watch shows it or as the operator wrote or
+    /// published it) to `demand`, as (namespace, role).
+    pub fn sending_demand(
+        demand: futures::channel::mpsc::UnboundedSender<(String, String)>,
+    ) -> Self {
+        Self {
+            live: Mutex::default(),
+            demand: Some(demand),
+        }
+    }
+
+    /// Runs `change` on the entries, then sends on the roles whose demand it moved.
+    fn change<R>(&self, change: impl FnOnce(&mut Entries) -> R) -> R {
+        let mut live = lock(&self.live);
+        let result = change(&mut live);
+        let moved = std::mem::take(&mut live.moved);
+        if let Some(demand) = &self.demand {
+            for role in moved {
+                let _ = demand.unbounded_send(role);
+            }
+        }
+        result
+    }
+
     /// Files what `event` says, once `store` has applied it: the Projects whose pass it
     /// calls for, and how soon (every Project's at once after a re-list).
     pub fn apply(
@@ -488,11 +588,13 @@ impl TaskIndex {
                     copy.namespace().unwrap_or_default(),
                     copy.spec.project.clone(),
                 );
-                let urgency = lock(&self.live).apply(copy);
+                let urgency = self.change(|live| live.apply(copy));
                 vec![(project, urgency)]
             }
             watcher::Event::Delete(task) => {
-                lock(&self.live).unfile(&(task.namespace().unwrap_or_default(), task.name_any()));
+                self.change(|live| {
+                    live.remove(&(task.namespace().unwrap_or_default(), task.name_any()));
+                });
                 let project = (
                     task.namespace().unwrap_or_default(),
                     task.spec.project.clone(),
@@ -501,8 +603,7 @@ impl TaskIndex {
             }
             // The store swaps in the listed Tasks at the list's end.
             watcher::Event::Init | watcher::Event::InitApply(_) => Vec::new(),
-            watcher::Event::InitDone => {
-                let mut live = lock(&self.live);
+            watcher::Event::InitDone => self.change(|live| {
                 let mut projects: BTreeSet<ProjectKey> = live.by_project.keys().cloned().collect();
                 let mut built = Entries::default();
                 for task in store.state() {
@@ -514,9 +615,16 @@ impl TaskIndex {
                     built.file(name, filed);
                 }
                 projects.extend(built.by_project.keys().cloned());
+                // Every role with demand before or after: what moved while unwatched is
+                // not known.
+                built.moved = (live.by_role_phase.keys())
+                    .chain(built.by_role_phase.keys())
+                    .filter(|(_, _, phase)| demand(*phase))
+                    .map(|(namespace, role, _)| (namespace.clone(), role.clone()))
+                    .collect();
                 *live = built;
                 projects.into_iter().map(|p| (p, Urgency::Now)).collect()
-            }
+            }),
         }
     }
 
@@ -550,6 +658,24 @@ impl TaskIndex {
             planning_counts: tally.planning.clone(),
             pending,
         }
+    }
+
+    /// The Projects with a Pending Task whose status message says it waits for what
+    /// `wake` names.
+    pub fn projects_waiting(&self, wake: &Wake) -> Vec<ProjectKey> {
+        let namespace = match wake {
+            Wake::Role { namespace, .. } | Wake::Provider { namespace } => namespace,
+        };
+        lock(&self.live)
+            .waiting
+            .get(wake)
+            .map(|projects| {
+                projects
+                    .keys()
+                    .map(|project| (namespace.clone(), project.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The names of `namespace`'s Tasks of `role` in `phase`.
@@ -607,10 +733,12 @@ impl TaskIndex {
     pub fn expect_dispatch(&self, task: &Task, attempt: i32) {
         let name = (task.namespace().unwrap_or_default(), task.name_any());
         let uid = task.metadata.uid.clone().unwrap_or_default();
-        lock(&self.live).refile(name, &uid, |f| {
-            if attempt > f.attempt() {
-                f.expected = Some(attempt);
-            }
+        self.change(|live| {
+            live.refile(name, &uid, |f| {
+                if attempt > f.attempt() {
+                    f.expected = Some(attempt);
+                }
+            });
         });
     }
 
@@ -623,27 +751,30 @@ impl TaskIndex {
         let Some(base_version) = base.resource_version() else {
             return;
         };
-        lock(&self.live).refile(name, &uid, |f| {
-            // Written over the newest copy: the store's, or one written before it that the
-            // watch does not show yet, which the watch may then show on the way to this.
-            if f.current().resource_version().as_deref() == Some(base_version.as_str()) {
-                let over = match f.written.take() {
-                    Some(before) => {
-                        let mut over = before.over;
-                        over.push(base_version);
-                        if over.len() > CHAINED {
-                            over.remove(0);
+        self.change(|live| {
+            live.refile(name, &uid, |f| {
+                // Written over the newest copy: the store's, or one written before it that
+                // the watch does not show yet, which the watch may then show on the way to
+                // this.
+                if f.current().resource_version().as_deref() == Some(base_version.as_str()) {
+                    let over = match f.written.take() {
+                        Some(before) => {
+                            let mut over = before.over;
+                            over.push(base_version);
+                            if over.len() > CHAINED {
+                                over.remove(0);
+                            }
+                            over
                         }
-                        over
-                    }
-                    None => vec![base_version],
-                };
-                f.written = Some(Written {
-                    over,
-                    task: Arc::new(written),
-                });
-                f.expected = f.expected.filter(|&attempt| attempt > f.attempt());
-            }
+                        None => vec![base_version],
+                    };
+                    f.written = Some(Written {
+                        over,
+                        task: Arc::new(written),
+                    });
+                    f.expected = f.expected.filter(|&attempt| attempt > f.attempt());
+                }
+            });
         });
     }
 
@@ -651,17 +782,18 @@ impl TaskIndex {
     /// handed over to be written: whether it was not already (and the Task is filed).
     /// Until [`Self::said`], a pass does not hand it over again.
     pub fn hand(&self, namespace: &str, name: &str, uid: &str) -> bool {
-        let mut live = lock(&self.live);
         let key = (namespace.to_owned(), name.to_owned());
-        if !live
-            .of
-            .get(&key)
-            .is_some_and(|f| f.uid() == uid && !f.handed)
-        {
-            return false;
-        }
-        live.refile(key, uid, |f| f.handed = true);
-        true
+        self.change(|live| {
+            if !live
+                .of
+                .get(&key)
+                .is_some_and(|f| f.uid() == uid && !f.handed)
+            {
+                return false;
+            }
+            live.refile(key, uid, |f| f.handed = true);
+            true
+        })
     }
 
     /// Whether a waiting status of the Task is handed over and not written yet.
@@ -676,14 +808,14 @@ impl TaskIndex {
     /// a pass may hand over another.
     pub fn said(&self, namespace: &str, name: &str, uid: &str) {
         let key = (namespace.to_owned(), name.to_owned());
-        lock(&self.live).refile(key, uid, |f| f.handed = false);
+        self.change(|live| live.refile(key, uid, |f| f.handed = false));
     }
 
     /// Drops the record of `task`'s dispatch whose Queued status could not be written.
     pub fn forget_dispatch(&self, task: &Task) {
         let name = (task.namespace().unwrap_or_default(), task.name_any());
         let uid = task.metadata.uid.clone().unwrap_or_default();
-        lock(&self.live).refile(name, &uid, |f| f.expected = None);
+        self.change(|live| live.refile(name, &uid, |f| f.expected = None));
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod backoff;
 pub mod bus;
 pub mod context;
+pub mod grouped;
 pub mod handover;
 pub mod http;
 pub mod index;

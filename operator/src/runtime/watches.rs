@@ -28,7 +28,11 @@ use tokio_util::sync::CancellationToken as Shutdown;
 use crate::{
     Config, RunError, Supervised, api, project,
     provider::credentials,
-    runtime::{bus::Bus, index::Urgency},
+    runtime::{
+        bus::Bus,
+        grouped::{AgentsByRole, ProvidersByNamespace},
+        index::Urgency,
+    },
 };
 
 /// How many changes a subscriber may lag behind before the watch waits for it.
@@ -108,7 +112,9 @@ pub(crate) struct Caches {
     pub tasks: reflector::Store<Task>,
     pub task_index: Arc<crate::runtime::index::TaskIndex>,
     pub agents: reflector::Store<Agent>,
+    pub agents_by_role: Arc<AgentsByRole>,
     pub providers: reflector::Store<ModelProvider>,
+    pub providers_by_namespace: Arc<ProvidersByNamespace>,
     /// The Secrets labelled as credentials.
     pub credentials: reflector::Store<Secret>,
     /// What each Agent or ModelProvider that appears or changes may wake.
@@ -143,41 +149,35 @@ pub(crate) async fn start_caches(
     tasks: &mut Supervised,
 ) -> Result<Caches, RunError> {
     let ns = config.watch_namespace.as_deref();
-    let (now_tx, projects_now) = mpsc::unbounded();
-    let (soon_tx, projects_soon) = mpsc::unbounded();
-    let (deleted_attempt_tx, deleted_attempts) = mpsc::unbounded();
-    let task_index = Arc::new(crate::runtime::index::TaskIndex::default());
-    let indexing = task_index.clone();
-    let watched_tasks = watch(
-        (api::<Task>(client, ns), watcher::Config::default()),
-        2,
-        true,
-        move |event, store| {
-            // Each Task's change wakes its Project, now or soon (the one Task watch:
-            // the Project controller has no subscription of its own).
-            for ((namespace, project), urgency) in indexing.apply(event, store) {
-                let project = reflector::ObjectRef::new(&project).within(&namespace);
-                let _ = match urgency {
-                    Urgency::Now => now_tx.unbounded_send(project),
-                    Urgency::Soon => soon_tx.unbounded_send(project),
-                };
-            }
-            if let watcher::Event::Delete(task) = event
-                && let Some(attempt) = crate::task::deleted_in_flight(task)
-            {
-                let _ = deleted_attempt_tx.unbounded_send(attempt);
-            }
-        },
-        "the Task watch",
+    let TaskWatch {
+        watched: watched_tasks,
+        index: task_index,
+        projects_now,
+        projects_soon,
+        deleted_attempts,
+        demand_moved,
+    } = watch_tasks(client, ns, shutdown, tasks).await?;
+    let (agent_tx, agent_rx) = mpsc::unbounded::<project::Wake>();
+    let provider_wakeups = agent_tx.clone();
+    let agents_by_role = Arc::new(AgentsByRole::by_role());
+    let watched_agents = watch_agents(
+        client,
+        ns,
+        bus,
+        (agent_tx, agents_by_role.clone()),
         shutdown,
         tasks,
     )
     .await?;
-    let (agent_tx, agent_rx) = mpsc::unbounded::<project::Wake>();
-    let provider_wakeups = agent_tx.clone();
-    let watched_agents = watch_agents(client, ns, bus, agent_tx, shutdown, tasks).await?;
-    let (watched_providers, deleted_rx) =
-        watch_providers(client, ns, provider_wakeups, shutdown, tasks).await?;
+    let providers_by_namespace = Arc::new(ProvidersByNamespace::by_namespace());
+    let (watched_providers, deleted_rx) = watch_providers(
+        client,
+        ns,
+        (provider_wakeups, providers_by_namespace.clone()),
+        shutdown,
+        tasks,
+    )
+    .await?;
     // Secrets: only those labelled as credentials are ever read.
     let (deleted_secret_tx, deleted_secrets) = mpsc::unbounded();
     let watched_secrets = watch(
@@ -200,7 +200,7 @@ pub(crate) async fn start_caches(
     let mut deployment_subs = watched_deployments.subscriptions.into_iter();
     let missing = || RunError::TaskEnded("a subscription");
     let workload = WorkloadTriggers {
-        tasks: task_subs.next().ok_or_else(missing)?,
+        demand_moved,
         agents: first(watched_agents.subscriptions).ok_or_else(missing)?,
         providers: first(watched_providers.subscriptions).ok_or_else(missing)?,
         secrets: first(watched_secrets.subscriptions).ok_or_else(missing)?,
@@ -221,11 +221,76 @@ pub(crate) async fn start_caches(
         tasks: watched_tasks.store,
         task_index,
         agents: watched_agents.store,
+        agents_by_role,
         providers: watched_providers.store,
+        providers_by_namespace,
         credentials: watched_secrets.store,
         agent_wakeups: agent_rx,
         provider_deletions: deleted_rx,
         triggers,
+    })
+}
+
+/// The one watch of Tasks, its index, and what its events wake.
+struct TaskWatch {
+    watched: Watched<Task>,
+    index: Arc<crate::runtime::index::TaskIndex>,
+    /// The Projects whose pass a Task's change calls for now ([`Urgency::Now`]).
+    projects_now: mpsc::UnboundedReceiver<reflector::ObjectRef<Project>>,
+    /// The Projects whose pass a Task's change calls for soon ([`Urgency::Soon`]).
+    projects_soon: mpsc::UnboundedReceiver<reflector::ObjectRef<Project>>,
+    /// The attempt in flight of each deleted Task that had one.
+    deleted_attempts: mpsc::UnboundedReceiver<crate::task::cancels::Recorded>,
+    /// The roles whose demand moved.
+    demand_moved: mpsc::UnboundedReceiver<(String, String)>,
+}
+
+/// The one watch of Tasks, indexed ([`crate::runtime::index`]): each Task's change wakes
+/// its Project, now or soon (the Project controller has no subscription of its own),
+/// and its role's Agents when it moves their demand; a deleted Task's attempt in flight
+/// is sent on to be cancelled.
+async fn watch_tasks(
+    client: &Client,
+    ns: Option<&str>,
+    shutdown: &Shutdown,
+    tasks: &mut Supervised,
+) -> Result<TaskWatch, RunError> {
+    let (now_tx, projects_now) = mpsc::unbounded();
+    let (soon_tx, projects_soon) = mpsc::unbounded();
+    let (deleted_attempt_tx, deleted_attempts) = mpsc::unbounded();
+    let (demand_tx, demand_moved) = mpsc::unbounded();
+    let index = Arc::new(crate::runtime::index::TaskIndex::sending_demand(demand_tx));
+    let indexing = index.clone();
+    let watched = watch(
+        (api::<Task>(client, ns), watcher::Config::default()),
+        1,
+        true,
+        move |event, store| {
+            for ((namespace, project), urgency) in indexing.apply(event, store) {
+                let project = reflector::ObjectRef::new(&project).within(&namespace);
+                let _ = match urgency {
+                    Urgency::Now => now_tx.unbounded_send(project),
+                    Urgency::Soon => soon_tx.unbounded_send(project),
+                };
+            }
+            if let watcher::Event::Delete(task) = event
+                && let Some(attempt) = crate::task::deleted_in_flight(task)
+            {
+                let _ = deleted_attempt_tx.unbounded_send(attempt);
+            }
+        },
+        "the Task watch",
+        shutdown,
+        tasks,
+    )
+    .await?;
+    Ok(TaskWatch {
+        watched,
+        index,
+        projects_now,
+        projects_soon,
+        deleted_attempts,
+        demand_moved,
     })
 }
 
@@ -239,7 +304,9 @@ where
 
 /// What wakes the Agent and ModelProvider controllers.
 pub(crate) struct WorkloadTriggers {
-    pub tasks: ReflectHandle<Task>,
+    /// The roles (namespace, role) whose demand moved: a Task of the role entered or
+    /// left Queued or Running.
+    pub demand_moved: mpsc::UnboundedReceiver<(String, String)>,
     pub agents: ReflectHandle<Agent>,
     pub providers: ReflectHandle<ModelProvider>,
     pub secrets: ReflectHandle<Secret>,
@@ -250,13 +317,14 @@ pub(crate) struct WorkloadTriggers {
     pub deleted_secrets: mpsc::UnboundedReceiver<Secret>,
 }
 
-/// The one watch of Agents: each Agent that appears or changes has its role's queue
-/// declared and wakes the Projects with Tasks waiting for an Agent of that role.
+/// The one watch of Agents, filed by role: each Agent that appears or changes has its
+/// role's queue declared and wakes the Projects with Tasks waiting for an Agent of that
+/// role.
 async fn watch_agents(
     client: &Client,
     ns: Option<&str>,
     bus: &Arc<Bus>,
-    agent_tx: mpsc::UnboundedSender<project::Wake>,
+    (agent_tx, by_role): (mpsc::UnboundedSender<project::Wake>, Arc<AgentsByRole>),
     shutdown: &Shutdown,
     tasks: &mut Supervised,
 ) -> Result<Watched<Agent>, RunError> {
@@ -265,7 +333,8 @@ async fn watch_agents(
         (api::<Agent>(client, ns), watcher::Config::default()),
         1,
         true,
-        move |event, _| {
+        move |event, store| {
+            by_role.apply(event, store);
             if let watcher::Event::Apply(agent) | watcher::Event::InitApply(agent) = event {
                 let _ = appeared_tx.unbounded_send(agent.clone());
             }
@@ -359,13 +428,16 @@ async fn watch_deployments(
     Ok((watched_deployments, deleted_pools, deleted_servers))
 }
 
-/// The one watch of ModelProviders: each change wakes the Projects with Tasks waiting
-/// for a provider; the namespace of each deleted one is sent on (its list is rewritten:
-/// a deleted provider has no reconcile).
+/// The one watch of ModelProviders, filed by namespace: each change wakes the Projects
+/// with Tasks waiting for a provider; the namespace of each deleted one is sent on (its
+/// list is rewritten: a deleted provider has no reconcile).
 async fn watch_providers(
     client: &Client,
     ns: Option<&str>,
-    provider_wakeups: mpsc::UnboundedSender<project::Wake>,
+    (provider_wakeups, by_namespace): (
+        mpsc::UnboundedSender<project::Wake>,
+        Arc<ProvidersByNamespace>,
+    ),
     shutdown: &Shutdown,
     tasks: &mut Supervised,
 ) -> Result<(Watched<ModelProvider>, mpsc::UnboundedReceiver<String>), RunError> {
@@ -376,7 +448,8 @@ async fn watch_providers(
         (api::<ModelProvider>(client, ns), watcher::Config::default()),
         1,
         true,
-        move |event, _| {
+        move |event, store| {
+            by_namespace.apply(event, store);
             if let watcher::Event::Apply(provider)
             | watcher::Event::InitApply(provider)
             | watcher::Event::Delete(provider) = event

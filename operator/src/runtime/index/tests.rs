@@ -121,6 +121,133 @@ fn a_task_moving_between_phases_moves_between_entries() {
     );
 }
 
+/// `task` Pending with its status saying `message`.
+fn saying(task: Task, message: &str) -> Task {
+    let mut task = with_phase(task, TaskPhase::Pending);
+    task.status.as_mut().expect("a status").message = Some(message.to_owned());
+    task
+}
+
+#[test]
+fn an_agent_or_provider_wakes_only_the_projects_with_a_task_waiting_for_it() {
+    use crate::project::{WAITING_FOR_PROVIDER, Wake, waiting_for_role};
+    let mut fed = Fed::new();
+    let role = |namespace: &str, role: &str| Wake::Role {
+        namespace: namespace.into(),
+        role: role.into(),
+    };
+    let provider = Wake::Provider {
+        namespace: "team-a".into(),
+    };
+    let a = saying(task("a", &[]), &waiting_for_role("backend"));
+    let mut b = a.clone();
+    b.metadata.name = Some("b".into());
+    b.metadata.uid = Some("uid-b".into());
+    b.spec.project = "blog".into();
+    let mut elsewhere = a.clone();
+    elsewhere.metadata.namespace = Some("team-b".into());
+    let c = saying(
+        task("c", &[]),
+        &format!("{WAITING_FOR_PROVIDER} that can take a High task"),
+    );
+    let idle = saying(task("d", &["c"]), "waiting for c");
+    for t in [&a, &b, &elsewhere, &c, &idle] {
+        fed.feed(&watcher::Event::Apply(t.clone()));
+    }
+    let mut projects = fed.index.projects_waiting(&role("team-a", "backend"));
+    projects.sort();
+    assert_eq!(
+        projects,
+        [
+            ("team-a".to_owned(), "blog".to_owned()),
+            ("team-a".to_owned(), "shop".to_owned())
+        ]
+    );
+    assert!(fed.index.projects_waiting(&role("team-a", "qa")).is_empty());
+    assert_eq!(
+        fed.index.projects_waiting(&role("team-b", "backend")),
+        [("team-b".to_owned(), "shop".to_owned())]
+    );
+    assert_eq!(
+        fed.index.projects_waiting(&provider),
+        [("team-a".to_owned(), "shop".to_owned())]
+    );
+
+    // Dispatched, it waits for nothing; the Project waits while another Task does.
+    fed.index.expect_dispatch(&c, 1);
+    assert!(fed.index.projects_waiting(&provider).is_empty());
+    fed.feed(&watcher::Event::Apply(with_phase(a, TaskPhase::Running)));
+    assert_eq!(
+        fed.index.projects_waiting(&role("team-a", "backend")),
+        [("team-a".to_owned(), "blog".to_owned())]
+    );
+    fed.feed(&watcher::Event::Delete(b));
+    assert!(
+        fed.index
+            .projects_waiting(&role("team-a", "backend"))
+            .is_empty()
+    );
+    // A relist files what waits anew.
+    let listed: Vec<Task> = fed.store.state().iter().map(|t| (**t).clone()).collect();
+    fed.relist(listed);
+    assert_eq!(
+        fed.index.projects_waiting(&role("team-b", "backend")),
+        [("team-b".to_owned(), "shop".to_owned())]
+    );
+}
+
+#[test]
+fn a_roles_demand_moves_only_when_a_task_enters_or_leaves_queued_or_running() {
+    let (tx, mut rx) = futures::channel::mpsc::unbounded();
+    let mut fed = Fed::new();
+    fed.index = TaskIndex::sending_demand(tx);
+    let mut moved = || {
+        let mut roles = Vec::new();
+        while let Ok((namespace, role)) = rx.try_recv() {
+            roles.push(format!("{namespace}/{role}"));
+        }
+        roles
+    };
+    let a = task("a", &[]);
+    let mut qa = task("q", &[]);
+    qa.spec.role = aios_crds::DnsLabel::new("qa").unwrap();
+    fed.feed(&watcher::Event::Apply(a.clone()));
+    fed.feed(&watcher::Event::Apply(qa.clone()));
+    fed.feed(&watcher::Event::Apply(saying(a.clone(), "waiting for x")));
+    assert!(moved().is_empty(), "Pending is no demand");
+
+    // Published: demand at once, before the watch shows it; the watch showing it then
+    // moves nothing.
+    fed.index.expect_dispatch(&a, 1);
+    assert_eq!(moved(), ["team-a/backend"]);
+    let queued = with_phase(a.clone(), TaskPhase::Queued);
+    fed.feed(&watcher::Event::Apply(queued));
+    assert!(moved().is_empty());
+
+    let running = at_version(with_phase(a.clone(), TaskPhase::Running), "5");
+    fed.feed(&watcher::Event::Apply(running.clone()));
+    assert_eq!(moved(), ["team-a/backend"]);
+    // A status that says the same phase (a heartbeat's time, a message).
+    let mut later = running.clone();
+    later.status.as_mut().unwrap().message = Some("working".into());
+    fed.feed(&watcher::Event::Apply(later));
+    assert!(moved().is_empty());
+
+    // Its success, written by the operator: demand left at once.
+    let succeeded = with_phase(a.clone(), TaskPhase::Succeeded);
+    fed.index.wrote(&running, succeeded);
+    assert_eq!(moved(), ["team-a/backend"]);
+
+    fed.index.expect_dispatch(&qa, 1);
+    assert_eq!(moved(), ["team-a/qa"]);
+    fed.index.forget_dispatch(&qa);
+    assert_eq!(moved(), ["team-a/qa"], "back to Pending");
+    fed.index.expect_dispatch(&qa, 1);
+    moved();
+    fed.feed(&watcher::Event::Delete(qa));
+    assert_eq!(moved(), ["team-a/qa"], "a Queued Task deleted");
+}
+
 fn pending(fed: &Fed) -> Vec<String> {
     let shop = fed.index.project("team-a", "shop");
     shop.pending.iter().map(|t| t.name_any()).collect()
@@ -455,6 +582,9 @@ enum Change {
         /// No status at all when `None`.
         phase: Option<TaskPhase>,
         attempt: i32,
+        /// What its status message says it waits for: nothing, an Agent of its role,
+        /// a model provider.
+        waits: u8,
     },
     Delete(usize),
     /// A pass publishes the attempt after the one the watch shows.
@@ -489,8 +619,8 @@ fn phases() -> impl Strategy<Value = TaskPhase> {
 
 fn changes() -> impl Strategy<Value = Change> {
     prop_oneof![
-        4 => (0..TASKS, 0..2u8, proptest::option::of(phases()), 0..3i32).prop_map(|(i, generation, phase, attempt)| {
-            Change::Apply { i, generation, phase, attempt }
+        4 => (0..TASKS, 0..2u8, proptest::option::of(phases()), 0..3i32, 0..3u8).prop_map(|(i, generation, phase, attempt, waits)| {
+            Change::Apply { i, generation, phase, attempt, waits }
         }),
         1 => (0..TASKS).prop_map(Change::Hand),
         1 => (0..TASKS).prop_map(Change::Said),
@@ -575,6 +705,19 @@ impl Model {
         self.tasks.insert(i, held);
     }
 
+    /// Every Task Queued or Running as a pass should see it, with its phase, by name.
+    fn demand(&self) -> BTreeMap<String, TaskPhase> {
+        ["shop", "blog"]
+            .iter()
+            .flat_map(|p| self.seen(p))
+            .filter_map(|t| {
+                let phase = crate::task::lifecycle::phase(&t);
+                matches!(phase, TaskPhase::Queued | TaskPhase::Running)
+                    .then(|| (t.name_any(), phase))
+            })
+            .collect()
+    }
+
     /// Every Task of `project` as a pass should see it.
     fn seen(&self, project: &str) -> Vec<Task> {
         self.tasks
@@ -610,14 +753,23 @@ proptest! {
             .enumerate()
             .map(|(i, d)| d.iter().copied().filter(|&d| d < i).collect())
             .collect();
+        let (demand_tx, mut demand_rx) = futures::channel::mpsc::unbounded();
         let mut fed = Fed::new();
+        fed.index = TaskIndex::sending_demand(demand_tx);
         let mut model = Model::default();
         for change in script {
+            let demand_before = model.demand();
+            let relisted = matches!(change, Change::Relist(_));
             match change {
-                Change::Apply { i, generation, phase, attempt } => {
+                Change::Apply { i, generation, phase, attempt, waits } => {
                     let mut t = dag_task(i, generation, &deps);
                     t.metadata.resource_version = Some(model.next_version());
-                    t.status = phase.map(|phase| TaskStatus { phase: Some(phase), attempt, ..TaskStatus::default() });
+                    let message = match waits {
+                        0 => None,
+                        1 => Some(crate::project::waiting_for_role("backend")),
+                        _ => Some(format!("{} that can take a High task", crate::project::WAITING_FOR_PROVIDER)),
+                    };
+                    t.status = phase.map(|phase| TaskStatus { phase: Some(phase), attempt, message, ..TaskStatus::default() });
                     fed.feed(&watcher::Event::Apply(t.clone()));
                     model.apply(i, t);
                 }
@@ -735,6 +887,36 @@ proptest! {
                 .map(|p| model.seen(p).iter().filter(|t| t.status.as_ref().and_then(|s| s.phase) == Some(TaskPhase::Queued)).count())
                 .sum();
             prop_assert_eq!(fed.index.of_role("team-a", "backend", TaskPhase::Queued).len(), queued);
+
+            // The Projects an Agent or a provider wakes: those with a Task as a pass sees
+            // it waiting for it.
+            for wake in [
+                crate::project::Wake::Role { namespace: "team-a".into(), role: "backend".into() },
+                crate::project::Wake::Provider { namespace: "team-a".into() },
+            ] {
+                let mut kept = fed.index.projects_waiting(&wake);
+                kept.sort();
+                let waiting: Vec<ProjectKey> = ["blog", "shop"]
+                    .iter()
+                    .filter(|p| model.seen(p).iter().any(|t| crate::project::Wake::awaited_by(t).as_ref() == Some(&wake)))
+                    .map(|p| ("team-a".to_owned(), (*p).to_owned()))
+                    .collect();
+                prop_assert_eq!(kept, waiting, "{:?}", wake);
+            }
+            // The role's demand is sent on when a Task entered or left Queued or
+            // Running (or, after a relist, when any Task is demand), and only then.
+            let demand_after = model.demand();
+            let mut sent = Vec::new();
+            while let Ok(role) = demand_rx.try_recv() {
+                sent.push(role);
+            }
+            let expected = if relisted {
+                !demand_before.is_empty() || !demand_after.is_empty()
+            } else {
+                demand_before != demand_after
+            };
+            let backend = ("team-a".to_owned(), "backend".to_owned());
+            prop_assert_eq!(sent, if expected { vec![backend] } else { vec![] });
         }
     }
 }

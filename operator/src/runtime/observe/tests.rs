@@ -23,12 +23,7 @@ fn qa(mut task: Task) -> Task {
 }
 
 fn agent(name: &str, role: &str, desired: i32, ready: i32) -> Arc<Agent> {
-    let mut agent: Agent = serde_json::from_value(serde_json::json!({
-        "apiVersion": "aios.dev/v1alpha1", "kind": "Agent",
-        "metadata": {"name": name, "namespace": "team-a"},
-        "spec": {"role": role, "persona": {"name": "Apollo"}},
-    }))
-    .unwrap();
+    let mut agent = crate::testing::agent("team-a", name, role);
     agent.status = Some(AgentStatus {
         desired_replicas: desired,
         ready_replicas: ready,
@@ -38,13 +33,7 @@ fn agent(name: &str, role: &str, desired: i32, ready: i32) -> Arc<Agent> {
 }
 
 fn provider(name: &str, ready: bool) -> Arc<ModelProvider> {
-    let mut provider: ModelProvider = serde_json::from_value(serde_json::json!({
-        "apiVersion": "aios.dev/v1alpha1", "kind": "ModelProvider",
-        "metadata": {"name": name, "namespace": "team-a"},
-        "spec": {"type": "Ollama", "tier": "Local", "models": [{"name": "coder"}],
-                 "endpoint": {"url": "http://127.0.0.1:11434"}},
-    }))
-    .unwrap();
+    let mut provider = crate::testing::provider("team-a", name);
     provider.status = Some(ModelProviderStatus {
         ready,
         ..ModelProviderStatus::default()
