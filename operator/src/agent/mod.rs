@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use aios_crds::{
     Agent, AgentStatus, TaskPhase, conditions,
-    names::{GROUP, VERSION, annotations, field_managers},
+    names::{annotations, field_managers},
 };
 use jiff::Timestamp;
 use k8s_openapi::{
@@ -32,7 +32,7 @@ use crate::{
     Error,
     agent::objects::{AgentChildren, agent_children, deletion_cost_changes, pod_selector, scale},
     kstatus::{Health, set_health},
-    runtime::context::{Context, server_side_apply},
+    runtime::context::{Context, apply_status, server_side_apply},
     task::lifecycle::phase,
 };
 
@@ -161,15 +161,14 @@ async fn write_status(
     status: &AgentStatus,
 ) -> Result<(), Error> {
     if status_differs(previous, status) {
-        let patch =
-            json!({"apiVersion": format!("{GROUP}/{VERSION}"), "kind": "Agent", "status": status});
-        Api::<Agent>::namespaced(ctx.client.clone(), &agent.namespace().unwrap_or_default())
-            .patch_status(
-                &agent.name_any(),
-                &PatchParams::apply(field_managers::AGENT).force(),
-                &Patch::Apply(patch),
-            )
-            .await?;
+        apply_status(
+            &Api::<Agent>::namespaced(ctx.client.clone(), &agent.namespace().unwrap_or_default()),
+            &agent.name_any(),
+            None,
+            status,
+            field_managers::AGENT,
+        )
+        .await?;
     }
     Ok(())
 }

@@ -22,17 +22,8 @@ use std::{
     time::Duration,
 };
 
-use aios_crds::{
-    Project, ProjectStatus,
-    conditions::reasons,
-    names::{GROUP, VERSION, field_managers},
-};
-use kube::{
-    ResourceExt,
-    api::{Patch, PatchParams},
-    runtime::events::EventType,
-};
-use serde_json::json;
+use aios_crds::{Project, ProjectStatus, conditions::reasons, names::field_managers};
+use kube::{ResourceExt, runtime::events::EventType};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -323,18 +314,14 @@ fn later(ctx: &Context, uid: &str, wait: Duration, interval: bool) {
 
 /// Writes `status` on `project` by server-side apply.
 async fn write(ctx: &Context, project: &Project, status: &ProjectStatus) -> Result<(), Error> {
-    let patch = json!({
-        "apiVersion": format!("{GROUP}/{VERSION}"),
-        "kind": "Project",
-        "status": status,
-    });
-    ctx.project_api(&project.namespace().unwrap_or_default())
-        .patch_status(
-            &project.name_any(),
-            &PatchParams::apply(field_managers::PROJECT).force(),
-            &Patch::Apply(patch),
-        )
-        .await?;
+    crate::runtime::context::apply_status(
+        &ctx.project_api(&project.namespace().unwrap_or_default()),
+        &project.name_any(),
+        None,
+        status,
+        field_managers::PROJECT,
+    )
+    .await?;
     Ok(())
 }
 

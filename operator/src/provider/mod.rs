@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use aios_crds::{
     ModelProvider, ModelProviderStatus, ProviderType,
     conditions::{self, reasons},
-    names::{GROUP, VERSION, field_managers, labels},
+    names::{field_managers, labels},
 };
 use jiff::Timestamp;
 use k8s_openapi::{
@@ -25,10 +25,9 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{ObjectMeta, Patch, PatchParams},
+    api::ObjectMeta,
     runtime::{controller::Action, reflector::ObjectRef},
 };
-use serde_json::json;
 
 use crate::{
     Error,
@@ -239,14 +238,14 @@ async fn reconcile_inner(provider: &ModelProvider, ctx: &Context) -> Result<Acti
         now,
     );
     if differs(&previous, &status) {
-        let patch = json!({"apiVersion": format!("{GROUP}/{VERSION}"), "kind": "ModelProvider", "status": status});
-        Api::<ModelProvider>::namespaced(ctx.client.clone(), &namespace)
-            .patch_status(
-                &provider.name_any(),
-                &PatchParams::apply(field_managers::MODEL_PROVIDER).force(),
-                &Patch::Apply(patch),
-            )
-            .await?;
+        crate::runtime::context::apply_status(
+            &Api::<ModelProvider>::namespaced(ctx.client.clone(), &namespace),
+            &provider.name_any(),
+            None,
+            &status,
+            field_managers::MODEL_PROVIDER,
+        )
+        .await?;
     }
     let mut current = provider.clone();
     current.status = Some(status.clone());

@@ -286,16 +286,12 @@ pub async fn write_task_status(
 ) -> Result<Task, kube::Error> {
     let status =
         kstatus::with_task_health(status.clone(), task.metadata.generation, Timestamp::now());
-    let patch = json!({
-        "apiVersion": format!("{GROUP}/{VERSION}"),
-        "kind": "Task",
-        "metadata": {"name": task.name_any(), "resourceVersion": task.resource_version()},
-        "status": &status,
-    });
-    api.patch_status(
+    apply_status(
+        api,
         &task.name_any(),
-        &PatchParams::apply(field_managers::TASK).force(),
-        &Patch::Apply(patch),
+        task.metadata.resource_version.as_deref(),
+        &status,
+        field_managers::TASK,
     )
     .await
 }
@@ -331,6 +327,37 @@ where
         &name,
         &PatchParams::apply(manager).force(),
         &Patch::Apply(body),
+    )
+    .await
+}
+
+/// Applies `status` to the status of `api`'s object `name` with server-side apply as
+/// `manager`, forcing ownership (each kind's status has one writer, so the fields it
+/// leaves out are removed). With `precondition`, only if the object is still at that
+/// resourceVersion (409 Conflict otherwise).
+pub async fn apply_status<K>(
+    api: &Api<K>,
+    name: &str,
+    precondition: Option<&str>,
+    status: &impl serde::Serialize,
+    manager: &str,
+) -> Result<K, kube::Error>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let mut patch = json!({
+        "apiVersion": K::api_version(&K::DynamicType::default()),
+        "kind": K::kind(&K::DynamicType::default()),
+        "status": status,
+    });
+    if let Some(version) = precondition {
+        patch["metadata"] = json!({"name": name, "resourceVersion": version});
+    }
+    api.patch_status(
+        name,
+        &PatchParams::apply(manager).force(),
+        &Patch::Apply(patch),
     )
     .await
 }
