@@ -385,6 +385,8 @@ fn bad_values_are_refused_with_a_message_naming_them() {
     assert!(policy.contains("pullPolicy"), "{policy}");
     let url = template_error(&["connection.amqpUrl=http://rabbit"]);
     assert!(url.contains("amqpUrl"), "{url}");
+    let management = template_error(&["connection.rabbitmqManagementUrl=rabbit:15672"]);
+    assert!(management.contains("rabbitmqManagementUrl"), "{management}");
     let nothing = template_error(&["rabbitmq.enabled=false"]);
     assert!(
         nothing.contains("connection.amqpUrl"),
@@ -412,17 +414,51 @@ fn the_connection_secret_comes_from_values_an_existing_secret_or_the_bundled_ser
         );
     }
 
+    assert!(
+        secret["stringData"].get("rabbitmqManagementUrl").is_none(),
+        "the bundled broker has no management API"
+    );
+    let management = |objects: &[Value]| {
+        let pod = &find(objects, "Deployment", "aios-operator")["spec"]["template"]["spec"];
+        pod["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "AIOS_RABBITMQ_MANAGEMENT_URL")
+            .map(|e| e["valueFrom"]["secretKeyRef"].clone())
+            .expect("the operator reads the management URL from the connection Secret")
+    };
+    let reference = management(&bundled);
+    assert_eq!(
+        (
+            &reference["name"],
+            &reference["key"],
+            &reference["optional"]
+        ),
+        (
+            &Value::from("aios-agent-connections"),
+            &Value::from("rabbitmqManagementUrl"),
+            &Value::from(true)
+        )
+    );
+
     let external = template(&[
         "rabbitmq.enabled=false",
         "redis.enabled=false",
         "connection.amqpUrl=amqps://u:p@mq.internal:5671/aios",
         "connection.redisUrl=rediss://cache.internal:6380/",
+        "connection.rabbitmqManagementUrl=https://u:p@mq.internal:15671",
     ]);
     let secret = find(&external, "Secret", "aios-agent-connections");
     assert_eq!(
         secret["stringData"]["amqpUrl"],
         "amqps://u:p@mq.internal:5671/aios"
     );
+    assert_eq!(
+        secret["stringData"]["rabbitmqManagementUrl"],
+        "https://u:p@mq.internal:15671"
+    );
+    assert_eq!(management(&external)["key"], "rabbitmqManagementUrl");
     assert!(!external.iter().any(|o| o["kind"] == "StatefulSet"));
 
     let existing = template(&[
