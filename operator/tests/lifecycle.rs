@@ -675,7 +675,15 @@ async fn a_project_whose_tasks_the_api_server_refuses_is_stalled_until_a_person_
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    h.apply("apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: cold\nspec:\n  description: Two tasks\n  repository:\n    url: file:///tmp/cold.git\n  tasks:\n    - name: one\n      title: One\n      role: backend\n    - name: two\n      title: Two\n      role: backend\n      dependsOn: [one]\n");
+    // Six Tasks, each refused: the status names the first in the plan's order, whichever
+    // refusal comes first.
+    let mut project = "apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: cold\nspec:\n  description: Six tasks\n  repository:\n    url: file:///tmp/cold.git\n  tasks:\n    - name: one\n      title: One\n      role: backend\n".to_owned();
+    for name in ["two", "three", "four", "five", "six"] {
+        project.push_str(&format!(
+            "    - name: {name}\n      title: Task {name}\n      role: backend\n      dependsOn: [one]\n"
+        ));
+    }
+    h.apply(&project);
     let stalled = |field: &str| {
         h.jsonpath(
             "project/cold",
@@ -695,13 +703,25 @@ async fn a_project_whose_tasks_the_api_server_refuses_is_stalled_until_a_person_
         message.contains("422") && message.contains("Tasks are frozen in this namespace"),
         "the API server's refusal: {message}"
     );
+    assert!(message.contains("\"cold-one\""), "the first Task refused: {message}");
+    // Its passes keep failing, backing off; the status says the same and is not written
+    // again (a rewrite would wake the Project ahead of its backoff, and the backoff grow
+    // with each such pass).
+    let written = h.jsonpath("project/cold", "{.metadata.resourceVersion}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        h.jsonpath("project/cold", "{.metadata.resourceVersion}"),
+        written,
+        "the stalled Project was written again: {}",
+        stalled("message")
+    );
     assert!(h.tasks().is_empty(), "no Task got past the policy");
 
     h.kubectl(&["delete", "validatingadmissionpolicybinding", &policy]);
     h.kubectl(&["delete", "validatingadmissionpolicy", &policy]);
     h.wait_for_phase("cold", "Succeeded", TIMEOUT).await;
     assert_eq!(stalled("status"), "False", "{}", stalled("message"));
-    assert_eq!(h.tasks().len(), 2);
+    assert_eq!(h.tasks().len(), 6);
 }
 
 #[tokio::test(flavor = "multi_thread")]

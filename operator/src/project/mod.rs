@@ -19,17 +19,15 @@ use aios_crds::{
     Project, ProjectPhase, Task, TaskPhase,
     bus::TaskDispatch,
     conditions::reasons,
-    names::{GROUP, VERSION, field_managers},
+    names::field_managers,
     project::{TaskCounts, TaskDefaults},
 };
 use futures::{StreamExt, stream};
 use jiff::Timestamp;
 use kube::{
     Resource, ResourceExt,
-    api::{Patch, PatchParams},
     runtime::{controller::Action as ControllerAction, events::EventType},
 };
-use serde_json::json;
 
 use crate::{
     Error,
@@ -322,17 +320,25 @@ async fn run_actions(
     let after = (0..published.len())
         .map(After::Record)
         .chain(writes.into_iter().map(After::Act));
-    let mut results = stream::iter(
-        after.map(|next| follow_up(project, ctx, actions, &published, next, by_name, now)),
-    )
+    let mut results = stream::iter(after.enumerate().map(|(i, next)| {
+        let action = follow_up(project, ctx, actions, &published, next, by_name, now);
+        async move { (i, action.await) }
+    }))
     .buffer_unordered(ACTION_CONCURRENCY);
-    while let Some(result) = results.next().await {
+    // The error of the first action in the pass's order, not of the first to fail: what
+    // the Project's status says of a refusal then stays the same from pass to pass (a
+    // message that changed would be written, and the write wakes the Project at once,
+    // ahead of its backoff).
+    let mut failed: Option<(usize, Error)> = None;
+    while let Some((i, result)) = results.next().await {
         if let Err(err) = result {
             tracing::warn!(error = %err, "a task action failed");
-            first_error.get_or_insert(err);
+            if failed.as_ref().is_none_or(|(first, _)| i < *first) {
+                failed = Some((i, err));
+            }
         }
     }
-    first_error
+    first_error.or(failed.map(|(_, err)| err))
 }
 
 /// Advances the verifications: the Project's final one to record, whether a run is in
@@ -505,11 +511,12 @@ async fn create_missing(
     create_tasks(ctx, desired).await
 }
 
-/// Creates `tasks`, several at once.
+/// Creates `tasks`, several at once: the first error in their order, not the first to
+/// come (a refusal's message in the Project's status stays the same from pass to pass).
 async fn create_tasks(ctx: &Context, tasks: impl IntoIterator<Item = Task>) -> Result<(), Error> {
     let results: Vec<Result<(), Error>> = stream::iter(tasks)
         .map(|task| async move { apply_task(ctx, &task).await })
-        .buffer_unordered(ACTION_CONCURRENCY)
+        .buffered(ACTION_CONCURRENCY)
         .collect()
         .await;
     results.into_iter().collect()
@@ -517,17 +524,8 @@ async fn create_tasks(ctx: &Context, tasks: impl IntoIterator<Item = Task>) -> R
 
 /// Creates (or updates) `task`, a Task Hera makes, by server-side apply: idempotent.
 pub async fn apply_task(ctx: &Context, task: &Task) -> Result<(), Error> {
-    let mut body =
-        serde_json::to_value(task).map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
-    body["apiVersion"] = json!(format!("{GROUP}/{VERSION}"));
-    body["kind"] = json!("Task");
-    ctx.task_api(&task.namespace().unwrap_or_default())
-        .patch(
-            &task.name_any(),
-            &PatchParams::apply(field_managers::PROJECT).force(),
-            &Patch::Apply(body),
-        )
-        .await?;
+    let api = ctx.task_api(&task.namespace().unwrap_or_default());
+    crate::runtime::context::server_side_apply(&api, task, field_managers::PROJECT).await?;
     Ok(())
 }
 
