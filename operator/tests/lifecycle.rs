@@ -703,7 +703,10 @@ async fn a_project_whose_tasks_the_api_server_refuses_is_stalled_until_a_person_
         message.contains("422") && message.contains("Tasks are frozen in this namespace"),
         "the API server's refusal: {message}"
     );
-    assert!(message.contains("\"cold-one\""), "the first Task refused: {message}");
+    assert!(
+        message.contains("\"cold-one\""),
+        "the first Task refused: {message}"
+    );
     // Its passes keep failing, backing off; the status says the same and is not written
     // again (a rewrite would wake the Project ahead of its backoff, and the backoff grow
     // with each such pass).

@@ -1,6 +1,9 @@
 //! Indexes kept beside the Task store, so reconcilers look up what they need instead
 //! of scanning every Task of the cluster: each Project's Tasks with their counts by
-//! phase, and Task names by role and phase.
+//! phase, Task names by role and phase, and the Projects with Pending Tasks waiting for
+//! an Agent of a role or for a model provider (as their status messages say). Each role
+//! whose demand moves (a Task of it entering or leaving Queued or Running) is sent to
+//! its Agents' controller ([`TaskIndex::sending_demand`]).
 //!
 //! Fed by the one Task watch ([`crate::runtime::watches`]) with every event it sees,
 //! right after the store has applied it, so the index shares the store's copy of each
