@@ -14,7 +14,12 @@
 //! AIOS_BENCH_SIZES=1000,4x250 cargo bench -p aios-operator --bench scale
 //! AIOS_BENCH_FLOORS=0 AIOS_BENCH_SIZES=10000 cargo bench ...  # without the floors
 //! AIOS_BENCH_OPERATOR_WRAPPER="heaptrack -o /tmp/operator" cargo bench ...  # profiled
+//! AIOS_BENCH_REPEAT=3 AIOS_BENCH_SIZES=1000,10000 cargo bench ...  # each ratio 3 times, and the median
 //! ```
+//!
+//! This machine's speed can move by a third between runs minutes apart: with
+//! `AIOS_BENCH_REPEAT`, the sizes run that many rounds, and each ratio between sizes is
+//! printed per round and as the median of the rounds.
 
 #![allow(
     clippy::unwrap_used,
@@ -865,37 +870,70 @@ async fn measure(h: &mut Harness, shape: Shape) -> Figures {
     Figures { wall }
 }
 
-fn main() {
-    let shapes: Vec<Shape> = std::env::var("AIOS_BENCH_SIZES")
-        .unwrap_or_else(|_| "1000,10000,20x500".to_owned())
-        .split(',')
-        .filter_map(Shape::parse)
-        .collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut walls: Vec<(Shape, Duration)> = Vec::new();
-    for shape in shapes {
-        let figures = runtime.block_on(run(shape));
-        walls.push((shape, figures.wall));
-    }
+/// The ratios between the sizes of one round: t(10,000) / t(1,000), and each shape of
+/// several Projects against one Project of as many tasks.
+fn ratios(walls: &[(Shape, Duration)]) -> Vec<(String, f64)> {
     let single = |total: usize| {
         walls
             .iter()
             .find(|(s, _)| s.projects == 1 && s.total() == total)
             .map(|(_, wall)| wall.as_secs_f64())
     };
+    let mut ratios = Vec::new();
     if let (Some(small), Some(large)) = (single(1_000), single(10_000)) {
-        println!("t(10,000) / t(1,000): {:.1}", large / small);
+        ratios.push(("t(10,000) / t(1,000)".to_owned(), large / small));
     }
     for (shape, wall) in walls.iter().filter(|(s, _)| s.projects > 1) {
         if let Some(large) = single(shape.total()) {
+            ratios.push((
+                format!("{} / {} tasks in one Project", shape.label(), shape.total()),
+                wall.as_secs_f64() / large,
+            ));
+        }
+    }
+    ratios
+}
+
+fn main() {
+    let shapes: Vec<Shape> = std::env::var("AIOS_BENCH_SIZES")
+        .unwrap_or_else(|_| "1000,10000,20x500".to_owned())
+        .split(',')
+        .filter_map(Shape::parse)
+        .collect();
+    let repeat: usize = std::env::var("AIOS_BENCH_REPEAT").map_or(1, |r| {
+        r.parse().ok().filter(|&r| r >= 1).unwrap_or_else(|| {
+            panic!("AIOS_BENCH_REPEAT={r}: expected a whole number of rounds, at least 1")
+        })
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rounds: Vec<Vec<(String, f64)>> = Vec::new();
+    for round in 1..=repeat {
+        if repeat > 1 {
+            println!("round {round} of {repeat}");
+        }
+        let mut walls: Vec<(Shape, Duration)> = Vec::new();
+        for &shape in &shapes {
+            let figures = runtime.block_on(run(shape));
+            walls.push((shape, figures.wall));
+        }
+        let round = ratios(&walls);
+        for (label, ratio) in &round {
+            println!("{label}: {ratio:.2}");
+        }
+        rounds.push(round);
+    }
+    if repeat > 1 {
+        for (i, (label, _)) in rounds[0].iter().enumerate() {
+            let mut each: Vec<f64> = rounds.iter().map(|r| r[i].1).collect();
+            each.sort_by(f64::total_cmp);
+            let shown: Vec<String> = each.iter().map(|r| format!("{r:.2}")).collect();
             println!(
-                "{} / {} tasks in one Project: {:.2}",
-                shape.label(),
-                shape.total(),
-                wall.as_secs_f64() / large
+                "{label}, median of {repeat} rounds: {:.2} ({})",
+                each[each.len() / 2],
+                shown.join(", ")
             );
         }
     }

@@ -677,13 +677,16 @@ async fn a_project_whose_tasks_the_api_server_refuses_is_stalled_until_a_person_
 
     // Six Tasks, each refused: the status names the first in the plan's order, whichever
     // refusal comes first.
-    let mut project = "apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: cold\nspec:\n  description: Six tasks\n  repository:\n    url: file:///tmp/cold.git\n  tasks:\n    - name: one\n      title: One\n      role: backend\n".to_owned();
-    for name in ["two", "three", "four", "five", "six"] {
-        project.push_str(&format!(
-            "    - name: {name}\n      title: Task {name}\n      role: backend\n      dependsOn: [one]\n"
-        ));
-    }
-    h.apply(&project);
+    h.apply(concat!(
+        "apiVersion: aios.dev/v1alpha1\nkind: Project\nmetadata:\n  name: cold\nspec:\n",
+        "  description: Six tasks\n  repository:\n    url: file:///tmp/cold.git\n  tasks:\n",
+        "    - name: one\n      title: One\n      role: backend\n",
+        "    - name: two\n      title: Task two\n      role: backend\n      dependsOn: [one]\n",
+        "    - name: three\n      title: Task three\n      role: backend\n      dependsOn: [one]\n",
+        "    - name: four\n      title: Task four\n      role: backend\n      dependsOn: [one]\n",
+        "    - name: five\n      title: Task five\n      role: backend\n      dependsOn: [one]\n",
+        "    - name: six\n      title: Task six\n      role: backend\n      dependsOn: [one]\n",
+    ));
     let stalled = |field: &str| {
         h.jsonpath(
             "project/cold",
