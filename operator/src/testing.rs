@@ -3,6 +3,47 @@
 use aios_crds::{Agent, ModelProvider, Project, Task, TaskPhase, TaskStatus};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::{
+    reflector::{self, Store, store::Writer},
+    watcher,
+};
+
+/// An index kept beside a store of `K`, fed every watch event once the store applied it.
+pub trait FedIndex<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
+    /// What an event calls for.
+    type Woken;
+    /// Files `event`, which `store` has applied.
+    fn feed(&self, event: &watcher::Event<K>, store: &Store<K>) -> Self::Woken;
+}
+
+/// A store, its writer and an index, fed as the watch feeds them.
+pub struct Fed<K: kube::Resource<DynamicType = ()> + Clone + 'static, I> {
+    pub store: Store<K>,
+    pub writer: Writer<K>,
+    pub index: I,
+}
+
+impl<K, I> Fed<K, I>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+    I: FedIndex<K>,
+{
+    /// An empty store and `index`.
+    pub fn with(index: I) -> Self {
+        let (store, writer) = reflector::store();
+        Self {
+            store,
+            writer,
+            index,
+        }
+    }
+
+    /// Applies `event` to the store, then the index.
+    pub fn feed(&mut self, event: &watcher::Event<K>) -> I::Woken {
+        self.writer.apply_watcher_event(event);
+        self.index.feed(event, &self.store)
+    }
+}
 
 /// `secs` seconds after a fixed instant.
 pub fn ts(secs: i64) -> Timestamp {

@@ -186,30 +186,22 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use kube::runtime::reflector::{self, store::Writer};
-
     use super::*;
-    use crate::testing::{agent, provider};
+    use crate::testing::{FedIndex, agent, provider};
 
-    struct Fed {
-        store: Store<Agent>,
-        writer: Writer<Agent>,
-        index: AgentsByRole,
+    impl<K: Resource<DynamicType = ()> + Clone + 'static> FedIndex<K> for Grouped<K> {
+        type Woken = ();
+
+        fn feed(&self, event: &watcher::Event<K>, store: &Store<K>) {
+            self.apply(event, store);
+        }
     }
 
-    impl Fed {
-        fn new() -> Self {
-            let (store, writer) = reflector::store();
-            Self {
-                store,
-                writer,
-                index: AgentsByRole::by_role(),
-            }
-        }
+    type Fed<K> = crate::testing::Fed<K, Grouped<K>>;
 
-        fn feed(&mut self, event: &watcher::Event<Agent>) {
-            self.writer.apply_watcher_event(event);
-            self.index.apply(event, &self.store);
+    impl Fed<Agent> {
+        fn new() -> Self {
+            Self::with(AgentsByRole::by_role())
         }
 
         fn names(&self, namespace: &str, role: &str) -> Vec<String> {
@@ -276,13 +268,11 @@ mod tests {
 
     #[test]
     fn providers_are_found_by_namespace() {
-        let (store, mut writer) = reflector::store::<ModelProvider>();
-        let index = ProvidersByNamespace::by_namespace();
+        let mut fed = Fed::with(ProvidersByNamespace::by_namespace());
         for (namespace, name) in [("team-a", "local"), ("team-a", "cloud"), ("team-b", "x")] {
-            let event = watcher::Event::Apply(provider(namespace, name));
-            writer.apply_watcher_event(&event);
-            index.apply(&event, &store);
+            fed.feed(&watcher::Event::Apply(provider(namespace, name)));
         }
+        let index = &fed.index;
         let names: Vec<String> = index
             .in_namespace("team-a")
             .iter()

@@ -2,35 +2,28 @@ use std::collections::BTreeMap;
 
 use aios_crds::names::labels;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::runtime::reflector::{self, store::Writer};
 use proptest::prelude::*;
 
 use super::*;
 use crate::{
     project::rollup::count,
-    testing::{task, with_phase},
+    testing::{FedIndex, task, with_phase},
 };
 
-/// A store and its writer, and the index fed as the watch feeds it.
-struct Fed {
-    store: Store<Task>,
-    writer: Writer<Task>,
-    index: TaskIndex,
+impl FedIndex<Task> for TaskIndex {
+    type Woken = Vec<(ProjectKey, Urgency)>;
+
+    fn feed(&self, event: &watcher::Event<Task>, store: &Store<Task>) -> Self::Woken {
+        self.apply(event, store)
+    }
 }
+
+/// A Task store and the index fed as the watch feeds it.
+type Fed = crate::testing::Fed<Task, TaskIndex>;
 
 impl Fed {
     fn new() -> Self {
-        let (store, writer) = reflector::store();
-        Self {
-            store,
-            writer,
-            index: TaskIndex::default(),
-        }
-    }
-
-    fn feed(&mut self, event: &watcher::Event<Task>) -> Vec<(ProjectKey, Urgency)> {
-        self.writer.apply_watcher_event(event);
-        self.index.apply(event, &self.store)
+        Self::with(TaskIndex::default())
     }
 
     /// How soon the Project's pass is called for by the watch showing `task`.
@@ -400,7 +393,7 @@ fn the_index_shares_the_stores_copy_of_each_task() {
     let indexed = fed.index.project("team-a", "shop").tasks.remove(0);
     let stored = fed
         .store
-        .get(&reflector::ObjectRef::new("a").within("team-a"))
+        .get(&kube::runtime::reflector::ObjectRef::new("a").within("team-a"))
         .unwrap();
     assert!(Arc::ptr_eq(&indexed, &stored));
 }
