@@ -534,12 +534,12 @@ fn spawn_controllers(
         // An Agent or a provider that appears or changes wakes only the Projects with
         // a Task waiting for it.
         .reconcile_on(agent_rx.flat_map(move |wake| {
-            futures::stream::iter(
-                waiting
-                    .projects_waiting(&wake)
-                    .into_iter()
-                    .map(|(namespace, name)| reflector::ObjectRef::new(&name).within(&namespace)),
-            )
+            let projects: Vec<_> = waiting
+                .projects_waiting(&wake)
+                .iter()
+                .map(runtime::index::project_ref)
+                .collect();
+            futures::stream::iter(projects)
         }))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(

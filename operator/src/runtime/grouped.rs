@@ -12,6 +12,8 @@ use std::{
 };
 
 use aios_crds::{Agent, ModelProvider};
+
+use crate::runtime::lock;
 use kube::{
     Resource, ResourceExt,
     runtime::{
@@ -176,12 +178,6 @@ impl<K> std::fmt::Debug for Grouped<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Grouped").finish_non_exhaustive()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

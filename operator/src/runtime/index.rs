@@ -38,16 +38,27 @@ use std::{
 use aios_crds::{Task, TaskPhase, TaskStatus, project::TaskCounts};
 use kube::{
     ResourceExt,
-    runtime::{reflector::Store, watcher},
+    runtime::{
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
 };
 
-use crate::project::{Wake, dispatch::is_planning_task};
+use crate::{
+    project::{Wake, dispatch::is_planning_task},
+    runtime::lock,
+};
 
 /// A Task's namespace and name.
 type Name = (String, String);
 
 /// A Project's namespace and name.
 pub type ProjectKey = (String, String);
+
+/// The Project `key` names, as its controller is asked to reconcile it.
+pub fn project_ref((namespace, name): &ProjectKey) -> ObjectRef<aios_crds::Project> {
+    ObjectRef::new(name).within(namespace)
+}
 
 /// A copy of a Task the operator wrote, and the resourceVersions the watch may still
 /// show before it without that being news: the store's when the first of the writes
@@ -820,12 +831,6 @@ impl TaskIndex {
         let uid = task.metadata.uid.clone().unwrap_or_default();
         self.change(|live| live.refile(name, &uid, |f| f.expected = None));
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

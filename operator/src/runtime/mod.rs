@@ -16,3 +16,11 @@ pub mod notify;
 pub mod observe;
 pub mod urgent;
 pub mod watches;
+
+/// Locks `mutex`, taking over the data of a holder that panicked (the indexes stay
+/// usable: each change to them is whole before the lock is let go).
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

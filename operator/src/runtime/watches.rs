@@ -266,8 +266,8 @@ async fn watch_tasks(
         1,
         true,
         move |event, store| {
-            for ((namespace, project), urgency) in indexing.apply(event, store) {
-                let project = reflector::ObjectRef::new(&project).within(&namespace);
+            for (project, urgency) in indexing.apply(event, store) {
+                let project = crate::runtime::index::project_ref(&project);
                 let _ = match urgency {
                     Urgency::Now => now_tx.unbounded_send(project),
                     Urgency::Soon => soon_tx.unbounded_send(project),
